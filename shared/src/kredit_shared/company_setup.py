@@ -1,0 +1,149 @@
+"""The company setup: one declarative YAML file per deployment, validated at start-up.
+
+Each service reads the part it owns; all of them refuse to start on an invalid file, with a
+message naming the bad field.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kredit_shared.contracts.messages import Percent
+from kredit_shared.money import Currency
+
+DEMO_SETUP_FILE = Path(str(files("kredit_shared").joinpath("demo-company.yaml")))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MainAccount(_Strict):
+    name: str
+    type: Literal["Asset", "Liability", "Equity", "Revenue", "Expense"]
+
+
+class CustomerPostingProfile(_Strict):
+    summary_account: str
+    write_off_account: str
+
+
+class PaymentTerms(_Strict):
+    days: int = Field(ge=0)
+
+
+class CashDiscountCode(_Strict):
+    percent: Percent
+    days: int = Field(ge=0)
+    account: str
+    next_code: str | None = None
+
+
+class SettlementParameters(_Strict):
+    calculate_cash_discounts_for_partial_payments: bool = True
+
+
+class JournalName(_Strict):
+    description: str
+    batch_prefix: str
+    voucher_prefix: str
+
+
+class WriteOffParameters(_Strict):
+    journal_name: str
+    reason_code: str
+    separate_sales_tax: bool = False
+
+
+class AgingBucket(_Strict):
+    label: str
+    max_days: int | None = None  # inclusive upper bound of days past due; None = open-ended
+
+
+class CompanySetup(_Strict):
+    company: str
+    accounting_currency: Currency
+    main_accounts: dict[str, MainAccount]
+    customer_posting_profile: CustomerPostingProfile
+    default_revenue_account: str
+    sales_tax_account: str
+    default_bank_account: str
+    payment_terms: dict[str, PaymentTerms]
+    cash_discount_codes: dict[str, CashDiscountCode]
+    settlement: SettlementParameters = SettlementParameters()
+    journal_names: dict[str, JournalName]
+    write_off: WriteOffParameters
+    reason_codes: dict[str, str]
+    aging_buckets: list[AgingBucket] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> CompanySetup:
+        def account(field: str, value: str) -> None:
+            if value not in self.main_accounts:
+                raise ValueError(f"{field}: unknown main account {value!r}")
+
+        account("customer_posting_profile.summary_account", self.customer_posting_profile.summary_account)
+        account("customer_posting_profile.write_off_account", self.customer_posting_profile.write_off_account)
+        account("default_revenue_account", self.default_revenue_account)
+        account("sales_tax_account", self.sales_tax_account)
+        account("default_bank_account", self.default_bank_account)
+        for code, discount in self.cash_discount_codes.items():
+            account(f"cash_discount_codes.{code}.account", discount.account)
+            seen = {code}
+            next_code = discount.next_code
+            while next_code is not None:
+                if next_code not in self.cash_discount_codes:
+                    raise ValueError(f"cash_discount_codes.{code}.next_code: unknown code {next_code!r}")
+                if next_code in seen:
+                    raise ValueError(f"cash_discount_codes.{code}.next_code: the chain loops back to {next_code!r}")
+                seen.add(next_code)
+                next_code = self.cash_discount_codes[next_code].next_code
+        if self.write_off.journal_name not in self.journal_names:
+            raise ValueError(f"write_off.journal_name: unknown journal name {self.write_off.journal_name!r}")
+        if self.write_off.reason_code not in self.reason_codes:
+            raise ValueError(f"write_off.reason_code: unknown reason code {self.write_off.reason_code!r}")
+        bounds = [b.max_days for b in self.aging_buckets]
+        if bounds[-1] is not None or any(b is None for b in bounds[:-1]):
+            raise ValueError("aging_buckets: only the last bucket may be open-ended, and it must be")
+        if bounds[:-1] != sorted(set(bounds[:-1])):
+            raise ValueError("aging_buckets: max_days must increase from bucket to bucket")
+        return self
+
+    def discount_chain(self, code: str) -> list[CashDiscountCode]:
+        """The code followed by its chain of next codes (e.g. 2%5D then 1%14D)."""
+        chain = [self.cash_discount_codes[code]]
+        while chain[-1].next_code is not None:
+            chain.append(self.cash_discount_codes[chain[-1].next_code])
+        return chain
+
+
+class SetupError(Exception):
+    """The setup file is missing or invalid; the message names the file and the bad field."""
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def load_company_setup(path: Path | str | None = None) -> CompanySetup:
+    path = Path(path) if path else DEMO_SETUP_FILE
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise SetupError(f"company setup {path}: cannot read the file ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise SetupError(f"company setup {path}: not valid YAML ({e})") from None
+    try:
+        return CompanySetup.model_validate(raw)
+    except ValidationError as e:
+        raise SetupError(f"company setup {path}: {_describe(e)}") from None
+
