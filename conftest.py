@@ -1,0 +1,34 @@
+"""Fixtures for every test suite: a real broker, real databases (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from kredit_shared.testing import BrokerUnderTest, broker_under_test, fresh_postgres_database, postgres_server
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[BrokerUnderTest]:
+    with broker_under_test() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+async def postgres_admin_url() -> AsyncIterator[str | None]:
+    async with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_admin_url: str | None) -> AsyncIterator[str]:
+    """A fresh, empty database of each kind; persistence tests run once per kind."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+        return
+    if postgres_admin_url is None:
+        pytest.skip("no PostgreSQL server reachable and no Docker engine for a testcontainer")
+    async with fresh_postgres_database(postgres_admin_url) as url:
+        yield url

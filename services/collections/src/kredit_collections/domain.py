@@ -1,0 +1,306 @@
+"""Collections rules: the customer-transaction read model, aged balances, and write-off journals.
+
+Pure: values in, decisions out. No database, broker or web library is imported here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import date
+from decimal import Decimal
+
+from kredit_shared.company_setup import AgingBucket, CompanySetup, WriteOffParameters
+from kredit_shared.contracts import CustomerTransactionPosted, OpenItemsSettled
+from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested, SettledTransactionRef
+from kredit_shared.money import ZERO, round_money
+
+# --- read model: transactions and their open balances ----------------------------------------
+
+
+@dataclass(frozen=True)
+class CustomerTransaction:
+    voucher: str
+    transaction_type: str  # Invoice, CreditNote, Payment, CashDiscount, WriteOff
+    customer_account: str
+    transaction_date: date
+    amount: Decimal  # signed original amount including sales tax: debit +, credit -
+    currency: str
+    invoice_id: str | None = None
+    due_date: date | None = None
+    sales_tax_amount: Decimal = ZERO  # carries the sign of the transaction (negative on a credit note)
+    customer_name: str | None = None
+
+    @classmethod
+    def from_event(cls, event: CustomerTransactionPosted) -> CustomerTransaction:
+        return cls(**{f.name: getattr(event, f.name) for f in fields(cls)})  # same names as the contract
+
+
+@dataclass(frozen=True)
+class SettlementDelta:
+    """How one settlement moves one transaction's open balance.
+
+    Balances are original + sum of deltas, and sums commute: a settlement that arrives before
+    the transactions it names is stored as deltas and counts once those transactions arrive."""
+
+    settlement_id: str
+    voucher: str
+    amount: Decimal
+    settlement_date: date
+
+
+def settlement_deltas(event: OpenItemsSettled) -> list[SettlementDelta]:
+    def delta(voucher: str, amount: Decimal) -> SettlementDelta:
+        return SettlementDelta(event.settlement_id, voucher, amount, event.settlement_date)
+
+    deltas = [
+        delta(event.debit_voucher, -(event.amount_settled + event.cash_discount_amount)),
+        delta(event.credit_voucher, event.amount_settled),
+    ]
+    if event.cash_discount_voucher and event.cash_discount_amount:
+        deltas.append(delta(event.cash_discount_voucher, event.cash_discount_amount))
+    return deltas
+
+
+@dataclass(frozen=True)
+class TransactionBalance:
+    """A transaction as the collections pages show it: `balance` is what is still open, signed."""
+
+    transaction: CustomerTransaction
+    balance: Decimal
+
+    @property
+    def voucher(self) -> str:
+        return self.transaction.voucher
+
+    @property
+    def debit(self) -> Decimal:  # the debit and credit columns show the original amount
+        return max(self.transaction.amount, ZERO)
+
+    @property
+    def credit(self) -> Decimal:
+        return max(-self.transaction.amount, ZERO)
+
+    @property
+    def is_open(self) -> bool:
+        return self.balance != 0
+
+
+def transaction_balances(
+    transactions: Iterable[CustomerTransaction], deltas: Iterable[SettlementDelta], as_of: date | None = None
+) -> list[TransactionBalance]:
+    """Open balances, oldest first. With `as_of`, later transactions and later settlements don't count."""
+    moved: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for d in deltas:
+        if as_of is None or d.settlement_date <= as_of:
+            moved[d.voucher] += d.amount
+    rows = [
+        TransactionBalance(t, round_money(t.amount + moved[t.voucher]))
+        for t in transactions
+        if as_of is None or t.transaction_date <= as_of
+    ]
+    return sorted(rows, key=lambda r: (r.transaction.transaction_date, r.voucher))
+
+
+# --- aged balances ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgedBalance:
+    customer_account: str
+    customer_name: str | None
+    currency: str  # one row per customer and currency: amounts of two currencies never add up
+    balance: Decimal
+    buckets: Mapping[str, Decimal]  # bucket label -> amount, in the order of the setup
+
+
+def days_past_due(transaction: CustomerTransaction, as_of: date) -> int:
+    # Payments and credits have no due date: they age from their transaction date.
+    return (as_of - (transaction.due_date or transaction.transaction_date)).days
+
+
+def bucket_for(days: int, buckets: Sequence[AgingBucket]) -> str:
+    for bucket in buckets:
+        if bucket.max_days is None or days <= bucket.max_days:
+            return bucket.label
+    return buckets[-1].label  # a validated setup always ends open-ended; be safe if not
+
+
+def age_balances(
+    transactions: Iterable[CustomerTransaction], deltas: Iterable[SettlementDelta],
+    as_of: date, buckets: Sequence[AgingBucket],
+) -> list[AgedBalance]:
+    """Per customer (and currency): open balance as of `as_of`, split into aging buckets by due date."""
+    amounts: dict[tuple[str, str], dict[str, Decimal]] = {}
+    names: dict[tuple[str, str], str | None] = {}
+    for item in transaction_balances(transactions, deltas, as_of):
+        t = item.transaction
+        key = (t.customer_account, t.currency)
+        row = amounts.setdefault(key, {b.label: ZERO for b in buckets})
+        row[bucket_for(days_past_due(t, as_of), buckets)] += item.balance
+        names[key] = t.customer_name or names.get(key)  # the newest name wins
+    return [
+        AgedBalance(account, names[(account, currency)], currency, round_money(sum(row.values(), ZERO)), row)
+        for (account, currency), row in sorted(amounts.items())
+        if any(row.values())  # the balance is the sum of the buckets: all zero means nothing to show
+    ]
+
+
+# --- write-off -------------------------------------------------------------------------------
+
+
+class WriteOffError(ValueError):
+    """A write-off that cannot be made; the message says why (the API answers 4xx)."""
+
+
+class UnknownCustomer(WriteOffError):
+    """The read model has no transaction of this customer (the API answers 404)."""
+
+
+class NothingToWriteOff(WriteOffError):
+    """No open item, or an empty selection."""
+
+
+class InvalidSelection(WriteOffError):
+    """A voucher or invoice that is not this customer's, or is not open."""
+
+
+class UnknownReasonCode(WriteOffError):
+    """Not one of the setup's reason codes."""
+
+
+class MixedCurrencies(WriteOffError):
+    """Open items of two currencies in one write-off."""
+
+
+class WriteOffConflict(WriteOffError):
+    """An item is already in a write-off journal that is not posted yet (the API answers 409)."""
+
+
+@dataclass(frozen=True)
+class WriteOffSettings:
+    """Write-off parameters (editable) joined with the setup they point into."""
+
+    journal_name: str
+    reason_code: str  # the default, which a write-off may override
+    separate_sales_tax: bool
+    write_off_account: str
+    sales_tax_account: str
+    reason_codes: Mapping[str, str]  # code -> description
+
+    @classmethod
+    def from_setup(cls, setup: CompanySetup, parameters: WriteOffParameters | None = None) -> WriteOffSettings:
+        p = parameters or setup.write_off
+        if p.journal_name not in setup.journal_names:
+            raise WriteOffError(f"unknown journal name {p.journal_name!r} (known: {', '.join(setup.journal_names)})")
+        _check_reason_code(p.reason_code, setup.reason_codes)
+        return cls(p.journal_name, p.reason_code, p.separate_sales_tax,
+                   setup.customer_posting_profile.write_off_account, setup.sales_tax_account, dict(setup.reason_codes))
+
+
+def _check_reason_code(code: str, known: Mapping[str, str]) -> None:
+    if code not in known:
+        raise UnknownReasonCode(f"unknown reason code {code!r} (known: {', '.join(known)})")
+
+
+def select_for_write_off(
+    customer_account: str, balances: Iterable[TransactionBalance], *,
+    vouchers: Sequence[str] | None = None, invoice_id: str | None = None,
+    pending_vouchers: Collection[str] = frozenset(),
+) -> list[TransactionBalance]:
+    """The open items a write-off covers: the whole balance (debit and credit items alike), the
+    selected vouchers, or one invoice. `pending_vouchers` are items in unposted write-off journals."""
+    own = [b for b in balances if b.transaction.customer_account == customer_account]
+    if not own:
+        raise UnknownCustomer(f"customer {customer_account!r} has no transactions")
+    if vouchers is not None and invoice_id is not None:
+        raise InvalidSelection("give either vouchers or an invoice_id, not both")
+    if invoice_id is not None:
+        chosen = [b for b in own if b.transaction.invoice_id == invoice_id
+                  and b.transaction.transaction_type in ("Invoice", "CreditNote")]
+        if not chosen:
+            raise InvalidSelection(f"invoice {invoice_id!r} is not an invoice of customer {customer_account}")
+    elif vouchers is not None:
+        by_voucher = {b.voucher: b for b in own}
+        if foreign := [v for v in vouchers if v not in by_voucher]:
+            raise InvalidSelection(f"not transactions of customer {customer_account}: {', '.join(foreign)}")
+        chosen = [by_voucher[v] for v in dict.fromkeys(vouchers)]
+        if not chosen:
+            raise NothingToWriteOff("no vouchers selected")
+    else:
+        chosen = [b for b in own if b.is_open]
+        if not chosen:
+            raise NothingToWriteOff(f"customer {customer_account} has nothing open to write off")
+    if settled := [b.voucher for b in chosen if not b.is_open]:
+        raise InvalidSelection(f"not open (already settled): {', '.join(settled)}")
+    if len(currencies := {b.transaction.currency for b in chosen}) > 1:
+        raise MixedCurrencies(f"one write-off cannot mix currencies ({', '.join(sorted(currencies))}); "
+                              "write off each currency's vouchers separately")
+    # Even for a whole-balance write-off: skipping these would quietly write off less than asked.
+    if pending := [b.voucher for b in chosen if b.voucher in pending_vouchers]:
+        raise WriteOffConflict(f"already in a write-off journal that is not posted: {', '.join(pending)}")
+    return chosen
+
+
+def sales_tax_share(item: TransactionBalance) -> Decimal:
+    """The sales tax inside what is still open: remaining × tax / original total, half-up to the cent.
+
+    abs() on both: a producer that sends a credit note's tax unsigned cannot flip the share's sign."""
+    t = item.transaction
+    if not t.sales_tax_amount or not t.amount:
+        return ZERO
+    return round_money(item.balance * abs(t.sales_tax_amount) / abs(t.amount))
+
+
+def build_write_off_journal(
+    items: Sequence[TransactionBalance], settings: WriteOffSettings, *,
+    request_id: str, transaction_date: date,
+    reason_code: str | None = None, reason_comment: str | None = None,
+    customer_name: str | None = None, line_per_transaction: bool = False,
+) -> GeneralJournalRequested:
+    """The general journal that writes off `items` (open items of one customer, one currency).
+
+    As in Dynamics 365 one Customer line reverses the net balance and names every transaction it
+    settles, offset by a write-off account line (and, with separate sales tax, a sales tax line).
+    `line_per_transaction` gives each transaction its own Customer and Ledger lines instead; so
+    does a net balance of zero, because a journal line must not be zero on both sides."""
+    if not items:
+        raise NothingToWriteOff("nothing selected to write off")
+    code = reason_code or settings.reason_code
+    _check_reason_code(code, settings.reason_codes)
+    if len(accounts := {i.transaction.customer_account for i in items}) > 1:
+        raise InvalidSelection(f"one write-off covers one customer, got {', '.join(sorted(accounts))}")
+    if len(currencies := {i.transaction.currency for i in items}) > 1:
+        raise MixedCurrencies(f"one write-off cannot mix currencies ({', '.join(sorted(currencies))})")
+    if settled := [i.voucher for i in items if not i.is_open]:
+        raise InvalidSelection(f"not open (already settled): {', '.join(settled)}")
+    account, currency = accounts.pop(), currencies.pop()
+    name = customer_name or next((i.transaction.customer_name for i in items if i.transaction.customer_name), "")
+    description = f"Write off transactions for {account} {name}".strip()
+
+    def line(account_type: str, to: str, amount: Decimal, text: str, **extra) -> GeneralJournalLine:
+        # `amount` is signed from the ledger's side: positive is a debit.
+        return GeneralJournalLine(
+            account_type=account_type, account=to, debit=max(amount, ZERO), credit=max(-amount, ZERO),
+            currency=currency, transaction_date=transaction_date, text=text,
+            reason_code=code, reason_comment=reason_comment or None, **extra,
+        )
+
+    net = sum((i.balance for i in items), ZERO)
+    groups = [[i] for i in items] if line_per_transaction or net == 0 else [list(items)]
+    lines: list[GeneralJournalLine] = []
+    for group in groups:
+        text = f"Write-off {group[0].voucher}" if len(group) == 1 else description
+        total = sum((i.balance for i in group), ZERO)
+        tax = sum((sales_tax_share(i) for i in group), ZERO) if settings.separate_sales_tax else ZERO
+        settles = [SettledTransactionRef(voucher=i.voucher, invoice_id=i.transaction.invoice_id, amount=i.balance)
+                   for i in group]
+        lines.append(line("Customer", account, -total, text, settles=settles))
+        # The tax share is rounded on its own, so the write-off line takes the rounding difference.
+        for ledger_account, amount in ((settings.write_off_account, total - tax), (settings.sales_tax_account, tax)):
+            if amount:
+                lines.append(line("Ledger", ledger_account, amount, text))
+    return GeneralJournalRequested(
+        request_id=request_id, journal_name=settings.journal_name, description=description, lines=lines
+    )

@@ -1,0 +1,249 @@
+"""Invoicing rules: a CustomerInvoiceIssued becomes a posted customer transaction and its balanced ledger voucher.
+
+Pure: values in, decisions out. The handler stores `PostedInvoice` (with its fingerprint) and puts
+`PostedInvoice.messages` in the outbox in the same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+
+from kredit_shared.company_setup import CompanySetup
+from kredit_shared.contracts import (
+    CashDiscountTier,
+    CustomerInvoiceIssued,
+    CustomerTransactionPosted,
+    TransactionType,
+    VoucherLine,
+    VoucherPosted,
+)
+from kredit_shared.money import ZERO, round_money
+
+INVOICE_VOUCHER_PREFIX = "FTI-"  # as in the source: invoice 10020 is voucher FTI-10020
+CREDIT_NOTE_VOUCHER_PREFIX = "CCN-"  # our choice: credit note 10021 is voucher CCN-10021
+SOURCE = "invoicing"
+_MESSAGE_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "invoicing.kredit")
+
+
+class InvoiceRejected(Exception):
+    """The invoice cannot be posted; `reason` says why (it goes to the dead-letter headers and the log)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PostedInvoice:
+    """The outcome of posting one invoice or credit note. Amounts are signed: negative on a credit note."""
+
+    invoice_id: str
+    customer_account: str
+    voucher: str
+    transaction_type: TransactionType
+    invoice_date: date
+    due_date: date
+    currency: str
+    net_amount: Decimal
+    sales_tax_amount: Decimal
+    total: Decimal
+    cash_discounts: tuple[CashDiscountTier, ...]  # in date order, amounts filled in
+    cash_discount_account: str | None
+    fingerprint: str
+    transaction: CustomerTransactionPosted  # -> ar.customer-transactions
+    ledger_voucher: VoucherPosted  # -> gl.journal-lines
+
+    @property
+    def messages(self) -> tuple[CustomerTransactionPosted, VoucherPosted]:
+        return (self.transaction, self.ledger_voucher)
+
+
+def post_invoice(message: CustomerInvoiceIssued, setup: CompanySetup) -> PostedInvoice:
+    """Post an invoice (positive total) or credit note (negative total); raise InvoiceRejected if it is not valid."""
+    try:
+        return _post(message, setup)
+    except InvoiceRejected as e:
+        raise InvoiceRejected(f"invoice {message.invoice_id}: {e.reason}") from None
+
+
+def compute_due_date(
+    invoice_date: date, payment_terms: str | None, explicit_due_date: date | None, setup: CompanySetup
+) -> date:
+    """Explicit due date wins, else invoice date + the terms' days, else the invoice date itself."""
+    # An unknown code is refused even when an explicit date would win: it means the ERP and we disagree on setup.
+    if payment_terms is not None and payment_terms not in setup.payment_terms:
+        raise InvoiceRejected(f"unknown payment terms {payment_terms!r}")
+    if explicit_due_date is not None:
+        if explicit_due_date < invoice_date:
+            raise InvoiceRejected(f"due date {explicit_due_date} is before the invoice date {invoice_date}")
+        return explicit_due_date
+    if payment_terms is None:
+        return invoice_date
+    return invoice_date + timedelta(days=setup.payment_terms[payment_terms].days)
+
+
+def discount_amount(total: Decimal, percent: Decimal) -> Decimal:
+    """percent × total, half-up to the cent, signed like the total (a credit note's discount is negative)."""
+    # The base is the total including sales tax: D365's default (no "discount on net amount" parameter here).
+    return round_money(total * percent / 100) + ZERO  # + ZERO turns -0.00 into 0.00
+
+
+def compute_cash_discounts(
+    invoice_date: date,
+    total: Decimal,
+    cash_discount_code: str | None,
+    explicit_tiers: list[CashDiscountTier] | None,
+    setup: CompanySetup,
+) -> tuple[CashDiscountTier, ...]:
+    """Explicit tiers win (an empty list means no discount), else the code and its chain of next codes."""
+    if cash_discount_code is not None and cash_discount_code not in setup.cash_discount_codes:
+        raise InvoiceRejected(f"unknown cash discount code {cash_discount_code!r}")
+    if explicit_tiers is not None:
+        raw = [(t.percent, t.date, t.amount) for t in explicit_tiers]
+    elif cash_discount_code is not None:
+        chain = setup.discount_chain(cash_discount_code)
+        raw = [(c.percent, invoice_date + timedelta(days=c.days), None) for c in chain]
+    else:
+        return ()
+    tiers: list[CashDiscountTier] = []
+    for percent, until, given in sorted(raw, key=lambda t: t[1]):
+        amount = discount_amount(total, percent)
+        if until < invoice_date:
+            raise InvoiceRejected(f"cash discount date {until} is before the invoice date {invoice_date}")
+        if tiers and tiers[-1].date == until:
+            raise InvoiceRejected(f"two cash discount tiers end on the same date {until}")
+        # An amount sent by the ERP must agree with ours; replacing it silently would hide a disagreement.
+        if given is not None and given != amount:
+            raise InvoiceRejected(
+                f"cash discount amount {given} until {until} is not {percent} % of the total {total} ({amount})"
+            )
+        tiers.append(CashDiscountTier(percent=percent, date=until, amount=amount))
+    return tuple(tiers)
+
+
+def invoice_fingerprint(message: CustomerInvoiceIssued) -> str:
+    """A digest of the invoice's content without its message_id: equal digests mean the same invoice."""
+    content = message.model_dump(mode="python", exclude={"message_id"})
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=_canonical_scalar)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def ensure_same_invoice(posted_fingerprint: str, message: CustomerInvoiceIssued) -> None:
+    """For a message whose invoice_id is already posted: return if it is the same invoice (a no-op), else reject."""
+    if invoice_fingerprint(message) != posted_fingerprint:
+        raise InvoiceRejected(
+            f"invoice {message.invoice_id}: already posted with different content; correct it with a credit note"
+        )
+
+
+def _canonical_scalar(value: object) -> str:
+    if isinstance(value, Decimal):  # "1" and "1.00" percent, "1000" and "1000.00" amounts are the same content
+        return format((value + 0).normalize(), "f")
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"cannot fingerprint {type(value).__name__}")
+
+
+def _sign(value: Decimal) -> int:
+    return (value > 0) - (value < 0)
+
+
+def _post(message: CustomerInvoiceIssued, setup: CompanySetup) -> PostedInvoice:
+    if message.currency != setup.accounting_currency:
+        raise InvoiceRejected(f"currency {message.currency} is not the accounting currency {setup.accounting_currency}")
+    revenue = []  # (account, signed amount, text, customer) per line, debit positive
+    for n, line in enumerate(message.lines, 1):
+        account = line.revenue_account or setup.default_revenue_account
+        if account not in setup.main_accounts:
+            raise InvoiceRejected(f"line {n}: unknown revenue account {account!r}")
+        # Tax follows its line's direction; tax on a zero or opposite line is a data error in the ERP.
+        if line.sales_tax_amount and _sign(line.sales_tax_amount) != _sign(line.amount):
+            raise InvoiceRejected(
+                f"line {n}: sales tax {line.sales_tax_amount} and amount {line.amount} have different signs"
+            )
+        revenue.append((account, -line.amount, line.description, None))
+
+    net = sum((line.amount for line in message.lines), ZERO)
+    tax = sum((line.sales_tax_amount for line in message.lines), ZERO)
+    total = net + tax
+    if total == 0:
+        raise InvoiceRejected(f"the lines total 0.00 (net {net}, sales tax {tax}): nothing to post")
+    # Mixed-sign lines are fine (e.g. a negative rebate line), but the net must point the same way as the total.
+    if _sign(net) != _sign(total):
+        raise InvoiceRejected(f"net amount {net} and total {total} have different signs")
+
+    is_invoice = total > 0
+    kind: TransactionType = "Invoice" if is_invoice else "CreditNote"
+    voucher = (INVOICE_VOUCHER_PREFIX if is_invoice else CREDIT_NOTE_VOUCHER_PREFIX) + message.invoice_id
+    label = f"{'Invoice' if is_invoice else 'Credit note'} {message.invoice_id}"
+    due = compute_due_date(message.invoice_date, message.payment_terms, message.due_date, setup)
+    tiers = compute_cash_discounts(
+        message.invoice_date, total, message.cash_discount_code, message.cash_discounts, setup
+    )
+    code = message.cash_discount_code
+    # Explicit tiers without a code carry no account: settlement then uses its own default.
+    discount_account = setup.cash_discount_codes[code].account if code is not None else None
+
+    # Signed postings (debit positive); a credit note's negative total yields the mirror image by itself.
+    postings = [(setup.customer_posting_profile.summary_account, total, label, message.customer_account)]
+    postings += revenue + [(setup.sales_tax_account, -tax, f"Sales tax, {label.lower()}", None)]
+    voucher_lines = [
+        VoucherLine(
+            account=acc, debit=max(amt, ZERO), credit=max(-amt, ZERO), text=text or label, customer_account=cust
+        )
+        for acc, amt, text, cust in postings
+        if amt != 0
+    ]
+
+    transaction = CustomerTransactionPosted(
+        message_id=_message_id(setup, voucher, CustomerTransactionPosted.topic),
+        voucher=voucher,
+        transaction_type=kind,
+        customer_account=message.customer_account,
+        customer_name=message.customer_name,
+        transaction_date=message.invoice_date,
+        invoice_id=message.invoice_id,
+        amount=total,
+        currency=message.currency,
+        due_date=due,
+        cash_discounts=list(tiers),
+        cash_discount_account=discount_account,
+        sales_tax_amount=tax,
+    )
+    ledger_voucher = VoucherPosted(
+        message_id=_message_id(setup, voucher, VoucherPosted.topic),
+        voucher=voucher,
+        posting_date=message.invoice_date,
+        currency=message.currency,
+        source=SOURCE,
+        description=f"{label}, customer {message.customer_account}",
+        lines=voucher_lines,
+    )
+    return PostedInvoice(
+        invoice_id=message.invoice_id,
+        customer_account=message.customer_account,
+        voucher=voucher,
+        transaction_type=kind,
+        invoice_date=message.invoice_date,
+        due_date=due,
+        currency=message.currency,
+        net_amount=net,
+        sales_tax_amount=tax,
+        total=total,
+        cash_discounts=tiers,
+        cash_discount_account=discount_account,
+        fingerprint=invoice_fingerprint(message),
+        transaction=transaction,
+        ledger_voucher=ledger_voucher,
+    )
+
+
+def _message_id(setup: CompanySetup, voucher: str, topic: str) -> str:
+    # Derived from the voucher, not random: posting the same invoice again (a crash before the inbox
+    # commit) emits the same ids, which downstream inboxes then ignore. invoice_id is unique per company.
+    return str(uuid.uuid5(_MESSAGE_ID_NAMESPACE, f"{setup.company}/{voucher}/{topic}"))

