@@ -11,7 +11,6 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
 from sqlmodel import Field, SQLModel
 
@@ -25,7 +24,7 @@ from kredit_shared.contracts import (
 )
 from kredit_shared.service import Rejected, ServiceRuntime, Transaction
 from kredit_shared.settings import ServiceSettings
-from kredit_shared.testing import TopicProbe, eventually, publish
+from kredit_shared.testing import TopicProbe, eventually, isolated_kafka, publish, serve
 
 
 class EchoEffect(SQLModel, table=True):
@@ -51,9 +50,7 @@ async def echo_invoice(tx: Transaction, invoice: CustomerInvoiceIssued) -> None:
 
 def echo_settings(kafka, database_url: str, **overrides) -> ServiceSettings:
     return ServiceSettings(
-        service_name="echo", http_port=0, database_url=database_url, kafka_bootstrap_servers=kafka.bootstrap_servers,
-        topic_prefix=f"{kafka.topic_prefix}echo-{uuid.uuid4().hex[:8]}.", consumer_group=f"echo-{uuid.uuid4().hex[:8]}",
-        **overrides,
+        service_name="echo", http_port=0, database_url=database_url, **isolated_kafka(kafka), **overrides
     )
 
 
@@ -80,7 +77,7 @@ async def times_applied(runtime: ServiceRuntime, invoice_id: str) -> int:
 async def test_a_consumed_message_commits_its_effect_and_relays_its_output(kafka, database_url):
     settings = echo_settings(kafka, database_url)
     runtime, app = echo_app(settings)
-    async with LifespanManager(app, startup_timeout=30), TopicProbe(kafka.bootstrap_servers, [settings.topic(GL_JOURNAL_LINES)]) as out:
+    async with serve(app), TopicProbe(kafka.bootstrap_servers, [settings.topic(GL_JOURNAL_LINES)]) as out:
         await publish(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), invoice("10020"))
         [voucher] = await out.wait_for(lambda r: True)
         assert voucher.key == "ECHO-10020"
@@ -93,7 +90,7 @@ async def test_the_same_message_delivered_twice_has_one_effect(kafka, database_u
     settings = echo_settings(kafka, database_url)
     runtime, app = echo_app(settings)
     message = invoice("10021")
-    async with LifespanManager(app, startup_timeout=30), TopicProbe(kafka.bootstrap_servers, [settings.topic(GL_JOURNAL_LINES)]) as out:
+    async with serve(app), TopicProbe(kafka.bootstrap_servers, [settings.topic(GL_JOURNAL_LINES)]) as out:
         for _ in range(2):
             await publish(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), message)
         await publish(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), invoice("10022"))
@@ -117,7 +114,7 @@ async def test_a_bad_message_is_dead_lettered_with_its_reason_and_the_next_one_i
     settings = echo_settings(kafka, f"sqlite+aiosqlite:///{tmp_path / 'echo.db'}")
     runtime, app = echo_app(settings)
     dlq = settings.topic(dead_letter_topic(ERP_CUSTOMER_INVOICES))
-    async with LifespanManager(app, startup_timeout=30), TopicProbe(kafka.bootstrap_servers, [dlq, settings.topic(GL_JOURNAL_LINES)]) as probe:
+    async with serve(app), TopicProbe(kafka.bootstrap_servers, [dlq, settings.topic(GL_JOURNAL_LINES)]) as probe:
         await publish(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), raw)
         await publish(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), invoice("GOOD-1"))
         [dead] = await probe.wait_for(lambda r: r.topic == dlq)
@@ -133,12 +130,12 @@ async def test_a_crash_before_the_relay_publishes_loses_nothing(kafka, database_
     settings = echo_settings(kafka, database_url, outbox_relay_enabled=False)
     runtime, app = echo_app(settings)
     async with TopicProbe(kafka.bootstrap_servers, [settings.topic(GL_JOURNAL_LINES)]) as out:
-        async with LifespanManager(app, startup_timeout=30):
+        async with serve(app):
             await publish(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), invoice("10030"))
             await eventually(lambda: times_applied(runtime, "10030"))
         assert [r for r in await out.settle(0.3)] == []
         restarted, app = echo_app(settings.model_copy(update={"outbox_relay_enabled": True}))
-        async with LifespanManager(app, startup_timeout=30):
+        async with serve(app):
             await out.wait_for(lambda r: r.key == "ECHO-10030")
             await out.settle(0.5)
         assert len(out.records) == 1
@@ -150,7 +147,7 @@ async def test_outbox_rows_are_marked_sent_once_published(kafka, database_url):
 
     settings = echo_settings(kafka, database_url)
     runtime, app = echo_app(settings)
-    async with LifespanManager(app, startup_timeout=30), TopicProbe(kafka.bootstrap_servers, [settings.topic(GL_JOURNAL_LINES)]) as out:
+    async with serve(app), TopicProbe(kafka.bootstrap_servers, [settings.topic(GL_JOURNAL_LINES)]) as out:
         for n in range(5):
             await publish(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), invoice(f"B{n}"))
         await out.wait_for(lambda r: True, count=5)

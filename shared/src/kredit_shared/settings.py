@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from pydantic import Field
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing import Annotated
-from pydantic import field_validator
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ServiceSettings(BaseSettings):
@@ -25,12 +24,13 @@ class ServiceSettings(BaseSettings):
     # Names every topic `<topic_prefix><contract name>`; only test runs sharing a broker set it.
     topic_prefix: str = ""
     topic_partitions: int = Field(default=4, ge=1)
-    consumer_group: str | None = None  # default: kredit-<service_name>
+    consumer_group: str | None = None  # default: <topic_prefix>kredit-<service_name>
 
     # The local broker completes a JoinGroup after ~half the session timeout and holds every fetch
-    # for the whole fetch wait (PLATFORM-NOTES.md), so both are kept short.
-    kafka_session_timeout_ms: int = 3000
-    kafka_heartbeat_interval_ms: int = 500
+    # for the whole fetch wait (PLATFORM-NOTES.md), so both are kept short. 6 s is Apache Kafka's
+    # minimum session timeout; the local stack and the tests use 1 s (1 s joins and restarts).
+    kafka_session_timeout_ms: int = 6000
+    kafka_heartbeat_interval_ms: int = 1000
     kafka_fetch_max_wait_ms: int = 20
 
     outbox_relay_enabled: bool = True
@@ -51,7 +51,7 @@ class ServiceSettings(BaseSettings):
 
     @property
     def group_id(self) -> str:
-        return self.consumer_group or f"kredit-{self.service_name}"
+        return self.consumer_group or f"{self.topic_prefix}kredit-{self.service_name}"
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

@@ -139,6 +139,29 @@ async def fresh_postgres_database(admin_url: str) -> AsyncIterator[str]:
             await admin.close()
 
 
+def isolated_kafka(kafka: BrokerUnderTest) -> dict[str, Any]:
+    """Settings that give one test its own topics and consumer groups on the shared test broker,
+    with the short session timeout that makes joins and restarts take ~1 s on the local broker."""
+    return {
+        "kafka_bootstrap_servers": kafka.bootstrap_servers,
+        "topic_prefix": f"{kafka.topic_prefix}t{uuid.uuid4().hex[:10]}.",
+        "kafka_session_timeout_ms": 1000,
+        "kafka_heartbeat_interval_ms": 200,
+    }
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[Any]:
+    """Run a service's app in-process (lifespan: broker, consumer, relay) and yield an HTTP client."""
+    import httpx
+    from asgi_lifespan import LifespanManager
+
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            yield client
+
+
 @dataclass
 class Record:
     topic: str

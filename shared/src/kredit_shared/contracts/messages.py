@@ -281,6 +281,10 @@ class GeneralJournalLine(BaseModel):
     reason_code: str | None = None
     reason_comment: str | None = None
     settles: list[SettledTransactionRef] = Field(default_factory=list)
+    # Lines with the same group share one ledger voucher (numbered by ledger-posting); no group
+    # anywhere = the whole journal is one voucher. A write-off groups each customer line with its
+    # write-off account lines, so every written-off transaction gets a voucher of its own.
+    voucher_group: str | None = None
 
 
 class GeneralJournalRequested(ContractMessage):
