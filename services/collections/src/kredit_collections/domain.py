@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import date
 from decimal import Decimal
 
 from kredit_shared.company_setup import AgingBucket, CompanySetup, WriteOffParameters
 from kredit_shared.contracts import CustomerTransactionPosted, OpenItemsSettled
 from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested, SettledTransactionRef
+from kredit_shared.contracts import JournalCreated, JournalEvent, JournalPosted, JournalRejected
 from kredit_shared.money import ZERO, round_money
 
 # --- read model: transactions and their open balances ----------------------------------------
@@ -101,6 +102,12 @@ def transaction_balances(
         if as_of is None or t.transaction_date <= as_of
     ]
     return sorted(rows, key=lambda r: (r.transaction.transaction_date, r.voucher))
+
+
+def open_invoices(balances: Iterable[TransactionBalance]) -> list[TransactionBalance]:
+    """Invoices and credit notes with something still open, by due date (the Open customer invoices page)."""
+    rows = [b for b in balances if b.is_open and b.transaction.transaction_type in ("Invoice", "CreditNote")]
+    return sorted(rows, key=lambda r: (r.transaction.due_date or r.transaction.transaction_date, r.voucher))
 
 
 # --- aged balances ---------------------------------------------------------------------------
@@ -210,7 +217,8 @@ def select_for_write_off(
     pending_vouchers: Collection[str] = frozenset(),
 ) -> list[TransactionBalance]:
     """The open items a write-off covers: the whole balance (debit and credit items alike), the
-    selected vouchers, or one invoice. `pending_vouchers` are items in unposted write-off journals."""
+    selected vouchers, or one invoice. `pending_vouchers` are items claimed by another write-off
+    (see `WriteOffProgress.claims_its_vouchers`)."""
     own = [b for b in balances if b.transaction.customer_account == customer_account]
     if not own:
         raise UnknownCustomer(f"customer {customer_account!r} has no transactions")
@@ -239,7 +247,7 @@ def select_for_write_off(
                               "write off each currency's vouchers separately")
     # Even for a whole-balance write-off: skipping these would quietly write off less than asked.
     if pending := [b.voucher for b in chosen if b.voucher in pending_vouchers]:
-        raise WriteOffConflict(f"already in a write-off journal that is not posted: {', '.join(pending)}")
+        raise WriteOffConflict(f"already in a write-off that is not yet posted and settled: {', '.join(pending)}")
     return chosen
 
 
@@ -257,14 +265,17 @@ def build_write_off_journal(
     items: Sequence[TransactionBalance], settings: WriteOffSettings, *,
     request_id: str, transaction_date: date,
     reason_code: str | None = None, reason_comment: str | None = None,
-    customer_name: str | None = None, line_per_transaction: bool = False,
+    customer_name: str | None = None, line_per_transaction: bool = True,
 ) -> GeneralJournalRequested:
     """The general journal that writes off `items` (open items of one customer, one currency).
 
-    As in Dynamics 365 one Customer line reverses the net balance and names every transaction it
-    settles, offset by a write-off account line (and, with separate sales tax, a sales tax line).
-    `line_per_transaction` gives each transaction its own Customer and Ledger lines instead; so
-    does a net balance of zero, because a journal line must not be zero on both sides."""
+    Each written-off transaction gets one Customer line that reverses its open balance and names
+    it in `settles`, offset by a write-off account line (and, with separate sales tax, a sales tax
+    line). The three share a `voucher_group` (the transaction's voucher), so ledger-posting books
+    one balanced voucher per written-off transaction and settlement can settle each on its own.
+    `line_per_transaction=False` instead reverses the net balance in one Customer line naming every
+    transaction (one voucher for the journal), unless the net is zero: a journal line must not be
+    zero on both sides, so that case still goes transaction by transaction."""
     if not items:
         raise NothingToWriteOff("nothing selected to write off")
     code = reason_code or settings.reason_code
@@ -291,16 +302,49 @@ def build_write_off_journal(
     groups = [[i] for i in items] if line_per_transaction or net == 0 else [list(items)]
     lines: list[GeneralJournalLine] = []
     for group in groups:
-        text = f"Write-off {group[0].voucher}" if len(group) == 1 else description
+        single = group[0].voucher if len(group) == 1 else None
+        text = f"Write-off {single}" if single else description
         total = sum((i.balance for i in group), ZERO)
         tax = sum((sales_tax_share(i) for i in group), ZERO) if settings.separate_sales_tax else ZERO
         settles = [SettledTransactionRef(voucher=i.voucher, invoice_id=i.transaction.invoice_id, amount=i.balance)
                    for i in group]
-        lines.append(line("Customer", account, -total, text, settles=settles))
+        lines.append(line("Customer", account, -total, text, settles=settles, voucher_group=single))
         # The tax share is rounded on its own, so the write-off line takes the rounding difference.
         for ledger_account, amount in ((settings.write_off_account, total - tax), (settings.sales_tax_account, tax)):
             if amount:
-                lines.append(line("Ledger", ledger_account, amount, text))
+                lines.append(line("Ledger", ledger_account, amount, text, voucher_group=single))
     return GeneralJournalRequested(
         request_id=request_id, journal_name=settings.journal_name, description=description, lines=lines
     )
+
+
+# --- write-off requests: how far ledger-posting has got --------------------------------------
+
+REQUESTED, JOURNAL_CREATED, POSTED, REJECTED = "requested", "journal-created", "posted", "rejected"
+
+
+@dataclass(frozen=True)
+class WriteOffProgress:
+    status: str = REQUESTED
+    journal_batch_number: str | None = None
+    reason: str | None = None  # why ledger-posting rejected the journal
+
+    @property
+    def claims_its_vouchers(self) -> bool:
+        """Whether its vouchers are off limits to another write-off. A posted write-off keeps them
+        until settlement reports them settled (then they are no longer open); until then a second
+        write-off of the same items would write them off twice."""
+        return self.status != REJECTED
+
+    def after(self, event: JournalEvent) -> WriteOffProgress:
+        """Posted and rejected are final: a late or redelivered event changes nothing."""
+        if self.status in (POSTED, REJECTED):
+            return self
+        match event:
+            case JournalCreated():
+                return replace(self, status=JOURNAL_CREATED, journal_batch_number=event.batch_number)
+            case JournalPosted():
+                return replace(self, status=POSTED, journal_batch_number=event.batch_number)
+            case JournalRejected():
+                return replace(self, status=REJECTED, reason=event.reason)
+        return self

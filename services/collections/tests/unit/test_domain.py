@@ -258,6 +258,14 @@ def write_off(items, settings=SETTINGS, **kwargs) -> GeneralJournalRequested:
     return build_write_off_journal(items, settings, request_id="wo-1", transaction_date=date(2016, 3, 1), **kwargs)
 
 
+def totals_by_group(journal: GeneralJournalRequested) -> dict[str | None, tuple[Decimal, Decimal]]:
+    groups: dict[str | None, tuple[Decimal, Decimal]] = {}
+    for l in journal.lines:
+        debit, credit = groups.get(l.voucher_group, (D(0), D(0)))
+        groups[l.voucher_group] = (debit + l.debit, credit + l.credit)
+    return groups
+
+
 def rows(journal: GeneralJournalRequested) -> list[tuple[str, str, Decimal, Decimal]]:
     return [(l.account_type, l.account, l.debit, l.credit) for l in journal.lines]
 
@@ -267,13 +275,25 @@ def test_spec_000_two_selected_transactions_of_cave_wholesales_with_comment_bad_
     journal = write_off(items, reason_comment="Bad debt")
     assert journal.journal_name == "WriteOff"
     assert journal.description == "Write off transactions for US-004 Cave Wholesales"
-    # spec 000 / [concepts]: one line reverses the customer balance, one or more post to the write-off account.
-    assert rows(journal) == [("Customer", CAVE, D(0), D("1545.67")), ("Ledger", "618900", D("1545.67"), D(0))]
-    assert [(s.voucher, s.invoice_id, s.amount) for s in journal.lines[0].settles] == [
-        ("CIV-000101", "000101", D("1200.00")), ("CIV-000102", "000102", D("345.67"))]
+    # spec 000 / [concepts]: a line reverses the customer balance, one or more post to the write-off account;
+    # one Customer line per written-off transaction, each naming the transaction it settles.
+    assert rows(journal) == [
+        ("Customer", CAVE, D(0), D("1200.00")), ("Ledger", "618900", D("1200.00"), D(0)),
+        ("Customer", CAVE, D(0), D("345.67")), ("Ledger", "618900", D("345.67"), D(0)),
+    ]
+    assert [[(s.voucher, s.invoice_id, s.amount) for s in l.settles] for l in journal.lines] == [
+        [("CIV-000101", "000101", D("1200.00"))], [], [("CIV-000102", "000102", D("345.67"))], []]
+    assert [l.text for l in journal.lines] == ["Write-off CIV-000101"] * 2 + ["Write-off CIV-000102"] * 2
     assert {(l.reason_code, l.reason_comment, l.currency, l.transaction_date) for l in journal.lines} == {
         ("BadDebt", "Bad debt", "USD", date(2016, 3, 1))}
     assert totals(journal) == (D("1545.67"), D("1545.67"))
+
+
+def test_each_written_off_transaction_is_its_own_balanced_voucher_group():
+    journal = write_off(select_for_write_off(CAVE, CAVE_TXS, vouchers=["CIV-000101", "CIV-000102"]), WITH_TAX)
+    assert [l.voucher_group for l in journal.lines] == ["CIV-000101"] * 2 + ["CIV-000102"] * 2
+    assert totals_by_group(journal) == {"CIV-000101": (D("1200.00"), D("1200.00")),
+                                        "CIV-000102": (D("345.67"), D("345.67"))}
 
 
 def test_the_reason_code_can_be_overridden_but_must_exist():
@@ -283,24 +303,28 @@ def test_the_reason_code_can_be_overridden_but_must_exist():
         write_off(items, reason_code="Lost")
 
 
-def test_one_customer_line_per_transaction_when_asked():
-    items = select_for_write_off(CAVE, CAVE_TXS, vouchers=["CIV-000101", "CIV-000102"])
-    journal = write_off(items, reason_comment="Bad debt", line_per_transaction=True)
+def test_the_whole_balance_settles_debit_and_credit_items_each_on_its_own_side():
+    # [defaults]: a debit open amount is reversed with a credit, a credit open amount with a debit.
+    journal = write_off(select_for_write_off(CAVE, CAVE_TXS))
     assert rows(journal) == [
+        ("Customer", CAVE, D("120.00"), D(0)), ("Ledger", "618900", D(0), D("120.00")),
+        ("Customer", CAVE, D("100.00"), D(0)), ("Ledger", "618900", D(0), D("100.00")),
         ("Customer", CAVE, D(0), D("1200.00")), ("Ledger", "618900", D("1200.00"), D(0)),
         ("Customer", CAVE, D(0), D("345.67")), ("Ledger", "618900", D("345.67"), D(0)),
     ]
-    assert [l.text for l in journal.lines] == ["Write-off CIV-000101"] * 2 + ["Write-off CIV-000102"] * 2
-    assert [[s.voucher for s in l.settles] for l in journal.lines] == [["CIV-000101"], [], ["CIV-000102"], []]
+    assert [(s.voucher, s.amount) for l in journal.lines for s in l.settles] == [
+        ("ARP-000050", D("-120.00")), ("CCN-000007", D("-100.00")), ("CIV-000101", D("1200.00")),
+        ("CIV-000102", D("345.67"))]
 
 
-def test_the_whole_balance_reverses_the_net_and_settles_credits_too():
+def test_without_line_per_transaction_one_customer_line_reverses_the_net_as_one_voucher():
     # [defaults]: the customer line carries the total of the open transactions; a debit total gives a credit.
-    journal = write_off(select_for_write_off(CAVE, CAVE_TXS))
+    journal = write_off(select_for_write_off(CAVE, CAVE_TXS), line_per_transaction=False)
     assert rows(journal) == [("Customer", CAVE, D(0), D("1325.67")), ("Ledger", "618900", D("1325.67"), D(0))]
     assert [(s.voucher, s.amount) for s in journal.lines[0].settles] == [
         ("ARP-000050", D("-120.00")), ("CCN-000007", D("-100.00")), ("CIV-000101", D("1200.00")),
         ("CIV-000102", D("345.67"))]
+    assert {l.voucher_group for l in journal.lines} == {None}  # no group: the whole journal is one voucher
 
 
 def test_an_open_credit_balance_is_reversed_with_a_debit():
@@ -312,7 +336,7 @@ def test_an_open_credit_balance_is_reversed_with_a_debit():
 
 def test_a_net_zero_write_off_settles_item_by_item_because_zero_lines_are_refused():
     journal = write_off(is_open((tx("FTI-1", "100.00"), "100.00"), (tx("CN-1", "-100.00", type="CreditNote"),
-                                                                    "-100.00")))
+                                                                    "-100.00")), line_per_transaction=False)
     assert rows(journal) == [("Customer", "4027", D(0), D("100.00")), ("Ledger", "618900", D("100.00"), D(0)),
                              ("Customer", "4027", D("100.00"), D(0)), ("Ledger", "618900", D(0), D("100.00"))]
 
@@ -381,4 +405,7 @@ def test_every_write_off_journal_balances(items, separate_tax, per_transaction):
     assert sorted(s.voucher for l in customer for s in l.settles) == sorted(i.voucher for i in items)
     assert sum((s.amount for l in customer for s in l.settles), D(0)) == written_off
     assert all(bool(l.debit) != bool(l.credit) for l in journal.lines)  # never zero, never both sides
+    assert all(debit == credit for debit, credit in totals_by_group(journal).values())
+    if per_transaction:
+        assert [l.voucher_group for l in customer] == [s.voucher for l in customer for s in l.settles]
     assert {l.reason_code for l in journal.lines} == {"BadDebt"}

@@ -156,16 +156,19 @@ JournalStatus = Literal["open", "posted"]
 
 @dataclass(frozen=True)
 class Journal:
-    """A general journal (batch) holding one voucher, kept open until a user posts it."""
+    """A general journal (batch) kept open until a user posts it. Its lines carry their vouchers."""
 
     batch_number: str
     journal_name: str
-    voucher: str
     description: str
-    lines: tuple[GeneralJournalLine, ...]
+    lines: tuple[PostedJournalLine, ...]
     request_id: str | None = None
     status: JournalStatus = "open"
     posting_date: date | None = None
+
+    @property
+    def vouchers(self) -> list[str]:
+        return list(dict.fromkeys(line.voucher for line in self.lines))
 
 
 def sequence_number(prefix: str, value: int) -> str:
@@ -187,22 +190,36 @@ def _check_journal_lines(
             raise error(f"{where} line {n}: unknown main account {line.account!r}")
 
 
-def open_journal(
-    request: GeneralJournalRequested, setup: CompanySetup, batch_sequence: int, voucher_sequence: int
-) -> Journal:
-    """Build an open journal; the caller supplies the next values of this journal name's own batch
-    and voucher sequences. Unbalanced journals are accepted here: a user reviews them before posting."""
-    name = setup.journal_names.get(request.journal_name)
-    if name is None:
+def voucher_count(request: GeneralJournalRequested) -> int:
+    """How many vouchers the journal takes: one per distinct voucher group (no group = one voucher)."""
+    return len({line.voucher_group for line in request.lines})
+
+
+def check_journal_request(request: GeneralJournalRequested, setup: CompanySetup) -> None:
+    """InvalidJournalRequest if the request cannot become a journal (checked before numbers are taken)."""
+    if request.journal_name not in setup.journal_names:
         known = ", ".join(sorted(setup.journal_names))
         raise InvalidJournalRequest(f"unknown journal name {request.journal_name!r} (known: {known})")
     _check_journal_lines(f"journal request {request.request_id}", request.lines, setup, InvalidJournalRequest)
+
+
+def open_journal(
+    request: GeneralJournalRequested, setup: CompanySetup, batch_sequence: int, first_voucher_sequence: int
+) -> Journal:
+    """Build an open journal; the caller supplies the next value of this journal name's own batch
+    sequence and the first of `voucher_count(request)` values of its voucher sequence. Unbalanced
+    journals are accepted here: a user reviews them before posting."""
+    check_journal_request(request, setup)
+    name = setup.journal_names[request.journal_name]
+    groups = list(dict.fromkeys(line.voucher_group for line in request.lines))
+    voucher_of = {g: sequence_number(name.voucher_prefix, first_voucher_sequence + i) for i, g in enumerate(groups)}
     return Journal(
         batch_number=sequence_number(name.batch_prefix, batch_sequence),
         journal_name=request.journal_name,
-        voucher=sequence_number(name.voucher_prefix, voucher_sequence),
         description=request.description,
-        lines=tuple(request.lines),
+        lines=tuple(
+            PostedJournalLine(**line.model_dump(), voucher=voucher_of[line.voucher_group]) for line in request.lines
+        ),
         request_id=request.request_id,
     )
 
@@ -213,20 +230,20 @@ def post_journal(journal: Journal, setup: CompanySetup) -> tuple[Journal, tuple[
     if journal.status == "posted":
         raise JournalAlreadyPosted(f"{where} is already posted (posting date {journal.posting_date})")
     _check_journal_lines(where, journal.lines, setup, JournalNotPostable)
-    # Balanced per date, not only overall: otherwise a trial balance as of a date between the
-    # voucher's dates would not balance.
-    by_date: dict[date, list[GeneralJournalLine]] = defaultdict(list)
+    # Balanced per voucher and date, not only overall: otherwise a trial balance as of a date
+    # between the voucher's dates would not balance.
+    by_voucher_date: dict[tuple[str, date], list[GeneralJournalLine]] = defaultdict(list)
     for line in journal.lines:
-        by_date[line.transaction_date].append(line)
-    for day, lines in sorted(by_date.items()):
-        _check_balanced(f"{where}: voucher {journal.voucher} on {day}", lines, UnbalancedJournal)
+        by_voucher_date[(line.voucher, line.transaction_date)].append(line)
+    for (voucher, day), lines in sorted(by_voucher_date.items()):
+        _check_balanced(f"{where}: voucher {voucher} on {day}", lines, UnbalancedJournal)
     summary = setup.customer_posting_profile.summary_account
     entries = tuple(
         LedgerEntry(
             account=summary if line.account_type == "Customer" else line.account,
             debit=round_money(line.debit),
             credit=round_money(line.credit),
-            voucher=journal.voucher,
+            voucher=line.voucher,
             posting_date=line.transaction_date,
             text=line.text or journal.description,
             source=f"{journal.journal_name} {journal.batch_number}",
@@ -235,7 +252,8 @@ def post_journal(journal: Journal, setup: CompanySetup) -> tuple[Journal, tuple[
         )
         for line in journal.lines
     )
-    return replace(journal, status="posted", posting_date=max(by_date)), entries
+    posting_date = max(day for _, day in by_voucher_date)
+    return replace(journal, status="posted", posting_date=posting_date), entries
 
 
 def journal_posted_event(journal: Journal) -> JournalPosted:
@@ -247,7 +265,7 @@ def journal_posted_event(journal: Journal) -> JournalPosted:
         journal_name=journal.journal_name,
         batch_number=journal.batch_number,
         posting_date=journal.posting_date,
-        lines=[PostedJournalLine(**line.model_dump(), voucher=journal.voucher) for line in journal.lines],
+        lines=list(journal.lines),
     )
 
 
@@ -273,21 +291,27 @@ class TrialBalance:
 
 def trial_balance(entries: Iterable[LedgerEntry], setup: CompanySetup, as_of: date) -> TrialBalance:
     """Debit and credit per account of the entries posted on or before `as_of`."""
-    debits: dict[str, Decimal] = defaultdict(lambda: ZERO)
-    credits: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    totals: dict[str, tuple[Decimal, Decimal]] = defaultdict(lambda: (ZERO, ZERO))
     for entry in entries:
         if entry.posting_date <= as_of:
-            debits[entry.account] += entry.debit
-            credits[entry.account] += entry.credit
+            debit, credit = totals[entry.account]
+            totals[entry.account] = (debit + entry.debit, credit + entry.credit)
+    return trial_balance_from_totals(totals, setup, as_of)
+
+
+def trial_balance_from_totals(
+    totals: dict[str, tuple[Decimal, Decimal]], setup: CompanySetup, as_of: date
+) -> TrialBalance:
+    """The trial balance from (debit, credit) totals per account, e.g. summed by the database."""
     rows = tuple(
         TrialBalanceRow(
             account=account,
             name=setup.main_accounts[account].name if account in setup.main_accounts else UNKNOWN_ACCOUNT_NAME,
-            debit=round_money(debits[account]),
-            credit=round_money(credits[account]),
-            balance=round_money(debits[account] - credits[account]),
+            debit=round_money(debit),
+            credit=round_money(credit),
+            balance=round_money(debit - credit),
         )
-        for account in sorted(debits)
+        for account, (debit, credit) in sorted(totals.items())
     )
     return TrialBalance(
         as_of=as_of,

@@ -21,6 +21,7 @@ from kredit_ledger_posting.domain import (
     is_new_voucher,
     journal_posted_event,
     open_journal,
+    voucher_count,
     post_journal,
     trial_balance,
     voucher_fingerprint,
@@ -108,8 +109,28 @@ def test_each_journal_name_numbers_batches_and_vouchers_from_its_own_sequence():
     write_offs = [open_journal(journal_request(*WRITE_OFF), SETUP, n, n) for n in (1, 2)]
     general = open_journal(journal_request(*WRITE_OFF, journal_name="GenJrn"), SETUP, 1, 7)
     assert [j.batch_number for j in write_offs] == ["WOJ-000001", "WOJ-000002"]
-    assert [j.voucher for j in write_offs] == ["WOV-000001", "WOV-000002"]
-    assert (general.batch_number, general.voucher, general.status) == ("GNJ-000001", "GJV-000007", "open")
+    assert [j.vouchers for j in write_offs] == [["WOV-000001"], ["WOV-000002"]]
+    assert (general.batch_number, general.vouchers, general.status) == ("GNJ-000001", ["GJV-000007"], "open")
+
+
+def test_each_voucher_group_gets_its_own_voucher_and_must_balance_on_its_own():
+    grouped = [
+        {"account_type": "Customer", "account": "US-004", "credit": "100.00", "voucher_group": "FTI-1"},
+        {"account_type": "Ledger", "account": "618900", "debit": "100.00", "voucher_group": "FTI-1"},
+        {"account_type": "Customer", "account": "US-004", "credit": "50.00", "voucher_group": "FTI-2"},
+        {"account_type": "Ledger", "account": "618900", "debit": "50.00", "voucher_group": "FTI-2"},
+    ]
+    request = journal_request(*grouped)
+    assert voucher_count(request) == 2
+    journal = open_journal(request, SETUP, 1, 5)
+    assert [line.voucher for line in journal.lines] == ["WOV-000005"] * 2 + ["WOV-000006"] * 2
+    posted, entries = post_journal(journal, SETUP)
+    assert {e.voucher for e in entries} == {"WOV-000005", "WOV-000006"}
+
+    crossed = [dict(line) for line in grouped]
+    crossed[1]["debit"], crossed[3]["debit"] = "50.00", "100.00"  # balanced overall, not per voucher
+    with pytest.raises(UnbalancedJournal, match="voucher WOV-000001 on .* debits total 50.00, credits total 100.00"):
+        post_journal(open_journal(journal_request(*crossed), SETUP, 1, 1), SETUP)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ settlement (spec/README.md and Microsoft's settlement scenarios). Money is Decim
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
@@ -356,3 +356,101 @@ def apply_settlement(transactions: Sequence[OpenTransaction], result: Settlement
         updated.append(replace(t, open_amount=new_open,
                                discount_taken=t.discount_taken + discount_change.get(t.voucher, ZERO)))
     return updated
+
+
+def settle_new_transaction(transaction: OpenTransaction, transactions: Iterable[OpenTransaction]) -> list[SettlementResult]:
+    """Settle a newly posted invoice or credit note with what the customer has open, automatically.
+
+    A new invoice takes the open credits (settle_new_invoice); a new credit note pays the open debits, oldest
+    due date first, without discount. Anything else, or a transaction with nothing open, settles nothing.
+    """
+    others = [t for t in transactions if t.voucher != transaction.voucher]
+    if transaction.transaction_type == "Invoice" and transaction.open_amount > 0:
+        return [r for r in settle_new_invoice(transaction, others) if r.settlements]
+    if transaction.transaction_type == "CreditNote" and transaction.open_amount < 0:
+        result = settle_credit(transaction, others)
+        return [result] if result.settlements else []
+    return []
+
+
+def cash_discount_vouchers(payment_id: str, count: int, taken: Collection[str] = ()) -> list[str]:
+    """Vouchers for the cash discounts one payment takes: ARP-10020 gives DISC-10020, then DISC-10020-2, ...
+
+    Deterministic, so a replayed payment names its discounts the same way; `taken` (vouchers already in use,
+    e.g. by payment "10020" next to "ARP-10020") are skipped.
+    """
+    base = "DISC-" + payment_id.removeprefix("ARP-")
+    vouchers: list[str] = []
+    n = 1
+    while len(vouchers) < count:
+        candidate = base if n == 1 else f"{base}-{n}"
+        if candidate not in taken:
+            vouchers.append(candidate)
+        n += 1
+    return vouchers
+
+
+# --- write-offs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairSettled:
+    """A debit settled against a credit without discount: the debit falls, the credit rises, by `amount`."""
+
+    debit_voucher: str
+    credit_voucher: str
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class WriteOffSettlement:
+    write_off: OpenTransaction  # what is left open of the write-off: zero unless something named was not open
+    settled: tuple[OpenTransaction, ...]  # the named transactions after the write-off, in the order named
+    pairs: tuple[PairSettled, ...]
+    shortfalls: tuple[str, ...]  # why part of the write-off settled nothing; it stays open on the write-off
+
+
+def settle_write_off(
+    write_off: OpenTransaction, named: Sequence[tuple[str, Decimal]], transactions: Iterable[OpenTransaction]
+) -> WriteOffSettlement:
+    """Settle the transactions a posted write-off names, each by the (signed) amount named.
+
+    A named debit (invoice) is settled against the write-off as its credit, a named credit against the
+    write-off as its debit, so the write-off's own balance ends at zero when everything named was open.
+    The journal is posted already, so a transaction that is no longer open for the amount named is settled
+    for what is open and the difference is reported, never refused: it stays open on the write-off.
+    """
+    by_voucher = {t.voucher: t for t in transactions}
+    left = write_off.open_amount
+    pairs: list[PairSettled] = []
+    shortfalls: list[str] = []
+    settled: dict[str, OpenTransaction] = {}
+    for voucher, wanted in named:
+        t = settled.get(voucher) or by_voucher.get(voucher)
+        problem = None
+        if t is None:
+            problem = "is not an open transaction known to settlement"
+        elif t.customer_account != write_off.customer_account:
+            problem = f"belongs to customer {t.customer_account}, not {write_off.customer_account}"
+        elif t.currency != write_off.currency:
+            problem = f"is in {t.currency}, the write-off in {write_off.currency}"
+        if problem is not None:
+            shortfalls.append(f"{voucher} {problem}: {wanted} not settled")
+            continue
+        assert t is not None
+        same_side = (t.open_amount > 0) == (wanted > 0) and t.open_amount != 0 and wanted != 0
+        amount = min(abs(t.open_amount), abs(wanted)) if same_side else ZERO
+        if amount != abs(wanted):
+            shortfalls.append(f"{voucher} was written off for {wanted} but only {t.open_amount} was open: "
+                              f"{amount} settled, {abs(wanted) - amount} left open on {write_off.voucher}")
+        if amount == 0:
+            continue
+        if t.open_amount > 0:
+            pairs.append(PairSettled(t.voucher, write_off.voucher, amount))
+            settled[voucher] = replace(t, open_amount=t.open_amount - amount)
+            left += amount
+        else:
+            pairs.append(PairSettled(write_off.voucher, t.voucher, amount))
+            settled[voucher] = replace(t, open_amount=t.open_amount + amount)
+            left -= amount
+    return WriteOffSettlement(replace(write_off, open_amount=left), tuple(settled.values()), tuple(pairs), tuple(shortfalls))

@@ -1,0 +1,115 @@
+"""Collections use cases: one async function per message, command or query (load → domain → save → emit)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import date
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kredit_collections import tables
+from kredit_collections.domain import (
+    AgedBalance,
+    CustomerTransaction,
+    TransactionBalance,
+    UnknownCustomer,
+    WriteOffConflict,
+    WriteOffSettings,
+    age_balances,
+    build_write_off_journal,
+    open_invoices,
+    select_for_write_off,
+    settlement_deltas,
+    transaction_balances,
+)
+from kredit_shared.company_setup import CompanySetup, WriteOffParameters
+from kredit_shared.contracts import CustomerTransactionPosted, JournalEvent, OpenItemsSettled
+from kredit_shared.service import Transaction
+
+# --- messages --------------------------------------------------------------------------------
+
+
+async def record_customer_transaction(tx: Transaction, event: CustomerTransactionPosted) -> None:
+    # A voucher is posted once; the same voucher again (a producer's re-post) is ignored.
+    await tables.add_transaction(tx.session, CustomerTransaction.from_event(event))
+
+
+async def record_settlement(tx: Transaction, event: OpenItemsSettled) -> None:
+    await tables.add_settlement_deltas(tx.session, settlement_deltas(event))
+
+
+async def record_journal_event(tx: Transaction, event: JournalEvent) -> None:
+    request = await tx.session.get(tables.WriteOffRequestRow, event.request_id) if event.request_id else None
+    if request is None:
+        return  # a journal that is not one of our write-offs
+    await tables.save_progress(tx.session, request, request.progress.after(event))
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+async def request_write_off(
+    tx: Transaction, setup: CompanySetup, customer_account: str, *,
+    vouchers: Sequence[str] | None = None, invoice_id: str | None = None,
+    reason_code: str | None = None, reason_comment: str | None = None, on: date | None = None,
+) -> str:
+    """Propose the write-off journal to ledger-posting; returns the write-off id (the request id)."""
+    settings = WriteOffSettings.from_setup(setup, await write_off_parameters(tx.session, setup))
+    items = select_for_write_off(
+        customer_account, await balances(tx.session, customer_account),
+        vouchers=vouchers, invoice_id=invoice_id,
+        pending_vouchers=await tables.claimed_vouchers(tx.session, customer_account),
+    )
+    journal = build_write_off_journal(
+        items, settings, request_id=str(uuid.uuid4()), transaction_date=on or date.today(),
+        reason_code=reason_code, reason_comment=reason_comment,
+    )
+    tables.add_write_off(tx.session, journal, customer_account, items)
+    try:
+        await tx.session.flush()
+    except IntegrityError:
+        raise WriteOffConflict("another write-off of the same vouchers was requested at the same time") from None
+    tx.emit(journal)
+    return journal.request_id
+
+
+async def change_write_off_parameters(
+    tx: Transaction, setup: CompanySetup, parameters: WriteOffParameters
+) -> WriteOffParameters:
+    WriteOffSettings.from_setup(setup, parameters)  # refuses a journal name or reason code the setup lacks
+    row = await tables.load_write_off_parameters(tx.session, setup.write_off)
+    row.journal_name, row.reason_code, row.separate_sales_tax = (
+        parameters.journal_name, parameters.reason_code, parameters.separate_sales_tax)
+    tx.session.add(row)
+    return parameters
+
+
+# --- queries ---------------------------------------------------------------------------------
+
+
+async def write_off_parameters(session: AsyncSession, setup: CompanySetup) -> WriteOffParameters:
+    return (await tables.load_write_off_parameters(session, setup.write_off)).to_setup()
+
+
+async def balances(session: AsyncSession, customer_account: str | None = None) -> list[TransactionBalance]:
+    return transaction_balances(*await tables.load_read_model(session, customer_account))
+
+
+async def customer_transactions(session: AsyncSession, customer_account: str) -> list[TransactionBalance]:
+    if not (rows := await balances(session, customer_account)):
+        raise UnknownCustomer(f"customer {customer_account!r} has no transactions")
+    return rows
+
+
+async def aged_balances(session: AsyncSession, setup: CompanySetup, as_of: date) -> list[AgedBalance]:
+    return age_balances(*await tables.load_read_model(session, as_of=as_of), as_of, setup.aging_buckets)
+
+
+async def open_customer_invoices(session: AsyncSession, customer_account: str | None) -> list[TransactionBalance]:
+    return open_invoices(await balances(session, customer_account))
+
+
+async def write_off_request(session: AsyncSession, write_off_id: str) -> tables.WriteOffRequestRow | None:
+    return await session.get(tables.WriteOffRequestRow, write_off_id)

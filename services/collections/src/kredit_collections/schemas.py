@@ -1,0 +1,151 @@
+"""The collections HTTP API's request and response bodies (ARCHITECTURE.md, "Contract: HTTP")."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kredit_collections.domain import AgedBalance, TransactionBalance
+from kredit_collections.tables import WriteOffRequestRow
+from kredit_shared.company_setup import WriteOffParameters
+from kredit_shared.contracts import GeneralJournalLine, IsoDate, TransactionType
+from kredit_shared.money import Amount
+
+NonEmpty = Field(min_length=1, max_length=100)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- customer transactions -------------------------------------------------------------------
+
+
+class CustomerTransactionOut(BaseModel):
+    voucher: str
+    type: TransactionType
+    date: dt.date
+    invoice_id: str | None
+    debit: Amount | None = Field(description="The original amount of a debit transaction; null on a credit.")
+    credit: Amount | None = Field(description="The original amount of a credit transaction; null on a debit.")
+    balance: Amount = Field(description="What is still open on the transaction: signed, debit positive.")
+    currency: str
+    due_date: dt.date | None
+
+    @classmethod
+    def of(cls, row: TransactionBalance) -> CustomerTransactionOut:
+        t = row.transaction
+        return cls(voucher=t.voucher, type=t.transaction_type, date=t.transaction_date, invoice_id=t.invoice_id,
+                   debit=row.debit or None, credit=row.credit or None, balance=row.balance, currency=t.currency,
+                   due_date=t.due_date)
+
+
+class CustomerTransactionsOut(BaseModel):
+    customer_account: str
+    transactions: list[CustomerTransactionOut]
+
+
+# --- aged balances and open invoices ---------------------------------------------------------
+
+
+class AgedBalanceOut(BaseModel):
+    customer_account: str
+    customer_name: str | None
+    currency: str
+    balance: Amount
+    buckets: dict[str, Amount] = Field(description="Open amount per aging bucket (days past the due date).")
+
+    @classmethod
+    def of(cls, row: AgedBalance) -> AgedBalanceOut:
+        return cls(customer_account=row.customer_account, customer_name=row.customer_name, currency=row.currency,
+                   balance=row.balance, buckets=dict(row.buckets))
+
+
+class AgedBalancesOut(BaseModel):
+    as_of: dt.date
+    buckets: list[str] = Field(description="The bucket labels, in the order of the setup.")
+    customers: list[AgedBalanceOut] = Field(description="One row per customer and currency with anything open.")
+
+
+class OpenInvoiceOut(BaseModel):
+    customer_account: str
+    customer_name: str | None
+    invoice_id: str | None
+    voucher: str
+    type: TransactionType
+    date: dt.date
+    due_date: dt.date | None
+    currency: str
+    amount: Amount = Field(description="The invoice's original amount, signed (negative on a credit note).")
+    balance: Amount = Field(description="What is still open, signed.")
+
+    @classmethod
+    def of(cls, row: TransactionBalance) -> OpenInvoiceOut:
+        t = row.transaction
+        return cls(customer_account=t.customer_account, customer_name=t.customer_name, invoice_id=t.invoice_id,
+                   voucher=t.voucher, type=t.transaction_type, date=t.transaction_date, due_date=t.due_date,
+                   currency=t.currency, amount=t.amount, balance=row.balance)
+
+
+class OpenInvoicesOut(BaseModel):
+    invoices: list[OpenInvoiceOut]
+
+
+# --- write-offs ------------------------------------------------------------------------------
+
+
+class WriteOffIn(_In):
+    """Without `vouchers` or `invoice_id`, the customer's whole open balance is written off."""
+
+    customer_account: str = NonEmpty
+    vouchers: list[str] | None = Field(default=None, description="Write off just these open transactions.")
+    invoice_id: str | None = Field(default=None, description="Write off just this open invoice.")
+    reason_code: str | None = Field(default=None, description="Default: the write-off parameters' reason code.")
+    reason_comment: str | None = Field(default=None, max_length=500)
+    date: IsoDate | None = Field(default=None, description="The write-off's transaction date; default today.")
+
+
+class WriteOffAccepted(BaseModel):
+    write_off_id: str
+
+
+class WriteOffOut(BaseModel):
+    write_off_id: str
+    customer_account: str
+    status: str = Field(description="requested, journal-created, posted or rejected")
+    reason: str | None = Field(description="Why ledger-posting rejected the journal.")
+    journal_name: str
+    journal_batch_number: str | None
+    lines: list[GeneralJournalLine] = Field(description="The proposed journal lines.")
+
+    @classmethod
+    def of(cls, row: WriteOffRequestRow) -> WriteOffOut:
+        return cls(write_off_id=row.id, customer_account=row.customer_account, status=row.status,
+                   reason=row.reason, journal_name=row.journal_name, journal_batch_number=row.journal_batch_number,
+                   lines=row.journal_lines)
+
+
+# --- parameters and reason codes -------------------------------------------------------------
+
+
+class WriteOffParametersIO(_In):
+    journal_name: str = NonEmpty
+    reason_code: str = NonEmpty
+    separate_sales_tax: bool
+
+    @classmethod
+    def of(cls, parameters: WriteOffParameters) -> WriteOffParametersIO:
+        return cls(**parameters.model_dump())
+
+    def to_setup(self) -> WriteOffParameters:
+        return WriteOffParameters(**self.model_dump())
+
+
+class ReasonCodeOut(BaseModel):
+    code: str
+    description: str
+
+
+class ReasonCodesOut(BaseModel):
+    reason_codes: list[ReasonCodeOut]

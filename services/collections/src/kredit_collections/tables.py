@@ -1,0 +1,243 @@
+"""The collections database: the customer-transaction read model, write-off parameters and requests.
+
+Each table maps to and from the domain's values; queries that the handlers share live here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Numeric, String, TypeDecorator, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Field, SQLModel, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kredit_collections.domain import (
+    CustomerTransaction,
+    SettlementDelta,
+    TransactionBalance,
+    WriteOffProgress,
+)
+from kredit_shared.company_setup import WriteOffParameters
+from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested
+
+
+class Money(TypeDecorator[Decimal]):
+    """NUMERIC(18,2) on PostgreSQL. SQLite has no decimal type and would round-trip through a float,
+    so there the exact decimal string is stored instead."""
+
+    impl = Numeric(18, 2)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        return dialect.type_descriptor(String(24) if dialect.name == "sqlite" else Numeric(18, 2))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Any) -> Any:
+        if value is None or dialect.name != "sqlite":
+            return value
+        return str(value)
+
+    def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
+        return None if value is None else Decimal(str(value))
+
+
+def money_column() -> Any:
+    return Field(sa_type=Money, nullable=False)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- read model ------------------------------------------------------------------------------
+
+
+class CustomerTransactionRow(SQLModel, table=True):
+    __tablename__ = "collections_customer_transaction"
+
+    voucher: str = Field(primary_key=True)
+    transaction_type: str
+    customer_account: str = Field(index=True)
+    customer_name: str | None = None
+    transaction_date: date
+    invoice_id: str | None = None
+    amount: Decimal = money_column()  # signed: debit +, credit -
+    currency: str = Field(max_length=3)
+    due_date: date | None = None
+    sales_tax_amount: Decimal = money_column()
+
+    def to_domain(self) -> CustomerTransaction:
+        return CustomerTransaction(
+            voucher=self.voucher, transaction_type=self.transaction_type, customer_account=self.customer_account,
+            transaction_date=self.transaction_date, amount=self.amount, currency=self.currency,
+            invoice_id=self.invoice_id, due_date=self.due_date, sales_tax_amount=self.sales_tax_amount,
+            customer_name=self.customer_name,
+        )
+
+
+class SettlementDeltaRow(SQLModel, table=True):
+    """How a settlement moved a transaction's balance. Stored as deltas, never applied to a balance,
+    so a settlement that arrives before its transactions counts once they arrive."""
+
+    __tablename__ = "collections_settlement_delta"
+
+    settlement_id: str = Field(primary_key=True)
+    voucher: str = Field(primary_key=True, index=True)
+    amount: Decimal = money_column()
+    settlement_date: date
+
+    def to_domain(self) -> SettlementDelta:
+        return SettlementDelta(self.settlement_id, self.voucher, self.amount, self.settlement_date)
+
+
+async def insert_new(session: AsyncSession, model: type[SQLModel], rows: Sequence[dict[str, Any]]) -> None:
+    """INSERT … ON CONFLICT DO NOTHING: a row whose key is already stored is ignored, also when a
+    concurrent transaction stores it at the same moment."""
+    if not rows:
+        return
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    await session.exec(insert(model.__table__).values(list(rows)).on_conflict_do_nothing())
+
+
+async def add_transaction(session: AsyncSession, transaction: CustomerTransaction) -> None:
+    await insert_new(session, CustomerTransactionRow, [asdict(transaction)])
+
+
+async def add_settlement_deltas(session: AsyncSession, deltas: Iterable[SettlementDelta]) -> None:
+    await insert_new(session, SettlementDeltaRow, [asdict(d) for d in deltas])
+
+
+async def load_read_model(
+    session: AsyncSession, customer_account: str | None = None, as_of: date | None = None
+) -> tuple[list[CustomerTransaction], list[SettlementDelta]]:
+    """Transactions (of one customer, or all) and the settlement deltas that move them, up to `as_of`."""
+    transactions = select(CustomerTransactionRow)
+    deltas = select(SettlementDeltaRow)
+    if as_of is not None:
+        transactions = transactions.where(CustomerTransactionRow.transaction_date <= as_of)
+        deltas = deltas.where(SettlementDeltaRow.settlement_date <= as_of)
+    if customer_account is not None:
+        transactions = transactions.where(CustomerTransactionRow.customer_account == customer_account)
+        vouchers = select(CustomerTransactionRow.voucher).where(CustomerTransactionRow.customer_account == customer_account)
+        deltas = deltas.where(SettlementDeltaRow.voucher.in_(vouchers))
+    return ([r.to_domain() for r in (await session.exec(transactions)).all()],
+            [d.to_domain() for d in (await session.exec(deltas)).all()])
+
+
+# --- write-off parameters --------------------------------------------------------------------
+
+
+class WriteOffParametersRow(SQLModel, table=True):
+    """The one row of editable write-off parameters, seeded from the company setup."""
+
+    __tablename__ = "collections_write_off_parameters"
+
+    id: int = Field(default=1, primary_key=True)
+    journal_name: str
+    reason_code: str
+    separate_sales_tax: bool
+
+    def to_setup(self) -> WriteOffParameters:
+        return WriteOffParameters(journal_name=self.journal_name, reason_code=self.reason_code,
+                                  separate_sales_tax=self.separate_sales_tax)
+
+
+async def load_write_off_parameters(session: AsyncSession, defaults: WriteOffParameters) -> WriteOffParametersRow:
+    """The stored parameters; the first caller seeds them from the setup's `defaults`."""
+    await insert_new(session, WriteOffParametersRow, [{"id": 1, **defaults.model_dump()}])
+    row = await session.get(WriteOffParametersRow, 1)
+    assert row is not None
+    return row
+
+
+# --- write-off requests ----------------------------------------------------------------------
+
+
+class WriteOffRequestRow(SQLModel, table=True):
+    __tablename__ = "collections_write_off_request"
+
+    id: str = Field(primary_key=True)
+    customer_account: str = Field(index=True)
+    journal_name: str
+    currency: str = Field(max_length=3)
+    transaction_date: date
+    status: str
+    reason: str | None = None
+    journal_batch_number: str | None = None
+    lines: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))  # the proposed journal lines
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def progress(self) -> WriteOffProgress:
+        return WriteOffProgress(self.status, self.journal_batch_number, self.reason)
+
+    @property
+    def journal_lines(self) -> list[GeneralJournalLine]:
+        return [GeneralJournalLine.model_validate(line) for line in self.lines]
+
+
+class WriteOffVoucherRow(SQLModel, table=True):
+    """A voucher a write-off covers. While `claimed`, no other write-off may cover it: the partial
+    unique index turns two concurrent requests for one voucher into one success and one conflict."""
+
+    __tablename__ = "collections_write_off_voucher"
+    __table_args__ = (
+        Index("ux_collections_write_off_voucher_claimed", "voucher", unique=True,
+              sqlite_where=text("claimed"), postgresql_where=text("claimed")),
+    )
+
+    write_off_id: str = Field(primary_key=True, foreign_key="collections_write_off_request.id")
+    voucher: str = Field(primary_key=True)
+    customer_account: str = Field(index=True)
+    claimed: bool = True
+
+
+def add_write_off(
+    session: AsyncSession, journal: GeneralJournalRequested, customer_account: str, items: Sequence[TransactionBalance]
+) -> WriteOffRequestRow:
+    progress = WriteOffProgress()
+    request = WriteOffRequestRow(
+        id=journal.request_id, customer_account=customer_account, journal_name=journal.journal_name,
+        currency=journal.lines[0].currency, transaction_date=journal.lines[0].transaction_date,
+        status=progress.status, lines=[line.model_dump(mode="json") for line in journal.lines],
+    )
+    session.add(request)
+    session.add_all(WriteOffVoucherRow(write_off_id=request.id, voucher=item.voucher,
+                                       customer_account=customer_account) for item in items)
+    return request
+
+
+async def claimed_vouchers(session: AsyncSession, customer_account: str) -> set[str]:
+    query = select(WriteOffVoucherRow.voucher).where(
+        WriteOffVoucherRow.customer_account == customer_account, WriteOffVoucherRow.claimed
+    )
+    return set((await session.exec(query)).all())
+
+
+async def write_off_vouchers(session: AsyncSession, write_off_id: str) -> list[WriteOffVoucherRow]:
+    query = select(WriteOffVoucherRow).where(WriteOffVoucherRow.write_off_id == write_off_id)
+    return list((await session.exec(query)).all())
+
+
+async def save_progress(session: AsyncSession, request: WriteOffRequestRow, progress: WriteOffProgress) -> None:
+    request.status, request.journal_batch_number, request.reason = (
+        progress.status, progress.journal_batch_number, progress.reason)
+    session.add(request)
+    if not progress.claims_its_vouchers:
+        for voucher in await write_off_vouchers(session, request.id):
+            voucher.claimed = False
+            session.add(voucher)
+
+
+TABLES = [
+    CustomerTransactionRow.__table__,
+    SettlementDeltaRow.__table__,
+    WriteOffParametersRow.__table__,
+    WriteOffRequestRow.__table__,
+    WriteOffVoucherRow.__table__,
+]

@@ -1,0 +1,126 @@
+"""HTTP read side of invoicing: posted invoices with their computed due date and discount tiers."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from datetime import date
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kredit_invoicing.tables import DiscountTierRow, InvoiceLineRow, InvoiceRow, VoucherLineRow
+from kredit_shared.money import CENT, Amount
+
+router = APIRouter(prefix="/api/v1/invoices", tags=["invoices"])
+
+
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.runtime.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(_session)]
+
+
+class LineOut(BaseModel):
+    description: str
+    amount: Amount
+    sales_tax_amount: Amount
+    revenue_account: str | None
+
+
+class DiscountTierOut(BaseModel):
+    percent: str
+    date: date
+    amount: Amount
+
+
+class VoucherLineOut(BaseModel):
+    account: str
+    debit: Amount
+    credit: Amount
+    text: str
+    customer_account: str | None
+
+
+class InvoiceOut(BaseModel):
+    """A posted invoice or credit note; amounts are signed (negative on a credit note)."""
+
+    invoice_id: str
+    customer_account: str
+    customer_name: str | None
+    type: str
+    voucher: str
+    invoice_date: date
+    due_date: date
+    currency: str
+    payment_terms: str | None
+    cash_discount_code: str | None
+    cash_discount_account: str | None
+    cash_discounts: list[DiscountTierOut]
+    net_amount: Amount
+    sales_tax_amount: Amount
+    total: Amount
+    lines: list[LineOut]
+    voucher_lines: list[VoucherLineOut]
+
+
+class InvoiceListOut(BaseModel):
+    customer_account: str
+    invoices: list[InvoiceOut]
+
+
+@router.get("/{invoice_id}")
+async def get_invoice(invoice_id: str, session: SessionDep) -> InvoiceOut:
+    invoice = await session.get(InvoiceRow, invoice_id)
+    if invoice is None:
+        raise HTTPException(404, f"invoice {invoice_id!r} is unknown: no invoice or credit note with that id is posted")
+    [found] = await _with_details(session, [invoice])
+    return found
+
+
+@router.get("")
+async def list_invoices(customer_account: Annotated[str, Query(min_length=1)], session: SessionDep) -> InvoiceListOut:
+    """The customer's invoices and credit notes, oldest first."""
+    query = (
+        select(InvoiceRow)
+        .where(InvoiceRow.customer_account == customer_account)
+        .order_by(InvoiceRow.invoice_date, InvoiceRow.invoice_id)
+    )
+    invoices = (await session.exec(query)).all()
+    return InvoiceListOut(customer_account=customer_account, invoices=await _with_details(session, invoices))
+
+
+async def _with_details(session: AsyncSession, invoices: Sequence[InvoiceRow]) -> list[InvoiceOut]:
+    """Load the lines, tiers and voucher lines of all `invoices` with one query per table."""
+    ids = [i.invoice_id for i in invoices]
+    lines, tiers, voucher = defaultdict(list), defaultdict(list), defaultdict(list)
+    for table, number, into in (
+        (InvoiceLineRow, InvoiceLineRow.line_number, lines),
+        (DiscountTierRow, DiscountTierRow.tier_number, tiers),
+        (VoucherLineRow, VoucherLineRow.line_number, voucher),
+    ):
+        for row in (await session.exec(select(table).where(table.invoice_id.in_(ids)).order_by(number))).all():
+            into[row.invoice_id].append(row)
+    return [
+        InvoiceOut(
+            **i.model_dump(exclude={"transaction_type", "fingerprint", "message_id", "posted_at"}),
+            type=i.transaction_type,
+            cash_discounts=[
+                DiscountTierOut(percent=_percent(t.percent), date=t.until, amount=t.amount) for t in tiers[i.invoice_id]
+            ],
+            lines=[LineOut.model_validate(line, from_attributes=True) for line in lines[i.invoice_id]],
+            voucher_lines=[VoucherLineOut.model_validate(v, from_attributes=True) for v in voucher[i.invoice_id]],
+        )
+        for i in invoices
+    ]
+
+
+def _percent(value: Decimal) -> str:
+    """Two decimals like the setup's "1.00", more only where the percent has them ("1.125")."""
+    return format(value.quantize(CENT) if value == value.quantize(CENT) else value.normalize(), "f")

@@ -1,0 +1,126 @@
+"""Invoicing's tables: posted invoices and credit notes with their lines, discount tiers and voucher."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Column, Numeric
+from sqlmodel import Field, SQLModel
+
+from kredit_invoicing.domain import PostedInvoice
+from kredit_shared.contracts import CustomerInvoiceIssued
+from kredit_shared.outbox import utcnow
+
+
+def _money() -> Any:
+    return Field(sa_column=Column(Numeric(18, 2), nullable=False))
+
+
+_INVOICE_FK = "invoicing_invoice.invoice_id"
+
+
+class InvoiceRow(SQLModel, table=True):
+    """One posted invoice or credit note; all its amounts are in `currency`, signed (negative on a credit note)."""
+
+    __tablename__ = "invoicing_invoice"
+
+    # The primary key makes invoice_id unique: of two replicas posting it at once, the second commit
+    # fails, and its retry finds the first one's invoice.
+    invoice_id: str = Field(primary_key=True)
+    customer_account: str = Field(index=True)
+    customer_name: str | None = None
+    transaction_type: str  # Invoice or CreditNote
+    voucher: str = Field(unique=True)
+    invoice_date: date
+    due_date: date
+    currency: str
+    payment_terms: str | None = None
+    cash_discount_code: str | None = None
+    cash_discount_account: str | None = None
+    net_amount: Decimal = _money()
+    sales_tax_amount: Decimal = _money()
+    total: Decimal = _money()
+    fingerprint: str  # of the message content, to tell a repeat from a conflicting second message
+    message_id: str  # of the message that posted it
+    posted_at: datetime = Field(default_factory=utcnow)
+
+
+class InvoiceLineRow(SQLModel, table=True):
+    __tablename__ = "invoicing_invoice_line"
+
+    invoice_id: str = Field(foreign_key=_INVOICE_FK, primary_key=True)
+    line_number: int = Field(primary_key=True)
+    description: str
+    amount: Decimal = _money()
+    sales_tax_amount: Decimal = _money()
+    revenue_account: str | None = None  # as received; None = the setup's default (see the voucher lines)
+
+
+class DiscountTierRow(SQLModel, table=True):
+    __tablename__ = "invoicing_cash_discount_tier"
+
+    invoice_id: str = Field(foreign_key=_INVOICE_FK, primary_key=True)
+    tier_number: int = Field(primary_key=True)  # in date order
+    percent: Decimal = Field(sa_column=Column(Numeric(7, 4), nullable=False))
+    until: date
+    amount: Decimal = _money()
+
+
+class VoucherLineRow(SQLModel, table=True):
+    """The invoice voucher as posted to the ledger."""
+
+    __tablename__ = "invoicing_voucher_line"
+
+    invoice_id: str = Field(foreign_key=_INVOICE_FK, primary_key=True)
+    line_number: int = Field(primary_key=True)
+    account: str
+    debit: Decimal = _money()
+    credit: Decimal = _money()
+    text: str
+    customer_account: str | None = None
+
+
+TABLES = [InvoiceRow.__table__, InvoiceLineRow.__table__, DiscountTierRow.__table__, VoucherLineRow.__table__]
+
+
+def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> list[SQLModel]:
+    """The rows that record a posted invoice: the invoice first, so its children's foreign keys resolve."""
+    invoice = InvoiceRow(
+        invoice_id=posted.invoice_id,
+        customer_account=posted.customer_account,
+        customer_name=message.customer_name,
+        transaction_type=posted.transaction_type,
+        voucher=posted.voucher,
+        invoice_date=posted.invoice_date,
+        due_date=posted.due_date,
+        currency=posted.currency,
+        payment_terms=message.payment_terms,
+        cash_discount_code=message.cash_discount_code,
+        cash_discount_account=posted.cash_discount_account,
+        net_amount=posted.net_amount,
+        sales_tax_amount=posted.sales_tax_amount,
+        total=posted.total,
+        fingerprint=posted.fingerprint,
+        message_id=message.message_id,
+    )
+    lines = [
+        InvoiceLineRow(
+            invoice_id=posted.invoice_id, line_number=n, description=line.description, amount=line.amount,
+            sales_tax_amount=line.sales_tax_amount, revenue_account=line.revenue_account,
+        )
+        for n, line in enumerate(message.lines, 1)
+    ]
+    tiers = [
+        DiscountTierRow(invoice_id=posted.invoice_id, tier_number=n, percent=t.percent, until=t.date, amount=t.amount)
+        for n, t in enumerate(posted.cash_discounts, 1)
+    ]
+    voucher = [
+        VoucherLineRow(
+            invoice_id=posted.invoice_id, line_number=n, account=line.account, debit=line.debit, credit=line.credit,
+            text=line.text, customer_account=line.customer_account,
+        )
+        for n, line in enumerate(posted.ledger_voucher.lines, 1)
+    ]
+    return [invoice, *lines, *tiers, *voucher]

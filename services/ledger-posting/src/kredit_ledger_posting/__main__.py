@@ -1,0 +1,3 @@
+from kredit_ledger_posting.app import main
+
+main()

@@ -1,0 +1,189 @@
+"""Ledger-posting HTTP API: journals (list, detail, post), ledger entries, trial balance, accounts."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kredit_ledger_posting import domain, handlers
+from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow
+from kredit_shared.company_setup import CompanySetup
+from kredit_shared.contracts import PostedJournalLine
+from kredit_shared.money import Amount
+from kredit_shared.service import ServiceRuntime
+
+router = APIRouter(prefix="/api/v1", tags=["ledger"])
+
+
+def _runtime(request: Request) -> ServiceRuntime:
+    return request.app.state.runtime
+
+
+async def _session(runtime: Annotated[ServiceRuntime, Depends(_runtime)]):
+    async with runtime.sessions() as session:
+        yield session
+
+
+def _setup(request: Request) -> CompanySetup:
+    return request.app.state.setup
+
+
+RuntimeDep = Annotated[ServiceRuntime, Depends(_runtime)]
+SessionDep = Annotated[AsyncSession, Depends(_session)]
+SetupDep = Annotated[CompanySetup, Depends(_setup)]
+
+
+class JournalLineOut(PostedJournalLine):
+    line_number: int
+
+
+class JournalSummary(BaseModel):
+    batch_number: str
+    journal_name: str
+    description: str
+    status: Literal["open", "posted"]
+    request_id: str | None
+    created_at: datetime
+    posted_at: datetime | None
+    posting_date: date | None
+    total_debit: Amount
+    total_credit: Amount
+
+    @classmethod
+    def of(cls, row: JournalRow) -> JournalSummary:
+        lines = [PostedJournalLine.model_validate(line) for line in row.lines]
+        return cls(
+            batch_number=row.batch_number, journal_name=row.journal_name, description=row.description,
+            status=row.status, request_id=row.request_id, created_at=row.created_at, posted_at=row.posted_at,
+            posting_date=row.posting_date,
+            total_debit=sum((line.debit for line in lines), Decimal(0)),
+            total_credit=sum((line.credit for line in lines), Decimal(0)),
+        )
+
+
+class JournalDetail(JournalSummary):
+    lines: list[JournalLineOut]
+
+    @classmethod
+    def of(cls, row: JournalRow) -> JournalDetail:
+        lines = [JournalLineOut(**line, line_number=n) for n, line in enumerate(row.lines, 1)]
+        return cls(**JournalSummary.of(row).model_dump(), lines=lines)
+
+
+class JournalList(BaseModel):
+    journals: list[JournalSummary]
+
+
+class LedgerEntryOut(BaseModel):
+    voucher: str
+    account: str
+    debit: Amount
+    credit: Amount
+    currency: str
+    posting_date: date
+    text: str
+    source: str
+    customer_account: str | None
+
+
+class LedgerEntryList(BaseModel):
+    entries: list[LedgerEntryOut]
+
+
+class TrialBalanceRowOut(BaseModel):
+    account: str
+    name: str
+    debit: Amount
+    credit: Amount
+    balance: Amount
+
+
+class TrialBalanceOut(BaseModel):
+    as_of: date
+    currency: str
+    accounts: list[TrialBalanceRowOut]
+    total_debit: Amount
+    total_credit: Amount
+
+
+class AccountOut(BaseModel):
+    account: str
+    name: str
+    type: str
+
+
+@router.get("/journals", response_model=JournalList)
+async def list_journals(
+    session: SessionDep,
+    journal_name: str | None = None,
+    status: Literal["open", "posted"] | None = None,
+) -> JournalList:
+    query = select(JournalRow).order_by(JournalRow.created_at, JournalRow.batch_number)
+    if journal_name is not None:
+        query = query.where(JournalRow.journal_name == journal_name)
+    if status is not None:
+        query = query.where(JournalRow.status == status)
+    rows = (await session.exec(query)).scalars().all()
+    return JournalList(journals=[JournalSummary.of(row) for row in rows])
+
+
+@router.get("/journals/{batch_number}", response_model=JournalDetail)
+async def get_journal(batch_number: str, session: SessionDep) -> JournalDetail:
+    row = await session.get(JournalRow, batch_number)
+    if row is None:
+        raise HTTPException(404, f"no journal with batch number {batch_number!r}")
+    return JournalDetail.of(row)
+
+
+@router.post(
+    "/journals/{batch_number}/post",
+    response_model=JournalDetail,
+    responses={404: {"description": "unknown batch"}, 409: {"description": "already posted or unbalanced"}},
+)
+async def post_journal(batch_number: str, runtime: RuntimeDep, setup: SetupDep) -> JournalDetail:
+    try:
+        async with runtime.transaction() as tx:
+            row = await handlers.post_general_journal(tx, batch_number, setup)
+            if row is None:
+                raise HTTPException(404, f"no journal with batch number {batch_number!r}")
+    except domain.JournalNotPostable as e:
+        raise HTTPException(409, str(e)) from None
+    return JournalDetail.of(row)
+
+
+@router.get("/ledger-entries", response_model=LedgerEntryList)
+async def ledger_entries(session: SessionDep, account: str | None = None, voucher: str | None = None) -> LedgerEntryList:
+    if account is None and voucher is None:
+        raise HTTPException(422, "give an account or a voucher")
+    query = select(LedgerEntryRow).order_by(LedgerEntryRow.id)
+    if account is not None:
+        query = query.where(LedgerEntryRow.account == account)
+    if voucher is not None:
+        query = query.where(LedgerEntryRow.voucher == voucher)
+    rows = (await session.exec(query)).scalars().all()
+    return LedgerEntryList(entries=[LedgerEntryOut.model_validate(row, from_attributes=True) for row in rows])
+
+
+@router.get("/trial-balance", response_model=TrialBalanceOut)
+async def get_trial_balance(
+    session: SessionDep, setup: SetupDep, as_of: Annotated[date | None, Query(description="default: today")] = None
+) -> TrialBalanceOut:
+    balance = await handlers.trial_balance(session, setup, as_of or date.today())
+    return TrialBalanceOut(
+        as_of=balance.as_of,
+        currency=setup.accounting_currency,
+        accounts=[TrialBalanceRowOut.model_validate(row, from_attributes=True) for row in balance.accounts],
+        total_debit=balance.total_debit,
+        total_credit=balance.total_credit,
+    )
+
+
+@router.get("/accounts", response_model=list[AccountOut])
+async def chart_of_accounts(setup: SetupDep) -> list[AccountOut]:
+    return [AccountOut(account=number, name=a.name, type=a.type) for number, a in sorted(setup.main_accounts.items())]

@@ -1,0 +1,38 @@
+"""The ledger-posting service: consumes subledger vouchers and general journal requests."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+from fastapi import FastAPI
+
+from kredit_ledger_posting import api, handlers
+from kredit_ledger_posting.settings import LedgerPostingSettings
+from kredit_ledger_posting.tables import TABLES
+from kredit_shared.company_setup import SetupError, load_company_setup
+from kredit_shared.contracts import GL_GENERAL_JOURNALS, GL_JOURNAL_LINES, GeneralJournalRequested, VoucherPosted
+from kredit_shared.service import ServiceRuntime, run_service
+
+
+def create_app(settings: LedgerPostingSettings | None = None) -> FastAPI:
+    settings = settings or LedgerPostingSettings()
+    setup = load_company_setup(settings.company_setup_file)
+    runtime = ServiceRuntime(settings, tables=TABLES)
+    runtime.subscribe(GL_JOURNAL_LINES, VoucherPosted.model_validate_json, partial(handlers.post_voucher, setup=setup))
+    runtime.subscribe(
+        GL_GENERAL_JOURNALS,
+        GeneralJournalRequested.model_validate_json,
+        partial(handlers.open_general_journal, setup=setup),
+    )
+    app = runtime.http_app("Kredit ledger-posting", routers=[api.router])
+    app.state.setup = setup
+    return app
+
+
+def main() -> None:
+    try:
+        settings = LedgerPostingSettings()
+        run_service(create_app, settings)
+    except SetupError as e:
+        sys.exit(str(e))

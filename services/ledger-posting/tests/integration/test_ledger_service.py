@@ -1,0 +1,173 @@
+"""The ledger-posting service through the real broker and database."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from kredit_ledger_posting.app import create_app
+from kredit_ledger_posting.settings import LedgerPostingSettings
+from kredit_shared.contracts import GL_GENERAL_JOURNALS, GL_JOURNAL_EVENTS, GL_JOURNAL_LINES, dead_letter_topic
+from kredit_shared.testing import TopicProbe, eventually, isolated_kafka, publish, serve
+
+
+def voucher(number: str, *lines: tuple[str, str, str], currency: str = "USD", **changes) -> dict:
+    return {
+        "message_id": str(uuid.uuid4()), "voucher": number, "posting_date": "2015-06-25", "currency": currency,
+        "source": "test", "lines": [{"account": a, "debit": d, "credit": c} for a, d, c in lines],
+    } | changes
+
+
+INVOICE = (("130100", "1000.00", "0"), ("401100", "0", "1000.00"))
+
+
+def write_off_request(request_id: str, amount: str = "700.00", journal_name: str = "WriteOff", **line_changes) -> dict:
+    common = {"currency": "USD", "transaction_date": "2015-08-31", "reason_code": "BadDebt", "reason_comment": "Bad debt"}
+    return {
+        "message_id": str(uuid.uuid4()), "request_id": request_id, "journal_name": journal_name,
+        "description": "Write off transactions for 4027",
+        "lines": [
+            common | {"account_type": "Customer", "account": "4027", "credit": amount, "text": "Write-off FTI-10020",
+                      "settles": [{"voucher": "FTI-10020", "invoice_id": "10020", "amount": amount}]},
+            common | {"account_type": "Ledger", "account": "618900", "debit": amount, "text": "Write-off FTI-10020"}
+            | line_changes,
+        ],
+    }
+
+
+@pytest.fixture
+def settings(kafka, tmp_path) -> LedgerPostingSettings:
+    return LedgerPostingSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", **isolated_kafka(kafka))
+
+
+async def trial_balance(client, as_of: str = "2030-01-01") -> dict:
+    response = await client.get("/api/v1/trial-balance", params={"as_of": as_of})
+    assert response.status_code == 200
+    return response.json()
+
+
+def balances(tb: dict) -> dict[str, str]:
+    return {row["account"]: row["balance"] for row in tb["accounts"]}
+
+
+async def test_a_balanced_voucher_posts_once_however_often_it_arrives(kafka, database_url):
+    settings = LedgerPostingSettings(database_url=database_url, **isolated_kafka(kafka))
+    message = voucher("FTI-10020", *INVOICE)
+    async with serve(create_app(settings)) as client:
+        await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), message)
+        await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), message)  # redelivered
+        again = message | {"message_id": str(uuid.uuid4())}  # re-sent by its producer: same content
+        await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), again)
+        await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), voucher("ARP-10020", ("110110", "297.00", "0"), ("130100", "0", "297.00")))
+
+        async def both_posted():
+            tb = await trial_balance(client)
+            return tb if "110110" in balances(tb) else None
+
+        tb = await eventually(both_posted)
+        assert balances(tb) == {"110110": "297.00", "130100": "703.00", "401100": "-1000.00"}
+        assert tb["total_debit"] == tb["total_credit"] == "1297.00"
+        entries = (await client.get("/api/v1/ledger-entries", params={"voucher": "FTI-10020"})).json()["entries"]
+        assert [(e["account"], e["debit"], e["credit"]) for e in entries] == [
+            ("130100", "1000.00", "0.00"), ("401100", "0.00", "1000.00")
+        ]
+        assert (await trial_balance(client, as_of="2015-06-24"))["accounts"] == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (voucher("V-UNBAL", ("130100", "100.00", "0"), ("401100", "0", "90.00")),
+         "voucher V-UNBAL does not balance: debits total 100.00, credits total 90.00"),
+        (voucher("V-ACCT", ("130100", "100.00", "0"), ("999999", "0", "100.00")), "unknown main account '999999'"),
+        (voucher("V-EUR", *INVOICE, currency="EUR"), "currency EUR is not the accounting currency USD"),
+        (voucher("V-NEG", ("130100", "-100.00", "0"), ("401100", "-100.00", "0")), "negative amount"),
+        (voucher("V-ZERO", ("130100", "0", "0"), ("401100", "0", "0")), "no line with a non-zero amount"),
+        (voucher("FTI-10020", ("130100", "999.00", "0"), ("401100", "0", "999.00")),
+         "voucher FTI-10020 is already posted with different content"),
+    ],
+    ids=["unbalanced", "unknown-account", "foreign-currency", "negative", "zero-only", "conflicting-duplicate"],
+)
+async def test_a_voucher_that_must_not_post_is_dead_lettered_with_its_reason_and_posts_nothing(
+    kafka, settings, bad, reason
+):
+    dlq = settings.topic(dead_letter_topic(GL_JOURNAL_LINES))
+    async with serve(create_app(settings)) as client, TopicProbe(kafka.bootstrap_servers, [dlq]) as probe:
+        await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), voucher("FTI-10020", *INVOICE))
+        await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), bad)
+        await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), voucher("NEXT-1", *INVOICE))
+        [dead] = await probe.wait_for(lambda r: True)
+        assert reason in dead.headers["x-dlq-reason"]
+        assert dead.json()["voucher"] == bad["voucher"]
+
+        async def next_posted():
+            return (await trial_balance(client))["total_debit"] == "2000.00"
+
+        await eventually(next_posted)
+        assert balances(await trial_balance(client)) == {"130100": "2000.00", "401100": "-2000.00"}
+
+
+async def test_a_write_off_journal_is_kept_open_numbered_posted_once_and_moves_the_balance(kafka, database_url):
+    settings = LedgerPostingSettings(database_url=database_url, **isolated_kafka(kafka))
+    events = settings.topic(GL_JOURNAL_EVENTS)
+    async with serve(create_app(settings)) as client, TopicProbe(kafka.bootstrap_servers, [events]) as probe:
+        await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), voucher("FTI-10020", *INVOICE))
+        first = write_off_request("wo-1")
+        for request in (first, first, write_off_request("wo-2", amount="300.00"),
+                        write_off_request("gen-1", journal_name="GenJrn")):
+            await publish(kafka.bootstrap_servers, settings.topic(GL_GENERAL_JOURNALS), request, key=request["request_id"])
+        created = await probe.wait_for(lambda r: r.json()["event_type"] == "JournalCreated", count=3)
+        batch_of = {e.json()["request_id"]: e.json()["batch_number"] for e in created}
+        # Requests are keyed by request id, so they may be processed in either order.
+        assert sorted(batch_of.values()) == ["GNJ-000001", "WOJ-000001", "WOJ-000002"]
+        assert batch_of["gen-1"] == "GNJ-000001"
+        open_write_offs = (await client.get("/api/v1/journals", params={"journal_name": "WriteOff", "status": "open"})).json()
+        assert {j["batch_number"] for j in open_write_offs["journals"]} == {"WOJ-000001", "WOJ-000002"}
+        batch = batch_of["wo-1"]
+        journal = (await client.get(f"/api/v1/journals/{batch}")).json()
+        assert [(l["account_type"], l["account"], l["debit"], l["credit"], l["reason_code"], l["reason_comment"])
+                for l in journal["lines"]] == [
+            ("Customer", "4027", "0.00", "700.00", "BadDebt", "Bad debt"),
+            ("Ledger", "618900", "700.00", "0.00", "BadDebt", "Bad debt"),
+        ]
+        assert journal["lines"][0]["settles"] == [{"voucher": "FTI-10020", "invoice_id": "10020", "amount": "700.00"}]
+        assert balances(await trial_balance(client)) == {"130100": "1000.00", "401100": "-1000.00"}, "open journals post nothing"
+
+        posted = await client.post(f"/api/v1/journals/{batch}/post")
+        assert posted.status_code == 200 and posted.json()["status"] == "posted"
+        again = await client.post(f"/api/v1/journals/{batch}/post")
+        assert again.status_code == 409 and "already posted" in again.json()["detail"]
+        assert (await client.post("/api/v1/journals/WOJ-999999/post")).status_code == 404
+
+        [event] = await probe.wait_for(lambda r: r.json()["event_type"] == "JournalPosted")
+        assert event.key == batch
+        assert event.json()["lines"][0]["voucher"] == journal["lines"][0]["voucher"]
+        assert journal["lines"][0]["voucher"] in {"WOV-000001", "WOV-000002"}
+        tb = await trial_balance(client)
+        assert balances(tb) == {"130100": "300.00", "401100": "-1000.00", "618900": "700.00"}
+        assert tb["total_debit"] == tb["total_credit"] == "1700.00"
+
+
+async def test_an_unbalanced_journal_cannot_post_and_a_bad_request_is_rejected(kafka, settings):
+    events = settings.topic(GL_JOURNAL_EVENTS)
+    dlq = settings.topic(dead_letter_topic(GL_GENERAL_JOURNALS))
+    async with serve(create_app(settings)) as client, TopicProbe(kafka.bootstrap_servers, [events, dlq]) as probe:
+        unbalanced = write_off_request("wo-unbal", debit="699.00")
+        unknown_name = write_off_request("wo-name", journal_name="NoSuchJournal")
+        unknown_account = write_off_request("wo-acct", account="999999")
+        for request in (unbalanced, unknown_name, unknown_account):
+            await publish(kafka.bootstrap_servers, settings.topic(GL_GENERAL_JOURNALS), request, key=request["request_id"])
+        await probe.wait_for(lambda r: r.topic == events, count=3)
+        by_request = {r.json()["request_id"]: r.json() for r in probe.records if r.topic == events}
+        assert by_request["wo-name"]["event_type"] == "JournalRejected"
+        assert "unknown journal name 'NoSuchJournal'" in by_request["wo-name"]["reason"]
+        assert "unknown main account '999999'" in by_request["wo-acct"]["reason"]
+        dead = await probe.wait_for(lambda r: r.topic == dlq, count=2)
+        assert {d.json()["request_id"] for d in dead} == {"wo-name", "wo-acct"}
+
+        batch = by_request["wo-unbal"]["batch_number"]
+        response = await client.post(f"/api/v1/journals/{batch}/post")
+        assert response.status_code == 409
+        assert "does not balance: debits total 699.00, credits total 700.00" in response.json()["detail"]
+        assert (await trial_balance(client))["accounts"] == []

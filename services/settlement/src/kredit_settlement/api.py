@@ -1,0 +1,152 @@
+"""Settlement's HTTP API: parameters, the settlement preview and a customer's open transactions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from kredit_settlement import handlers
+from kredit_settlement.domain import Mark, MarkRejected, OpenTransaction
+from kredit_settlement.handlers import Postings
+from kredit_shared.contracts import IsoDate
+from kredit_shared.money import Amount
+from kredit_shared.service import ServiceRuntime
+
+router = APIRouter(prefix="/api/v1", tags=["settlement"])
+
+
+def _runtime(request: Request) -> ServiceRuntime:
+    return request.app.state.runtime
+
+
+def _postings(request: Request) -> Postings:
+    return request.app.state.postings
+
+
+RuntimeDep = Annotated[ServiceRuntime, Depends(_runtime)]
+PostingsDep = Annotated[Postings, Depends(_postings)]
+
+
+# --- schemas ----------------------------------------------------------------------------------
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Parameters(_Input):
+    calculate_cash_discounts_for_partial_payments: StrictBool
+
+
+class PreviewMarkIn(_Input):
+    invoice_id: str = Field(min_length=1)
+    amount_to_settle: Amount | None = None  # omitted: the whole open balance
+    use_cash_discount: str = "Normal"
+
+
+class PreviewIn(_Input):
+    customer_account: str = Field(min_length=1)
+    payment_date: IsoDate
+    marks: list[PreviewMarkIn] = Field(min_length=1)
+
+
+class PreviewMarkOut(BaseModel):
+    invoice_id: str
+    cash_discount_date: dt.date | None
+    cash_discount_amount: Amount
+    use_cash_discount: str
+    cash_discount_taken: Amount
+    cash_discount_amount_to_take: Amount
+    amount_to_settle: Amount
+
+
+class PreviewOut(BaseModel):
+    customer_account: str
+    payment_date: dt.date
+    marks: list[PreviewMarkOut]
+
+
+class DiscountTierOut(BaseModel):
+    date: dt.date
+    percent: Decimal
+    amount: Amount | None
+
+
+class OpenTransactionOut(BaseModel):
+    voucher: str
+    type: str
+    date: dt.date
+    invoice_id: str | None
+    original_amount: Amount
+    open_amount: Amount  # signed: debit +, credit −
+    currency: str
+    due_date: dt.date | None
+    cash_discounts: list[DiscountTierOut]
+    cash_discount_taken: Amount
+    cash_discount_account: str | None
+
+    @classmethod
+    def of(cls, t: OpenTransaction) -> OpenTransactionOut:
+        return cls(
+            voucher=t.voucher, type=t.transaction_type, date=t.transaction_date, invoice_id=t.invoice_id,
+            original_amount=t.original_amount, open_amount=t.open_amount, currency=t.currency, due_date=t.due_date,
+            cash_discounts=[DiscountTierOut(date=d.date, percent=d.percent, amount=d.amount) for d in t.cash_discounts],
+            cash_discount_taken=t.discount_taken, cash_discount_account=t.cash_discount_account,
+        )
+
+
+class OpenTransactionsOut(BaseModel):
+    customer_account: str
+    transactions: list[OpenTransactionOut]
+
+
+# --- routes -----------------------------------------------------------------------------------
+
+
+@router.get("/parameters")
+async def get_parameters(runtime: RuntimeDep, postings: PostingsDep) -> Parameters:
+    async with runtime.transaction() as tx:
+        row = await handlers.get_parameters(postings, tx.session)
+    return Parameters(calculate_cash_discounts_for_partial_payments=row.calculate_cash_discounts_for_partial_payments)
+
+
+@router.put("/parameters")
+async def put_parameters(body: Parameters, runtime: RuntimeDep, postings: PostingsDep) -> Parameters:
+    async with runtime.transaction() as tx:
+        row = await handlers.update_parameters(postings, tx.session, **body.model_dump())
+    return Parameters(calculate_cash_discounts_for_partial_payments=row.calculate_cash_discounts_for_partial_payments)
+
+
+@router.post("/settlement-preview", responses={404: {"description": "unknown invoice"},
+                                               422: {"description": "a mark that cannot be settled"}})
+async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, postings: PostingsDep) -> PreviewOut:
+    marks = [Mark(m.invoice_id, m.amount_to_settle, m.use_cash_discount) for m in body.marks]
+    try:
+        async with runtime.transaction() as tx:
+            previews = await handlers.preview_settlement(postings, tx.session, body.customer_account,
+                                                         body.payment_date, marks)
+    except handlers.UnknownInvoice as e:
+        raise HTTPException(404, str(e)) from None
+    except MarkRejected as e:
+        raise HTTPException(422, str(e)) from None
+    return PreviewOut(
+        customer_account=body.customer_account, payment_date=body.payment_date,
+        marks=[PreviewMarkOut(
+            invoice_id=p.invoice_id, cash_discount_date=p.cash_discount_date,
+            cash_discount_amount=p.cash_discount_amount, use_cash_discount=p.use_cash_discount.value,
+            cash_discount_taken=p.cash_discount_taken, cash_discount_amount_to_take=p.cash_discount_amount_to_take,
+            amount_to_settle=p.amount_to_settle,
+        ) for p in previews],
+    )
+
+
+@router.get("/customers/{account}/open-transactions")
+async def get_open_transactions(account: str, runtime: RuntimeDep, include_settled: bool = False) -> OpenTransactionsOut:
+    """The customer's transactions with a balance still open (all of them with `include_settled=true`)."""
+    async with runtime.sessions() as session:
+        transactions = await handlers.open_transactions(session, account, include_settled)
+    return OpenTransactionsOut(customer_account=account, transactions=[OpenTransactionOut.of(t) for t in transactions])

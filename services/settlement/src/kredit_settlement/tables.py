@@ -1,0 +1,221 @@
+"""Settlement's tables (all prefixed `settlement_`) and their mapping to the domain's values."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, Column, Integer, Numeric, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Field, SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kredit_settlement.domain import DiscountTier, OpenTransaction, SettlementParameters
+from kredit_shared.money import ZERO
+from kredit_shared.outbox import utcnow
+
+
+def _money(**kwargs: Any) -> Any:
+    return Field(sa_column=Column(Numeric(18, 2), nullable=False, **kwargs))
+
+
+class ConcurrentUpdate(Exception):
+    """A row changed under us since it was loaded: the transaction rolls back and the message is retried."""
+
+
+class CustomerRow(SQLModel, table=True):
+    """One row per customer, updated first in every transaction that settles the customer's items.
+
+    The update takes the row lock (PostgreSQL) or the database's write lock (SQLite) before anything is
+    read, so two replicas settling for one customer run one after the other, never on the same balances."""
+
+    __tablename__ = "settlement_customer"
+
+    customer_account: str = Field(primary_key=True)
+    version: int = Field(default=1, sa_column=Column(Integer, nullable=False))
+
+
+class OpenTransactionRow(SQLModel, table=True):
+    """A customer transaction with what is still open on it (signed: debit +, credit −)."""
+
+    __tablename__ = "settlement_open_transaction"
+
+    id: int | None = Field(default=None, primary_key=True)
+    voucher: str = Field(unique=True)
+    transaction_type: str
+    customer_account: str = Field(index=True)
+    transaction_date: date
+    invoice_id: str | None = Field(default=None, index=True)
+    currency: str
+    original_amount: Decimal = _money()
+    open_amount: Decimal = _money()
+    due_date: date | None = None
+    cash_discounts: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    discount_taken: Decimal = _money()
+    cash_discount_account: str | None = None
+    # Optimistic check on top of the customer lock: an update names the version it read.
+    version: int = Field(default=1, sa_column=Column(Integer, nullable=False))
+
+    def to_domain(self) -> OpenTransaction:
+        return OpenTransaction(
+            voucher=self.voucher, customer_account=self.customer_account, transaction_type=self.transaction_type,
+            transaction_date=self.transaction_date, currency=self.currency,
+            original_amount=self.original_amount, open_amount=self.open_amount, invoice_id=self.invoice_id,
+            due_date=self.due_date,
+            cash_discounts=tuple(
+                DiscountTier(date.fromisoformat(t["date"]), Decimal(t["percent"]),
+                             Decimal(t["amount"]) if t.get("amount") is not None else None)
+                for t in self.cash_discounts
+            ),
+            discount_taken=self.discount_taken, cash_discount_account=self.cash_discount_account,
+        )
+
+    @classmethod
+    def from_domain(cls, t: OpenTransaction) -> OpenTransactionRow:
+        return cls(
+            voucher=t.voucher, transaction_type=t.transaction_type, customer_account=t.customer_account,
+            transaction_date=t.transaction_date, invoice_id=t.invoice_id, currency=t.currency,
+            original_amount=t.original_amount, open_amount=t.open_amount, due_date=t.due_date,
+            cash_discounts=[
+                {"date": d.date.isoformat(), "percent": str(d.percent),
+                 "amount": str(d.amount) if d.amount is not None else None}
+                for d in t.cash_discounts
+            ],
+            discount_taken=t.discount_taken, cash_discount_account=t.cash_discount_account,
+        )
+
+
+class PaymentRow(SQLModel, table=True):
+    """A received payment; `fingerprint` tells a harmless re-send from a conflicting one."""
+
+    __tablename__ = "settlement_payment"
+
+    payment_id: str = Field(primary_key=True)
+    message_id: str
+    customer_account: str = Field(index=True)
+    payment_date: date
+    amount: Decimal = _money()
+    currency: str
+    bank_account: str
+    fingerprint: str
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class SettlementRow(SQLModel, table=True):
+    """Settlement history: one row per settled debit/credit pair, as published in OpenItemsSettled."""
+
+    __tablename__ = "settlement_history"
+
+    settlement_id: str = Field(primary_key=True)
+    customer_account: str = Field(index=True)
+    settlement_date: date
+    currency: str
+    debit_voucher: str = Field(index=True)
+    credit_voucher: str = Field(index=True)
+    amount_settled: Decimal = _money()
+    cash_discount_amount: Decimal = _money()
+    cash_discount_voucher: str | None = None
+    settled_at: datetime = Field(default_factory=utcnow)
+
+
+class ParametersRow(SQLModel, table=True):
+    """The settlement parameters: a single row, seeded from the company setup."""
+
+    __tablename__ = "settlement_parameters"
+
+    id: int = Field(default=1, primary_key=True)
+    calculate_cash_discounts_for_partial_payments: bool
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    def to_domain(self) -> SettlementParameters:
+        return SettlementParameters(self.calculate_cash_discounts_for_partial_payments)
+
+
+TABLES = [t.__table__ for t in (CustomerRow, OpenTransactionRow, PaymentRow, SettlementRow, ParametersRow)]
+
+
+# --- loading and saving ---------------------------------------------------------------------
+
+
+async def lock_customer(session: AsyncSession, customer_account: str) -> None:
+    """Serialise every settlement of one customer's items (see CustomerRow)."""
+    result = await session.exec(
+        update(CustomerRow).where(CustomerRow.customer_account == customer_account)
+        .values(version=CustomerRow.version + 1)
+    )
+    if result.rowcount == 0:
+        # Two first-timers racing: the second insert fails on the key and its message is retried.
+        session.add(CustomerRow(customer_account=customer_account))
+        await session.flush()
+
+
+async def load_parameters(session: AsyncSession, defaults: SettlementParameters) -> ParametersRow:
+    row = await session.get(ParametersRow, 1)
+    if row is not None:
+        return row
+    try:
+        async with session.begin_nested():
+            row = ParametersRow(id=1, calculate_cash_discounts_for_partial_payments=
+                                defaults.calculate_cash_discounts_for_partial_payments)
+            session.add(row)
+        return row
+    except IntegrityError:  # another replica seeded it meanwhile
+        return await session.get(ParametersRow, 1, populate_existing=True)  # type: ignore[return-value]
+
+
+class OpenItems:
+    """The customer transactions one database transaction reads and writes back, version-checked."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self._loaded: dict[str, tuple[int, int, OpenTransaction]] = {}
+
+    async def known_vouchers(self, vouchers: Collection[str]) -> set[str]:
+        rows = await self.session.exec(select(OpenTransactionRow.voucher).where(OpenTransactionRow.voucher.in_(vouchers)))
+        return set(rows.scalars().all())
+
+    async def of_customer(self, customer_account: str, *, invoice_ids: Collection[str] = (),
+                          vouchers: Collection[str] = (), include_settled: bool = False) -> list[OpenTransaction]:
+        """The customer's open transactions, plus any transaction (of anyone, open or not) with one of
+        `invoice_ids` or `vouchers`, so a mark on a closed or foreign invoice can be told from an unknown one."""
+        condition = OpenTransactionRow.customer_account == customer_account
+        if not include_settled:
+            condition = condition & (OpenTransactionRow.open_amount != ZERO)
+        if invoice_ids:
+            condition = or_(condition, OpenTransactionRow.invoice_id.in_(invoice_ids))
+        if vouchers:
+            condition = or_(condition, OpenTransactionRow.voucher.in_(vouchers))
+        return await self._select(condition)
+
+    async def _select(self, condition: Any) -> list[OpenTransaction]:
+        rows = (await self.session.exec(
+            select(OpenTransactionRow).where(condition)
+            .execution_options(populate_existing=True)
+            .order_by(OpenTransactionRow.transaction_date, OpenTransactionRow.id)
+        )).scalars().all()
+        for row in rows:
+            self._loaded[row.voucher] = (row.id, row.version, row.to_domain())  # type: ignore[assignment]
+        return [self._loaded[row.voucher][2] for row in rows]
+
+    async def save(self, transactions: Iterable[OpenTransaction]) -> None:
+        """Insert new transactions; update changed ones if nobody changed them since they were loaded."""
+        for t in transactions:
+            if t.voucher not in self._loaded:
+                row = OpenTransactionRow.from_domain(t)
+                self.session.add(row)
+                await self.session.flush()
+                self._loaded[t.voucher] = (row.id, row.version, t)  # type: ignore[assignment]
+                continue
+            row_id, version, before = self._loaded[t.voucher]
+            if t == before:
+                continue
+            result = await self.session.exec(
+                update(OpenTransactionRow)
+                .where(OpenTransactionRow.id == row_id, OpenTransactionRow.version == version)
+                .values(open_amount=t.open_amount, discount_taken=t.discount_taken, version=version + 1)
+            )
+            if result.rowcount != 1:
+                raise ConcurrentUpdate(f"{t.voucher} changed since it was read (version {version})")
+            self._loaded[t.voucher] = (row_id, version + 1, t)
