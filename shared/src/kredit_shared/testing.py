@@ -249,3 +249,40 @@ async def eventually(check: Callable[[], Any], timeout: float = 15, interval: fl
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
 
+
+
+def wait_until_healthy(port: int, timeout: float = 30, process: subprocess.Popen | None = None) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the process exited with code {process.returncode} before it became healthy")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"127.0.0.1:{port}/healthz not 200 within {timeout}s")
+
+
+@contextlib.contextmanager
+def service_process(package: str, env: dict[str, str], log_path: str) -> Iterator[subprocess.Popen]:
+    """Run `python -m <package>` as a real process (for crash tests); always stopped afterwards."""
+    import sys
+
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", package], env=os.environ | env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -21,6 +21,9 @@ async def issue_invoice(tx: Transaction, message: CustomerInvoiceIssued, setup: 
         posted = post_invoice(message, setup)
     except InvoiceRejected as e:
         raise Rejected(e.reason) from None
-    tx.session.add_all(invoice_rows(message, posted))
+    invoice, *details = invoice_rows(message, posted)
+    tx.session.add(invoice)
+    await tx.session.flush()  # the details' foreign keys need the invoice row inserted first
+    tx.session.add_all(details)
     for output in posted.messages:
         tx.emit(output)

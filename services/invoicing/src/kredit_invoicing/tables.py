@@ -86,7 +86,7 @@ TABLES = [InvoiceRow.__table__, InvoiceLineRow.__table__, DiscountTierRow.__tabl
 
 
 def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> list[SQLModel]:
-    """The rows that record a posted invoice: the invoice first, so its children's foreign keys resolve."""
+    """The rows that record a posted invoice: the invoice first, then its lines, tiers and voucher lines."""
     invoice = InvoiceRow(
         invoice_id=posted.invoice_id,
         customer_account=posted.customer_account,

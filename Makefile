@@ -1,0 +1,27 @@
+# Kredit — one command to run the stack locally, one to run the tests. Both set everything up first.
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+
+.PHONY: setup run demo test lint bench clean
+
+setup:  ## install uv (if missing) and the locked workspace into .venv
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.5"
+	@$(UV) sync --frozen --quiet
+
+run: setup  ## broker + four services on SQLite under ./data; Ctrl-C stops everything
+	@$(UV) run --frozen python scripts/run_local.py
+
+demo: setup  ## publish the source scenarios into the running stack
+	@$(UV) run --frozen python scripts/demo.py
+
+lint: setup  ## architecture rules: pure domains, independent services
+	@$(UV) run --frozen lint-imports
+
+test: setup lint  ## the whole suite, against a real broker and real databases
+	@$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+bench: setup  ## ledger-posting throughput and latency on SQLite and PostgreSQL
+	@$(UV) run --frozen python scripts/bench_ledger.py
+
+clean:
+	rm -rf data .venv

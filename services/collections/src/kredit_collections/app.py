@@ -1,0 +1,57 @@
+"""The collections service: its subscribers, its HTTP API, and `create_app(settings)`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from kredit_collections import api, handlers
+from kredit_collections.settings import CollectionsSettings
+from kredit_collections.tables import TABLES
+from kredit_shared.company_setup import SetupError, load_company_setup
+from kredit_shared.contracts import (
+    AR_CUSTOMER_TRANSACTIONS,
+    AR_SETTLEMENTS,
+    GL_JOURNAL_EVENTS,
+    CustomerTransactionPosted,
+    OpenItemsSettled,
+    journal_event_adapter,
+)
+from kredit_shared.database import normalise_url
+from kredit_shared.service import ServiceRuntime, describe_validation_error, run_service
+
+
+def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
+    settings = settings or CollectionsSettings()
+    setup = load_company_setup(settings.company_setup_file)
+    _make_sqlite_folder(settings.database_url)
+    runtime = ServiceRuntime(settings, tables=TABLES)
+    runtime.subscribe(AR_CUSTOMER_TRANSACTIONS, CustomerTransactionPosted.model_validate_json,
+                      handlers.record_customer_transaction)
+    runtime.subscribe(AR_SETTLEMENTS, OpenItemsSettled.model_validate_json, handlers.record_settlement)
+    runtime.subscribe(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, handlers.record_journal_event)
+    app = runtime.http_app("Kredit collections", routers=[api.router])
+    app.state.setup = setup
+    api.add_error_handlers(app)
+    return app
+
+
+def _make_sqlite_folder(database_url: str) -> None:
+    """SQLite creates the file but not its folder (the default is data/collections.db)."""
+    url = normalise_url(database_url)
+    prefix = "sqlite+aiosqlite:///"
+    if url.startswith(prefix) and ":memory:" not in url:
+        Path(url.removeprefix(prefix).split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def main() -> None:
+    try:
+        settings = CollectionsSettings()
+        run_service(create_app, settings)
+    except SetupError as e:
+        sys.exit(str(e))
+    except ValidationError as e:
+        sys.exit(f"collections: invalid settings: {describe_validation_error(e)}")

@@ -1,0 +1,80 @@
+"""Crash recovery of a real service process, killed with SIGKILL at the worst moments.
+
+The ledger-posting service turns a general journal request into a journal and a JournalCreated
+event, so it shows both halves: the effect (the journal and its number) and the output (the event).
+"""
+
+from __future__ import annotations
+
+import signal
+import uuid
+
+import httpx
+import pytest
+
+from kredit_shared.contracts import GL_GENERAL_JOURNALS, GL_JOURNAL_EVENTS
+from kredit_shared.testing import TopicProbe, free_port, isolated_kafka, publish, service_process, wait_until_healthy
+
+pytestmark = pytest.mark.slow
+
+
+def request(request_id: str) -> dict:
+    line = {"currency": "USD", "transaction_date": "2015-08-31", "reason_code": "BadDebt"}
+    return {
+        "message_id": str(uuid.uuid4()), "request_id": request_id, "journal_name": "WriteOff",
+        "lines": [line | {"account_type": "Customer", "account": "4027", "credit": "10.00"},
+                  line | {"account_type": "Ledger", "account": "618900", "debit": "10.00"}],
+    }
+
+
+@pytest.fixture
+def ledger_env(kafka, tmp_path) -> dict[str, str]:
+    isolated = isolated_kafka(kafka)
+    return {
+        "HTTP_PORT": str(free_port()),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}",
+        **{key.upper(): str(value) for key, value in isolated.items()},
+    }
+
+
+def journals(env: dict[str, str]) -> list[str]:
+    response = httpx.get(f"http://127.0.0.1:{env['HTTP_PORT']}/api/v1/journals", params={"journal_name": "WriteOff"})
+    return [j["batch_number"] for j in response.json()["journals"]]
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    ["relay-before-publish", "consumer-after-commit"],
+    ids=["killed-after-commit-before-publish", "killed-after-commit-before-offset-commit"],
+)
+async def test_a_service_killed_mid_message_publishes_its_output_exactly_once_after_restart(
+    kafka, ledger_env, tmp_path, failpoint
+):
+    events = ledger_env["TOPIC_PREFIX"] + GL_JOURNAL_EVENTS
+    log = str(tmp_path / "ledger.log")
+    async with TopicProbe(kafka.bootstrap_servers, [events]) as probe:
+        with service_process("kredit_ledger_posting", ledger_env | {"FAILPOINTS": failpoint}, log) as doomed:
+            wait_until_healthy(int(ledger_env["HTTP_PORT"]), process=doomed)
+            await publish(kafka.bootstrap_servers, ledger_env["TOPIC_PREFIX"] + GL_GENERAL_JOURNALS, request("r-1"))
+            assert doomed.wait(20) == -signal.SIGKILL
+        assert await probe.settle(0.5) == [], "nothing was published before the crash"
+
+        with service_process("kredit_ledger_posting", ledger_env, log) as restarted:
+            wait_until_healthy(int(ledger_env["HTTP_PORT"]), process=restarted)
+            await publish(kafka.bootstrap_servers, ledger_env["TOPIC_PREFIX"] + GL_GENERAL_JOURNALS, request("r-2"))
+            await probe.wait_for(lambda r: True, count=2)
+            await probe.settle(1.0)
+            created = [(r.json()["request_id"], r.json()["batch_number"]) for r in probe.records]
+            assert sorted(created) == [("r-1", "WOJ-000001"), ("r-2", "WOJ-000002")], "each journal once, numbers not skipped"
+            assert journals(ledger_env) == ["WOJ-000001", "WOJ-000002"]
+            redelivered_and_skipped = duplicates_seen(ledger_env)
+            assert redelivered_and_skipped == (1 if failpoint == "consumer-after-commit" else 0)
+
+
+def duplicates_seen(env: dict[str, str]) -> int:
+    """The inbox's count of messages it recognised as already processed (from /metrics)."""
+    metrics = httpx.get(f"http://127.0.0.1:{env['HTTP_PORT']}/metrics").text
+    for line in metrics.splitlines():
+        if line.startswith("kredit_messages_consumed_total{") and 'outcome="duplicate"' in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
