@@ -32,7 +32,7 @@ from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from sqlalchemy import Table
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_shared import failpoints, inbox, metrics, outbox
@@ -44,6 +44,7 @@ from kredit_shared.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 M = TypeVar("M")
+S = TypeVar("S", bound=ServiceSettings)
 
 
 class Rejected(Exception):
@@ -158,7 +159,11 @@ class ServiceRuntime:
         except Exception as e:
             position = (record.partition, record.offset)
             sub.attempts[position] += 1
-            transient = isinstance(e, (OperationalError, DBAPIError, OSError))
+            # A lost connection or a lock timeout heals by itself; a constraint violation that
+            # survives its retries (a racing replica's row is seen on the first) is a bug to dead-letter.
+            transient = isinstance(e, (OperationalError, OSError)) or (
+                isinstance(e, DBAPIError) and not isinstance(e, IntegrityError)
+            )
             if transient or sub.attempts[position] < self.settings.consumer_max_attempts:
                 log.warning("%s: retrying %s@%s after %r", name, sub.topic, position, e)
                 metrics.MESSAGES_CONSUMED.labels(name, sub.topic, "retried").inc()
@@ -292,7 +297,7 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def run_service(create_app: Callable[[ServiceSettings], FastAPI], settings: ServiceSettings) -> None:
+def run_service(create_app: Callable[[S], FastAPI], settings: S) -> None:
     """Entry point of `python -m kredit_<service>`: serve the app until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not port_is_free(settings.http_host, settings.http_port):

@@ -17,7 +17,8 @@ async def issue_invoice(tx: Transaction, message: CustomerInvoiceIssued, setup: 
     posted_before = await tx.session.get(InvoiceRow, message.invoice_id)
     try:
         if posted_before is not None:
-            return ensure_same_invoice(posted_before.fingerprint, message)
+            ensure_same_invoice(posted_before.fingerprint, message)
+            return
         posted = post_invoice(message, setup)
     except InvoiceRejected as e:
         raise Rejected(e.reason) from None
