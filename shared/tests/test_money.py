@@ -3,9 +3,8 @@ from decimal import Decimal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import BaseModel, ValidationError
-
 from kredit_shared.money import Amount, Currency, round_money, split_proportionally
+from pydantic import BaseModel, ValidationError
 
 
 class Priced(BaseModel):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Table, event, make_url
+from sqlalchemy import BigInteger, Dialect, Numeric, Table, TypeDecorator, event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlmodel import SQLModel, text
+from sqlalchemy.types import TypeEngine
+from sqlmodel import Field, SQLModel, text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 SessionFactory = async_sessionmaker[AsyncSession]
@@ -61,3 +63,44 @@ async def create_tables(engine: AsyncEngine, tables: Sequence[Table]) -> None:
 async def ping(engine: AsyncEngine) -> None:
     async with engine.connect() as connection:
         await connection.execute(text("SELECT 1"))
+
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    """NUMERIC on PostgreSQL. SQLite has no decimal type and would round-trip through a float, so
+    there the value is stored as a scaled integer (cents for money): comparisons and SUM() stay exact."""
+
+    impl = Numeric
+    cache_ok = True
+
+    def __init__(self, places: int = 2) -> None:
+        super().__init__()
+        self.places = places
+        self._quantum = Decimal(1).scaleb(-places)
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(18, self.places))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        value = Decimal(value)
+        if dialect.name != "sqlite":
+            return value
+        scaled = value.scaleb(self.places)
+        if scaled != scaled.to_integral_value():
+            raise ValueError(f"{value} has more than {self.places} decimals")
+        return int(scaled)
+
+    def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return Decimal(int(value)).scaleb(-self.places).quantize(self._quantum)
+        return Decimal(value).quantize(self._quantum)
+
+
+def money_field(**kwargs: Any) -> Any:
+    """A SQLModel field holding an amount (Decimal, two places) exactly on every database."""
+    return Field(sa_type=ExactDecimal(2), nullable=False, **kwargs)

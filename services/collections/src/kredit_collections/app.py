@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from fastapi import FastAPI
-from pydantic import ValidationError
-
-from kredit_collections import api, handlers
-from kredit_collections.settings import CollectionsSettings
-from kredit_collections.tables import TABLES
 from kredit_shared.company_setup import SetupError, load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
@@ -20,14 +14,17 @@ from kredit_shared.contracts import (
     OpenItemsSettled,
     journal_event_adapter,
 )
-from kredit_shared.database import normalise_url
 from kredit_shared.service import ServiceRuntime, describe_validation_error, run_service
+from pydantic import ValidationError
+
+from kredit_collections import api, handlers
+from kredit_collections.settings import CollectionsSettings
+from kredit_collections.tables import TABLES
 
 
 def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
     settings = settings or CollectionsSettings()
     setup = load_company_setup(settings.company_setup_file)
-    _make_sqlite_folder(settings.database_url)
     runtime = ServiceRuntime(settings, tables=TABLES)
     runtime.subscribe(AR_CUSTOMER_TRANSACTIONS, CustomerTransactionPosted.model_validate_json,
                       handlers.record_customer_transaction)
@@ -37,14 +34,6 @@ def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
     app.state.setup = setup
     api.add_error_handlers(app)
     return app
-
-
-def _make_sqlite_folder(database_url: str) -> None:
-    """SQLite creates the file but not its folder (the default is data/collections.db)."""
-    url = normalise_url(database_url)
-    prefix = "sqlite+aiosqlite:///"
-    if url.startswith(prefix) and ":memory:" not in url:
-        Path(url.removeprefix(prefix).split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
 
 
 def main() -> None:

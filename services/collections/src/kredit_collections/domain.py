@@ -12,9 +12,17 @@ from datetime import date
 from decimal import Decimal
 
 from kredit_shared.company_setup import AgingBucket, CompanySetup, WriteOffParameters
-from kredit_shared.contracts import CustomerTransactionPosted, OpenItemsSettled
-from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested, SettledTransactionRef
-from kredit_shared.contracts import JournalCreated, JournalEvent, JournalPosted, JournalRejected
+from kredit_shared.contracts import (
+    CustomerTransactionPosted,
+    GeneralJournalLine,
+    GeneralJournalRequested,
+    JournalCreated,
+    JournalEvent,
+    JournalPosted,
+    JournalRejected,
+    OpenItemsSettled,
+    SettledTransactionRef,
+)
 from kredit_shared.money import ZERO, round_money
 
 # --- read model: transactions and their open balances ----------------------------------------

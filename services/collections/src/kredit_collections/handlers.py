@@ -6,6 +6,9 @@ import uuid
 from collections.abc import Sequence
 from datetime import date
 
+from kredit_shared.company_setup import CompanySetup, WriteOffParameters
+from kredit_shared.contracts import CustomerTransactionPosted, JournalEvent, OpenItemsSettled
+from kredit_shared.service import Transaction
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -24,9 +27,6 @@ from kredit_collections.domain import (
     settlement_deltas,
     transaction_balances,
 )
-from kredit_shared.company_setup import CompanySetup, WriteOffParameters
-from kredit_shared.contracts import CustomerTransactionPosted, JournalEvent, OpenItemsSettled
-from kredit_shared.service import Transaction
 
 # --- messages --------------------------------------------------------------------------------
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
+from kredit_shared.company_setup import WriteOffParameters
+from kredit_shared.contracts import GeneralJournalLine, IsoDate, TransactionType
+from kredit_shared.money import Amount
 from pydantic import BaseModel, ConfigDict, Field
 
 from kredit_collections.domain import AgedBalance, TransactionBalance
 from kredit_collections.tables import WriteOffRequestRow
-from kredit_shared.company_setup import WriteOffParameters
-from kredit_shared.contracts import GeneralJournalLine, IsoDate, TransactionType
-from kredit_shared.money import Amount
 
-NonEmpty = Field(min_length=1, max_length=100)
+NonEmpty = Annotated[str, Field(min_length=1, max_length=100)]
 
 
 class _In(BaseModel):
@@ -98,7 +99,7 @@ class OpenInvoicesOut(BaseModel):
 class WriteOffIn(_In):
     """Without `vouchers` or `invoice_id`, the customer's whole open balance is written off."""
 
-    customer_account: str = NonEmpty
+    customer_account: NonEmpty
     vouchers: list[str] | None = Field(default=None, description="Write off just these open transactions.")
     invoice_id: str | None = Field(default=None, description="Write off just this open invoice.")
     reason_code: str | None = Field(default=None, description="Default: the write-off parameters' reason code.")
@@ -130,8 +131,8 @@ class WriteOffOut(BaseModel):
 
 
 class WriteOffParametersIO(_In):
-    journal_name: str = NonEmpty
-    reason_code: str = NonEmpty
+    journal_name: NonEmpty
+    reason_code: NonEmpty
     separate_sales_tax: bool
 
     @classmethod

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Numeric, String, TypeDecorator, text
+from kredit_shared.company_setup import WriteOffParameters
+from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested
+from kredit_shared.database import money_field
+from kredit_shared.outbox import utcnow
+from sqlalchemy import JSON, Column, Index, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -22,36 +26,6 @@ from kredit_collections.domain import (
     TransactionBalance,
     WriteOffProgress,
 )
-from kredit_shared.company_setup import WriteOffParameters
-from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested
-
-
-class Money(TypeDecorator[Decimal]):
-    """NUMERIC(18,2) on PostgreSQL. SQLite has no decimal type and would round-trip through a float,
-    so there the exact decimal string is stored instead."""
-
-    impl = Numeric(18, 2)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Any) -> Any:
-        return dialect.type_descriptor(String(24) if dialect.name == "sqlite" else Numeric(18, 2))
-
-    def process_bind_param(self, value: Decimal | None, dialect: Any) -> Any:
-        if value is None or dialect.name != "sqlite":
-            return value
-        return str(value)
-
-    def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
-        return None if value is None else Decimal(str(value))
-
-
-def money_column() -> Any:
-    return Field(sa_type=Money, nullable=False)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
 
 # --- read model ------------------------------------------------------------------------------
 
@@ -65,10 +39,10 @@ class CustomerTransactionRow(SQLModel, table=True):
     customer_name: str | None = None
     transaction_date: date
     invoice_id: str | None = None
-    amount: Decimal = money_column()  # signed: debit +, credit -
+    amount: Decimal = money_field()  # signed: debit +, credit -
     currency: str = Field(max_length=3)
     due_date: date | None = None
-    sales_tax_amount: Decimal = money_column()
+    sales_tax_amount: Decimal = money_field()
 
     def to_domain(self) -> CustomerTransaction:
         return CustomerTransaction(
@@ -87,7 +61,7 @@ class SettlementDeltaRow(SQLModel, table=True):
 
     settlement_id: str = Field(primary_key=True)
     voucher: str = Field(primary_key=True, index=True)
-    amount: Decimal = money_column()
+    amount: Decimal = money_field()
     settlement_date: date
 
     def to_domain(self) -> SettlementDelta:

@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
-
 from kredit_collections.app import create_app
 from kredit_collections.settings import CollectionsSettings
 from kredit_shared.contracts import (
@@ -92,8 +91,9 @@ class Collections:
         return {t["voucher"]: t["balance"] for t in response.json()["transactions"]}
 
     async def until_balances(self, account: str, expected: dict[str, str]) -> None:
-        async def check() -> None:
+        async def check() -> bool:
             assert await self.balances(account) == expected
+            return True
         await eventually(check)
 
     async def write_off(self, **body: Any) -> str:

@@ -18,7 +18,6 @@ from decimal import Decimal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from kredit_collections.domain import (
     CustomerTransaction,
     InvalidSelection,
@@ -29,15 +28,24 @@ from kredit_collections.domain import (
     UnknownReasonCode,
     WriteOffConflict,
     WriteOffError,
+    WriteOffProgress,
     WriteOffSettings,
     age_balances,
     build_write_off_journal,
+    open_invoices,
     select_for_write_off,
     settlement_deltas,
     transaction_balances,
 )
 from kredit_shared.company_setup import WriteOffParameters, load_company_setup
-from kredit_shared.contracts import CustomerTransactionPosted, GeneralJournalRequested, OpenItemsSettled
+from kredit_shared.contracts import (
+    CustomerTransactionPosted,
+    GeneralJournalRequested,
+    JournalCreated,
+    JournalPosted,
+    JournalRejected,
+    OpenItemsSettled,
+)
 
 SETUP = load_company_setup()
 SETTINGS = WriteOffSettings.from_setup(SETUP)
@@ -119,6 +127,10 @@ def test_transaction_read_model_is_built_from_the_event():
                                       transaction_date="2015-06-25", invoice_id="10020", amount="1000.00",
                                       currency="USD", due_date="2015-07-25", customer_name="Fabrikam customer 4027")
     assert CustomerTransaction.from_event(event) == replace(FTI, customer_name="Fabrikam customer 4027")
+
+
+def test_open_invoices_are_invoices_and_credit_notes_with_something_open_by_due_date():
+    assert [r.voucher for r in open_invoices(CAVE_TXS)] == ["CCN-000007", "CIV-000200", "CIV-000101", "CIV-000102"]
 
 
 # --- aged balances --------------------------------------------------------------------------------
@@ -409,3 +421,27 @@ def test_every_write_off_journal_balances(items, separate_tax, per_transaction):
     if per_transaction:
         assert [l.voucher_group for l in customer] == [s.voucher for l in customer for s in l.settles]
     assert {l.reason_code for l in journal.lines} == {"BadDebt"}
+
+
+# --- write-off requests --------------------------------------------------------------------------
+
+CREATED = JournalCreated(request_id="wo-1", journal_name="WriteOff", batch_number="WOJ-000001")
+POSTED = JournalPosted(request_id="wo-1", journal_name="WriteOff", batch_number="WOJ-000001",
+                       posting_date=date(2016, 3, 1), lines=[])
+REJECTED = JournalRejected(request_id="wo-1", journal_name="WriteOff", reason="unbalanced")
+
+
+def test_a_write_off_is_requested_then_journal_created_then_posted():
+    created = WriteOffProgress().after(CREATED)
+    assert created == WriteOffProgress("journal-created", "WOJ-000001")
+    assert created.after(POSTED) == WriteOffProgress("posted", "WOJ-000001")
+    assert WriteOffProgress().after(POSTED).status == "posted"  # a missed JournalCreated loses nothing
+
+
+def test_posted_and_rejected_are_final_and_only_rejected_frees_the_vouchers():
+    posted, rejected = WriteOffProgress().after(POSTED), WriteOffProgress().after(REJECTED)
+    assert rejected == WriteOffProgress("rejected", None, "unbalanced")
+    assert posted.after(CREATED) == posted and posted.after(REJECTED) == posted
+    assert rejected.after(CREATED) == rejected
+    assert [p.claims_its_vouchers for p in (WriteOffProgress(), WriteOffProgress().after(CREATED), posted,
+                                            rejected)] == [True, True, True, False]

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
 
-from sqlalchemy import Column, Numeric
+from kredit_shared.contracts import CustomerInvoiceIssued
+from kredit_shared.database import ExactDecimal, money_field
+from kredit_shared.outbox import utcnow
 from sqlmodel import Field, SQLModel
 
 from kredit_invoicing.domain import PostedInvoice
-from kredit_shared.contracts import CustomerInvoiceIssued
-from kredit_shared.outbox import utcnow
-
-
-def _money() -> Any:
-    return Field(sa_column=Column(Numeric(18, 2), nullable=False))
-
 
 _INVOICE_FK = "invoicing_invoice.invoice_id"
 
@@ -39,9 +33,9 @@ class InvoiceRow(SQLModel, table=True):
     payment_terms: str | None = None
     cash_discount_code: str | None = None
     cash_discount_account: str | None = None
-    net_amount: Decimal = _money()
-    sales_tax_amount: Decimal = _money()
-    total: Decimal = _money()
+    net_amount: Decimal = money_field()
+    sales_tax_amount: Decimal = money_field()
+    total: Decimal = money_field()
     fingerprint: str  # of the message content, to tell a repeat from a conflicting second message
     message_id: str  # of the message that posted it
     posted_at: datetime = Field(default_factory=utcnow)
@@ -53,8 +47,8 @@ class InvoiceLineRow(SQLModel, table=True):
     invoice_id: str = Field(foreign_key=_INVOICE_FK, primary_key=True)
     line_number: int = Field(primary_key=True)
     description: str
-    amount: Decimal = _money()
-    sales_tax_amount: Decimal = _money()
+    amount: Decimal = money_field()
+    sales_tax_amount: Decimal = money_field()
     revenue_account: str | None = None  # as received; None = the setup's default (see the voucher lines)
 
 
@@ -63,9 +57,9 @@ class DiscountTierRow(SQLModel, table=True):
 
     invoice_id: str = Field(foreign_key=_INVOICE_FK, primary_key=True)
     tier_number: int = Field(primary_key=True)  # in date order
-    percent: Decimal = Field(sa_column=Column(Numeric(7, 4), nullable=False))
+    percent: Decimal = Field(sa_type=ExactDecimal(4), nullable=False)
     until: date
-    amount: Decimal = _money()
+    amount: Decimal = money_field()
 
 
 class VoucherLineRow(SQLModel, table=True):
@@ -76,8 +70,8 @@ class VoucherLineRow(SQLModel, table=True):
     invoice_id: str = Field(foreign_key=_INVOICE_FK, primary_key=True)
     line_number: int = Field(primary_key=True)
     account: str
-    debit: Decimal = _money()
-    credit: Decimal = _money()
+    debit: Decimal = money_field()
+    credit: Decimal = money_field()
     text: str
     customer_account: str | None = None
 

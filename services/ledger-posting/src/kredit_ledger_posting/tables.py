@@ -6,16 +6,13 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Column, Numeric, UniqueConstraint
+from kredit_shared.contracts import PostedJournalLine
+from kredit_shared.database import money_field
+from kredit_shared.outbox import utcnow
+from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from kredit_ledger_posting.domain import Journal, LedgerEntry
-from kredit_shared.contracts import PostedJournalLine
-from kredit_shared.outbox import utcnow
-
-
-def _money() -> Any:
-    return Field(default=Decimal("0.00"), sa_type=Numeric(18, 2))
 
 
 class LedgerEntryRow(SQLModel, table=True):
@@ -24,8 +21,8 @@ class LedgerEntryRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     voucher: str = Field(index=True)
     account: str = Field(index=True)
-    debit: Decimal = _money()
-    credit: Decimal = _money()
+    debit: Decimal = money_field(default=Decimal("0.00"))
+    credit: Decimal = money_field(default=Decimal("0.00"))
     currency: str
     posting_date: date = Field(index=True)
     text: str = ""

@@ -8,7 +8,6 @@ from decimal import Decimal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from kredit_ledger_posting.domain import (
     DuplicateVoucher,
     InvalidJournalRequest,
@@ -21,9 +20,9 @@ from kredit_ledger_posting.domain import (
     is_new_voucher,
     journal_posted_event,
     open_journal,
-    voucher_count,
     post_journal,
     trial_balance,
+    voucher_count,
     voucher_fingerprint,
 )
 from kredit_shared.company_setup import load_company_setup

@@ -7,11 +7,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from sqlmodel.ext.asyncio.session import AsyncSession
-
-from kredit_settlement import domain
-from kredit_settlement.domain import InvoiceSettlement, Mark, MarkPreview, OpenTransaction, SettlementResult
-from kredit_settlement.tables import OpenItems, ParametersRow, PaymentRow, SettlementRow, load_parameters, lock_customer
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import (
     ERP_CUSTOMER_PAYMENTS,
@@ -29,6 +24,11 @@ from kredit_shared.contracts import (
 from kredit_shared.money import ZERO
 from kredit_shared.outbox import utcnow
 from kredit_shared.service import Rejected, Transaction
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kredit_settlement import domain
+from kredit_settlement.domain import InvoiceSettlement, Mark, MarkPreview, OpenTransaction, SettlementResult
+from kredit_settlement.tables import OpenItems, ParametersRow, PaymentRow, SettlementRow, load_parameters, lock_customer
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,11 @@ async def record_customer_transaction(postings: Postings, tx: Transaction, event
     """Keep a new invoice or credit note as an open item and settle it with what the customer has open."""
     store = OpenItems(tx.session)
     await lock_customer(tx.session, event.customer_account)
-    if await store.known_vouchers([event.voucher]):
+    if known := await store.find(event.voucher):
+        if (known.transaction_type, known.customer_account, known.original_amount) != (
+                event.transaction_type, event.customer_account, event.amount):
+            raise Rejected(f"voucher {event.voucher} is already a {known.transaction_type} of customer "
+                           f"{known.customer_account} for {known.original_amount}")
         return  # settlement's own postings come back on this topic; a re-sent transaction changes nothing
     if event.transaction_type not in ("Invoice", "CreditNote"):
         raise Rejected(f"{event.transaction_type} {event.voucher} is unknown: settlement posts payments, cash "
@@ -194,10 +198,11 @@ async def settle_write_offs(postings: Postings, tx: Transaction, event: JournalE
     store = OpenItems(tx.session)
     vouchers = _line_vouchers(lines)
     known = await store.known_vouchers(vouchers)
+    for account in sorted({line.account for line, v in zip(lines, vouchers) if v not in known}):
+        await lock_customer(tx.session, account)  # in one order, so two journals never wait on each other
     for line, voucher in zip(lines, vouchers):
         if voucher in known:
             continue
-        await lock_customer(tx.session, line.account)
         amount = line.debit - line.credit
         write_off = OpenTransaction(voucher, line.account, "WriteOff", line.transaction_date, line.currency, amount, amount)
         transactions = await store.of_customer(line.account, vouchers=[ref.voucher for ref in line.settles])

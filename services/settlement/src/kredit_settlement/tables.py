@@ -7,18 +7,15 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Column, Integer, Numeric, or_, select, update
+from kredit_shared.database import money_field
+from kredit_shared.money import ZERO
+from kredit_shared.outbox import utcnow
+from sqlalchemy import JSON, Column, Integer, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_settlement.domain import DiscountTier, OpenTransaction, SettlementParameters
-from kredit_shared.money import ZERO
-from kredit_shared.outbox import utcnow
-
-
-def _money(**kwargs: Any) -> Any:
-    return Field(sa_column=Column(Numeric(18, 2), nullable=False, **kwargs))
 
 
 class ConcurrentUpdate(Exception):
@@ -49,11 +46,11 @@ class OpenTransactionRow(SQLModel, table=True):
     transaction_date: date
     invoice_id: str | None = Field(default=None, index=True)
     currency: str
-    original_amount: Decimal = _money()
-    open_amount: Decimal = _money()
+    original_amount: Decimal = money_field()
+    open_amount: Decimal = money_field()
     due_date: date | None = None
     cash_discounts: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    discount_taken: Decimal = _money()
+    discount_taken: Decimal = money_field()
     cash_discount_account: str | None = None
     # Optimistic check on top of the customer lock: an update names the version it read.
     version: int = Field(default=1, sa_column=Column(Integer, nullable=False))
@@ -96,7 +93,7 @@ class PaymentRow(SQLModel, table=True):
     message_id: str
     customer_account: str = Field(index=True)
     payment_date: date
-    amount: Decimal = _money()
+    amount: Decimal = money_field()
     currency: str
     bank_account: str
     fingerprint: str
@@ -114,8 +111,8 @@ class SettlementRow(SQLModel, table=True):
     currency: str
     debit_voucher: str = Field(index=True)
     credit_voucher: str = Field(index=True)
-    amount_settled: Decimal = _money()
-    cash_discount_amount: Decimal = _money()
+    amount_settled: Decimal = money_field()
+    cash_discount_amount: Decimal = money_field()
     cash_discount_voucher: str | None = None
     settled_at: datetime = Field(default_factory=utcnow)
 
@@ -175,6 +172,10 @@ class OpenItems:
     async def known_vouchers(self, vouchers: Collection[str]) -> set[str]:
         rows = await self.session.exec(select(OpenTransactionRow.voucher).where(OpenTransactionRow.voucher.in_(vouchers)))
         return set(rows.scalars().all())
+
+    async def find(self, voucher: str) -> OpenTransaction | None:
+        found = await self._select(OpenTransactionRow.voucher == voucher)
+        return found[0] if found else None
 
     async def of_customer(self, customer_account: str, *, invoice_ids: Collection[str] = (),
                           vouchers: Collection[str] = (), include_settled: bool = False) -> list[OpenTransaction]:

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from kredit_settlement.app import create_app
 from kredit_settlement.settings import SettlementSettings
 from kredit_shared.contracts import (

@@ -1,0 +1,120 @@
+"""Open credits, credit notes and posted write-offs settle the customer's open items automatically."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from kredit_shared.contracts import AR_CUSTOMER_TRANSACTIONS, AR_SETTLEMENTS, GL_JOURNAL_EVENTS, GL_JOURNAL_LINES
+
+D = Decimal
+
+
+async def test_a_new_invoice_takes_open_credits_and_a_credit_note_pays_open_invoices(start_settlement):
+    async with start_settlement() as service:
+        await service.pay("ARP-4701-1", "500.00", "2015-06-20", customer="4701")
+        await service.transaction("ARP-4701-1")
+        assert (await service.open_transactions("4701"))["ARP-4701-1"]["open_amount"] == "-500.00"
+
+        await service.invoice("4701-1", customer="4701", wait=False)
+        [by_payment] = await service.settlements(credit_voucher="ARP-4701-1")
+        assert by_payment | {"message_id": None} == {
+            "message_id": None, "settlement_id": "FTI-4701-1:1", "customer_account": "4701",
+            "settlement_date": "2015-06-25", "currency": "USD", "debit_voucher": "FTI-4701-1",
+            "credit_voucher": "ARP-4701-1", "amount_settled": "500.00", "cash_discount_amount": "0.00",
+            "cash_discount_voucher": None}
+
+        await service.invoice("4701-CN", "-100.00", customer="4701", tiers=[], on="2015-06-30", wait=False)
+        [by_note] = await service.settlements(credit_voucher="CCN-4701-CN")
+        assert (by_note["debit_voucher"], by_note["amount_settled"], by_note["cash_discount_amount"]) == (
+            "FTI-4701-1", "100.00", "0.00")
+        assert {v: t["open_amount"] for v, t in (await service.open_transactions("4701")).items()} == {"FTI-4701-1": "400.00"}
+
+        # A credit note before any invoice stays open until one comes.
+        await service.invoice("4702-CN", "-50.00", customer="4702", tiers=[], on="2015-06-01")
+        await service.invoice("4702-1", "200.00", customer="4702", wait=False)
+        [by_earlier_note] = await service.settlements(credit_voucher="CCN-4702-CN")
+        assert (by_earlier_note["debit_voucher"], by_earlier_note["amount_settled"]) == ("FTI-4702-1", "50.00")
+
+        # Settlement's own postings came back on the customer-transactions topic and were ignored.
+        await service.invoice("4701-1", customer="4701", wait=False)  # and so is a re-sent invoice
+        assert await service.published(AR_CUSTOMER_TRANSACTIONS + ".dlq") == []
+        assert len(await service.published(AR_SETTLEMENTS, 0)) == 3
+
+        # What settlement did not post itself, or a voucher used twice, is reported, not dropped.
+        await service.invoice("4701-X", "5.00", customer="4701", voucher="ARP-4701-1", wait=False)
+        await service.invoice("4701-Y", "-5.00", customer="4701", voucher="ARP-ELSEWHERE", transaction_type="Payment",
+                              wait=False)
+        reasons = [r.headers["x-dlq-reason"] for r in await service.dead_letters(AR_CUSTOMER_TRANSACTIONS, count=2)]
+        assert reasons == ["voucher ARP-4701-1 is already a Payment of customer 4701 for -500.00",
+                           "Payment ARP-ELSEWHERE is unknown: settlement posts payments, cash discounts and "
+                           "write-offs itself and takes only invoices and credit notes from others"]
+
+
+def journal_posted(batch: str, *lines: dict, message_id: str | None = None, event_type: str = "JournalPosted") -> dict:
+    return {"message_id": message_id or str(uuid.uuid4()), "event_type": event_type, "journal_name": "WriteOff",
+            "batch_number": batch, "request_id": f"req-{batch}", "posting_date": "2015-09-30", "lines": list(lines)}
+
+
+def customer_line(voucher: str, customer: str, *, debit: str = "0.00", credit: str = "0.00",
+                  settles: list[tuple[str, str]] = ()) -> dict:
+    return {"account_type": "Customer", "account": customer, "debit": debit, "credit": credit, "currency": "USD",
+            "transaction_date": "2015-09-30", "voucher": voucher, "reason_code": "BadDebt",
+            "settles": [{"voucher": v, "amount": a} for v, a in settles]}
+
+
+def ledger_line(voucher: str, *, debit: str = "0.00", credit: str = "0.00") -> dict:
+    return {"account_type": "Ledger", "account": "618900", "debit": debit, "credit": credit, "currency": "USD",
+            "transaction_date": "2015-09-30", "voucher": voucher}
+
+
+async def test_a_posted_write_off_settles_what_it_names(start_settlement):
+    async with start_settlement() as service:
+        await service.invoice("4801-1", customer="4801")
+        await service.invoice("4802-1", customer="4802")
+        await service.pay("ARP-4802-1", "300.00", "2015-08-01", customer="4802")
+        await service.settlements(credit_voucher="ARP-4802-1")
+        await service.pay("ARP-4803-1", "200.00", "2015-08-01", customer="4803")
+        await service.transaction("ARP-4803-1")
+
+        created = journal_posted("WOJ-0", event_type="JournalCreated")
+        await service.publish(GL_JOURNAL_EVENTS, created, key="WOJ-0")
+        posted = journal_posted(
+            "WOJ-1",
+            customer_line("WOV-1", "4801", credit="1000.00", settles=[("FTI-4801-1", "1000.00")]),
+            ledger_line("WOV-1", debit="1000.00"),
+            # 4802 paid 300.00 since the journal was proposed: 700.00 is settled, 300.00 reported.
+            customer_line("WOV-2", "4802", credit="1000.00", settles=[("FTI-4802-1", "1000.00")]),
+            ledger_line("WOV-2", debit="1000.00"),
+            # An open credit is written off by a debit line.
+            customer_line("WOV-3", "4803", debit="200.00", settles=[("ARP-4803-1", "-200.00")]),
+            ledger_line("WOV-3", credit="200.00"),
+        )
+        await service.publish(GL_JOURNAL_EVENTS, posted, key="WOJ-1")
+
+        assert (await service.transaction("WOV-1"))["transaction_type"] == "WriteOff"
+        assert [(t["transaction_type"], t["amount"]) for t in [await service.transaction(v) for v in ("WOV-1", "WOV-2", "WOV-3")]] == [
+            ("WriteOff", "-1000.00"), ("WriteOff", "-1000.00"), ("WriteOff", "200.00")]
+        [one] = await service.settlements(credit_voucher="WOV-1")
+        assert (one["debit_voucher"], one["amount_settled"], one["settlement_id"]) == ("FTI-4801-1", "1000.00", "WOV-1:1")
+        [two] = await service.settlements(credit_voucher="WOV-2")
+        assert (two["debit_voucher"], two["amount_settled"]) == ("FTI-4802-1", "700.00")
+        [three] = await service.settlements(debit_voucher="WOV-3")
+        assert (three["credit_voucher"], three["amount_settled"]) == ("ARP-4803-1", "200.00")
+
+        [report] = await service.dead_letters(GL_JOURNAL_EVENTS)
+        reason = report.headers["x-dlq-reason"]
+        assert "WOJ-1" in reason and "WOV-2" in reason and "only 700.00 was open" in reason
+        assert "300.00 left open on WOV-2" in reason
+
+        assert await service.balance("FTI-4801-1", "4801") == D("0.00")
+        assert await service.open_transactions("4801") == {}
+        assert {v: t["open_amount"] for v, t in (await service.open_transactions("4802")).items()} == {"WOV-2": "-300.00"}
+        assert await service.open_transactions("4803") == {}
+
+        await service.publish(GL_JOURNAL_EVENTS, posted, key="WOJ-1")  # redelivered
+        await service.publish(GL_JOURNAL_EVENTS, posted | {"message_id": str(uuid.uuid4())}, key="WOJ-1")  # re-sent
+        assert len([s for s in await service.published(AR_SETTLEMENTS, 1.0) if s["settlement_id"].startswith("WOV-")]) == 3
+        assert not [v for v in await service.published(GL_JOURNAL_LINES, 0) if v["voucher"].startswith("WOV-")], \
+            "ledger-posting posted the write-off voucher already"
+        assert len(await service.published(GL_JOURNAL_EVENTS + ".dlq", 0)) == 1
