@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
 from kredit_shared.testing import BrokerUnderTest, broker_under_test, fresh_postgres_database, postgres_server
 
 

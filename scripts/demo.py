@@ -16,6 +16,7 @@ import os
 import uuid
 
 from aiokafka import AIOKafkaProducer
+
 from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, ERP_CUSTOMER_PAYMENTS
 
 NAMESPACE = uuid.UUID("6b726564-6974-4465-6d6f-000000000000")

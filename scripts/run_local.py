@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kredit_shared.service import port_is_free
-from kredit_shared.testing import tansu_binary
+from kredit_shared.testing import stop_process, tansu_binary
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_SECONDS = 60
@@ -69,13 +69,7 @@ class Stack:
     def stop(self) -> None:
         self.stopping = True
         for _, process in reversed(self.processes):  # services first, the broker last
-            if process.poll() is None:
-                process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
     def exited(self) -> list[tuple[str, int]]:
         return [(name, p.returncode) for name, p in self.processes if p.poll() is not None]

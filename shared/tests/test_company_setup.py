@@ -1,5 +1,6 @@
 import pytest
 import yaml
+
 from kredit_shared.company_setup import DEMO_SETUP_FILE, SetupError, load_company_setup
 
 

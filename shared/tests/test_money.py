@@ -3,8 +3,9 @@ from decimal import Decimal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from kredit_shared.money import Amount, Currency, round_money, split_proportionally
 from pydantic import BaseModel, ValidationError
+
+from kredit_shared.money import Amount, Currency, round_money, split_proportionally
 
 
 class Priced(BaseModel):

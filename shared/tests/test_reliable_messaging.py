@@ -11,6 +11,9 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import func, select
+from sqlmodel import Field, SQLModel
+
 from kredit_shared.contracts import (
     ERP_CUSTOMER_INVOICES,
     GL_JOURNAL_LINES,
@@ -22,8 +25,6 @@ from kredit_shared.contracts import (
 from kredit_shared.service import Rejected, ServiceRuntime, Transaction
 from kredit_shared.settings import ServiceSettings
 from kredit_shared.testing import TopicProbe, eventually, isolated_kafka, publish, serve
-from sqlalchemy import func, select
-from sqlmodel import Field, SQLModel
 
 
 class EchoEffect(SQLModel, table=True):

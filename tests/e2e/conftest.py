@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest_asyncio
+
 from kredit_collections.app import create_app as create_collections
 from kredit_collections.settings import CollectionsSettings
 from kredit_invoicing.app import create_app as create_invoicing

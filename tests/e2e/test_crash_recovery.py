@@ -11,6 +11,7 @@ import uuid
 
 import httpx
 import pytest
+
 from kredit_shared.contracts import GL_GENERAL_JOURNALS, GL_JOURNAL_EVENTS
 from kredit_shared.testing import TopicProbe, free_port, isolated_kafka, publish, service_process, wait_until_healthy
 

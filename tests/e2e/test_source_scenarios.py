@@ -9,6 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+
 from kredit_shared.testing import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

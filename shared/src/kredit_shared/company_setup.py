@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kredit_shared.contracts.messages import Percent
+from kredit_shared.errors import describe_validation_error
 from kredit_shared.money import Currency
 
 DEMO_SETUP_FILE = Path(str(files("kredit_shared").joinpath("demo-company.yaml")))
@@ -126,14 +127,6 @@ class SetupError(Exception):
     """The setup file is missing or invalid; the message names the file and the bad field."""
 
 
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for e in error.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
 def load_company_setup(path: Path | str | None = None) -> CompanySetup:
     path = Path(path) if path else DEMO_SETUP_FILE
     try:
@@ -145,5 +138,5 @@ def load_company_setup(path: Path | str | None = None) -> CompanySetup:
     try:
         return CompanySetup.model_validate(raw)
     except ValidationError as e:
-        raise SetupError(f"company setup {path}: {_describe(e)}") from None
+        raise SetupError(f"company setup {path}: {describe_validation_error(e, whole='setup')}") from None
 

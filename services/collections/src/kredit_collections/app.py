@@ -5,6 +5,11 @@ from __future__ import annotations
 import sys
 
 from fastapi import FastAPI
+from pydantic import ValidationError
+
+from kredit_collections import api, handlers
+from kredit_collections.settings import CollectionsSettings
+from kredit_collections.tables import TABLES
 from kredit_shared.company_setup import SetupError, load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
@@ -15,11 +20,6 @@ from kredit_shared.contracts import (
     journal_event_adapter,
 )
 from kredit_shared.service import ServiceRuntime, describe_validation_error, run_service
-from pydantic import ValidationError
-
-from kredit_collections import api, handlers
-from kredit_collections.settings import CollectionsSettings
-from kredit_collections.tables import TABLES
 
 
 def create_app(settings: CollectionsSettings | None = None) -> FastAPI:

@@ -6,9 +6,6 @@ import uuid
 from collections.abc import Sequence
 from datetime import date
 
-from kredit_shared.company_setup import CompanySetup, WriteOffParameters
-from kredit_shared.contracts import CustomerTransactionPosted, JournalEvent, OpenItemsSettled
-from kredit_shared.service import Transaction
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -27,6 +24,9 @@ from kredit_collections.domain import (
     settlement_deltas,
     transaction_balances,
 )
+from kredit_shared.company_setup import CompanySetup, WriteOffParameters
+from kredit_shared.contracts import CustomerTransactionPosted, JournalEvent, OpenItemsSettled
+from kredit_shared.service import Transaction
 
 # --- messages --------------------------------------------------------------------------------
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from kredit_shared.company_setup import WriteOffParameters
-from kredit_shared.contracts import GeneralJournalLine, IsoDate, TransactionType
-from kredit_shared.money import Amount
 from pydantic import BaseModel, ConfigDict, Field
 
 from kredit_collections.domain import AgedBalance, TransactionBalance
 from kredit_collections.tables import WriteOffRequestRow
+from kredit_shared.company_setup import WriteOffParameters
+from kredit_shared.contracts import GeneralJournalLine, IsoDate, TransactionType
+from kredit_shared.money import Amount
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=100)]
 

@@ -11,10 +11,6 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from kredit_shared.company_setup import WriteOffParameters
-from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested
-from kredit_shared.database import money_field
-from kredit_shared.outbox import utcnow
 from sqlalchemy import JSON, Column, Index, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel, select
@@ -26,6 +22,10 @@ from kredit_collections.domain import (
     TransactionBalance,
     WriteOffProgress,
 )
+from kredit_shared.company_setup import WriteOffParameters
+from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested
+from kredit_shared.database import money_field
+from kredit_shared.outbox import utcnow
 
 # --- read model ------------------------------------------------------------------------------
 

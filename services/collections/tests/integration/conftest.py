@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+
 from kredit_collections.app import create_app
 from kredit_collections.settings import CollectionsSettings
 from kredit_shared.contracts import (

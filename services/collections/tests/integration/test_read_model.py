@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
-from kredit_collections.tables import SettlementDeltaRow
-from kredit_shared.testing import eventually
 from sqlalchemy import func
 from sqlmodel import select
+
+from kredit_collections.tables import SettlementDeltaRow
+from kredit_shared.testing import eventually
 
 
 async def test_customer_4027_matches_the_source_table_even_when_settlements_arrive_first(start_collections,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kredit_collections.app import main
 from kredit_collections.settings import CollectionsSettings
 from kredit_shared.company_setup import DEMO_SETUP_FILE

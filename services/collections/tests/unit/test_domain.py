@@ -18,6 +18,7 @@ from decimal import Decimal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from kredit_collections.domain import (
     CustomerTransaction,
     InvalidSelection,

@@ -9,12 +9,12 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from kredit_shared.money import CENT, Amount
 from pydantic import BaseModel
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_invoicing.tables import DiscountTierRow, InvoiceLineRow, InvoiceRow, VoucherLineRow
+from kredit_shared.money import CENT, Amount
 
 router = APIRouter(prefix="/api/v1/invoices", tags=["invoices"])
 

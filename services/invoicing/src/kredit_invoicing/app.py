@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 
 from fastapi import FastAPI
-from kredit_shared.company_setup import SetupError, load_company_setup
-from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued
-from kredit_shared.service import ServiceRuntime, Transaction, run_service
 
 from kredit_invoicing import api, handlers
 from kredit_invoicing.settings import InvoicingSettings
 from kredit_invoicing.tables import TABLES
+from kredit_shared.company_setup import SetupError, load_company_setup
+from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued
+from kredit_shared.service import ServiceRuntime, Transaction, run_service
 
 
 def create_app(settings: InvoicingSettings | None = None) -> FastAPI:

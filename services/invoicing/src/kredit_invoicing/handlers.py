@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from kredit_invoicing.domain import InvoiceRejected, ensure_same_invoice, post_invoice
+from kredit_invoicing.tables import InvoiceRow, invoice_rows
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import CustomerInvoiceIssued
 from kredit_shared.service import Rejected, Transaction
-
-from kredit_invoicing.domain import InvoiceRejected, ensure_same_invoice, post_invoice
-from kredit_invoicing.tables import InvoiceRow, invoice_rows
 
 
 async def issue_invoice(tx: Transaction, message: CustomerInvoiceIssued, setup: CompanySetup) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 
-from kredit_shared.contracts import CustomerInvoiceIssued
-from kredit_shared.database import ExactDecimal, money_field
-from kredit_shared.outbox import utcnow
 from sqlmodel import Field, SQLModel
 
 from kredit_invoicing.domain import PostedInvoice
+from kredit_shared.contracts import CustomerInvoiceIssued
+from kredit_shared.database import ExactDecimal, money_field
+from kredit_shared.outbox import utcnow
 
 _INVOICE_FK = "invoicing_invoice.invoice_id"
 

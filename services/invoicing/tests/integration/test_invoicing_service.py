@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
 from kredit_invoicing.app import create_app, main
 from kredit_invoicing.handlers import issue_invoice
 from kredit_invoicing.settings import InvoicingSettings
@@ -28,8 +31,6 @@ from kredit_shared.database import create_tables
 from kredit_shared.outbox import OutboxMessage
 from kredit_shared.service import ServiceRuntime
 from kredit_shared.testing import Record, TopicProbe, free_port, isolated_kafka, publish, serve
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError, OperationalError
 
 DEMO = load_company_setup()
 DLQ = dead_letter_topic(ERP_CUSTOMER_INVOICES)

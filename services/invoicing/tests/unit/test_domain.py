@@ -9,6 +9,7 @@ import pytest
 import yaml
 from hypothesis import assume, given
 from hypothesis import strategies as st
+
 from kredit_invoicing.domain import (
     InvoiceRejected,
     compute_cash_discounts,

@@ -7,16 +7,16 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from kredit_shared.company_setup import CompanySetup
-from kredit_shared.contracts import PostedJournalLine
-from kredit_shared.money import Amount
-from kredit_shared.service import ServiceRuntime
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_ledger_posting import domain, handlers
 from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow
+from kredit_shared.company_setup import CompanySetup
+from kredit_shared.contracts import PostedJournalLine
+from kredit_shared.money import Amount
+from kredit_shared.service import ServiceRuntime
 
 router = APIRouter(prefix="/api/v1", tags=["ledger"])
 

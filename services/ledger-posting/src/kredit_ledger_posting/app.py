@@ -6,13 +6,13 @@ import sys
 from functools import partial
 
 from fastapi import FastAPI
-from kredit_shared.company_setup import SetupError, load_company_setup
-from kredit_shared.contracts import GL_GENERAL_JOURNALS, GL_JOURNAL_LINES, GeneralJournalRequested, VoucherPosted
-from kredit_shared.service import ServiceRuntime, run_service
 
 from kredit_ledger_posting import api, handlers
 from kredit_ledger_posting.settings import LedgerPostingSettings
 from kredit_ledger_posting.tables import TABLES
+from kredit_shared.company_setup import SetupError, load_company_setup
+from kredit_shared.contracts import GL_GENERAL_JOURNALS, GL_JOURNAL_LINES, GeneralJournalRequested, VoucherPosted
+from kredit_shared.service import ServiceRuntime, run_service
 
 
 def create_app(settings: LedgerPostingSettings | None = None) -> FastAPI:

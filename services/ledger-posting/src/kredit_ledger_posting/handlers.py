@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from datetime import date
 
+from sqlalchemy import func, insert, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kredit_ledger_posting import domain
+from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow, NumberSequenceRow, PostedVoucherRow
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import (
     GL_GENERAL_JOURNALS,
@@ -14,11 +19,6 @@ from kredit_shared.contracts import (
 )
 from kredit_shared.outbox import utcnow
 from kredit_shared.service import Rejected, Transaction
-from sqlalchemy import func, insert, select
-from sqlmodel.ext.asyncio.session import AsyncSession
-
-from kredit_ledger_posting import domain
-from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow, NumberSequenceRow, PostedVoucherRow
 
 
 async def post_voucher(tx: Transaction, voucher: VoucherPosted, setup: CompanySetup) -> None:

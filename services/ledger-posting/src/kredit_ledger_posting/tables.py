@@ -6,13 +6,13 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from kredit_shared.contracts import PostedJournalLine
-from kredit_shared.database import money_field
-from kredit_shared.outbox import utcnow
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from kredit_ledger_posting.domain import Journal, LedgerEntry
+from kredit_shared.contracts import PostedJournalLine
+from kredit_shared.database import money_field
+from kredit_shared.outbox import utcnow
 
 
 class LedgerEntryRow(SQLModel, table=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+
 from kredit_ledger_posting.app import create_app
 from kredit_ledger_posting.settings import LedgerPostingSettings
 from kredit_shared.contracts import GL_GENERAL_JOURNALS, GL_JOURNAL_EVENTS, GL_JOURNAL_LINES, dead_letter_topic

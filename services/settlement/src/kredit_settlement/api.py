@@ -7,14 +7,14 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from kredit_shared.contracts import IsoDate
-from kredit_shared.money import Amount
-from kredit_shared.service import ServiceRuntime
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from kredit_settlement import handlers
 from kredit_settlement.domain import Mark, MarkRejected, OpenTransaction
 from kredit_settlement.handlers import Postings
+from kredit_shared.contracts import IsoDate
+from kredit_shared.money import Amount
+from kredit_shared.service import ServiceRuntime
 
 router = APIRouter(prefix="/api/v1", tags=["settlement"])
 

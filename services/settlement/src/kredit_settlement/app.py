@@ -6,6 +6,10 @@ import sys
 from functools import partial
 
 from fastapi import FastAPI
+
+from kredit_settlement import api, handlers, tables
+from kredit_settlement.handlers import Postings
+from kredit_settlement.settings import SettlementSettings
 from kredit_shared.company_setup import SetupError, load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
@@ -16,10 +20,6 @@ from kredit_shared.contracts import (
     journal_event_adapter,
 )
 from kredit_shared.service import ServiceRuntime, run_service
-
-from kredit_settlement import api, handlers, tables
-from kredit_settlement.handlers import Postings
-from kredit_settlement.settings import SettlementSettings
 
 
 def create_app(settings: SettlementSettings | None = None) -> FastAPI:

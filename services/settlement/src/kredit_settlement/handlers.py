@@ -7,6 +7,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kredit_settlement import domain
+from kredit_settlement.domain import InvoiceSettlement, Mark, MarkPreview, OpenTransaction, SettlementResult
+from kredit_settlement.tables import OpenItems, ParametersRow, PaymentRow, SettlementRow, load_parameters, lock_customer
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import (
     ERP_CUSTOMER_PAYMENTS,
@@ -24,11 +29,6 @@ from kredit_shared.contracts import (
 from kredit_shared.money import ZERO
 from kredit_shared.outbox import utcnow
 from kredit_shared.service import Rejected, Transaction
-from sqlmodel.ext.asyncio.session import AsyncSession
-
-from kredit_settlement import domain
-from kredit_settlement.domain import InvoiceSettlement, Mark, MarkPreview, OpenTransaction, SettlementResult
-from kredit_settlement.tables import OpenItems, ParametersRow, PaymentRow, SettlementRow, load_parameters, lock_customer
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,15 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from kredit_shared.database import money_field
-from kredit_shared.money import ZERO
-from kredit_shared.outbox import utcnow
 from sqlalchemy import JSON, Column, Integer, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_settlement.domain import DiscountTier, OpenTransaction, SettlementParameters
+from kredit_shared.database import money_field
+from kredit_shared.money import ZERO
+from kredit_shared.outbox import utcnow
 
 
 class ConcurrentUpdate(Exception):

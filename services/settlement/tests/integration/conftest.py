@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from kredit_settlement.app import create_app
 from kredit_settlement.settings import SettlementSettings
 from kredit_shared.contracts import (

@@ -7,6 +7,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
+
 from kredit_settlement.app import create_app
 from kredit_settlement.settings import SettlementSettings
 from kredit_shared.contracts import AR_CUSTOMER_TRANSACTIONS, AR_SETTLEMENTS, ERP_CUSTOMER_PAYMENTS

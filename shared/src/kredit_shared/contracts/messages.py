@@ -10,7 +10,7 @@ import re
 import uuid
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, TypeAdapter, WithJsonSchema
 
@@ -340,5 +340,5 @@ class JournalRejected(ContractMessage):
         return self.request_id
 
 
-JournalEvent = Annotated[Union[JournalCreated, JournalPosted, JournalRejected], Field(discriminator="event_type")]
+JournalEvent = Annotated[JournalCreated | JournalPosted | JournalRejected, Field(discriminator="event_type")]
 journal_event_adapter: TypeAdapter[JournalEvent] = TypeAdapter(JournalEvent)
