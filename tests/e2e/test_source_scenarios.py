@@ -203,3 +203,22 @@ async def test_all_customers_page_writes_off_a_customer_with_the_sales_tax_separ
         assert amount(after, "222200") - amount(before, "222200") == Decimal("100.00")
     finally:
         await stack.collections.put("/api/v1/parameters/write-off", json=parameters)
+
+
+async def test_payments_that_overtake_their_invoice_settle_as_if_they_had_arrived_in_order(stack):
+    """The ERP sends the invoice and both payments at once: the payments reach settlement first (the
+    invoice goes through invoicing), yet the source's numbers come out, discount included."""
+    account = "4127"
+    await stack.erp_invoice(invoice_id="10120", customer_account=account, invoice_date="2015-06-25",
+                            payment_terms="Net30", cash_discount_code="1%14D", lines=goods("1000.00"))
+    for payment_id, date, paid in (("ARP-10120", "2015-07-01", "297.00"), ("ARP-10121", "2015-07-11", "700.00")):
+        await stack.erp_payment(payment_id=payment_id, customer_account=account, payment_date=date, amount=paid,
+                                settle=[{"invoice_id": "10120", "amount_to_settle": paid, "use_cash_discount": "Normal"}])
+    rows = await stack.wait_for_transactions(
+        account, lambda rows: len(rows) == 4 and all(r["balance"] == "0.00" for r in rows))
+    assert table(rows) == [
+        row("FTI-10120", "Invoice", "2015-06-25", "10120", "1000.00", None, "0.00"),
+        row("ARP-10120", "Payment", "2015-07-01", None, None, "297.00", "0.00"),
+        row("DISC-10120", "CashDiscount", "2015-07-01", None, None, "3.00", "0.00"),
+        row("ARP-10121", "Payment", "2015-07-11", None, None, "700.00", "0.00"),
+    ]

@@ -34,6 +34,10 @@ class MarkRejected(SettlementError):
         self.reason = reason
 
 
+class UnknownInvoice(MarkRejected):
+    """The marked invoice is not known (yet): it may still be on its way from invoicing."""
+
+
 class UseCashDiscount(StrEnum):
     NORMAL = "Normal"  # only before the discount date, partial payments only if the parameter allows
     ALWAYS = "Always"  # overrides the date and the partial-payment parameter
@@ -100,6 +104,7 @@ class InvoiceSettlement:
 class RejectedMark:
     invoice_id: str
     reason: str
+    invoice_unknown: bool = False  # the caller may keep the mark until the invoice arrives
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,7 @@ def find_marked_invoice(
     """The open invoice a mark names, or MarkRejected saying why it cannot be settled."""
     invoice = next((t for t in transactions if t.invoice_id == mark.invoice_id and t.transaction_type == "Invoice"), None)
     if invoice is None:
-        raise MarkRejected(mark.invoice_id, f"no invoice {mark.invoice_id!r} is known")
+        raise UnknownInvoice(mark.invoice_id, f"no invoice {mark.invoice_id!r} is known")
     if invoice.customer_account != customer_account:
         raise MarkRejected(mark.invoice_id, f"invoice {mark.invoice_id!r} belongs to another customer, not {customer_account!r}")
     if invoice.open_amount <= 0:
@@ -300,7 +305,7 @@ def settle_credit(
             use = _use_cash_discount(mark)
             invoice = find_marked_invoice(mark, transactions, credit.customer_account, credit.currency)
         except MarkRejected as e:
-            rejected.append(RejectedMark(e.invoice_id, e.reason))
+            rejected.append(RejectedMark(e.invoice_id, e.reason, isinstance(e, UnknownInvoice)))
             continue
         plan.append((invoice, use, mark.amount_to_settle))
     plan.sort(key=lambda p: (p[0].transaction_date, -available_discount(p[0], on, p[1]),

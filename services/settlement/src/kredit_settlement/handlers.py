@@ -7,11 +7,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_settlement import domain
 from kredit_settlement.domain import InvoiceSettlement, Mark, MarkPreview, OpenTransaction, SettlementResult
-from kredit_settlement.tables import OpenItems, ParametersRow, PaymentRow, SettlementRow, load_parameters, lock_customer
+from kredit_settlement.tables import (
+    OpenItems,
+    ParametersRow,
+    PaymentRow,
+    PendingMarkRow,
+    SettlementRow,
+    load_parameters,
+    lock_customer,
+)
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import (
     ERP_CUSTOMER_PAYMENTS,
@@ -78,12 +87,42 @@ async def record_customer_transaction(postings: Postings, tx: Transaction, event
     transactions = await store.of_customer(event.customer_account, invoice_ids=[event.invoice_id] if event.invoice_id else ())
     if event.invoice_id and any(t.invoice_id == event.invoice_id for t in transactions):
         raise Rejected(f"invoice id {event.invoice_id} of {event.voucher} is already used by another transaction")
+    if event.transaction_type == "Invoice":
+        new, transactions = await _settle_pending_marks(postings, tx, store, new, transactions)
     results = domain.settle_new_transaction(new, transactions)
     after = [new, *transactions]
     for result in results:
         after = domain.apply_settlement(after, result)
     await store.save(after)
     _record_settlements(tx, results, source=event.voucher)
+
+
+async def _settle_pending_marks(
+    postings: Postings, tx: Transaction, store: OpenItems, invoice: OpenTransaction, others: list[OpenTransaction]
+) -> tuple[OpenTransaction, list[OpenTransaction]]:
+    """Settle the marks that payments received before this invoice put on it, as of their payment dates."""
+    pending = (await tx.session.exec(select(PendingMarkRow).where(
+        PendingMarkRow.customer_account == invoice.customer_account, PendingMarkRow.invoice_id == invoice.invoice_id,
+    ))).all()
+    if not pending:
+        return invoice, others
+    parameters = (await load_parameters(tx.session, postings.parameters)).to_domain()
+    by_voucher = {t.voucher: t for t in others}
+
+    def payment_order(row: PendingMarkRow) -> tuple[date, str]:
+        payment = by_voucher.get(row.payment_voucher)
+        return (payment.transaction_date if payment else date.max, row.payment_voucher)
+
+    for row in sorted(pending, key=payment_order):  # in payment order, so the early payment gets the discount
+        await tx.session.delete(row)
+        payment = by_voucher.get(row.payment_voucher)
+        if payment is None or payment.open_amount >= 0:
+            continue  # the payment was used up by other settlements meanwhile
+        _, (payment, invoice) = await _settle_and_post(
+            postings, tx, store, payment, [invoice], [row.to_domain()], parameters,
+            source=f"{payment.voucher}/{invoice.voucher}")
+        by_voucher[payment.voucher] = payment
+    return invoice, [by_voucher.get(t.voucher, t) for t in others]
 
 
 def _open_transaction(event: CustomerTransactionPosted) -> OpenTransaction:
@@ -123,31 +162,52 @@ async def receive_payment(postings: Postings, tx: Transaction, payment: Customer
     marks = None if payment.settle is None else [Mark(m.invoice_id, m.amount_to_settle, m.use_cash_discount)
                                                  for m in payment.settle]
     transactions = await store.of_customer(payment.customer_account, invoice_ids=[m.invoice_id for m in marks or []])
-    result = domain.settle_credit(credit, transactions, marks=marks, parameters=parameters)
-
-    discounted = [s for s in result.settlements if s.cash_discount]
-    discount_vouchers = dict(zip([s.debit_voucher for s in discounted],
-                                 await _cash_discount_vouchers(store, payment.payment_id, len(discounted))))
-    discounts = [_cash_discount(credit, s, discount_vouchers[s.debit_voucher], postings) for s in discounted]
-    await store.save([*domain.apply_settlement([credit, *transactions], result), *discounts])
     tx.session.add(PaymentRow(
         payment_id=payment.payment_id, message_id=payment.message_id, customer_account=payment.customer_account,
         payment_date=payment.payment_date, amount=payment.amount, currency=payment.currency,
         bank_account=bank_account, fingerprint=_fingerprint(payment),
     ))
-
     tx.emit(_transaction_posted(credit, payment_id=payment.payment_id))
     tx.emit(_voucher(credit, bank_account, postings.summary_account, f"Payment {payment.payment_id}"))
-    for discount in discounts:
-        tx.emit(_transaction_posted(discount, payment_id=payment.payment_id))
-        tx.emit(_voucher(discount, discount.cash_discount_account or postings.cash_discount_account,
-                         postings.summary_account, f"Cash discount on payment {payment.payment_id}"))
-    _record_settlements(tx, [result], source=payment.payment_id, discount_vouchers=discount_vouchers)
+    result, _ = await _settle_and_post(postings, tx, store, credit, transactions, marks, parameters,
+                                       source=payment.payment_id)
     if result.rejected_marks:
-        reasons = "; ".join(f"invoice {r.invoice_id!r}: {r.reason}" for r in result.rejected_marks)
+        by_invoice = {m.invoice_id: m for m in marks or []}
+        for rejected in result.rejected_marks:
+            if rejected.invoice_unknown and rejected.invoice_id in by_invoice:
+                mark = by_invoice[rejected.invoice_id]
+                tx.session.add(PendingMarkRow(
+                    payment_voucher=payment.payment_id, invoice_id=mark.invoice_id,
+                    customer_account=payment.customer_account, amount_to_settle=mark.amount_to_settle,
+                    use_cash_discount=mark.use_cash_discount))
+        reasons = "; ".join(f"invoice {r.invoice_id!r}: {r.reason}"
+                            + (" (kept: it settles if that invoice arrives)" if r.invoice_unknown else "")
+                            for r in result.rejected_marks)
         tx.dead_letter(ERP_CUSTOMER_PAYMENTS, payment,
                        f"rejected mark(s) of payment {payment.payment_id}: {reasons}. The payment was posted; "
                        f"{result.unused_amount} of it is open as a credit")
+
+
+async def _settle_and_post(
+    postings: Postings, tx: Transaction, store: OpenItems, credit: OpenTransaction,
+    transactions: list[OpenTransaction], marks: list[Mark] | None, parameters: domain.SettlementParameters,
+    source: str,
+) -> tuple[SettlementResult, list[OpenTransaction]]:
+    """Settle a payment per its marks (or automatically), post the cash discounts it takes, save, and
+    publish the settlements. Returns the result and [credit, *transactions] after it."""
+    result = domain.settle_credit(credit, transactions, marks=marks, parameters=parameters)
+    discounted = [s for s in result.settlements if s.cash_discount]
+    discount_vouchers = dict(zip([s.debit_voucher for s in discounted],
+                                 await _cash_discount_vouchers(store, credit.voucher, len(discounted))))
+    discounts = [_cash_discount(credit, s, discount_vouchers[s.debit_voucher], postings) for s in discounted]
+    after = domain.apply_settlement([credit, *transactions], result)
+    await store.save([*after, *discounts])
+    for discount in discounts:
+        tx.emit(_transaction_posted(discount, payment_id=credit.voucher))
+        tx.emit(_voucher(discount, discount.cash_discount_account or postings.cash_discount_account,
+                         postings.summary_account, f"Cash discount on payment {credit.voucher}"))
+    _record_settlements(tx, [result], source=source, discount_vouchers=discount_vouchers)
+    return result, after
 
 
 def _fingerprint(payment: CustomerPaymentReceived) -> str:

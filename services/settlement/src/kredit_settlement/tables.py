@@ -12,8 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kredit_settlement.domain import DiscountTier, OpenTransaction, SettlementParameters
-from kredit_shared.database import money_field
+from kredit_settlement.domain import DiscountTier, Mark, OpenTransaction, SettlementParameters
+from kredit_shared.database import ExactDecimal, money_field
 from kredit_shared.money import ZERO
 from kredit_shared.outbox import utcnow
 
@@ -100,6 +100,22 @@ class PaymentRow(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow)
 
 
+class PendingMarkRow(SQLModel, table=True):
+    """A payment's mark on an invoice settlement has not seen yet: a payment can overtake its invoice
+    (it comes straight from the ERP, the invoice through invoicing). Settled when the invoice arrives."""
+
+    __tablename__ = "settlement_pending_mark"
+
+    payment_voucher: str = Field(primary_key=True)
+    invoice_id: str = Field(primary_key=True)
+    customer_account: str = Field(index=True)
+    amount_to_settle: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
+    use_cash_discount: str
+
+    def to_domain(self) -> Mark:
+        return Mark(self.invoice_id, self.amount_to_settle, self.use_cash_discount)
+
+
 class SettlementRow(SQLModel, table=True):
     """Settlement history: one row per settled debit/credit pair, as published in OpenItemsSettled."""
 
@@ -130,7 +146,7 @@ class ParametersRow(SQLModel, table=True):
         return SettlementParameters(self.calculate_cash_discounts_for_partial_payments)
 
 
-TABLES = [t.__table__ for t in (CustomerRow, OpenTransactionRow, PaymentRow, SettlementRow, ParametersRow)]
+TABLES = [t.__table__ for t in (CustomerRow, OpenTransactionRow, PaymentRow, PendingMarkRow, SettlementRow, ParametersRow)]
 
 
 # --- loading and saving ---------------------------------------------------------------------

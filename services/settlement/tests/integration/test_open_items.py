@@ -5,7 +5,14 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
-from kredit_shared.contracts import AR_CUSTOMER_TRANSACTIONS, AR_SETTLEMENTS, GL_JOURNAL_EVENTS, GL_JOURNAL_LINES
+from kredit_shared.contracts import (
+    AR_CUSTOMER_TRANSACTIONS,
+    AR_SETTLEMENTS,
+    ERP_CUSTOMER_PAYMENTS,
+    GL_JOURNAL_EVENTS,
+    GL_JOURNAL_LINES,
+)
+from kredit_shared.testing import eventually
 
 D = Decimal
 
@@ -118,3 +125,25 @@ async def test_a_posted_write_off_settles_what_it_names(start_settlement):
         assert not [v for v in await service.published(GL_JOURNAL_LINES, 0) if v["voucher"].startswith("WOV-")], \
             "ledger-posting posted the write-off voucher already"
         assert len(await service.published(GL_JOURNAL_EVENTS + ".dlq", 0)) == 1
+
+
+async def test_a_payment_that_overtakes_its_invoice_settles_its_marks_when_the_invoice_arrives(start_settlement):
+    """The ERP's payment goes straight to settlement while its invoice goes through invoicing first."""
+    async with start_settlement() as service:
+        await service.pay("ARP-10020", "297.00", "2015-07-01", marks=[("10020", "297.00", "Normal")])
+        await service.pay("ARP-10021", "700.00", "2015-07-11", marks=[("10020", "700.00", "Normal")])
+        [report, _] = await service.dead_letters(ERP_CUSTOMER_PAYMENTS, count=2, containing="kept")
+        assert "no invoice '10020' is known (kept: it settles if that invoice arrives)" in report.headers["x-dlq-reason"]
+        assert await service.balance("ARP-10020") == Decimal("-297.00"), "the money is posted at once"
+
+        await service.invoice("10020", wait=False)
+        assert (await service.transaction("DISC-10020"))["amount"] == "-3.00", "discount as of the payment date"
+        await eventually(lambda: _is(service.balance("FTI-10020"), Decimal("0.00")))
+        assert await service.balance("ARP-10020") == await service.balance("ARP-10021") == Decimal("0.00")
+        settled = await service.settlements(count=2, debit_voucher="FTI-10020")
+        assert sorted((s["credit_voucher"], s["amount_settled"], s["cash_discount_amount"]) for s in settled) == [
+            ("ARP-10020", "297.00", "3.00"), ("ARP-10021", "700.00", "0.00")]
+
+
+async def _is(value, expected) -> bool:
+    return (await value) == expected
