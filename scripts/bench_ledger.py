@@ -40,6 +40,7 @@ from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+
 from kredit_shared.contracts import GL_JOURNAL_LINES
 from kredit_shared.testing import (
     free_port,
