@@ -11,6 +11,7 @@ A service adds only its tables, its handlers and its routes:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import sys
@@ -18,7 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import uvicorn
@@ -69,12 +70,27 @@ class Transaction:
         self.emitted += 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Subscription:
     topic: str
     parse: Callable[[bytes], Any]
-    handle: Callable[[Transaction, Any], Awaitable[None]]
-    attempts: dict[tuple[int, int], int] = field(default_factory=lambda: defaultdict(int))
+    handle: Callable[[Transaction, Any], Awaitable[None]] | None = None
+    handle_batch: Callable[[Transaction, list[Any]], Awaitable[None]] | None = None
+
+    async def run(self, tx: Transaction, messages: list[Any]) -> None:
+        if self.handle_batch is not None:
+            await self.handle_batch(tx, messages)
+        else:
+            for message in messages:
+                await self.handle(tx, message)
+
+
+def _is_transient(error: Exception) -> bool:
+    """A lost connection or a lock timeout heals by itself; a constraint violation that survives its
+    retries (a racing replica's row is seen on the first) is a bug to dead-letter."""
+    return isinstance(error, (OperationalError, OSError)) or (
+        isinstance(error, DBAPIError) and not isinstance(error, IntegrityError)
+    )
 
 
 class ServiceRuntime:
@@ -108,19 +124,34 @@ class ServiceRuntime:
         parse: Callable[[bytes], M],
         handle: Callable[[Transaction, M], Awaitable[None]],
     ) -> None:
-        """Consume `topic`: parse, skip duplicates (inbox), handle in one transaction, then commit
-        the offset. Unparseable or rejected messages go to `<topic>.dlq` and the consumer moves on."""
-        self._subscriptions[self.settings.topic(topic)] = _Subscription(topic, parse, handle)
+        """Consume `topic`: parse, skip duplicates (inbox), handle each message in its own transaction,
+        then commit the offsets. Unparseable messages and those the handler rejects (`Rejected`) go
+        to `<topic>.dlq` and the consumer moves on."""
+        self._subscriptions[self.settings.topic(topic)] = _Subscription(topic, parse, handle=handle)
+
+    def subscribe_batch(
+        self,
+        topic: str,
+        parse: Callable[[bytes], M],
+        handle_batch: Callable[[Transaction, list[M]], Awaitable[None]],
+    ) -> None:
+        """For a hot topic: the handler gets the new messages of a whole fetch at once, in one
+        transaction, and reports bad ones with `tx.dead_letter` so they do not hold back the rest.
+        If the batch fails anyway, its messages are retried one by one."""
+        self._subscriptions[self.settings.topic(topic)] = _Subscription(topic, parse, handle_batch=handle_batch)
 
     def _register_consumer(self) -> None:
         """One consumer for all of the service's topics: one group join at start-up instead of one
-        per topic (each join costs about half the session timeout)."""
+        per topic (each join costs about half the session timeout). It fetches in batches."""
         if not self._subscriptions:
             return
         settings = self.settings
 
         @self.broker.subscriber(
             *self._subscriptions,
+            batch=True,
+            max_records=settings.consumer_batch_size,
+            batch_timeout_ms=settings.kafka_fetch_max_wait_ms,
             group_id=settings.group_id,
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.MANUAL,
@@ -130,56 +161,76 @@ class ServiceRuntime:
             title=f"{settings.service_name}-consumer",
         )
         async def consume(message: KafkaMessage) -> None:
-            await self._consume(self._subscriptions[message.raw_message.topic], message)
+            by_topic: dict[str, list[Any]] = defaultdict(list)
+            for record in message.raw_message:  # per topic, in fetch order: per-partition order is kept
+                by_topic[record.topic].append(record)
+            for topic, records in by_topic.items():
+                subscription = self._subscriptions[topic]
+                if subscription.handle_batch is not None and len(records) > 1:
+                    await self._consume_batch(subscription, records)
+                else:
+                    for record in records:
+                        await self._consume_one(subscription, record)
+            await message.ack()  # offsets only after every message's effect is committed
 
-    async def _consume(self, sub: _Subscription, message: Any) -> None:
-        record = message.raw_message
+    async def _consume_one(self, sub: _Subscription, record: Any) -> None:
         name = self.settings.service_name
         started = time.perf_counter()
-        try:
-            parsed = sub.parse(message.body)
-        except (ValidationError, ValueError) as e:
-            reason = describe_validation_error(e) if isinstance(e, ValidationError) else str(e)
-            await self._dead_letter(sub.topic, record, f"invalid message: {reason}", "invalid")
-            await message.ack()
+        parsed = await self._parse(sub, record)
+        if parsed is None:
             return
-        try:
-            outcome = await self._handle(sub, parsed)
-        except Rejected as e:
-            await self._dead_letter(sub.topic, record, str(e), "rejected")
-            await message.ack()
-            return
-        except Exception as e:
-            position = (record.partition, record.offset)
-            sub.attempts[position] += 1
-            # A lost connection or a lock timeout heals by itself; a constraint violation that
-            # survives its retries (a racing replica's row is seen on the first) is a bug to dead-letter.
-            transient = isinstance(e, (OperationalError, OSError)) or (
-                isinstance(e, DBAPIError) and not isinstance(e, IntegrityError)
-            )
-            if transient or sub.attempts[position] < self.settings.consumer_max_attempts:
-                log.warning("%s: retrying %s@%s after %r", name, sub.topic, position, e)
-                metrics.MESSAGES_CONSUMED.labels(name, sub.topic, "retried").inc()
-                await asyncio.sleep(min(0.1 * 2 ** sub.attempts[position], 5.0))
-                await message.nack()
+        for attempt in itertools.count(1):
+            try:
+                outcome = "processed" if await self._handle(sub, [parsed]) else "duplicate"
+                break
+            except Rejected as e:
+                await self._dead_letter(sub.topic, record, str(e), "rejected")
                 return
-            log.exception("%s: giving up on %s@%s", name, sub.topic, position)
-            sub.attempts.pop(position, None)
-            await self._dead_letter(sub.topic, record, f"unexpected error: {e!r}", "unexpected")
-            await message.ack()
-            return
-        sub.attempts.pop((record.partition, record.offset), None)
+            except Exception as e:
+                if _is_transient(e) or attempt < self.settings.consumer_max_attempts:
+                    log.warning("%s: retrying %s@%s:%s after %r", name, sub.topic, record.partition, record.offset, e)
+                    metrics.MESSAGES_CONSUMED.labels(name, sub.topic, "retried").inc()
+                    await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
+                    continue
+                log.exception("%s: giving up on %s@%s:%s", name, sub.topic, record.partition, record.offset)
+                await self._dead_letter(sub.topic, record, f"unexpected error: {e!r}", "unexpected")
+                return
         failpoints.hit(self.settings, "consumer-after-commit")
-        await message.ack()
         metrics.MESSAGES_CONSUMED.labels(name, sub.topic, outcome).inc()
         metrics.HANDLER_SECONDS.labels(name, sub.topic).observe(time.perf_counter() - started)
 
-    async def _handle(self, sub: _Subscription, parsed: Any) -> str:
+    async def _consume_batch(self, sub: _Subscription, records: list[Any]) -> None:
+        name = self.settings.service_name
+        started = time.perf_counter()
+        parsed = [(record, message) for record in records if (message := await self._parse(sub, record)) is not None]
+        try:
+            fresh = await self._handle(sub, [message for _, message in parsed])
+        except Exception as e:  # noqa: BLE001 - whatever it was, one by one finds the message at fault
+            log.warning("%s: a batch of %d from %s failed (%r); processing it one by one", name, len(parsed), sub.topic, e)
+            for record, _ in parsed:
+                await self._consume_one(sub, record)
+            return
+        failpoints.hit(self.settings, "consumer-after-commit")
+        metrics.MESSAGES_CONSUMED.labels(name, sub.topic, "processed").inc(fresh)
+        metrics.MESSAGES_CONSUMED.labels(name, sub.topic, "duplicate").inc(len(parsed) - fresh)
+        metrics.HANDLER_SECONDS.labels(name, sub.topic).observe(time.perf_counter() - started)
+
+    async def _parse(self, sub: _Subscription, record: Any) -> Any | None:
+        """The parsed message, or None once an unparseable one is dead-lettered."""
+        try:
+            return sub.parse(record.value)
+        except (ValidationError, ValueError) as e:
+            reason = describe_validation_error(e) if isinstance(e, ValidationError) else str(e)
+            await self._dead_letter(sub.topic, record, f"invalid message: {reason}", "invalid")
+            return None
+
+    async def _handle(self, sub: _Subscription, messages: list[Any]) -> int:
+        """Handle the messages not seen before in one transaction; returns how many were new."""
         async with self.transaction() as tx:
-            if not await inbox.claim(tx.session, self.settings.group_id, sub.topic, parsed.message_id):
-                return "duplicate"
-            await sub.handle(tx, parsed)
-        return "processed"
+            fresh = await inbox.claim(tx.session, self.settings.group_id, sub.topic, messages)
+            if fresh:
+                await sub.run(tx, fresh)
+        return len(fresh)
 
     async def _dead_letter(self, topic: str, record: Any, reason: str, error_type: str) -> None:
         """Publish the original bytes and headers to `<topic>.dlq`, naming the error (acks=all)."""

@@ -38,6 +38,8 @@ class ServiceSettings(BaseSettings):
     outbox_batch_size: int = 500
     # An unexpected handler error is retried this many times before the message is dead-lettered.
     consumer_max_attempts: int = 5
+    # The most records one fetch hands the consumer (a batch handler commits them in one transaction).
+    consumer_batch_size: int = Field(default=500, ge=1)
 
     # Crash points for failure tests only (e.g. "relay-before-publish,consumer-after-commit").
     failpoints: Annotated[frozenset[str], NoDecode] = frozenset()

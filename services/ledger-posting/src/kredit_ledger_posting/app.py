@@ -19,7 +19,7 @@ def create_app(settings: LedgerPostingSettings | None = None) -> FastAPI:
     settings = settings or LedgerPostingSettings()
     setup = load_company_setup(settings.company_setup_file)
     runtime = ServiceRuntime(settings, tables=TABLES)
-    runtime.subscribe(GL_JOURNAL_LINES, VoucherPosted.model_validate_json, partial(handlers.post_voucher, setup=setup))
+    runtime.subscribe_batch(GL_JOURNAL_LINES, VoucherPosted.model_validate_json, partial(handlers.post_vouchers, setup=setup))
     runtime.subscribe(
         GL_GENERAL_JOURNALS,
         GeneralJournalRequested.model_validate_json,

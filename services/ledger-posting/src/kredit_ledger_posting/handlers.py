@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 
 from sqlalchemy import func, insert, select
@@ -12,27 +13,41 @@ from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow, NumberSeque
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import (
     GL_GENERAL_JOURNALS,
+    GL_JOURNAL_LINES,
     GeneralJournalRequested,
     JournalCreated,
     JournalRejected,
     VoucherPosted,
 )
 from kredit_shared.outbox import utcnow
-from kredit_shared.service import Rejected, Transaction
+from kredit_shared.service import Transaction
 
 
-async def post_voucher(tx: Transaction, voucher: VoucherPosted, setup: CompanySetup) -> None:
-    posted = await tx.session.get(PostedVoucherRow, voucher.voucher)
-    try:
-        if not domain.is_new_voucher(voucher, posted.fingerprint if posted else None):
-            return
-        entries = domain.entries_for_voucher(voucher, setup)
-    except domain.InvalidVoucher as e:
-        raise Rejected(str(e)) from None
-    tx.session.add(PostedVoucherRow(voucher=voucher.voucher, fingerprint=domain.voucher_fingerprint(voucher),
-                                    source=voucher.source))
-    await tx.session.flush()  # the primary key turns a racing duplicate into a retry, before the entries
-    await _insert_entries(tx.session, entries)
+async def post_vouchers(tx: Transaction, vouchers: list[VoucherPosted], setup: CompanySetup) -> None:
+    """Post a fetch of subledger vouchers at once: one lookup for them all, two bulk inserts.
+
+    A voucher that must not post goes to the dead-letter topic with its reason; the others post."""
+    posted = dict((await tx.session.exec(
+        select(PostedVoucherRow.voucher, PostedVoucherRow.fingerprint)
+        .where(PostedVoucherRow.voucher.in_({v.voucher for v in vouchers}))
+    )).all())
+    new_vouchers, entries = [], []
+    for voucher in vouchers:
+        try:
+            if not domain.is_new_voucher(voucher, posted.get(voucher.voucher)):
+                continue
+            entries.extend(domain.entries_for_voucher(voucher, setup))
+        except domain.InvalidVoucher as e:
+            tx.dead_letter(GL_JOURNAL_LINES, voucher, str(e))
+            continue
+        posted[voucher.voucher] = domain.voucher_fingerprint(voucher)  # a later copy in this batch is a no-op
+        new_vouchers.append({"voucher": voucher.voucher, "fingerprint": posted[voucher.voucher],
+                             "source": voucher.source, "posted_at": utcnow()})
+    if new_vouchers:
+        # The primary key turns a racing replica's duplicate into a failed commit and a retry.
+        connection = await tx.session.connection()
+        await connection.execute(insert(PostedVoucherRow), new_vouchers)
+        await _insert_entries(tx.session, entries)
 
 
 async def open_general_journal(tx: Transaction, request: GeneralJournalRequested, setup: CompanySetup) -> None:
@@ -78,7 +93,7 @@ async def trial_balance(session: AsyncSession, setup: CompanySetup, as_of: date)
     return domain.trial_balance_from_totals({a: (d, c) for a, d, c in totals.all()}, setup, as_of)
 
 
-async def _insert_entries(session: AsyncSession, entries: tuple[domain.LedgerEntry, ...]) -> None:
+async def _insert_entries(session: AsyncSession, entries: Sequence[domain.LedgerEntry]) -> None:
     # A Core executemany: ORM adds are ~10x slower on this hot path (PLATFORM-NOTES.md).
     await (await session.connection()).execute(insert(LedgerEntryRow), [LedgerEntryRow.from_entry(e) for e in entries])
 
