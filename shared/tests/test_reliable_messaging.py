@@ -22,7 +22,7 @@ from kredit_shared.contracts import (
     VoucherPosted,
     dead_letter_topic,
 )
-from kredit_shared.service import Rejected, ServiceRuntime, Transaction
+from kredit_shared.service import Rejected, ServiceRuntime, Transaction, ensure_topics
 from kredit_shared.settings import ServiceSettings
 from kredit_shared.testing import TopicProbe, eventually, isolated_kafka, publish, serve
 
@@ -162,3 +162,38 @@ async def test_outbox_rows_are_marked_sent_once_published(kafka, database_url):
 
 async def _is_zero(value) -> bool:
     return (await value) == 0
+
+
+async def echo_invoices(tx: Transaction, invoices: list[CustomerInvoiceIssued]) -> None:
+    for invoice in invoices:
+        if invoice.invoice_id.startswith("BOOM"):
+            raise RuntimeError("a bug that only this message triggers")
+        if invoice.invoice_id.startswith("REJECT"):
+            tx.dead_letter(ERP_CUSTOMER_INVOICES, invoice, f"invoice {invoice.invoice_id} is not wanted")
+            continue
+        await echo_invoice(tx, invoice)
+
+
+async def test_a_batch_handler_commits_a_fetch_at_once_and_isolates_the_messages_at_fault(kafka, database_url):
+    settings = echo_settings(kafka, database_url, consumer_max_attempts=2)
+    runtime = ServiceRuntime(settings, tables=[EchoEffect.__table__])
+    runtime.subscribe_batch(ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued.model_validate_json, echo_invoices)
+    twice = invoice("DUP-1")
+    messages = [invoice(f"B-{n}") for n in range(20)] + [twice, twice, invoice("REJECT-2")]
+    await ensure_topics(settings)
+    for message in messages:  # all waiting before the service starts: its first fetch takes them together
+        await publish(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), message)
+    dlq = settings.topic(dead_letter_topic(ERP_CUSTOMER_INVOICES))
+    async with serve(runtime.http_app("echo")), TopicProbe(kafka.bootstrap_servers, [dlq, settings.topic(GL_JOURNAL_LINES)]) as probe:
+        await probe.wait_for(lambda r: r.topic != dlq, count=21)
+        [rejected] = await probe.wait_for(lambda r: r.topic == dlq)
+        assert rejected.headers["x-dlq-reason"] == "invoice REJECT-2 is not wanted"
+        assert [await times_applied(runtime, f"B-{n}") for n in range(20)] == [1] * 20
+        assert await times_applied(runtime, "DUP-1") == 1
+
+        await publish(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), invoice("BOOM-1"))
+        await publish(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), invoice("AFTER-BOOM"))
+        [crashed] = await probe.wait_for(lambda r: r.topic == dlq and "BOOM" in r.value.decode())
+        assert crashed.headers["x-dlq-reason"].startswith("unexpected error: RuntimeError('a bug that only this")
+        await probe.wait_for(lambda r: r.key == "ECHO-AFTER-BOOM")
+        assert len([r for r in await probe.settle(0.3) if r.topic != dlq]) == 22
