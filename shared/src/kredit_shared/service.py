@@ -37,6 +37,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_shared import failpoints, inbox, metrics, outbox
+from kredit_shared.company_setup import SetupError
 from kredit_shared.contracts.messages import ContractMessage
 from kredit_shared.contracts.topics import ALL_TOPICS, dead_letter_topic
 from kredit_shared.database import create_engine, create_session_factory, create_tables, ping
@@ -341,12 +342,21 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def run_service(create_app: Callable[[S], FastAPI], settings: S) -> None:
-    """Entry point of `python -m kredit_<service>`: serve the app until SIGINT/SIGTERM."""
+def run_service(create_app: Callable[[S], FastAPI], settings_class: type[S]) -> None:
+    """Entry point of `python -m kredit_<service>`: serve the app until SIGINT/SIGTERM. Invalid
+    settings, an invalid company setup or a taken port end it with a message, not a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_class()
+    except ValidationError as e:
+        sys.exit(f"{settings_class.__name__}: invalid settings: {describe_validation_error(e, whole='settings')}")
     if not port_is_free(settings.http_host, settings.http_port):
         sys.exit(
             f"{settings.service_name}: port {settings.http_host}:{settings.http_port} is already in use "
             f"(set HTTP_PORT to another port)"
         )
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port, log_level="info")
+    try:
+        app = create_app(settings)
+    except SetupError as e:
+        sys.exit(str(e))
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="info")

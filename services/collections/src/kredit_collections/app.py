@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 from fastapi import FastAPI
-from pydantic import ValidationError
 
 from kredit_collections import api, handlers
 from kredit_collections.settings import CollectionsSettings
 from kredit_collections.tables import TABLES
-from kredit_shared.company_setup import SetupError, load_company_setup
+from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
     AR_SETTLEMENTS,
@@ -19,7 +16,7 @@ from kredit_shared.contracts import (
     OpenItemsSettled,
     journal_event_adapter,
 )
-from kredit_shared.service import ServiceRuntime, describe_validation_error, run_service
+from kredit_shared.service import ServiceRuntime, run_service
 
 
 def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
@@ -37,10 +34,4 @@ def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
 
 
 def main() -> None:
-    try:
-        settings = CollectionsSettings()
-        run_service(create_app, settings)
-    except SetupError as e:
-        sys.exit(str(e))
-    except ValidationError as e:
-        sys.exit(f"collections: invalid settings: {describe_validation_error(e)}")
+    run_service(create_app, CollectionsSettings)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 from fastapi import FastAPI
 
 from kredit_invoicing import api, handlers
 from kredit_invoicing.settings import InvoicingSettings
 from kredit_invoicing.tables import TABLES
-from kredit_shared.company_setup import SetupError, load_company_setup
+from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued
 from kredit_shared.service import ServiceRuntime, Transaction, run_service
 
@@ -28,7 +26,4 @@ def create_app(settings: InvoicingSettings | None = None) -> FastAPI:
 
 
 def main() -> None:
-    try:
-        run_service(create_app, InvoicingSettings())
-    except SetupError as e:
-        sys.exit(str(e))
+    run_service(create_app, InvoicingSettings)

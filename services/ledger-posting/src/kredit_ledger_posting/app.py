@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from functools import partial
 
 from fastapi import FastAPI
@@ -10,7 +9,7 @@ from fastapi import FastAPI
 from kredit_ledger_posting import api, handlers
 from kredit_ledger_posting.settings import LedgerPostingSettings
 from kredit_ledger_posting.tables import TABLES
-from kredit_shared.company_setup import SetupError, load_company_setup
+from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import GL_GENERAL_JOURNALS, GL_JOURNAL_LINES, GeneralJournalRequested, VoucherPosted
 from kredit_shared.service import ServiceRuntime, run_service
 
@@ -31,8 +30,4 @@ def create_app(settings: LedgerPostingSettings | None = None) -> FastAPI:
 
 
 def main() -> None:
-    try:
-        settings = LedgerPostingSettings()
-        run_service(create_app, settings)
-    except SetupError as e:
-        sys.exit(str(e))
+    run_service(create_app, LedgerPostingSettings)

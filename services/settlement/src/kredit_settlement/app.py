@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from functools import partial
 
 from fastapi import FastAPI
@@ -10,7 +9,7 @@ from fastapi import FastAPI
 from kredit_settlement import api, handlers, tables
 from kredit_settlement.handlers import Postings
 from kredit_settlement.settings import SettlementSettings
-from kredit_shared.company_setup import SetupError, load_company_setup
+from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
     ERP_CUSTOMER_PAYMENTS,
@@ -40,10 +39,7 @@ def create_app(settings: SettlementSettings | None = None) -> FastAPI:
 
 
 def main() -> None:
-    try:
-        run_service(create_app, SettlementSettings())
-    except SetupError as e:
-        sys.exit(str(e))
+    run_service(create_app, SettlementSettings)
 
 
 if __name__ == "__main__":
