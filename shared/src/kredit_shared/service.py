@@ -20,12 +20,12 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -313,6 +313,20 @@ class ServiceRuntime:
         for router in routers:
             app.include_router(router)
         return app
+
+
+def _runtime_of(request: Request) -> ServiceRuntime:
+    return request.app.state.runtime
+
+
+async def _session_of(request: Request) -> AsyncIterator[AsyncSession]:
+    async with _runtime_of(request).sessions() as session:
+        yield session
+
+
+# FastAPI dependencies for a service's routes (the app comes from `ServiceRuntime.http_app`).
+RuntimeDep = Annotated[ServiceRuntime, Depends(_runtime_of)]
+SessionDep = Annotated[AsyncSession, Depends(_session_of)]
 
 
 async def ensure_topics(settings: ServiceSettings) -> None:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_collections import handlers
 from kredit_collections.domain import UnknownCustomer, WriteOffConflict, WriteOffError
@@ -27,25 +25,15 @@ from kredit_collections.schemas import (
     WriteOffParametersIO,
 )
 from kredit_shared.company_setup import CompanySetup
-from kredit_shared.service import ServiceRuntime
-
-
-def _runtime(request: Request) -> ServiceRuntime:
-    return request.app.state.runtime
+from kredit_shared.service import RuntimeDep, SessionDep
 
 
 def _setup(request: Request) -> CompanySetup:
     return request.app.state.setup
 
 
-async def _session(runtime: Annotated[ServiceRuntime, Depends(_runtime)]) -> AsyncIterator[AsyncSession]:
-    async with runtime.sessions() as session:
-        yield session
 
-
-RuntimeDep = Annotated[ServiceRuntime, Depends(_runtime)]
 SetupDep = Annotated[CompanySetup, Depends(_setup)]
-SessionDep = Annotated[AsyncSession, Depends(_session)]
 
 router = APIRouter(prefix="/api/v1", tags=["collections"])
 

@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_invoicing.tables import DiscountTierRow, InvoiceLineRow, InvoiceRow, VoucherLineRow
 from kredit_shared.money import CENT, Amount
+from kredit_shared.service import SessionDep
 
 router = APIRouter(prefix="/api/v1/invoices", tags=["invoices"])
 
 
-async def _session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with request.app.state.runtime.sessions() as session:
-        yield session
 
-
-SessionDep = Annotated[AsyncSession, Depends(_session)]
 
 
 class LineOut(BaseModel):

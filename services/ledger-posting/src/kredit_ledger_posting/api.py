@@ -9,33 +9,23 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_ledger_posting import domain, handlers
 from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import PostedJournalLine
 from kredit_shared.money import Amount
-from kredit_shared.service import ServiceRuntime
+from kredit_shared.service import RuntimeDep, SessionDep
 
 router = APIRouter(prefix="/api/v1", tags=["ledger"])
 
 
-def _runtime(request: Request) -> ServiceRuntime:
-    return request.app.state.runtime
-
-
-async def _session(runtime: Annotated[ServiceRuntime, Depends(_runtime)]):
-    async with runtime.sessions() as session:
-        yield session
 
 
 def _setup(request: Request) -> CompanySetup:
     return request.app.state.setup
 
 
-RuntimeDep = Annotated[ServiceRuntime, Depends(_runtime)]
-SessionDep = Annotated[AsyncSession, Depends(_session)]
 SetupDep = Annotated[CompanySetup, Depends(_setup)]
 
 

@@ -14,20 +14,16 @@ from kredit_settlement.domain import Mark, MarkRejected, OpenTransaction
 from kredit_settlement.handlers import Postings
 from kredit_shared.contracts import IsoDate
 from kredit_shared.money import Amount
-from kredit_shared.service import ServiceRuntime
+from kredit_shared.service import RuntimeDep
 
 router = APIRouter(prefix="/api/v1", tags=["settlement"])
 
-
-def _runtime(request: Request) -> ServiceRuntime:
-    return request.app.state.runtime
 
 
 def _postings(request: Request) -> Postings:
     return request.app.state.postings
 
 
-RuntimeDep = Annotated[ServiceRuntime, Depends(_runtime)]
 PostingsDep = Annotated[Postings, Depends(_postings)]
 
 
