@@ -261,7 +261,7 @@ class ServiceRuntime:
         if parsed is None:
             return
         try:
-            outcome = await self._retrying(lambda: self._handle(sub, [(record, parsed)]), sub.topic, record)
+            fresh = await self._retrying(lambda: self._handle(sub, [(record, parsed)]), sub.topic, record)
         except Rejected as e:
             await self._dead_letter(sub.topic, record, str(e), "rejected")
             return
@@ -269,7 +269,7 @@ class ServiceRuntime:
             await self._dead_letter(sub.topic, record, f"unexpected error: {e.__cause__!r}", "unexpected")
             return
         failpoints.hit(self.settings, "consumer-after-commit")
-        metrics.MESSAGES_CONSUMED.labels(name, sub.topic, outcome).inc()
+        metrics.MESSAGES_CONSUMED.labels(name, sub.topic, "processed" if fresh else "duplicate").inc()
         metrics.HANDLER_SECONDS.labels(name, sub.topic).observe(time.perf_counter() - started)
 
     async def _consume_batch(self, sub: _Subscription, records: list[ConsumerRecord]) -> None:
@@ -277,14 +277,15 @@ class ServiceRuntime:
         started = time.perf_counter()
         parsed = [(record, message) for record in records if (message := await self._parse(sub, record)) is not None]
         try:
-            await self._handle(sub, parsed)
+            fresh = await self._handle(sub, parsed)
         except Exception as e:  # noqa: BLE001 - whatever it was, one by one finds the message at fault
             log.warning("%s: a batch of %d from %s failed (%r); processing it one by one", name, len(parsed), sub.topic, e)
             for record, _ in parsed:
                 await self._consume_one(sub, record)
             return
         failpoints.hit(self.settings, "consumer-after-commit")
-        metrics.MESSAGES_CONSUMED.labels(name, sub.topic, "processed").inc(len(parsed))
+        metrics.MESSAGES_CONSUMED.labels(name, sub.topic, "processed").inc(fresh)
+        metrics.MESSAGES_CONSUMED.labels(name, sub.topic, "duplicate").inc(len(parsed) - fresh)
         metrics.HANDLER_SECONDS.labels(name, sub.topic).observe(time.perf_counter() - started)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], topic: str, record: ConsumerRecord) -> T:
@@ -328,8 +329,8 @@ class ServiceRuntime:
             await self._dead_letter(sub.topic, record, f"invalid message: {_describe_parse_error(e)}", "invalid")
             return None
 
-    async def _handle(self, sub: _Subscription, parsed: Sequence[tuple[ConsumerRecord, Any]]) -> str:
-        """Handle the messages not seen before in one transaction: "processed" or "duplicate"."""
+    async def _handle(self, sub: _Subscription, parsed: Sequence[tuple[ConsumerRecord, Any]]) -> int:
+        """Handle the messages not seen before in one transaction; returns how many were new."""
         async with self.transaction() as tx:
             tx.records = {id(message): record for record, message in parsed}
             claimed = await inbox.claim(tx.session, self.settings.group_id, sub.topic, [m for _, m in parsed])
@@ -338,7 +339,7 @@ class ServiceRuntime:
                                                    f"different content; a message_id cannot be reused")
             if claimed.fresh:
                 await sub.run(tx, claimed.fresh)
-        return "processed" if claimed.fresh else "duplicate"
+        return len(claimed.fresh)
 
     async def _dead_letter(self, topic: str, record: ConsumerRecord, reason: str, error_type: str) -> None:
         """Queue the original bytes and headers for `<topic>.dlq` (through the outbox), naming the error.
