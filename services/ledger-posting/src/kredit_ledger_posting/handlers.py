@@ -85,7 +85,7 @@ async def open_general_journal(tx: Transaction, request: GeneralJournalRequested
     tx.emit(JournalCreated(request_id=request.request_id, journal_name=journal.journal_name,
                            batch_number=journal.batch_number))
     if (cancel := await tx.session.get(JournalCancellationRow, request.request_id)) is not None:
-        _void(tx, row, cancel.reason)  # the cancel overtook its request (never with one key, but be safe)
+        _void(tx, row, domain.void_journal(journal), cancel.reason)  # the cancel overtook its request (never with one key, but be safe)
 
 
 async def cancel_general_journal(tx: Transaction, cancel: GeneralJournalCancelRequested) -> None:
@@ -99,16 +99,16 @@ async def cancel_general_journal(tx: Transaction, cancel: GeneralJournalCancelRe
     if row is None or row.status == "voided":
         return  # not here yet, or a cancel sent twice
     try:
-        domain.void_journal(row.to_domain())
+        voided = domain.void_journal(row.to_domain())
     except domain.JournalAlreadyPosted as e:
         tx.emit(JournalCancelRefused(request_id=cancel.request_id, journal_name=row.journal_name,
                                      batch_number=row.batch_number, reason=str(e)))
         return
-    _void(tx, row, cancel.reason)
+    _void(tx, row, voided, cancel.reason)
 
 
-def _void(tx: Transaction, row: JournalRow, reason: str) -> None:
-    row.status = domain.void_journal(row.to_domain()).status
+def _void(tx: Transaction, row: JournalRow, voided: domain.Journal, reason: str) -> None:
+    row.status = voided.status
     tx.session.add(row)
     tx.emit(JournalVoided(request_id=row.request_id, journal_name=row.journal_name, batch_number=row.batch_number,
                           reason=reason))
