@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from kredit_collections import handlers
-from kredit_collections.domain import UnknownCustomer, WriteOffConflict, WriteOffError
+from kredit_collections.domain import CANCELLED, UnknownCustomer, WriteOffConflict, WriteOffError
 from kredit_collections.schemas import (
     AgedBalanceOut,
     AgedBalancesOut,
@@ -20,6 +20,7 @@ from kredit_collections.schemas import (
     ReasonCodeOut,
     ReasonCodesOut,
     WriteOffAccepted,
+    WriteOffCancelIn,
     WriteOffIn,
     WriteOffOut,
     WriteOffParametersIO,
@@ -85,6 +86,31 @@ async def post_write_off(body: WriteOffIn, runtime: RuntimeDep, setup: SetupDep)
 async def get_write_off(write_off_id: str, session: SessionDep) -> WriteOffOut:
     if (row := await handlers.write_off_request(session, write_off_id)) is None:
         raise HTTPException(404, f"no write-off {write_off_id!r}")
+    return WriteOffOut.of(row)
+
+
+@router.post("/write-offs/{write_off_id}/cancel", status_code=202, responses={
+    200: {"description": "Already cancelled: its journal is voided and its transactions are free again"},
+    404: {"description": "Unknown write-off"},
+    409: {"description": "Already posted or rejected: nothing to cancel (the reason says which)"},
+})
+async def cancel_write_off(
+    write_off_id: str, runtime: RuntimeDep, response: Response,
+    body: Annotated[WriteOffCancelIn | None, Body()] = None,
+) -> WriteOffOut:
+    """Withdraw a write-off that is not posted yet (status requested or journal-created).
+
+    The write-off becomes `cancelling` (202) and ledger-posting is asked to void its journal. Once it
+    is voided the write-off is `cancelled` and its transactions can be written off again; if the
+    journal was posted before the cancel reached ledger-posting, the write-off ends `posted` and the
+    refusal is its `reason`. The transactions stay reserved while `cancelling`, so an item is never
+    written off twice. Asking again answers the current state and sends nothing more."""
+    async with runtime.transaction() as tx:
+        row = await handlers.cancel_write_off(tx, write_off_id, body.reason if body else None)
+        if row is None:
+            raise HTTPException(404, f"no write-off {write_off_id!r}")
+    if row.status == CANCELLED:
+        response.status_code = 200
     return WriteOffOut.of(row)
 
 

@@ -16,10 +16,12 @@ from kredit_shared.contracts import (
     CustomerTransactionPosted,
     GeneralJournalLine,
     GeneralJournalRequested,
+    JournalCancelRefused,
     JournalCreated,
     JournalEvent,
     JournalPosted,
     JournalRejected,
+    JournalVoided,
     OpenItemsSettled,
     SettledTransactionRef,
 )
@@ -193,6 +195,10 @@ class WriteOffConflict(WriteOffError):
     """An item is already in a write-off journal that is not posted yet (the API answers 409)."""
 
 
+class NotCancellable(WriteOffConflict):
+    """The write-off is posted or rejected: there is nothing left to cancel (409)."""
+
+
 @dataclass(frozen=True)
 class WriteOffSettings:
     """Write-off parameters (editable) joined with the setup they point into."""
@@ -329,30 +335,55 @@ def build_write_off_journal(
 # --- write-off requests: how far ledger-posting has got --------------------------------------
 
 REQUESTED, JOURNAL_CREATED, POSTED, REJECTED = "requested", "journal-created", "posted", "rejected"
+CANCELLING, CANCELLED = "cancelling", "cancelled"
+FINAL = (POSTED, REJECTED, CANCELLED)
 
 
 @dataclass(frozen=True)
 class WriteOffProgress:
+    """requested -> journal-created -> posted | rejected, or, on a cancel before posting,
+    -> cancelling -> cancelled (journal voided) | posted (the posting won the race)."""
+
     status: str = REQUESTED
     journal_batch_number: str | None = None
-    reason: str | None = None  # why ledger-posting rejected the journal
+    reason: str | None = None  # why the journal was rejected, the write-off cancelled, or a cancel refused
 
     @property
     def claims_its_vouchers(self) -> bool:
         """Whether its vouchers are off limits to another write-off. A posted write-off keeps them
         until settlement reports them settled (then they are no longer open); until then a second
-        write-off of the same items would write them off twice."""
-        return self.status != REJECTED
+        write-off of the same items would write them off twice. A cancelling one keeps them too:
+        its journal may yet be posted before the cancel reaches ledger-posting."""
+        return self.status not in (REJECTED, CANCELLED)
+
+    def cancel(self, reason: str | None) -> WriteOffProgress:
+        """Cancelling (a cancel asked twice changes nothing), or NotCancellable once posted or rejected."""
+        if self.status in (CANCELLING, CANCELLED):
+            return self
+        if self.status in (POSTED, REJECTED):
+            why = f": {self.reason}" if self.reason else ""
+            raise NotCancellable(f"the write-off is already {self.status}{why}"
+                                 + (f" (journal {self.journal_batch_number})" if self.journal_batch_number else ""))
+        return replace(self, status=CANCELLING, reason=reason)
 
     def after(self, event: JournalEvent) -> WriteOffProgress:
-        """Posted and rejected are final: a late or redelivered event changes nothing."""
-        if self.status in (POSTED, REJECTED):
+        """Posted, rejected and cancelled are final: a late or redelivered event changes nothing,
+        except that a refused cancel adds its reason to a posted write-off."""
+        if self.status in FINAL:
+            if self.status == POSTED and isinstance(event, JournalCancelRefused):
+                return replace(self, reason=event.reason)
             return self
         match event:
             case JournalCreated():
-                return replace(self, status=JOURNAL_CREATED, journal_batch_number=event.batch_number)
-            case JournalPosted():
-                return replace(self, status=POSTED, journal_batch_number=event.batch_number)
+                status = CANCELLING if self.status == CANCELLING else JOURNAL_CREATED
+                return replace(self, status=status, journal_batch_number=event.batch_number)
+            case JournalPosted():  # also while cancelling: the posting won the race
+                return replace(self, status=POSTED, journal_batch_number=event.batch_number, reason=None)
+            case JournalCancelRefused():  # the journal was posted first (its JournalPosted came before)
+                return replace(self, status=POSTED, journal_batch_number=event.batch_number, reason=event.reason)
             case JournalRejected():
                 return replace(self, status=REJECTED, reason=event.reason)
+            case JournalVoided():
+                return replace(self, status=CANCELLED, journal_batch_number=event.batch_number)
         return self
+

@@ -25,7 +25,12 @@ from kredit_collections.domain import (
     transaction_balances,
 )
 from kredit_shared.company_setup import CompanySetup, WriteOffParameters
-from kredit_shared.contracts import CustomerTransactionPosted, JournalEvent, OpenItemsSettled
+from kredit_shared.contracts import (
+    CustomerTransactionPosted,
+    GeneralJournalCancelRequested,
+    JournalEvent,
+    OpenItemsSettled,
+)
 from kredit_shared.service import Transaction
 
 # --- messages --------------------------------------------------------------------------------
@@ -41,7 +46,7 @@ async def record_settlement(tx: Transaction, event: OpenItemsSettled) -> None:
 
 
 async def record_journal_event(tx: Transaction, event: JournalEvent) -> None:
-    request = await tx.session.get(tables.WriteOffRequestRow, event.request_id) if event.request_id else None
+    request = await tables.lock_write_off(tx.session, event.request_id) if event.request_id else None
     if request is None:
         return  # a journal that is not one of our write-offs
     await tables.save_progress(tx.session, request, request.progress.after(event))
@@ -73,6 +78,20 @@ async def request_write_off(
         raise WriteOffConflict("another write-off of the same vouchers was requested at the same time") from None
     tx.emit(journal)
     return journal.request_id
+
+
+async def cancel_write_off(tx: Transaction, write_off_id: str, reason: str | None) -> tables.WriteOffRequestRow | None:
+    """Ask ledger-posting to void the write-off's journal; None if there is no such write-off.
+
+    Its vouchers stay claimed until the JournalVoided comes back: the journal may be posted first."""
+    if (request := await tables.lock_write_off(tx.session, write_off_id)) is None:
+        return None
+    progress = request.progress.cancel(reason)
+    if progress != request.progress:
+        await tables.save_progress(tx.session, request, progress)
+        tx.emit(GeneralJournalCancelRequested(message_type="GeneralJournalCancelRequested", request_id=request.id,
+                                              journal_name=request.journal_name, reason=reason or ""))
+    return request
 
 
 async def change_write_off_parameters(

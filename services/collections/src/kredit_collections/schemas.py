@@ -107,6 +107,10 @@ class WriteOffIn(_In):
     date: IsoDate | None = Field(default=None, description="The write-off's transaction date; default today.")
 
 
+class WriteOffCancelIn(_In):
+    reason: str | None = Field(default=None, max_length=500, description="Why the write-off is withdrawn.")
+
+
 class WriteOffAccepted(BaseModel):
     write_off_id: str
 
@@ -114,8 +118,10 @@ class WriteOffAccepted(BaseModel):
 class WriteOffOut(BaseModel):
     write_off_id: str
     customer_account: str
-    status: str = Field(description="requested, journal-created, posted or rejected")
-    reason: str | None = Field(description="Why ledger-posting rejected the journal.")
+    status: str = Field(description="requested, journal-created, posted or rejected; after a cancel, cancelling "
+                                     "and then cancelled (journal voided) or posted (the posting came first)")
+    reason: str | None = Field(description="Why ledger-posting rejected the journal, why the write-off was cancelled, "
+                                           "or why its cancel was refused.")
     journal_name: str
     journal_batch_number: str | None
     lines: list[GeneralJournalLine] = Field(description="The proposed journal lines.")

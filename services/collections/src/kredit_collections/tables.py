@@ -198,6 +198,11 @@ async def write_off_vouchers(session: AsyncSession, write_off_id: str) -> list[W
     return list((await session.exec(query)).all())
 
 
+async def lock_write_off(session: AsyncSession, write_off_id: str) -> WriteOffRequestRow | None:
+    """The request, locked until the transaction ends: a cancel and a journal event take turns."""
+    return await session.get(WriteOffRequestRow, write_off_id, with_for_update=True)
+
+
 async def save_progress(session: AsyncSession, request: WriteOffRequestRow, progress: WriteOffProgress) -> None:
     request.status, request.journal_batch_number, request.reason = (
         progress.status, progress.journal_batch_number, progress.reason)

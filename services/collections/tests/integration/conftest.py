@@ -23,10 +23,13 @@ from kredit_shared.contracts import (
     GL_GENERAL_JOURNALS,
     ContractMessage,
     CustomerTransactionPosted,
+    GeneralJournalCancelRequested,
     GeneralJournalRequested,
+    JournalCancelRefused,
     JournalCreated,
     JournalPosted,
     JournalRejected,
+    JournalVoided,
     OpenItemsSettled,
     PostedJournalLine,
 )
@@ -77,6 +80,13 @@ class Collections:
     async def journal_rejected(self, write_off_id: str, reason: str) -> None:
         await self.publish(JournalRejected(request_id=write_off_id, journal_name="WriteOff", reason=reason))
 
+    async def journal_voided(self, write_off_id: str, batch: str) -> None:
+        await self.publish(JournalVoided(request_id=write_off_id, journal_name="WriteOff", batch_number=batch))
+
+    async def cancel_refused(self, write_off_id: str, batch: str, reason: str) -> None:
+        await self.publish(JournalCancelRefused(request_id=write_off_id, journal_name="WriteOff", batch_number=batch,
+                                                reason=reason))
+
     # --- the HTTP API ---------------------------------------------------------------------------
 
     async def get(self, path: str, **params: Any) -> Any:
@@ -108,8 +118,24 @@ class Collections:
         return response.json()["detail"]
 
     async def journal(self, write_off_id: str) -> GeneralJournalRequested:
-        [record] = await self.journals.wait_for(lambda r: r.key == write_off_id)
+        [record] = await self.journals.wait_for(lambda r: r.key == write_off_id and "message_type" not in r.json())
         return GeneralJournalRequested.model_validate_json(record.value)
+
+    async def cancel(self, write_off_id: str, status: int, **body: Any) -> dict[str, Any]:
+        response = await self.client.post(f"/api/v1/write-offs/{write_off_id}/cancel", json=body or None)
+        assert response.status_code == status, response.text
+        return response.json()
+
+    async def cancels(self, write_off_id: str, count: int = 1) -> list[GeneralJournalCancelRequested]:
+        """The cancels the service published for the write-off (exactly `count`, after a short settle)."""
+        def is_cancel(r) -> bool:
+            return r.key == write_off_id and r.json().get("message_type") == "GeneralJournalCancelRequested"
+        await self.journals.wait_for(is_cancel, count=count)
+        await self.journals.settle(0.3)
+        found = [GeneralJournalCancelRequested.model_validate_json(r.value) for r in self.journals.records
+                 if is_cancel(r)]
+        assert len(found) == count, found
+        return found
 
     async def until_status(self, write_off_id: str, status: str) -> dict[str, Any]:
         async def check() -> dict[str, Any]:

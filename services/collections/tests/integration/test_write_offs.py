@@ -9,6 +9,7 @@ from collections import defaultdict
 from decimal import Decimal
 
 from kredit_shared.contracts import GeneralJournalRequested
+from kredit_shared.testing import eventually
 
 CAVE, CONTOSO, BIRCH = "US-004", "US-001", "US-010"
 
@@ -210,3 +211,65 @@ async def test_write_off_parameters_are_edited_within_the_setup(start_collection
         journal = await svc.journal(await svc.write_off(customer_account=CAVE))
         assert journal.journal_name == "GenJrn"
         assert {l.reason_code for l in journal.lines} == {"SmallBal"}
+
+
+async def test_a_cancelled_write_off_frees_its_invoice_once_ledger_posting_has_voided_the_journal(
+    start_collections, database_url
+):
+    async with start_collections(database_url) as svc:
+        await svc.post_transaction("CIV-1", "Invoice", "100.00", on="2016-01-01", account=CAVE, invoice_id="1")
+        await svc.until_balances(CAVE, {"CIV-1": "100.00"})
+        first = await svc.write_off(customer_account=CAVE, invoice_id="1")
+        await svc.journal(first)
+        await svc.journal_created(first, "WOJ-000001")
+        await svc.until_status(first, "journal-created")
+
+        cancelling = await svc.cancel(first, 202, reason="wrong customer")
+        assert {k: cancelling[k] for k in ("status", "reason", "journal_batch_number")} == {
+            "status": "cancelling", "reason": "wrong customer", "journal_batch_number": "WOJ-000001"}
+        assert (await svc.cancel(first, 202))["status"] == "cancelling", "asking again answers the same"
+        [cancel] = await svc.cancels(first)  # the second call sent nothing
+        assert (cancel.request_id, cancel.journal_name, cancel.reason) == (first, "WriteOff", "wrong customer")
+        # Not free yet: the journal might be posted before ledger-posting sees the cancel.
+        assert "CIV-1" in await svc.refused(409, customer_account=CAVE, invoice_id="1")
+
+        await svc.journal_voided(first, "WOJ-000001")
+        await svc.until_status(first, "cancelled")
+        assert (await svc.cancel(first, 200))["status"] == "cancelled"
+        await svc.journal_voided(first, "WOJ-000001")  # redelivered, and a stray late event: nothing changes
+        await svc.journal_posted(await svc.journal(first), "WOJ-000001")
+
+        second = await svc.write_off(customer_account=CAVE, invoice_id="1")
+        assert [s.voucher for l in (await svc.journal(second)).lines for s in l.settles] == ["CIV-1"]
+        await svc.cancels(first, count=1)
+        assert (await svc.get(f"/write-offs/{first}"))["status"] == "cancelled"
+
+
+async def test_a_cancel_that_loses_the_race_with_the_posting_ends_posted_and_keeps_the_invoice(start_collections):
+    async with start_collections() as svc:
+        await svc.post_transaction("CIV-1", "Invoice", "100.00", on="2016-01-01", account=CAVE, invoice_id="1")
+        await svc.post_transaction("CIV-2", "Invoice", "200.00", on="2016-01-01", account=CAVE, invoice_id="2")
+        await svc.until_balances(CAVE, {"CIV-1": "100.00", "CIV-2": "200.00"})
+        raced = await svc.write_off(customer_account=CAVE, invoice_id="1")
+        journal = await svc.journal(raced)
+        assert (await svc.cancel(raced, 202))["status"] == "cancelling"  # still `requested`: allowed
+        # ledger-posting had posted the journal before the cancel arrived, so it refuses the cancel.
+        await svc.journal_created(raced, "WOJ-000001")
+        await svc.journal_posted(journal, "WOJ-000001")
+        await svc.cancel_refused(raced, "WOJ-000001", "journal WOJ-000001 is already posted; it cannot be cancelled")
+        async def refusal_recorded():
+            write_off = await svc.until_status(raced, "posted")
+            assert write_off["reason"] == "journal WOJ-000001 is already posted; it cannot be cancelled"
+            return write_off
+        await eventually(refusal_recorded)
+        assert "CIV-1" in await svc.refused(409, customer_account=CAVE, invoice_id="1"), "never written off twice"
+        assert "already posted" in (await svc.cancel(raced, 409))["detail"]
+
+        rejected = await svc.write_off(customer_account=CAVE, invoice_id="2")
+        await svc.journal_rejected(rejected, "unbalanced")
+        await svc.until_status(rejected, "rejected")
+        assert "already rejected: unbalanced" in (await svc.cancel(rejected, 409))["detail"]
+        assert "no write-off 'nope'" in (await svc.cancel("nope", 404))["detail"]
+        assert (await svc.client.post(f"/api/v1/write-offs/{rejected}/cancel", json={"why": "x"})).status_code == 422
+        await svc.cancels(raced, count=1)
+        await svc.cancels(rejected, count=0)

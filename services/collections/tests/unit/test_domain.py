@@ -23,6 +23,7 @@ from kredit_collections.domain import (
     CustomerTransaction,
     InvalidSelection,
     MixedCurrencies,
+    NotCancellable,
     NothingToWriteOff,
     TransactionBalance,
     UnknownCustomer,
@@ -42,9 +43,11 @@ from kredit_shared.company_setup import WriteOffParameters, load_company_setup
 from kredit_shared.contracts import (
     CustomerTransactionPosted,
     GeneralJournalRequested,
+    JournalCancelRefused,
     JournalCreated,
     JournalPosted,
     JournalRejected,
+    JournalVoided,
     OpenItemsSettled,
 )
 
@@ -446,3 +449,34 @@ def test_posted_and_rejected_are_final_and_only_rejected_frees_the_vouchers():
     assert rejected.after(CREATED) == rejected
     assert [p.claims_its_vouchers for p in (WriteOffProgress(), WriteOffProgress().after(CREATED), posted,
                                             rejected)] == [True, True, True, False]
+
+
+VOIDED = JournalVoided(request_id="wo-1", journal_name="WriteOff", batch_number="WOJ-000001")
+REFUSED = JournalCancelRefused(request_id="wo-1", journal_name="WriteOff", batch_number="WOJ-000001",
+                               reason="journal WOJ-000001 is already posted")
+
+
+def test_a_cancelled_write_off_keeps_its_vouchers_until_the_journal_is_voided():
+    for before in (WriteOffProgress(), WriteOffProgress().after(CREATED)):
+        cancelling = before.cancel("by mistake")
+        assert (cancelling.status, cancelling.reason, cancelling.claims_its_vouchers) == ("cancelling", "by mistake", True)
+        assert cancelling.cancel("again") == cancelling, "a second cancel changes nothing"
+        assert cancelling.after(CREATED) == WriteOffProgress("cancelling", "WOJ-000001", "by mistake")
+        cancelled = cancelling.after(CREATED).after(VOIDED)
+        assert (cancelled.status, cancelled.claims_its_vouchers) == ("cancelled", False)
+        assert cancelled.cancel(None) == cancelled
+        assert cancelled.after(POSTED) == cancelled and cancelled.after(CREATED) == cancelled
+
+
+def test_a_cancel_that_comes_too_late_ends_posted_and_posted_or_rejected_cannot_be_cancelled():
+    cancelling = WriteOffProgress().after(CREATED).cancel("by mistake")
+    posted = cancelling.after(POSTED)
+    assert posted == WriteOffProgress("posted", "WOJ-000001")
+    assert posted.after(REFUSED) == WriteOffProgress("posted", "WOJ-000001", REFUSED.reason)
+    assert cancelling.after(REFUSED) == WriteOffProgress("posted", "WOJ-000001", REFUSED.reason)  # any order
+    assert posted.after(REFUSED).claims_its_vouchers
+    with pytest.raises(NotCancellable, match="already posted .*WOJ-000001"):
+        posted.cancel(None)
+    with pytest.raises(NotCancellable, match="already rejected: unbalanced"):
+        WriteOffProgress().after(REJECTED).cancel(None)
+    assert cancelling.after(REJECTED).status == "rejected"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from kredit_ledger_posting import domain, handlers
@@ -37,7 +37,8 @@ class JournalSummary(BaseModel):
     batch_number: str
     journal_name: str
     description: str
-    status: Literal["open", "posted"]
+    status: domain.JournalStatus = Field(
+        description="open (awaiting review), posted, or voided (cancelled by its requester: kept, never postable)")
     request_id: str | None
     created_at: datetime
     posted_at: datetime | None
@@ -112,7 +113,7 @@ class AccountOut(BaseModel):
 async def list_journals(
     session: SessionDep,
     journal_name: str | None = None,
-    status: Literal["open", "posted"] | None = None,
+    status: domain.JournalStatus | None = None,
 ) -> JournalList:
     query = select(JournalRow).order_by(JournalRow.created_at, JournalRow.batch_number)
     if journal_name is not None:
@@ -134,7 +135,8 @@ async def get_journal(batch_number: str, session: SessionDep) -> JournalDetail:
 @router.post(
     "/journals/{batch_number}/post",
     response_model=JournalDetail,
-    responses={404: {"description": "unknown batch"}, 409: {"description": "already posted or unbalanced"}},
+    responses={404: {"description": "unknown batch"},
+               409: {"description": "already posted, voided (its request was cancelled) or unbalanced"}},
 )
 async def post_journal(batch_number: str, runtime: RuntimeDep, setup: SetupDep) -> JournalDetail:
     try:

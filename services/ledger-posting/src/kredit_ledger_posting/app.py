@@ -1,4 +1,4 @@
-"""The ledger-posting service: consumes subledger vouchers and general journal requests."""
+"""The ledger-posting service: consumes subledger vouchers and general journal requests (and their cancels)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from kredit_ledger_posting import api, handlers
 from kredit_ledger_posting.settings import LedgerPostingSettings
 from kredit_ledger_posting.tables import TABLES
 from kredit_shared.company_setup import load_company_setup
-from kredit_shared.contracts import GL_GENERAL_JOURNALS, GL_JOURNAL_LINES, GeneralJournalRequested, VoucherPosted
+from kredit_shared.contracts import GL_GENERAL_JOURNALS, GL_JOURNAL_LINES, VoucherPosted, general_journal_adapter
 from kredit_shared.service import ServiceRuntime, run_service
 
 
@@ -21,8 +21,8 @@ def create_app(settings: LedgerPostingSettings | None = None) -> FastAPI:
     runtime.subscribe_batch(GL_JOURNAL_LINES, VoucherPosted.model_validate_json, partial(handlers.post_vouchers, setup=setup))
     runtime.subscribe(
         GL_GENERAL_JOURNALS,
-        GeneralJournalRequested.model_validate_json,
-        partial(handlers.open_general_journal, setup=setup),
+        general_journal_adapter.validate_json,
+        partial(handlers.on_general_journal_message, setup=setup),
     )
     app = runtime.http_app("Kredit ledger-posting", routers=[api.router])
     app.state.setup = setup

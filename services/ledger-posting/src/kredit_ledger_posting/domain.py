@@ -54,6 +54,10 @@ class UnbalancedJournal(JournalNotPostable):
     pass
 
 
+class VoidedJournal(JournalNotPostable):
+    """Its requester cancelled it: kept for audit, never postable."""
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
     account: str
@@ -151,7 +155,7 @@ def is_new_voucher(voucher: VoucherPosted, posted_fingerprint: str | None) -> bo
 
 # --- general journals (kept open for review) --------------------------------------------------
 
-JournalStatus = Literal["open", "posted"]
+JournalStatus = Literal["open", "posted", "voided"]
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,8 @@ def post_journal(journal: Journal, setup: CompanySetup) -> tuple[Journal, tuple[
     where = f"journal {journal.batch_number}"
     if journal.status == "posted":
         raise JournalAlreadyPosted(f"{where} is already posted (posting date {journal.posting_date})")
+    if journal.status == "voided":
+        raise VoidedJournal(f"{where} is voided: its request {journal.request_id} was cancelled")
     _check_journal_lines(where, journal.lines, setup, JournalNotPostable)
     # Balanced per voucher and date, not only overall: otherwise a trial balance as of a date
     # between the voucher's dates would not balance.
@@ -254,6 +260,16 @@ def post_journal(journal: Journal, setup: CompanySetup) -> tuple[Journal, tuple[
     )
     posting_date = max(day for _, day in by_voucher_date)
     return replace(journal, status="posted", posting_date=posting_date), entries
+
+
+def void_journal(journal: Journal) -> Journal:
+    """The journal voided on its requester's cancel (a voided one stays as it is), or
+    JournalAlreadyPosted: a posted journal is only ever undone by new, opposite postings."""
+    if journal.status == "posted":
+        raise JournalAlreadyPosted(
+            f"journal {journal.batch_number} is already posted (posting date {journal.posting_date}); "
+            "it cannot be cancelled")
+    return replace(journal, status="voided")
 
 
 def journal_posted_event(journal: Journal) -> JournalPosted:

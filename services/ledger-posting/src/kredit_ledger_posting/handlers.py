@@ -1,4 +1,4 @@
-"""Ledger-posting use cases: post subledger vouchers, open general journals, post them."""
+"""Ledger-posting use cases: post subledger vouchers, open general journals, post or void them."""
 
 from __future__ import annotations
 
@@ -9,14 +9,24 @@ from sqlalchemy import func, insert, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_ledger_posting import domain
-from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow, NumberSequenceRow, PostedVoucherRow
+from kredit_ledger_posting.tables import (
+    JournalCancellationRow,
+    JournalRow,
+    LedgerEntryRow,
+    NumberSequenceRow,
+    PostedVoucherRow,
+)
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import (
     GL_GENERAL_JOURNALS,
     GL_JOURNAL_LINES,
+    GeneralJournalCancelRequested,
+    GeneralJournalMessage,
     GeneralJournalRequested,
+    JournalCancelRefused,
     JournalCreated,
     JournalRejected,
+    JournalVoided,
     VoucherPosted,
 )
 from kredit_shared.outbox import utcnow
@@ -50,9 +60,15 @@ async def post_vouchers(tx: Transaction, vouchers: list[VoucherPosted], setup: C
         await _insert_entries(tx.session, entries)
 
 
+async def on_general_journal_message(tx: Transaction, message: GeneralJournalMessage, setup: CompanySetup) -> None:
+    if isinstance(message, GeneralJournalCancelRequested):
+        await cancel_general_journal(tx, message)
+    else:
+        await open_general_journal(tx, message, setup)
+
+
 async def open_general_journal(tx: Transaction, request: GeneralJournalRequested, setup: CompanySetup) -> None:
-    existing = await tx.session.exec(select(JournalRow.batch_number).where(JournalRow.request_id == request.request_id))
-    if existing.first() is not None:
+    if await _journal_of_request(tx.session, request.request_id) is not None:
         return
     try:
         domain.check_journal_request(request, setup)
@@ -64,9 +80,44 @@ async def open_general_journal(tx: Transaction, request: GeneralJournalRequested
     batch = await _next_values(tx.session, request.journal_name, "batch", 1)
     first_voucher = await _next_values(tx.session, request.journal_name, "voucher", domain.voucher_count(request))
     journal = domain.open_journal(request, setup, batch, first_voucher)
-    tx.session.add(JournalRow.from_domain(journal))
+    row = JournalRow.from_domain(journal)
+    tx.session.add(row)
     tx.emit(JournalCreated(request_id=request.request_id, journal_name=journal.journal_name,
                            batch_number=journal.batch_number))
+    if (cancel := await tx.session.get(JournalCancellationRow, request.request_id)) is not None:
+        _void(tx, row, domain.void_journal(journal), cancel.reason)  # the cancel overtook its request (never with one key, but be safe)
+
+
+async def cancel_general_journal(tx: Transaction, cancel: GeneralJournalCancelRequested) -> None:
+    """Void the request's open journal (JournalVoided), or answer JournalCancelRefused if it is posted.
+
+    The cancel is recorded first: if the request has not arrived yet, it is voided as it arrives."""
+    if await tx.session.get(JournalCancellationRow, cancel.request_id) is None:
+        tx.session.add(JournalCancellationRow(request_id=cancel.request_id, journal_name=cancel.journal_name,
+                                              reason=cancel.reason))
+    row = await _journal_of_request(tx.session, cancel.request_id, for_update=True)
+    if row is None or row.status == "voided":
+        return  # not here yet, or a cancel sent twice
+    try:
+        voided = domain.void_journal(row.to_domain())
+    except domain.JournalAlreadyPosted as e:
+        tx.emit(JournalCancelRefused(request_id=cancel.request_id, journal_name=row.journal_name,
+                                     batch_number=row.batch_number, reason=str(e)))
+        return
+    _void(tx, row, voided, cancel.reason)
+
+
+def _void(tx: Transaction, row: JournalRow, voided: domain.Journal, reason: str) -> None:
+    row.status = voided.status
+    tx.session.add(row)
+    tx.emit(JournalVoided(request_id=row.request_id, journal_name=row.journal_name, batch_number=row.batch_number,
+                          reason=reason))
+
+
+async def _journal_of_request(session: AsyncSession, request_id: str, for_update: bool = False) -> JournalRow | None:
+    query = select(JournalRow).where(JournalRow.request_id == request_id)
+    # Locked like a posting (post_general_journal), so a cancel and a post of one journal take turns.
+    return (await session.exec(query.with_for_update() if for_update else query)).scalars().first()
 
 
 async def post_general_journal(tx: Transaction, batch_number: str, setup: CompanySetup) -> JournalRow | None:

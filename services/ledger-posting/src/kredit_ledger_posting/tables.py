@@ -70,7 +70,7 @@ class JournalRow(SQLModel, table=True):
             description=self.description,
             lines=tuple(PostedJournalLine.model_validate(line) for line in self.lines),
             request_id=self.request_id,
-            status="posted" if self.status == "posted" else "open",
+            status=self.status,  # only the domain's statuses are ever stored
             posting_date=self.posting_date,
         )
 
@@ -87,6 +87,19 @@ class JournalRow(SQLModel, table=True):
         )
 
 
+class JournalCancellationRow(SQLModel, table=True):
+    """A requester's cancel of a journal request, with its reason (the audit of a voided journal).
+
+    Kept also when the cancel overtakes its request: the request is then voided as it arrives."""
+
+    __tablename__ = "ledger_journal_cancellation"
+
+    request_id: str = Field(primary_key=True)
+    journal_name: str
+    reason: str = ""
+    received_at: datetime = Field(default_factory=utcnow)
+
+
 class NumberSequenceRow(SQLModel, table=True):
     """The last value handed out by each journal name's batch and voucher sequences."""
 
@@ -99,4 +112,5 @@ class NumberSequenceRow(SQLModel, table=True):
     last_value: int = 0
 
 
-TABLES = [LedgerEntryRow.__table__, PostedVoucherRow.__table__, JournalRow.__table__, NumberSequenceRow.__table__]
+TABLES = [LedgerEntryRow.__table__, PostedVoucherRow.__table__, JournalRow.__table__, JournalCancellationRow.__table__,
+          NumberSequenceRow.__table__]

@@ -171,3 +171,65 @@ async def test_an_unbalanced_journal_cannot_post_and_a_bad_request_is_rejected(k
         assert response.status_code == 409
         assert "does not balance: debits total 699.00, credits total 700.00" in response.json()["detail"]
         assert (await trial_balance(client))["accounts"] == []
+
+
+def cancel_request(request_id: str, reason: str = "requested by mistake") -> dict:
+    return {"message_id": str(uuid.uuid4()), "message_type": "GeneralJournalCancelRequested",
+            "request_id": request_id, "journal_name": "WriteOff", "reason": reason}
+
+
+async def test_a_cancelled_journal_is_voided_once_kept_and_never_posts_and_a_posted_one_refuses(kafka, database_url):
+    settings = LedgerPostingSettings(database_url=database_url, **isolated_kafka(kafka))
+    events = settings.topic(GL_JOURNAL_EVENTS)
+    dlq = settings.topic(dead_letter_topic(GL_GENERAL_JOURNALS))
+
+    async def send(*messages: dict) -> None:
+        for message in messages:
+            await publish(kafka.bootstrap_servers, settings.topic(GL_GENERAL_JOURNALS), message,
+                          key=message.get("request_id", "k"))
+
+    def of(kind: str, request_id: str):
+        return lambda r: r.topic == events and r.json()["event_type"] == kind and r.json()["request_id"] == request_id
+
+    async with serve(create_app(settings)) as client, TopicProbe(kafka.bootstrap_servers, [events, dlq]) as probe:
+        cancel = cancel_request("wo-1")
+        # wo-1: requested, cancelled, the cancel redelivered and sent again; wo-3: the cancel overtakes the request.
+        await send(write_off_request("wo-1"), cancel, cancel, cancel_request("wo-1"), write_off_request("wo-2"),
+                   cancel_request("wo-3", reason="overtaken"), write_off_request("wo-3"),
+                   {"message_id": str(uuid.uuid4()), "message_type": "GeneralJournalCancelRequested"})
+        [voided] = await probe.wait_for(of("JournalVoided", "wo-1"))
+        [created] = await probe.wait_for(of("JournalCreated", "wo-1"))
+        batch = created.json()["batch_number"]
+        assert (voided.key, voided.json()["batch_number"], voided.json()["journal_name"], voided.json()["reason"]) == (
+            batch, batch, "WriteOff", "requested by mistake")
+        [late] = await probe.wait_for(of("JournalVoided", "wo-3"))
+        assert late.json()["reason"] == "overtaken"
+        [dead] = await probe.wait_for(lambda r: r.topic == dlq)
+        assert "request_id" in dead.headers["x-dlq-reason"]
+
+        async def listed(status: str) -> set[str]:
+            body = (await client.get("/api/v1/journals", params={"status": status})).json()
+            return {j["request_id"] for j in body["journals"]}
+
+        assert await listed("voided") == {"wo-1", "wo-3"}
+        assert await listed("open") == {"wo-2"}
+        journal = (await client.get(f"/api/v1/journals/{batch}")).json()
+        assert journal["status"] == "voided" and len(journal["lines"]) == 2, "kept for audit"
+        refused = await client.post(f"/api/v1/journals/{batch}/post")
+        assert refused.status_code == 409 and "voided" in refused.json()["detail"]
+        assert (await trial_balance(client))["accounts"] == [], "a voided journal posts nothing"
+
+        # Posted first, cancelled after: the cancel is refused, the journal stays posted.
+        [open_one] = await probe.wait_for(of("JournalCreated", "wo-2"))
+        assert (await client.post(f"/api/v1/journals/{open_one.json()['batch_number']}/post")).status_code == 200
+        await send(cancel_request("wo-2"))
+        [no] = await probe.wait_for(of("JournalCancelRefused", "wo-2"))
+        assert no.key == open_one.json()["batch_number"]
+        assert "already posted" in no.json()["reason"] and "cannot be cancelled" in no.json()["reason"]
+        assert await listed("posted") == {"wo-2"}
+        assert balances(await trial_balance(client)) == {"130100": "-700.00", "618900": "700.00"}
+
+        await probe.settle(0.5)
+        voids = [r.json()["request_id"] for r in probe.records if r.topic == events
+                 and r.json()["event_type"] == "JournalVoided"]
+        assert sorted(voids) == ["wo-1", "wo-3"], "each journal is voided once, however often it is cancelled"

@@ -17,12 +17,14 @@ from kredit_ledger_posting.domain import (
     JournalNotPostable,
     LedgerEntry,
     UnbalancedJournal,
+    VoidedJournal,
     entries_for_voucher,
     is_new_voucher,
     journal_posted_event,
     open_journal,
     post_journal,
     trial_balance,
+    void_journal,
     voucher_count,
     voucher_fingerprint,
 )
@@ -169,6 +171,18 @@ def test_posting_a_journal_twice_is_refused():
     posted, _ = post_journal(open_journal(journal_request(*WRITE_OFF), SETUP, 1, 1), SETUP)
     with pytest.raises(JournalAlreadyPosted, match="WOJ-000001 is already posted"):
         post_journal(posted, SETUP)
+
+
+def test_an_open_journal_is_voided_once_and_then_never_posts_but_a_posted_one_cannot_be_voided():
+    journal = open_journal(journal_request(*WRITE_OFF), SETUP, 1, 1)
+    voided = void_journal(journal)
+    assert (voided.status, voided.lines) == ("voided", journal.lines)  # kept for audit
+    assert void_journal(voided) == voided
+    with pytest.raises(VoidedJournal, match="WOJ-000001 is voided"):
+        post_journal(voided, SETUP)
+    posted, _ = post_journal(journal, SETUP)
+    with pytest.raises(JournalAlreadyPosted, match="WOJ-000001 is already posted .* cannot be cancelled"):
+        void_journal(posted)
 
 
 def test_an_unbalanced_journal_can_be_opened_but_not_posted():

@@ -24,14 +24,18 @@ __all__ = [
     "CustomerInvoiceIssued",
     "CustomerPaymentReceived",
     "CustomerTransactionPosted",
+    "GeneralJournalCancelRequested",
     "GeneralJournalLine",
+    "GeneralJournalMessage",
     "GeneralJournalRequested",
     "InvoiceLine",
     "IsoDate",
+    "JournalCancelRefused",
     "JournalCreated",
     "JournalEvent",
     "JournalPosted",
     "JournalRejected",
+    "JournalVoided",
     "MessageId",
     "OpenItemsSettled",
     "PostedJournalLine",
@@ -41,6 +45,7 @@ __all__ = [
     "TransactionType",
     "VoucherLine",
     "VoucherPosted",
+    "general_journal_adapter",
     "journal_event_adapter",
     "new_message_id",
 ]
@@ -340,5 +345,52 @@ class JournalRejected(ContractMessage):
         return self.request_id
 
 
-JournalEvent = Annotated[JournalCreated | JournalPosted | JournalRejected, Field(discriminator="event_type")]
+# --- cancelling a requested journal (extension of the contract, docs/write-offs.md) ----------
+
+
+class GeneralJournalCancelRequested(ContractMessage):
+    """collections -> ledger-posting: withdraw a journal request that is not posted yet.
+
+    Keyed like its GeneralJournalRequested (by request id), so it arrives after the request.
+    `message_type` is required: it is what tells a cancel from a (possibly malformed) request."""
+
+    topic: ClassVar[str] = topics.GL_GENERAL_JOURNALS
+    message_type: Literal["GeneralJournalCancelRequested"]
+    request_id: NonEmpty
+    journal_name: NonEmpty
+    reason: str = ""
+
+    def key(self) -> str:
+        return self.request_id
+
+
+# What gl.general-journals carries. A GeneralJournalRequested has no `message_type` (it predates it),
+# so it is tried first; only a message naming its type can be a cancel.
+GeneralJournalMessage = Annotated[
+    GeneralJournalRequested | GeneralJournalCancelRequested, Field(union_mode="left_to_right")
+]
+general_journal_adapter: TypeAdapter[GeneralJournalMessage] = TypeAdapter(GeneralJournalMessage)
+
+
+class JournalVoided(_JournalEvent):
+    """ledger-posting -> collections, settlement: the open journal was voided on its requester's
+    cancel (kept for audit, never postable); whatever it proposed is free again."""
+
+    event_type: Literal["JournalVoided"] = "JournalVoided"
+    reason: str = ""
+
+
+class JournalCancelRefused(_JournalEvent):
+    """ledger-posting -> collections: a cancel came too late, the journal is already posted.
+
+    Keyed by batch number like JournalPosted, so it arrives after it."""
+
+    event_type: Literal["JournalCancelRefused"] = "JournalCancelRefused"
+    reason: str
+
+
+JournalEvent = Annotated[
+    JournalCreated | JournalPosted | JournalRejected | JournalVoided | JournalCancelRefused,
+    Field(discriminator="event_type"),
+]
 journal_event_adapter: TypeAdapter[JournalEvent] = TypeAdapter(JournalEvent)
