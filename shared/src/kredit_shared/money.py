@@ -79,6 +79,14 @@ Amount = Annotated[
 ]
 """A money amount: Decimal in Python, a two-decimal string in JSON (at most 15 integer digits)."""
 
+Total = Annotated[
+    Decimal,
+    PlainSerializer(format_amount, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": r"^-?[0-9]+\.[0-9]{2}$", "examples": ["1000.00"]}),
+]
+"""A sum of amounts in a response (a trial balance, a customer's balance): like Amount on the wire,
+but not bounded to 15 digits, since many amounts may add up to more. Output only."""
+
 _ISO_4217 = frozenset(c.alpha_3 for c in pycountry.currencies)
 
 

@@ -11,7 +11,7 @@ from kredit_collections.domain import AgedBalance, TransactionBalance
 from kredit_collections.tables import WriteOffRequestRow
 from kredit_shared.company_setup import WriteOffParameters
 from kredit_shared.contracts import GeneralJournalLine, IsoDate, TransactionType
-from kredit_shared.money import Amount
+from kredit_shared.money import Amount, Total
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=100)]
 
@@ -30,7 +30,7 @@ class CustomerTransactionOut(BaseModel):
     invoice_id: str | None
     debit: Amount | None = Field(description="The original amount of a debit transaction; null on a credit.")
     credit: Amount | None = Field(description="The original amount of a credit transaction; null on a debit.")
-    balance: Amount = Field(description="What is still open on the transaction: signed, debit positive.")
+    balance: Total = Field(description="What is still open on the transaction: signed, debit positive.")
     currency: str
     due_date: dt.date | None
 
@@ -54,8 +54,8 @@ class AgedBalanceOut(BaseModel):
     customer_account: str
     customer_name: str | None
     currency: str
-    balance: Amount
-    buckets: dict[str, Amount] = Field(description="Open amount per aging bucket (days past the due date).")
+    balance: Total
+    buckets: dict[str, Total] = Field(description="Open amount per aging bucket (days past the due date).")
 
     @classmethod
     def of(cls, row: AgedBalance) -> AgedBalanceOut:
@@ -79,7 +79,7 @@ class OpenInvoiceOut(BaseModel):
     due_date: dt.date | None
     currency: str
     amount: Amount = Field(description="The invoice's original amount, signed (negative on a credit note).")
-    balance: Amount = Field(description="What is still open, signed.")
+    balance: Total = Field(description="What is still open, signed.")
 
     @classmethod
     def of(cls, row: TransactionBalance) -> OpenInvoiceOut:

@@ -14,7 +14,7 @@ from kredit_ledger_posting import domain, handlers
 from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import PostedJournalLine
-from kredit_shared.money import Amount
+from kredit_shared.money import Amount, Total
 from kredit_shared.service import RuntimeDep, SessionDep
 
 router = APIRouter(prefix="/api/v1", tags=["ledger"])
@@ -42,8 +42,8 @@ class JournalSummary(BaseModel):
     created_at: datetime
     posted_at: datetime | None
     posting_date: date | None
-    total_debit: Amount
-    total_credit: Amount
+    total_debit: Total
+    total_credit: Total
 
     @classmethod
     def of(cls, row: JournalRow) -> JournalSummary:
@@ -89,17 +89,17 @@ class LedgerEntryList(BaseModel):
 class TrialBalanceRowOut(BaseModel):
     account: str
     name: str
-    debit: Amount
-    credit: Amount
-    balance: Amount
+    debit: Total
+    credit: Total
+    balance: Total
 
 
 class TrialBalanceOut(BaseModel):
     as_of: date
     currency: str
     accounts: list[TrialBalanceRowOut]
-    total_debit: Amount
-    total_credit: Amount
+    total_debit: Total
+    total_credit: Total
 
 
 class AccountOut(BaseModel):
