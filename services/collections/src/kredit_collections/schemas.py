@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kredit_collections.domain import AgedBalance, TransactionBalance
 from kredit_collections.tables import WriteOffRequestRow
 from kredit_shared.company_setup import WriteOffParameters
-from kredit_shared.contracts import GeneralJournalLine, IsoDate, TransactionType
+from kredit_shared.contracts import (
+    MAX_LIST_LENGTH,
+    Code,
+    GeneralJournalLine,
+    Id,
+    IsoDate,
+    Text,
+    TransactionType,
+    Voucher,
+)
 from kredit_shared.money import Amount, Total
-
-NonEmpty = Annotated[str, Field(min_length=1, max_length=100)]
 
 
 class _In(BaseModel):
@@ -99,11 +105,12 @@ class OpenInvoicesOut(BaseModel):
 class WriteOffIn(_In):
     """Without `vouchers` or `invoice_id`, the customer's whole open balance is written off."""
 
-    customer_account: NonEmpty
-    vouchers: list[str] | None = Field(default=None, description="Write off just these open transactions.")
-    invoice_id: str | None = Field(default=None, description="Write off just this open invoice.")
-    reason_code: str | None = Field(default=None, description="Default: the write-off parameters' reason code.")
-    reason_comment: str | None = Field(default=None, max_length=500)
+    customer_account: Id
+    vouchers: list[Voucher] | None = Field(default=None, max_length=MAX_LIST_LENGTH,
+                                           description="Write off just these open transactions.")
+    invoice_id: Id | None = Field(default=None, description="Write off just this open invoice.")
+    reason_code: Code | None = Field(default=None, description="Default: the write-off parameters' reason code.")
+    reason_comment: Text | None = Field(default=None, max_length=500)
     date: IsoDate | None = Field(default=None, description="The write-off's transaction date; default today.")
 
 
@@ -131,8 +138,8 @@ class WriteOffOut(BaseModel):
 
 
 class WriteOffParametersIO(_In):
-    journal_name: NonEmpty
-    reason_code: NonEmpty
+    journal_name: Id
+    reason_code: Code
     separate_sales_tax: bool
 
     @classmethod

@@ -13,13 +13,11 @@ from sqlalchemy import select
 from kredit_ledger_posting import domain, handlers
 from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow
 from kredit_shared.company_setup import CompanySetup
-from kredit_shared.contracts import PostedJournalLine
+from kredit_shared.contracts import Id, PostedJournalLine, Voucher
 from kredit_shared.money import Amount, Total
 from kredit_shared.service import RuntimeDep, SessionDep
 
 router = APIRouter(prefix="/api/v1", tags=["ledger"])
-
-
 
 
 def _setup(request: Request) -> CompanySetup:
@@ -111,7 +109,7 @@ class AccountOut(BaseModel):
 @router.get("/journals", response_model=JournalList)
 async def list_journals(
     session: SessionDep,
-    journal_name: str | None = None,
+    journal_name: Id | None = None,
     status: Literal["open", "posted"] | None = None,
 ) -> JournalList:
     query = select(JournalRow).order_by(JournalRow.created_at, JournalRow.batch_number)
@@ -123,8 +121,9 @@ async def list_journals(
     return JournalList(journals=[JournalSummary.of(row) for row in rows])
 
 
-@router.get("/journals/{batch_number}", response_model=JournalDetail)
-async def get_journal(batch_number: str, session: SessionDep) -> JournalDetail:
+@router.get("/journals/{batch_number}", response_model=JournalDetail,
+            responses={404: {"description": "unknown batch"}})
+async def get_journal(batch_number: Voucher, session: SessionDep) -> JournalDetail:
     row = await session.get(JournalRow, batch_number)
     if row is None:
         raise HTTPException(404, f"no journal with batch number {batch_number!r}")
@@ -136,7 +135,7 @@ async def get_journal(batch_number: str, session: SessionDep) -> JournalDetail:
     response_model=JournalDetail,
     responses={404: {"description": "unknown batch"}, 409: {"description": "already posted or unbalanced"}},
 )
-async def post_journal(batch_number: str, runtime: RuntimeDep, setup: SetupDep) -> JournalDetail:
+async def post_journal(batch_number: Voucher, runtime: RuntimeDep, setup: SetupDep) -> JournalDetail:
     try:
         async with runtime.transaction() as tx:
             row = await handlers.post_general_journal(tx, batch_number, setup)
@@ -147,8 +146,9 @@ async def post_journal(batch_number: str, runtime: RuntimeDep, setup: SetupDep) 
     return JournalDetail.of(row)
 
 
-@router.get("/ledger-entries", response_model=LedgerEntryList)
-async def ledger_entries(session: SessionDep, account: str | None = None, voucher: str | None = None) -> LedgerEntryList:
+@router.get("/ledger-entries", response_model=LedgerEntryList,
+            responses={422: {"description": "neither an account nor a voucher given, or an invalid one"}})
+async def ledger_entries(session: SessionDep, account: Id | None = None, voucher: Voucher | None = None) -> LedgerEntryList:
     if account is None and voucher is None:
         raise HTTPException(422, "give an account or a voucher")
     query = select(LedgerEntryRow).order_by(LedgerEntryRow.id)
