@@ -135,7 +135,9 @@ async def test_a_streamed_body_without_length_is_cut_off_at_the_limit(tmp_path):
 
 async def test_unknown_paths_and_methods_answer_problems(clients):
     assert_problem(await clients["ledger-posting"].get("/api/v1/nowhere"), 404, "Not Found")
-    assert_problem(await clients["ledger-posting"].delete("/api/v1/trial-balance"), 405)
+    refused = await clients["settlement"].delete("/api/v1/parameters")
+    assert_problem(refused, 405)
+    assert refused.headers["allow"] == "GET, PUT"  # both routes of the path, not just the first
 
 
 async def test_a_route_that_crashes_answers_500_without_the_exception_text(clients):

@@ -11,6 +11,7 @@ unknown paths, oversized bodies, crashes) is answered here in the same shape:
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -83,7 +84,18 @@ async def _http_error(_request: Request, error: Exception) -> ProblemResponse:
     response = problem(error.status_code, detail)
     if error.headers:
         response.headers.update(error.headers)
+    if error.status_code == 405:
+        # Starlette names only the first route of the path; a path may have a route per method.
+        response.headers["Allow"] = ", ".join(_documented_methods(_request.app, _request.url.path))
     return response
+
+
+def _documented_methods(app: FastAPI, path: str) -> list[str]:
+    methods: set[str] = set()
+    for template, operations in app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
 
 
 async def _validation_error(_request: Request, error: Exception) -> ProblemResponse:

@@ -24,6 +24,7 @@ cents (SQLite) hold it with room for sums; totals are summed exactly wherever th
 
 AMOUNT_PATTERN = r"^-?[0-9]{1,15}(\.[0-9]{1,2})?$"
 _AMOUNT = re.compile(AMOUNT_PATTERN)
+_PLAIN_DECIMAL = re.compile(r"-?(?P<digits>[0-9]+)(\.[0-9]+)?")
 
 
 def check_amount_bound(value: Decimal, what: str = "amount") -> Decimal:
@@ -39,14 +40,14 @@ def parse_amount(value: Any) -> Decimal:
 
     Floats are refused because 0.1 + 0.2 style binary errors must never reach a ledger. Every
     refusal is a ValueError (a validation error), never a decimal signal."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_AMOUNT:
+        value = int(value)  # JSON's 1000.0 is the integer 1000 (exact: the bound is below 2^53)
     if isinstance(value, (bool, float)):
         raise ValueError("amount must be a decimal string such as \"1000.00\", not a JSON number with a fraction")
     if isinstance(value, str):
         # Checked before Decimal(): it would also take " 1", "1_0", "1E+2", full-width digits and 10^400.
         if len(value) > 20 or not _AMOUNT.fullmatch(value):
-            shown = value if len(value) <= 40 else value[:40] + "…"
-            raise ValueError(f"amount {shown!r} is not a decimal string like \"1000.00\" "
-                             "(at most 15 integer digits and two decimals)")
+            raise ValueError(_why_not_an_amount(value))
         return round_money(Decimal(value))
     if isinstance(value, int):
         if abs(value) > MAX_AMOUNT:
@@ -60,6 +61,15 @@ def parse_amount(value: Any) -> Decimal:
     if value.as_tuple().exponent < -2:
         raise ValueError(f"amount {value} has more than two decimals")
     return round_money(value)
+
+
+def _why_not_an_amount(value: str) -> str:
+    if len(value) <= 40 and (plain := _PLAIN_DECIMAL.fullmatch(value)):
+        if len(plain["digits"]) > 15:
+            return f"amount {value} exceeds the largest amount {MAX_AMOUNT} (15 integer digits)"
+        return f"amount {value} has more than two decimals"
+    shown = value if len(value) <= 40 else value[:40] + "…"
+    return f"amount {shown!r} is not a decimal string like \"1000.00\" (at most 15 integer digits and two decimals)"
 
 
 def format_amount(value: Decimal) -> str:

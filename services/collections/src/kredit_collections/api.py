@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -41,7 +43,8 @@ router = APIRouter(prefix="/api/v1", tags=["collections"])
 async def get_customer_transactions(account: Id, session: SessionDep) -> CustomerTransactionsOut:
     """The customer's transactions, oldest first. `debit` and `credit` show the original amount in its
     column and null in the other; `balance` is what is still open (0.00 once settled)."""
-    rows = await handlers.customer_transactions(session, account)
+    with _refusals_as_http_errors():
+        rows = await handlers.customer_transactions(session, account)
     return CustomerTransactionsOut(customer_account=account, transactions=[CustomerTransactionOut.of(r) for r in rows])
 
 
@@ -72,14 +75,12 @@ async def get_open_invoices(session: SessionDep, customer_account: Id | None = N
 })
 async def post_write_off(body: WriteOffIn, runtime: RuntimeDep, setup: SetupDep) -> WriteOffAccepted:
     """Propose a write-off journal to ledger-posting (the journal name of the write-off parameters)."""
-    try:
+    with _refusals_as_http_errors():
         async with runtime.transaction() as tx:
             write_off_id = await handlers.request_write_off(
                 tx, setup, body.customer_account, vouchers=body.vouchers, invoice_id=body.invoice_id,
                 reason_code=body.reason_code, reason_comment=body.reason_comment, on=body.date,
             )
-    except WriteOffError as e:
-        raise HTTPException(_status(e), str(e)) from None
     return WriteOffAccepted(write_off_id=write_off_id)
 
 
@@ -98,11 +99,9 @@ async def get_write_off_parameters(runtime: RuntimeDep, setup: SetupDep) -> Writ
 
 @router.put("/parameters/write-off", responses={422: {"description": "Unknown journal name or reason code"}})
 async def put_write_off_parameters(body: WriteOffParametersIO, runtime: RuntimeDep, setup: SetupDep) -> WriteOffParametersIO:
-    try:
+    with _refusals_as_http_errors():
         async with runtime.transaction() as tx:
             return WriteOffParametersIO.of(await handlers.change_write_off_parameters(tx, setup, body.to_setup()))
-    except WriteOffError as e:
-        raise HTTPException(_status(e), str(e)) from None
 
 
 @router.get("/reason-codes")
@@ -110,8 +109,11 @@ async def get_reason_codes(setup: SetupDep) -> ReasonCodesOut:
     return ReasonCodesOut(reason_codes=[ReasonCodeOut(code=c, description=d) for c, d in setup.reason_codes.items()])
 
 
-def _status(error: WriteOffError) -> int:
-    """A refused write-off (or parameter change) answers 4xx with the domain's message."""
-    if isinstance(error, UnknownCustomer):
-        return 404
-    return 409 if isinstance(error, WriteOffConflict) else 422
+@contextmanager
+def _refusals_as_http_errors() -> Iterator[None]:
+    """A refused write-off (or parameter change, or an unknown customer) answers 4xx with the domain's message."""
+    try:
+        yield
+    except WriteOffError as e:
+        status = 404 if isinstance(e, UnknownCustomer) else 409 if isinstance(e, WriteOffConflict) else 422
+        raise HTTPException(status, str(e)) from None

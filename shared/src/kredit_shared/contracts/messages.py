@@ -101,6 +101,8 @@ _PERCENT = re.compile(PERCENT_PATTERN)
 
 def _parse_percent(value: Any) -> Decimal:
     """A JSON string such as "1.00" (or an integer, or a Decimal in Python) from 0 to 100."""
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= 100:
+        value = int(value)  # JSON's 2.0 is the integer 2
     if isinstance(value, (float, bool)):
         raise ValueError("percent must be a decimal string such as \"1.00\"")
     if isinstance(value, str):
