@@ -101,6 +101,8 @@ BAD_QUERIES = [
     ("invoicing", "/api/v1/invoices/" + "9" * 65, "invoice_id"),
     ("ledger-posting", "/api/v1/ledger-entries", "give an account or a voucher"),
     ("ledger-posting", "/api/v1/trial-balance?as_of=2015-02-30", "as_of"),
+    ("ledger-posting", "/api/v1/trial-balance?as_of=0", "as_of"),  # a date, not a Unix timestamp
+    ("collections", "/api/v1/aged-balances?as_of=1", "as_of"),
     ("collections", "/api/v1/customers/%20/transactions", "account"),
     ("settlement", "/api/v1/customers/4027%00/open-transactions", "account"),
 ]

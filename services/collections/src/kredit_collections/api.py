@@ -26,7 +26,7 @@ from kredit_collections.schemas import (
     WriteOffParametersIO,
 )
 from kredit_shared.company_setup import CompanySetup
-from kredit_shared.contracts import Id
+from kredit_shared.contracts import Id, IsoDate
 from kredit_shared.service import RuntimeDep, SessionDep
 
 
@@ -51,7 +51,7 @@ async def get_customer_transactions(account: Id, session: SessionDep) -> Custome
 @router.get("/aged-balances")
 async def get_aged_balances(
     session: SessionDep, setup: SetupDep,
-    as_of: Annotated[dt.date | None, Query(description="YYYY-MM-DD; default today")] = None,
+    as_of: Annotated[IsoDate | None, Query(description="YYYY-MM-DD; default today")] = None,
 ) -> AgedBalancesOut:
     """Open balances per customer (and currency) as of a date, aged by due date into the setup's buckets."""
     as_of = as_of or dt.date.today()

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from kredit_ledger_posting import domain, handlers
 from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow
 from kredit_shared.company_setup import CompanySetup
-from kredit_shared.contracts import Id, PostedJournalLine, Voucher
+from kredit_shared.contracts import Id, IsoDate, PostedJournalLine, Voucher
 from kredit_shared.money import Amount, Total
 from kredit_shared.service import RuntimeDep, SessionDep
 
@@ -162,7 +162,7 @@ async def ledger_entries(session: SessionDep, account: Id | None = None, voucher
 
 @router.get("/trial-balance", response_model=TrialBalanceOut)
 async def get_trial_balance(
-    session: SessionDep, setup: SetupDep, as_of: Annotated[date | None, Query(description="default: today")] = None
+    session: SessionDep, setup: SetupDep, as_of: Annotated[IsoDate | None, Query(description="YYYY-MM-DD; default: today")] = None
 ) -> TrialBalanceOut:
     balance = await handlers.trial_balance(session, setup, as_of or date.today())
     return TrialBalanceOut(
