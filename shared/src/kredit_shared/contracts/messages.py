@@ -11,6 +11,7 @@ validation error and never a database or arithmetic failure further on:
   of letters, digits and `.`, `_`, `:`, `-`, starting with a letter or digit, so every id works
   unescaped as a URL path segment; vouchers, batch numbers and settlement ids, which services
   derive from other ids by adding prefixes and suffixes, are `Voucher`s: the same characters, 1-128;
+  settlement ids (two vouchers joined by "/") 1-300 characters without control characters;
 - codes (`Code`: payment terms, cash discount codes such as "1%14D", reason codes): 1-64
   characters, no control characters; names 200; free text 1,000 (tab and line breaks allowed);
 - lists (lines, tiers, settle marks, settled transactions): at most 1,000 entries.
@@ -292,7 +293,8 @@ class OpenItemsSettled(ContractMessage):
 
     topic: ClassVar[str] = topics.AR_SETTLEMENTS
 
-    settlement_id: Voucher
+    # Made by settlement from two vouchers ("ARP-10020/FTI-10020:1"); never part of a URL.
+    settlement_id: Annotated[str, StringConstraints(min_length=1, max_length=300, pattern=_NO_CONTROLS)]
     customer_account: Id
     settlement_date: IsoDate
     currency: Currency
