@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+import re
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any
 
 import pycountry
@@ -17,40 +18,84 @@ def round_money(value: Decimal) -> Decimal:
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
-def parse_amount(value: Any) -> Decimal:
-    """Accept a JSON string (or Decimal/int) with at most two decimals; refuse floats, NaN and infinities.
+MAX_AMOUNT = Decimal("999999999999999.99")
+"""The largest amount the contract carries: 15 integer digits. NUMERIC(18,2) (PostgreSQL) and int64
+cents (SQLite) hold it with room for sums; totals are summed exactly wherever they are stored."""
 
-    Floats are refused because 0.1 + 0.2 style binary errors must never reach a ledger.
-    """
-    if isinstance(value, bool) or isinstance(value, float):
+AMOUNT_PATTERN = r"^-?[0-9]{1,15}(\.[0-9]{1,2})?$"
+_AMOUNT = re.compile(AMOUNT_PATTERN)
+_PLAIN_DECIMAL = re.compile(r"-?(?P<digits>[0-9]+)(\.[0-9]+)?")
+
+
+def check_amount_bound(value: Decimal, what: str = "amount") -> Decimal:
+    """Refuse a finite value beyond ±MAX_AMOUNT (e.g. an invoice total of many maximal lines)."""
+    if abs(value) > MAX_AMOUNT:
+        raise ValueError(f"{what} {value:f} exceeds the largest amount {MAX_AMOUNT} (15 integer digits)")
+    return value
+
+
+def parse_amount(value: Any) -> Decimal:
+    """Accept a JSON string of the form `-?ddd[.dd]` (at most 15 integer digits, two decimals), a
+    JSON integer or a Decimal within that range; refuse floats, NaN, infinities, exponents, spaces.
+
+    Floats are refused because 0.1 + 0.2 style binary errors must never reach a ledger. Every
+    refusal is a ValueError (a validation error), never a decimal signal."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_AMOUNT:
+        value = int(value)  # JSON's 1000.0 is the integer 1000 (exact: the bound is below 2^53)
+    if isinstance(value, (bool, float)):
         raise ValueError("amount must be a decimal string such as \"1000.00\", not a JSON number with a fraction")
-    if isinstance(value, int):
-        value = Decimal(value)
     if isinstance(value, str):
-        try:
-            value = Decimal(value.strip())
-        except InvalidOperation:
-            raise ValueError(f"amount {value!r} is not a decimal number") from None
+        # Checked before Decimal(): it would also take " 1", "1_0", "1E+2", full-width digits and 10^400.
+        if len(value) > 20 or not _AMOUNT.fullmatch(value):
+            raise ValueError(_why_not_an_amount(value))
+        return round_money(Decimal(value))
+    if isinstance(value, int):
+        if abs(value) > MAX_AMOUNT:
+            raise ValueError(f"amount exceeds the largest amount {MAX_AMOUNT} (15 integer digits)")
+        return round_money(Decimal(value))
     if not isinstance(value, Decimal):
         raise ValueError(f"amount must be a decimal string, got {type(value).__name__}")
     if not value.is_finite():
         raise ValueError("amount must be a finite number")
+    check_amount_bound(value)
     if value.as_tuple().exponent < -2:
         raise ValueError(f"amount {value} has more than two decimals")
     return round_money(value)
+
+
+def _why_not_an_amount(value: str) -> str:
+    if len(value) <= 40 and (plain := _PLAIN_DECIMAL.fullmatch(value)):
+        if len(plain["digits"]) > 15:
+            return f"amount {value} exceeds the largest amount {MAX_AMOUNT} (15 integer digits)"
+        return f"amount {value} has more than two decimals"
+    shown = value if len(value) <= 40 else value[:40] + "…"
+    return f"amount {shown!r} is not a decimal string like \"1000.00\" (at most 15 integer digits and two decimals)"
 
 
 def format_amount(value: Decimal) -> str:
     return str(round_money(value))
 
 
+_AMOUNT_SCHEMA = {"type": "string", "pattern": AMOUNT_PATTERN, "examples": ["1000.00"]}
+
 Amount = Annotated[
     Decimal,
     BeforeValidator(parse_amount),
     PlainSerializer(format_amount, return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "pattern": r"^-?\d+(\.\d{1,2})?$", "examples": ["1000.00"]}),
+    # Input: the string form, or (kept for compatibility) an integer within the bound.
+    WithJsonSchema({"anyOf": [_AMOUNT_SCHEMA, {"type": "integer", "minimum": -int(MAX_AMOUNT),
+                                               "maximum": int(MAX_AMOUNT)}]}, mode="validation"),
+    WithJsonSchema(_AMOUNT_SCHEMA, mode="serialization"),
 ]
-"""A money amount: Decimal in Python, a two-decimal string in JSON."""
+"""A money amount: Decimal in Python, a two-decimal string in JSON (at most 15 integer digits)."""
+
+Total = Annotated[
+    Decimal,
+    PlainSerializer(format_amount, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": r"^-?[0-9]+\.[0-9]{2}$", "examples": ["1000.00"]}),
+]
+"""A sum of amounts in a response (a trial balance, a customer's balance): like Amount on the wire,
+but not bounded to 15 digits, since many amounts may add up to more. Output only."""
 
 _ISO_4217 = frozenset(c.alpha_3 for c in pycountry.currencies)
 

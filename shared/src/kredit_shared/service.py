@@ -45,6 +45,7 @@ from kredit_shared.contracts.messages import ContractMessage
 from kredit_shared.contracts.topics import ALL_TOPICS, dead_letter_topic
 from kredit_shared.database import create_engine, create_session_factory, create_tables, ping
 from kredit_shared.errors import describe_validation_error
+from kredit_shared.http import install_http_hardening
 from kredit_shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -444,6 +445,7 @@ class ServiceRuntime:
         async def prometheus_metrics() -> Response:
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+        install_http_hardening(app, self.settings.http_max_body_bytes)
         for router in routers:
             app.include_router(router)
         return app

@@ -18,6 +18,8 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int
     database_url: str
+    # Larger request bodies are answered 413 before they are read (the largest valid one is ~200 kB).
+    http_max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     company_setup_file: Path | None = None  # None = the packaged demo company
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 
 from kredit_collections import handlers
 from kredit_collections.domain import CANCELLED, UnknownCustomer, WriteOffConflict, WriteOffError
@@ -26,12 +27,12 @@ from kredit_collections.schemas import (
     WriteOffParametersIO,
 )
 from kredit_shared.company_setup import CompanySetup
+from kredit_shared.contracts import Id, IsoDate
 from kredit_shared.service import RuntimeDep, SessionDep
 
 
 def _setup(request: Request) -> CompanySetup:
     return request.app.state.setup
-
 
 
 SetupDep = Annotated[CompanySetup, Depends(_setup)]
@@ -40,17 +41,18 @@ router = APIRouter(prefix="/api/v1", tags=["collections"])
 
 
 @router.get("/customers/{account}/transactions", responses={404: {"description": "No transactions of this customer"}})
-async def get_customer_transactions(account: str, session: SessionDep) -> CustomerTransactionsOut:
+async def get_customer_transactions(account: Id, session: SessionDep) -> CustomerTransactionsOut:
     """The customer's transactions, oldest first. `debit` and `credit` show the original amount in its
     column and null in the other; `balance` is what is still open (0.00 once settled)."""
-    rows = await handlers.customer_transactions(session, account)
+    with _refusals_as_http_errors():
+        rows = await handlers.customer_transactions(session, account)
     return CustomerTransactionsOut(customer_account=account, transactions=[CustomerTransactionOut.of(r) for r in rows])
 
 
 @router.get("/aged-balances")
 async def get_aged_balances(
     session: SessionDep, setup: SetupDep,
-    as_of: Annotated[dt.date | None, Query(description="YYYY-MM-DD; default today")] = None,
+    as_of: Annotated[IsoDate | None, Query(description="YYYY-MM-DD; default today")] = None,
 ) -> AgedBalancesOut:
     """Open balances per customer (and currency) as of a date, aged by due date into the setup's buckets."""
     as_of = as_of or dt.date.today()
@@ -60,7 +62,7 @@ async def get_aged_balances(
 
 
 @router.get("/open-invoices")
-async def get_open_invoices(session: SessionDep, customer_account: str | None = None) -> OpenInvoicesOut:
+async def get_open_invoices(session: SessionDep, customer_account: Id | None = None) -> OpenInvoicesOut:
     """Invoices and credit notes with a remaining balance, by due date; all customers unless filtered."""
     rows = await handlers.open_customer_invoices(session, customer_account)
     return OpenInvoicesOut(invoices=[OpenInvoiceOut.of(r) for r in rows])
@@ -74,16 +76,17 @@ async def get_open_invoices(session: SessionDep, customer_account: str | None = 
 })
 async def post_write_off(body: WriteOffIn, runtime: RuntimeDep, setup: SetupDep) -> WriteOffAccepted:
     """Propose a write-off journal to ledger-posting (the journal name of the write-off parameters)."""
-    async with runtime.transaction() as tx:
-        write_off_id = await handlers.request_write_off(
-            tx, setup, body.customer_account, vouchers=body.vouchers, invoice_id=body.invoice_id,
-            reason_code=body.reason_code, reason_comment=body.reason_comment, on=body.date,
-        )
+    with _refusals_as_http_errors():
+        async with runtime.transaction() as tx:
+            write_off_id = await handlers.request_write_off(
+                tx, setup, body.customer_account, vouchers=body.vouchers, invoice_id=body.invoice_id,
+                reason_code=body.reason_code, reason_comment=body.reason_comment, on=body.date,
+            )
     return WriteOffAccepted(write_off_id=write_off_id)
 
 
 @router.get("/write-offs/{write_off_id}", responses={404: {"description": "Unknown write-off"}})
-async def get_write_off(write_off_id: str, session: SessionDep) -> WriteOffOut:
+async def get_write_off(write_off_id: Id, session: SessionDep) -> WriteOffOut:
     if (row := await handlers.write_off_request(session, write_off_id)) is None:
         raise HTTPException(404, f"no write-off {write_off_id!r}")
     return WriteOffOut.of(row)
@@ -122,8 +125,9 @@ async def get_write_off_parameters(runtime: RuntimeDep, setup: SetupDep) -> Writ
 
 @router.put("/parameters/write-off", responses={422: {"description": "Unknown journal name or reason code"}})
 async def put_write_off_parameters(body: WriteOffParametersIO, runtime: RuntimeDep, setup: SetupDep) -> WriteOffParametersIO:
-    async with runtime.transaction() as tx:
-        return WriteOffParametersIO.of(await handlers.change_write_off_parameters(tx, setup, body.to_setup()))
+    with _refusals_as_http_errors():
+        async with runtime.transaction() as tx:
+            return WriteOffParametersIO.of(await handlers.change_write_off_parameters(tx, setup, body.to_setup()))
 
 
 @router.get("/reason-codes")
@@ -131,17 +135,11 @@ async def get_reason_codes(setup: SetupDep) -> ReasonCodesOut:
     return ReasonCodesOut(reason_codes=[ReasonCodeOut(code=c, description=d) for c, d in setup.reason_codes.items()])
 
 
-def _status(error: WriteOffError) -> int:
-    if isinstance(error, UnknownCustomer):
-        return 404
-    return 409 if isinstance(error, WriteOffConflict) else 422
-
-
-async def _write_off_error(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, WriteOffError)
-    return JSONResponse({"detail": str(error)}, status_code=_status(error))
-
-
-def add_error_handlers(app: FastAPI) -> None:
-    """A refused write-off (or parameter change) answers 4xx with the domain's message."""
-    app.add_exception_handler(WriteOffError, _write_off_error)
+@contextmanager
+def _refusals_as_http_errors() -> Iterator[None]:
+    """A refused write-off (or parameter change, or an unknown customer) answers 4xx with the domain's message."""
+    try:
+        yield
+    except WriteOffError as e:
+        status = 404 if isinstance(e, UnknownCustomer) else 409 if isinstance(e, WriteOffConflict) else 422
+        raise HTTPException(status, str(e)) from None

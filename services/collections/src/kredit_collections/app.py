@@ -29,7 +29,6 @@ def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
     runtime.subscribe(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, handlers.record_journal_event)
     app = runtime.http_app("Kredit collections", routers=[api.router])
     app.state.setup = setup
-    api.add_error_handlers(app)
     return app
 
 

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kredit_collections.domain import AgedBalance, TransactionBalance
 from kredit_collections.tables import WriteOffRequestRow
 from kredit_shared.company_setup import WriteOffParameters
-from kredit_shared.contracts import GeneralJournalLine, IsoDate, TransactionType
-from kredit_shared.money import Amount
-
-NonEmpty = Annotated[str, Field(min_length=1, max_length=100)]
+from kredit_shared.contracts import (
+    MAX_LIST_LENGTH,
+    Code,
+    GeneralJournalLine,
+    Id,
+    IsoDate,
+    Text,
+    TransactionType,
+    Voucher,
+)
+from kredit_shared.money import Amount, Total
 
 
 class _In(BaseModel):
@@ -30,7 +36,7 @@ class CustomerTransactionOut(BaseModel):
     invoice_id: str | None
     debit: Amount | None = Field(description="The original amount of a debit transaction; null on a credit.")
     credit: Amount | None = Field(description="The original amount of a credit transaction; null on a debit.")
-    balance: Amount = Field(description="What is still open on the transaction: signed, debit positive.")
+    balance: Total = Field(description="What is still open on the transaction: signed, debit positive.")
     currency: str
     due_date: dt.date | None
 
@@ -54,8 +60,8 @@ class AgedBalanceOut(BaseModel):
     customer_account: str
     customer_name: str | None
     currency: str
-    balance: Amount
-    buckets: dict[str, Amount] = Field(description="Open amount per aging bucket (days past the due date).")
+    balance: Total
+    buckets: dict[str, Total] = Field(description="Open amount per aging bucket (days past the due date).")
 
     @classmethod
     def of(cls, row: AgedBalance) -> AgedBalanceOut:
@@ -79,7 +85,7 @@ class OpenInvoiceOut(BaseModel):
     due_date: dt.date | None
     currency: str
     amount: Amount = Field(description="The invoice's original amount, signed (negative on a credit note).")
-    balance: Amount = Field(description="What is still open, signed.")
+    balance: Total = Field(description="What is still open, signed.")
 
     @classmethod
     def of(cls, row: TransactionBalance) -> OpenInvoiceOut:
@@ -99,11 +105,12 @@ class OpenInvoicesOut(BaseModel):
 class WriteOffIn(_In):
     """Without `vouchers` or `invoice_id`, the customer's whole open balance is written off."""
 
-    customer_account: NonEmpty
-    vouchers: list[str] | None = Field(default=None, description="Write off just these open transactions.")
-    invoice_id: str | None = Field(default=None, description="Write off just this open invoice.")
-    reason_code: str | None = Field(default=None, description="Default: the write-off parameters' reason code.")
-    reason_comment: str | None = Field(default=None, max_length=500)
+    customer_account: Id
+    vouchers: list[Voucher] | None = Field(default=None, max_length=MAX_LIST_LENGTH,
+                                           description="Write off just these open transactions.")
+    invoice_id: Id | None = Field(default=None, description="Write off just this open invoice.")
+    reason_code: Code | None = Field(default=None, description="Default: the write-off parameters' reason code.")
+    reason_comment: Text | None = Field(default=None, max_length=500)
     date: IsoDate | None = Field(default=None, description="The write-off's transaction date; default today.")
 
 
@@ -137,8 +144,8 @@ class WriteOffOut(BaseModel):
 
 
 class WriteOffParametersIO(_In):
-    journal_name: NonEmpty
-    reason_code: NonEmpty
+    journal_name: Id
+    reason_code: Code
     separate_sales_tax: bool
 
     @classmethod

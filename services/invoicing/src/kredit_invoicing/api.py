@@ -14,13 +14,11 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_invoicing.tables import DiscountTierRow, InvoiceLineRow, InvoiceRow, VoucherLineRow
+from kredit_shared.contracts import Id
 from kredit_shared.money import CENT, Amount
 from kredit_shared.service import SessionDep
 
 router = APIRouter(prefix="/api/v1/invoices", tags=["invoices"])
-
-
-
 
 
 class LineOut(BaseModel):
@@ -71,8 +69,8 @@ class InvoiceListOut(BaseModel):
     invoices: list[InvoiceOut]
 
 
-@router.get("/{invoice_id}")
-async def get_invoice(invoice_id: str, session: SessionDep) -> InvoiceOut:
+@router.get("/{invoice_id}", responses={404: {"description": "No invoice or credit note with this id"}})
+async def get_invoice(invoice_id: Id, session: SessionDep) -> InvoiceOut:
     invoice = await session.get(InvoiceRow, invoice_id)
     if invoice is None:
         raise HTTPException(404, f"invoice {invoice_id!r} is unknown: no invoice or credit note with that id is posted")
@@ -81,7 +79,7 @@ async def get_invoice(invoice_id: str, session: SessionDep) -> InvoiceOut:
 
 
 @router.get("")
-async def list_invoices(customer_account: Annotated[str, Query(min_length=1)], session: SessionDep) -> InvoiceListOut:
+async def list_invoices(customer_account: Annotated[Id, Query()], session: SessionDep) -> InvoiceListOut:
     """The customer's invoices and credit notes, oldest first."""
     query = (
         select(InvoiceRow)

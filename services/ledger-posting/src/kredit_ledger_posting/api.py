@@ -13,13 +13,11 @@ from sqlalchemy import select
 from kredit_ledger_posting import domain, handlers
 from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow
 from kredit_shared.company_setup import CompanySetup
-from kredit_shared.contracts import PostedJournalLine
-from kredit_shared.money import Amount
+from kredit_shared.contracts import Id, IsoDate, PostedJournalLine, Voucher
+from kredit_shared.money import Amount, Total
 from kredit_shared.service import RuntimeDep, SessionDep
 
 router = APIRouter(prefix="/api/v1", tags=["ledger"])
-
-
 
 
 def _setup(request: Request) -> CompanySetup:
@@ -43,8 +41,8 @@ class JournalSummary(BaseModel):
     created_at: datetime
     posted_at: datetime | None
     posting_date: date | None
-    total_debit: Amount
-    total_credit: Amount
+    total_debit: Total
+    total_credit: Total
 
     @classmethod
     def of(cls, row: JournalRow) -> JournalSummary:
@@ -90,17 +88,17 @@ class LedgerEntryList(BaseModel):
 class TrialBalanceRowOut(BaseModel):
     account: str
     name: str
-    debit: Amount
-    credit: Amount
-    balance: Amount
+    debit: Total
+    credit: Total
+    balance: Total
 
 
 class TrialBalanceOut(BaseModel):
     as_of: date
     currency: str
     accounts: list[TrialBalanceRowOut]
-    total_debit: Amount
-    total_credit: Amount
+    total_debit: Total
+    total_credit: Total
 
 
 class AccountOut(BaseModel):
@@ -112,7 +110,7 @@ class AccountOut(BaseModel):
 @router.get("/journals", response_model=JournalList)
 async def list_journals(
     session: SessionDep,
-    journal_name: str | None = None,
+    journal_name: Id | None = None,
     status: domain.JournalStatus | None = None,
 ) -> JournalList:
     query = select(JournalRow).order_by(JournalRow.created_at, JournalRow.batch_number)
@@ -124,8 +122,9 @@ async def list_journals(
     return JournalList(journals=[JournalSummary.of(row) for row in rows])
 
 
-@router.get("/journals/{batch_number}", response_model=JournalDetail)
-async def get_journal(batch_number: str, session: SessionDep) -> JournalDetail:
+@router.get("/journals/{batch_number}", response_model=JournalDetail,
+            responses={404: {"description": "unknown batch"}})
+async def get_journal(batch_number: Voucher, session: SessionDep) -> JournalDetail:
     row = await session.get(JournalRow, batch_number)
     if row is None:
         raise HTTPException(404, f"no journal with batch number {batch_number!r}")
@@ -138,7 +137,7 @@ async def get_journal(batch_number: str, session: SessionDep) -> JournalDetail:
     responses={404: {"description": "unknown batch"},
                409: {"description": "already posted, voided (its request was cancelled) or unbalanced"}},
 )
-async def post_journal(batch_number: str, runtime: RuntimeDep, setup: SetupDep) -> JournalDetail:
+async def post_journal(batch_number: Voucher, runtime: RuntimeDep, setup: SetupDep) -> JournalDetail:
     try:
         async with runtime.transaction() as tx:
             row = await handlers.post_general_journal(tx, batch_number, setup)
@@ -149,8 +148,9 @@ async def post_journal(batch_number: str, runtime: RuntimeDep, setup: SetupDep) 
     return JournalDetail.of(row)
 
 
-@router.get("/ledger-entries", response_model=LedgerEntryList)
-async def ledger_entries(session: SessionDep, account: str | None = None, voucher: str | None = None) -> LedgerEntryList:
+@router.get("/ledger-entries", response_model=LedgerEntryList,
+            responses={422: {"description": "neither an account nor a voucher given, or an invalid one"}})
+async def ledger_entries(session: SessionDep, account: Id | None = None, voucher: Voucher | None = None) -> LedgerEntryList:
     if account is None and voucher is None:
         raise HTTPException(422, "give an account or a voucher")
     query = select(LedgerEntryRow).order_by(LedgerEntryRow.id)
@@ -164,7 +164,7 @@ async def ledger_entries(session: SessionDep, account: str | None = None, vouche
 
 @router.get("/trial-balance", response_model=TrialBalanceOut)
 async def get_trial_balance(
-    session: SessionDep, setup: SetupDep, as_of: Annotated[date | None, Query(description="default: today")] = None
+    session: SessionDep, setup: SetupDep, as_of: Annotated[IsoDate | None, Query(description="YYYY-MM-DD; default: today")] = None
 ) -> TrialBalanceOut:
     balance = await handlers.trial_balance(session, setup, as_of or date.today())
     return TrialBalanceOut(

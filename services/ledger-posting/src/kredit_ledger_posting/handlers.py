@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_ledger_posting import domain
@@ -15,6 +15,7 @@ from kredit_ledger_posting.tables import (
     LedgerEntryRow,
     NumberSequenceRow,
     PostedVoucherRow,
+    account_totals,
 )
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import (
@@ -136,12 +137,7 @@ async def post_general_journal(tx: Transaction, batch_number: str, setup: Compan
 
 
 async def trial_balance(session: AsyncSession, setup: CompanySetup, as_of: date) -> domain.TrialBalance:
-    totals = await session.exec(
-        select(LedgerEntryRow.account, func.sum(LedgerEntryRow.debit), func.sum(LedgerEntryRow.credit))
-        .where(LedgerEntryRow.posting_date <= as_of)
-        .group_by(LedgerEntryRow.account)
-    )
-    return domain.trial_balance_from_totals({a: (d, c) for a, d, c in totals.all()}, setup, as_of)
+    return domain.trial_balance_from_totals(await account_totals(session, as_of), setup, as_of)
 
 
 async def _insert_entries(session: AsyncSession, entries: Sequence[domain.LedgerEntry]) -> None:

@@ -6,8 +6,9 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, func, select, type_coerce
 from sqlmodel import Field, SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_ledger_posting.domain import Journal, LedgerEntry
 from kredit_shared.contracts import PostedJournalLine
@@ -110,6 +111,34 @@ class NumberSequenceRow(SQLModel, table=True):
     journal_name: str
     kind: str  # "batch" or "voucher"
     last_value: int = 0
+
+
+# SQLite keeps money as int64 cents and its SUM() fails with "integer overflow" past ~92 entries of
+# the largest amount (10^17 cents each). There each sum is taken in two parts that cannot overflow
+# below ~10^10 rows: the cents divided by 10^9 and their remainder (both truncate towards zero, so
+# high * 10^9 + low is the exact total, negatives included).
+_SPLIT = 10**9
+
+
+async def account_totals(session: AsyncSession, as_of: date) -> dict[str, tuple[Decimal, Decimal]]:
+    """Debit and credit totals per account of the entries posted up to `as_of`, exact on every database."""
+    query_filter = LedgerEntryRow.posting_date <= as_of
+    if session.bind is None or session.bind.dialect.name != "sqlite":
+        # NUMERIC sums are exact and unbounded on PostgreSQL.
+        totals = await session.exec(
+            select(LedgerEntryRow.account, func.sum(LedgerEntryRow.debit), func.sum(LedgerEntryRow.credit))
+            .where(query_filter).group_by(LedgerEntryRow.account)
+        )
+        return {account: (debit, credit) for account, debit, credit in totals.all()}
+    parts = []
+    for column in (LedgerEntryRow.debit, LedgerEntryRow.credit):
+        cents = type_coerce(column, BigInteger)
+        parts += [func.sum(cents.op("/")(_SPLIT)), func.sum(cents.op("%")(_SPLIT))]
+    totals = await session.exec(select(LedgerEntryRow.account, *parts).where(query_filter).group_by(LedgerEntryRow.account))
+    return {
+        account: (Decimal(debit_high * _SPLIT + debit_low).scaleb(-2), Decimal(credit_high * _SPLIT + credit_low).scaleb(-2))
+        for account, debit_high, debit_low, credit_high, credit_low in totals.all()
+    }
 
 
 TABLES = [LedgerEntryRow.__table__, PostedVoucherRow.__table__, JournalRow.__table__, JournalCancellationRow.__table__,

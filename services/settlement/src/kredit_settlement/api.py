@@ -12,12 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from kredit_settlement import handlers
 from kredit_settlement.domain import Mark, MarkRejected, OpenTransaction
 from kredit_settlement.handlers import Postings
-from kredit_shared.contracts import IsoDate
+from kredit_shared.contracts import MAX_LIST_LENGTH, Code, Id, IsoDate
 from kredit_shared.money import Amount
 from kredit_shared.service import RuntimeDep
 
 router = APIRouter(prefix="/api/v1", tags=["settlement"])
-
 
 
 def _postings(request: Request) -> Postings:
@@ -39,15 +38,15 @@ class Parameters(_Input):
 
 
 class PreviewMarkIn(_Input):
-    invoice_id: str = Field(min_length=1)
+    invoice_id: Id
     amount_to_settle: Amount | None = None  # omitted: the whole open balance
-    use_cash_discount: str = "Normal"
+    use_cash_discount: Code = "Normal"
 
 
 class PreviewIn(_Input):
-    customer_account: str = Field(min_length=1)
+    customer_account: Id
     payment_date: IsoDate
-    marks: list[PreviewMarkIn] = Field(min_length=1)
+    marks: list[PreviewMarkIn] = Field(min_length=1, max_length=MAX_LIST_LENGTH)
 
 
 class PreviewMarkOut(BaseModel):
@@ -141,7 +140,7 @@ async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, postings: Pos
 
 
 @router.get("/customers/{account}/open-transactions")
-async def get_open_transactions(account: str, runtime: RuntimeDep, include_settled: bool = False) -> OpenTransactionsOut:
+async def get_open_transactions(account: Id, runtime: RuntimeDep, include_settled: bool = False) -> OpenTransactionsOut:
     """The customer's transactions with a balance still open (all of them with `include_settled=true`)."""
     async with runtime.sessions() as session:
         transactions = await handlers.open_transactions(session, account, include_settled)

@@ -1,7 +1,20 @@
 """Message models of the contract (see ARCHITECTURE.md, "Contract: topics").
 
 Every message carries `message_id`, fixed by its producer (the outbox row), which consumers use
-as the idempotency key. Unknown fields are ignored so producers can extend messages compatibly.
+as the idempotency key: a message parsed from JSON must have one; only Python code constructing a
+message gets a fresh one. Unknown fields are ignored so producers can extend messages compatibly.
+
+Bounds (the same for Kafka and HTTP, and in the JSON schemas), so that hostile input is a
+validation error and never a database or arithmetic failure further on:
+- amounts: `money.Amount` (at most 15 integer digits, two decimals); percents 0-100, six decimals;
+- identifiers (`Id`: customer accounts, invoice and payment ids, ledger accounts): 1-64 characters
+  of letters, digits and `.`, `_`, `:`, `-`, starting with a letter or digit, so every id works
+  unescaped as a URL path segment; vouchers, batch numbers and settlement ids, which services
+  derive from other ids by adding prefixes and suffixes, are `Voucher`s: the same characters, 1-128;
+  settlement ids (two vouchers joined by "/") 1-300 characters without control characters;
+- codes (`Code`: payment terms, cash discount codes such as "1%14D", reason codes): 1-64
+  characters, no control characters; names 200; free text 1,000 (tab and line breaks allowed);
+- lists (lines, tiers, settle marks, settled transactions): at most 1,000 entries.
 """
 
 from __future__ import annotations
@@ -9,17 +22,29 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, TypeAdapter, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    TypeAdapter,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
 
 from kredit_shared.contracts import topics
-from kredit_shared.money import Amount, Currency
+from kredit_shared.money import Amount, Currency, check_amount_bound
 
 __all__ = [
     "AccountType",
     "CashDiscountTier",
+    "Code",
     "ContractMessage",
     "CustomerInvoiceIssued",
     "CustomerPaymentReceived",
@@ -28,6 +53,7 @@ __all__ = [
     "GeneralJournalLine",
     "GeneralJournalMessage",
     "GeneralJournalRequested",
+    "Id",
     "InvoiceLine",
     "IsoDate",
     "JournalCancelRefused",
@@ -36,13 +62,17 @@ __all__ = [
     "JournalPosted",
     "JournalRejected",
     "JournalVoided",
+    "MAX_LIST_LENGTH",
     "MessageId",
+    "Name",
     "OpenItemsSettled",
     "PostedJournalLine",
     "Percent",
     "SettleMark",
     "SettledTransactionRef",
+    "Text",
     "TransactionType",
+    "Voucher",
     "VoucherLine",
     "VoucherPosted",
     "general_journal_adapter",
@@ -71,13 +101,26 @@ IsoDate = Annotated[
 ]
 
 
+PERCENT_PATTERN = r"^[0-9]{1,3}(\.[0-9]{1,6})?$"
+_PERCENT = re.compile(PERCENT_PATTERN)
+
+
 def _parse_percent(value: Any) -> Decimal:
+    """A JSON string such as "1.00" (or an integer, or a Decimal in Python) from 0 to 100."""
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= 100:
+        value = int(value)  # JSON's 2.0 is the integer 2
     if isinstance(value, (float, bool)):
         raise ValueError("percent must be a decimal string such as \"1.00\"")
-    try:
-        parsed = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ValueError(f"percent {value!r} is not a decimal number") from None
+    if isinstance(value, str):
+        if len(value) > 12 or not _PERCENT.fullmatch(value):
+            raise ValueError(f"percent {value[:20]!r} is not a decimal string like \"1.00\" (up to six decimals)")
+        parsed = Decimal(value)
+    elif isinstance(value, int):
+        parsed = Decimal(value) if -1 <= value <= 101 else Decimal(101)  # out of range either way
+    elif isinstance(value, Decimal):
+        parsed = value
+    else:
+        raise ValueError(f"percent must be a decimal string, got {type(value).__name__}")
     if not parsed.is_finite() or not (0 <= parsed <= 100):
         raise ValueError(f"percent {value!r} must be between 0 and 100")
     return parsed
@@ -87,7 +130,9 @@ Percent = Annotated[
     Decimal,
     BeforeValidator(_parse_percent),
     PlainSerializer(lambda v: format(v, "f"), return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "examples": ["1.00"]}),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": PERCENT_PATTERN, "examples": ["1.00"]},
+                              {"type": "integer", "minimum": 0, "maximum": 100}]}, mode="validation"),
+    WithJsonSchema({"type": "string", "examples": ["1.00"]}, mode="serialization"),
 ]
 
 
@@ -98,8 +143,20 @@ def _parse_message_id(value: Any) -> str:
         raise ValueError(f"message_id {value!r} is not a UUID") from None
 
 
-MessageId = Annotated[str, BeforeValidator(_parse_message_id)]
-NonEmpty = Annotated[str, Field(min_length=1, max_length=100)]
+MessageId = Annotated[str, BeforeValidator(_parse_message_id),
+                      WithJsonSchema({"type": "string", "format": "uuid"})]
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+# C0 controls and DEL never; free text keeps tab, line feed and carriage return.
+_NO_CONTROLS = r"^[^\x00-\x1F\x7F]*$"
+_TEXT = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F]*$"
+MAX_LIST_LENGTH = 1000
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=ID_PATTERN)]
+Voucher = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
+Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NO_CONTROLS)]
+Name = Annotated[str, StringConstraints(max_length=200, pattern=_NO_CONTROLS)]
+Text = Annotated[str, StringConstraints(max_length=1000, pattern=_TEXT)]
 
 TransactionType = Literal["Invoice", "CreditNote", "Payment", "CashDiscount", "WriteOff"]
 AccountType = Literal["Ledger", "Customer"]
@@ -116,6 +173,15 @@ class ContractMessage(BaseModel):
     topic: ClassVar[str]
 
     message_id: MessageId = Field(default_factory=new_message_id)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _message_id_from_its_producer(cls, data: Any, info: ValidationInfo) -> Any:
+        """A message read from JSON (a consumer) must carry its producer's id: a made-up one would
+        turn every redelivery into a new message. Python code constructing one gets a fresh id."""
+        if info.mode == "json" and isinstance(data, dict) and "message_id" not in data:
+            raise ValueError("message_id is required (the producer's UUID, used to skip redeliveries)")
+        return data
 
     def key(self) -> str:
         raise NotImplementedError
@@ -137,25 +203,35 @@ class CashDiscountTier(BaseModel):
 
 class InvoiceLine(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-    description: str = ""
+    description: Text = ""
     amount: Amount  # net of sales tax; negative on a credit note
     sales_tax_amount: Amount = Decimal("0.00")
-    revenue_account: str | None = None  # default from the company setup (401100)
+    revenue_account: Id | None = None  # default from the company setup (401100)
 
 
 class CustomerInvoiceIssued(ContractMessage):
     topic: ClassVar[str] = topics.ERP_CUSTOMER_INVOICES
 
-    invoice_id: NonEmpty
-    customer_account: NonEmpty
-    customer_name: str | None = None
+    invoice_id: Id
+    customer_account: Id
+    customer_name: Name | None = None
     invoice_date: IsoDate
     currency: Currency
-    payment_terms: str | None = None
+    payment_terms: Code | None = None
     due_date: IsoDate | None = None
-    cash_discount_code: str | None = None
-    cash_discounts: list[CashDiscountTier] | None = None
-    lines: list[InvoiceLine] = Field(min_length=1)
+    cash_discount_code: Code | None = None
+    cash_discounts: list[CashDiscountTier] | None = Field(default=None, max_length=MAX_LIST_LENGTH)
+    lines: list[InvoiceLine] = Field(min_length=1, max_length=MAX_LIST_LENGTH)
+
+    @model_validator(mode="after")
+    def _totals_within_bounds(self) -> CustomerInvoiceIssued:
+        """The invoice's totals are stored and posted like any amount, so they have its bound too."""
+        net = sum((line.amount for line in self.lines), Decimal(0))
+        tax = sum((line.sales_tax_amount for line in self.lines), Decimal(0))
+        check_amount_bound(net, "the invoice's net amount")
+        check_amount_bound(tax, "the invoice's sales tax amount")
+        check_amount_bound(net + tax, "the invoice's total")
+        return self
 
     def key(self) -> str:
         return self.customer_account
@@ -166,22 +242,22 @@ class CustomerInvoiceIssued(ContractMessage):
 
 class SettleMark(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-    invoice_id: NonEmpty
+    invoice_id: Id
     amount_to_settle: Amount | None = None
     # Kept a plain string so an invalid value rejects the mark, not the whole payment.
-    use_cash_discount: str = "Normal"
+    use_cash_discount: Code = "Normal"
 
 
 class CustomerPaymentReceived(ContractMessage):
     topic: ClassVar[str] = topics.ERP_CUSTOMER_PAYMENTS
 
-    payment_id: NonEmpty
-    customer_account: NonEmpty
+    payment_id: Id
+    customer_account: Id
     payment_date: IsoDate
     amount: Amount
     currency: Currency
-    bank_account: str | None = None  # default from the company setup (110110)
-    settle: list[SettleMark] | None = None
+    bank_account: Id | None = None  # default from the company setup (110110)
+    settle: list[SettleMark] | None = Field(default=None, max_length=MAX_LIST_LENGTH)
 
     def key(self) -> str:
         return self.customer_account
@@ -195,19 +271,19 @@ class CustomerTransactionPosted(ContractMessage):
 
     topic: ClassVar[str] = topics.AR_CUSTOMER_TRANSACTIONS
 
-    voucher: NonEmpty
+    voucher: Voucher
     transaction_type: TransactionType
-    customer_account: NonEmpty
-    customer_name: str | None = None
+    customer_account: Id
+    customer_name: Name | None = None
     transaction_date: IsoDate
-    invoice_id: str | None = None
+    invoice_id: Id | None = None
     amount: Amount
     currency: Currency
     due_date: IsoDate | None = None
-    cash_discounts: list[CashDiscountTier] = Field(default_factory=list)
-    cash_discount_account: str | None = None
+    cash_discounts: list[CashDiscountTier] = Field(default_factory=list, max_length=MAX_LIST_LENGTH)
+    cash_discount_account: Id | None = None
     sales_tax_amount: Amount = Decimal("0.00")
-    payment_id: str | None = None
+    payment_id: Id | None = None
 
     def key(self) -> str:
         return self.customer_account
@@ -222,15 +298,16 @@ class OpenItemsSettled(ContractMessage):
 
     topic: ClassVar[str] = topics.AR_SETTLEMENTS
 
-    settlement_id: NonEmpty
-    customer_account: NonEmpty
+    # Made by settlement from two vouchers ("ARP-10020/FTI-10020:1"); never part of a URL.
+    settlement_id: Annotated[str, StringConstraints(min_length=1, max_length=300, pattern=_NO_CONTROLS)]
+    customer_account: Id
     settlement_date: IsoDate
     currency: Currency
-    debit_voucher: NonEmpty
-    credit_voucher: NonEmpty
+    debit_voucher: Voucher
+    credit_voucher: Voucher
     amount_settled: Amount
     cash_discount_amount: Amount = Decimal("0.00")
-    cash_discount_voucher: str | None = None
+    cash_discount_voucher: Voucher | None = None
 
     def key(self) -> str:
         return self.customer_account
@@ -241,22 +318,22 @@ class OpenItemsSettled(ContractMessage):
 
 class VoucherLine(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-    account: NonEmpty
+    account: Id
     debit: Amount = Decimal("0.00")
     credit: Amount = Decimal("0.00")
-    text: str = ""
-    customer_account: str | None = None
+    text: Text = ""
+    customer_account: Id | None = None
 
 
 class VoucherPosted(ContractMessage):
     topic: ClassVar[str] = topics.GL_JOURNAL_LINES
 
-    voucher: NonEmpty
+    voucher: Voucher
     posting_date: IsoDate
     currency: Currency
-    source: str = ""
-    description: str = ""
-    lines: list[VoucherLine] = Field(min_length=1)
+    source: Name = ""
+    description: Text = ""
+    lines: list[VoucherLine] = Field(min_length=1, max_length=MAX_LIST_LENGTH)
 
     def key(self) -> str:
         return self.voucher
@@ -269,36 +346,36 @@ class SettledTransactionRef(BaseModel):
     """An open customer transaction that a `Customer` journal line settles, and by how much."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
-    voucher: NonEmpty
-    invoice_id: str | None = None
+    voucher: Voucher
+    invoice_id: Id | None = None
     amount: Amount  # signed like the transaction's open balance it removes
 
 
 class GeneralJournalLine(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     account_type: AccountType
-    account: NonEmpty
+    account: Id
     debit: Amount = Decimal("0.00")
     credit: Amount = Decimal("0.00")
     currency: Currency
     transaction_date: IsoDate
-    text: str = ""
-    reason_code: str | None = None
-    reason_comment: str | None = None
-    settles: list[SettledTransactionRef] = Field(default_factory=list)
+    text: Text = ""
+    reason_code: Code | None = None
+    reason_comment: Text | None = None
+    settles: list[SettledTransactionRef] = Field(default_factory=list, max_length=MAX_LIST_LENGTH)
     # Lines with the same group share one ledger voucher (numbered by ledger-posting); no group
     # anywhere = the whole journal is one voucher. A write-off groups each customer line with its
     # write-off account lines, so every written-off transaction gets a voucher of its own.
-    voucher_group: str | None = None
+    voucher_group: Voucher | None = None
 
 
 class GeneralJournalRequested(ContractMessage):
     topic: ClassVar[str] = topics.GL_GENERAL_JOURNALS
 
-    request_id: NonEmpty
-    journal_name: NonEmpty
-    description: str = ""
-    lines: list[GeneralJournalLine] = Field(min_length=1)
+    request_id: Id
+    journal_name: Id
+    description: Text = ""
+    lines: list[GeneralJournalLine] = Field(min_length=1, max_length=MAX_LIST_LENGTH)
 
     def key(self) -> str:
         return self.request_id
@@ -308,15 +385,15 @@ class GeneralJournalRequested(ContractMessage):
 
 
 class PostedJournalLine(GeneralJournalLine):
-    voucher: NonEmpty
+    voucher: Voucher
 
 
 class _JournalEvent(ContractMessage):
     topic: ClassVar[str] = topics.GL_JOURNAL_EVENTS
 
-    request_id: str | None = None
-    journal_name: NonEmpty
-    batch_number: NonEmpty
+    request_id: Id | None = None
+    journal_name: Id
+    batch_number: Voucher
 
     def key(self) -> str:
         return self.batch_number
@@ -329,7 +406,7 @@ class JournalCreated(_JournalEvent):
 class JournalPosted(_JournalEvent):
     event_type: Literal["JournalPosted"] = "JournalPosted"
     posting_date: IsoDate
-    lines: list[PostedJournalLine]
+    lines: list[PostedJournalLine] = Field(max_length=MAX_LIST_LENGTH)
 
 
 class JournalRejected(ContractMessage):
@@ -337,9 +414,11 @@ class JournalRejected(ContractMessage):
 
     topic: ClassVar[str] = topics.GL_JOURNAL_EVENTS
     event_type: Literal["JournalRejected"] = "JournalRejected"
-    request_id: NonEmpty
-    journal_name: str
-    reason: str
+    request_id: Id
+    journal_name: Name
+    # Written by ledger-posting from the journal it refused; not bounded in length so that no
+    # reason, however long, makes the refusal itself fail.
+    reason: Annotated[str, StringConstraints(pattern=_TEXT)]
 
     def key(self) -> str:
         return self.request_id
@@ -356,9 +435,9 @@ class GeneralJournalCancelRequested(ContractMessage):
 
     topic: ClassVar[str] = topics.GL_GENERAL_JOURNALS
     message_type: Literal["GeneralJournalCancelRequested"]
-    request_id: NonEmpty
-    journal_name: NonEmpty
-    reason: str = ""
+    request_id: Id
+    journal_name: Id
+    reason: Text = ""
 
     def key(self) -> str:
         return self.request_id
@@ -377,7 +456,7 @@ class JournalVoided(_JournalEvent):
     cancel (kept for audit, never postable); whatever it proposed is free again."""
 
     event_type: Literal["JournalVoided"] = "JournalVoided"
-    reason: str = ""
+    reason: Text = ""
 
 
 class JournalCancelRefused(_JournalEvent):
