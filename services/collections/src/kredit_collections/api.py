@@ -98,7 +98,7 @@ async def get_write_off(write_off_id: Id, session: SessionDep) -> WriteOffOut:
     409: {"description": "Already posted or rejected: nothing to cancel (the reason says which)"},
 })
 async def cancel_write_off(
-    write_off_id: str, runtime: RuntimeDep, response: Response,
+    write_off_id: Id, runtime: RuntimeDep, response: Response,
     body: Annotated[WriteOffCancelIn | None, Body()] = None,
 ) -> WriteOffOut:
     """Withdraw a write-off that is not posted yet (status requested or journal-created).
@@ -108,10 +108,11 @@ async def cancel_write_off(
     journal was posted before the cancel reached ledger-posting, the write-off ends `posted` and the
     refusal is its `reason`. The transactions stay reserved while `cancelling`, so an item is never
     written off twice. Asking again answers the current state and sends nothing more."""
-    async with runtime.transaction() as tx:
-        row = await handlers.cancel_write_off(tx, write_off_id, body.reason if body else None)
-        if row is None:
-            raise HTTPException(404, f"no write-off {write_off_id!r}")
+    with _refusals_as_http_errors():
+        async with runtime.transaction() as tx:
+            row = await handlers.cancel_write_off(tx, write_off_id, body.reason if body else None)
+    if row is None:
+        raise HTTPException(404, f"no write-off {write_off_id!r}")
     if row.status == CANCELLED:
         response.status_code = 200
     return WriteOffOut.of(row)

@@ -115,7 +115,7 @@ class WriteOffIn(_In):
 
 
 class WriteOffCancelIn(_In):
-    reason: str | None = Field(default=None, max_length=500, description="Why the write-off is withdrawn.")
+    reason: Text | None = Field(default=None, max_length=500, description="Why the write-off is withdrawn.")
 
 
 class WriteOffAccepted(BaseModel):
