@@ -99,6 +99,35 @@ class OpenTransactionsOut(BaseModel):
     transactions: list[OpenTransactionOut]
 
 
+class PendingMarkOut(BaseModel):
+    payment_id: str
+    customer_account: str
+    payment_date: dt.date
+    invoice_id: str
+    amount_to_settle: Amount | None
+    use_cash_discount: str
+    reserved: Amount  # what of the payment's open credit this mark holds until its invoice arrives
+
+
+class PendingWriteOffOut(BaseModel):
+    write_off_voucher: str
+    journal_batch_number: str
+    customer_account: str
+    voucher: str  # the transaction it names, not known to settlement yet
+    amount: Amount
+
+
+class PendingOut(BaseModel):
+    pending_marks: list[PendingMarkOut]
+    pending_write_offs: list[PendingWriteOffOut]
+
+
+class ReleasedOut(BaseModel):
+    payment_id: str
+    settled: list[dict[str, str]]  # what the released money settled at once: invoice voucher, cash, discount
+    open_amount: Amount  # what stays open on the payment, now an automatic credit
+
+
 # --- routes -----------------------------------------------------------------------------------
 
 
@@ -145,3 +174,37 @@ async def get_open_transactions(account: Id, runtime: RuntimeDep, include_settle
     async with runtime.sessions() as session:
         transactions = await handlers.open_transactions(session, account, include_settled)
     return OpenTransactionsOut(customer_account=account, transactions=[OpenTransactionOut.of(t) for t in transactions])
+
+
+@router.get("/pending-marks")
+async def get_pending(runtime: RuntimeDep, customer_account: str | None = None) -> PendingOut:
+    """What waits for a transaction settlement has not seen yet: payment marks on unknown invoices (their
+    money is reserved) and posted write-offs naming unknown transactions. State, not errors (docs/ordering.md)."""
+    async with runtime.sessions() as session:
+        marks = await handlers.pending_marks(session, customer_account)
+        write_offs = await handlers.pending_write_offs(session, customer_account)
+    return PendingOut(
+        pending_marks=[PendingMarkOut(**vars(m)) for m in marks],
+        pending_write_offs=[PendingWriteOffOut(write_off_voucher=w.write_off_voucher, voucher=w.voucher,
+                                               journal_batch_number=w.journal_batch_number,
+                                               customer_account=w.customer_account, amount=w.amount)
+                            for w in write_offs],
+    )
+
+
+@router.post("/pending-marks/{payment_id}/release", responses={404: {"description": "unknown payment"},
+                                                                409: {"description": "the payment holds nothing"}})
+async def release_pending_marks(payment_id: str, runtime: RuntimeDep, postings: PostingsDep) -> ReleasedOut:
+    """Give up waiting: drop the payment's pending marks and turn what is open of it into an ordinary
+    automatic credit, applied now to the customer's open invoices and later to new ones."""
+    try:
+        async with runtime.transaction() as tx:
+            result = await handlers.release_payment(postings, tx, payment_id)
+    except LookupError as e:
+        raise HTTPException(404, str(e)) from None
+    except handlers.NothingToRelease as e:
+        raise HTTPException(409, str(e)) from None
+    return ReleasedOut(
+        payment_id=payment_id, open_amount=-result.unused_amount,
+        settled=[{"debit_voucher": s.debit_voucher, "cash_applied": str(s.cash_applied),
+                  "cash_discount": str(s.cash_discount)} for s in result.settlements])

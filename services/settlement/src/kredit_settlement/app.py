@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from kredit_settlement import api, handlers, tables
 from kredit_settlement.handlers import Postings
@@ -34,6 +35,14 @@ def create_app(settings: SettlementSettings | None = None) -> FastAPI:
     runtime.subscribe(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, partial(handlers.settle_write_offs, postings))
 
     app = runtime.http_app("Kredit settlement", routers=[api.router])
+
+    @app.middleware("http")
+    async def pending_gauges(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path == "/metrics":  # the gauges count database state, the same for every replica
+            async with runtime.sessions() as session:
+                await handlers.refresh_pending_gauges(session)
+        return await call_next(request)
+
     app.state.postings = postings
     return app
 

@@ -74,6 +74,9 @@ class OpenTransaction:
     cash_discounts: tuple[DiscountTier, ...] = ()
     discount_taken: Decimal = ZERO
     cash_discount_account: str | None = None
+    # False for a payment that carried marks and for a write-off: its open balance is never applied
+    # automatically (docs/ordering.md), only by its marks, the write-off it belongs to, or an operator.
+    auto_settle: bool = True
 
 
 @dataclass(frozen=True)
@@ -139,14 +142,16 @@ class MarkPreview:
     amount_to_settle: Decimal
 
 
-def new_payment(voucher: str, customer_account: str, payment_date: date, amount: Decimal, currency: str) -> OpenTransaction:
-    """A received payment as an open credit."""
+def new_payment(voucher: str, customer_account: str, payment_date: date, amount: Decimal, currency: str,
+                marked: bool = False) -> OpenTransaction:
+    """A received payment as an open credit; a marked one is never applied automatically."""
     if amount <= 0:
         raise InvalidPayment(f"payment {voucher}: the amount must be positive, got {amount}")
     amount = round_money(amount)
     return OpenTransaction(
         voucher=voucher, customer_account=customer_account, transaction_type="Payment",
         transaction_date=payment_date, currency=currency, original_amount=-amount, open_amount=-amount,
+        auto_settle=not marked,
     )
 
 
@@ -291,18 +296,20 @@ def settle_credit(
     transactions = list(transactions)
     if marks is None:
         use = UseCashDiscount.NORMAL if credit.transaction_type == "Payment" else UseCashDiscount.NEVER
-        debits = [t for t in transactions if t.open_amount > 0
+        debits = [t for t in transactions if t.open_amount > 0 and t.auto_settle
                   and t.customer_account == credit.customer_account and t.currency == credit.currency]
         debits.sort(key=lambda t: (t.due_date or t.transaction_date, t.transaction_date, t.voucher))
         return _settle(credit, [(t, use, None) for t in debits], on, parameters)
 
     plan: _Plan = []
     rejected: list[RejectedMark] = []
+    seen: set[str] = set()
     for mark in marks:
         try:
-            if any(invoice.invoice_id == mark.invoice_id for invoice, _, _ in plan):
-                raise MarkRejected(mark.invoice_id, f"invoice {mark.invoice_id!r} is marked more than once")
             use = _use_cash_discount(mark)
+            if mark.invoice_id in seen:  # known or not: an unknown invoice marked twice waits only once
+                raise MarkRejected(mark.invoice_id, f"invoice {mark.invoice_id!r} is marked more than once")
+            seen.add(mark.invoice_id)
             invoice = find_marked_invoice(mark, transactions, credit.customer_account, credit.currency)
         except MarkRejected as e:
             rejected.append(RejectedMark(e.invoice_id, e.reason, isinstance(e, UnknownInvoice)))
@@ -314,25 +321,47 @@ def settle_credit(
 
 
 def settle_new_invoice(
-    invoice: OpenTransaction, transactions: Iterable[OpenTransaction], *, settlement_date: date | None = None
+    invoice: OpenTransaction, credits: Sequence[tuple[OpenTransaction, Mark | None]],
+    parameters: SettlementParameters = SettlementParameters(),
 ) -> list[SettlementResult]:
-    """Settle a newly posted invoice with the customer's open credits, oldest credit first.
+    """Settle a newly arrived invoice with the credits waiting for it, in the order they arrived.
 
-    No discount is taken: the credits were received before the invoice existed, so nothing was paid early.
-    Returns one result per credit used; apply them in order.
+    `credits` pairs each credit with the payment's pending mark on this invoice, or None for a credit that
+    settles automatically (an unmarked payment, a credit note). Each settles as it would have if the invoice
+    had been there first: a mark as settle_credit settles it, an unmarked payment with the `Normal` discount
+    as of its payment date, a credit note without discount. Returns one result per credit that settled
+    something or whose mark was rejected; apply them in order.
     """
-    on = settlement_date or invoice.transaction_date
-    credits = [t for t in transactions if t.open_amount < 0
-               and t.customer_account == invoice.customer_account and t.currency == invoice.currency]
-    credits.sort(key=lambda t: (t.transaction_date, t.voucher))
     results = []
-    for credit in credits:
-        if invoice.open_amount <= 0:
-            break
-        result = _settle(credit, [(invoice, UseCashDiscount.NEVER, None)], on, SettlementParameters())
-        results.append(result)
-        invoice = apply_settlement([invoice, credit], result)[0]
+    for credit, mark in credits:
+        if credit.open_amount >= 0:
+            continue  # a marked payment its earlier marks used up: the same as if the invoice had been there
+        if mark is not None:
+            result = settle_credit(credit, [invoice], marks=[mark], parameters=parameters)
+        elif (invoice.open_amount <= 0 or not credit.auto_settle or credit.customer_account != invoice.customer_account
+              or invoice.currency != credit.currency):
+            continue
+        elif credit.transaction_type == "Payment":
+            result = _settle(credit, [(invoice, UseCashDiscount.NORMAL, None)], credit.transaction_date, parameters)
+        else:
+            result = _settle(credit, [(invoice, UseCashDiscount.NEVER, None)], invoice.transaction_date, parameters)
+        if result.settlements or result.rejected_marks:
+            results.append(result)
+            invoice = apply_settlement([invoice, credit], result)[0]
     return results
+
+
+def reservations(open_credit: Decimal, marks: Sequence[Mark]) -> list[Decimal]:
+    """What a payment's pending marks hold of its open credit (a positive amount), mark by mark in the
+    payment's order: a mark with an amount to settle that amount, one without the rest, each capped at what
+    is left. Informational: when the invoices arrive the marks settle in the source's order (docs/ordering.md)."""
+    left = open_credit
+    held = []
+    for mark in marks:
+        take = left if mark.amount_to_settle is None else min(left, mark.amount_to_settle)
+        held.append(take)
+        left -= take
+    return held
 
 
 def apply_settlement(transactions: Sequence[OpenTransaction], result: SettlementResult) -> list[OpenTransaction]:
@@ -364,14 +393,11 @@ def apply_settlement(transactions: Sequence[OpenTransaction], result: Settlement
 
 
 def settle_new_transaction(transaction: OpenTransaction, transactions: Iterable[OpenTransaction]) -> list[SettlementResult]:
-    """Settle a newly posted invoice or credit note with what the customer has open, automatically.
-
-    A new invoice takes the open credits (settle_new_invoice); a new credit note pays the open debits, oldest
-    due date first, without discount. Anything else, or a transaction with nothing open, settles nothing.
+    """Settle a newly posted credit note with the customer's open debits, oldest due date first, without
+    discount. Anything else, or a credit note with nothing open, settles nothing (a new invoice is settled
+    by settle_new_invoice with the credits waiting for it, in their order of arrival).
     """
     others = [t for t in transactions if t.voucher != transaction.voucher]
-    if transaction.transaction_type == "Invoice" and transaction.open_amount > 0:
-        return [r for r in settle_new_invoice(transaction, others) if r.settlements]
     if transaction.transaction_type == "CreditNote" and transaction.open_amount < 0:
         result = settle_credit(transaction, others)
         return [result] if result.settlements else []
@@ -413,6 +439,7 @@ class WriteOffSettlement:
     settled: tuple[OpenTransaction, ...]  # the named transactions after the write-off, in the order named
     pairs: tuple[PairSettled, ...]
     shortfalls: tuple[str, ...]  # why part of the write-off settled nothing; it stays open on the write-off
+    pending: tuple[tuple[str, Decimal], ...] = ()  # named transactions not known yet: settled when they arrive
 
 
 def settle_write_off(
@@ -423,19 +450,22 @@ def settle_write_off(
     A named debit (invoice) is settled against the write-off as its credit, a named credit against the
     write-off as its debit, so the write-off's own balance ends at zero when everything named was open.
     The journal is posted already, so a transaction that is no longer open for the amount named is settled
-    for what is open and the difference is reported, never refused: it stays open on the write-off.
+    for what is open and the difference is reported, never refused: it stays open on the write-off. A
+    transaction settlement does not know yet is `pending`: the write-off holds that amount for it.
     """
     by_voucher = {t.voucher: t for t in transactions}
     left = write_off.open_amount
     pairs: list[PairSettled] = []
     shortfalls: list[str] = []
+    pending: list[tuple[str, Decimal]] = []
     settled: dict[str, OpenTransaction] = {}
     for voucher, wanted in named:
         t = settled.get(voucher) or by_voucher.get(voucher)
         problem = None
         if t is None:
-            problem = "is not an open transaction known to settlement"
-        elif t.customer_account != write_off.customer_account:
+            pending.append((voucher, wanted))
+            continue
+        if t.customer_account != write_off.customer_account:
             problem = f"belongs to customer {t.customer_account}, not {write_off.customer_account}"
         elif t.currency != write_off.currency:
             problem = f"is in {t.currency}, the write-off in {write_off.currency}"
@@ -458,4 +488,5 @@ def settle_write_off(
             pairs.append(PairSettled(write_off.voucher, t.voucher, amount))
             settled[voucher] = replace(t, open_amount=t.open_amount + amount)
             left -= amount
-    return WriteOffSettlement(replace(write_off, open_amount=left), tuple(settled.values()), tuple(pairs), tuple(shortfalls))
+    return WriteOffSettlement(replace(write_off, open_amount=left), tuple(settled.values()), tuple(pairs),
+                              tuple(shortfalls), tuple(pending))

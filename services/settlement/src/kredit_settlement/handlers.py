@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
+from decimal import Decimal
 
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kredit_settlement import domain
+from kredit_settlement import domain, metrics
 from kredit_settlement.domain import InvoiceSettlement, Mark, MarkPreview, OpenTransaction, SettlementResult
 from kredit_settlement.tables import (
     OpenItems,
     ParametersRow,
     PaymentRow,
     PendingMarkRow,
+    PendingWriteOffRow,
     SettlementRow,
     load_parameters,
     lock_customer,
 )
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import (
+    AR_CUSTOMER_TRANSACTIONS,
     ERP_CUSTOMER_PAYMENTS,
     GL_JOURNAL_EVENTS,
     CashDiscountTier,
@@ -69,7 +72,7 @@ class Postings:
 
 
 async def record_customer_transaction(postings: Postings, tx: Transaction, event: CustomerTransactionPosted) -> None:
-    """Keep a new invoice or credit note as an open item and settle it with what the customer has open."""
+    """Keep a new invoice or credit note as an open item and settle it with what is waiting for it."""
     store = OpenItems(tx.session)
     await lock_customer(tx.session, event.customer_account)
     if known := await store.find(event.voucher):
@@ -87,42 +90,71 @@ async def record_customer_transaction(postings: Postings, tx: Transaction, event
     transactions = await store.of_customer(event.customer_account, invoice_ids=[event.invoice_id] if event.invoice_id else ())
     if event.invoice_id and any(t.invoice_id == event.invoice_id for t in transactions):
         raise Rejected(f"invoice id {event.invoice_id} of {event.voucher} is already used by another transaction")
+    await store.save([new])
+    problems: list[str] = []
     if event.transaction_type == "Invoice":
-        new, transactions = await _settle_pending_marks(postings, tx, store, new, transactions)
-    results = domain.settle_new_transaction(new, transactions)
-    after = [new, *transactions]
-    for result in results:
-        after = domain.apply_settlement(after, result)
-    await store.save(after)
-    _record_settlements(tx, results, source=event.voucher)
+        problems += await _settle_waiting_credits(postings, tx, store, new, transactions)
+    else:
+        results = domain.settle_new_transaction(new, transactions)
+        after = [new, *transactions]
+        for result in results:
+            after = domain.apply_settlement(after, result)
+        await store.save(after)
+        _record_settlements(tx, results, source=event.voucher)
+    problems += await _settle_pending_write_offs(tx, store, event.voucher)
+    if problems:
+        tx.dead_letter(AR_CUSTOMER_TRANSACTIONS, event,
+                       f"{event.transaction_type} {event.voucher} was recorded, but what waited for it could not "
+                       f"all be settled: " + "; ".join(problems))
 
 
-async def _settle_pending_marks(
+async def _settle_waiting_credits(
     postings: Postings, tx: Transaction, store: OpenItems, invoice: OpenTransaction, others: list[OpenTransaction]
-) -> tuple[OpenTransaction, list[OpenTransaction]]:
-    """Settle the marks that payments received before this invoice put on it, as of their payment dates."""
-    pending = (await tx.session.exec(select(PendingMarkRow).where(
-        PendingMarkRow.customer_account == invoice.customer_account, PendingMarkRow.invoice_id == invoice.invoice_id,
-    ))).all()
-    if not pending:
-        return invoice, others
-    parameters = (await load_parameters(tx.session, postings.parameters)).to_domain()
-    by_voucher = {t.voucher: t for t in others}
-
-    def payment_order(row: PendingMarkRow) -> tuple[date, str]:
-        payment = by_voucher.get(row.payment_voucher)
-        return (payment.transaction_date if payment else date.max, row.payment_voucher)
-
-    for row in sorted(pending, key=payment_order):  # in payment order, so the early payment gets the discount
+) -> list[str]:
+    """Settle a new invoice with the payments' pending marks on it and the customer's automatic credits,
+    in the order the credits arrived: the result is the same as if the invoice had come first
+    (docs/ordering.md). Returns the reasons of marks that could not be settled (the rows are dropped)."""
+    pending = (await tx.session.exec(select(PendingMarkRow).where(PendingMarkRow.invoice_id == invoice.invoice_id))).all()
+    payments = await store.of_customer(invoice.customer_account, vouchers=[row.payment_voucher for row in pending])
+    by_voucher = {t.voucher: t for t in [*others, *payments]}
+    credits: list[tuple[OpenTransaction, Mark | None]] = [(by_voucher[row.payment_voucher], row.to_domain())
+                                                          for row in pending if row.payment_voucher in by_voucher]
+    credits += [(t, None) for t in others if t.open_amount < 0 and t.auto_settle]
+    credits.sort(key=lambda c: store.arrival(c[0].voucher))
+    for row in pending:
         await tx.session.delete(row)
-        payment = by_voucher.get(row.payment_voucher)
-        if payment is None or payment.open_amount >= 0:
-            continue  # the payment was used up by other settlements meanwhile
-        _, (payment, invoice) = await _settle_and_post(
-            postings, tx, store, payment, [invoice], [row.to_domain()], parameters,
-            source=f"{payment.voucher}/{invoice.voucher}")
-        by_voucher[payment.voucher] = payment
-    return invoice, [by_voucher.get(t.voucher, t) for t in others]
+    parameters = (await load_parameters(tx.session, postings.parameters)).to_domain()
+    results = domain.settle_new_invoice(invoice, credits, parameters)
+    problems = [f"pending mark of payment {r.credit_voucher}: {m.reason}" for r in results for m in r.rejected_marks]
+    after = [invoice, *by_voucher.values()]
+    for result in results:
+        after = await _post_settlement(postings, tx, store, result, after, source=f"{invoice.voucher}:{result.credit_voucher}")
+    metrics.count_on_commit(tx.session, "resolved", len(pending))
+    return problems
+
+
+async def _settle_pending_write_offs(tx: Transaction, store: OpenItems, voucher: str) -> list[str]:
+    """Settle the posted write-offs that named this transaction before settlement knew it, in the order
+    they were posted. Returns what could not be settled (it stays open on the write-off)."""
+    pending = (await tx.session.exec(select(PendingWriteOffRow).where(PendingWriteOffRow.voucher == voucher)
+                                     .order_by(PendingWriteOffRow.id))).all()
+    problems: list[str] = []
+    for row in pending:
+        await tx.session.delete(row)
+        write_off = await store.find(row.write_off_voucher)
+        if write_off is None:
+            continue
+        named = await store.of_customer(write_off.customer_account, vouchers=[voucher])
+        outcome = domain.settle_write_off(write_off, [(voucher, row.amount)], named)
+        await store.save([outcome.write_off, *outcome.settled])
+        for pair in outcome.pairs:
+            _record(tx, OpenItemsSettled(
+                settlement_id=f"{write_off.voucher}:{voucher}", customer_account=write_off.customer_account,
+                settlement_date=write_off.transaction_date, currency=write_off.currency,
+                debit_voucher=pair.debit_voucher, credit_voucher=pair.credit_voucher, amount_settled=pair.amount,
+            ))
+        problems += [f"write-off {write_off.voucher} (journal {row.journal_batch_number}): {s}" for s in outcome.shortfalls]
+    return problems
 
 
 def _open_transaction(event: CustomerTransactionPosted) -> OpenTransaction:
@@ -159,8 +191,9 @@ async def receive_payment(postings: Postings, tx: Transaction, payment: Customer
         raise Rejected(f"payment {payment.payment_id}: voucher {payment.payment_id} is already used by another transaction")
 
     parameters = (await load_parameters(tx.session, postings.parameters)).to_domain()
-    marks = None if payment.settle is None else [Mark(m.invoice_id, m.amount_to_settle, m.use_cash_discount)
-                                                 for m in payment.settle]
+    marks = [Mark(m.invoice_id, m.amount_to_settle, m.use_cash_discount) for m in payment.settle or []] or None
+    if marks is not None:
+        credit = replace(credit, auto_settle=False)
     transactions = await store.of_customer(payment.customer_account, invoice_ids=[m.invoice_id for m in marks or []])
     tx.session.add(PaymentRow(
         payment_id=payment.payment_id, message_id=payment.message_id, customer_account=payment.customer_account,
@@ -169,45 +202,46 @@ async def receive_payment(postings: Postings, tx: Transaction, payment: Customer
     ))
     tx.emit(_transaction_posted(credit, payment_id=payment.payment_id))
     tx.emit(_voucher(credit, bank_account, postings.summary_account, f"Payment {payment.payment_id}"))
-    result, _ = await _settle_and_post(postings, tx, store, credit, transactions, marks, parameters,
-                                       source=payment.payment_id)
-    if result.rejected_marks:
-        by_invoice = {m.invoice_id: m for m in marks or []}
-        for rejected in result.rejected_marks:
-            if rejected.invoice_unknown and rejected.invoice_id in by_invoice:
-                mark = by_invoice[rejected.invoice_id]
-                tx.session.add(PendingMarkRow(
-                    payment_voucher=payment.payment_id, invoice_id=mark.invoice_id,
-                    customer_account=payment.customer_account, amount_to_settle=mark.amount_to_settle,
-                    use_cash_discount=mark.use_cash_discount))
-        reasons = "; ".join(f"invoice {r.invoice_id!r}: {r.reason}"
-                            + (" (kept: it settles if that invoice arrives)" if r.invoice_unknown else "")
-                            for r in result.rejected_marks)
-        tx.dead_letter(ERP_CUSTOMER_PAYMENTS, payment,
-                       f"rejected mark(s) of payment {payment.payment_id}: {reasons}. The payment was posted; "
-                       f"{result.unused_amount} of it is open as a credit")
-
-
-async def _settle_and_post(
-    postings: Postings, tx: Transaction, store: OpenItems, credit: OpenTransaction,
-    transactions: list[OpenTransaction], marks: list[Mark] | None, parameters: domain.SettlementParameters,
-    source: str,
-) -> tuple[SettlementResult, list[OpenTransaction]]:
-    """Settle a payment per its marks (or automatically), post the cash discounts it takes, save, and
-    publish the settlements. Returns the result and [credit, *transactions] after it."""
+    await store.save([credit])
     result = domain.settle_credit(credit, transactions, marks=marks, parameters=parameters)
+    await _post_settlement(postings, tx, store, result, [credit, *transactions], source=payment.payment_id)
+    problems = await _settle_pending_write_offs(tx, store, payment.payment_id)
+    positions = {m.invoice_id: n for n, m in reversed(list(enumerate(marks or [])))}
+    waiting = [r for r in result.rejected_marks if r.invoice_unknown]
+    for mark in waiting:  # state, not an error: the payment's money waits for the invoice (docs/ordering.md)
+        original = (marks or [])[positions[mark.invoice_id]]
+        tx.session.add(PendingMarkRow(
+            payment_voucher=payment.payment_id, invoice_id=original.invoice_id, customer_account=payment.customer_account,
+            position=positions[mark.invoice_id], amount_to_settle=original.amount_to_settle,
+            use_cash_discount=original.use_cash_discount))
+    metrics.count_on_commit(tx.session, "kept", len(waiting))
+    problems = [f"invoice {r.invoice_id!r}: {r.reason}" for r in result.rejected_marks if not r.invoice_unknown] + problems
+    if problems:
+        tx.dead_letter(ERP_CUSTOMER_PAYMENTS, payment,
+                       f"rejected mark(s) of payment {payment.payment_id}: {'; '.join(problems)}. The payment was "
+                       f"posted; {result.unused_amount} of it is open as a credit"
+                       + (f", {len(waiting)} mark(s) wait for their invoice" if waiting else ""))
+
+
+async def _post_settlement(
+    postings: Postings, tx: Transaction, store: OpenItems, result: SettlementResult,
+    transactions: list[OpenTransaction], source: str,
+) -> list[OpenTransaction]:
+    """Post the cash discounts a credit's settlement takes, save, and publish the settlements.
+    Returns `transactions` after it."""
+    credit = next(t for t in transactions if t.voucher == result.credit_voucher)
     discounted = [s for s in result.settlements if s.cash_discount]
     discount_vouchers = dict(zip([s.debit_voucher for s in discounted],
                                  await _cash_discount_vouchers(store, credit.voucher, len(discounted))))
     discounts = [_cash_discount(credit, s, discount_vouchers[s.debit_voucher], postings) for s in discounted]
-    after = domain.apply_settlement([credit, *transactions], result)
+    after = domain.apply_settlement(transactions, result)
     await store.save([*after, *discounts])
     for discount in discounts:
         tx.emit(_transaction_posted(discount, payment_id=credit.voucher))
         tx.emit(_voucher(discount, discount.cash_discount_account or postings.cash_discount_account,
                          postings.summary_account, f"Cash discount on payment {credit.voucher}"))
     _record_settlements(tx, [result], source=source, discount_vouchers=discount_vouchers)
-    return result, after
+    return after
 
 
 def _fingerprint(payment: CustomerPaymentReceived) -> str:
@@ -264,10 +298,15 @@ async def settle_write_offs(postings: Postings, tx: Transaction, event: JournalE
         if voucher in known:
             continue
         amount = line.debit - line.credit
-        write_off = OpenTransaction(voucher, line.account, "WriteOff", line.transaction_date, line.currency, amount, amount)
+        # Never applied automatically: what it could not settle is a discrepancy for a person to look at.
+        write_off = OpenTransaction(voucher, line.account, "WriteOff", line.transaction_date, line.currency, amount,
+                                    amount, auto_settle=False)
         transactions = await store.of_customer(line.account, vouchers=[ref.voucher for ref in line.settles])
         outcome = domain.settle_write_off(write_off, [(ref.voucher, ref.amount) for ref in line.settles], transactions)
         await store.save([outcome.write_off, *outcome.settled])
+        for named, held in outcome.pending:  # settlement lags behind collections: settled when it arrives
+            tx.session.add(PendingWriteOffRow(write_off_voucher=voucher, voucher=named, customer_account=line.account,
+                                              amount=held, journal_batch_number=event.batch_number))
         tx.emit(_transaction_posted(write_off))
         for n, pair in enumerate(outcome.pairs, 1):
             _record(tx, OpenItemsSettled(
@@ -374,3 +413,84 @@ async def preview_settlement(postings: Postings, session: AsyncSession, customer
 async def open_transactions(session: AsyncSession, customer_account: str, include_settled: bool = False) -> list[OpenTransaction]:
     return await OpenItems(session).of_customer(customer_account, include_settled=include_settled)
 
+
+
+@dataclass(frozen=True)
+class PendingMark:
+    payment_id: str
+    customer_account: str
+    payment_date: date
+    invoice_id: str
+    amount_to_settle: Decimal | None
+    use_cash_discount: str
+    reserved: Decimal  # what of the payment's open credit this mark holds (domain.reservations)
+
+
+async def pending_marks(session: AsyncSession, customer_account: str | None = None) -> list[PendingMark]:
+    """The marks waiting for their invoice, payment by payment in order of arrival."""
+    query = select(PendingMarkRow)
+    if customer_account is not None:
+        query = query.where(PendingMarkRow.customer_account == customer_account)
+    rows = (await session.exec(query)).all()
+    by_payment: dict[str, list[PendingMarkRow]] = {}
+    for row in sorted(rows, key=lambda r: (r.payment_voucher, r.position)):
+        by_payment.setdefault(row.payment_voucher, []).append(row)
+    store = OpenItems(session)
+    payments = {t.voucher: t for t in await store.find_all(list(by_payment))}
+    marks = []
+    for voucher in sorted(payments, key=store.arrival):
+        payment = payments[voucher]
+        group = by_payment[voucher]
+        held = domain.reservations(-payment.open_amount, [row.to_domain() for row in group])
+        marks += [PendingMark(voucher, row.customer_account, payment.transaction_date, row.invoice_id,
+                              row.amount_to_settle, row.use_cash_discount, h) for row, h in zip(group, held)]
+    return marks
+
+
+async def pending_write_offs(session: AsyncSession, customer_account: str | None = None) -> list[PendingWriteOffRow]:
+    query = select(PendingWriteOffRow).order_by(PendingWriteOffRow.id)
+    if customer_account is not None:
+        query = query.where(PendingWriteOffRow.customer_account == customer_account)
+    return list((await session.exec(query)).all())
+
+
+class NothingToRelease(Exception):
+    pass
+
+
+async def release_payment(postings: Postings, tx: Transaction, payment_id: str) -> SettlementResult | None:
+    """An operator's decision: a marked payment's money is no longer held for its marks. Its pending marks
+    are dropped and its open credit becomes an ordinary automatic one, applied now to the customer's open
+    invoices (oldest due date first, `Normal` discount as of the payment date) and to invoices that come later.
+
+    Raises LookupError for an unknown payment, NothingToRelease when it holds nothing."""
+    known = await tx.session.get(PaymentRow, payment_id)
+    if known is None:
+        raise LookupError(f"no payment {payment_id!r} is known")
+    await lock_customer(tx.session, known.customer_account)
+    store = OpenItems(tx.session)
+    payment = await store.find(payment_id)
+    if payment is None or payment.auto_settle or payment.open_amount >= 0:
+        raise NothingToRelease(f"payment {payment_id} holds nothing: "
+                               + ("it settles automatically already" if payment and payment.auto_settle
+                                  else "nothing of it is open"))
+    rows = (await tx.session.exec(select(PendingMarkRow).where(PendingMarkRow.payment_voucher == payment_id))).all()
+    for row in rows:
+        await tx.session.delete(row)
+    metrics.count_on_commit(tx.session, "released", len(rows))
+    payment = replace(payment, auto_settle=True)
+    await store.save([payment])
+    transactions = await store.of_customer(payment.customer_account)
+    transactions = [t for t in transactions if t.voucher != payment_id]
+    parameters = (await load_parameters(tx.session, postings.parameters)).to_domain()
+    result = domain.settle_credit(payment, transactions, parameters=parameters)
+    await _post_settlement(postings, tx, store, result, [payment, *transactions], source=f"{payment_id}:released")
+    return result
+
+
+async def refresh_pending_gauges(session: AsyncSession) -> None:
+    """Set the pending gauges from the database (shared by every replica), as /metrics is scraped."""
+    marks = await pending_marks(session)
+    metrics.PENDING_MARKS.set(len(marks))
+    metrics.RESERVED_AMOUNT.set(float(sum((m.reserved for m in marks), ZERO)))
+    metrics.PENDING_WRITE_OFFS.set(len(await pending_write_offs(session)))

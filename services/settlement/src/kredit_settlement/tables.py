@@ -52,6 +52,7 @@ class OpenTransactionRow(SQLModel, table=True):
     cash_discounts: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     discount_taken: Decimal = money_field()
     cash_discount_account: str | None = None
+    auto_settle: bool = True  # see OpenTransaction.auto_settle
     # Optimistic check on top of the customer lock: an update names the version it read.
     version: int = Field(default=1, sa_column=Column(Integer, nullable=False))
 
@@ -67,6 +68,7 @@ class OpenTransactionRow(SQLModel, table=True):
                 for t in self.cash_discounts
             ),
             discount_taken=self.discount_taken, cash_discount_account=self.cash_discount_account,
+            auto_settle=self.auto_settle,
         )
 
     @classmethod
@@ -81,6 +83,7 @@ class OpenTransactionRow(SQLModel, table=True):
                 for d in t.cash_discounts
             ],
             discount_taken=t.discount_taken, cash_discount_account=t.cash_discount_account,
+            auto_settle=t.auto_settle,
         )
 
 
@@ -102,18 +105,34 @@ class PaymentRow(SQLModel, table=True):
 
 class PendingMarkRow(SQLModel, table=True):
     """A payment's mark on an invoice settlement has not seen yet: a payment can overtake its invoice
-    (it comes straight from the ERP, the invoice through invoicing). Settled when the invoice arrives."""
+    (it comes straight from the ERP, the invoice through invoicing). State, not an error: the payment's
+    money stays reserved for it and it settles when the invoice arrives (docs/ordering.md)."""
 
     __tablename__ = "settlement_pending_mark"
 
     payment_voucher: str = Field(primary_key=True)
-    invoice_id: str = Field(primary_key=True)
+    invoice_id: str = Field(primary_key=True, index=True)
     customer_account: str = Field(index=True)
+    position: int = 0  # the mark's place in the payment's `settle` list
     amount_to_settle: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
     use_cash_discount: str
 
     def to_domain(self) -> Mark:
         return Mark(self.invoice_id, self.amount_to_settle, self.use_cash_discount)
+
+
+class PendingWriteOffRow(SQLModel, table=True):
+    """A posted write-off naming a transaction settlement does not know yet (settlement lags behind
+    collections). The write-off holds `amount` (signed as named) for it until it arrives."""
+
+    __tablename__ = "settlement_pending_write_off"
+
+    id: int | None = Field(default=None, primary_key=True)
+    write_off_voucher: str = Field(index=True)
+    voucher: str = Field(index=True)  # the named transaction
+    customer_account: str = Field(index=True)
+    amount: Decimal = money_field()
+    journal_batch_number: str
 
 
 class SettlementRow(SQLModel, table=True):
@@ -146,7 +165,8 @@ class ParametersRow(SQLModel, table=True):
         return SettlementParameters(self.calculate_cash_discounts_for_partial_payments)
 
 
-TABLES = [t.__table__ for t in (CustomerRow, OpenTransactionRow, PaymentRow, PendingMarkRow, SettlementRow, ParametersRow)]
+TABLES = [t.__table__ for t in (CustomerRow, OpenTransactionRow, PaymentRow, PendingMarkRow, PendingWriteOffRow,
+                                SettlementRow, ParametersRow)]
 
 
 # --- loading and saving ---------------------------------------------------------------------
@@ -193,6 +213,9 @@ class OpenItems:
         found = await self._select(OpenTransactionRow.voucher == voucher)
         return found[0] if found else None
 
+    async def find_all(self, vouchers: Collection[str]) -> list[OpenTransaction]:
+        return await self._select(OpenTransactionRow.voucher.in_(vouchers))
+
     async def of_customer(self, customer_account: str, *, invoice_ids: Collection[str] = (),
                           vouchers: Collection[str] = (), include_settled: bool = False) -> list[OpenTransaction]:
         """The customer's open transactions, plus any transaction (of anyone, open or not) with one of
@@ -216,6 +239,11 @@ class OpenItems:
             self._loaded[row.voucher] = (row.id, row.version, row.to_domain())  # type: ignore[assignment]
         return [self._loaded[row.voucher][2] for row in rows]
 
+    def arrival(self, voucher: str) -> int:
+        """The order a loaded transaction arrived in (its row id): one customer's rows are written one
+        transaction at a time under the customer lock, so ids follow arrival."""
+        return self._loaded[voucher][0]
+
     async def save(self, transactions: Iterable[OpenTransaction]) -> None:
         """Insert new transactions; update changed ones if nobody changed them since they were loaded."""
         for t in transactions:
@@ -231,7 +259,8 @@ class OpenItems:
             result = await self.session.exec(
                 update(OpenTransactionRow)
                 .where(OpenTransactionRow.id == row_id, OpenTransactionRow.version == version)
-                .values(open_amount=t.open_amount, discount_taken=t.discount_taken, version=version + 1)
+                .values(open_amount=t.open_amount, discount_taken=t.discount_taken, auto_settle=t.auto_settle,
+                        version=version + 1)
             )
             if result.rowcount != 1:
                 raise ConcurrentUpdate(f"{t.voucher} changed since it was read (version {version})")

@@ -47,10 +47,13 @@ async def test_a_payment_with_invalid_marks_posts_as_an_open_credit_and_reports_
             ("4501-1", None, "Sometimes"), ("4501-2", "60.00", "Normal")])
         [record] = await service.dead_letters(ERP_CUSTOMER_PAYMENTS)
         reason = record.headers["x-dlq-reason"]
-        for words in ("invoice 'NOPE'", "no invoice 'NOPE' is known", "'4999-1' belongs to another customer",
-                      "'4501-EUR' is in EUR", "'Sometimes' is not one of", "The payment was posted",
-                      "237.00 of it is open as a credit"):
+        for words in ("'4999-1' belongs to another customer", "'4501-EUR' is in EUR", "'Sometimes' is not one of",
+                      "The payment was posted", "237.00 of it is open as a credit", "1 mark(s) wait for their invoice"):
             assert words in reason
+        assert "NOPE" not in reason, "a mark waiting for its invoice is state, not a rejection"
+        pending = (await service.http.get("/api/v1/pending-marks", params={"customer_account": "4501"})).json()
+        assert [(m["payment_id"], m["invoice_id"], m["reserved"]) for m in pending["pending_marks"]] == [
+            ("ARP-4501-1", "NOPE", "237.00")]
         assert record.json()["payment_id"] == "ARP-4501-1"
 
         [valid] = await service.settlements(credit_voucher="ARP-4501-1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -23,6 +24,7 @@ from kredit_settlement.domain import (
     find_marked_invoice,
     new_payment,
     preview_mark,
+    reservations,
     settle_credit,
     settle_new_invoice,
 )
@@ -385,23 +387,41 @@ def test_a_credit_note_marked_with_normal_takes_the_discount():
     assert by_invoice(result) == {"10020": (D("99.00"), D("1.00"))}
 
 
-def test_a_new_invoice_is_settled_by_open_credits_oldest_first_without_discount():
-    older_note = credit_note("CCRN-1", "100.00", date(2015, 6, 1))
-    newer_payment = OpenTransaction("ARP-9", "4027", "Payment", date(2015, 6, 20), "USD", D("-500.00"), D("-450.00"))
+def test_a_new_invoice_takes_waiting_credits_in_arrival_order_as_if_it_had_come_first():
+    """A payment gets the discount it would have had as of its payment date; a credit note none."""
+    note = credit_note("CCRN-1", "100.00", date(2015, 6, 1))
+    early_payment = payment("ARP-9", "450.00", date(2015, 6, 28))
     other_customer = credit_note("CCRN-2", "100.00", date(2015, 5, 1), customer="other")
     inv = invoice_10020()
-    results = settle_new_invoice(inv, [newer_payment, other_customer, older_note], settlement_date=JUL1)
-    assert [(r.credit_voucher, r.cash_applied, r.cash_discount, r.unused_amount) for r in results] == [
-        ("CCRN-1", D("100.00"), D("0.00"), D("0.00")), ("ARP-9", D("450.00"), D("0.00"), D("0.00"))]
-    txns = [inv, older_note, newer_payment]
+    results = settle_new_invoice(inv, [(note, None), (other_customer, None), (early_payment, None)])
+    assert [(r.credit_voucher, r.cash_applied, r.cash_discount, r.unused_amount, r.settlement_date) for r in results] == [
+        ("CCRN-1", D("100.00"), D("0.00"), D("0.00"), JUN25),
+        ("ARP-9", D("450.00"), D("4.55"), D("0.00"), date(2015, 6, 28))]
+    txns = [inv, note, early_payment]
     for r in results:
         txns = apply_settlement(txns, r)
-    assert [t.open_amount for t in txns] == [D("450.00"), D("0.00"), D("0.00")]
+    assert [t.open_amount for t in txns] == [D("445.45"), D("0.00"), D("0.00")]
+
+
+def test_a_new_invoice_settles_a_pending_mark_but_no_held_credit():
+    marked = replace(payment("ARP-1", "500.00", JUL1), auto_settle=False)
+    held_write_off = OpenTransaction("WOV-1", "4027", "WriteOff", JUL1, "USD", D("-300.00"), D("-300.00"), auto_settle=False)
+    inv = invoice_10020()
+    [result] = settle_new_invoice(inv, [(held_write_off, None), (marked, Mark("10020", D("297.00")))])
+    assert (result.credit_voucher, result.cash_applied, result.cash_discount) == ("ARP-1", D("297.00"), D("3.00"))
+    [rejected] = settle_new_invoice(invoice("X", "10.00", JUN25, customer="other"), [(marked, Mark("X"))])
+    assert rejected.settlements == () and "another customer" in rejected.rejected_marks[0].reason
+
+
+def test_reservations_hold_the_amounts_to_settle_then_the_rest():
+    marks = [Mark("A", D("60.00")), Mark("B", D("100.00")), Mark("C")]
+    assert reservations(D("120.00"), marks) == [D("60.00"), D("60.00"), D("0.00")]
+    assert reservations(D("200.00"), [Mark("A", D("60.00")), Mark("C")]) == [D("60.00"), D("140.00")]
 
 
 def test_a_new_invoice_smaller_than_the_credit_leaves_the_rest_of_the_credit_open():
-    pay = payment("ARP-1", "1500.00", date(2015, 6, 1))
-    results = settle_new_invoice(invoice_10020(), [pay])
+    pay = payment("ARP-1", "1500.00", date(2015, 8, 1))
+    results = settle_new_invoice(invoice_10020(), [(pay, None)])
     assert [(r.cash_applied, r.unused_amount) for r in results] == [(D("1000.00"), D("500.00"))]
 
 
@@ -562,10 +582,10 @@ def test_a_new_invoice_never_takes_more_than_its_balance_or_the_credits(data):
     credits = [OpenTransaction(f"C{i}", "C1", "Payment", START, "USD", -a, -a) for i, a in
                enumerate(data.draw(st.lists(cents, max_size=4)))]
     txns = [inv, *credits]
-    for result in settle_new_invoice(inv, credits):
-        assert result.cash_discount == 0
+    for result in settle_new_invoice(inv, [(c, None) for c in credits]):
+        assert result.cash_discount <= available_discount(txns[0], START), "at most the discount due on the payment date"
         txns = apply_settlement(txns, result)
     left = txns[0].open_amount
     assert 0 <= left <= inv.open_amount
     assert all(t.open_amount <= 0 for t in txns[1:])
-    assert inv.open_amount - left == -sum(c.open_amount for c in credits) + sum(t.open_amount for t in txns[1:])
+    assert inv.open_amount - left >= -sum(c.open_amount for c in credits) + sum(t.open_amount for t in txns[1:])

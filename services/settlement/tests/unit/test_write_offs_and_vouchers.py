@@ -52,10 +52,10 @@ def test_what_is_no_longer_open_is_reported_and_stays_open_on_the_write_off():
     outcome = settle_write_off(write_off("WOV-1", "-1400.00"), named, items)
     assert outcome.pairs == (PairSettled("FTI-1", "WOV-1", D("700.00")),)
     assert outcome.write_off.open_amount == D("-700.00")
-    assert [s.split(" ")[0] for s in outcome.shortfalls] == ["FTI-1", "FTI-2", "FTI-3", "FTI-4", "FTI-9"]
+    assert [s.split(" ")[0] for s in outcome.shortfalls] == ["FTI-1", "FTI-2", "FTI-3", "FTI-4"]
     assert "only 700.00 was open: 700.00 settled, 300.00 left open on WOV-1" in outcome.shortfalls[0]
     assert "belongs to customer other" in outcome.shortfalls[2] and "is in EUR" in outcome.shortfalls[3]
-    assert "not an open transaction known" in outcome.shortfalls[4]
+    assert outcome.pending == (("FTI-9", D("100.00")),), "not known yet is not a shortfall: it waits"
 
 
 def test_cash_discount_vouchers_follow_the_payment_and_skip_taken_ones():
@@ -66,10 +66,9 @@ def test_cash_discount_vouchers_follow_the_payment_and_skip_taken_ones():
     assert cash_discount_vouchers("ARP-10020", 0) == []
 
 
-def test_a_new_invoice_is_paid_by_open_credits_and_a_new_credit_note_pays_open_invoices():
-    [by_credit] = settle_new_transaction(txn("FTI-2", "Invoice", "100.00"), [txn("ARP-1", "Payment", "-40.00")])
-    assert (by_credit.credit_voucher, by_credit.cash_applied) == ("ARP-1", D("40.00"))
+def test_a_new_credit_note_pays_open_invoices_but_no_held_write_off():
     [by_note] = settle_new_transaction(txn("CN-1", "CreditNote", "-40.00"), [txn("FTI-2", "Invoice", "100.00")])
     assert (by_note.settlements[0].debit_voucher, by_note.cash_applied) == ("FTI-2", D("40.00"))
-    assert settle_new_transaction(txn("FTI-3", "Invoice", "100.00"), [txn("FTI-2", "Invoice", "100.00")]) == []
+    held = OpenTransaction("WOV-1", "4027", "WriteOff", ON, "USD", D("50.00"), D("50.00"), auto_settle=False)
+    assert settle_new_transaction(txn("CN-3", "CreditNote", "-40.00"), [held]) == []
     assert settle_new_transaction(txn("CN-2", "CreditNote", "-10.00"), []) == []
