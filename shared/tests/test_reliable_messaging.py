@@ -1,4 +1,4 @@
-"""The shared plumbing on a real broker and real databases: outbox, inbox, dead letters.
+"""The shared plumbing on a real broker and real databases: outbox, inbox, dead letters, poison isolation.
 
 A minimal service consumes invoices and answers each with a voucher, so these tests exercise
 only the plumbing; each service's own tests cover its domain.
@@ -11,7 +11,8 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Field, SQLModel
 
 from kredit_shared.contracts import (
@@ -22,9 +23,10 @@ from kredit_shared.contracts import (
     VoucherPosted,
     dead_letter_topic,
 )
-from kredit_shared.service import Rejected, ServiceRuntime, Transaction, ensure_topics
+from kredit_shared.outbox import OutboxMessage
+from kredit_shared.service import Rejected, ServiceRuntime, Transaction, ensure_topics, is_transient
 from kredit_shared.settings import ServiceSettings
-from kredit_shared.testing import TopicProbe, eventually, isolated_kafka, publish, serve
+from kredit_shared.testing import TopicProbe, eventually, isolated_kafka, publish, publish_many, serve
 
 
 class EchoEffect(SQLModel, table=True):
@@ -143,8 +145,6 @@ async def test_a_crash_before_the_relay_publishes_loses_nothing(kafka, database_
 
 
 async def test_outbox_rows_are_marked_sent_once_published(kafka, database_url):
-    from kredit_shared.outbox import OutboxMessage
-
     settings = echo_settings(kafka, database_url)
     runtime, app = echo_app(settings)
     async with serve(app), TopicProbe(kafka.bootstrap_servers, [settings.topic(GL_JOURNAL_LINES)]) as out:
@@ -197,3 +197,235 @@ async def test_a_batch_handler_commits_a_fetch_at_once_and_isolates_the_messages
         assert crashed.headers["x-dlq-reason"].startswith("unexpected error: RuntimeError('a bug that only this")
         await probe.wait_for(lambda r: r.key == "ECHO-AFTER-BOOM")
         assert len([r for r in await probe.settle(0.3) if r.topic != dlq]) == 22
+
+
+# --- poison isolation: no input, however hostile, loses a valid message or wedges a consumer ---------
+# These publish their records before the service starts, so its first fetch holds them all: a poison
+# record must be dead-lettered alone while every valid record of the same fetch takes effect.
+
+
+def nested(depth: int) -> bytes:
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+POISON = {
+    "amount-1e26": json.dumps(invoice("P", lines=[{"amount": "1e26"}])).encode(),
+    "amount-1e309": json.dumps(invoice("P", lines=[{"amount": "1e309"}])).encode(),
+    "amount-28-digits": json.dumps(invoice("P", lines=[{"amount": "1" * 28}])).encode(),
+    "amount-json-int-1e26": json.dumps(invoice("P", lines=[{"amount": 10**26}])).encode(),
+    "json-nested-5000-deep": nested(5000),
+    "not-utf8": b"\xff\xfe{\x00",
+    "empty-body": b"",
+}
+
+
+async def start_after_publishing(kafka, settings, records: list) -> None:
+    await ensure_topics(settings)
+    await publish_many(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), records)
+
+
+@pytest.mark.parametrize("kind", list(POISON))
+async def test_a_poison_record_is_dead_lettered_alone_and_the_rest_of_its_fetch_takes_effect(kafka, kind, tmp_path):
+    settings = echo_settings(kafka, f"sqlite+aiosqlite:///{tmp_path / 'echo.db'}")
+    runtime, app = echo_app(settings)
+    poison = POISON[kind]
+    await start_after_publishing(kafka, settings, [invoice("A"), poison, invoice("B"), invoice("C")])
+    dlq = settings.topic(dead_letter_topic(ERP_CUSTOMER_INVOICES))
+    async with serve(app), TopicProbe(kafka.bootstrap_servers, [dlq]) as probe:
+        [dead] = await probe.wait_for(lambda r: True)
+        assert dead.value == poison, "the original bytes are kept"
+        assert dead.headers["x-dlq-reason"].startswith("invalid message: ")
+        assert dead.headers["x-dlq-source-offset"] == "1"
+        for valid in "ABC":
+            await eventually(lambda valid=valid: times_applied(runtime, valid))
+
+
+@pytest.mark.parametrize(
+    ("kind", "headers"),
+    [
+        ("binary-header", [("traceparent", b"\xff\xfe\x00binary")]),
+        ("null-header", [("baggage", None)]),
+        ("json-content-type", [("content-type", b"application/json")]),
+    ],
+)
+async def test_a_valid_message_takes_effect_whatever_its_headers_say(kafka, kind, headers, tmp_path):
+    settings = echo_settings(kafka, f"sqlite+aiosqlite:///{tmp_path / 'echo.db'}")
+    runtime, app = echo_app(settings)
+    await start_after_publishing(kafka, settings, [invoice("A"), (invoice("H"), headers), invoice("B")])
+    async with serve(app):
+        for valid in "AHB":
+            await eventually(lambda valid=valid: times_applied(runtime, valid))
+
+
+async def test_a_non_json_body_labelled_json_is_dead_lettered_with_its_headers_kept(kafka, tmp_path):
+    settings = echo_settings(kafka, f"sqlite+aiosqlite:///{tmp_path / 'echo.db'}")
+    runtime, app = echo_app(settings)
+    labelled = (b"<xml/>", [("content-type", b"application/json"), ("trace", b"\xff")])
+    await start_after_publishing(kafka, settings, [invoice("A"), labelled, invoice("B")])
+    dlq = settings.topic(dead_letter_topic(ERP_CUSTOMER_INVOICES))
+    async with serve(app), TopicProbe(kafka.bootstrap_servers, [dlq]) as probe:
+        [dead] = await probe.wait_for(lambda r: True)
+        assert dead.value == b"<xml/>"
+        assert dead.headers["content-type"] == "application/json"
+        assert "trace" in dead.headers
+        await eventually(lambda: times_applied(runtime, "B"))
+
+
+async def test_a_reused_message_id_with_other_content_is_dead_lettered_and_an_exact_redelivery_is_not(kafka, database_url):
+    settings = echo_settings(kafka, database_url)
+    runtime, app = echo_app(settings)
+    first = invoice("R1")
+    reused = first | {"invoice_id": "R2"}
+    await start_after_publishing(kafka, settings, [first, first, reused, invoice("AFTER")])
+    dlq = settings.topic(dead_letter_topic(ERP_CUSTOMER_INVOICES))
+    async with serve(app), TopicProbe(kafka.bootstrap_servers, [dlq]) as probe:
+        await eventually(lambda: times_applied(runtime, "AFTER"))
+        [dead] = await probe.wait_for(lambda r: True)
+        assert json.loads(dead.value)["invoice_id"] == "R2"
+        assert dead.headers["x-dlq-reason"] == (f"message_id {first['message_id']} was already processed with "
+                                                f"different content; a message_id cannot be reused")
+        assert dead.headers["x-dlq-source-offset"] == "2", "the original record, not a re-serialised copy"
+        assert await times_applied(runtime, "R1") == 1
+        assert await times_applied(runtime, "R2") == 0
+        assert len(await probe.settle(0.3)) == 1
+
+
+async def test_a_record_dead_lettered_twice_after_a_crash_is_published_once(kafka, database_url):
+    """A redelivered poison record (the consumer died before committing its offset) is not dead-lettered again."""
+    from aiokafka import ConsumerRecord
+
+    settings = echo_settings(kafka, database_url, outbox_relay_enabled=False)
+    runtime, app = echo_app(settings)
+    record = ConsumerRecord(settings.topic(ERP_CUSTOMER_INVOICES), 0, 7, 0, 0, b"k", b"{bad", None, 1, 4, [])
+    async with serve(app):
+        for _ in range(2):
+            await runtime._dead_letter(ERP_CUSTOMER_INVOICES, record, "invalid message: x", "invalid")
+        async with runtime.sessions() as session:
+            rows = (await session.exec(select(OutboxMessage).where(
+                OutboxMessage.topic == dead_letter_topic(ERP_CUSTOMER_INVOICES)))).scalars().all()
+        assert len(rows) == 1
+        assert rows[0].payload == b"{bad"
+
+
+FAILURES = {"SQL-ERROR": 0}
+
+
+async def echo_or_fail(tx: Transaction, message: CustomerInvoiceIssued) -> None:
+    if message.invoice_id == "SQL-ERROR":
+        FAILURES["SQL-ERROR"] += 1
+        await tx.session.exec(text("SELECT * FROM no_such_table"))  # a data/schema error: retrying cannot heal it
+    if message.invoice_id == "STUCK" and FAILURES.get("STUCK"):
+        raise ConnectionError("the database went away")  # transient: retried until it heals
+    await echo_invoice(tx, message)
+
+
+def failing_app(settings):
+    runtime = ServiceRuntime(settings, tables=[EchoEffect.__table__])
+    runtime.subscribe(ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued.model_validate_json, echo_or_fail)
+    return runtime, runtime.http_app("echo")
+
+
+async def test_a_permanent_database_error_is_dead_lettered_after_its_retries_and_the_next_message_goes_on(
+        kafka, database_url):
+    settings = echo_settings(kafka, database_url, consumer_max_attempts=3)
+    runtime, app = failing_app(settings)
+    FAILURES["SQL-ERROR"] = 0
+    await start_after_publishing(kafka, settings, [invoice("SQL-ERROR"), invoice("NEXT")])
+    dlq = settings.topic(dead_letter_topic(ERP_CUSTOMER_INVOICES))
+    async with serve(app), TopicProbe(kafka.bootstrap_servers, [dlq]) as probe:
+        [dead] = await probe.wait_for(lambda r: True)
+        assert dead.headers["x-dlq-error-type"] == "unexpected"
+        assert FAILURES["SQL-ERROR"] == 3
+        await eventually(lambda: times_applied(runtime, "NEXT"))
+
+
+async def test_readiness_fails_while_a_consumer_is_stuck_and_recovers_when_it_heals(kafka, tmp_path):
+    settings = echo_settings(kafka, f"sqlite+aiosqlite:///{tmp_path / 'echo.db'}", stuck_after_seconds=0.5)
+    runtime, app = failing_app(settings)
+    FAILURES["STUCK"] = 1
+    await start_after_publishing(kafka, settings, [invoice("STUCK")])
+    async with serve(app) as http:
+        async def not_ready() -> bool:
+            response = await http.get("/readyz")
+            return response.status_code == 503 and response.json()["checks"]["consumer"].startswith("retrying")
+        await eventually(not_ready)
+        assert (await http.get("/healthz")).status_code == 200, "liveness does not depend on one message"
+        FAILURES["STUCK"] = 0
+        await eventually(lambda: times_applied(runtime, "STUCK"), timeout=20)
+        assert (await http.get("/readyz")).status_code == 200
+
+
+async def test_an_oversized_outbox_row_is_dead_lettered_truncated_and_the_rows_around_it_are_published_once(
+        kafka, database_url):
+    settings = echo_settings(kafka, database_url, outbox_relay_enabled=False)
+    runtime, app = echo_app(settings)
+    out, dlq = settings.topic(GL_JOURNAL_LINES), settings.topic(dead_letter_topic(GL_JOURNAL_LINES))
+    async with serve(app), TopicProbe(kafka.bootstrap_servers, [out, dlq]) as probe:
+        async with runtime.sessions() as session, session.begin():
+            for n, size in enumerate([10, 2_000_000, 10]):
+                session.add(OutboxMessage(message_id=str(uuid.uuid4()), topic=GL_JOURNAL_LINES, key=f"V{n}",
+                                          payload=b"x" * size, headers=[["message-type", "VoucherPosted"]]))
+        await runtime.relay.publish_pending()
+        await runtime.relay.publish_pending()  # nothing left: nothing is published again
+        records = await probe.wait_for(lambda r: True, count=3)
+        assert sorted((r.topic, r.key) for r in await probe.settle(0.5)) == sorted(
+            [(out, "V0"), (dlq, "V1"), (out, "V2")])
+        [truncated] = [r for r in records if r.topic == dlq]
+        assert truncated.headers["x-dlq-truncated"] == "true"
+        assert truncated.headers["x-dlq-original-size"] == "2000000"
+        assert len(truncated.value) < 1_000_000
+        async with runtime.sessions() as session:
+            pending = (await session.exec(select(func.count()).select_from(OutboxMessage)
+                                          .where(OutboxMessage.published_at.is_(None)))).scalar_one()
+        assert pending == 0
+
+
+class _Orig(Exception):
+    def __init__(self, sqlstate: str | None = None, message: str = "") -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (OperationalError("stmt", {}, _Orig("40001")), True),  # serialization failure
+        (OperationalError("stmt", {}, _Orig("40P01")), True),  # deadlock
+        (OperationalError("stmt", {}, _Orig("08006")), True),  # connection failure
+        (DataError("stmt", {}, _Orig("22003")), False),  # numeric value out of range
+        (DataError("stmt", {}, _Orig("22021")), False),  # invalid byte sequence (e.g. \u0000)
+        (IntegrityError("stmt", {}, _Orig("23505")), False),
+        (OperationalError("stmt", {}, _Orig(None, "database is locked")), True),  # SQLite busy
+        (OperationalError("stmt", {}, _Orig(None, "no such table: x")), False),
+        (InterfaceError("stmt", {}, _Orig(None, "connection is closed")), True),
+        (ConnectionRefusedError(), True),
+        (TimeoutError(), True),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_only_failures_that_heal_by_themselves_are_transient(error, transient):
+    assert is_transient(error) is transient
+
+
+async def test_a_handler_dead_letter_keeps_the_original_record(kafka, database_url):
+    """A part rejected by a batch handler is reported with the bytes the producer sent, and where they were."""
+    settings = echo_settings(kafka, database_url)
+    runtime = ServiceRuntime(settings, tables=[EchoEffect.__table__])
+    runtime.subscribe_batch(ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued.model_validate_json, echo_invoices)
+    rejected = json.dumps(invoice("REJECT-9"), indent=2).encode()  # spacing a re-serialisation would lose
+    await start_after_publishing(kafka, settings, [invoice("OK-1"), (rejected, [("trace", b"t-1")]), invoice("OK-2")])
+    dlq = settings.topic(dead_letter_topic(ERP_CUSTOMER_INVOICES))
+    async with serve(runtime.http_app("echo")), TopicProbe(kafka.bootstrap_servers, [dlq]) as probe:
+        [dead] = await probe.wait_for(lambda r: True)
+        assert dead.value == rejected
+        assert dead.headers["trace"] == "t-1"
+        assert (dead.headers["x-dlq-source-partition"], dead.headers["x-dlq-source-offset"]) == ("0", "1")
+        assert dead.headers["x-dlq-reason"] == "invoice REJECT-9 is not wanted"
+        await eventually(lambda: times_applied(runtime, "OK-2"))
+
+
+def test_outbox_rows_keep_binary_headers_exactly():
+    from kredit_shared.outbox import decode_headers, encode_headers
+
+    headers = [("a", b"text"), ("b", b"\xff\x00"), ("a", None)]
+    assert decode_headers(json.loads(json.dumps(encode_headers(headers)))) == headers

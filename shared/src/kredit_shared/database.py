@@ -54,9 +54,18 @@ def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
+# Any constant works: it only has to be the same for every replica of one database.
+_SCHEMA_LOCK_KEY = 0x6B736368  # "ksch"
+
+
 async def create_tables(engine: AsyncEngine, tables: Sequence[Table]) -> None:
-    """Create this service's tables (all services share SQLModel's metadata, each owns a subset)."""
+    """Create this service's tables (all services share SQLModel's metadata, each owns a subset).
+
+    Replicas starting together would race in CREATE TABLE (PostgreSQL then fails on its catalog's
+    unique index), so on PostgreSQL one replica at a time creates, under a transaction-scoped lock."""
     async with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            await connection.execute(text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})"))
         await connection.run_sync(SQLModel.metadata.create_all, tables=list(tables))
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from sqlalchemy import select
 from sqlmodel import Field, SQLModel
@@ -16,6 +18,8 @@ from kredit_shared.outbox import utcnow
 class _Identified(Protocol):
     message_id: str
 
+    def model_dump_json(self) -> str: ...
+
 
 M = TypeVar("M", bound=_Identified)
 
@@ -26,30 +30,59 @@ class ProcessedMessage(SQLModel, table=True):
     consumer: str = Field(primary_key=True)  # the consumer group; one service may read a topic twice
     message_id: str = Field(primary_key=True)
     topic: str
+    # What the message said, so a reused message_id with other content is told from a redelivery.
+    fingerprint: str | None = None
     processed_at: datetime = Field(default_factory=utcnow)
 
 
-async def claim(session: AsyncSession, consumer: str, topic: str, messages: Sequence[M]) -> list[M]:
-    """Record the messages as processed in the caller's transaction; returns those not processed
-    before (a redelivered message, or the same one twice in a batch, is left out).
+def fingerprint(message: _Identified) -> str:
+    """The content as the contract reads it: key order and spacing of the JSON don't count."""
+    return hashlib.sha256(message.model_dump_json().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Claimed(Generic[M]):
+    fresh: list[M]  # to process now
+    reused: list[M]  # a message_id already processed with other content: to dead-letter
+
+
+async def claim(session: AsyncSession, consumer: str, topic: str, messages: Sequence[M]) -> Claimed[M]:
+    """Record the messages as processed in the caller's transaction. A redelivered message, or the same
+    one twice in a batch, is left out; one whose id was processed with different content is `reused`.
 
     Two replicas racing on one message both see "new"; the primary key makes the second
     commit fail, and its retry then sees the message as processed.
     """
     ids = {m.message_id for m in messages}
-    seen = set(
+    seen = dict(
         (
             await session.exec(
-                select(ProcessedMessage.message_id).where(
+                select(ProcessedMessage.message_id, ProcessedMessage.fingerprint).where(
                     ProcessedMessage.consumer == consumer, ProcessedMessage.message_id.in_(ids)
                 )
             )
-        ).scalars()
+        ).all()
     )
-    fresh = []
+    fresh: list[M] = []
+    reused: list[M] = []
     for message in messages:
+        content = fingerprint(message)
         if message.message_id not in seen:
-            seen.add(message.message_id)
+            seen[message.message_id] = content
             fresh.append(message)
-    session.add_all(ProcessedMessage(consumer=consumer, message_id=m.message_id, topic=topic) for m in fresh)
-    return fresh
+        elif seen[message.message_id] not in (content, None):  # None: recorded before fingerprints were kept
+            reused.append(message)
+    session.add_all(
+        ProcessedMessage(consumer=consumer, message_id=m.message_id, topic=topic, fingerprint=fingerprint(m))
+        for m in fresh
+    )
+    return Claimed(fresh, reused)
+
+
+async def claim_key(session: AsyncSession, consumer: str, topic: str, key: str) -> bool:
+    """Record a key that is not a message_id (e.g. a dead-lettered record's position); False if it was
+    recorded before."""
+    if await session.get(ProcessedMessage, (consumer, key)) is not None:
+        return False
+    session.add(ProcessedMessage(consumer=consumer, message_id=key, topic=topic))
+    return True

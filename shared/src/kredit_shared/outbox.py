@@ -8,10 +8,17 @@ consumers' inbox turns into a no-op (at-least-once delivery, exactly-once effect
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
 from sqlalchemy import JSON, Column, LargeBinary, func, select, update
 from sqlmodel import Field, SQLModel, text
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -38,11 +45,40 @@ class OutboxMessage(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(index=True)
     topic: str  # the contract's topic name; the relay adds the deployment's prefix
-    key: str
+    key: str | None
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # Kafka headers as [name, value] pairs (see encode_headers): a dead letter keeps the original's,
+    # which may repeat a name or hold bytes that are not UTF-8.
+    headers: list[list[Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
     published_at: datetime | None = Field(default=None, index=True)
+
+
+Header = tuple[str, bytes | None]
+
+
+def encode_headers(headers: Sequence[Header]) -> list[list[Any]]:
+    """JSON-safe headers: a UTF-8 value as text, other bytes as {"base64": …}, a null value as null."""
+    encoded: list[list[Any]] = []
+    for name, value in headers:
+        if value is None:
+            encoded.append([name, None])
+            continue
+        try:
+            encoded.append([name, value.decode()])
+        except UnicodeDecodeError:
+            encoded.append([name, {"base64": base64.b64encode(value).decode()}])
+    return encoded
+
+
+def decode_headers(encoded: list[list[Any]]) -> list[Header]:
+    decoded: list[Header] = []
+    for name, value in encoded:
+        if isinstance(value, dict):
+            decoded.append((name, base64.b64decode(value["base64"])))
+        else:
+            decoded.append((name, None if value is None else value.encode()))
+    return decoded
 
 
 def add_message(session: AsyncSession, message: ContractMessage) -> None:
@@ -53,22 +89,69 @@ def add_message(session: AsyncSession, message: ContractMessage) -> None:
             topic=message.topic,
             key=message.key(),
             payload=message.model_dump_json().encode(),
-            headers={"message-type": type(message).__name__},
+            headers=encode_headers([("message-type", type(message).__name__.encode())]),
         )
     )
 
 
-def add_dead_letter(session: AsyncSession, source_topic: str, message: ContractMessage, reason: str) -> None:
-    """Queue a dead-letter entry in the caller's transaction, e.g. a rejected part of an accepted message."""
+@dataclass(frozen=True)
+class DeadLetter:
+    """A rejected record as it will appear on `<topic>.dlq`: the original bytes and headers, plus
+    `x-dlq-*` headers naming the error and where the record came from."""
+
+    source_topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[Header]
+    reason: str
+    error_type: str
+    partition: int | None = None  # None: not from a Kafka record (e.g. an HTTP command's message)
+    offset: int | None = None
+    consumer: str = ""
+
+    def record_headers(self) -> list[Header]:
+        value = self.value or b""
+        kept = [(k, v) for k, v in self.headers if not k.startswith("x-dlq-")]
+        dlq: list[tuple[str, str]] = [
+            ("x-dlq-reason", self.reason[:MAX_REASON_CHARS]),
+            ("x-dlq-error-type", self.error_type),
+            ("x-dlq-source-topic", self.source_topic),
+        ]
+        if self.partition is not None:
+            dlq += [("x-dlq-source-partition", str(self.partition)), ("x-dlq-source-offset", str(self.offset))]
+        if self.consumer:
+            dlq.append(("x-dlq-consumer", self.consumer))
+        if len(value) > MAX_DEAD_LETTER_BYTES:
+            dlq += [("x-dlq-truncated", "true"), ("x-dlq-original-size", str(len(value))),
+                    ("x-dlq-original-sha256", hashlib.sha256(value).hexdigest())]
+        return kept + [(k, v.encode()) for k, v in dlq]
+
+    def payload(self) -> bytes:
+        """The original bytes; a copy cut short when they could not be published again whole."""
+        return (self.value or b"")[:MAX_DEAD_LETTER_BYTES]
+
+
+# A dead letter must always be publishable, whatever came in: the producer refuses records over 1 MiB.
+MAX_DEAD_LETTER_BYTES = 256 * 1024
+MAX_REASON_CHARS = 4000
+
+
+def add_dead_letter(session: AsyncSession, letter: DeadLetter, message_id: str) -> None:
+    """Queue a dead letter in the caller's transaction, so it is published once with the effect (or the
+    inbox entry) that goes with it."""
     session.add(
         OutboxMessage(
-            message_id=message.message_id,
-            topic=dead_letter_topic(source_topic),
-            key=message.key(),
-            payload=message.model_dump_json().encode(),
-            headers={"x-dlq-reason": reason, "x-dlq-error-type": "rejected", "x-dlq-source-topic": source_topic},
+            message_id=message_id,
+            topic=dead_letter_topic(letter.source_topic),
+            key=letter.key.decode(errors="replace") if letter.key is not None else None,
+            payload=letter.payload(),
+            headers=encode_headers(letter.record_headers()),
         )
     )
+
+
+class RelayError(Exception):
+    """Some rows were not published this round (the acknowledged ones are marked sent)."""
 
 
 class OutboxRelay:
@@ -79,6 +162,7 @@ class OutboxRelay:
         self._sessions = sessions
         self._producer = producer
         self._wakeup = asyncio.Event()
+        self.failing_since: float | None = None  # monotonic time of the first failure in a row (readiness)
 
     def wake(self) -> None:
         """Called after a commit that queued messages, so they go out without waiting for the poll."""
@@ -88,10 +172,13 @@ class OutboxRelay:
         while True:
             try:
                 published = await self.publish_pending()
+                self.failing_since = None
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("outbox relay failed; retrying")
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
                 published = 0
             if published < self._settings.outbox_batch_size:
                 self._wakeup.clear()
@@ -121,24 +208,47 @@ class OutboxRelay:
                 return 0
             failpoints.hit(self._settings, "relay-before-publish")
             # Sends are pipelined; the producer keeps per-partition order.
-            deliveries = [
-                await self._producer.send(
-                    self._settings.topic(row.topic),
-                    value=row.payload,
-                    key=row.key.encode(),
-                    headers=[(k, v.encode()) for k, v in {**row.headers, "message-id": row.message_id}.items()],
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*deliveries)
+            deliveries = [await self._send(row) for row in rows]
+            outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
             failpoints.hit(self._settings, "relay-after-publish")
-            await session.exec(
-                update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in rows])).values(published_at=utcnow())
-            )
-        for row in rows:
+            # Every row the broker acknowledged is marked sent, so a later row's failure never makes the
+            # relay publish it again; a failed row stays pending and is retried on the next round.
+            sent = [row for row, outcome in zip(rows, outcomes) if not isinstance(outcome, BaseException)]
+            failed = [(row, outcome) for row, outcome in zip(rows, outcomes) if isinstance(outcome, BaseException)]
+            if sent:
+                await session.exec(
+                    update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in sent])).values(published_at=utcnow())
+                )
+        for row in sent:
             metrics.OUTBOX_PUBLISHED.labels(self._settings.service_name, row.topic).inc()
         await self._report_pending()
+        if failed:
+            row, error = failed[0]
+            raise RelayError(f"{len(failed)} of {len(rows)} outbox rows not published; first: row {row.id} "
+                             f"to {row.topic}: {error!r}")
         return len(rows)
+
+    async def _send(self, row: OutboxMessage) -> asyncio.Future[Any]:
+        """Enqueue one row. A row the producer can never send (over its size limit) is replaced by a
+        truncated dead letter of itself, so one oversized message cannot stop everything behind it."""
+        topic = self._settings.topic(row.topic)
+        headers = decode_headers(row.headers) + [("message-id", row.message_id.encode())]
+        key = row.key.encode() if row.key is not None else None
+        try:
+            return await self._producer.send(topic, value=row.payload, key=key, headers=headers)
+        except MessageSizeTooLargeError as e:
+            log.error("outbox row %s to %s (%d bytes) is too large to publish; dead-lettering a truncated copy",
+                      row.id, row.topic, len(row.payload))
+            metrics.OUTBOX_UNPUBLISHABLE.labels(self._settings.service_name, row.topic).inc()
+            letter = DeadLetter(
+                source_topic=row.topic, key=key, value=row.payload, headers=headers,
+                reason=f"could not be published: {len(row.payload)} bytes are over the producer's limit ({e})",
+                error_type="unpublishable", consumer=self._settings.service_name,
+            )
+            return await self._producer.send(
+                self._settings.topic(dead_letter_topic(row.topic)), value=letter.payload(), key=key,
+                headers=letter.record_headers(),
+            )
 
     async def _report_pending(self) -> None:
         async with self._sessions() as session:

@@ -11,20 +11,23 @@ A service adds only its tables, its handlers and its routes:
 from __future__ import annotations
 
 import asyncio
-import itertools
+import dataclasses
+import hashlib
 import logging
 import socket
 import sys
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 import uvicorn
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from faststream import AckPolicy
@@ -33,7 +36,7 @@ from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from sqlalchemy import Table
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_shared import failpoints, inbox, metrics, outbox
@@ -47,6 +50,7 @@ from kredit_shared.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 M = TypeVar("M")
+T = TypeVar("T")
 S = TypeVar("S", bound=ServiceSettings)
 
 
@@ -60,6 +64,10 @@ class Transaction:
 
     session: AsyncSession
     emitted: int = 0
+    # The Kafka records the messages being handled came from (by id of the parsed message), so a
+    # dead letter keeps the original bytes, headers and position.
+    records: dict[int, ConsumerRecord] = field(default_factory=dict)
+    group_id: str = ""
 
     def emit(self, message: ContractMessage) -> None:
         outbox.add_message(self.session, message)
@@ -67,8 +75,21 @@ class Transaction:
 
     def dead_letter(self, source_topic: str, message: ContractMessage, reason: str) -> None:
         """Report a rejected part of an otherwise accepted message, atomically with its effect."""
-        outbox.add_dead_letter(self.session, source_topic, message, reason)
+        record = self.records.get(id(message))
+        if record is not None:
+            letter = _dead_letter_of(record, source_topic, reason, "rejected", self.group_id)
+        else:
+            letter = outbox.DeadLetter(source_topic, message.key().encode(), message.model_dump_json().encode(),
+                                       [], reason, "rejected", consumer=self.group_id)
+        outbox.add_dead_letter(self.session, letter, message.message_id)
         self.emitted += 1
+
+
+def _dead_letter_of(record: ConsumerRecord, topic: str, reason: str, error_type: str, consumer: str) -> outbox.DeadLetter:
+    return outbox.DeadLetter(
+        source_topic=topic, key=record.key, value=record.value, headers=list(record.headers or ()),
+        reason=reason, error_type=error_type, partition=record.partition, offset=record.offset, consumer=consumer,
+    )
 
 
 @dataclass(frozen=True)
@@ -83,15 +104,62 @@ class _Subscription:
             await self.handle_batch(tx, messages)
         else:
             for message in messages:
-                await self.handle(tx, message)
+                await self.handle(tx, message)  # type: ignore[misc]
 
 
-def _is_transient(error: Exception) -> bool:
-    """A lost connection or a lock timeout heals by itself; a constraint violation that survives its
-    retries (a racing replica's row is seen on the first) is a bug to dead-letter."""
-    return isinstance(error, (OperationalError, OSError)) or (
-        isinstance(error, DBAPIError) and not isinstance(error, IntegrityError)
-    )
+# SQLSTATEs that heal by themselves: serialization failure, deadlock, lock not available, the server
+# shutting down or refusing connections (class 08 is added below: connection exceptions).
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth retrying without limit because the message is not at fault: a lost connection, a busy or
+    locked database, a serialization failure or deadlock. A data error (overflow, invalid text), a
+    constraint violation or a bug is not: it is retried a few times (a racing replica's row is seen
+    on the next try) and then dead-lettered."""
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return True
+        sqlstate = getattr(error.orig, "sqlstate", None)
+        if sqlstate:
+            return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08")
+        if isinstance(error, InterfaceError) or isinstance(error.orig.__cause__ or error.orig, OSError):
+            return True  # the connection itself failed
+        # SQLite (no SQLSTATE): only a busy/locked database or a file it cannot open heals.
+        text = str(error.orig).lower()
+        return isinstance(error, OperationalError) and any(
+            s in text for s in ("database is locked", "database is busy", "unable to open", "disk i/o error"))
+    if isinstance(error, (ConnectionError, TimeoutError, KafkaConnectionError)):
+        return True
+    return isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError))
+
+
+class _NotDone(Exception):
+    """A permanent failure, after its retries: the record goes to its dead-letter topic."""
+
+
+def _describe_parse_error(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return describe_validation_error(error)
+    if isinstance(error, RecursionError):
+        return "the JSON is nested too deeply"
+    if isinstance(error, UnicodeDecodeError):
+        return f"the body is not UTF-8 ({error.reason} at byte {error.start})"
+    return str(error) or type(error).__name__
+
+
+async def _lenient_records(records: tuple[ConsumerRecord, ...], original: Callable[..., Awaitable[Any]]) -> Any:
+    """FastStream's batch parser decodes every header as UTF-8, so one record with a binary or null
+    header would fail the whole fetch before our code runs. It gets header-less copies; the runtime
+    reads the original records (`raw_message`) and decodes each one itself."""
+    message = await original(tuple(dataclasses.replace(r, headers=()) for r in records))
+    message.raw_message = records
+    return message
+
+
+def _no_decoding(message: Any) -> None:
+    """The handler takes the raw records; nothing is decoded by content type here (see _parse)."""
+    return None
 
 
 class ServiceRuntime:
@@ -106,13 +174,14 @@ class ServiceRuntime:
         self.relay: outbox.OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._subscriptions: dict[str, _Subscription] = {}
+        self.retrying_since: float | None = None  # monotonic time the current message's retries began
 
     # --- transactions -------------------------------------------------------------------------
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self.sessions() as session, session.begin():
-            tx = Transaction(session)
+            tx = Transaction(session, group_id=self.settings.group_id)
             yield tx
         if tx.emitted and self.relay is not None:
             self.relay.wake()
@@ -159,53 +228,56 @@ class ServiceRuntime:
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            parser=_lenient_records,
+            decoder=_no_decoding,
             title=f"{settings.service_name}-consumer",
         )
         async def consume(message: KafkaMessage) -> None:
-            by_topic: dict[str, list[Any]] = defaultdict(list)
-            for record in message.raw_message:  # per topic, in fetch order: per-partition order is kept
-                by_topic[record.topic].append(record)
-            for topic, records in by_topic.items():
-                subscription = self._subscriptions[topic]
-                if subscription.handle_batch is not None and len(records) > 1:
-                    await self._consume_batch(subscription, records)
-                else:
-                    for record in records:
-                        await self._consume_one(subscription, record)
+            try:
+                await self._consume_fetch(message.raw_message)
+            except BaseException:
+                # Nothing of this fetch may be committed past: rewind to its first record of each
+                # partition (what was done is in the inbox, so the replay skips it) and let it fail.
+                await message.nack()
+                raise
             await message.ack()  # offsets only after every message's effect is committed
 
-    async def _consume_one(self, sub: _Subscription, record: Any) -> None:
+    async def _consume_fetch(self, records: Sequence[ConsumerRecord]) -> None:
+        by_topic: dict[str, list[ConsumerRecord]] = defaultdict(list)
+        for record in records:  # per topic, in fetch order: per-partition order is kept
+            by_topic[record.topic].append(record)
+        for topic, topic_records in by_topic.items():
+            subscription = self._subscriptions[topic]
+            if subscription.handle_batch is not None and len(topic_records) > 1:
+                await self._consume_batch(subscription, topic_records)
+            else:
+                for record in topic_records:
+                    await self._consume_one(subscription, record)
+
+    async def _consume_one(self, sub: _Subscription, record: ConsumerRecord) -> None:
         name = self.settings.service_name
         started = time.perf_counter()
         parsed = await self._parse(sub, record)
         if parsed is None:
             return
-        for attempt in itertools.count(1):
-            try:
-                outcome = "processed" if await self._handle(sub, [parsed]) else "duplicate"
-                break
-            except Rejected as e:
-                await self._dead_letter(sub.topic, record, str(e), "rejected")
-                return
-            except Exception as e:
-                if _is_transient(e) or attempt < self.settings.consumer_max_attempts:
-                    log.warning("%s: retrying %s@%s:%s after %r", name, sub.topic, record.partition, record.offset, e)
-                    metrics.MESSAGES_CONSUMED.labels(name, sub.topic, "retried").inc()
-                    await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
-                    continue
-                log.exception("%s: giving up on %s@%s:%s", name, sub.topic, record.partition, record.offset)
-                await self._dead_letter(sub.topic, record, f"unexpected error: {e!r}", "unexpected")
-                return
+        try:
+            fresh = await self._retrying(lambda: self._handle(sub, [(record, parsed)]), sub.topic, record)
+        except Rejected as e:
+            await self._dead_letter(sub.topic, record, str(e), "rejected")
+            return
+        except _NotDone as e:
+            await self._dead_letter(sub.topic, record, f"unexpected error: {e.__cause__!r}", "unexpected")
+            return
         failpoints.hit(self.settings, "consumer-after-commit")
-        metrics.MESSAGES_CONSUMED.labels(name, sub.topic, outcome).inc()
+        metrics.MESSAGES_CONSUMED.labels(name, sub.topic, "processed" if fresh else "duplicate").inc()
         metrics.HANDLER_SECONDS.labels(name, sub.topic).observe(time.perf_counter() - started)
 
-    async def _consume_batch(self, sub: _Subscription, records: list[Any]) -> None:
+    async def _consume_batch(self, sub: _Subscription, records: list[ConsumerRecord]) -> None:
         name = self.settings.service_name
         started = time.perf_counter()
         parsed = [(record, message) for record in records if (message := await self._parse(sub, record)) is not None]
         try:
-            fresh = await self._handle(sub, [message for _, message in parsed])
+            fresh = await self._handle(sub, parsed)
         except Exception as e:  # noqa: BLE001 - whatever it was, one by one finds the message at fault
             log.warning("%s: a batch of %d from %s failed (%r); processing it one by one", name, len(parsed), sub.topic, e)
             for record, _ in parsed:
@@ -216,40 +288,81 @@ class ServiceRuntime:
         metrics.MESSAGES_CONSUMED.labels(name, sub.topic, "duplicate").inc(len(parsed) - fresh)
         metrics.HANDLER_SECONDS.labels(name, sub.topic).observe(time.perf_counter() - started)
 
-    async def _parse(self, sub: _Subscription, record: Any) -> Any | None:
-        """The parsed message, or None once an unparseable one is dead-lettered."""
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], topic: str, record: ConsumerRecord) -> T:
+        """Run `attempt` until it succeeds. Transient failures (see is_transient) are retried without
+        limit, with backoff, while /readyz reports the consumer as stuck; any other failure is retried
+        `consumer_max_attempts` times and then raised as _NotDone. `Rejected` passes straight through."""
+        name = self.settings.service_name
+        failures = 0
         try:
+            while True:
+                try:
+                    return await attempt()
+                except Rejected:
+                    raise
+                except Exception as e:
+                    transient = is_transient(e)
+                    failures += 1
+                    if not transient and failures >= self.settings.consumer_max_attempts:
+                        log.exception("%s: giving up on %s@%s:%s", name, topic, record.partition, record.offset)
+                        raise _NotDone() from e
+                    if self.retrying_since is None:
+                        self.retrying_since = time.monotonic()
+                    metrics.CONSUMER_RETRYING_SECONDS.labels(name).set(time.monotonic() - self.retrying_since)
+                    log.warning("%s: retrying %s@%s:%s (%s, attempt %d) after %r", name, topic, record.partition,
+                                record.offset, "transient" if transient else "error", failures, e)
+                    metrics.MESSAGES_CONSUMED.labels(name, topic, "retried").inc()
+                    await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+        finally:
+            self.retrying_since = None
+            metrics.CONSUMER_RETRYING_SECONDS.labels(name).set(0)
+
+    async def _parse(self, sub: _Subscription, record: ConsumerRecord) -> Any | None:
+        """The parsed message, or None once an unparseable one is dead-lettered. Any failure to turn the
+        bytes into a contract message (encoding, JSON, depth, number range, validation) is the record's
+        own fault, so it alone is dead-lettered and the rest of the fetch goes on."""
+        try:
+            if record.value is None:
+                raise ValueError("the record has no value (a tombstone)")
             return sub.parse(record.value)
-        except (ValidationError, ValueError) as e:
-            reason = describe_validation_error(e) if isinstance(e, ValidationError) else str(e)
-            await self._dead_letter(sub.topic, record, f"invalid message: {reason}", "invalid")
+        except Exception as e:  # noqa: BLE001 - see above: nothing may escape with the fetch behind it
+            await self._dead_letter(sub.topic, record, f"invalid message: {_describe_parse_error(e)}", "invalid")
             return None
 
-    async def _handle(self, sub: _Subscription, messages: list[Any]) -> int:
+    async def _handle(self, sub: _Subscription, parsed: Sequence[tuple[ConsumerRecord, Any]]) -> int:
         """Handle the messages not seen before in one transaction; returns how many were new."""
         async with self.transaction() as tx:
-            fresh = await inbox.claim(tx.session, self.settings.group_id, sub.topic, messages)
-            if fresh:
-                await sub.run(tx, fresh)
-        return len(fresh)
+            tx.records = {id(message): record for record, message in parsed}
+            claimed = await inbox.claim(tx.session, self.settings.group_id, sub.topic, [m for _, m in parsed])
+            for message in claimed.reused:
+                tx.dead_letter(sub.topic, message, f"message_id {message.message_id} was already processed with "
+                                                   f"different content; a message_id cannot be reused")
+            if claimed.fresh:
+                await sub.run(tx, claimed.fresh)
+        return len(claimed.fresh)
 
-    async def _dead_letter(self, topic: str, record: Any, reason: str, error_type: str) -> None:
-        """Publish the original bytes and headers to `<topic>.dlq`, naming the error (acks=all)."""
-        assert self.producer is not None
-        log.warning("%s: dead-lettering %s@%s:%s: %s", self.settings.service_name, topic, record.partition, record.offset, reason)
-        headers = [h for h in (record.headers or []) if not h[0].startswith("x-dlq-")]
-        headers += [
-            ("x-dlq-reason", reason.encode()),
-            ("x-dlq-error-type", error_type.encode()),
-            ("x-dlq-source-topic", topic.encode()),
-            ("x-dlq-source-partition", str(record.partition).encode()),
-            ("x-dlq-source-offset", str(record.offset).encode()),
-            ("x-dlq-consumer", self.settings.group_id.encode()),
-        ]
-        await self.producer.send_and_wait(
-            self.settings.topic(dead_letter_topic(topic)), value=record.value, key=record.key, headers=headers
-        )
+    async def _dead_letter(self, topic: str, record: ConsumerRecord, reason: str, error_type: str) -> None:
+        """Queue the original bytes and headers for `<topic>.dlq` (through the outbox), naming the error.
+        A record dead-lettered before (redelivered after a crash before the offset commit) is not
+        dead-lettered twice: its position and content are recorded in the inbox with the letter."""
+        log.warning("%s: dead-lettering %s@%s:%s: %s", self.settings.service_name, topic, record.partition,
+                    record.offset, reason)
+        letter = _dead_letter_of(record, topic, reason, error_type, self.settings.group_id)
+        digest = hashlib.sha256(record.value or b"").hexdigest()[:16]
+        position = f"dlq:{topic}:{record.partition}:{record.offset}:{digest}"
+
+        async def write() -> None:
+            async with self.transaction() as tx:
+                if await inbox.claim_key(tx.session, self.settings.group_id, topic, position):
+                    outbox.add_dead_letter(tx.session, letter, message_id=str(uuid.uuid5(uuid.NAMESPACE_URL, position)))
+                    tx.emitted += 1
+
+        try:
+            await self._retrying(write, topic, record)
+        except _NotDone:
+            raise RuntimeError(f"cannot record the dead letter of {topic}@{record.partition}:{record.offset}") from None
         metrics.MESSAGES_CONSUMED.labels(self.settings.service_name, topic, "dead_lettered").inc()
+        metrics.DEAD_LETTERS.labels(self.settings.service_name, topic, error_type).inc()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -284,8 +397,20 @@ class ServiceRuntime:
             await asyncio.wait_for(ping(self.engine), 2)
             checks["database"] = "ok"
         except Exception as e:  # noqa: BLE001 - any failure means unhealthy
-            checks["database"] = f"unreachable: {e!r}"
+            log.warning("%s: database unreachable: %r", self.settings.service_name, e)
+            checks["database"] = "unreachable"
         checks["broker"] = "ok" if await self.broker.ping(timeout=2) else "unreachable"
+        return checks
+
+    def readiness(self) -> dict[str, str]:
+        """What /readyz adds to /healthz: the consumer is not stuck on one message, the relay publishes."""
+        limit = self.settings.stuck_after_seconds
+        now = time.monotonic()
+        checks = {"consumer": "ok", "outbox_relay": "ok"}
+        if self.retrying_since is not None and now - self.retrying_since > limit:
+            checks["consumer"] = f"retrying one message for {now - self.retrying_since:.0f} s"
+        if self.relay is not None and self.relay.failing_since is not None and now - self.relay.failing_since > limit:
+            checks["outbox_relay"] = f"failing for {now - self.relay.failing_since:.0f} s"
         return checks
 
     def http_app(self, title: str, routers: Sequence[APIRouter] = ()) -> FastAPI:
@@ -302,9 +427,18 @@ class ServiceRuntime:
 
         @app.get("/healthz", tags=["operations"])
         async def healthz() -> JSONResponse:
+            """200 while the database and the broker answer."""
             checks = await self.health()
             healthy = all(v == "ok" for v in checks.values())
             return JSONResponse({"status": "ok" if healthy else "unavailable", "checks": checks}, 200 if healthy else 503)
+
+        @app.get("/readyz", tags=["operations"])
+        async def readyz() -> JSONResponse:
+            """503 while a consumer has been stuck on one message, or the outbox relay failing, for longer
+            than `STUCK_AFTER_SECONDS`, or while /healthz fails."""
+            checks = await self.health() | self.readiness()
+            ready = all(v == "ok" for v in checks.values())
+            return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503)
 
         @app.get("/metrics", tags=["operations"])
         async def prometheus_metrics() -> Response:

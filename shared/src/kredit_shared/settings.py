@@ -38,6 +38,8 @@ class ServiceSettings(BaseSettings):
     outbox_batch_size: int = 500
     # An unexpected handler error is retried this many times before the message is dead-lettered.
     consumer_max_attempts: int = 5
+    # /readyz fails once one message has been retried, or the relay has failed, for this long.
+    stuck_after_seconds: float = 60.0
     # The most records one fetch hands the consumer (a batch handler commits them in one transaction).
     consumer_batch_size: int = Field(default=500, ge=1)
 

@@ -204,8 +204,8 @@ class TopicProbe:
         for records in batches.values():
             for r in records:
                 self.records.append(
-                    Record(r.topic, r.key.decode() if r.key else None, r.value,
-                           {k: v.decode() for k, v in (r.headers or [])})
+                    Record(r.topic, r.key.decode(errors="replace") if r.key else None, r.value,
+                           {k: v.decode(errors="replace") if v is not None else "" for k, v in (r.headers or [])})
                 )
 
     async def wait_for(self, predicate: Callable[[Record], bool], count: int = 1, timeout: float = 15) -> list[Record]:
@@ -232,6 +232,25 @@ async def publish(bootstrap_servers: str, topic: str, value: bytes | dict | str,
     try:
         payload = value if isinstance(value, bytes) else (value if isinstance(value, str) else json.dumps(value)).encode()
         await producer.send_and_wait(topic, payload, key=key.encode())
+    finally:
+        await producer.stop()
+
+
+async def publish_many(
+    bootstrap_servers: str, topic: str, records: list[bytes | dict | tuple[bytes | dict, list[tuple[str, bytes | None]]]],
+    key: str = "k",
+) -> None:
+    """Publish several records (a value, or a value with headers) in one go, to one partition (one key),
+    so a consumer that starts afterwards gets them in one fetch."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=50)
+    await producer.start()
+    try:
+        deliveries = []
+        for record in records:
+            value, headers = record if isinstance(record, tuple) else (record, [])
+            payload = value if isinstance(value, bytes) else json.dumps(value).encode()
+            deliveries.append(await producer.send(topic, payload, key=key.encode(), headers=headers))
+        await asyncio.gather(*deliveries)
     finally:
         await producer.stop()
 
