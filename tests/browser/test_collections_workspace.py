@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from tests.browser.conftest import shoot, wait_for
 
 pytestmark = pytest.mark.slow
@@ -116,6 +115,7 @@ def test_a_refused_write_off_reads_as_text_and_a_cancelled_request_frees_its_inv
     page.click("#write-off-form button[type=submit]")
     error = page.locator("#write-off-error")
     expect(error).to_contain_text("already in a write-off that is not yet posted and settled: FTI-BI-3001")
+    expect(error).to_contain_text("Write-off WOJ-")  # a link to the write-off that holds the invoice
     assert "{" not in error.inner_text() and "Traceback" not in page.content()
     shoot(page, tmp_path, "write-off-refused")
 

@@ -205,10 +205,13 @@ async def _customer_page(request: Request, session, setup: CompanySetup, account
     shown = [r for r in rows if (show == "all" or r.is_open) and (not type_ or r.transaction.transaction_type == type_)]
     parameters = await handlers.write_off_parameters(session, setup)
     claimed = await handlers.claimed_by(session, account)
+    write_offs = await handlers.write_off_requests(session, account)
+    # A refusal names the vouchers already in a write-off: link those write-offs next to the message.
+    holding = {claimed[v] for v in claimed if error and v in error}
     return _page(
         request, "customer.html", status_code, account=account, name=name, aged=aged,
         buckets=[b.label for b in setup.aging_buckets], overdue=overdue, rows=shown, show=show, type_=type_,
-        types=types, claimed=claimed, write_offs=await handlers.write_off_requests(session, account),
+        types=types, claimed=claimed, write_offs=write_offs, holding=[w for w in write_offs if w.id in holding],
         reason_codes=setup.reason_codes, parameters=parameters, today=today, error=error, form=form or {},
         open_rows=[r for r in rows if r.is_open],
     )

@@ -11,7 +11,11 @@ import re
 import time
 from decimal import Decimal
 
+import httpx
+
 from kredit_collections import tables
+from kredit_collections.app import create_app
+from kredit_collections.settings import CollectionsSettings
 
 AS_OF = "2015-12-31"
 
@@ -103,8 +107,9 @@ async def test_customer_page_shows_balances_transactions_and_refusals_as_text(st
         again = await svc.client.post("/customers/US-004/write-off",
                                       data={"scope": "invoice", "invoice_id": "CW-1001", "reason_code": "BadDebt"})
         assert again.status_code == 409
-        error = re.search(r'id="write-off-error">(.*?)</p>', again.text).group(1)
+        error = re.sub(r"<[^>]+>", "", re.search(r'id="write-off-error">(.*?)</p>', again.text, re.S).group(1))
         assert "already in a write-off" in error and "CW-1" in error and "{" not in error
+        assert "(requested): post or cancel it first" in error  # the write-off that holds the invoice, linked
         nothing = await svc.client.post("/customers/US-004/write-off", data={"scope": "marked"})
         assert nothing.status_code == 422 and "tick at least one open transaction" in nothing.text
         listed = await svc.client.get("/write-offs")
@@ -134,3 +139,23 @@ async def test_ten_thousand_customers_page_and_search_under_a_second(start_colle
         by_name = sorted(range(10_000), key=lambda n: f"customer {n}")  # "Customer 10" < "Customer 100" < ...
         assert [r[0] for r in cells(page.text, "aged")] == [f"C{n:05d}" for n in by_name[300:350]]
         assert "100,100.00" in page.text  # 10,000 x 10.01 in the totals row
+
+
+
+async def test_cors_preflight_answers_only_configured_origins(tmp_path):
+    preflight = {"access-control-request-method": "POST", "access-control-request-headers": "content-type"}
+
+    async def options(origin: str, **settings) -> httpx.Response:
+        # A preflight is answered before any route runs: no lifespan (broker, database) needed.
+        app = create_app(CollectionsSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}", **settings))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
+            return await client.options("/api/v1/write-offs", headers=preflight | {"origin": origin})
+
+    configured = {"cors_origins": "https://ar.example.test, http://localhost:5173"}
+    allowed = await options("https://ar.example.test", **configured)
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://ar.example.test"
+    other = await options("https://evil.test", **configured)
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    default = await options("https://ar.example.test")  # none by default
+    assert default.status_code == 405 and "access-control-allow-origin" not in default.headers
