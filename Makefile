@@ -2,7 +2,7 @@
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 
-.PHONY: setup run demo test lint bench clean
+.PHONY: setup run demo test lint browser bench clean
 
 setup:  ## install uv (if missing) and the locked workspace into .venv
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.5"
@@ -18,8 +18,15 @@ lint: setup  ## ruff, and the architecture rules: pure domains, independent serv
 	@$(UV) run --frozen ruff check .
 	@$(UV) run --frozen lint-imports
 
-test: setup lint  ## the whole suite, against a real broker and real databases
+test: setup lint browser  ## the whole suite, against a real broker and real databases
 	@$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+browser:  ## Debian's chromium for the browser tests, when absent and installable (else those tests skip, saying why)
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium for the browser tests ..."; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "chromium could not be installed: the browser tests will be skipped"; \
+	fi
 
 bench: setup  ## ledger-posting throughput and latency on SQLite and PostgreSQL
 	@$(UV) run --frozen python scripts/bench_ledger.py

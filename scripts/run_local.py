@@ -103,8 +103,10 @@ def main() -> None:
             stack.spawn("broker", [tansu_binary(), "broker", "--listener-url", address, "--advertised-listener-url",
                                    address, "--storage-engine", "memory://tansu/"], log=data_dir / "logs" / "broker.log")
             bootstrap = f"{HOST}:{kafka_port}"
+        ledger_url = f"http://{HOST}:{next(s.port for s in SERVICES if s.name == 'ledger-posting')}"
         for service in SERVICES:
             env = os.environ | {
+                "LEDGER_POSTING_URL": ledger_url,  # the collections workspace reviews and posts journals there
                 "HTTP_HOST": HOST,
                 "HTTP_PORT": str(service.port),
                 "DATABASE_URL": f"sqlite+aiosqlite:///{data_dir / service.name}.db",
@@ -131,6 +133,7 @@ def main() -> None:
         print(f"kredit: running (Kafka {bootstrap}, SQLite databases and logs in {data_dir})")
         for service in SERVICES:
             print(f"  {service.name:<15} http://{HOST}:{service.port}   (API docs: /docs, health: /healthz)")
+        print(f"kredit: the collections workspace: http://{HOST}:{SERVICES[0].port}/")
         print("kredit: `make demo` publishes the source scenarios; Ctrl-C stops everything.", flush=True)
 
         while True:

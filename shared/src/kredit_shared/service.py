@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -425,6 +426,9 @@ class ServiceRuntime:
 
         app = FastAPI(title=title, lifespan=lifespan)
         app.state.runtime = self
+        if self.settings.cors_origins:  # none by default: only the service's own pages call it
+            app.add_middleware(CORSMiddleware, allow_origins=self.settings.cors_origins, allow_methods=["*"],
+                               allow_headers=["*"])
 
         @app.get("/healthz", tags=["operations"])
         async def healthz() -> JSONResponse:

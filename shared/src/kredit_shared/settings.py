@@ -45,6 +45,14 @@ class ServiceSettings(BaseSettings):
     # The most records one fetch hands the consumer (a batch handler commits them in one transaction).
     consumer_batch_size: int = Field(default=500, ge=1)
 
+    # Browser origins allowed to call the HTTP API (CORS), e.g. "https://ar.example.com,http://localhost:5173".
+    cors_origins: Annotated[list[str], NoDecode] = []
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        return [o.strip() for o in value.split(",") if o.strip()] if isinstance(value, str) else value
+
     # Crash points for failure tests only (e.g. "relay-before-publish,consumer-after-commit").
     failpoints: Annotated[frozenset[str], NoDecode] = frozenset()
 

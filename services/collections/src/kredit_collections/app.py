@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from kredit_collections import api, handlers
+from kredit_collections import api, handlers, ui
 from kredit_collections.settings import CollectionsSettings
 from kredit_collections.tables import TABLES
 from kredit_shared.company_setup import load_company_setup
@@ -27,7 +27,7 @@ def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
                       handlers.record_customer_transaction)
     runtime.subscribe(AR_SETTLEMENTS, OpenItemsSettled.model_validate_json, handlers.record_settlement)
     runtime.subscribe(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, handlers.record_journal_event)
-    app = runtime.http_app("Kredit collections", routers=[api.router])
+    app = runtime.http_app("Kredit collections", routers=[api.router, ui.csv_router, ui.router])
     app.state.setup = setup
     return app
 

@@ -126,8 +126,25 @@ async def aged_balances(session: AsyncSession, setup: CompanySetup, as_of: date)
     return age_balances(*await tables.load_read_model(session, as_of=as_of), as_of, setup.aging_buckets)
 
 
+async def customer_aged_balances(
+    session: AsyncSession, setup: CompanySetup, customer_account: str, as_of: date
+) -> list[AgedBalance]:
+    return age_balances(*await tables.load_read_model(session, customer_account, as_of=as_of), as_of,
+                        setup.aging_buckets)
+
+
 async def open_customer_invoices(session: AsyncSession, customer_account: str | None) -> list[TransactionBalance]:
     return open_invoices(await balances(session, customer_account))
+
+
+async def write_off_requests(
+    session: AsyncSession, customer_account: str | None = None
+) -> list[tables.WriteOffRequestRow]:
+    return await tables.write_off_requests(session, customer_account)
+
+
+async def claimed_by(session: AsyncSession, customer_account: str) -> dict[str, str]:
+    return await tables.claimed_by(session, customer_account)
 
 
 async def write_off_request(session: AsyncSession, write_off_id: str) -> tables.WriteOffRequestRow | None:

@@ -44,14 +44,6 @@ class CustomerTransactionRow(SQLModel, table=True):
     due_date: date | None = None
     sales_tax_amount: Decimal = money_field()
 
-    def to_domain(self) -> CustomerTransaction:
-        return CustomerTransaction(
-            voucher=self.voucher, transaction_type=self.transaction_type, customer_account=self.customer_account,
-            transaction_date=self.transaction_date, amount=self.amount, currency=self.currency,
-            invoice_id=self.invoice_id, due_date=self.due_date, sales_tax_amount=self.sales_tax_amount,
-            customer_name=self.customer_name,
-        )
-
 
 class SettlementDeltaRow(SQLModel, table=True):
     """How a settlement moved a transaction's balance. Stored as deltas, never applied to a balance,
@@ -90,7 +82,8 @@ async def load_read_model(
     session: AsyncSession, customer_account: str | None = None, as_of: date | None = None
 ) -> tuple[list[CustomerTransaction], list[SettlementDelta]]:
     """Transactions (of one customer, or all) and the settlement deltas that move them, up to `as_of`."""
-    transactions = select(CustomerTransactionRow)
+    # Plain rows, not ORM objects: building 10,000 tracked instances took most of an aged balances page.
+    transactions = select(*CustomerTransactionRow.__table__.columns)
     deltas = select(SettlementDeltaRow)
     if as_of is not None:
         transactions = transactions.where(CustomerTransactionRow.transaction_date <= as_of)
@@ -99,7 +92,7 @@ async def load_read_model(
         transactions = transactions.where(CustomerTransactionRow.customer_account == customer_account)
         vouchers = select(CustomerTransactionRow.voucher).where(CustomerTransactionRow.customer_account == customer_account)
         deltas = deltas.where(SettlementDeltaRow.voucher.in_(vouchers))
-    return ([r.to_domain() for r in (await session.exec(transactions)).all()],
+    return ([CustomerTransaction(**r._mapping) for r in (await session.exec(transactions)).all()],
             [d.to_domain() for d in (await session.exec(deltas)).all()])
 
 
@@ -191,6 +184,22 @@ async def claimed_vouchers(session: AsyncSession, customer_account: str) -> set[
         WriteOffVoucherRow.customer_account == customer_account, WriteOffVoucherRow.claimed
     )
     return set((await session.exec(query)).all())
+
+
+async def write_off_requests(session: AsyncSession, customer_account: str | None = None) -> list[WriteOffRequestRow]:
+    """Write-off requests, newest first; all customers unless filtered."""
+    query = select(WriteOffRequestRow).order_by(WriteOffRequestRow.created_at.desc())
+    if customer_account is not None:
+        query = query.where(WriteOffRequestRow.customer_account == customer_account)
+    return list((await session.exec(query)).all())
+
+
+async def claimed_by(session: AsyncSession, customer_account: str) -> dict[str, str]:
+    """Voucher -> the write-off that reserves it, for the customer's claimed vouchers."""
+    query = select(WriteOffVoucherRow).where(
+        WriteOffVoucherRow.customer_account == customer_account, WriteOffVoucherRow.claimed
+    )
+    return {row.voucher: row.write_off_id for row in (await session.exec(query)).all()}
 
 
 async def write_off_vouchers(session: AsyncSession, write_off_id: str) -> list[WriteOffVoucherRow]:

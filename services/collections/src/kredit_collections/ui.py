@@ -1,0 +1,339 @@
+"""The collections workspace: server-rendered pages (Jinja2, plain forms, a little vanilla JS) at `/`.
+
+The pages call the same handlers as the JSON API. Journal review and posting go through
+ledger-posting's HTTP API (LEDGER_POSTING_URL): services never import each other's code.
+Refusals are shown next to the action that caused them, as the domain's sentence.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlencode
+
+import httpx
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from kredit_collections import handlers
+from kredit_collections.domain import (
+    CANCELLED,
+    CANCELLING,
+    JOURNAL_CREATED,
+    REQUESTED,
+    AgedBalance,
+    WriteOffError,
+    days_past_due,
+)
+from kredit_collections.settings import CollectionsSettings
+from kredit_shared.company_setup import CompanySetup
+from kredit_shared.money import ZERO
+from kredit_shared.service import RuntimeDep, SessionDep
+
+HERE = Path(__file__).parent
+STATIC = {"app.css": "text/css", "app.js": "text/javascript"}
+PAGE_SIZES = (25, 50, 100, 200)
+# A write-off still moving (the page reloads itself until ledger-posting's answer has arrived).
+MOVING = (REQUESTED, CANCELLING)
+
+router = APIRouter(include_in_schema=False)
+csv_router = APIRouter(prefix="/api/v1", tags=["collections"])
+
+
+def money(value: Decimal | None) -> str:
+    return "" if value is None else f"{value:,.2f}"
+
+
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters["money"] = money
+templates.env.filters["dec"] = lambda value: Decimal(str(value))  # amounts in ledger-posting's JSON are strings
+
+
+def _setup(request: Request) -> CompanySetup:
+    return request.app.state.setup
+
+
+SetupDep = Annotated[CompanySetup, Depends(_setup)]
+
+
+def _page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, template, context, status_code=status_code)
+
+
+@router.get("/static/{name}")
+async def static(name: str) -> FileResponse:
+    if name not in STATIC:
+        raise HTTPException(404, f"no static file {name!r}")
+    return FileResponse(HERE / "static" / name, media_type=STATIC[name])
+
+
+# --- aged balances ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgedView:
+    """What the aged balances page shows: one page of the matching rows, and totals of all of them."""
+
+    as_of: dt.date
+    buckets: list[str]
+    rows: list[AgedBalance]  # this page
+    matching: int
+    totals: dict[str, dict[str, Decimal]]  # currency -> "balance" and each bucket, over every matching row
+    page: int
+    pages: int
+
+
+def sort_key(column: str, buckets: list[str]):
+    if column in buckets:
+        return lambda r: r.buckets[column]
+    return {
+        "account": lambda r: r.customer_account,
+        "name": lambda r: (r.customer_name or "").lower(),
+        "currency": lambda r: r.currency,
+        "balance": lambda r: r.balance,
+    }.get(column, lambda r: r.customer_account)
+
+
+def aged_view(rows: list[AgedBalance], buckets: list[str], as_of: dt.date, q: str, sort: str, desc: bool,
+              page: int, size: int) -> AgedView:
+    if needle := q.strip().lower():
+        rows = [r for r in rows if needle in r.customer_account.lower() or needle in (r.customer_name or "").lower()]
+    rows = sorted(rows, key=sort_key(sort, buckets), reverse=desc)
+    totals: dict[str, dict[str, Decimal]] = {}
+    for r in rows:
+        total = totals.setdefault(r.currency, {"balance": ZERO} | {b: ZERO for b in buckets})
+        total["balance"] += r.balance
+        for b in buckets:
+            total[b] += r.buckets[b]
+    pages = max(1, math.ceil(len(rows) / size))
+    page = min(max(page, 1), pages)
+    return AgedView(as_of, buckets, rows[(page - 1) * size: page * size], len(rows), totals, page, pages)
+
+
+async def _aged(session, setup: CompanySetup, as_of: dt.date | None, q: str, sort: str, desc: bool, page: int,
+                size: int) -> AgedView:
+    as_of = as_of or dt.date.today()
+    rows = await handlers.aged_balances(session, setup, as_of)
+    return aged_view(rows, [b.label for b in setup.aging_buckets], as_of, q, sort, desc, page, size)
+
+
+def bucket_chart(view: AgedView) -> list[dict[str, Any]]:
+    """Bars of the bucket totals per currency, as SVG coordinates (drawn by the template)."""
+    charts = []
+    for currency, total in view.totals.items():
+        amounts = [total[b] for b in view.buckets]
+        top = max([abs(a) for a in amounts] + [Decimal(1)])
+        bars = []
+        for i, (label, amount) in enumerate(zip(view.buckets, amounts)):
+            height = float(abs(amount) / top) * 120
+            bars.append({"label": label, "amount": amount, "x": 20 + i * 110, "y": 140 - height, "height": height,
+                         "negative": amount < 0})
+        charts.append({"currency": currency, "bars": bars, "width": 40 + len(amounts) * 110})
+    return charts
+
+
+AsOf = Annotated[dt.date | None, Query(description="YYYY-MM-DD; default today")]
+Search = Annotated[str, Query(description="part of the customer account or name")]
+Sort = Annotated[str, Query(description="account, name, currency, balance or a bucket label")]
+Size = Annotated[int, Query(ge=1, le=1000)]
+
+
+@router.get("/", response_class=HTMLResponse)
+async def aged_balances_page(
+    request: Request, session: SessionDep, setup: SetupDep, as_of: AsOf = None, q: Search = "",
+    sort: Sort = "account", desc: bool = False, page: Annotated[int, Query(ge=1)] = 1, size: Size = 50,
+) -> HTMLResponse:
+    view = await _aged(session, setup, as_of, q, sort, desc, page, size)
+    params = {"as_of": view.as_of.isoformat(), "q": q, "sort": sort, "desc": str(desc).lower(), "size": size}
+
+    def link(**changes: Any) -> str:
+        return "/?" + urlencode(params | {"page": view.page} | changes)
+
+    return _page(request, "aged_balances.html", view=view, q=q, sort=sort, desc=desc, size=size,
+                 sizes=PAGE_SIZES, link=link, charts=bucket_chart(view),
+                 csv_url="/api/v1/aged-balances.csv?" + urlencode(params | {"page": view.page}))
+
+
+@csv_router.get("/aged-balances.csv", response_class=Response,
+                responses={200: {"content": {"text/csv": {}}, "description": "The rows of the page, then totals"}})
+async def aged_balances_csv(
+    session: SessionDep, setup: SetupDep, as_of: AsOf = None, q: Search = "", sort: Sort = "account",
+    desc: bool = False, page: Annotated[int, Query(ge=1)] = 1, size: Size = 50,
+) -> Response:
+    """Exactly what the aged balances page shows for the same query: that page's rows, then one
+    total row per currency over every matching row (the page's totals row)."""
+    view = await _aged(session, setup, as_of, q, sort, desc, page, size)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["customer_account", "customer_name", "currency", "balance", *view.buckets])
+    for r in view.rows:
+        writer.writerow([r.customer_account, r.customer_name or "", r.currency, r.balance,
+                         *(r.buckets[b] for b in view.buckets)])
+    for currency, total in view.totals.items():
+        writer.writerow(["Total", f"{view.matching} customers", currency, total["balance"],
+                         *(total[b] for b in view.buckets)])
+    filename = f"aged-balances-{view.as_of.isoformat()}.csv"
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
+                    headers={"content-disposition": f'attachment; filename="{filename}"'})
+
+
+# --- customer --------------------------------------------------------------------------------
+
+
+async def _customer_page(request: Request, session, setup: CompanySetup, account: str, *, show: str = "open",
+                         type_: str = "", error: str | None = None, form: dict[str, Any] | None = None,
+                         status_code: int = 200) -> HTMLResponse:
+    today = dt.date.today()
+    try:
+        rows = await handlers.customer_transactions(session, account)
+    except WriteOffError as e:
+        return _page(request, "message.html", 404, title=f"Customer {account}", message=str(e))
+    aged = await handlers.customer_aged_balances(session, setup, account, today)
+    name = next((r.transaction.customer_name for r in reversed(rows) if r.transaction.customer_name), "")
+    overdue: dict[str, Decimal] = {}
+    for r in rows:
+        if r.is_open and days_past_due(r.transaction, today) > 0:
+            overdue[r.transaction.currency] = overdue.get(r.transaction.currency, ZERO) + r.balance
+    types = sorted({r.transaction.transaction_type for r in rows})
+    shown = [r for r in rows if (show == "all" or r.is_open) and (not type_ or r.transaction.transaction_type == type_)]
+    parameters = await handlers.write_off_parameters(session, setup)
+    claimed = await handlers.claimed_by(session, account)
+    write_offs = await handlers.write_off_requests(session, account)
+    # A refusal names the vouchers already in a write-off: link those write-offs next to the message.
+    holding = {claimed[v] for v in claimed if error and v in error}
+    return _page(
+        request, "customer.html", status_code, account=account, name=name, aged=aged,
+        buckets=[b.label for b in setup.aging_buckets], overdue=overdue, rows=shown, show=show, type_=type_,
+        types=types, claimed=claimed, write_offs=write_offs, holding=[w for w in write_offs if w.id in holding],
+        reason_codes=setup.reason_codes, parameters=parameters, today=today, error=error, form=form or {},
+        open_rows=[r for r in rows if r.is_open],
+    )
+
+
+@router.get("/customers/{account}", response_class=HTMLResponse)
+async def customer_page(request: Request, account: str, session: SessionDep, setup: SetupDep,
+                        show: str = "open", type: str = "") -> HTMLResponse:
+    return await _customer_page(request, session, setup, account, show=show, type_=type)
+
+
+async def _form(request: Request) -> dict[str, list[str]]:
+    # Plain urlencoded forms: parsed here rather than adding python-multipart for Form(...).
+    return parse_qs((await request.body()).decode(), keep_blank_values=True)
+
+
+@router.post("/customers/{account}/write-off", response_class=HTMLResponse)
+async def write_off_from_page(request: Request, account: str, runtime: RuntimeDep, setup: SetupDep) -> Response:
+    """The write-off dialog: scope `all` (whole balance), `marked` (the ticked vouchers) or `invoice`."""
+    form = await _form(request)
+    first = {k: v[0] for k, v in form.items() if v}
+    scope = first.get("scope", "all")
+    vouchers = form.get("voucher", []) if scope == "marked" else None
+    invoice_id = first.get("invoice_id") if scope == "invoice" else None
+    try:
+        on = dt.date.fromisoformat(first["date"]) if first.get("date") else None
+        if scope == "marked" and not vouchers:
+            raise WriteOffError("tick at least one open transaction to write off the marked transactions")
+        async with runtime.transaction() as tx:
+            write_off_id = await handlers.request_write_off(
+                tx, setup, account, vouchers=vouchers, invoice_id=invoice_id,
+                reason_code=first.get("reason_code") or None, reason_comment=first.get("reason_comment") or None,
+                on=on,
+            )
+    except (WriteOffError, ValueError) as e:
+        async with runtime.sessions() as session:
+            return await _customer_page(request, session, setup, account, error=str(e), form=first | {
+                "vouchers": set(form.get("voucher", []))}, status_code=409 if "already" in str(e) else 422)
+    return RedirectResponse(f"/write-offs/{write_off_id}", status_code=303)
+
+
+# --- write-off requests and their journals ---------------------------------------------------
+
+
+def _settings(runtime) -> CollectionsSettings:
+    return runtime.settings
+
+
+async def _ledger(runtime, method: str, path: str) -> tuple[dict | None, str | None]:
+    """Ledger-posting's answer as JSON, or the sentence to show when it refused or could not be reached."""
+    url = _settings(runtime).ledger_posting_url.rstrip("/") + path
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.request(method, url)
+    except httpx.HTTPError as e:
+        return None, f"ledger-posting at {url} did not answer ({type(e).__name__})"
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text[:300]
+        return None, f"ledger-posting refused: {detail}"
+    return response.json(), None
+
+
+@router.get("/write-offs", response_class=HTMLResponse)
+async def write_offs_page(request: Request, session: SessionDep, status: str = "") -> HTMLResponse:
+    rows = await handlers.write_off_requests(session)
+    statuses = sorted({r.status for r in rows})
+    if status:
+        rows = [r for r in rows if r.status == status]
+    return _page(request, "write_offs.html", rows=rows, status=status, statuses=statuses, amount=written_off)
+
+
+def written_off(row) -> Decimal:
+    """The amount a write-off request takes off the customer: its Customer lines, credit minus debit."""
+    return sum((line.credit - line.debit for line in row.journal_lines if line.account_type == "Customer"), ZERO)
+
+
+async def _write_off_page(request: Request, runtime, write_off_id: str, error: str | None = None,
+                          status_code: int = 200) -> HTMLResponse:
+    async with runtime.sessions() as session:
+        row = await handlers.write_off_request(session, write_off_id)
+    if row is None:
+        return _page(request, "message.html", 404, title="Write-off", message=f"no write-off {write_off_id!r}")
+    journal, ledger_error = (None, None)
+    if row.journal_batch_number:
+        journal, ledger_error = await _ledger(runtime, "GET", f"/api/v1/journals/{row.journal_batch_number}")
+    # Reload until ledger-posting's answer has come back (a posted journal whose event is on its way too).
+    moving = row.status in MOVING or bool(journal and journal["status"] == "posted" and row.status != "posted")
+    return _page(request, "write_off.html", status_code, row=row, journal=journal, ledger_error=ledger_error,
+                 error=error, moving=moving, amount=written_off(row),
+                 can_post=row.status == JOURNAL_CREATED and bool(journal and journal["status"] == "open"),
+                 can_cancel=row.status in (REQUESTED, JOURNAL_CREATED), cancelled=row.status == CANCELLED)
+
+
+@router.get("/write-offs/{write_off_id}", response_class=HTMLResponse)
+async def write_off_page(request: Request, write_off_id: str, runtime: RuntimeDep) -> HTMLResponse:
+    return await _write_off_page(request, runtime, write_off_id)
+
+
+@router.post("/write-offs/{write_off_id}/post", response_class=HTMLResponse)
+async def post_journal(request: Request, write_off_id: str, runtime: RuntimeDep) -> Response:
+    """The accountant's Post: collections asks ledger-posting to post the write-off's journal."""
+    async with runtime.sessions() as session:
+        row = await handlers.write_off_request(session, write_off_id)
+    if row is None or not row.journal_batch_number:
+        return await _write_off_page(request, runtime, write_off_id, "there is no journal to post yet", 409)
+    _, error = await _ledger(runtime, "POST", f"/api/v1/journals/{row.journal_batch_number}/post")
+    if error:
+        return await _write_off_page(request, runtime, write_off_id, error, 409)
+    return RedirectResponse(f"/write-offs/{write_off_id}", status_code=303)
+
+
+@router.post("/write-offs/{write_off_id}/cancel", response_class=HTMLResponse)
+async def cancel_from_page(request: Request, write_off_id: str, runtime: RuntimeDep) -> Response:
+    reason = {k: v[0] for k, v in (await _form(request)).items() if v}.get("reason") or None
+    try:
+        async with runtime.transaction() as tx:
+            row = await handlers.cancel_write_off(tx, write_off_id, reason)
+    except WriteOffError as e:
+        return await _write_off_page(request, runtime, write_off_id, str(e), 409)
+    if row is None:
+        return _page(request, "message.html", 404, title="Write-off", message=f"no write-off {write_off_id!r}")
+    return RedirectResponse(f"/write-offs/{write_off_id}", status_code=303)
