@@ -256,7 +256,7 @@ def catalogue(spec: TopicSpec) -> list[Case]:
     add("structure", "JSON null body", value=b"null")
     if spec.lines:
         def many_lines(m: dict) -> None:
-            items = _get(m, spec.lines)
+            items = m.get(spec.lines) or []
             filler = items[0] if items else {"percent": "1.00", "date": "2015-03-05"}
             _set(m, spec.lines, [copy.deepcopy(filler) for _ in range(10_000)])
         add("structure", "10,000 list entries", mutated(many_lines))
