@@ -545,6 +545,11 @@ async def main(args: argparse.Namespace) -> int:
         converged = await converge(run, args.converge_timeout)
         observed = await observe(run)
         rss = stack.rss_kib()
+        # Joins beyond a process's own starts are rebalances: a replica (re)joining, or a live member
+        # evicted because it missed its session timeout (what a too-short timeout does under load).
+        rejoins = {p.label: p.log_count("Joined group") - p.starts for p in stack.processes}
+        expired = sum(p.log_count("Heartbeat session expired") + p.log_count("member_id was not recognized")
+                      + p.log_count("generation id is not  current") for p in stack.processes)
     checks, figures = check(workload, observed)
     checks.append(Check("converged", converged is not None,
                         f"{converged:.1f}s after the last record" if converged is not None else
@@ -556,6 +561,8 @@ async def main(args: argparse.Namespace) -> int:
         ["lost", figures["lost"]], ["duplicated", figures["duplicated"]],
         ["time to converge", f"{converged:.1f}s" if converged is not None else "never"],
         ["max RSS (MiB)", max((v or 0) for v in rss.values()) // 1024],
+        ["consumer group rejoins beyond starts", {k: v for k, v in rejoins.items() if v} or 0],
+        ["evictions seen in the logs (session expired, member or generation unknown)", expired],
         ["records published again (same message_id)", {t: n for t, n in observed.republished.items() if n} or 0],
     ]
     print()

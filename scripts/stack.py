@@ -89,6 +89,12 @@ class ServiceProcess:
         if self.process is not None:
             stop_process(self.process, grace_seconds=10)
 
+    def log_count(self, text: str) -> int:
+        """Lines of this replica's log (all its starts) containing `text`."""
+        with contextlib.suppress(OSError):
+            return sum(text in line for line in self.log.read_text(errors="replace").splitlines())
+        return 0
+
     def rss_kib(self) -> int | None:
         """VmRSS of the process, from /proc (None once it is gone)."""
         if not self.running():
