@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from stack import LocalStack, header, json_field, render_table, sigterm_as_interrupt
+from stack import LocalStack, ServiceProcess, header, json_field, render_table, sigterm_as_interrupt
 
 from kredit_shared.contracts import topics
 
@@ -371,6 +371,7 @@ class Run:
     kills: int = 0
     kill_log: list[str] = field(default_factory=list)
     write_offs: Counter = field(default_factory=Counter)
+    restart_seconds: list[float] = field(default_factory=list)  # SIGKILL to /healthz 200 again
     last_send: float = 0.0
 
 
@@ -440,9 +441,11 @@ async def drive(run: Run, rate: float) -> None:
 
 async def kill_loop(run: Run, interval: float, r: random.Random, stop: asyncio.Event) -> None:
     """Every `interval` seconds SIGKILL one running service process (ours, by PID) and restart it."""
+    restarts: list[asyncio.Task] = []
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
+            await asyncio.gather(*restarts)
             return
         candidates = [p for p in run.stack.processes if p.running()]
         if not candidates:
@@ -453,6 +456,12 @@ async def kill_loop(run: Run, interval: float, r: random.Random, stop: asyncio.E
         run.kill_log.append(f"{time.strftime('%H:%M:%S')} {victim.label}")
         print(f"chaos: SIGKILL {victim.label} (kill {run.kills})", flush=True)
         victim.start()
+        restarts.append(asyncio.create_task(time_restart(run, victim)))
+
+
+async def time_restart(run: Run, process: ServiceProcess) -> None:
+    with contextlib.suppress(RuntimeError, TimeoutError):  # killed again meanwhile, or never healthy
+        run.restart_seconds.append(await run.stack.wait_healthy([process], timeout=180))
 
 
 async def snapshot(stack: LocalStack, client: httpx.AsyncClient) -> tuple:
@@ -461,26 +470,35 @@ async def snapshot(stack: LocalStack, client: httpx.AsyncClient) -> tuple:
     return (tb["total_debit"], tuple((a["account"], a["balance"]) for a in tb["accounts"]), json.dumps(aged, sort_keys=True))
 
 
-async def converge(run: Run, timeout: float) -> float | None:
-    """Seconds from the end of the load until lag is zero and the state stays still for 6 s; None if never."""
+async def converge(run: Run, timeout: float) -> tuple[float | None, dict[str, int]]:
+    """Seconds from the end of the load until the state and the consumer lag have not changed for
+    10 s (None if that never happens), and the lag then. Lag that stays above 0 is reported, not
+    waited for: records a consumer skipped without committing stay behind until something follows."""
     stack = run.stack
-    for p in stack.processes:
-        if not p.running():
-            p.start()
-    await stack.wait_healthy(stack.processes, timeout=timeout)
+    for attempt in (1, 2):  # a process restarted by the last kill may itself die at start-up: once more
+        for p in stack.processes:
+            if not p.running():
+                p.start()
+        try:
+            await stack.wait_healthy(stack.processes, timeout=timeout)
+            break
+        except (RuntimeError, TimeoutError) as e:
+            print(f"chaos: after the load: {e}", flush=True)
+            if attempt == 2:
+                raise
     deadline = time.monotonic() + timeout
-    previous, still_since = None, None
+    previous, still_since, lag = None, time.monotonic(), {}
     async with httpx.AsyncClient(timeout=10) as client:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
                 lag = await stack.lag()
-                state = await snapshot(stack, client)
-                if any(lag.values()) or state != previous:
+                state = (await snapshot(stack, client), tuple(sorted(lag.items())))
+                if state != previous:
                     previous, still_since = state, time.monotonic()
-                elif time.monotonic() - still_since >= 6:
-                    return still_since - run.last_send
+                elif time.monotonic() - still_since >= 10:
+                    return still_since - run.last_send, lag
             await asyncio.sleep(1)
-    return None
+    return None, lag
 
 
 async def observe(run: Run) -> Observed:
@@ -542,7 +560,7 @@ async def main(args: argparse.Namespace) -> int:
             stop.set()
             await killer
         print(f"chaos: load done, {run.kills} kills; waiting for convergence ...", flush=True)
-        converged = await converge(run, args.converge_timeout)
+        converged, lag = await converge(run, args.converge_timeout)
         observed = await observe(run)
         rss = stack.rss_kib()
         # Joins beyond a process's own starts are rebalances: a replica (re)joining, or a live member
@@ -551,6 +569,8 @@ async def main(args: argparse.Namespace) -> int:
         expired = sum(p.log_count("Heartbeat session expired") + p.log_count("member_id was not recognized")
                       + p.log_count("generation id is not  current") for p in stack.processes)
     checks, figures = check(workload, observed)
+    checks.append(Check("every consumer group committed all its input (lag 0)", not any(lag.values()),
+                        f"records left: { {k: v for k, v in lag.items() if v} }"))
     checks.append(Check("converged", converged is not None,
                         f"{converged:.1f}s after the last record" if converged is not None else
                         f"not within {args.converge_timeout:.0f}s", informative=True))
@@ -558,6 +578,7 @@ async def main(args: argparse.Namespace) -> int:
         ["records sent", len(sends)], ["  of which exact duplicates", sum(s.kind == "duplicate" for s in sends)],
         ["  of which poison", len(workload.poison)], ["valid invoices / payments", f"{len(workload.invoices)} / {len(workload.payments)}"],
         ["write-offs", dict(run.write_offs) or 0], ["kills (SIGKILL)", run.kills],
+        ["restart to healthy (s, min/median/max)", _spread(run.restart_seconds)],
         ["lost", figures["lost"]], ["duplicated", figures["duplicated"]],
         ["time to converge", f"{converged:.1f}s" if converged is not None else "never"],
         ["max RSS (MiB)", max((v or 0) for v in rss.values()) // 1024],
@@ -574,6 +595,13 @@ async def main(args: argparse.Namespace) -> int:
     violated = [c for c in checks if not c.held]
     print(f"\nchaos: {'PASS' if not violated else f'FAIL ({len(violated)} invariants violated)'}; logs in {data_dir / 'logs'}")
     return 1 if violated else 0
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return f"{ordered[0]:.0f} / {ordered[len(ordered) // 2]:.0f} / {ordered[-1]:.0f}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
