@@ -133,7 +133,8 @@ def _poison(r: random.Random, kind: str, valid_invoice: dict, valid_payment: dic
     return topics.ERP_CUSTOMER_INVOICES, json.dumps(invoice).encode()
 
 
-def generate(messages: int, seed: int, write_off_share: float = 0.02) -> Workload:
+def generate(messages: int, seed: int, write_off_share: float = 0.02,
+             poison_kinds: list[str] | None = None) -> Workload:
     """A mixed workload of about `messages` records (plus write-off actions), reproducible by seed."""
     r = random.Random(seed)
     w = Workload()
@@ -222,7 +223,7 @@ def generate(messages: int, seed: int, write_off_share: float = 0.02) -> Workloa
             original = r.choice([s for s in w.sends() if s.kind == "valid"])
             w.steps.append(Send(original.topic, original.key, original.value, original.chaos_id, "duplicate"))
         if r.random() < 0.01 and w.invoices and w.payments:
-            kind = r.choice(POISON_KINDS)
+            kind = r.choice(poison_kinds or POISON_KINDS)
             topic, value = _poison(r, kind, r.choice(list(w.invoices.values())), r.choice(list(w.payments.values())))
             send = Send(topic, account, value, mid(), "poison", kind)
             w.steps.append(send)
@@ -538,7 +539,7 @@ async def observe(run: Run) -> Observed:
 
 
 async def main(args: argparse.Namespace) -> int:
-    workload = generate(args.messages, args.seed)
+    workload = generate(args.messages, args.seed, poison_kinds=args.poison.split(",") if args.poison else None)
     sends = workload.sends()
     print(f"chaos: seed {args.seed}: {len(sends)} records ({sum(s.kind == 'duplicate' for s in sends)} duplicates, "
           f"{len(workload.poison)} poison), {len(workload.steps) - len(sends)} write-offs, "
@@ -611,6 +612,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=50, help="records per second (default 50)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--postgres", action="store_true", help="fresh databases on 127.0.0.1:5432 instead of SQLite")
+    parser.add_argument("--poison", help=f"comma-separated poison kinds to send (default all: {','.join(POISON_KINDS)})")
     parser.add_argument("--session-timeout-ms", type=int, default=1000, help="consumer session timeout (default 1000)")
     parser.add_argument("--converge-timeout", type=float, default=300)
     parser.add_argument("--data-dir", help="default: a new temporary folder")
