@@ -330,14 +330,17 @@ def check(w: Workload, o: Observed) -> tuple[list[Check], dict[str, int]]:
     checks.append(Check("no transaction over-settled (0 ≤ open ≤ original)", not over, _examples(over)))
 
     starved: list[str] = []
+    wrong_by_variant: Counter = Counter()
     for s in w.scenarios:
         open_by_invoice = {row["invoice_id"]: D(row["open_amount"]) for row in o.settlement.get(s.customer_account, [])
                            if row["type"] == "Invoice"}
         got_a, got_b = open_by_invoice.get(s.a_invoice), open_by_invoice.get(s.b_invoice)
         if got_a != s.a_amount or got_b != ZERO:
             starved.append(f"{s.customer_account}({s.variant}): A {got_a} (want {s.a_amount}), B {got_b} (want 0.00)")
+            wrong_by_variant[s.variant] += 1
+    per_variant = ", ".join(f"{v} {wrong_by_variant[v]}/{n}" for v, n in sorted(Counter(s.variant for s in w.scenarios).items()))
     checks.append(Check(f"marked payments settle their invoice ({len(w.scenarios)} scenarios)", not starved,
-                        f"{len(starved)} wrong: {_examples(starved, 3)}"))
+                        f"{len(starved)} wrong ({per_variant}): {_examples(starved, 3)}"))
 
     dead = {topic: Counter(cid for cid, _, _ in entries) for topic, entries in o.dlq.items()}
     reasons = {cid for entries in o.dlq.values() for cid, _, reason in entries if reason}

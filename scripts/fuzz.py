@@ -537,13 +537,13 @@ def report(results: list[Sent], lag: dict[str, int], tb: dict, rss_peak: Counter
          "NO: " + ", ".join(f"{a} is {got}, valid ones give {want}" for a, (got, want) in sorted(moved.items()))],
         ["trial balance debits = credits", "yes" if D(tb["total_debit"]) == D(tb["total_credit"]) else "NO"],
         ["records never committed (lag left after draining)", left or 0],
-        ["stuck consumers (a fresh valid message not processed in 60 s)", stuck or 0],
+        ["stuck topics: a fresh valid message took no effect in 60 s (consumer or relay wedged)", stuck or 0],
         ["peak RSS per process (MiB)", {k: v // 1024 for k, v in sorted(rss_peak.items())}],
         [f"processes over {RSS_LIMIT_MIB} MiB", over or 0],
         ["processes that died", dead or 0],
     ]))
     failed = lost or stuck or dead
-    print(f"\nfuzz: {'FAIL' if failed else 'PASS'} ({lost} valid lost, {len(stuck)} stuck consumers, {len(dead)} dead)")
+    print(f"\nfuzz: {'FAIL' if failed else 'PASS'} ({lost} valid lost, {len(stuck)} stuck topics, {len(dead)} dead)")
     return 1 if failed else 0
 
 
