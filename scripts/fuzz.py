@@ -511,7 +511,7 @@ def report(results: list[Sent], lag: dict[str, int], tb: dict, rss_peak: Counter
     if failures:
         print()
         print(render_table(["topic", "case", "bad on DLQ", "valid took effect"],
-                           [[s.case.topic, s.case.name, "yes" if s.reasons else "NO",
+                           [[s.case.topic, s.case.name, "-" if s.dead_lettered < 0 else "yes" if s.reasons else "NO",
                              "yes" if s.effect else "LOST"] for s in failures]))
     if verbose:
         for s in results:
