@@ -373,7 +373,6 @@ class Run:
     stack: LocalStack
     workload: Workload
     kills: int = 0
-    kill_log: list[str] = field(default_factory=list)
     write_offs: Counter = field(default_factory=Counter)
     restart_seconds: list[float] = field(default_factory=list)  # SIGKILL to /healthz 200 again
     last_send: float = 0.0
@@ -457,7 +456,6 @@ async def kill_loop(run: Run, interval: float, r: random.Random, stop: asyncio.E
         victim = r.choice(candidates)
         victim.kill()
         run.kills += 1
-        run.kill_log.append(f"{time.strftime('%H:%M:%S')} {victim.label}")
         print(f"chaos: SIGKILL {victim.label} (kill {run.kills})", flush=True)
         victim.start()
         restarts.append(asyncio.create_task(time_restart(run, victim)))

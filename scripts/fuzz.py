@@ -356,7 +356,7 @@ class Sent:
     reasons: list[str] = field(default_factory=list)
 
 
-async def send_pair(stack: LocalStack, producer: Any, case: Case, valid: dict, partition: int) -> str:
+async def send_pair(producer: Any, case: Case, valid: dict, partition: int) -> str:
     """The malformed record and then a valid one, in one produce batch on one partition."""
     fuzz_id = _id()
     valid_key = str(valid.get("customer_account") or valid.get("voucher") or valid.get("request_id")
@@ -370,8 +370,7 @@ async def send_pair(stack: LocalStack, producer: Any, case: Case, valid: dict, p
     return fuzz_id
 
 
-async def run_topic(stack: LocalStack, producer: Any, probe: Probe, spec: TopicSpec, cases: list[Case],
-                    pace: float) -> list[Sent]:
+async def run_topic(producer: Any, spec: TopicSpec, cases: list[Case], pace: float) -> list[Sent]:
     sent: list[Sent] = []
     targets: list[dict] = []
     if spec.topic == topics.GL_JOURNAL_EVENTS:
@@ -391,7 +390,7 @@ async def run_topic(stack: LocalStack, producer: Any, probe: Probe, spec: TopicS
         valid = journal_posted(targets[n]) if targets else spec.build()
         partition = n % 4
         try:
-            fuzz_id = await send_pair(stack, producer, case, valid, partition)
+            fuzz_id = await send_pair(producer, case, valid, partition)
         except Exception as e:  # noqa: BLE001 - e.g. too large for the broker: the case could not be sent
             print(f"fuzz: could not send {case.topic} / {case.name}: {e!r}", flush=True)
             continue
@@ -466,7 +465,7 @@ async def main(args: argparse.Namespace) -> int:
             for spec in specs:
                 cases = [c for c in catalogue(spec) if not args.only or c.category in args.only.split(",")]
                 print(f"fuzz: {spec.topic}: {len(cases)} malformed records, each with a valid one", flush=True)
-                results += await run_topic(stack, producer, probe, spec, cases, args.pace)
+                results += await run_topic(producer, spec, cases, args.pace)
             print("fuzz: all sent; waiting for the consumers to drain ...", flush=True)
             lag = await wait_drained(stack, args.drain_timeout)
             canary = await canaries(producer, probe, specs)

@@ -44,7 +44,11 @@ SERVICES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def sigterm_as_interrupt() -> None:
     """SIGTERM behaves like Ctrl-C, so the `finally` blocks stop what we started."""
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @dataclass
