@@ -2,7 +2,7 @@
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 
-.PHONY: setup run demo test lint browser bench clean
+.PHONY: setup run demo test lint browser bench chaos fuzz clean
 
 setup:  ## install uv (if missing) and the locked workspace into .venv
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.5"
@@ -30,6 +30,14 @@ browser:  ## Debian's chromium for the browser tests, when absent and installabl
 
 bench: setup  ## ledger-posting throughput and latency on SQLite and PostgreSQL
 	@$(UV) run --frozen python scripts/bench_ledger.py
+
+chaos: setup  ## kill services under load, then check the books (CHAOS_ARGS="--messages 5000 --postgres"); not in `make test`
+	@$(UV) run --frozen python scripts/chaos.py $(CHAOS_ARGS)
+
+fuzz: setup  ## malformed messages on every input topic (FUZZ_ARGS), then HTTP fuzzing if scripts/fuzz_http.py exists
+	@rc=0; $(UV) run --frozen python scripts/fuzz.py $(FUZZ_ARGS) || rc=1; \
+	if [ -f scripts/fuzz_http.py ]; then $(UV) run --frozen python scripts/fuzz_http.py $(FUZZ_HTTP_ARGS) || rc=1; fi; \
+	exit $$rc
 
 clean:
 	rm -rf data .venv

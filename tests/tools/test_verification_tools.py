@@ -1,0 +1,146 @@
+"""Smoke tests of the pure checking logic of scripts/chaos.py and scripts/fuzz.py (no stack started):
+the invariants hold on a consistent observation and catch each kind of fault; the fuzz catalogue
+pairs every malformed record with a message the contract accepts."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+import chaos  # noqa: E402
+import fuzz  # noqa: E402
+
+from kredit_shared.contracts import (  # noqa: E402
+    CustomerInvoiceIssued,
+    CustomerPaymentReceived,
+    CustomerTransactionPosted,
+    GeneralJournalRequested,
+    VoucherPosted,
+    journal_event_adapter,
+    topics,
+)
+
+D = Decimal
+
+
+def small_workload() -> chaos.Workload:
+    w = chaos.Workload()
+    invoice = {"message_id": "00000000-0000-0000-0000-000000000001", "invoice_id": "I1", "customer_account": "C1",
+               "invoice_date": "2015-01-01", "currency": "USD",
+               "lines": [{"amount": "100.00", "sales_tax_amount": "10.00", "revenue_account": "401100"}]}
+    payment = {"message_id": "00000000-0000-0000-0000-000000000002", "payment_id": "P1", "customer_account": "C1",
+               "payment_date": "2015-01-02", "amount": "40.00", "currency": "USD"}
+    for n, (topic, message) in enumerate([(topics.ERP_CUSTOMER_INVOICES, invoice), (topics.ERP_CUSTOMER_PAYMENTS, payment)]):
+        w.steps.append(chaos.Send(topic, "C1", json.dumps(message).encode(), f"valid-{n}", "valid"))
+        w.valid_chaos_ids.add(f"valid-{n}")
+    w.invoices["I1"], w.payments["P1"] = invoice, payment
+    w.poison["poison-1"] = chaos.Send(topics.ERP_CUSTOMER_INVOICES, "C1", b"{", "poison-1", "poison", "not-json")
+    return w
+
+
+def consistent_observation() -> chaos.Observed:
+    """What a correct stack shows for small_workload(): 110.00 invoiced, 40.00 paid, 70.00 open."""
+    accounts = [("110110", "40.00"), ("130100", "70.00"), ("222200", "-10.00"), ("401100", "-100.00")]
+    tb = {"accounts": [{"account": a, "balance": b} for a, b in accounts], "total_debit": "110.00", "total_credit": "110.00"}
+    collections = {"C1": [
+        {"voucher": "FTI-I1", "type": "Invoice", "debit": "110.00", "credit": None, "balance": "70.00"},
+        {"voucher": "P1", "type": "Payment", "debit": None, "credit": "40.00", "balance": "0.00"},
+    ]}
+    settlement = {"C1": [
+        {"voucher": "FTI-I1", "type": "Invoice", "invoice_id": "I1", "original_amount": "110.00", "open_amount": "70.00"},
+        {"voucher": "P1", "type": "Payment", "invoice_id": None, "original_amount": "-40.00", "open_amount": "0.00"},
+    ]}
+    dlq = {topics.ERP_CUSTOMER_INVOICES: [("poison-1", None, "invalid message: not JSON")]}
+    return chaos.Observed(tb, Counter({"FTI-I1": 1}), Counter({"P1": 1}), collections, settlement, dlq)
+
+
+def failed(checks: list[chaos.Check]) -> list[str]:
+    return [c.name for c in checks if not c.held]
+
+
+def test_a_consistent_observation_passes_every_invariant():
+    checks, figures = chaos.check(small_workload(), consistent_observation())
+    assert failed(checks) == []
+    assert figures == {"lost": 0, "duplicated": 0}
+
+
+def test_each_kind_of_fault_is_caught():
+    w = small_workload()
+
+    lost = consistent_observation()
+    lost.ledger_ar_vouchers = Counter()
+    checks, figures = chaos.check(w, lost)
+    assert figures["lost"] == 1 and "every valid invoice and payment in ledger and collections" in failed(checks)
+
+    twice = consistent_observation()
+    twice.ledger_cash_vouchers = Counter({"P1": 2})
+    assert chaos.check(w, twice)[1]["duplicated"] == 1
+
+    over = consistent_observation()
+    over.settlement["C1"][0]["open_amount"] = "-5.00"
+    assert "no transaction over-settled (0 ≤ open ≤ original)" in failed(chaos.check(w, over)[0])
+
+    disagree = consistent_observation()
+    disagree.collections["C1"][0]["balance"] = "69.99"
+    assert "AR 130100 = open balances in collections = in settlement" in failed(chaos.check(w, disagree)[0])
+
+    no_dlq = consistent_observation()
+    no_dlq.dlq = {}
+    assert any(name.startswith("every poison message on its DLQ") for name in failed(chaos.check(w, no_dlq)[0]))
+
+    pending = consistent_observation()
+    pending.dlq[topics.ERP_CUSTOMER_PAYMENTS] = [("valid-1", None, "rejected mark(s) (kept: it settles if that invoice arrives)")]
+    assert "DLQs hold only rejects (no pending mark)" in failed(chaos.check(w, pending)[0])
+
+
+def test_the_chaos_workload_is_reproducible_and_mixed():
+    first, again = chaos.generate(3000, seed=7), chaos.generate(3000, seed=7)
+    assert [s.value for s in first.sends()] == [s.value for s in again.sends()]
+    kinds = Counter(s.kind for s in first.sends())
+    assert 10 <= kinds["duplicate"] <= 60 and 10 <= len(first.poison) <= 60
+    assert {s.variant for s in first.scenarios} == {"Never", "Always", "Normal"}
+    assert any(isinstance(step, chaos.WriteOff) for step in first.steps)
+    parse = {topics.ERP_CUSTOMER_INVOICES: CustomerInvoiceIssued, topics.ERP_CUSTOMER_PAYMENTS: CustomerPaymentReceived}
+    for send in first.sends():
+        if send.kind == "valid":
+            parse[send.topic].model_validate_json(send.value)  # every "valid" record is valid by the contract
+
+
+PARSERS = {
+    topics.ERP_CUSTOMER_INVOICES: CustomerInvoiceIssued.model_validate_json,
+    topics.ERP_CUSTOMER_PAYMENTS: CustomerPaymentReceived.model_validate_json,
+    topics.AR_CUSTOMER_TRANSACTIONS: CustomerTransactionPosted.model_validate_json,
+    topics.GL_JOURNAL_LINES: VoucherPosted.model_validate_json,
+    topics.GL_GENERAL_JOURNALS: GeneralJournalRequested.model_validate_json,
+    topics.GL_JOURNAL_EVENTS: journal_event_adapter.validate_json,
+}
+
+
+@pytest.mark.parametrize("spec", fuzz.SPECS, ids=[s.topic for s in fuzz.SPECS])
+def test_every_fuzz_case_is_malformed_and_paired_with_a_valid_message(spec):
+    cases = fuzz.catalogue(spec)
+    assert {c.category for c in cases} >= {"syntax", "headers", "money", "dates", "currency", "ids", "structure",
+                                           "domain", "size", "duplicates"}
+    valid = spec.build()
+    PARSERS[spec.topic](json.dumps(valid).encode())
+    assert sum(fuzz.ledger_effect(spec.topic, valid).values(), D(0)) == 0, "a valid message keeps the ledger balanced"
+    for case in cases:
+        assert case.value != json.dumps(valid).encode()
+        if case.first is not None:
+            PARSERS[spec.topic](json.dumps(case.first).encode())
+            assert json.loads(case.value)["message_id"] == case.first["message_id"]
+
+
+def test_path_helpers_reach_into_lists():
+    message = {"lines": [{"amount": "1.00"}, {"amount": "2.00"}]}
+    changed = copy.deepcopy(message)
+    fuzz._set(changed, "lines.1.amount", "9.00")
+    assert fuzz._get(changed, "lines.1.amount") == "9.00" and message["lines"][1]["amount"] == "2.00"
