@@ -6,6 +6,7 @@ only the plumbing; each service's own tests cover its domain.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from decimal import Decimal
@@ -15,6 +16,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Field, SQLModel
 
+from kredit_shared import outbox
 from kredit_shared.contracts import (
     ERP_CUSTOMER_INVOICES,
     GL_JOURNAL_LINES,
@@ -429,3 +431,22 @@ def test_outbox_rows_keep_binary_headers_exactly():
 
     headers = [("a", b"text"), ("b", b"\xff\x00"), ("a", None)]
     assert decode_headers(json.loads(json.dumps(encode_headers(headers)))) == headers
+
+
+async def test_two_relays_on_one_database_publish_each_row_once(kafka, database_url):
+    """Two replicas share a database (on SQLite too, where there is no advisory lock)."""
+    settings = echo_settings(kafka, database_url, outbox_relay_enabled=False)
+    runtime, app = echo_app(settings)
+    out = settings.topic(GL_JOURNAL_LINES)
+    async with serve(app), TopicProbe(kafka.bootstrap_servers, [out]) as probe:
+        other = outbox.OutboxRelay(settings, runtime.sessions, runtime.producer)
+        for round_ in range(5):
+            async with runtime.sessions() as session, session.begin():
+                for n in range(50):
+                    session.add(OutboxMessage(message_id=str(uuid.uuid4()), topic=GL_JOURNAL_LINES, key=f"R{round_}-{n}",
+                                              payload=b"{}", headers=[]))
+            await asyncio.gather(runtime.relay.publish_pending(), other.publish_pending())
+            await asyncio.gather(runtime.relay.publish_pending(), other.publish_pending())
+        await probe.wait_for(lambda r: True, count=250)
+        keys = [r.key for r in await probe.settle(0.5)]
+        assert len(keys) == len(set(keys)) == 250

@@ -195,6 +195,12 @@ class OutboxRelay:
                 locked = await session.exec(text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK_KEY})"))
                 if not locked.scalar():
                     return 0
+            else:
+                # SQLite has no such lock: a write first takes the database's write lock, so a second relay
+                # (another replica on the same file) waits and then sees these rows as sent.
+                await session.exec(update(OutboxMessage).where(
+                    OutboxMessage.id == select(func.max(OutboxMessage.id)).scalar_subquery()
+                ).values(published_at=OutboxMessage.published_at))
             rows = (
                 await session.exec(
                     select(OutboxMessage)
