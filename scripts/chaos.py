@@ -18,7 +18,6 @@ import contextlib
 import datetime as dt
 import json
 import random
-import sys
 import tempfile
 import time
 import uuid
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from stack import LocalStack, ServiceProcess, header, json_field, render_table, sigterm_as_interrupt
+from stack import LocalStack, ServiceProcess, header, json_field, render_table, run_tool
 
 from kredit_shared.contracts import topics
 
@@ -621,9 +620,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    sigterm_as_interrupt()
-    try:
-        sys.exit(asyncio.run(main(parse_args())))
-    except KeyboardInterrupt:
-        print("chaos: interrupted; everything it started is stopped", file=sys.stderr)
-        sys.exit(130)
+    run_tool("chaos", main(parse_args()))

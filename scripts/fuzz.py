@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import copy
 import json
-import sys
 import tempfile
 import time
 import uuid
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from stack import LocalStack, header, json_field, render_table, sigterm_as_interrupt
+from stack import LocalStack, header, json_field, render_table, run_tool
 
 from kredit_shared.contracts import topics
 
@@ -559,9 +558,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    sigterm_as_interrupt()
-    try:
-        sys.exit(asyncio.run(main(parse_args())))
-    except KeyboardInterrupt:
-        print("fuzz: interrupted; everything it started is stopped", file=sys.stderr)
-        sys.exit(130)
+    run_tool("fuzz", main(parse_args()))

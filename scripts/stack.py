@@ -42,13 +42,19 @@ SERVICES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def sigterm_as_interrupt() -> None:
-    """SIGTERM behaves like Ctrl-C, so the `finally` blocks stop what we started."""
+def run_tool(name: str, main: Any) -> None:
+    """Run a tool's async `main()` and exit with its code. SIGTERM behaves like Ctrl-C, so the `finally`
+    blocks stop what the tool started."""
 
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    try:
+        sys.exit(asyncio.run(main))
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; everything it started is stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 @dataclass
