@@ -23,7 +23,9 @@ async def postgres_admin_url() -> AsyncIterator[str | None]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_admin_url: str | None) -> AsyncIterator[str]:
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_admin_url: str | None
+) -> AsyncIterator[str]:
     """A fresh, empty database of each kind; persistence tests run once per kind."""
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"

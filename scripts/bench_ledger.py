@@ -74,12 +74,15 @@ class PostedVouchers:
         def read() -> list[tuple]:
             with contextlib.closing(sqlite3.connect(self.url.split("///", 1)[1])) as db:
                 return db.execute(sql.replace("$1", "?"), (prefix + "%",)).fetchall()
+
         return await asyncio.to_thread(read)
 
     async def wait_for(self, prefix: str, count: int, timeout: float) -> dict[str, float]:
         """Poll the count until `count` are posted, then return {voucher: posted_at as epoch seconds}."""
         deadline = time.monotonic() + timeout
-        while (n := (await self._query("SELECT count(*) FROM ledger_posted_voucher WHERE voucher LIKE $1", prefix))[0][0]) < count:
+        while (
+            n := (await self._query("SELECT count(*) FROM ledger_posted_voucher WHERE voucher LIKE $1", prefix))[0][0]
+        ) < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {n} of {count} vouchers posted after {timeout:.0f}s")
             await asyncio.sleep(0.1)
@@ -93,14 +96,22 @@ def _epoch(value: str | datetime) -> float:
 
 
 def voucher_message(voucher: str, amount: Decimal) -> bytes:
-    return json.dumps({
-        "message_id": str(uuid.uuid4()), "voucher": voucher, "posting_date": "2025-01-15", "currency": "USD",
-        "source": "bench", "description": "benchmark voucher",
-        "lines": [{"account": "130100", "debit": str(amount)}, {"account": "401100", "credit": str(amount)}],
-    }).encode()
+    return json.dumps(
+        {
+            "message_id": str(uuid.uuid4()),
+            "voucher": voucher,
+            "posting_date": "2025-01-15",
+            "currency": "USD",
+            "source": "bench",
+            "description": "benchmark voucher",
+            "lines": [{"account": "130100", "debit": str(amount)}, {"account": "401100", "credit": str(amount)}],
+        }
+    ).encode()
 
 
-async def publish(producer: AIOKafkaProducer, topic: str, vouchers: dict[str, Decimal], rate: float | None) -> dict[str, float]:
+async def publish(
+    producer: AIOKafkaProducer, topic: str, vouchers: dict[str, Decimal], rate: float | None
+) -> dict[str, float]:
     """Send every voucher (paced at `rate`/s if given); returns each voucher's send time (epoch seconds)."""
     sent, acks, start = {}, [], time.perf_counter()
     for i, (voucher, amount) in enumerate(vouchers.items()):
@@ -117,11 +128,19 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]  # nearest rank
 
 
-async def bench_database(name: str, db_url: str, bootstrap: str, args: argparse.Namespace, workdir: Path) -> tuple[list[dict], str]:
+async def bench_database(
+    name: str, db_url: str, bootstrap: str, args: argparse.Namespace, workdir: Path
+) -> tuple[list[dict], str]:
     port, log = free_port(), workdir / f"ledger-{name}.log"
     topic_prefix = f"bench-{uuid.uuid4().hex[:8]}."  # own topics and consumer group per service
-    env = {"HTTP_PORT": str(port), "DATABASE_URL": db_url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-           "TOPIC_PREFIX": topic_prefix, "KAFKA_SESSION_TIMEOUT_MS": "1000", "KAFKA_HEARTBEAT_INTERVAL_MS": "200"}
+    env = {
+        "HTTP_PORT": str(port),
+        "DATABASE_URL": db_url,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "TOPIC_PREFIX": topic_prefix,
+        "KAFKA_SESSION_TIMEOUT_MS": "1000",
+        "KAFKA_HEARTBEAT_INTERVAL_MS": "200",
+    }
     topic, results, total_sent = topic_prefix + GL_JOURNAL_LINES, [], Decimal("0.00")
     fast = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024)
     paced = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
@@ -140,26 +159,39 @@ async def bench_database(name: str, db_url: str, bootstrap: str, args: argparse.
                     sent = await publish(producer, topic, vouchers, rate)
                     at = await posted.wait_for(prefix, count, timeout=60 + count / 20)
                     latencies = [(at[v] - sent[v]) * 1000 for v in vouchers]
-                    result = {"database": name, "run": label, "vouchers": count,
-                              "rate": count / (max(at.values()) - min(sent.values())),
-                              **{f"p{p}": percentile(latencies, p) for p in (50, 90, 99)}, "max": max(latencies)}
+                    result = {
+                        "database": name,
+                        "run": label,
+                        "vouchers": count,
+                        "rate": count / (max(at.values()) - min(sent.values())),
+                        **{f"p{p}": percentile(latencies, p) for p in (50, 90, 99)},
+                        "max": max(latencies),
+                    }
                     if label != "warmup":
-                        print(f"  {name:<10} {label:<10} {count:>6} vouchers  {result['rate']:8.0f}/s  "
-                              f"p50 {result['p50']:7.1f} ms  p99 {result['p99']:7.1f} ms", flush=True)
+                        print(
+                            f"  {name:<10} {label:<10} {count:>6} vouchers  {result['rate']:8.0f}/s  "
+                            f"p50 {result['p50']:7.1f} ms  p99 {result['p99']:7.1f} ms",
+                            flush=True,
+                        )
                     return result
 
                 await run("warmup", 1, None, paced)  # waits out the consumer's group join
                 for _ in range(args.repeats):
                     results.append(await run("throughput", args.vouchers, None, fast))
                     results.append(await run("latency", max(1, args.vouchers // 2), args.rate, paced))
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/trial-balance?as_of=2100-01-01", timeout=30) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/api/v1/trial-balance?as_of=2100-01-01", timeout=30
+            ) as r:
                 tb = json.load(r)
         debit, credit = Decimal(str(tb["total_debit"])), Decimal(str(tb["total_credit"]))
         ok = debit == credit == total_sent
         verdict = f"{'OK' if ok else 'MISMATCH'}: debit {debit} credit {credit}, sent {total_sent}"
         return results, verdict
     except Exception:
-        print(f"  {name}: failed; last lines of {log.name}:\n" + "".join(log.read_text(errors="replace").splitlines(True)[-20:]))
+        print(
+            f"  {name}: failed; last lines of {log.name}:\n"
+            + "".join(log.read_text(errors="replace").splitlines(True)[-20:])
+        )
         raise
     finally:
         await fast.stop()
@@ -167,22 +199,30 @@ async def bench_database(name: str, db_url: str, bootstrap: str, args: argparse.
 
 
 def print_table(results: list[dict], verdicts: dict[str, str], broker: str, rate: float) -> None:
-    print(f"\nledger-posting, median of the repeats — machine: {os.cpu_count()} cores, {platform.machine()}, "
-          f"{platform.system()} {platform.release()}, Python {platform.python_version()}; broker: {broker}")
+    print(
+        f"\nledger-posting, median of the repeats — machine: {os.cpu_count()} cores, {platform.machine()}, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}; broker: {broker}"
+    )
     header = f"{'database':<11}{'run':<11}{'vouchers':>9}{'vouchers/s':>11}{'(range)':>14}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
     print(header + "\n" + "-" * len(header))
     for key in dict.fromkeys((r["database"], r["run"]) for r in results):
         group = [r for r in results if (r["database"], r["run"]) == key]
         med = {f: statistics.median(r[f] for r in group) for f in ("rate", "p50", "p90", "p99", "max")}
         spread = f"{min(r['rate'] for r in group):.0f}-{max(r['rate'] for r in group):.0f}"
-        print(f"{key[0]:<11}{key[1]:<11}{group[0]['vouchers']:>9}{med['rate']:>11.0f}{spread:>14}"
-              f"{med['p50']:>9.1f}{med['p90']:>9.1f}{med['p99']:>9.1f}{med['max']:>9.1f}"
-              + ("  SATURATED" if key[1] == "latency" and med["rate"] < 0.9 * rate else ""))
+        print(
+            f"{key[0]:<11}{key[1]:<11}{group[0]['vouchers']:>9}{med['rate']:>11.0f}{spread:>14}"
+            f"{med['p50']:>9.1f}{med['p90']:>9.1f}{med['p99']:>9.1f}{med['max']:>9.1f}"
+            + ("  SATURATED" if key[1] == "latency" and med["rate"] < 0.9 * rate else "")
+        )
     print("\nthroughput-run latencies are queueing (all sent at once); the latency run is the end-to-end figure.")
     if any(r["run"] == "latency" and r["rate"] < 0.9 * rate for r in results):
-        print(f"SATURATED: the service posts fewer than the {rate:g}/s sent, so those latencies are queueing;"
-              " lower --rate below the throughput figure for end-to-end latency.")
-    print("Quote medians (this table), not single runs. Broker ceiling for one consume->produce hop: ~27k msg/s, p50 7 ms.")
+        print(
+            f"SATURATED: the service posts fewer than the {rate:g}/s sent, so those latencies are queueing;"
+            " lower --rate below the throughput figure for end-to-end latency."
+        )
+    print(
+        "Quote medians (this table), not single runs. Broker ceiling for one consume->produce hop: ~27k msg/s, p50 7 ms."
+    )
     for name, verdict in verdicts.items():
         print(f"trial balance {name}: {verdict}")
 
@@ -194,15 +234,20 @@ async def amain(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-ledger-") as tmp:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(tansu_broker())
         broker = f"{bootstrap} ({'KAFKA_BOOTSTRAP_SERVERS' if os.environ.get('KAFKA_BOOTSTRAP_SERVERS') else 'Tansu, memory'})"
-        print(f"{args.vouchers} vouchers per throughput run, {args.vouchers // 2} at {args.rate:g}/s per latency run, "
-              f"{args.repeats} repeats; broker {broker}", flush=True)
+        print(
+            f"{args.vouchers} vouchers per throughput run, {args.vouchers // 2} at {args.rate:g}/s per latency run, "
+            f"{args.repeats} repeats; broker {broker}",
+            flush=True,
+        )
         for name in args.databases:
             if name == "sqlite":
                 found = await bench_database(name, f"sqlite+aiosqlite:///{tmp}/ledger.db", bootstrap, args, Path(tmp))
             else:
                 async with postgres_server() as admin:
                     if admin is None:
-                        print("  postgresql: skipped, no PostgreSQL server reachable (POSTGRES_URL, 127.0.0.1:5432, Docker)")
+                        print(
+                            "  postgresql: skipped, no PostgreSQL server reachable (POSTGRES_URL, 127.0.0.1:5432, Docker)"
+                        )
                         continue
                     async with fresh_postgres_database(admin) as url:
                         found = await bench_database(name, url, bootstrap, args, Path(tmp))
@@ -216,7 +261,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vouchers", type=int, default=2000, help="vouchers per throughput run (latency run: half)")
     parser.add_argument("--rate", type=float, default=200, help="vouchers/s of the paced latency run")
-    parser.add_argument("--databases", default="sqlite,postgresql", type=lambda s: [d.strip() for d in s.split(",") if d.strip()])
+    parser.add_argument(
+        "--databases", default="sqlite,postgresql", type=lambda s: [d.strip() for d in s.split(",") if d.strip()]
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if unknown := set(args.databases) - {"sqlite", "postgresql"}:

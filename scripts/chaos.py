@@ -132,8 +132,9 @@ def _poison(r: random.Random, kind: str, valid_invoice: dict, valid_payment: dic
     return topics.ERP_CUSTOMER_INVOICES, json.dumps(invoice).encode()
 
 
-def generate(messages: int, seed: int, write_off_share: float = 0.02,
-             poison_kinds: list[str] | None = None) -> Workload:
+def generate(
+    messages: int, seed: int, write_off_share: float = 0.02, poison_kinds: list[str] | None = None
+) -> Workload:
     """A mixed workload of about `messages` records (plus write-off actions), reproducible by seed."""
     r = random.Random(seed)
     w = Workload()
@@ -154,19 +155,39 @@ def generate(messages: int, seed: int, write_off_share: float = 0.02,
             w.payments[message["payment_id"]] = message
 
     def invoice(account: str, day: int, amount: Decimal, tax: Decimal = ZERO, tiers: bool = False) -> dict:
-        message = {"message_id": mid(), "invoice_id": f"INV-{next(counter):06d}", "customer_account": account,
-                   "customer_name": f"Customer {account}", "invoice_date": _iso(day), "currency": "USD",
-                   "payment_terms": "Net30",
-                   "lines": [{"description": "Goods", "amount": str(amount), "sales_tax_amount": str(tax),
-                              "revenue_account": "401100"}]}
+        message = {
+            "message_id": mid(),
+            "invoice_id": f"INV-{next(counter):06d}",
+            "customer_account": account,
+            "customer_name": f"Customer {account}",
+            "invoice_date": _iso(day),
+            "currency": "USD",
+            "payment_terms": "Net30",
+            "lines": [
+                {
+                    "description": "Goods",
+                    "amount": str(amount),
+                    "sales_tax_amount": str(tax),
+                    "revenue_account": "401100",
+                }
+            ],
+        }
         if tiers:  # chained: 2 % within 5 days, then 1 % within 14
-            message["cash_discounts"] = [{"percent": "2.00", "date": _iso(day + 5)},
-                                         {"percent": "1.00", "date": _iso(day + 14)}]
+            message["cash_discounts"] = [
+                {"percent": "2.00", "date": _iso(day + 5)},
+                {"percent": "1.00", "date": _iso(day + 14)},
+            ]
         return message
 
     def payment(account: str, day: int, amount: Decimal, settle: list[dict] | None = None) -> dict:
-        message = {"message_id": mid(), "payment_id": f"PAY-{next(counter):06d}", "customer_account": account,
-                   "payment_date": _iso(day), "amount": str(amount), "currency": "USD"}
+        message = {
+            "message_id": mid(),
+            "payment_id": f"PAY-{next(counter):06d}",
+            "customer_account": account,
+            "payment_date": _iso(day),
+            "amount": str(amount),
+            "currency": "USD",
+        }
         if settle:
             message["settle"] = settle
         return message
@@ -209,15 +230,34 @@ def generate(messages: int, seed: int, write_off_share: float = 0.02,
                 pay_day, cash = day + 3, b_total - b_total * 2 / 100
             add(topics.ERP_CUSTOMER_INVOICES, a)
             add(topics.ERP_CUSTOMER_INVOICES, b)
-            add(topics.ERP_CUSTOMER_PAYMENTS, payment(scenario_account, pay_day, cash.quantize(CENT), [
-                {"invoice_id": b["invoice_id"], "amount_to_settle": str(cash.quantize(CENT)), "use_cash_discount": variant}]))
-            w.scenarios.append(MarkScenario(scenario_account, variant, a["invoice_id"], invoice_total(a),
-                                            b["invoice_id"], b_total))
+            add(
+                topics.ERP_CUSTOMER_PAYMENTS,
+                payment(
+                    scenario_account,
+                    pay_day,
+                    cash.quantize(CENT),
+                    [
+                        {
+                            "invoice_id": b["invoice_id"],
+                            "amount_to_settle": str(cash.quantize(CENT)),
+                            "use_cash_discount": variant,
+                        }
+                    ],
+                ),
+            )
+            w.scenarios.append(
+                MarkScenario(scenario_account, variant, a["invoice_id"], invoice_total(a), b["invoice_id"], b_total)
+            )
         elif open_invoices[account] and r.random() < write_off_share / 0.15:
             target = r.choice(open_invoices[account])
             open_invoices[account].remove(target)
-            w.steps.append(WriteOff(account, target["invoice_id"],
-                                    _iso((dt.date.fromisoformat(target["invoice_date"]) - BASE_DATE).days + 90)))
+            w.steps.append(
+                WriteOff(
+                    account,
+                    target["invoice_id"],
+                    _iso((dt.date.fromisoformat(target["invoice_date"]) - BASE_DATE).days + 90),
+                )
+            )
         if r.random() < 0.01:  # an exact duplicate of an earlier valid record
             original = r.choice([s for s in w.sends() if s.kind == "valid"])
             w.steps.append(Send(original.topic, original.key, original.value, original.chaos_id, "duplicate"))
@@ -276,16 +316,20 @@ def check(w: Workload, o: Observed) -> tuple[list[Check], dict[str, int]]:
     for invoice_id, message in w.invoices.items():
         voucher = invoice_voucher(message)
         rows = o.collections.get(message["customer_account"], [])
-        for where, n in (("ledger", o.ledger_ar_vouchers[voucher]),
-                         ("collections", _count(rows, voucher, ("Invoice", "CreditNote")))):
+        for where, n in (
+            ("ledger", o.ledger_ar_vouchers[voucher]),
+            ("collections", _count(rows, voucher, ("Invoice", "CreditNote"))),
+        ):
             if n == 0:
                 lost.append(f"{invoice_id}@{where}")
             elif n > 1:
                 duplicated.append(f"{invoice_id}@{where}×{n}")
     for payment_id, message in w.payments.items():
         rows = o.collections.get(message["customer_account"], [])
-        for where, n in (("ledger", o.ledger_cash_vouchers[payment_id]),
-                         ("collections", _count(rows, payment_id, ("Payment",)))):
+        for where, n in (
+            ("ledger", o.ledger_cash_vouchers[payment_id]),
+            ("collections", _count(rows, payment_id, ("Payment",))),
+        ):
             if n == 0:
                 lost.append(f"{payment_id}@{where}")
             elif n > 1:
@@ -294,27 +338,53 @@ def check(w: Workload, o: Observed) -> tuple[list[Check], dict[str, int]]:
     checks.append(Check("nothing posted twice", not duplicated, _examples(duplicated)))
 
     tb = o.trial_balance
-    checks.append(Check("trial balance: debits = credits", D(tb["total_debit"]) == D(tb["total_credit"]),
-                        f"{tb['total_debit']} / {tb['total_credit']}", informative=True))
+    checks.append(
+        Check(
+            "trial balance: debits = credits",
+            D(tb["total_debit"]) == D(tb["total_credit"]),
+            f"{tb['total_debit']} / {tb['total_credit']}",
+            informative=True,
+        )
+    )
     net = sum((D(line["amount"]) for m in w.invoices.values() for line in m["lines"]), ZERO)
     tax = sum((D(line.get("sales_tax_amount", "0")) for m in w.invoices.values() for line in m["lines"]), ZERO)
     cash = sum((D(m["amount"]) for m in w.payments.values()), ZERO)
     revenue, tax_posted = -account_balance(tb, "401100"), -account_balance(tb, "222200")
     bank = account_balance(tb, "110110")
-    checks.append(Check("revenue 401100 = valid invoices' net", revenue == net, f"ledger {revenue}, sent {net}", informative=True))
-    checks.append(Check("sales tax 222200 = valid invoices' tax", tax_posted == tax, f"ledger {tax_posted}, sent {tax}", informative=True))
+    checks.append(
+        Check("revenue 401100 = valid invoices' net", revenue == net, f"ledger {revenue}, sent {net}", informative=True)
+    )
+    checks.append(
+        Check(
+            "sales tax 222200 = valid invoices' tax",
+            tax_posted == tax,
+            f"ledger {tax_posted}, sent {tax}",
+            informative=True,
+        )
+    )
     checks.append(Check("cash 110110 = valid payments", bank == cash, f"ledger {bank}, sent {cash}", informative=True))
 
     ar = account_balance(tb, "130100")
     discounts, write_offs = account_balance(tb, "520100"), account_balance(tb, "618900")
     expected_ar = net + tax - cash - discounts - write_offs
-    checks.append(Check("AR 130100 = invoices − payments − discounts − write-offs", ar == expected_ar,
-                        f"ledger {ar}, model {expected_ar} (discounts {discounts}, write-offs {write_offs})", informative=True))
+    checks.append(
+        Check(
+            "AR 130100 = invoices − payments − discounts − write-offs",
+            ar == expected_ar,
+            f"ledger {ar}, model {expected_ar} (discounts {discounts}, write-offs {write_offs})",
+            informative=True,
+        )
+    )
     in_collections = sum((D(row["balance"]) for rows in o.collections.values() for row in rows), ZERO)
     in_settlement = sum((D(row["open_amount"]) for rows in o.settlement.values() for row in rows), ZERO)
-    checks.append(Check("AR 130100 = open balances in collections = in settlement",
-                        ar == in_collections == in_settlement,
-                        f"ledger {ar}, collections {in_collections}, settlement {in_settlement}", informative=True))
+    checks.append(
+        Check(
+            "AR 130100 = open balances in collections = in settlement",
+            ar == in_collections == in_settlement,
+            f"ledger {ar}, collections {in_collections}, settlement {in_settlement}",
+            informative=True,
+        )
+    )
 
     over: list[str] = []
     for account, rows in o.collections.items():
@@ -331,33 +401,65 @@ def check(w: Workload, o: Observed) -> tuple[list[Check], dict[str, int]]:
     starved: list[str] = []
     wrong_by_variant: Counter = Counter()
     for s in w.scenarios:
-        open_by_invoice = {row["invoice_id"]: D(row["open_amount"]) for row in o.settlement.get(s.customer_account, [])
-                           if row["type"] == "Invoice"}
+        open_by_invoice = {
+            row["invoice_id"]: D(row["open_amount"])
+            for row in o.settlement.get(s.customer_account, [])
+            if row["type"] == "Invoice"
+        }
         got_a, got_b = open_by_invoice.get(s.a_invoice), open_by_invoice.get(s.b_invoice)
         if got_a != s.a_amount or got_b != ZERO:
             starved.append(f"{s.customer_account}({s.variant}): A {got_a} (want {s.a_amount}), B {got_b} (want 0.00)")
             wrong_by_variant[s.variant] += 1
-    per_variant = ", ".join(f"{v} {wrong_by_variant[v]}/{n}" for v, n in sorted(Counter(s.variant for s in w.scenarios).items()))
-    checks.append(Check(f"marked payments settle their invoice ({len(w.scenarios)} scenarios)", not starved,
-                        f"{len(starved)} wrong ({per_variant}): {_examples(starved, 3)}"))
+    per_variant = ", ".join(
+        f"{v} {wrong_by_variant[v]}/{n}" for v, n in sorted(Counter(s.variant for s in w.scenarios).items())
+    )
+    checks.append(
+        Check(
+            f"marked payments settle their invoice ({len(w.scenarios)} scenarios)",
+            not starved,
+            f"{len(starved)} wrong ({per_variant}): {_examples(starved, 3)}",
+        )
+    )
 
     dead = {topic: Counter(cid for cid, _, _ in entries) for topic, entries in o.dlq.items()}
     reasons = {cid for entries in o.dlq.values() for cid, _, reason in entries if reason}
-    missing = [f"{p.poison_kind}→{p.topic}" for cid, p in w.poison.items() if cid not in reasons
-               or dead.get(p.topic, Counter())[cid] == 0]
-    twice = [f"{p.poison_kind}×{dead[p.topic][cid]}" for cid, p in w.poison.items()
-             if dead.get(p.topic, Counter())[cid] > 1]
-    checks.append(Check(f"every poison message on its DLQ with a reason ({len(w.poison)} sent)", not missing,
-                        f"{len(missing)} missing: {_examples(missing)}"))
-    checks.append(Check("each poison message dead-lettered once", not twice, f"{len(twice)} repeated: {_examples(twice)}"))
+    missing = [
+        f"{p.poison_kind}→{p.topic}"
+        for cid, p in w.poison.items()
+        if cid not in reasons or dead.get(p.topic, Counter())[cid] == 0
+    ]
+    twice = [
+        f"{p.poison_kind}×{dead[p.topic][cid]}" for cid, p in w.poison.items() if dead.get(p.topic, Counter())[cid] > 1
+    ]
+    checks.append(
+        Check(
+            f"every poison message on its DLQ with a reason ({len(w.poison)} sent)",
+            not missing,
+            f"{len(missing)} missing: {_examples(missing)}",
+        )
+    )
+    checks.append(
+        Check("each poison message dead-lettered once", not twice, f"{len(twice)} repeated: {_examples(twice)}")
+    )
     valid_ids = {json.loads(s.value)["message_id"] for s in w.sends() if s.kind == "valid"}
     # A mark waiting for its invoice is state, not a reject (issue 9); a mark that can't be honoured is.
-    kept = [message_id for entries in o.dlq.values() for cid, message_id, reason in entries
-            if (cid in w.valid_chaos_ids or message_id in valid_ids) and reason and "kept" in reason]
-    checks.append(Check("DLQs hold only rejects (no pending mark)", not kept,
-                        f"{len(kept)} 'kept, invoice not there yet' entries of valid payments"))
-    return checks, {"lost": len({x.split("@")[0] for x in lost}),
-                    "duplicated": len({x.split("@")[0] for x in duplicated})}
+    kept = [
+        message_id
+        for entries in o.dlq.values()
+        for cid, message_id, reason in entries
+        if (cid in w.valid_chaos_ids or message_id in valid_ids) and reason and "kept" in reason
+    ]
+    checks.append(
+        Check(
+            "DLQs hold only rejects (no pending mark)",
+            not kept,
+            f"{len(kept)} 'kept, invoice not there yet' entries of valid payments",
+        )
+    )
+    return checks, {
+        "lost": len({x.split("@")[0] for x in lost}),
+        "duplicated": len({x.split("@")[0] for x in duplicated}),
+    }
 
 
 def _within(open_amount: Decimal, original: Decimal) -> bool:
@@ -377,7 +479,9 @@ class Run:
     last_send: float = 0.0
 
 
-async def _http(client: httpx.AsyncClient, method: str, url: str, attempts: int = 30, **kwargs: Any) -> httpx.Response | None:
+async def _http(
+    client: httpx.AsyncClient, method: str, url: str, attempts: int = 30, **kwargs: Any
+) -> httpx.Response | None:
     """Retries while the service is down (it may be restarting after a kill)."""
     for _ in range(attempts):
         with contextlib.suppress(httpx.HTTPError):
@@ -391,9 +495,17 @@ async def _http(client: httpx.AsyncClient, method: str, url: str, attempts: int 
 async def write_off(run: Run, client: httpx.AsyncClient, step: WriteOff) -> None:
     """Request the write-off on collections, wait for its journal, post it on ledger-posting."""
     stack = run.stack
-    response = await _http(client, "POST", f"{stack.url('collections')}/api/v1/write-offs",
-                           json={"customer_account": step.customer_account, "invoice_id": step.invoice_id,
-                                 "date": step.date, "reason_comment": "chaos"})
+    response = await _http(
+        client,
+        "POST",
+        f"{stack.url('collections')}/api/v1/write-offs",
+        json={
+            "customer_account": step.customer_account,
+            "invoice_id": step.invoice_id,
+            "date": step.date,
+            "reason_comment": "chaos",
+        },
+    )
     if response is None or response.status_code != 202:
         run.write_offs[f"refused {response.status_code if response else 'no answer'}"] += 1
         return
@@ -403,10 +515,14 @@ async def write_off(run: Run, client: httpx.AsyncClient, step: WriteOff) -> None
         body = await _http(client, "GET", f"{stack.url('collections')}/api/v1/write-offs/{write_off_id}")
         status = body.json() if body is not None and body.status_code == 200 else {}
         if status.get("journal_batch_number"):
-            posted = await _http(client, "POST",
-                                 f"{stack.url('ledger-posting')}/api/v1/journals/{status['journal_batch_number']}/post")
-            run.write_offs["posted" if posted is not None and posted.status_code in (200, 409)
-                           else f"post failed {posted.status_code if posted else 'no answer'}"] += 1
+            posted = await _http(
+                client, "POST", f"{stack.url('ledger-posting')}/api/v1/journals/{status['journal_batch_number']}/post"
+            )
+            run.write_offs[
+                "posted"
+                if posted is not None and posted.status_code in (200, 409)
+                else f"post failed {posted.status_code if posted else 'no answer'}"
+            ] += 1
             return
         if status.get("status") == "rejected":
             run.write_offs["rejected by ledger"] += 1
@@ -426,14 +542,20 @@ async def drive(run: Run, rate: float) -> None:
                 if isinstance(step, WriteOff):
                     tasks.append(asyncio.create_task(write_off(run, client, step)))
                     continue
-                futures.append(await producer.send(step.topic, step.value, key=step.key.encode(),
-                                                   headers=[(CHAOS_ID, step.chaos_id.encode())]))
+                futures.append(
+                    await producer.send(
+                        step.topic, step.value, key=step.key.encode(), headers=[(CHAOS_ID, step.chaos_id.encode())]
+                    )
+                )
                 if (wait := started + n / rate - time.monotonic()) > 0:
                     await asyncio.sleep(wait)
             await asyncio.gather(*futures)
             run.last_send = time.monotonic()
-            print(f"chaos: sent {len(futures)} records in {run.last_send - started:.0f}s; "
-                  f"{len(tasks)} write-offs in progress", flush=True)
+            print(
+                f"chaos: sent {len(futures)} records in {run.last_send - started:.0f}s; "
+                f"{len(tasks)} write-offs in progress",
+                flush=True,
+            )
             await asyncio.gather(*tasks)
     finally:
         for task in tasks:
@@ -466,9 +588,15 @@ async def time_restart(run: Run, process: ServiceProcess) -> None:
 
 
 async def snapshot(stack: LocalStack, client: httpx.AsyncClient) -> tuple:
-    tb = (await client.get(f"{stack.url('ledger-posting')}/api/v1/trial-balance", params={"as_of": "2100-01-01"})).json()
+    tb = (
+        await client.get(f"{stack.url('ledger-posting')}/api/v1/trial-balance", params={"as_of": "2100-01-01"})
+    ).json()
     aged = (await client.get(f"{stack.url('collections')}/api/v1/aged-balances", params={"as_of": "2100-01-01"})).json()
-    return (tb["total_debit"], tuple((a["account"], a["balance"]) for a in tb["accounts"]), json.dumps(aged, sort_keys=True))
+    return (
+        tb["total_debit"],
+        tuple((a["account"], a["balance"]) for a in tb["accounts"]),
+        json.dumps(aged, sort_keys=True),
+    )
 
 
 async def converge(run: Run, timeout: float) -> tuple[float | None, dict[str, int]]:
@@ -520,38 +648,65 @@ async def observe(run: Run) -> Observed:
                 return response.json()["transactions"] if response.status_code == 200 else []
 
         accounts = run.workload.accounts
-        collections = await asyncio.gather(*(rows(f"{stack.url('collections')}/api/v1/customers/{a}/transactions")
-                                             for a in accounts))
-        settlement = await asyncio.gather(*(rows(f"{stack.url('settlement')}/api/v1/customers/{a}/open-transactions",
-                                                 include_settled="true") for a in accounts))
+        collections = await asyncio.gather(
+            *(rows(f"{stack.url('collections')}/api/v1/customers/{a}/transactions") for a in accounts)
+        )
+        settlement = await asyncio.gather(
+            *(
+                rows(f"{stack.url('settlement')}/api/v1/customers/{a}/open-transactions", include_settled="true")
+                for a in accounts
+            )
+        )
         dlq = {}
         for topic in (topics.ERP_CUSTOMER_INVOICES, topics.ERP_CUSTOMER_PAYMENTS):
             records = await stack.read_topic(topics.dead_letter_topic(topic))
-            dlq[topic] = [(header(r, CHAOS_ID), json_field(r.value, "message_id"), header(r, "x-dlq-reason"))
-                          for r in records]
+            dlq[topic] = [
+                (header(r, CHAOS_ID), json_field(r.value, "message_id"), header(r, "x-dlq-reason")) for r in records
+            ]
         republished = {}
-        for topic in (topics.AR_CUSTOMER_TRANSACTIONS, topics.AR_SETTLEMENTS, topics.GL_JOURNAL_LINES,
-                      *(topics.dead_letter_topic(t) for t in (topics.ERP_CUSTOMER_INVOICES, topics.ERP_CUSTOMER_PAYMENTS))):
+        for topic in (
+            topics.AR_CUSTOMER_TRANSACTIONS,
+            topics.AR_SETTLEMENTS,
+            topics.GL_JOURNAL_LINES,
+            *(topics.dead_letter_topic(t) for t in (topics.ERP_CUSTOMER_INVOICES, topics.ERP_CUSTOMER_PAYMENTS)),
+        ):
             ids = Counter(json_field(r.value, "message_id") for r in await stack.read_topic(topic))
             republished[topic] = sum(n - 1 for message_id, n in ids.items() if message_id)
-        return Observed(tb, await vouchers("130100"), await vouchers("110110"), dict(zip(accounts, collections, strict=True)),
-                        dict(zip(accounts, settlement, strict=True)), dlq, republished)
+        return Observed(
+            tb,
+            await vouchers("130100"),
+            await vouchers("110110"),
+            dict(zip(accounts, collections, strict=True)),
+            dict(zip(accounts, settlement, strict=True)),
+            dlq,
+            republished,
+        )
 
 
 async def main(args: argparse.Namespace) -> int:
     workload = generate(args.messages, args.seed, poison_kinds=args.poison.split(",") if args.poison else None)
     sends = workload.sends()
-    print(f"chaos: seed {args.seed}: {len(sends)} records ({sum(s.kind == 'duplicate' for s in sends)} duplicates, "
-          f"{len(workload.poison)} poison), {len(workload.steps) - len(sends)} write-offs, "
-          f"{len(workload.scenarios)} mark scenarios, {len(workload.accounts)} customers", flush=True)
+    print(
+        f"chaos: seed {args.seed}: {len(sends)} records ({sum(s.kind == 'duplicate' for s in sends)} duplicates, "
+        f"{len(workload.poison)} poison), {len(workload.steps) - len(sends)} write-offs, "
+        f"{len(workload.scenarios)} mark scenarios, {len(workload.accounts)} customers",
+        flush=True,
+    )
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="kredit-chaos-"))
     print(f"chaos: data and logs in {data_dir}", flush=True)
     started = time.monotonic()
-    async with LocalStack(data_dir, postgres=args.postgres, replicas={"settlement": 2},
-                          session_timeout_ms=args.session_timeout_ms,
-                          heartbeat_interval_ms=args.session_timeout_ms // 5) as stack:
-        print(f"chaos: stack healthy after {time.monotonic() - started:.0f}s (broker {stack.bootstrap}, "
-              f"{'PostgreSQL' if args.postgres else 'SQLite'})", flush=True)
+    async with LocalStack(
+        data_dir,
+        postgres=args.postgres,
+        replicas={"settlement": 2},
+        session_timeout_ms=args.session_timeout_ms,
+        heartbeat_interval_ms=args.session_timeout_ms // 5,
+    ) as stack:
+        print(
+            f"chaos: stack healthy after {time.monotonic() - started:.0f}s (broker {stack.bootstrap}, "
+            f"{'PostgreSQL' if args.postgres else 'SQLite'})",
+            flush=True,
+        )
         run = Run(stack, workload)
         stop = asyncio.Event()
         killer = asyncio.create_task(kill_loop(run, args.kill_interval, random.Random(args.seed + 1), stop))
@@ -567,20 +722,40 @@ async def main(args: argparse.Namespace) -> int:
         # Joins beyond a process's own starts are rebalances: a replica (re)joining, or a live member
         # evicted because it missed its session timeout (what a too-short timeout does under load).
         rejoins = {p.label: p.log_count("Joined group") - p.starts for p in stack.processes}
-        expired = sum(p.log_count("Heartbeat session expired") + p.log_count("member_id was not recognized")
-                      + p.log_count("generation id is not  current") for p in stack.processes)
+        expired = sum(
+            p.log_count("Heartbeat session expired")
+            + p.log_count("member_id was not recognized")
+            + p.log_count("generation id is not  current")
+            for p in stack.processes
+        )
     checks, figures = check(workload, observed)
-    checks.append(Check("every consumer group committed all its input (lag 0)", not any(lag.values()),
-                        f"records left: { {k: v for k, v in lag.items() if v} }"))
-    checks.append(Check("converged", converged is not None,
-                        f"{converged:.1f}s after the last record" if converged is not None else
-                        f"not within {args.converge_timeout:.0f}s", informative=True))
+    checks.append(
+        Check(
+            "every consumer group committed all its input (lag 0)",
+            not any(lag.values()),
+            f"records left: { {k: v for k, v in lag.items() if v} }",
+        )
+    )
+    checks.append(
+        Check(
+            "converged",
+            converged is not None,
+            f"{converged:.1f}s after the last record"
+            if converged is not None
+            else f"not within {args.converge_timeout:.0f}s",
+            informative=True,
+        )
+    )
     rows = [
-        ["records sent", len(sends)], ["  of which exact duplicates", sum(s.kind == "duplicate" for s in sends)],
-        ["  of which poison", len(workload.poison)], ["valid invoices / payments", f"{len(workload.invoices)} / {len(workload.payments)}"],
-        ["write-offs", dict(run.write_offs) or 0], ["kills (SIGKILL)", run.kills],
+        ["records sent", len(sends)],
+        ["  of which exact duplicates", sum(s.kind == "duplicate" for s in sends)],
+        ["  of which poison", len(workload.poison)],
+        ["valid invoices / payments", f"{len(workload.invoices)} / {len(workload.payments)}"],
+        ["write-offs", dict(run.write_offs) or 0],
+        ["kills (SIGKILL)", run.kills],
         ["restart to healthy (s, min/median/max)", _spread(run.restart_seconds)],
-        ["lost", figures["lost"]], ["duplicated", figures["duplicated"]],
+        ["lost", figures["lost"]],
+        ["duplicated", figures["duplicated"]],
         ["time to converge", f"{converged:.1f}s" if converged is not None else "never"],
         ["max RSS (MiB)", max((v or 0) for v in rss.values()) // 1024],
         ["consumer group rejoins beyond starts", {k: v for k, v in rejoins.items() if v} or 0],
@@ -590,11 +765,19 @@ async def main(args: argparse.Namespace) -> int:
     print()
     print(render_table(["figure", "value"], rows))
     print()
-    print(render_table(["invariant", "result", "detail"],
-                       [[c.name, "held" if c.held else "VIOLATED", c.detail if not c.held or c.informative else ""]
-                        for c in checks]))
+    print(
+        render_table(
+            ["invariant", "result", "detail"],
+            [
+                [c.name, "held" if c.held else "VIOLATED", c.detail if not c.held or c.informative else ""]
+                for c in checks
+            ],
+        )
+    )
     violated = [c for c in checks if not c.held]
-    print(f"\nchaos: {'PASS' if not violated else f'FAIL ({len(violated)} invariants violated)'}; logs in {data_dir / 'logs'}")
+    print(
+        f"\nchaos: {'PASS' if not violated else f'FAIL ({len(violated)} invariants violated)'}; logs in {data_dir / 'logs'}"
+    )
     return 1 if violated else 0
 
 
@@ -612,7 +795,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=50, help="records per second (default 50)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--postgres", action="store_true", help="fresh databases on 127.0.0.1:5432 instead of SQLite")
-    parser.add_argument("--poison", help=f"comma-separated poison kinds to send (default all: {','.join(POISON_KINDS)})")
+    parser.add_argument(
+        "--poison", help=f"comma-separated poison kinds to send (default all: {','.join(POISON_KINDS)})"
+    )
     parser.add_argument("--session-timeout-ms", type=int, default=1000, help="consumer session timeout (default 1000)")
     parser.add_argument("--converge-timeout", type=float, default=300)
     parser.add_argument("--data-dir", help="default: a new temporary folder")

@@ -25,8 +25,12 @@ NAMESPACE = uuid.UUID("6b726564-6974-4465-6d6f-000000000000")
 def invoice(invoice_id: str, account: str, name: str, date: str, amount: str, tax: str = "0.00", **extra) -> dict:
     return {
         "message_id": str(uuid.uuid5(NAMESPACE, f"invoice/{invoice_id}")),
-        "invoice_id": invoice_id, "customer_account": account, "customer_name": name, "invoice_date": date,
-        "currency": "USD", "payment_terms": "Net30",
+        "invoice_id": invoice_id,
+        "customer_account": account,
+        "customer_name": name,
+        "invoice_date": date,
+        "currency": "USD",
+        "payment_terms": "Net30",
         "lines": [{"description": "Goods", "amount": amount, "sales_tax_amount": tax, "revenue_account": "401100"}],
     } | extra
 
@@ -34,8 +38,12 @@ def invoice(invoice_id: str, account: str, name: str, date: str, amount: str, ta
 def payment(payment_id: str, account: str, date: str, amount: str, settle: list[dict] | None = None) -> dict:
     return {
         "message_id": str(uuid.uuid5(NAMESPACE, f"payment/{payment_id}")),
-        "payment_id": payment_id, "customer_account": account, "payment_date": date, "amount": amount,
-        "currency": "USD", **({"settle": settle} if settle else {}),
+        "payment_id": payment_id,
+        "customer_account": account,
+        "payment_date": date,
+        "amount": amount,
+        "currency": "USD",
+        **({"settle": settle} if settle else {}),
     }
 
 
@@ -48,10 +56,20 @@ INVOICES = [
     invoice("CIV-000667", "US-002", "Contoso Retail Los Angeles", "2015-01-20", "320.00"),
 ]
 PAYMENTS = [
-    payment("ARP-10020", "4027", "2015-07-01", "297.00",
-            [{"invoice_id": "10020", "amount_to_settle": "297.00", "use_cash_discount": "Normal"}]),
-    payment("ARP-10021", "4027", "2015-07-11", "700.00",
-            [{"invoice_id": "10020", "amount_to_settle": "700.00", "use_cash_discount": "Normal"}]),
+    payment(
+        "ARP-10020",
+        "4027",
+        "2015-07-01",
+        "297.00",
+        [{"invoice_id": "10020", "amount_to_settle": "297.00", "use_cash_discount": "Normal"}],
+    ),
+    payment(
+        "ARP-10021",
+        "4027",
+        "2015-07-11",
+        "700.00",
+        [{"invoice_id": "10020", "amount_to_settle": "700.00", "use_cash_discount": "Normal"}],
+    ),
 ]
 
 
@@ -61,20 +79,24 @@ async def main() -> None:
     await producer.start()
     try:
         for message in INVOICES:
-            await producer.send_and_wait(ERP_CUSTOMER_INVOICES, json.dumps(message).encode(),
-                                         key=message["customer_account"].encode())
+            await producer.send_and_wait(
+                ERP_CUSTOMER_INVOICES, json.dumps(message).encode(), key=message["customer_account"].encode()
+            )
         # The payments follow once the invoice is open in settlement (a real bank file arrives days later).
         await asyncio.sleep(2)
         for message in PAYMENTS:
-            await producer.send_and_wait(ERP_CUSTOMER_PAYMENTS, json.dumps(message).encode(),
-                                         key=message["customer_account"].encode())
+            await producer.send_and_wait(
+                ERP_CUSTOMER_PAYMENTS, json.dumps(message).encode(), key=message["customer_account"].encode()
+            )
     finally:
         await producer.stop()
     print(f"published {len(INVOICES)} invoices and {len(PAYMENTS)} payments to {bootstrap}. Try:")
     print("  curl -s localhost:8080/api/v1/customers/4027/transactions")
     print("  curl -s 'localhost:8080/api/v1/aged-balances?as_of=2015-09-30'")
-    print("  curl -s -XPOST localhost:8080/api/v1/write-offs -H 'content-type: application/json' "
-          "-d '{\"customer_account\": \"US-004\", \"reason_comment\": \"Bad debt\"}'")
+    print(
+        "  curl -s -XPOST localhost:8080/api/v1/write-offs -H 'content-type: application/json' "
+        '-d \'{"customer_account": "US-004", "reason_comment": "Bad debt"}\''
+    )
     print("  curl -s 'localhost:8083/api/v1/journals?journal_name=WriteOff&status=open'")
     print("  curl -s 'localhost:8083/api/v1/trial-balance?as_of=2015-12-31'")
 

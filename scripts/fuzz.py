@@ -48,58 +48,117 @@ def _tag() -> str:
 
 def invoice() -> dict:
     t = _tag()
-    return {"message_id": _id(), "invoice_id": f"FZI-{t}", "customer_account": f"FZ-{t}", "customer_name": "Fuzz",
-            "invoice_date": "2015-03-01", "currency": "USD", "payment_terms": "Net30",
-            "lines": [{"description": "Goods", "amount": "100.00", "sales_tax_amount": "0.00",
-                       "revenue_account": "401100"}]}
+    return {
+        "message_id": _id(),
+        "invoice_id": f"FZI-{t}",
+        "customer_account": f"FZ-{t}",
+        "customer_name": "Fuzz",
+        "invoice_date": "2015-03-01",
+        "currency": "USD",
+        "payment_terms": "Net30",
+        "lines": [
+            {"description": "Goods", "amount": "100.00", "sales_tax_amount": "0.00", "revenue_account": "401100"}
+        ],
+    }
 
 
 def payment() -> dict:
     t = _tag()
-    return {"message_id": _id(), "payment_id": f"FZP-{t}", "customer_account": f"FZ-{t}",
-            "payment_date": "2015-03-05", "amount": "40.00", "currency": "USD"}
+    return {
+        "message_id": _id(),
+        "payment_id": f"FZP-{t}",
+        "customer_account": f"FZ-{t}",
+        "payment_date": "2015-03-05",
+        "amount": "40.00",
+        "currency": "USD",
+    }
 
 
 def customer_transaction() -> dict:
     t = _tag()
-    return {"message_id": _id(), "voucher": f"FZT-{t}", "transaction_type": "Invoice", "customer_account": f"FZ-{t}",
-            "transaction_date": "2015-03-01", "invoice_id": f"FZT-{t}", "amount": "75.00", "currency": "USD",
-            "due_date": "2015-03-31"}
+    return {
+        "message_id": _id(),
+        "voucher": f"FZT-{t}",
+        "transaction_type": "Invoice",
+        "customer_account": f"FZ-{t}",
+        "transaction_date": "2015-03-01",
+        "invoice_id": f"FZT-{t}",
+        "amount": "75.00",
+        "currency": "USD",
+        "due_date": "2015-03-31",
+    }
 
 
 def voucher() -> dict:
-    return {"message_id": _id(), "voucher": f"FZV-{_tag()}", "posting_date": "2015-03-01", "currency": "USD",
-            "source": "fuzz", "lines": [{"account": "110110", "debit": "10.00", "text": "cash sale"},
-                                        {"account": "401100", "credit": "10.00", "text": "cash sale"}]}
+    return {
+        "message_id": _id(),
+        "voucher": f"FZV-{_tag()}",
+        "posting_date": "2015-03-01",
+        "currency": "USD",
+        "source": "fuzz",
+        "lines": [
+            {"account": "110110", "debit": "10.00", "text": "cash sale"},
+            {"account": "401100", "credit": "10.00", "text": "cash sale"},
+        ],
+    }
 
 
 def general_journal() -> dict:
     line = {"currency": "USD", "transaction_date": "2015-03-31", "reason_code": "BadDebt"}
-    return {"message_id": _id(), "request_id": f"FZR-{_tag()}", "journal_name": "GenJrn",
-            "lines": [line | {"account_type": "Ledger", "account": "110110", "credit": "5.00"},
-                      line | {"account_type": "Ledger", "account": "618900", "debit": "5.00"}]}
+    return {
+        "message_id": _id(),
+        "request_id": f"FZR-{_tag()}",
+        "journal_name": "GenJrn",
+        "lines": [
+            line | {"account_type": "Ledger", "account": "110110", "credit": "5.00"},
+            line | {"account_type": "Ledger", "account": "618900", "debit": "5.00"},
+        ],
+    }
 
 
 def journal_posted(target: dict | None = None) -> dict:
     """A posted write-off journal that settles `target` (a customer transaction sent before)."""
     target = target or customer_transaction()
     amount = target["amount"]
-    return {"message_id": _id(), "event_type": "JournalPosted", "request_id": None, "journal_name": "WriteOff",
-            "batch_number": f"FZB-{_tag()}", "posting_date": "2015-04-30",
-            "lines": [{"account_type": "Customer", "account": target["customer_account"], "credit": amount,
-                       "currency": "USD", "transaction_date": "2015-04-30", "voucher": f"FZW-{_tag()}",
-                       "settles": [{"voucher": target["voucher"], "invoice_id": target["invoice_id"],
-                                    "amount": amount}]},
-                      {"account_type": "Ledger", "account": "618900", "debit": amount, "currency": "USD",
-                       "transaction_date": "2015-04-30", "voucher": "FZW-x"}]}
+    return {
+        "message_id": _id(),
+        "event_type": "JournalPosted",
+        "request_id": None,
+        "journal_name": "WriteOff",
+        "batch_number": f"FZB-{_tag()}",
+        "posting_date": "2015-04-30",
+        "lines": [
+            {
+                "account_type": "Customer",
+                "account": target["customer_account"],
+                "credit": amount,
+                "currency": "USD",
+                "transaction_date": "2015-04-30",
+                "voucher": f"FZW-{_tag()}",
+                "settles": [{"voucher": target["voucher"], "invoice_id": target["invoice_id"], "amount": amount}],
+            },
+            {
+                "account_type": "Ledger",
+                "account": "618900",
+                "debit": amount,
+                "currency": "USD",
+                "transaction_date": "2015-04-30",
+                "voucher": "FZW-x",
+            },
+        ],
+    }
 
 
 def target_of(posted: dict) -> dict:
     """The customer transaction a `journal_posted` message settles."""
     line = posted["lines"][0]
     ref = line["settles"][0]
-    return customer_transaction() | {"voucher": ref["voucher"], "invoice_id": ref["invoice_id"],
-                                     "customer_account": line["account"], "amount": ref["amount"]}
+    return customer_transaction() | {
+        "voucher": ref["voucher"],
+        "invoice_id": ref["invoice_id"],
+        "customer_account": line["account"],
+        "amount": ref["amount"],
+    }
 
 
 @dataclass(frozen=True)
@@ -144,33 +203,101 @@ def _del(message: dict, path: str) -> None:
 
 
 SPECS = [
-    TopicSpec(topics.ERP_CUSTOMER_INVOICES, invoice, "customer_account", ("lines.0.amount",), "invoice_date", "currency",
-              ("invoice_id", "customer_account"), "invoice_date", "lines", "customer_name",
-              {"unknown revenue account": lambda m: _set(m, "lines.0.revenue_account", "999999"),
-               "tax and amount of different signs": lambda m: _set(m, "lines.0.sales_tax_amount", "-5.00"),
-               "no lines": lambda m: _set(m, "lines", [])}),
-    TopicSpec(topics.ERP_CUSTOMER_PAYMENTS, payment, "customer_account", ("amount",), "payment_date", "currency",
-              ("payment_id", "customer_account"), "payment_date", None, "bank_account",
-              {"unknown bank account": lambda m: _set(m, "bank_account", "999999"),
-               "negative payment": lambda m: _set(m, "amount", "-40.00")}),
-    TopicSpec(topics.AR_CUSTOMER_TRANSACTIONS, customer_transaction, "customer_account", ("amount",), "transaction_date",
-              "currency", ("voucher", "customer_account"), "transaction_type", "cash_discounts", "customer_name",
-              {"unknown transaction type": lambda m: _set(m, "transaction_type", "Bribe")}),
-    TopicSpec(topics.GL_JOURNAL_LINES, voucher, "voucher", ("lines.0.debit", "lines.1.credit"), "posting_date",
-              "currency", ("voucher", "lines.0.account"), "lines", "lines", "description",
-              {"unbalanced voucher": lambda m: _set(m, "lines.1.credit", "9.99"),
-               "unknown account": lambda m: _set(m, "lines.0.account", "999999")}),
-    TopicSpec(topics.GL_GENERAL_JOURNALS, general_journal, "request_id", ("lines.0.credit", "lines.1.debit"),
-              "lines.0.transaction_date", "lines.0.currency", ("request_id", "lines.0.account"), "journal_name",
-              "lines", "description",
-              {"unbalanced journal": lambda m: _set(m, "lines.1.debit", "4.99"),
-               "unknown account": lambda m: _set(m, "lines.0.account", "999999"),
-               "unknown journal name": lambda m: _set(m, "journal_name", "NoSuchJournal")}),
-    TopicSpec(topics.GL_JOURNAL_EVENTS, journal_posted, "batch_number", ("lines.0.credit", "lines.1.debit"),
-              "posting_date", "lines.0.currency", ("batch_number", "lines.0.account"), "event_type", "lines",
-              "journal_name",
-              {"unknown event type": lambda m: _set(m, "event_type", "JournalExploded"),
-               "settles an unknown voucher": lambda m: _set(m, "lines.0.settles.0.voucher", "NO-SUCH-VOUCHER")}),
+    TopicSpec(
+        topics.ERP_CUSTOMER_INVOICES,
+        invoice,
+        "customer_account",
+        ("lines.0.amount",),
+        "invoice_date",
+        "currency",
+        ("invoice_id", "customer_account"),
+        "invoice_date",
+        "lines",
+        "customer_name",
+        {
+            "unknown revenue account": lambda m: _set(m, "lines.0.revenue_account", "999999"),
+            "tax and amount of different signs": lambda m: _set(m, "lines.0.sales_tax_amount", "-5.00"),
+            "no lines": lambda m: _set(m, "lines", []),
+        },
+    ),
+    TopicSpec(
+        topics.ERP_CUSTOMER_PAYMENTS,
+        payment,
+        "customer_account",
+        ("amount",),
+        "payment_date",
+        "currency",
+        ("payment_id", "customer_account"),
+        "payment_date",
+        None,
+        "bank_account",
+        {
+            "unknown bank account": lambda m: _set(m, "bank_account", "999999"),
+            "negative payment": lambda m: _set(m, "amount", "-40.00"),
+        },
+    ),
+    TopicSpec(
+        topics.AR_CUSTOMER_TRANSACTIONS,
+        customer_transaction,
+        "customer_account",
+        ("amount",),
+        "transaction_date",
+        "currency",
+        ("voucher", "customer_account"),
+        "transaction_type",
+        "cash_discounts",
+        "customer_name",
+        {"unknown transaction type": lambda m: _set(m, "transaction_type", "Bribe")},
+    ),
+    TopicSpec(
+        topics.GL_JOURNAL_LINES,
+        voucher,
+        "voucher",
+        ("lines.0.debit", "lines.1.credit"),
+        "posting_date",
+        "currency",
+        ("voucher", "lines.0.account"),
+        "lines",
+        "lines",
+        "description",
+        {
+            "unbalanced voucher": lambda m: _set(m, "lines.1.credit", "9.99"),
+            "unknown account": lambda m: _set(m, "lines.0.account", "999999"),
+        },
+    ),
+    TopicSpec(
+        topics.GL_GENERAL_JOURNALS,
+        general_journal,
+        "request_id",
+        ("lines.0.credit", "lines.1.debit"),
+        "lines.0.transaction_date",
+        "lines.0.currency",
+        ("request_id", "lines.0.account"),
+        "journal_name",
+        "lines",
+        "description",
+        {
+            "unbalanced journal": lambda m: _set(m, "lines.1.debit", "4.99"),
+            "unknown account": lambda m: _set(m, "lines.0.account", "999999"),
+            "unknown journal name": lambda m: _set(m, "journal_name", "NoSuchJournal"),
+        },
+    ),
+    TopicSpec(
+        topics.GL_JOURNAL_EVENTS,
+        journal_posted,
+        "batch_number",
+        ("lines.0.credit", "lines.1.debit"),
+        "posting_date",
+        "lines.0.currency",
+        ("batch_number", "lines.0.account"),
+        "event_type",
+        "lines",
+        "journal_name",
+        {
+            "unknown event type": lambda m: _set(m, "event_type", "JournalExploded"),
+            "settles an unknown voucher": lambda m: _set(m, "lines.0.settles.0.voucher", "NO-SUCH-VOUCHER"),
+        },
+    ),
 ]
 
 
@@ -197,8 +324,14 @@ def _json(message: Any) -> bytes:
 def catalogue(spec: TopicSpec) -> list[Case]:
     cases: list[Case] = []
 
-    def add(category: str, name: str, message: dict | None = None, value: bytes | None = None,
-            headers: list | None = None, first: dict | None = None) -> None:
+    def add(
+        category: str,
+        name: str,
+        message: dict | None = None,
+        value: bytes | None = None,
+        headers: list | None = None,
+        first: dict | None = None,
+    ) -> None:
         body = value if value is not None else _json(message)
         key = str(message.get(spec.key, "fuzz"))[:200] if isinstance(message, dict) else "fuzz"
         message_id = message.get("message_id") if isinstance(message, dict) else None
@@ -215,8 +348,7 @@ def catalogue(spec: TopicSpec) -> list[Case]:
     add("syntax", "truncated JSON", value=raw[: len(raw) // 2])
     add("syntax", "JSON array", value=_json([good]))
     add("syntax", "5,000-deep nesting", value=b"[" * 5000 + b"]" * 5000)
-    add("syntax", "5,000-deep nesting in a field",
-        value=raw[:-1] + b', "extra": ' + b"[" * 5000 + b"]" * 5000 + b"}")
+    add("syntax", "5,000-deep nesting in a field", value=raw[:-1] + b', "extra": ' + b"[" * 5000 + b"]" * 5000 + b"}")
     add("syntax", "empty body", value=b"")
 
     add("headers", "non-UTF-8 header value", spec.build(), headers=[("traceparent", b"\xff\xfe\xfd")])
@@ -226,19 +358,40 @@ def catalogue(spec: TopicSpec) -> list[Case]:
     add("headers", "non-UTF-8 byte in a JSON string", value=raw.replace(b'"USD"', b'"US\xff"'))
 
     money: list[tuple[str, Any]] = [
-        ("1e26", "1e26"), ("1e309", "1e309"), ("28-digit string", "9" * 28), ("JSON int >= 10^26", 10**26),
-        ("' 1.00 '", " 1.00 "), ("'1_0.00'", "1_0.00"), ("full-width digits", "\uff11\uff10.\uff10\uff10"),
-        ("'1E+2'", "1E+2"), ("NaN literal", float("nan")), ("Infinity literal", float("inf")),
-        ("float 0.1", 0.1), ("3 decimals", "1.005"), ("empty string", ""), ("bool", True),
+        ("1e26", "1e26"),
+        ("1e309", "1e309"),
+        ("28-digit string", "9" * 28),
+        ("JSON int >= 10^26", 10**26),
+        ("' 1.00 '", " 1.00 "),
+        ("'1_0.00'", "1_0.00"),
+        ("full-width digits", "\uff11\uff10.\uff10\uff10"),
+        ("'1E+2'", "1E+2"),
+        ("NaN literal", float("nan")),
+        ("Infinity literal", float("inf")),
+        ("float 0.1", 0.1),
+        ("3 decimals", "1.005"),
+        ("empty string", ""),
+        ("bool", True),
         ("20 integer digits", "12345678901234567890.00"),
     ]
     for name, amount in money:
         add("money", name, mutated(lambda m, a=amount: [_set(m, p, a) for p in spec.amounts]))
-    for name, date in [("30 February", "2015-02-30"), ("slashes", "2015/03/01"), ("no dashes", "20150301"),
-                       ("number", 20150301), ("year 0", "0000-01-01"), ("with time", "2015-03-01T00:00:00")]:
+    for name, date in [
+        ("30 February", "2015-02-30"),
+        ("slashes", "2015/03/01"),
+        ("no dashes", "20150301"),
+        ("number", 20150301),
+        ("year 0", "0000-01-01"),
+        ("with time", "2015-03-01T00:00:00"),
+    ]:
         add("dates", name, mutated(lambda m, d=date: _set(m, spec.date, d)))
-    for name, currency in [("lower case", "usd"), ("unknown code", "ZZZ"), ("empty", ""), ("number", 840),
-                           ("null", None)]:
+    for name, currency in [
+        ("lower case", "usd"),
+        ("unknown code", "ZZZ"),
+        ("empty", ""),
+        ("number", 840),
+        ("null", None),
+    ]:
         add("currency", name, mutated(lambda m, c=currency: _set(m, spec.currency, c)))
 
     add("ids", "missing message_id", mutated(lambda m: m.pop("message_id")))
@@ -250,14 +403,19 @@ def catalogue(spec: TopicSpec) -> list[Case]:
 
     add("structure", f"missing {spec.required}", mutated(lambda m: _del(m, spec.required)))
     add("structure", "wrong type (object for an amount)", mutated(lambda m: _set(m, spec.amounts[0], {"v": 1})))
-    add("structure", "wrong type (string for a list)", mutated(
-        lambda m: _set(m, spec.lines or spec.ids[0], "not a list" if spec.lines else ["a", "list"])))
+    add(
+        "structure",
+        "wrong type (string for a list)",
+        mutated(lambda m: _set(m, spec.lines or spec.ids[0], "not a list" if spec.lines else ["a", "list"])),
+    )
     add("structure", "JSON null body", value=b"null")
     if spec.lines:
+
         def many_lines(m: dict) -> None:
             items = m.get(spec.lines) or []
             filler = items[0] if items else {"percent": "1.00", "date": "2015-03-05"}
             _set(m, spec.lines, [copy.deepcopy(filler) for _ in range(10_000)])
+
         add("structure", "10,000 list entries", mutated(many_lines))
 
     for name, change in spec.domain.items():
@@ -303,12 +461,14 @@ class Probe:
             voucher = "FTI-" + m["invoice_id"]
             return await self.ledger_has(voucher) and await self.collections_has(m["customer_account"], voucher)
         if topic == topics.ERP_CUSTOMER_PAYMENTS:
-            return await self.ledger_has(m["payment_id"]) and await self.collections_has(m["customer_account"],
-                                                                                          m["payment_id"])
+            return await self.ledger_has(m["payment_id"]) and await self.collections_has(
+                m["customer_account"], m["payment_id"]
+            )
         if topic == topics.AR_CUSTOMER_TRANSACTIONS:
             rows = await self.settlement_rows(m["customer_account"])
-            return (any(r["voucher"] == m["voucher"] for r in rows)
-                    and await self.collections_has(m["customer_account"], m["voucher"]))
+            return any(r["voucher"] == m["voucher"] for r in rows) and await self.collections_has(
+                m["customer_account"], m["voucher"]
+            )
         if topic == topics.GL_JOURNAL_LINES:
             return await self.ledger_has(m["voucher"])
         if topic == topics.GL_GENERAL_JOURNALS:
@@ -358,13 +518,16 @@ class Sent:
 async def send_pair(producer: Any, case: Case, valid: dict, partition: int) -> str:
     """The malformed record and then a valid one, in one produce batch on one partition."""
     fuzz_id = _id()
-    valid_key = str(valid.get("customer_account") or valid.get("voucher") or valid.get("request_id")
-                    or valid.get("batch_number"))
+    valid_key = str(
+        valid.get("customer_account") or valid.get("voucher") or valid.get("request_id") or valid.get("batch_number")
+    )
     batch = producer.create_batch()
-    batch.append(key=case.key.encode(), value=case.value, timestamp=None,
-                 headers=[(FUZZ_ID, fuzz_id.encode()), *case.headers])
-    batch.append(key=valid_key.encode(), value=_json(valid), timestamp=None,
-                 headers=[(FUZZ_ID, f"valid-{fuzz_id}".encode())])
+    batch.append(
+        key=case.key.encode(), value=case.value, timestamp=None, headers=[(FUZZ_ID, fuzz_id.encode()), *case.headers]
+    )
+    batch.append(
+        key=valid_key.encode(), value=_json(valid), timestamp=None, headers=[(FUZZ_ID, f"valid-{fuzz_id}".encode())]
+    )
     await (await producer.send_batch(batch, case.topic, partition=partition))
     return fuzz_id
 
@@ -378,8 +541,9 @@ async def run_topic(producer: Any, spec: TopicSpec, cases: list[Case], pace: flo
             t = customer_transaction()
             targets.append(t)
             for target in [t] + ([target_of(case.first)] if case.first else []):
-                await producer.send(topics.AR_CUSTOMER_TRANSACTIONS, _json(target),
-                                    key=target["customer_account"].encode())
+                await producer.send(
+                    topics.AR_CUSTOMER_TRANSACTIONS, _json(target), key=target["customer_account"].encode()
+                )
         await producer.flush()
         await asyncio.sleep(5)
     for n, case in enumerate(cases):
@@ -395,8 +559,15 @@ async def run_topic(producer: Any, spec: TopicSpec, cases: list[Case], pace: flo
             continue
         sent.append(Sent(case, case.topic, valid, fuzz_id))
         if case.first is not None:  # the first use is a valid message that must have taken effect as well
-            sent.append(Sent(Case(case.topic, case.category, f"{case.name} (first use)", b""), case.topic,
-                             case.first, "", dead_lettered=-1))
+            sent.append(
+                Sent(
+                    Case(case.topic, case.category, f"{case.name} (first use)", b""),
+                    case.topic,
+                    case.first,
+                    "",
+                    dead_lettered=-1,
+                )
+            )
         await asyncio.sleep(pace)
     return sent
 
@@ -408,15 +579,21 @@ async def canaries(producer: Any, probe: Probe, specs: list[TopicSpec], timeout:
     for spec in specs:
         if spec.topic == topics.GL_JOURNAL_EVENTS:
             target = customer_transaction()
-            await producer.send_and_wait(topics.AR_CUSTOMER_TRANSACTIONS, _json(target),
-                                         key=target["customer_account"].encode())
+            await producer.send_and_wait(
+                topics.AR_CUSTOMER_TRANSACTIONS, _json(target), key=target["customer_account"].encode()
+            )
             await asyncio.sleep(3)
             message = journal_posted(target)
         else:
             message = spec.build()
         await producer.send_and_wait(spec.topic, _json(message), key=str(message[spec.key]).encode())
-        sent[spec.topic] = Sent(Case(spec.topic, "canary", "a valid message after all the cases", b""), spec.topic,
-                                message, "", dead_lettered=-1)
+        sent[spec.topic] = Sent(
+            Case(spec.topic, "canary", "a valid message after all the cases", b""),
+            spec.topic,
+            message,
+            "",
+            dead_lettered=-1,
+        )
     waiting = dict(sent)
     deadline = time.monotonic() + timeout
     while waiting and time.monotonic() < deadline:
@@ -449,7 +626,9 @@ async def main(args: argparse.Namespace) -> int:
     results: list[Sent] = []
     rss_peak: Counter = Counter()
     async with LocalStack(data_dir, postgres=args.postgres) as stack, httpx.AsyncClient(timeout=30) as client:
-        print(f"fuzz: stack healthy (broker {stack.bootstrap}, {'PostgreSQL' if args.postgres else 'SQLite'})", flush=True)
+        print(
+            f"fuzz: stack healthy (broker {stack.bootstrap}, {'PostgreSQL' if args.postgres else 'SQLite'})", flush=True
+        )
         probe = Probe(stack, client)
         producer = await stack.producer()
 
@@ -477,14 +656,16 @@ async def main(args: argparse.Namespace) -> int:
             for spec in specs:
                 for record in await stack.read_topic(topics.dead_letter_topic(spec.topic)):
                     dead[header(record, FUZZ_ID) or json_field(record.value, "message_id")].append(
-                        header(record, "x-dlq-reason") or "")
+                        header(record, "x-dlq-reason") or ""
+                    )
             for s in results:
                 if s.dead_lettered >= 0:
                     entries = dead.get(s.fuzz_id, []) + (dead.get(s.case.message_id, []) if s.case.message_id else [])
                     s.dead_lettered = len(entries)
                     s.reasons = [r for r in entries if r]
-            tb = (await client.get(f"{stack.url('ledger-posting')}/api/v1/trial-balance",
-                                   params={"as_of": "2100-01-01"})).json()
+            tb = (
+                await client.get(f"{stack.url('ledger-posting')}/api/v1/trial-balance", params={"as_of": "2100-01-01"})
+            ).json()
             alive = {p.label: p.running() for p in stack.processes}
         finally:
             watcher.cancel()
@@ -492,25 +673,38 @@ async def main(args: argparse.Namespace) -> int:
     return report(results, lag, tb, rss_peak, alive, args.verbose)
 
 
-def report(results: list[Sent], lag: dict[str, int], tb: dict, rss_peak: Counter, alive: dict[str, bool],
-           verbose: bool) -> int:
+def report(
+    results: list[Sent], lag: dict[str, int], tb: dict, rss_peak: Counter, alive: dict[str, bool], verbose: bool
+) -> int:
     rows = []
     groups: dict[tuple[str, str], list[Sent]] = defaultdict(list)
     for s in results:
         groups[(s.case.topic, s.case.category)].append(s)
     for (topic, category), items in groups.items():
         bad = [s for s in items if s.dead_lettered >= 0]
-        rows.append([topic, category, len(bad), sum(1 for s in bad if s.reasons),
-                     sum(1 for s in items if not s.effect)])
+        rows.append(
+            [topic, category, len(bad), sum(1 for s in bad if s.reasons), sum(1 for s in items if not s.effect)]
+        )
     print()
     print(render_table(["topic", "category", "sent", "dead-lettered", "valid lost"], rows))
 
     failures = [s for s in results if not s.effect or (s.dead_lettered >= 0 and not s.reasons)]
     if failures:
         print()
-        print(render_table(["topic", "case", "bad on DLQ", "valid took effect"],
-                           [[s.case.topic, s.case.name, "-" if s.dead_lettered < 0 else "yes" if s.reasons else "NO",
-                             "yes" if s.effect else "LOST"] for s in failures]))
+        print(
+            render_table(
+                ["topic", "case", "bad on DLQ", "valid took effect"],
+                [
+                    [
+                        s.case.topic,
+                        s.case.name,
+                        "-" if s.dead_lettered < 0 else "yes" if s.reasons else "NO",
+                        "yes" if s.effect else "LOST",
+                    ]
+                    for s in failures
+                ],
+            )
+        )
     if verbose:
         for s in results:
             print(f"  {s.case.topic} / {s.case.name}: {s.reasons[:1]}")
@@ -520,26 +714,39 @@ def report(results: list[Sent], lag: dict[str, int], tb: dict, rss_peak: Counter
         for account, amount in ledger_effect(s.valid_topic, s.valid).items():
             expected[account] += amount
     actual = {a["account"]: D(a["balance"]) for a in tb["accounts"]}
-    moved = {a: (actual.get(a, D(0)), expected.get(a, D(0))) for a in set(actual) | set(expected)
-             if actual.get(a, D(0)) != expected.get(a, D(0))}
+    moved = {
+        a: (actual.get(a, D(0)), expected.get(a, D(0)))
+        for a in set(actual) | set(expected)
+        if actual.get(a, D(0)) != expected.get(a, D(0))
+    }
     lost = sum(1 for s in results if not s.effect and s.case.category != "canary")
     left = {g: n for g, n in lag.items() if n}
     stuck = [s.case.topic for s in results if s.case.category == "canary" and not s.effect]
     over = {label: kib // 1024 for label, kib in rss_peak.items() if kib // 1024 > RSS_LIMIT_MIB}
     dead = [label for label, up in alive.items() if not up]
     print()
-    print(render_table(["check", "result"], [
-        ["valid messages lost", lost],
-        ["malformed records not dead-lettered with a reason", sum(1 for s in results if s.dead_lettered == 0)],
-        ["trial balance moved only by valid messages", "yes" if not moved else
-         "NO: " + ", ".join(f"{a} is {got}, valid ones give {want}" for a, (got, want) in sorted(moved.items()))],
-        ["trial balance debits = credits", "yes" if D(tb["total_debit"]) == D(tb["total_credit"]) else "NO"],
-        ["records never committed (lag left after draining)", left or 0],
-        ["stuck topics: a fresh valid message took no effect in 60 s (consumer or relay wedged)", stuck or 0],
-        ["peak RSS per process (MiB)", {k: v // 1024 for k, v in sorted(rss_peak.items())}],
-        [f"processes over {RSS_LIMIT_MIB} MiB", over or 0],
-        ["processes that died", dead or 0],
-    ]))
+    print(
+        render_table(
+            ["check", "result"],
+            [
+                ["valid messages lost", lost],
+                ["malformed records not dead-lettered with a reason", sum(1 for s in results if s.dead_lettered == 0)],
+                [
+                    "trial balance moved only by valid messages",
+                    "yes"
+                    if not moved
+                    else "NO: "
+                    + ", ".join(f"{a} is {got}, valid ones give {want}" for a, (got, want) in sorted(moved.items())),
+                ],
+                ["trial balance debits = credits", "yes" if D(tb["total_debit"]) == D(tb["total_credit"]) else "NO"],
+                ["records never committed (lag left after draining)", left or 0],
+                ["stuck topics: a fresh valid message took no effect in 60 s (consumer or relay wedged)", stuck or 0],
+                ["peak RSS per process (MiB)", {k: v // 1024 for k, v in sorted(rss_peak.items())}],
+                [f"processes over {RSS_LIMIT_MIB} MiB", over or 0],
+                ["processes that died", dead or 0],
+            ],
+        )
+    )
     failed = lost or stuck or dead
     print(f"\nfuzz: {'FAIL' if failed else 'PASS'} ({lost} valid lost, {len(stuck)} stuck topics, {len(dead)} dead)")
     return 1 if failed else 0

@@ -65,12 +65,31 @@ def start_service(stack: ExitStack, name: str, package: str, bootstrap: str, fol
 def fuzz(name: str, port: int, folder: Path, max_examples: int, seed: int | None) -> dict:
     har, junit = folder / f"{name}.har", folder / f"{name}.junit.xml"
     command = [
-        sys.executable, "-m", "schemathesis.cli", "run", f"http://{HOST}:{port}/openapi.json",
-        "--max-examples", str(max_examples), "--checks", "all", "--workers", "2", "--no-color",
-        "--request-timeout", "10", "--report", "har,junit", "--report-har-path", str(har),
-        "--report-junit-path", str(junit), "--generation-database", "none",
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"http://{HOST}:{port}/openapi.json",
+        "--max-examples",
+        str(max_examples),
+        "--checks",
+        "all",
+        "--workers",
+        "2",
+        "--no-color",
+        "--request-timeout",
+        "10",
+        "--report",
+        "har,junit",
+        "--report-har-path",
+        str(har),
+        "--report-junit-path",
+        str(junit),
+        "--generation-database",
+        "none",
         # /metrics grows with every request, which would make the run quadratic and test nothing.
-        "--exclude-path", "/metrics",
+        "--exclude-path",
+        "/metrics",
     ]
     if seed is not None:
         command += ["--seed", str(seed)]
@@ -85,8 +104,12 @@ def fuzz(name: str, port: int, folder: Path, max_examples: int, seed: int | None
             for failure in [*case.findall("failure"), *case.findall("error")]:
                 failures.append(f"{case.get('name')}: {(failure.get('message') or failure.text or '').strip()[:300]}")
     return {
-        "service": name, "operations": operations, "requests": len(entries), "5xx": len(server_errors),
-        "other failures": sum(1 for f in failures if "Server error" not in f), "exit": exit_code,
+        "service": name,
+        "operations": operations,
+        "requests": len(entries),
+        "5xx": len(server_errors),
+        "other failures": sum(1 for f in failures if "Server error" not in f),
+        "exit": exit_code,
         "failures": failures,
         "5xx examples": [f"{e['request']['method']} {e['request']['url']}" for e in server_errors[:5]],
     }
@@ -104,8 +127,9 @@ def main() -> None:
     with ExitStack() as stack:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(tansu_broker())
         bootstrap = bootstrap.removeprefix("tcp://")
-        ports = {name: start_service(stack, name, SERVICES[name], bootstrap, folder)
-                 for name in args.service or SERVICES}
+        ports = {
+            name: start_service(stack, name, SERVICES[name], bootstrap, folder) for name in args.service or SERVICES
+        }
         for name, port in ports.items():
             print(f"fuzzing {name} on port {port} ...", flush=True)
             results.append(fuzz(name, port, folder, args.max_examples, args.seed))

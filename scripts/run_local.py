@@ -91,8 +91,10 @@ def main() -> None:
     wanted = [(s.name, s.port) for s in SERVICES] + ([] if bootstrap else [("the Kafka broker", kafka_port)])
     for name, port in wanted:
         if not port_is_free(HOST, port):
-            fail(f"port {port} for {name} is already in use on {HOST}; stop what uses it or choose another port "
-                 f"(see the README: KAFKA_PORT, COLLECTIONS_PORT, ...)")
+            fail(
+                f"port {port} for {name} is already in use on {HOST}; stop what uses it or choose another port "
+                f"(see the README: KAFKA_PORT, COLLECTIONS_PORT, ...)"
+            )
 
     stack = Stack()
 
@@ -108,8 +110,20 @@ def main() -> None:
         embedded_broker = not bootstrap
         if embedded_broker:
             address = f"tcp://{HOST}:{kafka_port}"
-            stack.spawn("broker", [tansu_binary(), "broker", "--listener-url", address, "--advertised-listener-url",
-                                   address, "--storage-engine", "memory://tansu/"], log=data_dir / "logs" / "broker.log")
+            stack.spawn(
+                "broker",
+                [
+                    tansu_binary(),
+                    "broker",
+                    "--listener-url",
+                    address,
+                    "--advertised-listener-url",
+                    address,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                log=data_dir / "logs" / "broker.log",
+            )
             bootstrap = f"{HOST}:{kafka_port}"
         ledger_url = f"http://{HOST}:{next(s.port for s in SERVICES if s.name == 'ledger-posting')}"
         for service in SERVICES:
@@ -122,8 +136,12 @@ def main() -> None:
                 "KAFKA_SESSION_TIMEOUT_MS": os.environ.get("KAFKA_SESSION_TIMEOUT_MS", "1000"),
                 "KAFKA_HEARTBEAT_INTERVAL_MS": os.environ.get("KAFKA_HEARTBEAT_INTERVAL_MS", "200"),
             }
-            stack.spawn(service.name, [sys.executable, "-m", service.package], env=env,
-                        log=data_dir / "logs" / f"{service.name}.log")
+            stack.spawn(
+                service.name,
+                [sys.executable, "-m", service.package],
+                env=env,
+                log=data_dir / "logs" / f"{service.name}.log",
+            )
 
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         waiting = {s.name: s.port for s in SERVICES}

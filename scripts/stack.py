@@ -35,10 +35,14 @@ HOST = "127.0.0.1"
 SERVICES: dict[str, tuple[str, tuple[str, ...]]] = {
     "ledger-posting": ("kredit_ledger_posting", (topics.GL_JOURNAL_LINES, topics.GL_GENERAL_JOURNALS)),
     "invoicing": ("kredit_invoicing", (topics.ERP_CUSTOMER_INVOICES,)),
-    "settlement": ("kredit_settlement", (topics.AR_CUSTOMER_TRANSACTIONS, topics.ERP_CUSTOMER_PAYMENTS,
-                                         topics.GL_JOURNAL_EVENTS)),
-    "collections": ("kredit_collections", (topics.AR_CUSTOMER_TRANSACTIONS, topics.AR_SETTLEMENTS,
-                                           topics.GL_JOURNAL_EVENTS)),
+    "settlement": (
+        "kredit_settlement",
+        (topics.AR_CUSTOMER_TRANSACTIONS, topics.ERP_CUSTOMER_PAYMENTS, topics.GL_JOURNAL_EVENTS),
+    ),
+    "collections": (
+        "kredit_collections",
+        (topics.AR_CUSTOMER_TRANSACTIONS, topics.AR_SETTLEMENTS, topics.GL_JOURNAL_EVENTS),
+    ),
 }
 
 
@@ -81,9 +85,13 @@ class ServiceProcess:
         with open(self.log, "ab") as log:
             log.write(f"\n===== start {self.starts + 1} at {time.strftime('%H:%M:%S')} =====\n".encode())
             log.flush()
-            self.process = subprocess.Popen([sys.executable, "-m", SERVICES[self.service][0]],
-                                            env=os.environ | self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", SERVICES[self.service][0]],
+                env=os.environ | self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.starts += 1
 
     def running(self) -> bool:
@@ -149,21 +157,36 @@ class LocalStack:
         address = f"tcp://{HOST}:{port}"
         with open(self.data_dir / "logs" / "broker.log", "ab") as log:
             self.broker = subprocess.Popen(
-                [tansu_binary(), "broker", "--listener-url", address, "--advertised-listener-url", address,
-                 "--storage-engine", "memory://tansu/"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    tansu_binary(),
+                    "broker",
+                    "--listener-url",
+                    address,
+                    "--advertised-listener-url",
+                    address,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.bootstrap = f"{HOST}:{port}"
         for service in SERVICES:
             database = await self._database(service)
             for replica in range(1, self.replicas.get(service, 1) + 1):
                 env = {
-                    "HTTP_HOST": HOST, "HTTP_PORT": "0", "DATABASE_URL": database,
+                    "HTTP_HOST": HOST,
+                    "HTTP_PORT": "0",
+                    "DATABASE_URL": database,
                     "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
                     "KAFKA_SESSION_TIMEOUT_MS": str(self.session_timeout_ms),
                     "KAFKA_HEARTBEAT_INTERVAL_MS": str(self.heartbeat_interval_ms),
                     "PYTHONUNBUFFERED": "1",
                 }
-                p = ServiceProcess(service, replica, free_port(), env,
-                                   self.data_dir / "logs" / f"{service}-{replica}.log")
+                p = ServiceProcess(
+                    service, replica, free_port(), env, self.data_dir / "logs" / f"{service}-{replica}.log"
+                )
                 p.env["HTTP_PORT"] = str(p.port)
                 self.processes.append(p)
         # The first replica of each service creates the schema alone (concurrent create_all on a
@@ -239,8 +262,9 @@ class LocalStack:
     # --- Kafka ------------------------------------------------------------------------------
 
     async def producer(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
-                                    max_request_size=4 * 1024 * 1024)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, max_request_size=4 * 1024 * 1024
+        )
         await producer.start()
         return producer
 
@@ -248,8 +272,9 @@ class LocalStack:
         """Per service: the records its consumer group has not committed yet (end offset − committed)."""
         result = {}
         for service, (_, names) in SERVICES.items():
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=f"kredit-{service}",
-                                        enable_auto_commit=False)
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap, group_id=f"kredit-{service}", enable_auto_commit=False
+            )
             await consumer.start()
             try:
                 partitions = [TopicPartition(t, p) for t in names for p in await _partitions(consumer, t)]
@@ -265,8 +290,12 @@ class LocalStack:
 
     async def read_topic(self, topic: str) -> list[Any]:
         """Every record of `topic` from the beginning up to its current end (no consumer group)."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
         await consumer.start()
         try:
             partitions = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]

@@ -16,12 +16,24 @@ from kredit_shared.contracts import (
 )
 from kredit_shared.contracts.messages import CashDiscountTier
 
-PAYMENT = {"payment_id": "ARP-10020", "customer_account": "4027", "payment_date": "2015-07-01",
-           "amount": "297.00", "currency": "USD",
-           "settle": [{"invoice_id": "10020", "amount_to_settle": "297.00", "use_cash_discount": "Normal"}]}
-INVOICE = {"invoice_id": "10020", "customer_account": "4027", "customer_name": "Fabrikam customer 4027",
-           "invoice_date": "2015-06-25", "currency": "USD", "payment_terms": "Net30", "cash_discount_code": "1%14D",
-           "lines": [{"description": "Goods", "amount": "1000.00", "revenue_account": "401100"}]}
+PAYMENT = {
+    "payment_id": "ARP-10020",
+    "customer_account": "4027",
+    "payment_date": "2015-07-01",
+    "amount": "297.00",
+    "currency": "USD",
+    "settle": [{"invoice_id": "10020", "amount_to_settle": "297.00", "use_cash_discount": "Normal"}],
+}
+INVOICE = {
+    "invoice_id": "10020",
+    "customer_account": "4027",
+    "customer_name": "Fabrikam customer 4027",
+    "invoice_date": "2015-06-25",
+    "currency": "USD",
+    "payment_terms": "Net30",
+    "cash_discount_code": "1%14D",
+    "lines": [{"description": "Goods", "amount": "1000.00", "revenue_account": "401100"}],
+}
 
 
 def as_json(fields: dict, **extra) -> bytes:
@@ -33,8 +45,9 @@ def test_a_message_read_from_json_must_carry_its_message_id():
     with pytest.raises(ValidationError, match="message_id is required"):
         CustomerPaymentReceived.model_validate_json(json.dumps(PAYMENT))
     with pytest.raises(ValidationError, match="message_id is required"):
-        journal_event_adapter.validate_json(json.dumps(
-            {"event_type": "JournalCreated", "journal_name": "WriteOff", "batch_number": "WO-0001"}))
+        journal_event_adapter.validate_json(
+            json.dumps({"event_type": "JournalCreated", "journal_name": "WriteOff", "batch_number": "WO-0001"})
+        )
 
 
 def test_code_constructing_a_message_still_gets_a_fresh_message_id():
@@ -55,10 +68,15 @@ def test_customer_accounts_are_safe_url_path_segments(account):
         CustomerPaymentReceived.model_validate_json(as_json(PAYMENT, customer_account=account))
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("customer_name", "Fabrikam\u0000"), ("customer_name", "x" * 201), ("payment_terms", "Net\u000030"),
-    ("cash_discount_code", "x" * 65),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("customer_name", "Fabrikam\u0000"),
+        ("customer_name", "x" * 201),
+        ("payment_terms", "Net\u000030"),
+        ("cash_discount_code", "x" * 65),
+    ],
+)
 def test_strings_are_bounded_and_free_of_control_characters(field, value):
     # PostgreSQL refuses \u0000 in text; unbounded strings let one message fill a database.
     with pytest.raises(ValidationError, match=field):
@@ -84,11 +102,18 @@ def test_lists_hold_at_most_1000_entries():
     mark = PAYMENT["settle"][0]
     with pytest.raises(ValidationError, match="at most 1000"):
         CustomerPaymentReceived.model_validate_json(as_json(PAYMENT, settle=[mark] * 1001))
-    journal_line = {"account_type": "Ledger", "account": "618900", "debit": "1.00", "currency": "USD",
-                    "transaction_date": "2015-07-01", "settles": [{"voucher": "FTI-1", "amount": "1.00"}] * 1001}
+    journal_line = {
+        "account_type": "Ledger",
+        "account": "618900",
+        "debit": "1.00",
+        "currency": "USD",
+        "transaction_date": "2015-07-01",
+        "settles": [{"voucher": "FTI-1", "amount": "1.00"}] * 1001,
+    }
     with pytest.raises(ValidationError, match="at most 1000"):
         GeneralJournalRequested.model_validate_json(
-            as_json({"request_id": "r1", "journal_name": "WriteOff", "lines": [journal_line]}))
+            as_json({"request_id": "r1", "journal_name": "WriteOff", "lines": [journal_line]})
+        )
 
 
 def test_an_invoice_total_has_the_bound_of_an_amount():
@@ -102,15 +127,17 @@ def test_an_invoice_total_has_the_bound_of_an_amount():
         CustomerInvoiceIssued.model_validate_json(as_json(INVOICE, lines=[taxed]))
 
 
-@pytest.mark.parametrize("percent", [" 1.00", "1e1", "1_0", "NaN", "Infinity", "100.01", "-1", "1.1234567", 1.5,
-                                     10**30, "\uff11"])
+@pytest.mark.parametrize(
+    "percent", [" 1.00", "1e1", "1_0", "NaN", "Infinity", "100.01", "-1", "1.1234567", 1.5, 10**30, "\uff11"]
+)
 def test_percents_are_strict_decimal_strings_from_0_to_100(percent):
     with pytest.raises(ValidationError, match="percent"):
         CashDiscountTier.model_validate({"percent": percent, "date": "2015-07-09"})
 
 
-@pytest.mark.parametrize(("percent", "parsed"), [("1.00", "1.00"), ("100", "100"), ("1.125", "1.125"), (2, "2"),
-                                                 (Decimal("2.5"), "2.5")])
+@pytest.mark.parametrize(
+    ("percent", "parsed"), [("1.00", "1.00"), ("100", "100"), ("1.125", "1.125"), (2, "2"), (Decimal("2.5"), "2.5")]
+)
 def test_valid_percents_are_accepted(percent, parsed):
     assert CashDiscountTier.model_validate({"percent": percent, "date": "2015-07-09"}).percent == Decimal(parsed)
 

@@ -19,9 +19,16 @@ def test_amounts_serialise_as_two_decimal_strings():
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [(1000.5, "not a JSON number"), ("NaN", "not a decimal string"), ("Infinity", "not a decimal string"),
-     (Decimal("NaN"), "finite"), ("1.005", "1.005 has more than two decimals"), (Decimal("1.005"), "more than two decimals"),
-     ("ten", "not a decimal"), (True, "not a JSON number")],
+    [
+        (1000.5, "not a JSON number"),
+        ("NaN", "not a decimal string"),
+        ("Infinity", "not a decimal string"),
+        (Decimal("NaN"), "finite"),
+        ("1.005", "1.005 has more than two decimals"),
+        (Decimal("1.005"), "more than two decimals"),
+        ("ten", "not a decimal"),
+        (True, "not a JSON number"),
+    ],
 )
 def test_amounts_reject_floats_nan_and_sub_cent_values(value, reason):
     with pytest.raises(ValidationError, match=reason):
@@ -30,8 +37,18 @@ def test_amounts_reject_floats_nan_and_sub_cent_values(value, reason):
 
 @pytest.mark.parametrize(
     "value",
-    ["1e26", "1e309", "1" * 28, 10**26, -(10**16), "1000000000000000", "-1000000000000000.00", "9" * 400,
-     Decimal("1e26"), Decimal("-1E+400")],
+    [
+        "1e26",
+        "1e309",
+        "1" * 28,
+        10**26,
+        -(10**16),
+        "1000000000000000",
+        "-1000000000000000.00",
+        "9" * 400,
+        Decimal("1e26"),
+        Decimal("-1E+400"),
+    ],
 )
 def test_amounts_beyond_15_integer_digits_are_a_value_error_not_a_decimal_signal(value):
     # InvalidOperation is not a ValueError: it escaped pydantic and crashed HTTP routes with a 500.
@@ -41,17 +58,27 @@ def test_amounts_beyond_15_integer_digits_are_a_value_error_not_a_decimal_signal
         Priced(amount=value, currency="USD")
 
 
-@pytest.mark.parametrize("value", [" 1.00 ", "1_0.00", "\uff11\uff12", "1E+2", "+1.00", "1.", ".5", "1\n", "0x10", "١٢"])
+@pytest.mark.parametrize(
+    "value", [" 1.00 ", "1_0.00", "\uff11\uff12", "1E+2", "+1.00", "1.", ".5", "1\n", "0x10", "١٢"]
+)
 def test_amount_strings_must_match_the_documented_pattern_exactly(value):
     with pytest.raises(ValidationError, match="not a decimal string"):
         Priced(amount=value, currency="USD")
 
 
-@pytest.mark.parametrize(("value", "parsed"), [
-    ("999999999999999.99", MAX_AMOUNT), ("-999999999999999.99", -MAX_AMOUNT), ("0", Decimal("0.00")),
-    ("-0.5", Decimal("-0.50")), (1000, Decimal("1000.00")), (999999999999999, Decimal("999999999999999.00")),
-    (Decimal("1E+2"), Decimal("100.00")), (1000.0, Decimal("1000.00")),  # JSON Schema: 1000.0 is an integer
-])
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("999999999999999.99", MAX_AMOUNT),
+        ("-999999999999999.99", -MAX_AMOUNT),
+        ("0", Decimal("0.00")),
+        ("-0.5", Decimal("-0.50")),
+        (1000, Decimal("1000.00")),
+        (999999999999999, Decimal("999999999999999.00")),
+        (Decimal("1E+2"), Decimal("100.00")),
+        (1000.0, Decimal("1000.00")),  # JSON Schema: 1000.0 is an integer
+    ],
+)
 def test_amounts_up_to_15_integer_digits_are_accepted(value, parsed):
     assert Priced(amount=value, currency="USD").amount == parsed
 
@@ -77,7 +104,7 @@ def test_rounding_is_half_up_to_the_cent():
 
 
 @given(
-    total=st.decimals(min_value=-10**6, max_value=10**6, places=2),
+    total=st.decimals(min_value=-(10**6), max_value=10**6, places=2),
     weights=st.lists(st.decimals(min_value=0, max_value=10**4, places=2), min_size=1, max_size=8).filter(
         lambda ws: sum(ws) > 0
     ),

@@ -46,7 +46,9 @@ async def echo_invoice(tx: Transaction, invoice: CustomerInvoiceIssued) -> None:
     total = sum((line.amount for line in invoice.lines), Decimal(0))
     tx.emit(
         VoucherPosted(
-            voucher=f"ECHO-{invoice.invoice_id}", posting_date=invoice.invoice_date, currency=invoice.currency,
+            voucher=f"ECHO-{invoice.invoice_id}",
+            posting_date=invoice.invoice_date,
+            currency=invoice.currency,
             lines=[VoucherLine(account="130100", debit=total), VoucherLine(account="401100", credit=total)],
         )
     )
@@ -66,8 +68,12 @@ def echo_app(settings: ServiceSettings):
 
 def invoice(invoice_id: str, **changes) -> dict:
     body = {
-        "message_id": str(uuid.uuid4()), "invoice_id": invoice_id, "customer_account": "4027",
-        "invoice_date": "2015-06-25", "currency": "USD", "lines": [{"amount": "1000.00"}],
+        "message_id": str(uuid.uuid4()),
+        "invoice_id": invoice_id,
+        "customer_account": "4027",
+        "invoice_date": "2015-06-25",
+        "currency": "USD",
+        "lines": [{"amount": "1000.00"}],
     }
     return body | changes
 
@@ -85,8 +91,13 @@ async def test_a_consumed_message_commits_its_effect_and_relays_its_output(kafka
         await publish(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), invoice("10020"))
         [voucher] = await out.wait_for(lambda r: True)
         assert voucher.key == "ECHO-10020"
-        assert voucher.json()["lines"][0] == {"account": "130100", "debit": "1000.00", "credit": "0.00", "text": "",
-                                              "customer_account": None}
+        assert voucher.json()["lines"][0] == {
+            "account": "130100",
+            "debit": "1000.00",
+            "credit": "0.00",
+            "text": "",
+            "customer_account": None,
+        }
         assert await times_applied(runtime, "10020") == 1
 
 
@@ -107,14 +118,22 @@ async def test_the_same_message_delivered_twice_has_one_effect(kafka, database_u
     ("raw", "reason"),
     [
         (b"{not json", "invalid message: "),
-        (json.dumps({"message_id": str(uuid.uuid4()), "invoice_id": "X1"}).encode(), "customer_account: Field required"),
-        (json.dumps(invoice("X2", lines=[{"amount": 12.5}])).encode(), "lines.0.amount: amount must be a decimal string"),
+        (
+            json.dumps({"message_id": str(uuid.uuid4()), "invoice_id": "X1"}).encode(),
+            "customer_account: Field required",
+        ),
+        (
+            json.dumps(invoice("X2", lines=[{"amount": 12.5}])).encode(),
+            "lines.0.amount: amount must be a decimal string",
+        ),
         (json.dumps(invoice("X3", currency="ABC")).encode(), "currency: currency 'ABC' is not an ISO 4217 code"),
         (json.dumps(invoice("REJECT-1")).encode(), "invoice REJECT-1 is not wanted"),
     ],
     ids=["not-json", "missing-fields", "float-amount", "unknown-currency", "rejected-by-handler"],
 )
-async def test_a_bad_message_is_dead_lettered_with_its_reason_and_the_next_one_is_processed(kafka, raw, reason, tmp_path):
+async def test_a_bad_message_is_dead_lettered_with_its_reason_and_the_next_one_is_processed(
+    kafka, raw, reason, tmp_path
+):
     settings = echo_settings(kafka, f"sqlite+aiosqlite:///{tmp_path / 'echo.db'}")
     runtime, app = echo_app(settings)
     dlq = settings.topic(dead_letter_topic(ERP_CUSTOMER_INVOICES))
@@ -186,7 +205,10 @@ async def test_a_batch_handler_commits_a_fetch_at_once_and_isolates_the_messages
     for message in messages:  # all waiting before the service starts: its first fetch takes them together
         await publish(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), message)
     dlq = settings.topic(dead_letter_topic(ERP_CUSTOMER_INVOICES))
-    async with serve(runtime.http_app("echo")), TopicProbe(kafka.bootstrap_servers, [dlq, settings.topic(GL_JOURNAL_LINES)]) as probe:
+    async with (
+        serve(runtime.http_app("echo")),
+        TopicProbe(kafka.bootstrap_servers, [dlq, settings.topic(GL_JOURNAL_LINES)]) as probe,
+    ):
         await probe.wait_for(lambda r: r.topic != dlq, count=21)
         [rejected] = await probe.wait_for(lambda r: r.topic == dlq)
         assert rejected.headers["x-dlq-reason"] == "invoice REJECT-2 is not wanted"
@@ -273,7 +295,9 @@ async def test_a_non_json_body_labelled_json_is_dead_lettered_with_its_headers_k
         await eventually(lambda: times_applied(runtime, "B"))
 
 
-async def test_a_reused_message_id_with_other_content_is_dead_lettered_and_an_exact_redelivery_is_not(kafka, database_url):
+async def test_a_reused_message_id_with_other_content_is_dead_lettered_and_an_exact_redelivery_is_not(
+    kafka, database_url
+):
     settings = echo_settings(kafka, database_url)
     runtime, app = echo_app(settings)
     first = invoice("R1")
@@ -284,8 +308,10 @@ async def test_a_reused_message_id_with_other_content_is_dead_lettered_and_an_ex
         await eventually(lambda: times_applied(runtime, "AFTER"))
         [dead] = await probe.wait_for(lambda r: True)
         assert json.loads(dead.value)["invoice_id"] == "R2"
-        assert dead.headers["x-dlq-reason"] == (f"message_id {first['message_id']} was already processed with "
-                                                f"different content; a message_id cannot be reused")
+        assert dead.headers["x-dlq-reason"] == (
+            f"message_id {first['message_id']} was already processed with "
+            f"different content; a message_id cannot be reused"
+        )
         assert dead.headers["x-dlq-source-offset"] == "2", "the original record, not a re-serialised copy"
         assert await times_applied(runtime, "R1") == 1
         assert await times_applied(runtime, "R2") == 0
@@ -303,8 +329,15 @@ async def test_a_record_dead_lettered_twice_after_a_crash_is_published_once(kafk
         for _ in range(2):
             await runtime._dead_letter(ERP_CUSTOMER_INVOICES, record, "invalid message: x", "invalid")
         async with runtime.sessions() as session:
-            rows = (await session.exec(select(OutboxMessage).where(
-                OutboxMessage.topic == dead_letter_topic(ERP_CUSTOMER_INVOICES)))).scalars().all()
+            rows = (
+                (
+                    await session.exec(
+                        select(OutboxMessage).where(OutboxMessage.topic == dead_letter_topic(ERP_CUSTOMER_INVOICES))
+                    )
+                )
+                .scalars()
+                .all()
+            )
         assert len(rows) == 1
         assert rows[0].payload == b"{bad"
 
@@ -328,7 +361,8 @@ def failing_app(settings):
 
 
 async def test_a_permanent_database_error_is_dead_lettered_after_its_retries_and_the_next_message_goes_on(
-        kafka, database_url):
+    kafka, database_url
+):
     settings = echo_settings(kafka, database_url, consumer_max_attempts=3)
     runtime, app = failing_app(settings)
     FAILURES["SQL-ERROR"] = 0
@@ -347,9 +381,11 @@ async def test_readiness_fails_while_a_consumer_is_stuck_and_recovers_when_it_he
     FAILURES["STUCK"] = 1
     await start_after_publishing(kafka, settings, [invoice("STUCK")])
     async with serve(app) as http:
+
         async def not_ready() -> bool:
             response = await http.get("/readyz")
             return response.status_code == 503 and response.json()["checks"]["consumer"].startswith("retrying")
+
         await eventually(not_ready)
         assert (await http.get("/healthz")).status_code == 200, "liveness does not depend on one message"
         FAILURES["STUCK"] = 0
@@ -358,27 +394,39 @@ async def test_readiness_fails_while_a_consumer_is_stuck_and_recovers_when_it_he
 
 
 async def test_an_oversized_outbox_row_is_dead_lettered_truncated_and_the_rows_around_it_are_published_once(
-        kafka, database_url):
+    kafka, database_url
+):
     settings = echo_settings(kafka, database_url, outbox_relay_enabled=False)
     runtime, app = echo_app(settings)
     out, dlq = settings.topic(GL_JOURNAL_LINES), settings.topic(dead_letter_topic(GL_JOURNAL_LINES))
     async with serve(app), TopicProbe(kafka.bootstrap_servers, [out, dlq]) as probe:
         async with runtime.sessions() as session, session.begin():
             for n, size in enumerate([10, 2_000_000, 10]):
-                session.add(OutboxMessage(message_id=str(uuid.uuid4()), topic=GL_JOURNAL_LINES, key=f"V{n}",
-                                          payload=b"x" * size, headers=[["message-type", "VoucherPosted"]]))
+                session.add(
+                    OutboxMessage(
+                        message_id=str(uuid.uuid4()),
+                        topic=GL_JOURNAL_LINES,
+                        key=f"V{n}",
+                        payload=b"x" * size,
+                        headers=[["message-type", "VoucherPosted"]],
+                    )
+                )
         await runtime.relay.publish_pending()
         await runtime.relay.publish_pending()  # nothing left: nothing is published again
         records = await probe.wait_for(lambda r: True, count=3)
         assert sorted((r.topic, r.key) for r in await probe.settle(0.5)) == sorted(
-            [(out, "V0"), (dlq, "V1"), (out, "V2")])
+            [(out, "V0"), (dlq, "V1"), (out, "V2")]
+        )
         [truncated] = [r for r in records if r.topic == dlq]
         assert truncated.headers["x-dlq-truncated"] == "true"
         assert truncated.headers["x-dlq-original-size"] == "2000000"
         assert len(truncated.value) < 1_000_000
         async with runtime.sessions() as session:
-            pending = (await session.exec(select(func.count()).select_from(OutboxMessage)
-                                          .where(OutboxMessage.published_at.is_(None)))).scalar_one()
+            pending = (
+                await session.exec(
+                    select(func.count()).select_from(OutboxMessage).where(OutboxMessage.published_at.is_(None))
+                )
+            ).scalar_one()
         assert pending == 0
 
 
@@ -443,8 +491,15 @@ async def test_two_relays_on_one_database_publish_each_row_once(kafka, database_
         for round_ in range(5):
             async with runtime.sessions() as session, session.begin():
                 for n in range(50):
-                    session.add(OutboxMessage(message_id=str(uuid.uuid4()), topic=GL_JOURNAL_LINES, key=f"R{round_}-{n}",
-                                              payload=b"{}", headers=[]))
+                    session.add(
+                        OutboxMessage(
+                            message_id=str(uuid.uuid4()),
+                            topic=GL_JOURNAL_LINES,
+                            key=f"R{round_}-{n}",
+                            payload=b"{}",
+                            headers=[],
+                        )
+                    )
             await asyncio.gather(runtime.relay.publish_pending(), other.publish_pending())
             await asyncio.gather(runtime.relay.publish_pending(), other.publish_pending())
         await probe.wait_for(lambda r: True, count=250)

@@ -24,8 +24,12 @@ from kredit_shared.testing import free_port, isolated_kafka, publish, service_pr
 
 CHROMIUM = "/usr/bin/chromium"
 DEMO = Path(__file__).parents[2] / "scripts" / "demo.py"
-SERVICES = {"ledger": "kredit_ledger_posting", "invoicing": "kredit_invoicing", "settlement": "kredit_settlement",
-            "collections": "kredit_collections"}
+SERVICES = {
+    "ledger": "kredit_ledger_posting",
+    "invoicing": "kredit_invoicing",
+    "settlement": "kredit_settlement",
+    "collections": "kredit_collections",
+}
 
 
 @dataclass
@@ -62,17 +66,23 @@ def running_stack(kafka, tmp_path_factory) -> Iterator[RunningStack]:
     common = {key.upper(): str(value) for key, value in isolated.items()}
     with contextlib.ExitStack() as processes:
         for name, package in SERVICES.items():
-            env = common | {"HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(ports[name]),
-                            "DATABASE_URL": f"sqlite+aiosqlite:///{folder / name}.db",
-                            "LEDGER_POSTING_URL": f"http://127.0.0.1:{ports['ledger']}"}
+            env = common | {
+                "HTTP_HOST": "127.0.0.1",
+                "HTTP_PORT": str(ports[name]),
+                "DATABASE_URL": f"sqlite+aiosqlite:///{folder / name}.db",
+                "LEDGER_POSTING_URL": f"http://127.0.0.1:{ports['ledger']}",
+            }
             process = processes.enter_context(service_process(package, env, str(folder / f"{name}.log")))
             wait_until_healthy(ports[name], timeout=60, process=process)
         stack = RunningStack(ports)
 
         invoices, payments = demo_messages()
         for message in invoices:
-            asyncio.run(publish(kafka.bootstrap_servers, prefix + ERP_CUSTOMER_INVOICES, message,
-                                key=message["customer_account"]))
+            asyncio.run(
+                publish(
+                    kafka.bootstrap_servers, prefix + ERP_CUSTOMER_INVOICES, message, key=message["customer_account"]
+                )
+            )
 
         def all_open_in_settlement() -> bool:  # payments settle only invoices settlement already holds
             for message in invoices:
@@ -84,16 +94,21 @@ def running_stack(kafka, tmp_path_factory) -> Iterator[RunningStack]:
 
         wait_for(all_open_in_settlement, what="every demo invoice open in settlement")
         for message in payments:
-            asyncio.run(publish(kafka.bootstrap_servers, prefix + ERP_CUSTOMER_PAYMENTS, message,
-                                key=message["customer_account"]))
+            asyncio.run(
+                publish(
+                    kafka.bootstrap_servers, prefix + ERP_CUSTOMER_PAYMENTS, message, key=message["customer_account"]
+                )
+            )
         yield stack
 
 
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium package when run as root "
-                    "with apt-get; install it (apt-get install chromium) to run the browser tests")
+        pytest.skip(
+            f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium package when run as root "
+            "with apt-get; install it (apt-get install chromium) to run the browser tests"
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

@@ -19,9 +19,11 @@ def column(page, table: str, index: int) -> list[str]:
 
 def reload_until(page, check, what: str, timeout: float = 30):
     """Messages are on their way between services: reload the page until it shows their effect."""
+
     def shown():
         page.reload()
         return check()
+
     return wait_for(shown, timeout=timeout, what=what)
 
 
@@ -30,8 +32,11 @@ def test_find_customer_4027_by_search_and_see_the_source_tables_balances(running
     page.fill("input[name=q]", "4027")
     page.press("input[name=q]", "Enter")
     # Between the two payments: 1,000.00 - 297.00 paid - 3.00 cash discount.
-    reload_until(page, lambda: column(page, "aged", 1) == ["4027"] and column(page, "aged", 4) == ["700.00"],
-                 "customer 4027 with 700.00 open on 2015-07-05")
+    reload_until(
+        page,
+        lambda: column(page, "aged", 1) == ["4027"] and column(page, "aged", 4) == ["700.00"],
+        "customer 4027 with 700.00 open on 2015-07-05",
+    )
     expect(page.locator("#aged tfoot")).to_contain_text("700.00")
     expect(page.locator("svg[role=img]")).to_be_visible()
     shoot(page, tmp_path, "aged-balances-4027")
@@ -41,8 +46,15 @@ def test_find_customer_4027_by_search_and_see_the_source_tables_balances(running
     page.check("input[name=show][value=all]")
     expect(page).to_have_url(re.compile(r"show=all"))
     reload_until(page, lambda: len(column(page, "transactions", 2)) == 4, "the four transactions of 4027")
-    rows = list(zip(column(page, "transactions", 2), column(page, "transactions", 3), column(page, "transactions", 7),
-                    column(page, "transactions", 8), column(page, "transactions", 9)))
+    rows = list(
+        zip(
+            column(page, "transactions", 2),
+            column(page, "transactions", 3),
+            column(page, "transactions", 7),
+            column(page, "transactions", 8),
+            column(page, "transactions", 9),
+        )
+    )
     assert rows == [  # the source table (spec 003)
         ("FTI-10020", "Invoice", "1,000.00", "", "0.00"),
         ("ARP-10020", "Payment", "", "297.00", "0.00"),
@@ -85,8 +97,11 @@ def test_write_off_a_whole_balance_review_and_post_the_journal_and_the_customer_
     shoot(page, tmp_path, "write-off-posted")
 
     page.click("text=US-004")
-    reload_until(page, lambda: page.locator("#balance").count() == 1 and page.inner_text("#balance") == "0.00",
-                 "Cave Wholesales' balance at 0.00 once settlement settled the write-off")
+    reload_until(
+        page,
+        lambda: page.locator("#balance").count() == 1 and page.inner_text("#balance") == "0.00",
+        "Cave Wholesales' balance at 0.00 once settlement settled the write-off",
+    )
     page.check("input[name=show][value=all]")
     expect(page).to_have_url(re.compile(r"show=all"))
     assert set(column(page, "transactions", 9)) == {"0.00"}

@@ -104,7 +104,9 @@ def test_compose_runs_the_four_services_from_one_image(compose_services):
     images = {compose_services[s].get("image") for s in SERVICES}
     assert len(builds) == 1 and len(images) == 1, (builds, images)
     build = compose_services["collections"]["build"]
-    context, dockerfile = (build, "Dockerfile") if isinstance(build, str) else (build["context"], build.get("dockerfile", "Dockerfile"))
+    context, dockerfile = (
+        (build, "Dockerfile") if isinstance(build, str) else (build["context"], build.get("dockerfile", "Dockerfile"))
+    )
     assert (COMPOSE_FILE.parent / context / dockerfile).resolve() == DOCKERFILE
 
 
@@ -116,7 +118,9 @@ def test_compose_service_runs_its_own_package(compose_services, service):
 
 def test_compose_services_each_use_their_own_postgres_database(compose_services):
     postgres_name, postgres = compose_postgres(compose_services)
-    init_scripts = [path for target, path in compose_mounts(postgres).items() if target.startswith("/docker-entrypoint-initdb.d")]
+    init_scripts = [
+        path for target, path in compose_mounts(postgres).items() if target.startswith("/docker-entrypoint-initdb.d")
+    ]
     assert init_scripts, "postgres mounts no init script into /docker-entrypoint-initdb.d"
     created = set()
     for script in init_scripts:
@@ -272,7 +276,9 @@ def test_dockerfile_runs_unbuffered_as_non_root_on_all_interfaces():
 
 
 def test_dockerignore_keeps_the_host_virtualenv_out():
-    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
+    ]
     excludes_everything_first = patterns[0] == "*" and "!.venv" not in patterns
     assert excludes_everything_first or any(p.rstrip("/").endswith(".venv") for p in patterns)
 
@@ -342,8 +348,12 @@ def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> l
 def deployment_for(objects: list[dict[str, Any]], service: str) -> dict[str, Any]:
     package, _ = SERVICES[service]
     found = [
-        d for d in find(objects, "Deployment")
-        if any(["python", "-m", package] == c.get("command", []) + c.get("args", []) for c in d["spec"]["template"]["spec"]["containers"])
+        d
+        for d in find(objects, "Deployment")
+        if any(
+            ["python", "-m", package] == c.get("command", []) + c.get("args", [])
+            for c in d["spec"]["template"]["spec"]["containers"]
+        )
     ]
     assert len(found) == 1, f"expected one Deployment running {package}, found {len(found)}"
     return found[0]
@@ -405,7 +415,9 @@ def test_k8s_deployment_takes_its_settings_from_config_maps_and_a_secret(k8s_obj
 
 
 def test_k8s_services_read_different_database_secrets(k8s_objects):
-    secrets = {container_env(k8s_objects, main_container(deployment_for(k8s_objects, s)))["DATABASE_URL"][1] for s in SERVICES}
+    secrets = {
+        container_env(k8s_objects, main_container(deployment_for(k8s_objects, s)))["DATABASE_URL"][1] for s in SERVICES
+    }
     assert len(secrets) == len(SERVICES), secrets
 
 
@@ -449,7 +461,11 @@ def test_k8s_service_routes_to_the_deployment(k8s_objects, service):
     deployment = deployment_for(k8s_objects, service)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     container = main_container(deployment)
-    services = [s for s in find(k8s_objects, "Service") if s["spec"].get("selector") and s["spec"]["selector"].items() <= pod_labels.items()]
+    services = [
+        s
+        for s in find(k8s_objects, "Service")
+        if s["spec"].get("selector") and s["spec"]["selector"].items() <= pod_labels.items()
+    ]
     assert len(services) == 1, f"expected one Service selecting {service}'s pods"
     targets = [resolve_port(container, p.get("targetPort", p["port"])) for p in services[0]["spec"]["ports"]]
     assert SERVICES[service][1] in targets
@@ -459,7 +475,9 @@ def test_k8s_service_routes_to_the_deployment(k8s_objects, service):
 def test_k8s_autoscaler_targets_the_deployment_within_the_partition_count(k8s_objects, service):
     deployment = deployment_for(k8s_objects, service)
     name = deployment["metadata"]["name"]
-    autoscalers = [h for h in find(k8s_objects, "HorizontalPodAutoscaler") if h["spec"]["scaleTargetRef"]["name"] == name]
+    autoscalers = [
+        h for h in find(k8s_objects, "HorizontalPodAutoscaler") if h["spec"]["scaleTargetRef"]["name"] == name
+    ]
     assert len(autoscalers) == 1
     hpa = autoscalers[0]
     assert hpa["apiVersion"] == "autoscaling/v2"
@@ -505,7 +523,9 @@ def test_compose_and_kubernetes_share_the_consumer_settings(compose_services):
             assert env.get(key) == config["data"].get(key), f"{service}: {key} differs from deploy/base"
 
 
-@pytest.mark.parametrize("overlay", sorted(p.name for p in OVERLAYS.glob("*") if (p / "kustomization.yaml").exists()) or ["none"])
+@pytest.mark.parametrize(
+    "overlay", sorted(p.name for p in OVERLAYS.glob("*") if (p / "kustomization.yaml").exists()) or ["none"]
+)
 def test_overlay_renders_and_keeps_the_probes(overlay):
     if overlay == "none":
         pytest.skip("no overlays")

@@ -36,13 +36,15 @@ class Stack:
 
     async def erp_invoice(self, **fields: Any) -> None:
         message = {"message_id": str(uuid.uuid4()), "currency": "USD"} | fields
-        await publish(self.bootstrap_servers, self.topic_prefix + ERP_CUSTOMER_INVOICES, message,
-                      key=fields["customer_account"])
+        await publish(
+            self.bootstrap_servers, self.topic_prefix + ERP_CUSTOMER_INVOICES, message, key=fields["customer_account"]
+        )
 
     async def erp_payment(self, **fields: Any) -> None:
         message = {"message_id": str(uuid.uuid4()), "currency": "USD"} | fields
-        await publish(self.bootstrap_servers, self.topic_prefix + ERP_CUSTOMER_PAYMENTS, message,
-                      key=fields["customer_account"])
+        await publish(
+            self.bootstrap_servers, self.topic_prefix + ERP_CUSTOMER_PAYMENTS, message, key=fields["customer_account"]
+        )
 
     async def transactions(self, account: str) -> list[dict]:
         response = await self.collections.get(f"/api/v1/customers/{account}/transactions")

@@ -21,9 +21,13 @@ pytestmark = pytest.mark.slow
 def request(request_id: str) -> dict:
     line = {"currency": "USD", "transaction_date": "2015-08-31", "reason_code": "BadDebt"}
     return {
-        "message_id": str(uuid.uuid4()), "request_id": request_id, "journal_name": "WriteOff",
-        "lines": [line | {"account_type": "Customer", "account": "4027", "credit": "10.00"},
-                  line | {"account_type": "Ledger", "account": "618900", "debit": "10.00"}],
+        "message_id": str(uuid.uuid4()),
+        "request_id": request_id,
+        "journal_name": "WriteOff",
+        "lines": [
+            line | {"account_type": "Customer", "account": "4027", "credit": "10.00"},
+            line | {"account_type": "Ledger", "account": "618900", "debit": "10.00"},
+        ],
     }
 
 
@@ -65,7 +69,9 @@ async def test_a_service_killed_mid_message_publishes_its_output_exactly_once_af
             await probe.wait_for(lambda r: True, count=2)
             await probe.settle(1.0)
             created = [(r.json()["request_id"], r.json()["batch_number"]) for r in probe.records]
-            assert sorted(created) == [("r-1", "WOJ-000001"), ("r-2", "WOJ-000002")], "each journal once, numbers not skipped"
+            assert sorted(created) == [("r-1", "WOJ-000001"), ("r-2", "WOJ-000002")], (
+                "each journal once, numbers not skipped"
+            )
             assert journals(ledger_env) == ["WOJ-000001", "WOJ-000002"]
             redelivered_and_skipped = duplicates_seen(ledger_env)
             assert redelivered_and_skipped == (1 if failpoint == "consumer-after-commit" else 0)

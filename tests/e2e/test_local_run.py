@@ -29,8 +29,9 @@ def ports() -> dict[str, int]:
 def start(ports: dict[str, int], data_dir: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     env |= {key: str(port) for key, port in ports.items()} | {"DATA_DIR": str(data_dir)}
-    return subprocess.Popen([sys.executable, str(RUN_LOCAL)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(RUN_LOCAL)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def status(port: int) -> int | None:
@@ -52,7 +53,11 @@ def test_the_local_stack_is_healthy_within_a_minute_and_stops_without_orphans(po
         assert elapsed < 60, f"took {elapsed:.0f}s"
         assert [status(ports[f"{name}_PORT"]) for name in SERVICES] == [200, 200, 200, 200]
         assert {p.name for p in tmp_path.glob("*.db")} == {
-            "collections.db", "invoicing.db", "settlement.db", "ledger-posting.db"}
+            "collections.db",
+            "invoicing.db",
+            "settlement.db",
+            "ledger-posting.db",
+        }
 
         stack.send_signal(signal.SIGTERM)
         assert stack.wait(30) == 0

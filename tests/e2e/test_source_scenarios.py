@@ -16,8 +16,15 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 def row(voucher, type_, date, invoice_id, debit, credit, balance):
-    return {"voucher": voucher, "type": type_, "date": date, "invoice_id": invoice_id, "debit": debit,
-            "credit": credit, "balance": balance}
+    return {
+        "voucher": voucher,
+        "type": type_,
+        "date": date,
+        "invoice_id": invoice_id,
+        "debit": debit,
+        "credit": credit,
+        "balance": balance,
+    }
 
 
 def table(rows: list[dict]) -> list[dict]:
@@ -31,49 +38,81 @@ def amount(tb: dict[str, dict], account: str, column: str = "balance") -> Decima
 
 async def test_partial_payment_before_the_discount_date_then_the_rest_after_it(stack):
     await stack.erp_invoice(
-        invoice_id="10020", customer_account="4027", customer_name="Fabrikam customer 4027",
-        invoice_date="2015-06-25", payment_terms="Net30", cash_discount_code="1%14D",
+        invoice_id="10020",
+        customer_account="4027",
+        customer_name="Fabrikam customer 4027",
+        invoice_date="2015-06-25",
+        payment_terms="Net30",
+        cash_discount_code="1%14D",
         lines=[{"description": "Goods", "amount": "1000.00", "sales_tax_amount": "0.00", "revenue_account": "401100"}],
     )
     await stack.wait_until_open_in_settlement("4027", "FTI-10020")
     invoice = (await stack.invoicing.get("/api/v1/invoices/10020")).json()
     assert invoice["due_date"] == "2015-07-25"
 
-    preview = await stack.settlement.post("/api/v1/settlement-preview", json={
-        "customer_account": "4027", "payment_date": "2015-07-01",
-        "marks": [{"invoice_id": "10020", "amount_to_settle": "297.00", "use_cash_discount": "Normal"}]})
+    preview = await stack.settlement.post(
+        "/api/v1/settlement-preview",
+        json={
+            "customer_account": "4027",
+            "payment_date": "2015-07-01",
+            "marks": [{"invoice_id": "10020", "amount_to_settle": "297.00", "use_cash_discount": "Normal"}],
+        },
+    )
     assert preview.status_code == 200, preview.text
     [mark] = preview.json()["marks"]
-    assert (mark["cash_discount_date"], mark["cash_discount_amount"], mark["use_cash_discount"],
-            mark["cash_discount_taken"], mark["cash_discount_amount_to_take"]) == (
-        "2015-07-09", "10.00", "Normal", "0.00", "3.00")
+    assert (
+        mark["cash_discount_date"],
+        mark["cash_discount_amount"],
+        mark["use_cash_discount"],
+        mark["cash_discount_taken"],
+        mark["cash_discount_amount_to_take"],
+    ) == ("2015-07-09", "10.00", "Normal", "0.00", "3.00")
 
-    await stack.erp_payment(payment_id="ARP-10020", customer_account="4027", payment_date="2015-07-01",
-                            amount="297.00", settle=[{"invoice_id": "10020", "amount_to_settle": "297.00",
-                                                      "use_cash_discount": "Normal"}])
+    await stack.erp_payment(
+        payment_id="ARP-10020",
+        customer_account="4027",
+        payment_date="2015-07-01",
+        amount="297.00",
+        settle=[{"invoice_id": "10020", "amount_to_settle": "297.00", "use_cash_discount": "Normal"}],
+    )
     rows = await stack.wait_for_transactions(
-        "4027", lambda rows: any(r["voucher"] == "DISC-10020" for r in rows)
-        and next(r for r in rows if r["voucher"] == "FTI-10020")["balance"] == "700.00")
+        "4027",
+        lambda rows: (
+            any(r["voucher"] == "DISC-10020" for r in rows)
+            and next(r for r in rows if r["voucher"] == "FTI-10020")["balance"] == "700.00"
+        ),
+    )
     assert table(rows) == [
         row("FTI-10020", "Invoice", "2015-06-25", "10020", "1000.00", None, "700.00"),
         row("ARP-10020", "Payment", "2015-07-01", None, None, "297.00", "0.00"),
         row("DISC-10020", "CashDiscount", "2015-07-01", None, None, "3.00", "0.00"),
     ]
 
-    after_date = {"customer_account": "4027", "payment_date": "2015-07-11",
-                  "marks": [{"invoice_id": "10020", "amount_to_settle": "700.00", "use_cash_discount": "Normal"}]}
+    after_date = {
+        "customer_account": "4027",
+        "payment_date": "2015-07-11",
+        "marks": [{"invoice_id": "10020", "amount_to_settle": "700.00", "use_cash_discount": "Normal"}],
+    }
     [normal] = (await stack.settlement.post("/api/v1/settlement-preview", json=after_date)).json()["marks"]
     assert (normal["cash_discount_amount"], normal["cash_discount_taken"], normal["cash_discount_amount_to_take"]) == (
-        "0.00", "3.00", "0.00")
+        "0.00",
+        "3.00",
+        "0.00",
+    )
     after_date["marks"][0]["use_cash_discount"] = "Always"
     [always] = (await stack.settlement.post("/api/v1/settlement-preview", json=after_date)).json()["marks"]
     assert (always["cash_discount_amount_to_take"], always["amount_to_settle"]) == ("7.00", "693.00")
 
-    await stack.erp_payment(payment_id="ARP-10021", customer_account="4027", payment_date="2015-07-11",
-                            amount="700.00", settle=[{"invoice_id": "10020", "amount_to_settle": "700.00",
-                                                      "use_cash_discount": "Normal"}])
+    await stack.erp_payment(
+        payment_id="ARP-10021",
+        customer_account="4027",
+        payment_date="2015-07-11",
+        amount="700.00",
+        settle=[{"invoice_id": "10020", "amount_to_settle": "700.00", "use_cash_discount": "Normal"}],
+    )
     rows = await stack.wait_for_transactions(
-        "4027", lambda rows: len(rows) == 4 and all(r["balance"] == "0.00" for r in rows))
+        "4027", lambda rows: len(rows) == 4 and all(r["balance"] == "0.00" for r in rows)
+    )
     assert table(rows) == [
         row("FTI-10020", "Invoice", "2015-06-25", "10020", "1000.00", None, "0.00"),
         row("ARP-10020", "Payment", "2015-07-01", None, None, "297.00", "0.00"),
@@ -131,22 +170,32 @@ async def aged_customers(stack) -> set[str]:
 
 async def test_collections_page_writes_off_two_selected_transactions_with_reason_bad_debt(stack):
     for invoice_id, date, amount_ in (("CW-1001", "2015-03-10", "450.00"), ("CW-1002", "2015-04-02", "180.00")):
-        await stack.erp_invoice(invoice_id=invoice_id, customer_account="US-004", customer_name="Cave Wholesales",
-                                invoice_date=date, payment_terms="Net30", lines=goods(amount_))
+        await stack.erp_invoice(
+            invoice_id=invoice_id,
+            customer_account="US-004",
+            customer_name="Cave Wholesales",
+            invoice_date=date,
+            payment_terms="Net30",
+            lines=goods(amount_),
+        )
     await invoices_open(stack, "US-004", 2)
     before = await stack.trial_balance()
 
-    journal = await write_off_and_post(stack, {"customer_account": "US-004", "vouchers": ["FTI-CW-1001", "FTI-CW-1002"],
-                                               "reason_comment": "Bad debt"})
+    journal = await write_off_and_post(
+        stack, {"customer_account": "US-004", "vouchers": ["FTI-CW-1001", "FTI-CW-1002"], "reason_comment": "Bad debt"}
+    )
     customer_lines = [l for l in journal["lines"] if l["account_type"] == "Customer"]
     ledger_lines = [l for l in journal["lines"] if l["account_type"] == "Ledger"]
     assert sorted((l["credit"], l["settles"][0]["voucher"]) for l in customer_lines) == [
-        ("180.00", "FTI-CW-1002"), ("450.00", "FTI-CW-1001")]
+        ("180.00", "FTI-CW-1002"),
+        ("450.00", "FTI-CW-1001"),
+    ]
     assert sorted(l["debit"] for l in ledger_lines if l["account"] == "618900") == ["180.00", "450.00"]
     assert {(l["reason_code"], l["reason_comment"]) for l in journal["lines"]} == {("BadDebt", "Bad debt")}
 
     rows = await stack.wait_for_transactions(
-        "US-004", lambda rows: len(rows) == 4 and all(r["balance"] == "0.00" for r in rows))
+        "US-004", lambda rows: len(rows) == 4 and all(r["balance"] == "0.00" for r in rows)
+    )
     assert sorted(r["type"] for r in rows) == ["Invoice", "Invoice", "WriteOff", "WriteOff"]
     assert "US-004" not in await aged_customers(stack)
     after = await stack.trial_balance()
@@ -155,46 +204,82 @@ async def test_collections_page_writes_off_two_selected_transactions_with_reason
 
 
 async def test_open_invoices_page_writes_off_one_invoice(stack):
-    await stack.erp_invoice(invoice_id="CIV-000667", customer_account="US-002", customer_name="Contoso Retail LA",
-                            invoice_date="2015-01-20", payment_terms="Net30", lines=goods("320.00"))
-    await stack.erp_invoice(invoice_id="CIV-000668", customer_account="US-002", customer_name="Contoso Retail LA",
-                            invoice_date="2015-02-20", payment_terms="Net30", lines=goods("80.00"))
+    await stack.erp_invoice(
+        invoice_id="CIV-000667",
+        customer_account="US-002",
+        customer_name="Contoso Retail LA",
+        invoice_date="2015-01-20",
+        payment_terms="Net30",
+        lines=goods("320.00"),
+    )
+    await stack.erp_invoice(
+        invoice_id="CIV-000668",
+        customer_account="US-002",
+        customer_name="Contoso Retail LA",
+        invoice_date="2015-02-20",
+        payment_terms="Net30",
+        lines=goods("80.00"),
+    )
     await invoices_open(stack, "US-002", 2)
     open_invoices = (await stack.collections.get("/api/v1/open-invoices", params={"customer_account": "US-002"})).json()
     assert "CIV-000667" in str(open_invoices)
 
     journal = await write_off_and_post(stack, {"customer_account": "US-002", "invoice_id": "CIV-000667"})
-    assert [(l["account_type"], l["debit"], l["credit"]) for l in journal["lines"] if l["account_type"] == "Customer"] == [
-        ("Customer", "0.00", "320.00")]
+    assert [
+        (l["account_type"], l["debit"], l["credit"]) for l in journal["lines"] if l["account_type"] == "Customer"
+    ] == [("Customer", "0.00", "320.00")]
     rows = await stack.wait_for_transactions(
-        "US-002", lambda rows: any(r["type"] == "WriteOff" for r in rows)
-        and next(r for r in rows if r["invoice_id"] == "CIV-000667")["balance"] == "0.00")
-    assert next(r for r in rows if r["invoice_id"] == "CIV-000668")["balance"] == "80.00", "the other invoice stays open"
+        "US-002",
+        lambda rows: (
+            any(r["type"] == "WriteOff" for r in rows)
+            and next(r for r in rows if r["invoice_id"] == "CIV-000667")["balance"] == "0.00"
+        ),
+    )
+    assert next(r for r in rows if r["invoice_id"] == "CIV-000668")["balance"] == "80.00", (
+        "the other invoice stays open"
+    )
     assert "US-002" in await aged_customers(stack)
 
 
 async def test_aged_balances_page_writes_off_the_whole_balance_of_a_customer(stack):
-    await stack.erp_invoice(invoice_id="BI-3001", customer_account="US-010", customer_name="Birch company",
-                            invoice_date="2015-02-01", payment_terms="Net30", lines=goods("75.00"))
+    await stack.erp_invoice(
+        invoice_id="BI-3001",
+        customer_account="US-010",
+        customer_name="Birch company",
+        invoice_date="2015-02-01",
+        payment_terms="Net30",
+        lines=goods("75.00"),
+    )
     await invoices_open(stack, "US-010", 1)
     assert "US-010" in await aged_customers(stack)
     await write_off_and_post(stack, {"customer_account": "US-010"})
-    await stack.wait_for_transactions("US-010", lambda rows: all(r["balance"] == "0.00" for r in rows) and len(rows) == 2)
+    await stack.wait_for_transactions(
+        "US-010", lambda rows: all(r["balance"] == "0.00" for r in rows) and len(rows) == 2
+    )
     assert "US-010" not in await aged_customers(stack)
 
 
 async def test_all_customers_page_writes_off_a_customer_with_the_sales_tax_separated(stack):
     parameters = (await stack.collections.get("/api/v1/parameters/write-off")).json()
-    assert (await stack.collections.put("/api/v1/parameters/write-off",
-                                        json=parameters | {"separate_sales_tax": True})).status_code == 200
+    assert (
+        await stack.collections.put("/api/v1/parameters/write-off", json=parameters | {"separate_sales_tax": True})
+    ).status_code == 200
     try:
-        await stack.erp_invoice(invoice_id="CR-2001", customer_account="US-001", customer_name="Contoso Retail San Diego",
-                                invoice_date="2015-05-15", payment_terms="Net30", lines=goods("1200.00", tax="100.00"))
+        await stack.erp_invoice(
+            invoice_id="CR-2001",
+            customer_account="US-001",
+            customer_name="Contoso Retail San Diego",
+            invoice_date="2015-05-15",
+            payment_terms="Net30",
+            lines=goods("1200.00", tax="100.00"),
+        )
         await invoices_open(stack, "US-001", 1)
         before = await stack.trial_balance()
         journal = await write_off_and_post(stack, {"customer_account": "US-001", "reason_code": "Bankrupt"})
         assert sorted((l["account"], l["debit"]) for l in journal["lines"] if l["account_type"] == "Ledger") == [
-            ("222200", "100.00"), ("618900", "1200.00")]
+            ("222200", "100.00"),
+            ("618900", "1200.00"),
+        ]
         assert {l["reason_code"] for l in journal["lines"]} == {"Bankrupt"}
         await stack.wait_for_transactions("US-001", lambda rows: all(r["balance"] == "0.00" for r in rows))
         after = await stack.trial_balance()
@@ -209,13 +294,25 @@ async def test_payments_that_overtake_their_invoice_settle_as_if_they_had_arrive
     """The ERP sends the invoice and both payments at once: the payments reach settlement first (the
     invoice goes through invoicing), yet the source's numbers come out, discount included."""
     account = "4127"
-    await stack.erp_invoice(invoice_id="10120", customer_account=account, invoice_date="2015-06-25",
-                            payment_terms="Net30", cash_discount_code="1%14D", lines=goods("1000.00"))
+    await stack.erp_invoice(
+        invoice_id="10120",
+        customer_account=account,
+        invoice_date="2015-06-25",
+        payment_terms="Net30",
+        cash_discount_code="1%14D",
+        lines=goods("1000.00"),
+    )
     for payment_id, date, paid in (("ARP-10120", "2015-07-01", "297.00"), ("ARP-10121", "2015-07-11", "700.00")):
-        await stack.erp_payment(payment_id=payment_id, customer_account=account, payment_date=date, amount=paid,
-                                settle=[{"invoice_id": "10120", "amount_to_settle": paid, "use_cash_discount": "Normal"}])
+        await stack.erp_payment(
+            payment_id=payment_id,
+            customer_account=account,
+            payment_date=date,
+            amount=paid,
+            settle=[{"invoice_id": "10120", "amount_to_settle": paid, "use_cash_discount": "Normal"}],
+        )
     rows = await stack.wait_for_transactions(
-        account, lambda rows: len(rows) == 4 and all(r["balance"] == "0.00" for r in rows))
+        account, lambda rows: len(rows) == 4 and all(r["balance"] == "0.00" for r in rows)
+    )
     assert table(rows) == [
         row("FTI-10120", "Invoice", "2015-06-25", "10120", "1000.00", None, "0.00"),
         row("ARP-10120", "Payment", "2015-07-01", None, None, "297.00", "0.00"),

@@ -15,16 +15,22 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 async def test_a_cancelled_write_off_voids_its_journal_moves_nothing_and_frees_the_invoice(stack):
     account = "US-090"
-    await stack.erp_invoice(invoice_id="MW-9001", customer_account=account, customer_name="Mistaken Wholesales",
-                            invoice_date="2015-03-10", payment_terms="Net30",
-                            lines=[{"description": "Goods", "amount": "250.00", "sales_tax_amount": "0.00"}])
+    await stack.erp_invoice(
+        invoice_id="MW-9001",
+        customer_account=account,
+        customer_name="Mistaken Wholesales",
+        invoice_date="2015-03-10",
+        payment_terms="Net30",
+        lines=[{"description": "Goods", "amount": "250.00", "sales_tax_amount": "0.00"}],
+    )
     await stack.wait_for_transactions(account, lambda rows: len(rows) == 1)
     await stack.wait_until_open_in_settlement(account, "FTI-MW-9001")
     before = await stack.trial_balance()
 
     async def write_off() -> tuple[str, str]:
-        response = await stack.collections.post("/api/v1/write-offs",
-                                                json={"customer_account": account, "invoice_id": "MW-9001"})
+        response = await stack.collections.post(
+            "/api/v1/write-offs", json={"customer_account": account, "invoice_id": "MW-9001"}
+        )
         assert response.status_code == 202, response.text
         write_off_id = response.json()["write_off_id"]
         created = await until_status(write_off_id, "journal-created")
@@ -34,6 +40,7 @@ async def test_a_cancelled_write_off_voids_its_journal_moves_nothing_and_frees_t
         async def check():
             current = (await stack.collections.get(f"/api/v1/write-offs/{write_off_id}")).json()
             return current if current["status"] == expected else None
+
         return await eventually(check, timeout=20)
 
     dlq = stack.topic_prefix + dead_letter_topic(GL_JOURNAL_EVENTS)
@@ -61,11 +68,14 @@ async def test_a_cancelled_write_off_voids_its_journal_moves_nothing_and_frees_t
         assert posted.status_code == 200, posted.text
         await until_status(second, "posted")
         rows = await stack.wait_for_transactions(
-            account, lambda rows: len(rows) == 2 and all(r["balance"] == "0.00" for r in rows))
+            account, lambda rows: len(rows) == 2 and all(r["balance"] == "0.00" for r in rows)
+        )
         assert sorted(r["type"] for r in rows) == ["Invoice", "WriteOff"]
         after = await stack.trial_balance()
-        moved = {a: Decimal(after[a]["balance"]) - Decimal(before.get(a, {"balance": "0"})["balance"])
-                 for a in ("130100", "618900")}
+        moved = {
+            a: Decimal(after[a]["balance"]) - Decimal(before.get(a, {"balance": "0"})["balance"])
+            for a in ("130100", "618900")
+        }
         assert moved == {"130100": Decimal("-250.00"), "618900": Decimal("250.00")}
         assert (await stack.ledger.post(f"/api/v1/journals/{voided_batch}/post")).status_code == 409
 

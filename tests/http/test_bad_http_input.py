@@ -28,15 +28,17 @@ APPS = {
     "ledger-posting": (ledger_app, LedgerPostingSettings),
 }
 TWENTY_NINE_DIGITS = "1" * 29 + ".00"
-PREVIEW = {"customer_account": "4027", "payment_date": "2015-07-01",
-           "marks": [{"invoice_id": "10020", "amount_to_settle": "297.00"}]}
+PREVIEW = {
+    "customer_account": "4027",
+    "payment_date": "2015-07-01",
+    "marks": [{"invoice_id": "10020", "amount_to_settle": "297.00"}],
+}
 
 
 def client_of(service: str, tmp_path, **settings) -> httpx.AsyncClient:
     create_app, settings_class = APPS[service]
     app = create_app(settings_class(database_url=f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}", **settings))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-                             base_url="http://test")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://test")
 
 
 @pytest.fixture
@@ -66,25 +68,59 @@ BAD_BODIES = [
     # failed to echo them back (500).
     ("collections", "POST", "/api/v1/write-offs", '{"customer_account": NaN}', "customer_account"),
     ("collections", "POST", "/api/v1/write-offs", '{"customer_account": "4027", "date": Infinity}', "date"),
-    ("collections", "PUT", "/api/v1/parameters/write-off",
-     '{"journal_name": "WriteOff", "reason_code": "BadDebt", "separate_sales_tax": -Infinity}', "separate_sales_tax"),
+    (
+        "collections",
+        "PUT",
+        "/api/v1/parameters/write-off",
+        '{"journal_name": "WriteOff", "reason_code": "BadDebt", "separate_sales_tax": -Infinity}',
+        "separate_sales_tax",
+    ),
     ("collections", "POST", "/api/v1/write-offs", '{"customer_account": "40/27"}', "customer_account"),
-    ("collections", "POST", "/api/v1/write-offs", '{"customer_account": "4027", "reason_comment": "a\\u0000"}',
-     "reason_comment"),
+    (
+        "collections",
+        "POST",
+        "/api/v1/write-offs",
+        '{"customer_account": "4027", "reason_comment": "a\\u0000"}',
+        "reason_comment",
+    ),
     ("collections", "POST", "/api/v1/write-offs", "{}", "customer_account: Field required"),
     ("collections", "POST", "/api/v1/write-offs", "[1, 2", "body"),
-    ("settlement", "POST", "/api/v1/settlement-preview",
-     json.dumps(PREVIEW | {"marks": [{"invoice_id": "10020", "amount_to_settle": TWENTY_NINE_DIGITS}]}),
-     "amount_to_settle"),
-    ("settlement", "POST", "/api/v1/settlement-preview",
-     json.dumps(PREVIEW).replace('"297.00"', "NaN"), "amount_to_settle"),
-    ("settlement", "POST", "/api/v1/settlement-preview",
-     json.dumps(PREVIEW | {"marks": [{"invoice_id": "10020", "amount_to_settle": 10**26}]}), "amount_to_settle"),
-    ("settlement", "POST", "/api/v1/settlement-preview",
-     json.dumps(PREVIEW | {"marks": PREVIEW["marks"] * 1001}), "marks"),
+    (
+        "settlement",
+        "POST",
+        "/api/v1/settlement-preview",
+        json.dumps(PREVIEW | {"marks": [{"invoice_id": "10020", "amount_to_settle": TWENTY_NINE_DIGITS}]}),
+        "amount_to_settle",
+    ),
+    (
+        "settlement",
+        "POST",
+        "/api/v1/settlement-preview",
+        json.dumps(PREVIEW).replace('"297.00"', "NaN"),
+        "amount_to_settle",
+    ),
+    (
+        "settlement",
+        "POST",
+        "/api/v1/settlement-preview",
+        json.dumps(PREVIEW | {"marks": [{"invoice_id": "10020", "amount_to_settle": 10**26}]}),
+        "amount_to_settle",
+    ),
+    (
+        "settlement",
+        "POST",
+        "/api/v1/settlement-preview",
+        json.dumps(PREVIEW | {"marks": PREVIEW["marks"] * 1001}),
+        "marks",
+    ),
     ("settlement", "POST", "/api/v1/settlement-preview", '{"payment_date": "2015-07-01"}', "customer_account"),
-    ("settlement", "PUT", "/api/v1/parameters", '{"calculate_cash_discounts_for_partial_payments": NaN}',
-     "calculate_cash_discounts_for_partial_payments"),
+    (
+        "settlement",
+        "PUT",
+        "/api/v1/parameters",
+        '{"calculate_cash_discounts_for_partial_payments": NaN}',
+        "calculate_cash_discounts_for_partial_payments",
+    ),
 ]
 
 
@@ -128,8 +164,9 @@ async def test_a_streamed_body_without_length_is_cut_off_at_the_limit(tmp_path):
             yield b"x" * 100_000
 
     async with client_of("settlement", tmp_path, http_max_body_bytes=1000) as client:
-        response = await client.post("/api/v1/settlement-preview", content=chunks(),
-                                     headers={"content-type": "application/json"})
+        response = await client.post(
+            "/api/v1/settlement-preview", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert_problem(response, 413, "larger than 1000 bytes")
         small = await client.post("/api/v1/settlement-preview", **raw_json("{}"))
         assert_problem(small, 422)

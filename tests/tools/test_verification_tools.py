@@ -33,12 +33,25 @@ D = Decimal
 
 def small_workload() -> chaos.Workload:
     w = chaos.Workload()
-    invoice = {"message_id": "00000000-0000-0000-0000-000000000001", "invoice_id": "I1", "customer_account": "C1",
-               "invoice_date": "2015-01-01", "currency": "USD",
-               "lines": [{"amount": "100.00", "sales_tax_amount": "10.00", "revenue_account": "401100"}]}
-    payment = {"message_id": "00000000-0000-0000-0000-000000000002", "payment_id": "P1", "customer_account": "C1",
-               "payment_date": "2015-01-02", "amount": "40.00", "currency": "USD"}
-    for n, (topic, message) in enumerate([(topics.ERP_CUSTOMER_INVOICES, invoice), (topics.ERP_CUSTOMER_PAYMENTS, payment)]):
+    invoice = {
+        "message_id": "00000000-0000-0000-0000-000000000001",
+        "invoice_id": "I1",
+        "customer_account": "C1",
+        "invoice_date": "2015-01-01",
+        "currency": "USD",
+        "lines": [{"amount": "100.00", "sales_tax_amount": "10.00", "revenue_account": "401100"}],
+    }
+    payment = {
+        "message_id": "00000000-0000-0000-0000-000000000002",
+        "payment_id": "P1",
+        "customer_account": "C1",
+        "payment_date": "2015-01-02",
+        "amount": "40.00",
+        "currency": "USD",
+    }
+    for n, (topic, message) in enumerate(
+        [(topics.ERP_CUSTOMER_INVOICES, invoice), (topics.ERP_CUSTOMER_PAYMENTS, payment)]
+    ):
         w.steps.append(chaos.Send(topic, "C1", json.dumps(message).encode(), f"valid-{n}", "valid"))
         w.valid_chaos_ids.add(f"valid-{n}")
     w.invoices["I1"], w.payments["P1"] = invoice, payment
@@ -49,15 +62,35 @@ def small_workload() -> chaos.Workload:
 def consistent_observation() -> chaos.Observed:
     """What a correct stack shows for small_workload(): 110.00 invoiced, 40.00 paid, 70.00 open."""
     accounts = [("110110", "40.00"), ("130100", "70.00"), ("222200", "-10.00"), ("401100", "-100.00")]
-    tb = {"accounts": [{"account": a, "balance": b} for a, b in accounts], "total_debit": "110.00", "total_credit": "110.00"}
-    collections = {"C1": [
-        {"voucher": "FTI-I1", "type": "Invoice", "debit": "110.00", "credit": None, "balance": "70.00"},
-        {"voucher": "P1", "type": "Payment", "debit": None, "credit": "40.00", "balance": "0.00"},
-    ]}
-    settlement = {"C1": [
-        {"voucher": "FTI-I1", "type": "Invoice", "invoice_id": "I1", "original_amount": "110.00", "open_amount": "70.00"},
-        {"voucher": "P1", "type": "Payment", "invoice_id": None, "original_amount": "-40.00", "open_amount": "0.00"},
-    ]}
+    tb = {
+        "accounts": [{"account": a, "balance": b} for a, b in accounts],
+        "total_debit": "110.00",
+        "total_credit": "110.00",
+    }
+    collections = {
+        "C1": [
+            {"voucher": "FTI-I1", "type": "Invoice", "debit": "110.00", "credit": None, "balance": "70.00"},
+            {"voucher": "P1", "type": "Payment", "debit": None, "credit": "40.00", "balance": "0.00"},
+        ]
+    }
+    settlement = {
+        "C1": [
+            {
+                "voucher": "FTI-I1",
+                "type": "Invoice",
+                "invoice_id": "I1",
+                "original_amount": "110.00",
+                "open_amount": "70.00",
+            },
+            {
+                "voucher": "P1",
+                "type": "Payment",
+                "invoice_id": None,
+                "original_amount": "-40.00",
+                "open_amount": "0.00",
+            },
+        ]
+    }
     dlq = {topics.ERP_CUSTOMER_INVOICES: [("poison-1", None, "invalid message: not JSON")]}
     return chaos.Observed(tb, Counter({"FTI-I1": 1}), Counter({"P1": 1}), collections, settlement, dlq)
 
@@ -97,7 +130,9 @@ def test_each_kind_of_fault_is_caught():
     assert any(name.startswith("every poison message on its DLQ") for name in failed(chaos.check(w, no_dlq)[0]))
 
     pending = consistent_observation()
-    pending.dlq[topics.ERP_CUSTOMER_PAYMENTS] = [("valid-1", None, "rejected mark(s) (kept: it settles if that invoice arrives)")]
+    pending.dlq[topics.ERP_CUSTOMER_PAYMENTS] = [
+        ("valid-1", None, "rejected mark(s) (kept: it settles if that invoice arrives)")
+    ]
     assert "DLQs hold only rejects (no pending mark)" in failed(chaos.check(w, pending)[0])
 
 
@@ -127,8 +162,18 @@ PARSERS = {
 @pytest.mark.parametrize("spec", fuzz.SPECS, ids=[s.topic for s in fuzz.SPECS])
 def test_every_fuzz_case_is_malformed_and_paired_with_a_valid_message(spec):
     cases = fuzz.catalogue(spec)
-    assert {c.category for c in cases} >= {"syntax", "headers", "money", "dates", "currency", "ids", "structure",
-                                           "domain", "size", "duplicates"}
+    assert {c.category for c in cases} >= {
+        "syntax",
+        "headers",
+        "money",
+        "dates",
+        "currency",
+        "ids",
+        "structure",
+        "domain",
+        "size",
+        "duplicates",
+    }
     valid = spec.build()
     PARSERS[spec.topic](json.dumps(valid).encode())
     assert sum(fuzz.ledger_effect(spec.topic, valid).values(), D(0)) == 0, "a valid message keeps the ledger balanced"

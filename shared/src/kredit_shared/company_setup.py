@@ -139,4 +139,3 @@ def load_company_setup(path: Path | str | None = None) -> CompanySetup:
         return CompanySetup.model_validate(raw)
     except ValidationError as e:
         raise SetupError(f"company setup {path}: {describe_validation_error(e, whole='setup')}") from None
-

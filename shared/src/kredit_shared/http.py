@@ -132,8 +132,11 @@ _PROBLEM_SCHEMA = {
             "items": {
                 "type": "object",
                 "required": ["loc", "msg", "type"],
-                "properties": {"loc": {"type": "array", "items": {"type": "string"}},
-                               "msg": {"type": "string"}, "type": {"type": "string"}},
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": "string"}},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
             },
         },
     },

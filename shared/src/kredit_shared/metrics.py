@@ -9,9 +9,15 @@ HANDLER_SECONDS = Histogram("kredit_handler_seconds", "Time to process one messa
 OUTBOX_PUBLISHED = Counter("kredit_outbox_published_total", "Outbox messages published", ["service", "topic"])
 OUTBOX_PENDING = Gauge("kredit_outbox_pending", "Outbox messages not yet published", ["service"])
 OUTBOX_UNPUBLISHABLE = Counter(
-    "kredit_outbox_unpublishable_total", "Outbox messages too large to publish, dead-lettered instead", ["service", "topic"]
+    "kredit_outbox_unpublishable_total",
+    "Outbox messages too large to publish, dead-lettered instead",
+    ["service", "topic"],
 )
-DEAD_LETTERS = Counter("kredit_dead_letters_total", "Records dead-lettered, by error type", ["service", "topic", "error_type"])
+DEAD_LETTERS = Counter(
+    "kredit_dead_letters_total", "Records dead-lettered, by error type", ["service", "topic", "error_type"]
+)
 CONSUMER_RETRYING_SECONDS = Gauge(
-    "kredit_consumer_retrying_seconds", "How long the consumer has been retrying one message (0 when it is not)", ["service"]
+    "kredit_consumer_retrying_seconds",
+    "How long the consumer has been retrying one message (0 when it is not)",
+    ["service"],
 )

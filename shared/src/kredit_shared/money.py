@@ -43,7 +43,7 @@ def parse_amount(value: Any) -> Decimal:
     if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_AMOUNT:
         value = int(value)  # JSON's 1000.0 is the integer 1000 (exact: the bound is below 2^53)
     if isinstance(value, (bool, float)):
-        raise ValueError("amount must be a decimal string such as \"1000.00\", not a JSON number with a fraction")
+        raise ValueError('amount must be a decimal string such as "1000.00", not a JSON number with a fraction')
     if isinstance(value, str):
         # Checked before Decimal(): it would also take " 1", "1_0", "1E+2", full-width digits and 10^400.
         if len(value) > 20 or not _AMOUNT.fullmatch(value):
@@ -69,7 +69,7 @@ def _why_not_an_amount(value: str) -> str:
             return f"amount {value} exceeds the largest amount {MAX_AMOUNT} (15 integer digits)"
         return f"amount {value} has more than two decimals"
     shown = value if len(value) <= 40 else value[:40] + "…"
-    return f"amount {shown!r} is not a decimal string like \"1000.00\" (at most 15 integer digits and two decimals)"
+    return f'amount {shown!r} is not a decimal string like "1000.00" (at most 15 integer digits and two decimals)'
 
 
 def format_amount(value: Decimal) -> str:
@@ -83,8 +83,10 @@ Amount = Annotated[
     BeforeValidator(parse_amount),
     PlainSerializer(format_amount, return_type=str, when_used="json"),
     # Input: the string form, or (kept for compatibility) an integer within the bound.
-    WithJsonSchema({"anyOf": [_AMOUNT_SCHEMA, {"type": "integer", "minimum": -int(MAX_AMOUNT),
-                                               "maximum": int(MAX_AMOUNT)}]}, mode="validation"),
+    WithJsonSchema(
+        {"anyOf": [_AMOUNT_SCHEMA, {"type": "integer", "minimum": -int(MAX_AMOUNT), "maximum": int(MAX_AMOUNT)}]},
+        mode="validation",
+    ),
     WithJsonSchema(_AMOUNT_SCHEMA, mode="serialization"),
 ]
 """A money amount: Decimal in Python, a two-decimal string in JSON (at most 15 integer digits)."""
@@ -126,7 +128,7 @@ def split_proportionally(total: Decimal, weights: list[Decimal]) -> list[Decimal
     exact = [Decimal(cents) * w / weight_sum for w in weights]
     floors = [int(e.to_integral_value(rounding="ROUND_FLOOR")) for e in exact]
     remainder = cents - sum(floors)
-    order = sorted(range(len(weights)), key=lambda i: (exact[i] - floors[i]), reverse=True)
+    order = sorted(range(len(weights)), key=lambda i: exact[i] - floors[i], reverse=True)
     for i in order[:remainder]:
         floors[i] += 1
     return [Decimal(c) * CENT for c in floors]

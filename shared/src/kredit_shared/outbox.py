@@ -122,8 +122,11 @@ class DeadLetter:
         if self.consumer:
             dlq.append(("x-dlq-consumer", self.consumer))
         if len(value) > MAX_DEAD_LETTER_BYTES:
-            dlq += [("x-dlq-truncated", "true"), ("x-dlq-original-size", str(len(value))),
-                    ("x-dlq-original-sha256", hashlib.sha256(value).hexdigest())]
+            dlq += [
+                ("x-dlq-truncated", "true"),
+                ("x-dlq-original-size", str(len(value))),
+                ("x-dlq-original-sha256", hashlib.sha256(value).hexdigest()),
+            ]
         return kept + [(k, v.encode()) for k, v in dlq]
 
     def payload(self) -> bytes:
@@ -198,17 +201,23 @@ class OutboxRelay:
             else:
                 # SQLite has no such lock: a write first takes the database's write lock, so a second relay
                 # (another replica on the same file) waits and then sees these rows as sent.
-                await session.exec(update(OutboxMessage).where(
-                    OutboxMessage.id == select(func.max(OutboxMessage.id)).scalar_subquery()
-                ).values(published_at=OutboxMessage.published_at))
-            rows = (
                 await session.exec(
-                    select(OutboxMessage)
-                    .where(OutboxMessage.published_at.is_(None))
-                    .order_by(OutboxMessage.id)
-                    .limit(self._settings.outbox_batch_size)
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == select(func.max(OutboxMessage.id)).scalar_subquery())
+                    .values(published_at=OutboxMessage.published_at)
                 )
-            ).scalars().all()
+            rows = (
+                (
+                    await session.exec(
+                        select(OutboxMessage)
+                        .where(OutboxMessage.published_at.is_(None))
+                        .order_by(OutboxMessage.id)
+                        .limit(self._settings.outbox_batch_size)
+                    )
+                )
+                .scalars()
+                .all()
+            )
             if not rows:
                 metrics.OUTBOX_PENDING.labels(self._settings.service_name).set(0)
                 return 0
@@ -223,15 +232,18 @@ class OutboxRelay:
             failed = [(row, outcome) for row, outcome in zip(rows, outcomes) if isinstance(outcome, BaseException)]
             if sent:
                 await session.exec(
-                    update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in sent])).values(published_at=utcnow())
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id.in_([r.id for r in sent]))
+                    .values(published_at=utcnow())
                 )
         for row in sent:
             metrics.OUTBOX_PUBLISHED.labels(self._settings.service_name, row.topic).inc()
         await self._report_pending()
         if failed:
             row, error = failed[0]
-            raise RelayError(f"{len(failed)} of {len(rows)} outbox rows not published; first: row {row.id} "
-                             f"to {row.topic}: {error!r}")
+            raise RelayError(
+                f"{len(failed)} of {len(rows)} outbox rows not published; first: row {row.id} to {row.topic}: {error!r}"
+            )
         return len(rows)
 
     async def _send(self, row: OutboxMessage) -> asyncio.Future[Any]:
@@ -243,22 +255,34 @@ class OutboxRelay:
         try:
             return await self._producer.send(topic, value=row.payload, key=key, headers=headers)
         except MessageSizeTooLargeError as e:
-            log.error("outbox row %s to %s (%d bytes) is too large to publish; dead-lettering a truncated copy",
-                      row.id, row.topic, len(row.payload))
+            log.error(
+                "outbox row %s to %s (%d bytes) is too large to publish; dead-lettering a truncated copy",
+                row.id,
+                row.topic,
+                len(row.payload),
+            )
             metrics.OUTBOX_UNPUBLISHABLE.labels(self._settings.service_name, row.topic).inc()
             letter = DeadLetter(
-                source_topic=row.topic, key=key, value=row.payload, headers=headers,
+                source_topic=row.topic,
+                key=key,
+                value=row.payload,
+                headers=headers,
                 reason=f"could not be published: {len(row.payload)} bytes are over the producer's limit ({e})",
-                error_type="unpublishable", consumer=self._settings.service_name,
+                error_type="unpublishable",
+                consumer=self._settings.service_name,
             )
             return await self._producer.send(
-                self._settings.topic(dead_letter_topic(row.topic)), value=letter.payload(), key=key,
+                self._settings.topic(dead_letter_topic(row.topic)),
+                value=letter.payload(),
+                key=key,
                 headers=letter.record_headers(),
             )
 
     async def _report_pending(self) -> None:
         async with self._sessions() as session:
             pending = (
-                await session.exec(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.published_at.is_(None)))
+                await session.exec(
+                    select(func.count()).select_from(OutboxMessage).where(OutboxMessage.published_at.is_(None))
+                )
             ).scalar_one()
         metrics.OUTBOX_PENDING.labels(self._settings.service_name).set(pending)

@@ -81,16 +81,32 @@ class Transaction:
         if record is not None:
             letter = _dead_letter_of(record, source_topic, reason, "rejected", self.group_id)
         else:
-            letter = outbox.DeadLetter(source_topic, message.key().encode(), message.model_dump_json().encode(),
-                                       [], reason, "rejected", consumer=self.group_id)
+            letter = outbox.DeadLetter(
+                source_topic,
+                message.key().encode(),
+                message.model_dump_json().encode(),
+                [],
+                reason,
+                "rejected",
+                consumer=self.group_id,
+            )
         outbox.add_dead_letter(self.session, letter, message.message_id)
         self.emitted += 1
 
 
-def _dead_letter_of(record: ConsumerRecord, topic: str, reason: str, error_type: str, consumer: str) -> outbox.DeadLetter:
+def _dead_letter_of(
+    record: ConsumerRecord, topic: str, reason: str, error_type: str, consumer: str
+) -> outbox.DeadLetter:
     return outbox.DeadLetter(
-        source_topic=topic, key=record.key, value=record.value, headers=list(record.headers or ()),
-        reason=reason, error_type=error_type, partition=record.partition, offset=record.offset, consumer=consumer,
+        source_topic=topic,
+        key=record.key,
+        value=record.value,
+        headers=list(record.headers or ()),
+        reason=reason,
+        error_type=error_type,
+        partition=record.partition,
+        offset=record.offset,
+        consumer=consumer,
     )
 
 
@@ -130,7 +146,8 @@ def is_transient(error: BaseException) -> bool:
         # SQLite (no SQLSTATE): only a busy/locked database or a file it cannot open heals.
         text = str(error.orig).lower()
         return isinstance(error, OperationalError) and any(
-            s in text for s in ("database is locked", "database is busy", "unable to open", "disk i/o error"))
+            s in text for s in ("database is locked", "database is busy", "unable to open", "disk i/o error")
+        )
     if isinstance(error, (ConnectionError, TimeoutError, KafkaConnectionError)):
         return True
     return isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError))
@@ -281,7 +298,9 @@ class ServiceRuntime:
         try:
             fresh = await self._handle(sub, parsed)
         except Exception as e:  # noqa: BLE001 - whatever it was, one by one finds the message at fault
-            log.warning("%s: a batch of %d from %s failed (%r); processing it one by one", name, len(parsed), sub.topic, e)
+            log.warning(
+                "%s: a batch of %d from %s failed (%r); processing it one by one", name, len(parsed), sub.topic, e
+            )
             for record, _ in parsed:
                 await self._consume_one(sub, record)
             return
@@ -311,8 +330,16 @@ class ServiceRuntime:
                     if self.retrying_since is None:
                         self.retrying_since = time.monotonic()
                     metrics.CONSUMER_RETRYING_SECONDS.labels(name).set(time.monotonic() - self.retrying_since)
-                    log.warning("%s: retrying %s@%s:%s (%s, attempt %d) after %r", name, topic, record.partition,
-                                record.offset, "transient" if transient else "error", failures, e)
+                    log.warning(
+                        "%s: retrying %s@%s:%s (%s, attempt %d) after %r",
+                        name,
+                        topic,
+                        record.partition,
+                        record.offset,
+                        "transient" if transient else "error",
+                        failures,
+                        e,
+                    )
                     metrics.MESSAGES_CONSUMED.labels(name, topic, "retried").inc()
                     await asyncio.sleep(min(0.1 * 2**failures, 5.0))
         finally:
@@ -337,8 +364,12 @@ class ServiceRuntime:
             tx.records = {id(message): record for record, message in parsed}
             claimed = await inbox.claim(tx.session, self.settings.group_id, sub.topic, [m for _, m in parsed])
             for message in claimed.reused:
-                tx.dead_letter(sub.topic, message, f"message_id {message.message_id} was already processed with "
-                                                   f"different content; a message_id cannot be reused")
+                tx.dead_letter(
+                    sub.topic,
+                    message,
+                    f"message_id {message.message_id} was already processed with "
+                    f"different content; a message_id cannot be reused",
+                )
             if claimed.fresh:
                 await sub.run(tx, claimed.fresh)
         return len(claimed.fresh)
@@ -347,8 +378,14 @@ class ServiceRuntime:
         """Queue the original bytes and headers for `<topic>.dlq` (through the outbox), naming the error.
         A record dead-lettered before (redelivered after a crash before the offset commit) is not
         dead-lettered twice: its position and content are recorded in the inbox with the letter."""
-        log.warning("%s: dead-lettering %s@%s:%s: %s", self.settings.service_name, topic, record.partition,
-                    record.offset, reason)
+        log.warning(
+            "%s: dead-lettering %s@%s:%s: %s",
+            self.settings.service_name,
+            topic,
+            record.partition,
+            record.offset,
+            reason,
+        )
         letter = _dead_letter_of(record, topic, reason, error_type, self.settings.group_id)
         digest = hashlib.sha256(record.value or b"").hexdigest()[:16]
         position = f"dlq:{topic}:{record.partition}:{record.offset}:{digest}"
@@ -427,15 +464,18 @@ class ServiceRuntime:
         app = FastAPI(title=title, lifespan=lifespan)
         app.state.runtime = self
         if self.settings.cors_origins:  # none by default: only the service's own pages call it
-            app.add_middleware(CORSMiddleware, allow_origins=self.settings.cors_origins, allow_methods=["*"],
-                               allow_headers=["*"])
+            app.add_middleware(
+                CORSMiddleware, allow_origins=self.settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
+            )
 
         @app.get("/healthz", tags=["operations"])
         async def healthz() -> JSONResponse:
             """200 while the database and the broker answer."""
             checks = await self.health()
             healthy = all(v == "ok" for v in checks.values())
-            return JSONResponse({"status": "ok" if healthy else "unavailable", "checks": checks}, 200 if healthy else 503)
+            return JSONResponse(
+                {"status": "ok" if healthy else "unavailable", "checks": checks}, 200 if healthy else 503
+            )
 
         @app.get("/readyz", tags=["operations"])
         async def readyz() -> JSONResponse:

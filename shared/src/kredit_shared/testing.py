@@ -73,8 +73,16 @@ def tansu_broker(port: int | None = None) -> Iterator[str]:
     port = port or free_port()
     address = f"tcp://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", address, "--advertised-listener-url", address,
-         "--storage-engine", "memory://tansu/"],
+        [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            address,
+            "--advertised-listener-url",
+            address,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -184,8 +192,11 @@ class TopicProbe:
 
     def __init__(self, bootstrap_servers: str, topics: list[str]) -> None:
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers, auto_offset_reset="earliest", enable_auto_commit=False,
-            fetch_max_wait_ms=20, metadata_max_age_ms=500,
+            bootstrap_servers=bootstrap_servers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=20,
+            metadata_max_age_ms=500,
         )
         self._topics = topics
         self.records: list[Record] = []
@@ -204,8 +215,12 @@ class TopicProbe:
         for records in batches.values():
             for r in records:
                 self.records.append(
-                    Record(r.topic, r.key.decode(errors="replace") if r.key else None, r.value,
-                           {k: v.decode(errors="replace") if v is not None else "" for k, v in (r.headers or [])})
+                    Record(
+                        r.topic,
+                        r.key.decode(errors="replace") if r.key else None,
+                        r.value,
+                        {k: v.decode(errors="replace") if v is not None else "" for k, v in (r.headers or [])},
+                    )
                 )
 
     async def wait_for(self, predicate: Callable[[Record], bool], count: int = 1, timeout: float = 15) -> list[Record]:
@@ -230,14 +245,18 @@ async def publish(bootstrap_servers: str, topic: str, value: bytes | dict | str,
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
     await producer.start()
     try:
-        payload = value if isinstance(value, bytes) else (value if isinstance(value, str) else json.dumps(value)).encode()
+        payload = (
+            value if isinstance(value, bytes) else (value if isinstance(value, str) else json.dumps(value)).encode()
+        )
         await producer.send_and_wait(topic, payload, key=key.encode())
     finally:
         await producer.stop()
 
 
 async def publish_many(
-    bootstrap_servers: str, topic: str, records: list[bytes | dict | tuple[bytes | dict, list[tuple[str, bytes | None]]]],
+    bootstrap_servers: str,
+    topic: str,
+    records: list[bytes | dict | tuple[bytes | dict, list[tuple[str, bytes | None]]]],
     key: str = "k",
 ) -> None:
     """Publish several records (a value, or a value with headers) in one go, to one partition (one key),
@@ -275,7 +294,6 @@ async def eventually(check: Callable[[], Any], timeout: float = 15, interval: fl
         await asyncio.sleep(interval)
 
 
-
 def wait_until_healthy(port: int, timeout: float = 30, process: subprocess.Popen | None = None) -> None:
     import urllib.request
 
@@ -299,8 +317,9 @@ def service_process(package: str, env: dict[str, str], log_path: str) -> Iterato
     import sys
 
     with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", package], env=os.environ | env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", package], env=os.environ | env, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         yield process
     finally:

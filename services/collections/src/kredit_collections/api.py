@@ -51,14 +51,16 @@ async def get_customer_transactions(account: Id, session: SessionDep) -> Custome
 
 @router.get("/aged-balances")
 async def get_aged_balances(
-    session: SessionDep, setup: SetupDep,
+    session: SessionDep,
+    setup: SetupDep,
     as_of: Annotated[IsoDate | None, Query(description="YYYY-MM-DD; default today")] = None,
 ) -> AgedBalancesOut:
     """Open balances per customer (and currency) as of a date, aged by due date into the setup's buckets."""
     as_of = as_of or dt.date.today()
     rows = await handlers.aged_balances(session, setup, as_of)
-    return AgedBalancesOut(as_of=as_of, buckets=[b.label for b in setup.aging_buckets],
-                           customers=[AgedBalanceOut.of(r) for r in rows])
+    return AgedBalancesOut(
+        as_of=as_of, buckets=[b.label for b in setup.aging_buckets], customers=[AgedBalanceOut.of(r) for r in rows]
+    )
 
 
 @router.get("/open-invoices")
@@ -68,19 +70,31 @@ async def get_open_invoices(session: SessionDep, customer_account: Id | None = N
     return OpenInvoicesOut(invoices=[OpenInvoiceOut.of(r) for r in rows])
 
 
-@router.post("/write-offs", status_code=202, responses={
-    404: {"description": "Unknown customer"},
-    409: {"description": "A selected transaction is already in a write-off that is not posted and settled"},
-    422: {"description": "Nothing open, a selection that is not this customer's open items, an unknown reason "
-                         "code, or mixed currencies"},
-})
+@router.post(
+    "/write-offs",
+    status_code=202,
+    responses={
+        404: {"description": "Unknown customer"},
+        409: {"description": "A selected transaction is already in a write-off that is not posted and settled"},
+        422: {
+            "description": "Nothing open, a selection that is not this customer's open items, an unknown reason "
+            "code, or mixed currencies"
+        },
+    },
+)
 async def post_write_off(body: WriteOffIn, runtime: RuntimeDep, setup: SetupDep) -> WriteOffAccepted:
     """Propose a write-off journal to ledger-posting (the journal name of the write-off parameters)."""
     with _refusals_as_http_errors():
         async with runtime.transaction() as tx:
             write_off_id = await handlers.request_write_off(
-                tx, setup, body.customer_account, vouchers=body.vouchers, invoice_id=body.invoice_id,
-                reason_code=body.reason_code, reason_comment=body.reason_comment, on=body.date,
+                tx,
+                setup,
+                body.customer_account,
+                vouchers=body.vouchers,
+                invoice_id=body.invoice_id,
+                reason_code=body.reason_code,
+                reason_comment=body.reason_comment,
+                on=body.date,
             )
     return WriteOffAccepted(write_off_id=write_off_id)
 
@@ -92,13 +106,19 @@ async def get_write_off(write_off_id: Id, session: SessionDep) -> WriteOffOut:
     return WriteOffOut.of(row)
 
 
-@router.post("/write-offs/{write_off_id}/cancel", status_code=202, responses={
-    200: {"description": "Already cancelled: its journal is voided and its transactions are free again"},
-    404: {"description": "Unknown write-off"},
-    409: {"description": "Already posted or rejected: nothing to cancel (the reason says which)"},
-})
+@router.post(
+    "/write-offs/{write_off_id}/cancel",
+    status_code=202,
+    responses={
+        200: {"description": "Already cancelled: its journal is voided and its transactions are free again"},
+        404: {"description": "Unknown write-off"},
+        409: {"description": "Already posted or rejected: nothing to cancel (the reason says which)"},
+    },
+)
 async def cancel_write_off(
-    write_off_id: Id, runtime: RuntimeDep, response: Response,
+    write_off_id: Id,
+    runtime: RuntimeDep,
+    response: Response,
     body: Annotated[WriteOffCancelIn | None, Body()] = None,
 ) -> WriteOffOut:
     """Withdraw a write-off that is not posted yet (status requested or journal-created).
@@ -125,7 +145,9 @@ async def get_write_off_parameters(runtime: RuntimeDep, setup: SetupDep) -> Writ
 
 
 @router.put("/parameters/write-off", responses={422: {"description": "Unknown journal name or reason code"}})
-async def put_write_off_parameters(body: WriteOffParametersIO, runtime: RuntimeDep, setup: SetupDep) -> WriteOffParametersIO:
+async def put_write_off_parameters(
+    body: WriteOffParametersIO, runtime: RuntimeDep, setup: SetupDep
+) -> WriteOffParametersIO:
     with _refusals_as_http_errors():
         async with runtime.transaction() as tx:
             return WriteOffParametersIO.of(await handlers.change_write_off_parameters(tx, setup, body.to_setup()))

@@ -23,8 +23,9 @@ def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
     settings = settings or CollectionsSettings()
     setup = load_company_setup(settings.company_setup_file)
     runtime = ServiceRuntime(settings, tables=TABLES)
-    runtime.subscribe(AR_CUSTOMER_TRANSACTIONS, CustomerTransactionPosted.model_validate_json,
-                      handlers.record_customer_transaction)
+    runtime.subscribe(
+        AR_CUSTOMER_TRANSACTIONS, CustomerTransactionPosted.model_validate_json, handlers.record_customer_transaction
+    )
     runtime.subscribe(AR_SETTLEMENTS, OpenItemsSettled.model_validate_json, handlers.record_settlement)
     runtime.subscribe(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, handlers.record_journal_event)
     app = runtime.http_app("Kredit collections", routers=[api.router, ui.csv_router, ui.router])

@@ -145,8 +145,10 @@ def bucket_for(days: int, buckets: Sequence[AgingBucket]) -> str:
 
 
 def age_balances(
-    transactions: Iterable[CustomerTransaction], deltas: Iterable[SettlementDelta],
-    as_of: date, buckets: Sequence[AgingBucket],
+    transactions: Iterable[CustomerTransaction],
+    deltas: Iterable[SettlementDelta],
+    as_of: date,
+    buckets: Sequence[AgingBucket],
 ) -> list[AgedBalance]:
     """Per customer (and currency): open balance as of `as_of`, split into aging buckets by due date."""
     amounts: dict[tuple[str, str], dict[str, Decimal]] = {}
@@ -216,8 +218,14 @@ class WriteOffSettings:
         if p.journal_name not in setup.journal_names:
             raise WriteOffError(f"unknown journal name {p.journal_name!r} (known: {', '.join(setup.journal_names)})")
         _check_reason_code(p.reason_code, setup.reason_codes)
-        return cls(p.journal_name, p.reason_code, p.separate_sales_tax,
-                   setup.customer_posting_profile.write_off_account, setup.sales_tax_account, dict(setup.reason_codes))
+        return cls(
+            p.journal_name,
+            p.reason_code,
+            p.separate_sales_tax,
+            setup.customer_posting_profile.write_off_account,
+            setup.sales_tax_account,
+            dict(setup.reason_codes),
+        )
 
 
 def _check_reason_code(code: str, known: Mapping[str, str]) -> None:
@@ -226,8 +234,11 @@ def _check_reason_code(code: str, known: Mapping[str, str]) -> None:
 
 
 def select_for_write_off(
-    customer_account: str, balances: Iterable[TransactionBalance], *,
-    vouchers: Sequence[str] | None = None, invoice_id: str | None = None,
+    customer_account: str,
+    balances: Iterable[TransactionBalance],
+    *,
+    vouchers: Sequence[str] | None = None,
+    invoice_id: str | None = None,
     pending_vouchers: Collection[str] = frozenset(),
 ) -> list[TransactionBalance]:
     """The open items a write-off covers: the whole balance (debit and credit items alike), the
@@ -239,8 +250,11 @@ def select_for_write_off(
     if vouchers is not None and invoice_id is not None:
         raise InvalidSelection("give either vouchers or an invoice_id, not both")
     if invoice_id is not None:
-        chosen = [b for b in own if b.transaction.invoice_id == invoice_id
-                  and b.transaction.transaction_type in ("Invoice", "CreditNote")]
+        chosen = [
+            b
+            for b in own
+            if b.transaction.invoice_id == invoice_id and b.transaction.transaction_type in ("Invoice", "CreditNote")
+        ]
         if not chosen:
             raise InvalidSelection(f"invoice {invoice_id!r} is not an invoice of customer {customer_account}")
     elif vouchers is not None:
@@ -257,8 +271,10 @@ def select_for_write_off(
     if settled := [b.voucher for b in chosen if not b.is_open]:
         raise InvalidSelection(f"not open (already settled): {', '.join(settled)}")
     if len(currencies := {b.transaction.currency for b in chosen}) > 1:
-        raise MixedCurrencies(f"one write-off cannot mix currencies ({', '.join(sorted(currencies))}); "
-                              "write off each currency's vouchers separately")
+        raise MixedCurrencies(
+            f"one write-off cannot mix currencies ({', '.join(sorted(currencies))}); "
+            "write off each currency's vouchers separately"
+        )
     # Even for a whole-balance write-off: skipping these would quietly write off less than asked.
     if pending := [b.voucher for b in chosen if b.voucher in pending_vouchers]:
         raise WriteOffConflict(f"already in a write-off that is not yet posted and settled: {', '.join(pending)}")
@@ -276,10 +292,15 @@ def sales_tax_share(item: TransactionBalance) -> Decimal:
 
 
 def build_write_off_journal(
-    items: Sequence[TransactionBalance], settings: WriteOffSettings, *,
-    request_id: str, transaction_date: date,
-    reason_code: str | None = None, reason_comment: str | None = None,
-    customer_name: str | None = None, line_per_transaction: bool = True,
+    items: Sequence[TransactionBalance],
+    settings: WriteOffSettings,
+    *,
+    request_id: str,
+    transaction_date: date,
+    reason_code: str | None = None,
+    reason_comment: str | None = None,
+    customer_name: str | None = None,
+    line_per_transaction: bool = True,
 ) -> GeneralJournalRequested:
     """The general journal that writes off `items` (open items of one customer, one currency).
 
@@ -307,9 +328,16 @@ def build_write_off_journal(
     def line(account_type: str, to: str, amount: Decimal, text: str, **extra) -> GeneralJournalLine:
         # `amount` is signed from the ledger's side: positive is a debit.
         return GeneralJournalLine(
-            account_type=account_type, account=to, debit=max(amount, ZERO), credit=max(-amount, ZERO),
-            currency=currency, transaction_date=transaction_date, text=text,
-            reason_code=code, reason_comment=reason_comment or None, **extra,
+            account_type=account_type,
+            account=to,
+            debit=max(amount, ZERO),
+            credit=max(-amount, ZERO),
+            currency=currency,
+            transaction_date=transaction_date,
+            text=text,
+            reason_code=code,
+            reason_comment=reason_comment or None,
+            **extra,
         )
 
     net = sum((i.balance for i in items), ZERO)
@@ -320,8 +348,10 @@ def build_write_off_journal(
         text = f"Write-off {single}" if single else description
         total = sum((i.balance for i in group), ZERO)
         tax = sum((sales_tax_share(i) for i in group), ZERO) if settings.separate_sales_tax else ZERO
-        settles = [SettledTransactionRef(voucher=i.voucher, invoice_id=i.transaction.invoice_id, amount=i.balance)
-                   for i in group]
+        settles = [
+            SettledTransactionRef(voucher=i.voucher, invoice_id=i.transaction.invoice_id, amount=i.balance)
+            for i in group
+        ]
         lines.append(line("Customer", account, -total, text, settles=settles, voucher_group=single))
         # The tax share is rounded on its own, so the write-off line takes the rounding difference.
         for ledger_account, amount in ((settings.write_off_account, total - tax), (settings.sales_tax_account, tax)):
@@ -362,8 +392,10 @@ class WriteOffProgress:
             return self
         if self.status in (POSTED, REJECTED):
             why = f": {self.reason}" if self.reason else ""
-            raise NotCancellable(f"the write-off is already {self.status}{why}"
-                                 + (f" (journal {self.journal_batch_number})" if self.journal_batch_number else ""))
+            raise NotCancellable(
+                f"the write-off is already {self.status}{why}"
+                + (f" (journal {self.journal_batch_number})" if self.journal_batch_number else "")
+            )
         return replace(self, status=CANCELLING, reason=reason)
 
     def after(self, event: JournalEvent) -> WriteOffProgress:
@@ -386,4 +418,3 @@ class WriteOffProgress:
             case JournalVoided():
                 return replace(self, status=CANCELLED, journal_batch_number=event.batch_number)
         return self
-

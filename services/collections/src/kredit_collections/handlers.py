@@ -56,20 +56,32 @@ async def record_journal_event(tx: Transaction, event: JournalEvent) -> None:
 
 
 async def request_write_off(
-    tx: Transaction, setup: CompanySetup, customer_account: str, *,
-    vouchers: Sequence[str] | None = None, invoice_id: str | None = None,
-    reason_code: str | None = None, reason_comment: str | None = None, on: date | None = None,
+    tx: Transaction,
+    setup: CompanySetup,
+    customer_account: str,
+    *,
+    vouchers: Sequence[str] | None = None,
+    invoice_id: str | None = None,
+    reason_code: str | None = None,
+    reason_comment: str | None = None,
+    on: date | None = None,
 ) -> str:
     """Propose the write-off journal to ledger-posting; returns the write-off id (the request id)."""
     settings = WriteOffSettings.from_setup(setup, await write_off_parameters(tx.session, setup))
     items = select_for_write_off(
-        customer_account, await balances(tx.session, customer_account),
-        vouchers=vouchers, invoice_id=invoice_id,
+        customer_account,
+        await balances(tx.session, customer_account),
+        vouchers=vouchers,
+        invoice_id=invoice_id,
         pending_vouchers=await tables.claimed_vouchers(tx.session, customer_account),
     )
     journal = build_write_off_journal(
-        items, settings, request_id=str(uuid.uuid4()), transaction_date=on or date.today(),
-        reason_code=reason_code, reason_comment=reason_comment,
+        items,
+        settings,
+        request_id=str(uuid.uuid4()),
+        transaction_date=on or date.today(),
+        reason_code=reason_code,
+        reason_comment=reason_comment,
     )
     tables.add_write_off(tx.session, journal, customer_account, items)
     try:
@@ -89,8 +101,14 @@ async def cancel_write_off(tx: Transaction, write_off_id: str, reason: str | Non
     progress = request.progress.cancel(reason)
     if progress != request.progress:
         await tables.save_progress(tx.session, request, progress)
-        tx.emit(GeneralJournalCancelRequested(message_type="GeneralJournalCancelRequested", request_id=request.id,
-                                              journal_name=request.journal_name, reason=reason or ""))
+        tx.emit(
+            GeneralJournalCancelRequested(
+                message_type="GeneralJournalCancelRequested",
+                request_id=request.id,
+                journal_name=request.journal_name,
+                reason=reason or "",
+            )
+        )
     return request
 
 
@@ -100,7 +118,10 @@ async def change_write_off_parameters(
     WriteOffSettings.from_setup(setup, parameters)  # refuses a journal name or reason code the setup lacks
     row = await tables.load_write_off_parameters(tx.session, setup.write_off)
     row.journal_name, row.reason_code, row.separate_sales_tax = (
-        parameters.journal_name, parameters.reason_code, parameters.separate_sales_tax)
+        parameters.journal_name,
+        parameters.reason_code,
+        parameters.separate_sales_tax,
+    )
     tx.session.add(row)
     return parameters
 
@@ -129,8 +150,9 @@ async def aged_balances(session: AsyncSession, setup: CompanySetup, as_of: date)
 async def customer_aged_balances(
     session: AsyncSession, setup: CompanySetup, customer_account: str, as_of: date
 ) -> list[AgedBalance]:
-    return age_balances(*await tables.load_read_model(session, customer_account, as_of=as_of), as_of,
-                        setup.aging_buckets)
+    return age_balances(
+        *await tables.load_read_model(session, customer_account, as_of=as_of), as_of, setup.aging_buckets
+    )
 
 
 async def open_customer_invoices(session: AsyncSession, customer_account: str | None) -> list[TransactionBalance]:

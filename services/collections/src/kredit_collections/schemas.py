@@ -43,9 +43,17 @@ class CustomerTransactionOut(BaseModel):
     @classmethod
     def of(cls, row: TransactionBalance) -> CustomerTransactionOut:
         t = row.transaction
-        return cls(voucher=t.voucher, type=t.transaction_type, date=t.transaction_date, invoice_id=t.invoice_id,
-                   debit=row.debit or None, credit=row.credit or None, balance=row.balance, currency=t.currency,
-                   due_date=t.due_date)
+        return cls(
+            voucher=t.voucher,
+            type=t.transaction_type,
+            date=t.transaction_date,
+            invoice_id=t.invoice_id,
+            debit=row.debit or None,
+            credit=row.credit or None,
+            balance=row.balance,
+            currency=t.currency,
+            due_date=t.due_date,
+        )
 
 
 class CustomerTransactionsOut(BaseModel):
@@ -65,8 +73,13 @@ class AgedBalanceOut(BaseModel):
 
     @classmethod
     def of(cls, row: AgedBalance) -> AgedBalanceOut:
-        return cls(customer_account=row.customer_account, customer_name=row.customer_name, currency=row.currency,
-                   balance=row.balance, buckets=dict(row.buckets))
+        return cls(
+            customer_account=row.customer_account,
+            customer_name=row.customer_name,
+            currency=row.currency,
+            balance=row.balance,
+            buckets=dict(row.buckets),
+        )
 
 
 class AgedBalancesOut(BaseModel):
@@ -90,9 +103,18 @@ class OpenInvoiceOut(BaseModel):
     @classmethod
     def of(cls, row: TransactionBalance) -> OpenInvoiceOut:
         t = row.transaction
-        return cls(customer_account=t.customer_account, customer_name=t.customer_name, invoice_id=t.invoice_id,
-                   voucher=t.voucher, type=t.transaction_type, date=t.transaction_date, due_date=t.due_date,
-                   currency=t.currency, amount=t.amount, balance=row.balance)
+        return cls(
+            customer_account=t.customer_account,
+            customer_name=t.customer_name,
+            invoice_id=t.invoice_id,
+            voucher=t.voucher,
+            type=t.transaction_type,
+            date=t.transaction_date,
+            due_date=t.due_date,
+            currency=t.currency,
+            amount=t.amount,
+            balance=row.balance,
+        )
 
 
 class OpenInvoicesOut(BaseModel):
@@ -106,8 +128,9 @@ class WriteOffIn(_In):
     """Without `vouchers` or `invoice_id`, the customer's whole open balance is written off."""
 
     customer_account: Id
-    vouchers: list[Voucher] | None = Field(default=None, max_length=MAX_LIST_LENGTH,
-                                           description="Write off just these open transactions.")
+    vouchers: list[Voucher] | None = Field(
+        default=None, max_length=MAX_LIST_LENGTH, description="Write off just these open transactions."
+    )
     invoice_id: Id | None = Field(default=None, description="Write off just this open invoice.")
     reason_code: Code | None = Field(default=None, description="Default: the write-off parameters' reason code.")
     reason_comment: Text | None = Field(default=None, max_length=500)
@@ -125,19 +148,29 @@ class WriteOffAccepted(BaseModel):
 class WriteOffOut(BaseModel):
     write_off_id: str
     customer_account: str
-    status: str = Field(description="requested, journal-created, posted or rejected; after a cancel, cancelling "
-                                     "and then cancelled (journal voided) or posted (the posting came first)")
-    reason: str | None = Field(description="Why ledger-posting rejected the journal, why the write-off was cancelled, "
-                                           "or why its cancel was refused.")
+    status: str = Field(
+        description="requested, journal-created, posted or rejected; after a cancel, cancelling "
+        "and then cancelled (journal voided) or posted (the posting came first)"
+    )
+    reason: str | None = Field(
+        description="Why ledger-posting rejected the journal, why the write-off was cancelled, "
+        "or why its cancel was refused."
+    )
     journal_name: str
     journal_batch_number: str | None
     lines: list[GeneralJournalLine] = Field(description="The proposed journal lines.")
 
     @classmethod
     def of(cls, row: WriteOffRequestRow) -> WriteOffOut:
-        return cls(write_off_id=row.id, customer_account=row.customer_account, status=row.status,
-                   reason=row.reason, journal_name=row.journal_name, journal_batch_number=row.journal_batch_number,
-                   lines=row.journal_lines)
+        return cls(
+            write_off_id=row.id,
+            customer_account=row.customer_account,
+            status=row.status,
+            reason=row.reason,
+            journal_name=row.journal_name,
+            journal_batch_number=row.journal_batch_number,
+            lines=row.journal_lines,
+        )
 
 
 # --- parameters and reason codes -------------------------------------------------------------

@@ -90,10 +90,14 @@ async def load_read_model(
         deltas = deltas.where(SettlementDeltaRow.settlement_date <= as_of)
     if customer_account is not None:
         transactions = transactions.where(CustomerTransactionRow.customer_account == customer_account)
-        vouchers = select(CustomerTransactionRow.voucher).where(CustomerTransactionRow.customer_account == customer_account)
+        vouchers = select(CustomerTransactionRow.voucher).where(
+            CustomerTransactionRow.customer_account == customer_account
+        )
         deltas = deltas.where(SettlementDeltaRow.voucher.in_(vouchers))
-    return ([CustomerTransaction(**r._mapping) for r in (await session.exec(transactions)).all()],
-            [d.to_domain() for d in (await session.exec(deltas)).all()])
+    return (
+        [CustomerTransaction(**r._mapping) for r in (await session.exec(transactions)).all()],
+        [d.to_domain() for d in (await session.exec(deltas)).all()],
+    )
 
 
 # --- write-off parameters --------------------------------------------------------------------
@@ -110,8 +114,9 @@ class WriteOffParametersRow(SQLModel, table=True):
     separate_sales_tax: bool
 
     def to_setup(self) -> WriteOffParameters:
-        return WriteOffParameters(journal_name=self.journal_name, reason_code=self.reason_code,
-                                  separate_sales_tax=self.separate_sales_tax)
+        return WriteOffParameters(
+            journal_name=self.journal_name, reason_code=self.reason_code, separate_sales_tax=self.separate_sales_tax
+        )
 
 
 async def load_write_off_parameters(session: AsyncSession, defaults: WriteOffParameters) -> WriteOffParametersRow:
@@ -154,8 +159,13 @@ class WriteOffVoucherRow(SQLModel, table=True):
 
     __tablename__ = "collections_write_off_voucher"
     __table_args__ = (
-        Index("ux_collections_write_off_voucher_claimed", "voucher", unique=True,
-              sqlite_where=text("claimed"), postgresql_where=text("claimed")),
+        Index(
+            "ux_collections_write_off_voucher_claimed",
+            "voucher",
+            unique=True,
+            sqlite_where=text("claimed"),
+            postgresql_where=text("claimed"),
+        ),
     )
 
     write_off_id: str = Field(primary_key=True, foreign_key="collections_write_off_request.id")
@@ -169,13 +179,19 @@ def add_write_off(
 ) -> WriteOffRequestRow:
     progress = WriteOffProgress()
     request = WriteOffRequestRow(
-        id=journal.request_id, customer_account=customer_account, journal_name=journal.journal_name,
-        currency=journal.lines[0].currency, transaction_date=journal.lines[0].transaction_date,
-        status=progress.status, lines=[line.model_dump(mode="json") for line in journal.lines],
+        id=journal.request_id,
+        customer_account=customer_account,
+        journal_name=journal.journal_name,
+        currency=journal.lines[0].currency,
+        transaction_date=journal.lines[0].transaction_date,
+        status=progress.status,
+        lines=[line.model_dump(mode="json") for line in journal.lines],
     )
     session.add(request)
-    session.add_all(WriteOffVoucherRow(write_off_id=request.id, voucher=item.voucher,
-                                       customer_account=customer_account) for item in items)
+    session.add_all(
+        WriteOffVoucherRow(write_off_id=request.id, voucher=item.voucher, customer_account=customer_account)
+        for item in items
+    )
     return request
 
 
@@ -214,7 +230,10 @@ async def lock_write_off(session: AsyncSession, write_off_id: str) -> WriteOffRe
 
 async def save_progress(session: AsyncSession, request: WriteOffRequestRow, progress: WriteOffProgress) -> None:
     request.status, request.journal_batch_number, request.reason = (
-        progress.status, progress.journal_batch_number, progress.reason)
+        progress.status,
+        progress.journal_batch_number,
+        progress.reason,
+    )
     session.add(request)
     if not progress.claims_its_vouchers:
         for voucher in await write_off_vouchers(session, request.id):

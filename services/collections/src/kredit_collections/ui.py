@@ -101,8 +101,9 @@ def sort_key(column: str, buckets: list[str]):
     }.get(column, lambda r: r.customer_account)
 
 
-def aged_view(rows: list[AgedBalance], buckets: list[str], as_of: dt.date, q: str, sort: str, desc: bool,
-              page: int, size: int) -> AgedView:
+def aged_view(
+    rows: list[AgedBalance], buckets: list[str], as_of: dt.date, q: str, sort: str, desc: bool, page: int, size: int
+) -> AgedView:
     if needle := q.strip().lower():
         rows = [r for r in rows if needle in r.customer_account.lower() or needle in (r.customer_name or "").lower()]
     rows = sorted(rows, key=sort_key(sort, buckets), reverse=desc)
@@ -114,11 +115,12 @@ def aged_view(rows: list[AgedBalance], buckets: list[str], as_of: dt.date, q: st
             total[b] += r.buckets[b]
     pages = max(1, math.ceil(len(rows) / size))
     page = min(max(page, 1), pages)
-    return AgedView(as_of, buckets, rows[(page - 1) * size: page * size], len(rows), totals, page, pages)
+    return AgedView(as_of, buckets, rows[(page - 1) * size : page * size], len(rows), totals, page, pages)
 
 
-async def _aged(session, setup: CompanySetup, as_of: dt.date | None, q: str, sort: str, desc: bool, page: int,
-                size: int) -> AgedView:
+async def _aged(
+    session, setup: CompanySetup, as_of: dt.date | None, q: str, sort: str, desc: bool, page: int, size: int
+) -> AgedView:
     as_of = as_of or dt.date.today()
     rows = await handlers.aged_balances(session, setup, as_of)
     return aged_view(rows, [b.label for b in setup.aging_buckets], as_of, q, sort, desc, page, size)
@@ -133,8 +135,16 @@ def bucket_chart(view: AgedView) -> list[dict[str, Any]]:
         bars = []
         for i, (label, amount) in enumerate(zip(view.buckets, amounts)):
             height = float(abs(amount) / top) * 120
-            bars.append({"label": label, "amount": amount, "x": 20 + i * 110, "y": 140 - height, "height": height,
-                         "negative": amount < 0})
+            bars.append(
+                {
+                    "label": label,
+                    "amount": amount,
+                    "x": 20 + i * 110,
+                    "y": 140 - height,
+                    "height": height,
+                    "negative": amount < 0,
+                }
+            )
         charts.append({"currency": currency, "bars": bars, "width": 40 + len(amounts) * 110})
     return charts
 
@@ -147,8 +157,15 @@ Size = Annotated[int, Query(ge=1, le=1000)]
 
 @router.get("/", response_class=HTMLResponse)
 async def aged_balances_page(
-    request: Request, session: SessionDep, setup: SetupDep, as_of: AsOf = None, q: Search = "",
-    sort: Sort = "account", desc: bool = False, page: Annotated[int, Query(ge=1)] = 1, size: Size = 50,
+    request: Request,
+    session: SessionDep,
+    setup: SetupDep,
+    as_of: AsOf = None,
+    q: Search = "",
+    sort: Sort = "account",
+    desc: bool = False,
+    page: Annotated[int, Query(ge=1)] = 1,
+    size: Size = 50,
 ) -> HTMLResponse:
     view = await _aged(session, setup, as_of, q, sort, desc, page, size)
     params = {"as_of": view.as_of.isoformat(), "q": q, "sort": sort, "desc": str(desc).lower(), "size": size}
@@ -156,16 +173,35 @@ async def aged_balances_page(
     def link(**changes: Any) -> str:
         return "/?" + urlencode(params | {"page": view.page} | changes)
 
-    return _page(request, "aged_balances.html", view=view, q=q, sort=sort, desc=desc, size=size,
-                 sizes=PAGE_SIZES, link=link, charts=bucket_chart(view),
-                 csv_url="/api/v1/aged-balances.csv?" + urlencode(params | {"page": view.page}))
+    return _page(
+        request,
+        "aged_balances.html",
+        view=view,
+        q=q,
+        sort=sort,
+        desc=desc,
+        size=size,
+        sizes=PAGE_SIZES,
+        link=link,
+        charts=bucket_chart(view),
+        csv_url="/api/v1/aged-balances.csv?" + urlencode(params | {"page": view.page}),
+    )
 
 
-@csv_router.get("/aged-balances.csv", response_class=Response,
-                responses={200: {"content": {"text/csv": {}}, "description": "The rows of the page, then totals"}})
+@csv_router.get(
+    "/aged-balances.csv",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}, "description": "The rows of the page, then totals"}},
+)
 async def aged_balances_csv(
-    session: SessionDep, setup: SetupDep, as_of: AsOf = None, q: Search = "", sort: Sort = "account",
-    desc: bool = False, page: Annotated[int, Query(ge=1)] = 1, size: Size = 50,
+    session: SessionDep,
+    setup: SetupDep,
+    as_of: AsOf = None,
+    q: Search = "",
+    sort: Sort = "account",
+    desc: bool = False,
+    page: Annotated[int, Query(ge=1)] = 1,
+    size: Size = 50,
 ) -> Response:
     """Exactly what the aged balances page shows for the same query: that page's rows, then one
     total row per currency over every matching row (the page's totals row)."""
@@ -174,22 +210,36 @@ async def aged_balances_csv(
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["customer_account", "customer_name", "currency", "balance", *view.buckets])
     for r in view.rows:
-        writer.writerow([r.customer_account, r.customer_name or "", r.currency, r.balance,
-                         *(r.buckets[b] for b in view.buckets)])
+        writer.writerow(
+            [r.customer_account, r.customer_name or "", r.currency, r.balance, *(r.buckets[b] for b in view.buckets)]
+        )
     for currency, total in view.totals.items():
-        writer.writerow(["Total", f"{view.matching} customers", currency, total["balance"],
-                         *(total[b] for b in view.buckets)])
+        writer.writerow(
+            ["Total", f"{view.matching} customers", currency, total["balance"], *(total[b] for b in view.buckets)]
+        )
     filename = f"aged-balances-{view.as_of.isoformat()}.csv"
-    return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
-                    headers={"content-disposition": f'attachment; filename="{filename}"'})
+    return Response(
+        out.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 # --- customer --------------------------------------------------------------------------------
 
 
-async def _customer_page(request: Request, session, setup: CompanySetup, account: str, *, show: str = "open",
-                         type_: str = "", error: str | None = None, form: dict[str, Any] | None = None,
-                         status_code: int = 200) -> HTMLResponse:
+async def _customer_page(
+    request: Request,
+    session,
+    setup: CompanySetup,
+    account: str,
+    *,
+    show: str = "open",
+    type_: str = "",
+    error: str | None = None,
+    form: dict[str, Any] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
     today = dt.date.today()
     try:
         rows = await handlers.customer_transactions(session, account)
@@ -209,17 +259,34 @@ async def _customer_page(request: Request, session, setup: CompanySetup, account
     # A refusal names the vouchers already in a write-off: link those write-offs next to the message.
     holding = {claimed[v] for v in claimed if error and v in error}
     return _page(
-        request, "customer.html", status_code, account=account, name=name, aged=aged,
-        buckets=[b.label for b in setup.aging_buckets], overdue=overdue, rows=shown, show=show, type_=type_,
-        types=types, claimed=claimed, write_offs=write_offs, holding=[w for w in write_offs if w.id in holding],
-        reason_codes=setup.reason_codes, parameters=parameters, today=today, error=error, form=form or {},
+        request,
+        "customer.html",
+        status_code,
+        account=account,
+        name=name,
+        aged=aged,
+        buckets=[b.label for b in setup.aging_buckets],
+        overdue=overdue,
+        rows=shown,
+        show=show,
+        type_=type_,
+        types=types,
+        claimed=claimed,
+        write_offs=write_offs,
+        holding=[w for w in write_offs if w.id in holding],
+        reason_codes=setup.reason_codes,
+        parameters=parameters,
+        today=today,
+        error=error,
+        form=form or {},
         open_rows=[r for r in rows if r.is_open],
     )
 
 
 @router.get("/customers/{account}", response_class=HTMLResponse)
-async def customer_page(request: Request, account: str, session: SessionDep, setup: SetupDep,
-                        show: str = "open", type: str = "") -> HTMLResponse:
+async def customer_page(
+    request: Request, account: str, session: SessionDep, setup: SetupDep, show: str = "open", type: str = ""
+) -> HTMLResponse:
     return await _customer_page(request, session, setup, account, show=show, type_=type)
 
 
@@ -242,14 +309,26 @@ async def write_off_from_page(request: Request, account: str, runtime: RuntimeDe
             raise WriteOffError("tick at least one open transaction to write off the marked transactions")
         async with runtime.transaction() as tx:
             write_off_id = await handlers.request_write_off(
-                tx, setup, account, vouchers=vouchers, invoice_id=invoice_id,
-                reason_code=first.get("reason_code") or None, reason_comment=first.get("reason_comment") or None,
+                tx,
+                setup,
+                account,
+                vouchers=vouchers,
+                invoice_id=invoice_id,
+                reason_code=first.get("reason_code") or None,
+                reason_comment=first.get("reason_comment") or None,
                 on=on,
             )
     except (WriteOffError, ValueError) as e:
         async with runtime.sessions() as session:
-            return await _customer_page(request, session, setup, account, error=str(e), form=first | {
-                "vouchers": set(form.get("voucher", []))}, status_code=409 if "already" in str(e) else 422)
+            return await _customer_page(
+                request,
+                session,
+                setup,
+                account,
+                error=str(e),
+                form=first | {"vouchers": set(form.get("voucher", []))},
+                status_code=409 if "already" in str(e) else 422,
+            )
     return RedirectResponse(f"/write-offs/{write_off_id}", status_code=303)
 
 
@@ -291,8 +370,9 @@ def written_off(row) -> Decimal:
     return sum((line.credit - line.debit for line in row.journal_lines if line.account_type == "Customer"), ZERO)
 
 
-async def _write_off_page(request: Request, runtime, write_off_id: str, error: str | None = None,
-                          status_code: int = 200) -> HTMLResponse:
+async def _write_off_page(
+    request: Request, runtime, write_off_id: str, error: str | None = None, status_code: int = 200
+) -> HTMLResponse:
     async with runtime.sessions() as session:
         row = await handlers.write_off_request(session, write_off_id)
     if row is None:
@@ -302,10 +382,20 @@ async def _write_off_page(request: Request, runtime, write_off_id: str, error: s
         journal, ledger_error = await _ledger(runtime, "GET", f"/api/v1/journals/{row.journal_batch_number}")
     # Reload until ledger-posting's answer has come back (a posted journal whose event is on its way too).
     moving = row.status in MOVING or bool(journal and journal["status"] == "posted" and row.status != "posted")
-    return _page(request, "write_off.html", status_code, row=row, journal=journal, ledger_error=ledger_error,
-                 error=error, moving=moving, amount=written_off(row),
-                 can_post=row.status == JOURNAL_CREATED and bool(journal and journal["status"] == "open"),
-                 can_cancel=row.status in (REQUESTED, JOURNAL_CREATED), cancelled=row.status == CANCELLED)
+    return _page(
+        request,
+        "write_off.html",
+        status_code,
+        row=row,
+        journal=journal,
+        ledger_error=ledger_error,
+        error=error,
+        moving=moving,
+        amount=written_off(row),
+        can_post=row.status == JOURNAL_CREATED and bool(journal and journal["status"] == "open"),
+        can_cancel=row.status in (REQUESTED, JOURNAL_CREATED),
+        cancelled=row.status == CANCELLED,
+    )
 
 
 @router.get("/write-offs/{write_off_id}", response_class=HTMLResponse)

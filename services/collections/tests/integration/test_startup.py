@@ -15,7 +15,11 @@ def test_the_defaults_are_those_of_the_local_run(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     settings = CollectionsSettings(_env_file=None)
     assert (settings.service_name, settings.http_port, settings.database_url, settings.group_id) == (
-        "collections", 8080, "sqlite+aiosqlite:///data/collections.db", "kredit-collections")
+        "collections",
+        8080,
+        "sqlite+aiosqlite:///data/collections.db",
+        "kredit-collections",
+    )
 
 
 def test_an_invalid_setup_stops_the_service_naming_the_bad_field(monkeypatch, tmp_path):
@@ -24,5 +28,7 @@ def test_an_invalid_setup_stops_the_service_naming_the_bad_field(monkeypatch, tm
     monkeypatch.setenv("COMPANY_SETUP_FILE", str(setup))
     monkeypatch.setenv("HTTP_PORT", str(free_port()))
     monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
-    with pytest.raises(SystemExit, match=r"company setup .*company.yaml: .*write_off.reason_code: unknown reason code 'Lost'"):
+    with pytest.raises(
+        SystemExit, match=r"company setup .*company.yaml: .*write_off.reason_code: unknown reason code 'Lost'"
+    ):
         main()

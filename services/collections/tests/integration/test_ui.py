@@ -21,16 +21,48 @@ AS_OF = "2015-12-31"
 
 
 async def customers(svc) -> None:
-    await svc.post_transaction("FTI-1", "Invoice", "1000.00", on="2015-06-25", due="2015-07-25", account="4027",
-                               invoice_id="10020", name="Fabrikam customer 4027")
+    await svc.post_transaction(
+        "FTI-1",
+        "Invoice",
+        "1000.00",
+        on="2015-06-25",
+        due="2015-07-25",
+        account="4027",
+        invoice_id="10020",
+        name="Fabrikam customer 4027",
+    )
     await svc.post_transaction("ARP-1", "Payment", "-297.00", on="2015-07-01", account="4027")
     await svc.settle("S-1", "FTI-1", "ARP-1", "297.00", on="2015-07-01", account="4027")
-    await svc.post_transaction("CW-1", "Invoice", "450.00", on="2015-03-10", due="2015-04-09", account="US-004",
-                               invoice_id="CW-1001", name="Cave Wholesales")
-    await svc.post_transaction("CW-2", "Invoice", "200.00", on="2015-12-20", due="2016-01-19", account="US-004",
-                               invoice_id="CW-1002", name="Cave Wholesales")
-    await svc.post_transaction("BI-1", "Invoice", "75.10", on="2015-11-15", due="2015-12-15", account="US-010",
-                               invoice_id="BI-3001", name="Birch company")
+    await svc.post_transaction(
+        "CW-1",
+        "Invoice",
+        "450.00",
+        on="2015-03-10",
+        due="2015-04-09",
+        account="US-004",
+        invoice_id="CW-1001",
+        name="Cave Wholesales",
+    )
+    await svc.post_transaction(
+        "CW-2",
+        "Invoice",
+        "200.00",
+        on="2015-12-20",
+        due="2016-01-19",
+        account="US-004",
+        invoice_id="CW-1002",
+        name="Cave Wholesales",
+    )
+    await svc.post_transaction(
+        "BI-1",
+        "Invoice",
+        "75.10",
+        on="2015-11-15",
+        due="2015-12-15",
+        account="US-010",
+        invoice_id="BI-3001",
+        name="Birch company",
+    )
     await svc.until_balances("US-010", {"BI-1": "75.10"})
     await svc.until_balances("4027", {"FTI-1": "703.00", "ARP-1": "0.00"})
 
@@ -38,8 +70,10 @@ async def customers(svc) -> None:
 def cells(html: str, table_id: str) -> list[list[str]]:
     """The text of each body row of the table (tags stripped)."""
     body = re.search(rf'<table[^>]*id="{table_id}".*?<tbody>(.*?)</tbody>', html, re.S).group(1)
-    return [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
-            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)]
+    return [
+        [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)
+    ]
 
 
 def read_csv(text: str) -> list[list[str]]:
@@ -59,8 +93,9 @@ async def test_aged_balances_page_searches_sorts_pages_and_totals(start_collecti
 
         found = cells((await svc.client.get("/", params={"as_of": AS_OF, "q": "cave"})).text, "aged")
         assert [r[0] for r in found] == ["US-004"]
-        by_balance = cells((await svc.client.get("/", params={"as_of": AS_OF, "sort": "balance", "desc": "true"})).text,
-                           "aged")
+        by_balance = cells(
+            (await svc.client.get("/", params={"as_of": AS_OF, "sort": "balance", "desc": "true"})).text, "aged"
+        )
         assert [r[3] for r in by_balance] == ["703.00", "650.00", "75.10"]
         second = await svc.client.get("/", params={"as_of": AS_OF, "size": 2, "page": 2})
         assert [r[0] for r in cells(second.text, "aged")] == ["US-010"] and "Page 2 of 2" in second.text
@@ -77,10 +112,22 @@ async def test_the_csv_export_is_the_page_and_equals_the_json_to_the_cent(start_
         header, *rows = read_csv(exported.text)
         assert header == ["customer_account", "customer_name", "currency", "balance", *as_json["buckets"]]
         body, [total] = rows[:-1], rows[-1:]
-        assert body == [[c["customer_account"], c["customer_name"], c["currency"], c["balance"],
-                         *(c["buckets"][b] for b in as_json["buckets"])] for c in as_json["customers"]]
-        assert total[:4] == ["Total", "3 customers", "USD",
-                             str(sum(Decimal(c["balance"]) for c in as_json["customers"]))]
+        assert body == [
+            [
+                c["customer_account"],
+                c["customer_name"],
+                c["currency"],
+                c["balance"],
+                *(c["buckets"][b] for b in as_json["buckets"]),
+            ]
+            for c in as_json["customers"]
+        ]
+        assert total[:4] == [
+            "Total",
+            "3 customers",
+            "USD",
+            str(sum(Decimal(c["balance"]) for c in as_json["customers"])),
+        ]
 
         # The same query as a searched, sorted, paged page: exactly its rows, and the totals of all that match.
         params = {"as_of": AS_OF, "q": "0", "sort": "balance", "desc": "true", "size": 1, "page": 2}
@@ -96,16 +143,20 @@ async def test_customer_page_shows_balances_transactions_and_refusals_as_text(st
         assert page.status_code == 200
         rows = cells(page.text, "transactions")
         assert [(r[1], r[2], r[6], r[7], r[8]) for r in rows] == [
-            ("FTI-1", "Invoice", "1,000.00", "", "703.00"), ("ARP-1", "Payment", "", "297.00", "0.00")]
+            ("FTI-1", "Invoice", "1,000.00", "", "703.00"),
+            ("ARP-1", "Payment", "", "297.00", "0.00"),
+        ]
         assert [r[1] for r in cells((await svc.client.get("/customers/4027")).text, "transactions")] == ["FTI-1"]
         assert "BadDebt – Bad debt" in page.text
 
         # Two write-offs of the same invoice: the second is refused, and the page says why in words.
-        first = await svc.client.post("/customers/US-004/write-off",
-                                      data={"scope": "invoice", "invoice_id": "CW-1001", "reason_code": "BadDebt"})
+        first = await svc.client.post(
+            "/customers/US-004/write-off", data={"scope": "invoice", "invoice_id": "CW-1001", "reason_code": "BadDebt"}
+        )
         assert first.status_code == 303 and first.headers["location"].startswith("/write-offs/")
-        again = await svc.client.post("/customers/US-004/write-off",
-                                      data={"scope": "invoice", "invoice_id": "CW-1001", "reason_code": "BadDebt"})
+        again = await svc.client.post(
+            "/customers/US-004/write-off", data={"scope": "invoice", "invoice_id": "CW-1001", "reason_code": "BadDebt"}
+        )
         assert again.status_code == 409
         error = re.sub(r"<[^>]+>", "", re.search(r'id="write-off-error">(.*?)</p>', again.text, re.S).group(1))
         assert "already in a write-off" in error and "CW-1" in error and "{" not in error
@@ -122,11 +173,21 @@ async def test_customer_page_shows_balances_transactions_and_refusals_as_text(st
 async def test_ten_thousand_customers_page_and_search_under_a_second(start_collections):
     async with start_collections() as svc:
         async with svc.runtime.transaction() as tx:
-            tx.session.add_all(tables.CustomerTransactionRow(
-                voucher=f"V-{n}", transaction_type="Invoice", customer_account=f"C{n:05d}",
-                customer_name=f"Customer {n}", transaction_date=dt.date(2015, 1, 1), invoice_id=f"I-{n}",
-                amount=Decimal("10.01"), currency="USD", due_date=dt.date(2015, 1, 31), sales_tax_amount=Decimal(0),
-            ) for n in range(10_000))
+            tx.session.add_all(
+                tables.CustomerTransactionRow(
+                    voucher=f"V-{n}",
+                    transaction_type="Invoice",
+                    customer_account=f"C{n:05d}",
+                    customer_name=f"Customer {n}",
+                    transaction_date=dt.date(2015, 1, 1),
+                    invoice_id=f"I-{n}",
+                    amount=Decimal("10.01"),
+                    currency="USD",
+                    due_date=dt.date(2015, 1, 31),
+                    sales_tax_amount=Decimal(0),
+                )
+                for n in range(10_000)
+            )
         await svc.client.get("/", params={"as_of": AS_OF, "q": "warm-up"})  # compiles the template once
         for params in ({"as_of": AS_OF}, {"as_of": AS_OF, "q": "C09999"}, {"as_of": AS_OF, "sort": "name", "page": 7}):
             timings = []
@@ -139,7 +200,6 @@ async def test_ten_thousand_customers_page_and_search_under_a_second(start_colle
         by_name = sorted(range(10_000), key=lambda n: f"customer {n}")  # "Customer 10" < "Customer 100" < ...
         assert [r[0] for r in cells(page.text, "aged")] == [f"C{n:05d}" for n in by_name[300:350]]
         assert "100,100.00" in page.text  # 10,000 x 10.01 in the totals row
-
 
 
 async def test_cors_preflight_answers_only_configured_origins(tmp_path):

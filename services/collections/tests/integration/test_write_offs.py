@@ -35,32 +35,49 @@ def assert_one_balanced_voucher_per_transaction(journal: GeneralJournalRequested
 async def test_a_write_off_of_selected_transactions_goes_from_requested_to_posted(start_collections, database_url):
     async with start_collections(database_url) as svc:
         # spec 000, entry point 2: the Collections page of Cave Wholesales, two transactions, "Bad debt".
-        await svc.post_transaction("CIV-000101", "Invoice", "1200.00", on="2016-01-01", due="2016-01-31",
-                                   account=CAVE, invoice_id="000101", name="Cave Wholesales")
-        await svc.post_transaction("CIV-000102", "Invoice", "345.67", on="2016-01-20", due="2016-02-19",
-                                   account=CAVE, invoice_id="000102")
-        await svc.post_transaction("CIV-000103", "Invoice", "50.00", on="2016-01-25", account=CAVE,
-                                   invoice_id="000103")
+        await svc.post_transaction(
+            "CIV-000101",
+            "Invoice",
+            "1200.00",
+            on="2016-01-01",
+            due="2016-01-31",
+            account=CAVE,
+            invoice_id="000101",
+            name="Cave Wholesales",
+        )
+        await svc.post_transaction(
+            "CIV-000102", "Invoice", "345.67", on="2016-01-20", due="2016-02-19", account=CAVE, invoice_id="000102"
+        )
+        await svc.post_transaction("CIV-000103", "Invoice", "50.00", on="2016-01-25", account=CAVE, invoice_id="000103")
         await svc.until_balances(CAVE, {"CIV-000101": "1200.00", "CIV-000102": "345.67", "CIV-000103": "50.00"})
 
-        write_off_id = await svc.write_off(customer_account=CAVE, vouchers=["CIV-000101", "CIV-000102"],
-                                           reason_comment="Bad debt", date="2016-03-01")
+        write_off_id = await svc.write_off(
+            customer_account=CAVE, vouchers=["CIV-000101", "CIV-000102"], reason_comment="Bad debt", date="2016-03-01"
+        )
         journal = await svc.journal(write_off_id)
         assert (journal.request_id, journal.journal_name) == (write_off_id, "WriteOff")
         assert rows(journal) == [
-            ("Customer", CAVE, "0.00", "1200.00"), ("Ledger", "618900", "1200.00", "0.00"),
-            ("Customer", CAVE, "0.00", "345.67"), ("Ledger", "618900", "345.67", "0.00"),
+            ("Customer", CAVE, "0.00", "1200.00"),
+            ("Ledger", "618900", "1200.00", "0.00"),
+            ("Customer", CAVE, "0.00", "345.67"),
+            ("Ledger", "618900", "345.67", "0.00"),
         ]
         assert settles(journal) == [[("CIV-000101", "1200.00")], [], [("CIV-000102", "345.67")], []]
         assert_one_balanced_voucher_per_transaction(journal)
         assert {(l.reason_code, l.reason_comment, str(l.transaction_date)) for l in journal.lines} == {
-            ("BadDebt", "Bad debt", "2016-03-01")}
+            ("BadDebt", "Bad debt", "2016-03-01")
+        }
 
         requested = await svc.get(f"/write-offs/{write_off_id}")
-        assert {k: requested[k] for k in ("write_off_id", "customer_account", "status", "reason",
-                                          "journal_batch_number")} == {
-            "write_off_id": write_off_id, "customer_account": CAVE, "status": "requested", "reason": None,
-            "journal_batch_number": None}
+        assert {
+            k: requested[k] for k in ("write_off_id", "customer_account", "status", "reason", "journal_batch_number")
+        } == {
+            "write_off_id": write_off_id,
+            "customer_account": CAVE,
+            "status": "requested",
+            "reason": None,
+            "journal_batch_number": None,
+        }
         assert requested["lines"] == journal.model_dump(mode="json")["lines"]
 
         await svc.journal_created(write_off_id, "WOJ-000001")
@@ -73,13 +90,18 @@ async def test_a_write_off_of_selected_transactions_goes_from_requested_to_poste
         # settlement books the write-off voucher and settles the invoice against it, as it would on JournalPosted.
         await svc.post_transaction("WOV-000001", "WriteOff", "-1200.00", on="2016-03-01", account=CAVE)
         await svc.settle("S-WO-1", "CIV-000101", "WOV-000001", "1200.00", on="2016-03-01", account=CAVE)
-        await svc.until_balances(CAVE, {"CIV-000101": "0.00", "CIV-000102": "345.67", "CIV-000103": "50.00",
-                                        "WOV-000001": "0.00"})
+        await svc.until_balances(
+            CAVE, {"CIV-000101": "0.00", "CIV-000102": "345.67", "CIV-000103": "50.00", "WOV-000001": "0.00"}
+        )
         assert "not open" in await svc.refused(422, customer_account=CAVE, vouchers=["CIV-000101"])
 
         # Two collectors write off the same invoice at the same moment: one wins, the other gets a 409.
-        both = await asyncio.gather(*(svc.client.post("/api/v1/write-offs", json={
-            "customer_account": CAVE, "invoice_id": "000103"}) for _ in range(2)))
+        both = await asyncio.gather(
+            *(
+                svc.client.post("/api/v1/write-offs", json={"customer_account": CAVE, "invoice_id": "000103"})
+                for _ in range(2)
+            )
+        )
         assert sorted(r.status_code for r in both) == [202, 409], [r.text for r in both]
         await svc.journals.settle(0.3)
         assert len(svc.journals.records) == 2
@@ -88,48 +110,82 @@ async def test_a_write_off_of_selected_transactions_goes_from_requested_to_poste
 async def test_each_entry_point_proposes_its_write_off_journal(start_collections):
     async with start_collections() as svc:
         # Birch company (aged balances page): two open invoices, one partly paid; the payment is used up.
-        await svc.post_transaction("CIV-000500", "Invoice", "800.00", on="2016-01-05", due="2016-02-04",
-                                   account=BIRCH, invoice_id="000500", name="Birch company")
-        await svc.post_transaction("CIV-000501", "Invoice", "150.00", on="2016-02-05", due="2016-03-06",
-                                   account=BIRCH, invoice_id="000501")
+        await svc.post_transaction(
+            "CIV-000500",
+            "Invoice",
+            "800.00",
+            on="2016-01-05",
+            due="2016-02-04",
+            account=BIRCH,
+            invoice_id="000500",
+            name="Birch company",
+        )
+        await svc.post_transaction(
+            "CIV-000501", "Invoice", "150.00", on="2016-02-05", due="2016-03-06", account=BIRCH, invoice_id="000501"
+        )
         await svc.post_transaction("ARP-000900", "Payment", "-300.00", on="2016-02-10", account=BIRCH)
         await svc.settle("S-9", "CIV-000500", "ARP-000900", "300.00", on="2016-02-10", account=BIRCH)
         # Contoso Retail San Diego (all customers page): an invoice and an open credit note.
-        await svc.post_transaction("CIV-000600", "Invoice", "2000.00", on="2016-01-10", account=CONTOSO,
-                                   invoice_id="000600", name="Contoso Retail San Diego")
-        await svc.post_transaction("CCN-000010", "CreditNote", "-250.00", on="2016-01-15", account=CONTOSO,
-                                   invoice_id="000010")
+        await svc.post_transaction(
+            "CIV-000600",
+            "Invoice",
+            "2000.00",
+            on="2016-01-10",
+            account=CONTOSO,
+            invoice_id="000600",
+            name="Contoso Retail San Diego",
+        )
+        await svc.post_transaction(
+            "CCN-000010", "CreditNote", "-250.00", on="2016-01-15", account=CONTOSO, invoice_id="000010"
+        )
         # The open customer invoices page: CIV-000667 of another customer, and an invoice with sales tax.
-        await svc.post_transaction("CIV-000667", "Invoice", "499.00", on="2016-02-01", account="US-027",
-                                   invoice_id="000667")
-        await svc.post_transaction("CIV-000668", "Invoice", "1100.00", on="2016-02-01", account="US-027",
-                                   invoice_id="000668", tax="100.00")
+        await svc.post_transaction(
+            "CIV-000667", "Invoice", "499.00", on="2016-02-01", account="US-027", invoice_id="000667"
+        )
+        await svc.post_transaction(
+            "CIV-000668", "Invoice", "1100.00", on="2016-02-01", account="US-027", invoice_id="000668", tax="100.00"
+        )
         await svc.until_balances(BIRCH, {"CIV-000500": "500.00", "CIV-000501": "150.00", "ARP-000900": "0.00"})
         await svc.until_balances(CONTOSO, {"CIV-000600": "2000.00", "CCN-000010": "-250.00"})
         await svc.until_balances("US-027", {"CIV-000667": "499.00", "CIV-000668": "1100.00"})
 
         # 1. Aged balances: the Birch company row, its whole balance.
-        [birch_row] = [c for c in (await svc.get("/aged-balances", as_of="2016-03-31"))["customers"]
-                       if c["customer_name"] == "Birch company"]
+        [birch_row] = [
+            c
+            for c in (await svc.get("/aged-balances", as_of="2016-03-31"))["customers"]
+            if c["customer_name"] == "Birch company"
+        ]
         birch = await svc.journal(await svc.write_off(customer_account=birch_row["customer_account"]))
-        assert rows(birch) == [("Customer", BIRCH, "0.00", "500.00"), ("Ledger", "618900", "500.00", "0.00"),
-                               ("Customer", BIRCH, "0.00", "150.00"), ("Ledger", "618900", "150.00", "0.00")]
+        assert rows(birch) == [
+            ("Customer", BIRCH, "0.00", "500.00"),
+            ("Ledger", "618900", "500.00", "0.00"),
+            ("Customer", BIRCH, "0.00", "150.00"),
+            ("Ledger", "618900", "150.00", "0.00"),
+        ]
         assert settles(birch) == [[("CIV-000500", "500.00")], [], [("CIV-000501", "150.00")], []]
         assert sum(l.credit for l in birch.lines if l.account_type == "Customer") == Decimal(birch_row["balance"])
 
         # 3. Open customer invoices: one invoice, with another reason code than the default.
         [invoice] = [i for i in (await svc.get("/open-invoices"))["invoices"] if i["voucher"] == "CIV-000667"]
-        single = await svc.journal(await svc.write_off(customer_account=invoice["customer_account"],
-                                                       invoice_id=invoice["invoice_id"], reason_code="SmallBal"))
+        single = await svc.journal(
+            await svc.write_off(
+                customer_account=invoice["customer_account"], invoice_id=invoice["invoice_id"], reason_code="SmallBal"
+            )
+        )
         assert rows(single) == [("Customer", "US-027", "0.00", "499.00"), ("Ledger", "618900", "499.00", "0.00")]
         assert settles(single)[0] == [("CIV-000667", "499.00")]
         assert {l.reason_code for l in single.lines} == {"SmallBal"}
 
         # 4. All customers: Contoso's whole balance; the open credit note is reversed with a debit.
-        contoso = await svc.journal(await svc.write_off(customer_account=CONTOSO, reason_code="Bankrupt",
-                                                        reason_comment="Customer bankrupt"))
-        assert rows(contoso) == [("Customer", CONTOSO, "0.00", "2000.00"), ("Ledger", "618900", "2000.00", "0.00"),
-                                 ("Customer", CONTOSO, "250.00", "0.00"), ("Ledger", "618900", "0.00", "250.00")]
+        contoso = await svc.journal(
+            await svc.write_off(customer_account=CONTOSO, reason_code="Bankrupt", reason_comment="Customer bankrupt")
+        )
+        assert rows(contoso) == [
+            ("Customer", CONTOSO, "0.00", "2000.00"),
+            ("Ledger", "618900", "2000.00", "0.00"),
+            ("Customer", CONTOSO, "250.00", "0.00"),
+            ("Ledger", "618900", "0.00", "250.00"),
+        ]
         assert settles(contoso) == [[("CIV-000600", "2000.00")], [], [("CCN-000010", "-250.00")], []]
         assert {(l.reason_code, l.reason_comment) for l in contoso.lines} == {("Bankrupt", "Customer bankrupt")}
 
@@ -138,8 +194,11 @@ async def test_each_entry_point_proposes_its_write_off_journal(start_collections
         assert (await svc.client.put("/api/v1/parameters/write-off", json=parameters)).json() == parameters
         assert await svc.get("/parameters/write-off") == parameters
         taxed = await svc.journal(await svc.write_off(customer_account="US-027", vouchers=["CIV-000668"]))
-        assert rows(taxed) == [("Customer", "US-027", "0.00", "1100.00"), ("Ledger", "618900", "1000.00", "0.00"),
-                               ("Ledger", "222200", "100.00", "0.00")]
+        assert rows(taxed) == [
+            ("Customer", "US-027", "0.00", "1100.00"),
+            ("Ledger", "618900", "1000.00", "0.00"),
+            ("Ledger", "222200", "100.00", "0.00"),
+        ]
 
         for journal in (birch, single, contoso, taxed):
             assert journal.journal_name == "WriteOff"
@@ -167,11 +226,13 @@ async def test_refused_write_offs_answer_4xx_and_emit_nothing(start_collections)
         assert "'US-999' has no transactions" in await svc.refused(404, customer_account="US-999")
         assert "nothing open" in await svc.refused(422, customer_account="US-100")
         assert "not transactions of customer US-004: CIV-9" in await svc.refused(
-            422, customer_account=CAVE, vouchers=["CIV-9"])
+            422, customer_account=CAVE, vouchers=["CIV-9"]
+        )
         assert "not open (already settled): CIV-1" in await svc.refused(422, customer_account=CAVE, vouchers=["CIV-1"])
         assert "invoice '4'" in await svc.refused(422, customer_account=CAVE, invoice_id="4")
         assert "unknown reason code 'Lost'" in await svc.refused(
-            422, customer_account=CAVE, vouchers=["CIV-3"], reason_code="Lost")
+            422, customer_account=CAVE, vouchers=["CIV-3"], reason_code="Lost"
+        )
         assert "CIV-2" in await svc.refused(409, customer_account=CAVE)  # the whole balance includes CIV-2
         assert "EUR, USD" in await svc.refused(422, customer_account=CONTOSO)
         assert (await svc.client.post("/api/v1/write-offs", json={"vouchers": ["CIV-3"]})).status_code == 422
@@ -194,8 +255,10 @@ async def test_write_off_parameters_are_edited_within_the_setup(start_collection
         defaults = {"journal_name": "WriteOff", "reason_code": "BadDebt", "separate_sales_tax": False}
         assert await svc.get("/parameters/write-off") == defaults
         assert (await svc.get("/reason-codes"))["reason_codes"] == [
-            {"code": "BadDebt", "description": "Bad debt"}, {"code": "Bankrupt", "description": "Customer bankrupt"},
-            {"code": "SmallBal", "description": "Small balance"}]
+            {"code": "BadDebt", "description": "Bad debt"},
+            {"code": "Bankrupt", "description": "Customer bankrupt"},
+            {"code": "SmallBal", "description": "Small balance"},
+        ]
 
         async def put(**changes):
             return await svc.client.put("/api/v1/parameters/write-off", json=defaults | changes)
@@ -226,7 +289,10 @@ async def test_a_cancelled_write_off_frees_its_invoice_once_ledger_posting_has_v
 
         cancelling = await svc.cancel(first, 202, reason="wrong customer")
         assert {k: cancelling[k] for k in ("status", "reason", "journal_batch_number")} == {
-            "status": "cancelling", "reason": "wrong customer", "journal_batch_number": "WOJ-000001"}
+            "status": "cancelling",
+            "reason": "wrong customer",
+            "journal_batch_number": "WOJ-000001",
+        }
         assert (await svc.cancel(first, 202))["status"] == "cancelling", "asking again answers the same"
         [cancel] = await svc.cancels(first)  # the second call sent nothing
         assert (cancel.request_id, cancel.journal_name, cancel.reason) == (first, "WriteOff", "wrong customer")
@@ -257,10 +323,12 @@ async def test_a_cancel_that_loses_the_race_with_the_posting_ends_posted_and_kee
         await svc.journal_created(raced, "WOJ-000001")
         await svc.journal_posted(journal, "WOJ-000001")
         await svc.cancel_refused(raced, "WOJ-000001", "journal WOJ-000001 is already posted; it cannot be cancelled")
+
         async def refusal_recorded():
             write_off = await svc.until_status(raced, "posted")
             assert write_off["reason"] == "journal WOJ-000001 is already posted; it cannot be cancelled"
             return write_off
+
         await eventually(refusal_recorded)
         assert "CIV-1" in await svc.refused(409, customer_account=CAVE, invoice_id="1"), "never written off twice"
         assert "already posted" in (await svc.cancel(raced, 409))["detail"]

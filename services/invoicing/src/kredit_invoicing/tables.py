@@ -101,8 +101,12 @@ def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> list[
     )
     lines = [
         InvoiceLineRow(
-            invoice_id=posted.invoice_id, line_number=n, description=line.description, amount=line.amount,
-            sales_tax_amount=line.sales_tax_amount, revenue_account=line.revenue_account,
+            invoice_id=posted.invoice_id,
+            line_number=n,
+            description=line.description,
+            amount=line.amount,
+            sales_tax_amount=line.sales_tax_amount,
+            revenue_account=line.revenue_account,
         )
         for n, line in enumerate(message.lines, 1)
     ]
@@ -112,8 +116,13 @@ def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> list[
     ]
     voucher = [
         VoucherLineRow(
-            invoice_id=posted.invoice_id, line_number=n, account=line.account, debit=line.debit, credit=line.credit,
-            text=line.text, customer_account=line.customer_account,
+            invoice_id=posted.invoice_id,
+            line_number=n,
+            account=line.account,
+            debit=line.debit,
+            credit=line.credit,
+            text=line.text,
+            customer_account=line.customer_account,
         )
         for n, line in enumerate(posted.ledger_voucher.lines, 1)
     ]

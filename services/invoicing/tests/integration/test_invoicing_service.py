@@ -40,10 +40,17 @@ OMIT = object()  # a change that leaves the field out of the message
 def invoice(invoice_id: str = "10020", **changes) -> dict:
     """Invoice 10020 of the source (1,000.00, 2015-06-25, Net30, 1%14D) unless changed."""
     body = {
-        "message_id": str(uuid.uuid4()), "invoice_id": invoice_id, "customer_account": "4027",
-        "customer_name": "Fabrikam customer 4027", "invoice_date": "2015-06-25", "currency": "USD",
-        "payment_terms": "Net30", "cash_discount_code": "1%14D",
-        "lines": [{"description": "Goods", "amount": "1000.00", "sales_tax_amount": "0.00", "revenue_account": "401100"}],
+        "message_id": str(uuid.uuid4()),
+        "invoice_id": invoice_id,
+        "customer_account": "4027",
+        "customer_name": "Fabrikam customer 4027",
+        "invoice_date": "2015-06-25",
+        "currency": "USD",
+        "payment_terms": "Net30",
+        "cash_discount_code": "1%14D",
+        "lines": [
+            {"description": "Goods", "amount": "1000.00", "sales_tax_amount": "0.00", "revenue_account": "401100"}
+        ],
     }
     return {field: value for field, value in (body | changes).items() if value is not OMIT}
 
@@ -99,18 +106,34 @@ async def test_invoice_10020_posts_its_customer_transaction_and_a_balanced_vouch
         await service.send(invoice())
 
         assert await service.output(AR_CUSTOMER_TRANSACTIONS, "4027") == {
-            "voucher": "FTI-10020", "transaction_type": "Invoice", "customer_account": "4027",
-            "customer_name": "Fabrikam customer 4027", "transaction_date": "2015-06-25", "invoice_id": "10020",
-            "amount": "1000.00", "currency": "USD", "due_date": "2015-07-25",
+            "voucher": "FTI-10020",
+            "transaction_type": "Invoice",
+            "customer_account": "4027",
+            "customer_name": "Fabrikam customer 4027",
+            "transaction_date": "2015-06-25",
+            "invoice_id": "10020",
+            "amount": "1000.00",
+            "currency": "USD",
+            "due_date": "2015-07-25",
             "cash_discounts": [{"percent": "1.00", "date": "2015-07-09", "amount": "10.00"}],
-            "cash_discount_account": "520100", "sales_tax_amount": "0.00", "payment_id": None,
+            "cash_discount_account": "520100",
+            "sales_tax_amount": "0.00",
+            "payment_id": None,
         }
         assert await service.output(GL_JOURNAL_LINES, "FTI-10020") == {
-            "voucher": "FTI-10020", "posting_date": "2015-06-25", "currency": "USD", "source": "invoicing",
+            "voucher": "FTI-10020",
+            "posting_date": "2015-06-25",
+            "currency": "USD",
+            "source": "invoicing",
             "description": "Invoice 10020, customer 4027",
             "lines": [
-                {"account": "130100", "debit": "1000.00", "credit": "0.00", "text": "Invoice 10020",
-                 "customer_account": "4027"},
+                {
+                    "account": "130100",
+                    "debit": "1000.00",
+                    "credit": "0.00",
+                    "text": "Invoice 10020",
+                    "customer_account": "4027",
+                },
                 {"account": "401100", "debit": "0.00", "credit": "1000.00", "text": "Goods", "customer_account": None},
             ],
         }
@@ -118,17 +141,32 @@ async def test_invoice_10020_posts_its_customer_transaction_and_a_balanced_vouch
         response = await service.http.get("/api/v1/invoices/10020")
         assert response.status_code == 200
         assert response.json() == {
-            "invoice_id": "10020", "customer_account": "4027", "customer_name": "Fabrikam customer 4027",
-            "type": "Invoice", "voucher": "FTI-10020", "invoice_date": "2015-06-25", "due_date": "2015-07-25",
-            "currency": "USD", "payment_terms": "Net30", "cash_discount_code": "1%14D",
+            "invoice_id": "10020",
+            "customer_account": "4027",
+            "customer_name": "Fabrikam customer 4027",
+            "type": "Invoice",
+            "voucher": "FTI-10020",
+            "invoice_date": "2015-06-25",
+            "due_date": "2015-07-25",
+            "currency": "USD",
+            "payment_terms": "Net30",
+            "cash_discount_code": "1%14D",
             "cash_discount_account": "520100",
             "cash_discounts": [{"percent": "1.00", "date": "2015-07-09", "amount": "10.00"}],
-            "net_amount": "1000.00", "sales_tax_amount": "0.00", "total": "1000.00",
-            "lines": [{"description": "Goods", "amount": "1000.00", "sales_tax_amount": "0.00",
-                       "revenue_account": "401100"}],
+            "net_amount": "1000.00",
+            "sales_tax_amount": "0.00",
+            "total": "1000.00",
+            "lines": [
+                {"description": "Goods", "amount": "1000.00", "sales_tax_amount": "0.00", "revenue_account": "401100"}
+            ],
             "voucher_lines": [
-                {"account": "130100", "debit": "1000.00", "credit": "0.00", "text": "Invoice 10020",
-                 "customer_account": "4027"},
+                {
+                    "account": "130100",
+                    "debit": "1000.00",
+                    "credit": "0.00",
+                    "text": "Invoice 10020",
+                    "customer_account": "4027",
+                },
                 {"account": "401100", "debit": "0.00", "credit": "1000.00", "text": "Goods", "customer_account": None},
             ],
         }
@@ -145,11 +183,15 @@ async def test_sales_tax_is_split_from_revenue_and_a_credit_note_posts_the_mirro
         await service.send(invoice("10031", lines=refund, cash_discount_code=None))
 
         assert voucher_lines(await service.output(GL_JOURNAL_LINES, "FTI-10030")) == [
-            ("130100", "1250.00", "0.00"), ("401100", "0.00", "1000.00"), ("222200", "0.00", "250.00"),
+            ("130100", "1250.00", "0.00"),
+            ("401100", "0.00", "1000.00"),
+            ("222200", "0.00", "250.00"),
         ]
         credit_note = await service.output(GL_JOURNAL_LINES, "CCN-10031")
         assert voucher_lines(credit_note) == [
-            ("130100", "0.00", "1250.00"), ("401100", "1000.00", "0.00"), ("222200", "250.00", "0.00"),
+            ("130100", "0.00", "1250.00"),
+            ("401100", "1000.00", "0.00"),
+            ("222200", "250.00", "0.00"),
         ]
         assert credit_note["description"] == "Credit note 10031, customer 4027"
 
@@ -157,13 +199,19 @@ async def test_sales_tax_is_split_from_revenue_and_a_credit_note_posts_the_mirro
         assert (transactions["10030"]["transaction_type"], transactions["10030"]["amount"]) == ("Invoice", "1250.00")
         assert transactions["10030"]["sales_tax_amount"] == "250.00"
         assert transactions["10030"]["cash_discounts"] == [{"percent": "1.00", "date": "2015-07-09", "amount": "12.50"}]
-        assert (transactions["10031"]["transaction_type"], transactions["10031"]["amount"]) == ("CreditNote", "-1250.00")
+        assert (transactions["10031"]["transaction_type"], transactions["10031"]["amount"]) == (
+            "CreditNote",
+            "-1250.00",
+        )
         assert (transactions["10031"]["voucher"], transactions["10031"]["sales_tax_amount"]) == ("CCN-10031", "-250.00")
         assert transactions["10031"]["cash_discounts"] == []
 
         shown = (await service.http.get("/api/v1/invoices/10031")).json()
         assert (shown["type"], shown["net_amount"], shown["sales_tax_amount"], shown["total"]) == (
-            "CreditNote", "-1000.00", "-250.00", "-1250.00"
+            "CreditNote",
+            "-1000.00",
+            "-250.00",
+            "-1250.00",
         )
 
 
@@ -173,26 +221,34 @@ ONE_LINE = {"description": "Goods", "amount": "1000.00"}
 BAD_INVOICES = {  # what the ERP sends -> the reason in the dead letter's x-dlq-reason header
     "B01": ({"lines": OMIT}, "invalid message: lines: Field required"),
     "B02": ({"lines": []}, "invalid message: lines: List should have at least 1 item after validation, not 0"),
-    "B03": ({"lines": [ONE_LINE | {"amount": "1000.005"}]},
-            "invalid message: lines.0.amount: amount 1000.005 has more than two decimals"),
-    "B04": ({"lines": [ONE_LINE | {"amount": 1000.5}]},
-            'invalid message: lines.0.amount: amount must be a decimal string such as "1000.00", '
-            "not a JSON number with a fraction"),
-    "B05": ({"lines": [ONE_LINE, ONE_LINE | {"amount": "-1000.00"}]},
-            "invoice B05: the lines total 0.00 (net 0.00, sales tax 0.00): nothing to post"),
+    "B03": (
+        {"lines": [ONE_LINE | {"amount": "1000.005"}]},
+        "invalid message: lines.0.amount: amount 1000.005 has more than two decimals",
+    ),
+    "B04": (
+        {"lines": [ONE_LINE | {"amount": 1000.5}]},
+        'invalid message: lines.0.amount: amount must be a decimal string such as "1000.00", '
+        "not a JSON number with a fraction",
+    ),
+    "B05": (
+        {"lines": [ONE_LINE, ONE_LINE | {"amount": "-1000.00"}]},
+        "invoice B05: the lines total 0.00 (net 0.00, sales tax 0.00): nothing to post",
+    ),
     "B06": ({"payment_terms": "Net45"}, "invoice B06: unknown payment terms 'Net45'"),
     "B07": ({"cash_discount_code": "5%1D"}, "invoice B07: unknown cash discount code '5%1D'"),
-    "B08": ({"lines": [ONE_LINE | {"revenue_account": "999999"}]},
-            "invoice B08: line 1: unknown revenue account '999999'"),
-    "B09": ({"invoice_date": "25/06/2015"},
-            "invalid message: invoice_date: '25/06/2015' is not an ISO date YYYY-MM-DD"),
+    "B08": (
+        {"lines": [ONE_LINE | {"revenue_account": "999999"}]},
+        "invoice B08: line 1: unknown revenue account '999999'",
+    ),
+    "B09": (
+        {"invoice_date": "25/06/2015"},
+        "invalid message: invoice_date: '25/06/2015' is not an ISO date YYYY-MM-DD",
+    ),
     "B10": ({"currency": "EUR"}, "invoice B10: currency EUR is not the accounting currency USD"),
 }
 
 
-async def test_bad_invoices_are_dead_lettered_with_their_reason_and_the_next_good_invoice_still_posts(
-    kafka, tmp_path
-):
+async def test_bad_invoices_are_dead_lettered_with_their_reason_and_the_next_good_invoice_still_posts(kafka, tmp_path):
     async with invoicing(kafka, sqlite(tmp_path)) as service:
         await service.send(invoice("10020"))
         sent = {}
@@ -215,7 +271,8 @@ async def test_bad_invoices_are_dead_lettered_with_their_reason_and_the_next_goo
         assert (await service.http.get("/api/v1/invoices/10020")).json()["total"] == "1000.00"
         unknown = await service.http.get("/api/v1/invoices/B06")
         assert (unknown.status_code, unknown.json()["detail"]) == (
-            404, "invoice 'B06' is unknown: no invoice or credit note with that id is posted"
+            404,
+            "invoice 'B06' is unknown: no invoice or credit note with that id is posted",
         )
 
 

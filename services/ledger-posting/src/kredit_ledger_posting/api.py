@@ -36,7 +36,8 @@ class JournalSummary(BaseModel):
     journal_name: str
     description: str
     status: domain.JournalStatus = Field(
-        description="open (awaiting review), posted, or voided (cancelled by its requester: kept, never postable)")
+        description="open (awaiting review), posted, or voided (cancelled by its requester: kept, never postable)"
+    )
     request_id: str | None
     created_at: datetime
     posted_at: datetime | None
@@ -48,8 +49,13 @@ class JournalSummary(BaseModel):
     def of(cls, row: JournalRow) -> JournalSummary:
         lines = [PostedJournalLine.model_validate(line) for line in row.lines]
         return cls(
-            batch_number=row.batch_number, journal_name=row.journal_name, description=row.description,
-            status=row.status, request_id=row.request_id, created_at=row.created_at, posted_at=row.posted_at,
+            batch_number=row.batch_number,
+            journal_name=row.journal_name,
+            description=row.description,
+            status=row.status,
+            request_id=row.request_id,
+            created_at=row.created_at,
+            posted_at=row.posted_at,
             posting_date=row.posting_date,
             total_debit=sum((line.debit for line in lines), Decimal(0)),
             total_credit=sum((line.credit for line in lines), Decimal(0)),
@@ -122,8 +128,7 @@ async def list_journals(
     return JournalList(journals=[JournalSummary.of(row) for row in rows])
 
 
-@router.get("/journals/{batch_number}", response_model=JournalDetail,
-            responses={404: {"description": "unknown batch"}})
+@router.get("/journals/{batch_number}", response_model=JournalDetail, responses={404: {"description": "unknown batch"}})
 async def get_journal(batch_number: Voucher, session: SessionDep) -> JournalDetail:
     row = await session.get(JournalRow, batch_number)
     if row is None:
@@ -134,8 +139,10 @@ async def get_journal(batch_number: Voucher, session: SessionDep) -> JournalDeta
 @router.post(
     "/journals/{batch_number}/post",
     response_model=JournalDetail,
-    responses={404: {"description": "unknown batch"},
-               409: {"description": "already posted, voided (its request was cancelled) or unbalanced"}},
+    responses={
+        404: {"description": "unknown batch"},
+        409: {"description": "already posted, voided (its request was cancelled) or unbalanced"},
+    },
 )
 async def post_journal(batch_number: Voucher, runtime: RuntimeDep, setup: SetupDep) -> JournalDetail:
     try:
@@ -148,9 +155,14 @@ async def post_journal(batch_number: Voucher, runtime: RuntimeDep, setup: SetupD
     return JournalDetail.of(row)
 
 
-@router.get("/ledger-entries", response_model=LedgerEntryList,
-            responses={422: {"description": "neither an account nor a voucher given, or an invalid one"}})
-async def ledger_entries(session: SessionDep, account: Id | None = None, voucher: Voucher | None = None) -> LedgerEntryList:
+@router.get(
+    "/ledger-entries",
+    response_model=LedgerEntryList,
+    responses={422: {"description": "neither an account nor a voucher given, or an invalid one"}},
+)
+async def ledger_entries(
+    session: SessionDep, account: Id | None = None, voucher: Voucher | None = None
+) -> LedgerEntryList:
     if account is None and voucher is None:
         raise HTTPException(422, "give an account or a voucher")
     query = select(LedgerEntryRow).order_by(LedgerEntryRow.id)
@@ -164,7 +176,9 @@ async def ledger_entries(session: SessionDep, account: Id | None = None, voucher
 
 @router.get("/trial-balance", response_model=TrialBalanceOut)
 async def get_trial_balance(
-    session: SessionDep, setup: SetupDep, as_of: Annotated[IsoDate | None, Query(description="YYYY-MM-DD; default: today")] = None
+    session: SessionDep,
+    setup: SetupDep,
+    as_of: Annotated[IsoDate | None, Query(description="YYYY-MM-DD; default: today")] = None,
 ) -> TrialBalanceOut:
     balance = await handlers.trial_balance(session, setup, as_of or date.today())
     return TrialBalanceOut(

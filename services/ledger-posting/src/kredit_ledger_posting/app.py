@@ -18,7 +18,9 @@ def create_app(settings: LedgerPostingSettings | None = None) -> FastAPI:
     settings = settings or LedgerPostingSettings()
     setup = load_company_setup(settings.company_setup_file)
     runtime = ServiceRuntime(settings, tables=TABLES)
-    runtime.subscribe_batch(GL_JOURNAL_LINES, VoucherPosted.model_validate_json, partial(handlers.post_vouchers, setup=setup))
+    runtime.subscribe_batch(
+        GL_JOURNAL_LINES, VoucherPosted.model_validate_json, partial(handlers.post_vouchers, setup=setup)
+    )
     runtime.subscribe(
         GL_GENERAL_JOURNALS,
         general_journal_adapter.validate_json,

@@ -268,7 +268,8 @@ def void_journal(journal: Journal) -> Journal:
     if journal.status == "posted":
         raise JournalAlreadyPosted(
             f"journal {journal.batch_number} is already posted (posting date {journal.posting_date}); "
-            "it cannot be cancelled")
+            "it cannot be cancelled"
+        )
     return replace(journal, status="voided")
 
 

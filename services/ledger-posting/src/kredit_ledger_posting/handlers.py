@@ -38,10 +38,15 @@ async def post_vouchers(tx: Transaction, vouchers: list[VoucherPosted], setup: C
     """Post a fetch of subledger vouchers at once: one lookup for them all, two bulk inserts.
 
     A voucher that must not post goes to the dead-letter topic with its reason; the others post."""
-    posted = dict((await tx.session.exec(
-        select(PostedVoucherRow.voucher, PostedVoucherRow.fingerprint)
-        .where(PostedVoucherRow.voucher.in_({v.voucher for v in vouchers}))
-    )).all())
+    posted = dict(
+        (
+            await tx.session.exec(
+                select(PostedVoucherRow.voucher, PostedVoucherRow.fingerprint).where(
+                    PostedVoucherRow.voucher.in_({v.voucher for v in vouchers})
+                )
+            )
+        ).all()
+    )
     new_vouchers, entries = [], []
     for voucher in vouchers:
         try:
@@ -52,8 +57,14 @@ async def post_vouchers(tx: Transaction, vouchers: list[VoucherPosted], setup: C
             tx.dead_letter(GL_JOURNAL_LINES, voucher, str(e))
             continue
         posted[voucher.voucher] = domain.voucher_fingerprint(voucher)  # a later copy in this batch is a no-op
-        new_vouchers.append({"voucher": voucher.voucher, "fingerprint": posted[voucher.voucher],
-                             "source": voucher.source, "posted_at": utcnow()})
+        new_vouchers.append(
+            {
+                "voucher": voucher.voucher,
+                "fingerprint": posted[voucher.voucher],
+                "source": voucher.source,
+                "posted_at": utcnow(),
+            }
+        )
     if new_vouchers:
         # The primary key turns a racing replica's duplicate into a failed commit and a retry.
         connection = await tx.session.connection()
@@ -83,10 +94,15 @@ async def open_general_journal(tx: Transaction, request: GeneralJournalRequested
     journal = domain.open_journal(request, setup, batch, first_voucher)
     row = JournalRow.from_domain(journal)
     tx.session.add(row)
-    tx.emit(JournalCreated(request_id=request.request_id, journal_name=journal.journal_name,
-                           batch_number=journal.batch_number))
+    tx.emit(
+        JournalCreated(
+            request_id=request.request_id, journal_name=journal.journal_name, batch_number=journal.batch_number
+        )
+    )
     if (cancel := await tx.session.get(JournalCancellationRow, request.request_id)) is not None:
-        _void(tx, row, domain.void_journal(journal), cancel.reason)  # the cancel overtook its request (never with one key, but be safe)
+        _void(
+            tx, row, domain.void_journal(journal), cancel.reason
+        )  # the cancel overtook its request (never with one key, but be safe)
 
 
 async def cancel_general_journal(tx: Transaction, cancel: GeneralJournalCancelRequested) -> None:
@@ -94,16 +110,23 @@ async def cancel_general_journal(tx: Transaction, cancel: GeneralJournalCancelRe
 
     The cancel is recorded first: if the request has not arrived yet, it is voided as it arrives."""
     if await tx.session.get(JournalCancellationRow, cancel.request_id) is None:
-        tx.session.add(JournalCancellationRow(request_id=cancel.request_id, journal_name=cancel.journal_name,
-                                              reason=cancel.reason))
+        tx.session.add(
+            JournalCancellationRow(request_id=cancel.request_id, journal_name=cancel.journal_name, reason=cancel.reason)
+        )
     row = await _journal_of_request(tx.session, cancel.request_id, for_update=True)
     if row is None or row.status == "voided":
         return  # not here yet, or a cancel sent twice
     try:
         voided = domain.void_journal(row.to_domain())
     except domain.JournalAlreadyPosted as e:
-        tx.emit(JournalCancelRefused(request_id=cancel.request_id, journal_name=row.journal_name,
-                                     batch_number=row.batch_number, reason=str(e)))
+        tx.emit(
+            JournalCancelRefused(
+                request_id=cancel.request_id,
+                journal_name=row.journal_name,
+                batch_number=row.batch_number,
+                reason=str(e),
+            )
+        )
         return
     _void(tx, row, voided, cancel.reason)
 
@@ -111,8 +134,11 @@ async def cancel_general_journal(tx: Transaction, cancel: GeneralJournalCancelRe
 def _void(tx: Transaction, row: JournalRow, voided: domain.Journal, reason: str) -> None:
     row.status = voided.status
     tx.session.add(row)
-    tx.emit(JournalVoided(request_id=row.request_id, journal_name=row.journal_name, batch_number=row.batch_number,
-                          reason=reason))
+    tx.emit(
+        JournalVoided(
+            request_id=row.request_id, journal_name=row.journal_name, batch_number=row.batch_number, reason=reason
+        )
+    )
 
 
 async def _journal_of_request(session: AsyncSession, request_id: str, for_update: bool = False) -> JournalRow | None:
@@ -124,8 +150,10 @@ async def _journal_of_request(session: AsyncSession, request_id: str, for_update
 async def post_general_journal(tx: Transaction, batch_number: str, setup: CompanySetup) -> JournalRow | None:
     """Post an open journal; None if there is no such batch, JournalNotPostable if it cannot post."""
     row = (
-        await tx.session.exec(select(JournalRow).where(JournalRow.batch_number == batch_number).with_for_update())
-    ).scalars().first()
+        (await tx.session.exec(select(JournalRow).where(JournalRow.batch_number == batch_number).with_for_update()))
+        .scalars()
+        .first()
+    )
     if row is None:
         return None
     journal, entries = domain.post_journal(row.to_domain(), setup)
@@ -158,4 +186,3 @@ async def _next_values(session: AsyncSession, journal_name: str, kind: str, coun
     row.last_value += count
     session.add(row)
     return first
-

@@ -34,9 +34,15 @@ class LedgerEntryRow(SQLModel, table=True):
     def from_entry(cls, entry: LedgerEntry) -> dict[str, Any]:
         """A row as a dict, for a Core bulk insert (ORM adds are ~10x slower on this hot path)."""
         return {
-            "voucher": entry.voucher, "account": entry.account, "debit": entry.debit, "credit": entry.credit,
-            "currency": entry.currency, "posting_date": entry.posting_date, "text": entry.text,
-            "source": entry.source, "customer_account": entry.customer_account,
+            "voucher": entry.voucher,
+            "account": entry.account,
+            "debit": entry.debit,
+            "credit": entry.credit,
+            "currency": entry.currency,
+            "posting_date": entry.posting_date,
+            "text": entry.text,
+            "source": entry.source,
+            "customer_account": entry.customer_account,
         }
 
 
@@ -127,19 +133,30 @@ async def account_totals(session: AsyncSession, as_of: date) -> dict[str, tuple[
         # NUMERIC sums are exact and unbounded on PostgreSQL.
         totals = await session.exec(
             select(LedgerEntryRow.account, func.sum(LedgerEntryRow.debit), func.sum(LedgerEntryRow.credit))
-            .where(query_filter).group_by(LedgerEntryRow.account)
+            .where(query_filter)
+            .group_by(LedgerEntryRow.account)
         )
         return {account: (debit, credit) for account, debit, credit in totals.all()}
     parts = []
     for column in (LedgerEntryRow.debit, LedgerEntryRow.credit):
         cents = type_coerce(column, BigInteger)
         parts += [func.sum(cents.op("/")(_SPLIT)), func.sum(cents.op("%")(_SPLIT))]
-    totals = await session.exec(select(LedgerEntryRow.account, *parts).where(query_filter).group_by(LedgerEntryRow.account))
+    totals = await session.exec(
+        select(LedgerEntryRow.account, *parts).where(query_filter).group_by(LedgerEntryRow.account)
+    )
     return {
-        account: (Decimal(debit_high * _SPLIT + debit_low).scaleb(-2), Decimal(credit_high * _SPLIT + credit_low).scaleb(-2))
+        account: (
+            Decimal(debit_high * _SPLIT + debit_low).scaleb(-2),
+            Decimal(credit_high * _SPLIT + credit_low).scaleb(-2),
+        )
         for account, debit_high, debit_low, credit_high, credit_low in totals.all()
     }
 
 
-TABLES = [LedgerEntryRow.__table__, PostedVoucherRow.__table__, JournalRow.__table__, JournalCancellationRow.__table__,
-          NumberSequenceRow.__table__]
+TABLES = [
+    LedgerEntryRow.__table__,
+    PostedVoucherRow.__table__,
+    JournalRow.__table__,
+    JournalCancellationRow.__table__,
+    NumberSequenceRow.__table__,
+]

@@ -19,8 +19,14 @@ async def test_a_trial_balance_of_many_largest_amounts_is_exact(kafka, database_
     # 500 entries of 10^17 cents on one account: SQLite's SUM() of int64 overflowed (HTTP 500).
     settings = LedgerPostingSettings(database_url=database_url, **isolated_kafka(kafka))
     lines = [{"account": "130100", "debit": LARGEST}] * HALF + [{"account": "401100", "credit": LARGEST}] * HALF
-    message = {"message_id": str(uuid.uuid4()), "voucher": "FTI-MAX", "posting_date": "2015-06-25",
-               "currency": "USD", "source": "test", "lines": lines}
+    message = {
+        "message_id": str(uuid.uuid4()),
+        "voucher": "FTI-MAX",
+        "posting_date": "2015-06-25",
+        "currency": "USD",
+        "source": "test",
+        "lines": lines,
+    }
     async with serve(create_app(settings)) as client:
         await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), message)
 
@@ -40,7 +46,8 @@ async def test_a_journal_of_largest_amounts_is_listed_and_posts(kafka, database_
     settings = LedgerPostingSettings(database_url=database_url, **isolated_kafka(kafka))
     common = {"account_type": "Ledger", "currency": "USD", "transaction_date": "2015-08-31"}
     lines = [common | {"account": "618900", "debit": LARGEST}] * HALF + [
-        common | {"account": "110110", "credit": LARGEST}] * HALF
+        common | {"account": "110110", "credit": LARGEST}
+    ] * HALF
     request = {"message_id": str(uuid.uuid4()), "request_id": "gen-max", "journal_name": "GenJrn", "lines": lines}
     events = settings.topic(GL_JOURNAL_EVENTS)
     async with serve(create_app(settings)) as client, TopicProbe(kafka.bootstrap_servers, [events]) as probe:

@@ -14,8 +14,12 @@ from kredit_shared.testing import TopicProbe, eventually, isolated_kafka, publis
 
 def voucher(number: str, *lines: tuple[str, str, str], currency: str = "USD", **changes) -> dict:
     return {
-        "message_id": str(uuid.uuid4()), "voucher": number, "posting_date": "2015-06-25", "currency": currency,
-        "source": "test", "lines": [{"account": a, "debit": d, "credit": c} for a, d, c in lines],
+        "message_id": str(uuid.uuid4()),
+        "voucher": number,
+        "posting_date": "2015-06-25",
+        "currency": currency,
+        "source": "test",
+        "lines": [{"account": a, "debit": d, "credit": c} for a, d, c in lines],
     } | changes
 
 
@@ -23,14 +27,28 @@ INVOICE = (("130100", "1000.00", "0"), ("401100", "0", "1000.00"))
 
 
 def write_off_request(request_id: str, amount: str = "700.00", journal_name: str = "WriteOff", **line_changes) -> dict:
-    common = {"currency": "USD", "transaction_date": "2015-08-31", "reason_code": "BadDebt", "reason_comment": "Bad debt"}
+    common = {
+        "currency": "USD",
+        "transaction_date": "2015-08-31",
+        "reason_code": "BadDebt",
+        "reason_comment": "Bad debt",
+    }
     return {
-        "message_id": str(uuid.uuid4()), "request_id": request_id, "journal_name": journal_name,
+        "message_id": str(uuid.uuid4()),
+        "request_id": request_id,
+        "journal_name": journal_name,
         "description": "Write off transactions for 4027",
         "lines": [
-            common | {"account_type": "Customer", "account": "4027", "credit": amount, "text": "Write-off FTI-10020",
-                      "settles": [{"voucher": "FTI-10020", "invoice_id": "10020", "amount": amount}]},
-            common | {"account_type": "Ledger", "account": "618900", "debit": amount, "text": "Write-off FTI-10020"}
+            common
+            | {
+                "account_type": "Customer",
+                "account": "4027",
+                "credit": amount,
+                "text": "Write-off FTI-10020",
+                "settles": [{"voucher": "FTI-10020", "invoice_id": "10020", "amount": amount}],
+            },
+            common
+            | {"account_type": "Ledger", "account": "618900", "debit": amount, "text": "Write-off FTI-10020"}
             | line_changes,
         ],
     }
@@ -59,7 +77,11 @@ async def test_a_balanced_voucher_posts_once_however_often_it_arrives(kafka, dat
         await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), message)  # redelivered
         again = message | {"message_id": str(uuid.uuid4())}  # re-sent by its producer: same content
         await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), again)
-        await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), voucher("ARP-10020", ("110110", "297.00", "0"), ("130100", "0", "297.00")))
+        await publish(
+            kafka.bootstrap_servers,
+            settings.topic(GL_JOURNAL_LINES),
+            voucher("ARP-10020", ("110110", "297.00", "0"), ("130100", "0", "297.00")),
+        )
 
         async def both_posted():
             tb = await trial_balance(client)
@@ -70,7 +92,8 @@ async def test_a_balanced_voucher_posts_once_however_often_it_arrives(kafka, dat
         assert tb["total_debit"] == tb["total_credit"] == "1297.00"
         entries = (await client.get("/api/v1/ledger-entries", params={"voucher": "FTI-10020"})).json()["entries"]
         assert [(e["account"], e["debit"], e["credit"]) for e in entries] == [
-            ("130100", "1000.00", "0.00"), ("401100", "0.00", "1000.00")
+            ("130100", "1000.00", "0.00"),
+            ("401100", "0.00", "1000.00"),
         ]
         assert (await trial_balance(client, as_of="2015-06-24"))["accounts"] == []
 
@@ -78,14 +101,18 @@ async def test_a_balanced_voucher_posts_once_however_often_it_arrives(kafka, dat
 @pytest.mark.parametrize(
     ("bad", "reason"),
     [
-        (voucher("V-UNBAL", ("130100", "100.00", "0"), ("401100", "0", "90.00")),
-         "voucher V-UNBAL does not balance: debits total 100.00, credits total 90.00"),
+        (
+            voucher("V-UNBAL", ("130100", "100.00", "0"), ("401100", "0", "90.00")),
+            "voucher V-UNBAL does not balance: debits total 100.00, credits total 90.00",
+        ),
         (voucher("V-ACCT", ("130100", "100.00", "0"), ("999999", "0", "100.00")), "unknown main account '999999'"),
         (voucher("V-EUR", *INVOICE, currency="EUR"), "currency EUR is not the accounting currency USD"),
         (voucher("V-NEG", ("130100", "-100.00", "0"), ("401100", "-100.00", "0")), "negative amount"),
         (voucher("V-ZERO", ("130100", "0", "0"), ("401100", "0", "0")), "no line with a non-zero amount"),
-        (voucher("FTI-10020", ("130100", "999.00", "0"), ("401100", "0", "999.00")),
-         "voucher FTI-10020 is already posted with different content"),
+        (
+            voucher("FTI-10020", ("130100", "999.00", "0"), ("401100", "0", "999.00")),
+            "voucher FTI-10020 is already posted with different content",
+        ),
     ],
     ids=["unbalanced", "unknown-account", "foreign-currency", "negative", "zero-only", "conflicting-duplicate"],
 )
@@ -114,25 +141,37 @@ async def test_a_write_off_journal_is_kept_open_numbered_posted_once_and_moves_t
     async with serve(create_app(settings)) as client, TopicProbe(kafka.bootstrap_servers, [events]) as probe:
         await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), voucher("FTI-10020", *INVOICE))
         first = write_off_request("wo-1")
-        for request in (first, first, write_off_request("wo-2", amount="300.00"),
-                        write_off_request("gen-1", journal_name="GenJrn")):
-            await publish(kafka.bootstrap_servers, settings.topic(GL_GENERAL_JOURNALS), request, key=request["request_id"])
+        for request in (
+            first,
+            first,
+            write_off_request("wo-2", amount="300.00"),
+            write_off_request("gen-1", journal_name="GenJrn"),
+        ):
+            await publish(
+                kafka.bootstrap_servers, settings.topic(GL_GENERAL_JOURNALS), request, key=request["request_id"]
+            )
         created = await probe.wait_for(lambda r: r.json()["event_type"] == "JournalCreated", count=3)
         batch_of = {e.json()["request_id"]: e.json()["batch_number"] for e in created}
         # Requests are keyed by request id, so they may be processed in either order.
         assert sorted(batch_of.values()) == ["GNJ-000001", "WOJ-000001", "WOJ-000002"]
         assert batch_of["gen-1"] == "GNJ-000001"
-        open_write_offs = (await client.get("/api/v1/journals", params={"journal_name": "WriteOff", "status": "open"})).json()
+        open_write_offs = (
+            await client.get("/api/v1/journals", params={"journal_name": "WriteOff", "status": "open"})
+        ).json()
         assert {j["batch_number"] for j in open_write_offs["journals"]} == {"WOJ-000001", "WOJ-000002"}
         batch = batch_of["wo-1"]
         journal = (await client.get(f"/api/v1/journals/{batch}")).json()
-        assert [(l["account_type"], l["account"], l["debit"], l["credit"], l["reason_code"], l["reason_comment"])
-                for l in journal["lines"]] == [
+        assert [
+            (l["account_type"], l["account"], l["debit"], l["credit"], l["reason_code"], l["reason_comment"])
+            for l in journal["lines"]
+        ] == [
             ("Customer", "4027", "0.00", "700.00", "BadDebt", "Bad debt"),
             ("Ledger", "618900", "700.00", "0.00", "BadDebt", "Bad debt"),
         ]
         assert journal["lines"][0]["settles"] == [{"voucher": "FTI-10020", "invoice_id": "10020", "amount": "700.00"}]
-        assert balances(await trial_balance(client)) == {"130100": "1000.00", "401100": "-1000.00"}, "open journals post nothing"
+        assert balances(await trial_balance(client)) == {"130100": "1000.00", "401100": "-1000.00"}, (
+            "open journals post nothing"
+        )
 
         posted = await client.post(f"/api/v1/journals/{batch}/post")
         assert posted.status_code == 200 and posted.json()["status"] == "posted"
@@ -157,7 +196,9 @@ async def test_an_unbalanced_journal_cannot_post_and_a_bad_request_is_rejected(k
         unknown_name = write_off_request("wo-name", journal_name="NoSuchJournal")
         unknown_account = write_off_request("wo-acct", account="999999")
         for request in (unbalanced, unknown_name, unknown_account):
-            await publish(kafka.bootstrap_servers, settings.topic(GL_GENERAL_JOURNALS), request, key=request["request_id"])
+            await publish(
+                kafka.bootstrap_servers, settings.topic(GL_GENERAL_JOURNALS), request, key=request["request_id"]
+            )
         await probe.wait_for(lambda r: r.topic == events, count=3)
         by_request = {r.json()["request_id"]: r.json() for r in probe.records if r.topic == events}
         assert by_request["wo-name"]["event_type"] == "JournalRejected"
@@ -174,8 +215,13 @@ async def test_an_unbalanced_journal_cannot_post_and_a_bad_request_is_rejected(k
 
 
 def cancel_request(request_id: str, reason: str = "requested by mistake") -> dict:
-    return {"message_id": str(uuid.uuid4()), "message_type": "GeneralJournalCancelRequested",
-            "request_id": request_id, "journal_name": "WriteOff", "reason": reason}
+    return {
+        "message_id": str(uuid.uuid4()),
+        "message_type": "GeneralJournalCancelRequested",
+        "request_id": request_id,
+        "journal_name": "WriteOff",
+        "reason": reason,
+    }
 
 
 async def test_a_cancelled_journal_is_voided_once_kept_and_never_posts_and_a_posted_one_refuses(kafka, database_url):
@@ -185,8 +231,12 @@ async def test_a_cancelled_journal_is_voided_once_kept_and_never_posts_and_a_pos
 
     async def send(*messages: dict) -> None:
         for message in messages:
-            await publish(kafka.bootstrap_servers, settings.topic(GL_GENERAL_JOURNALS), message,
-                          key=message.get("request_id", "k"))
+            await publish(
+                kafka.bootstrap_servers,
+                settings.topic(GL_GENERAL_JOURNALS),
+                message,
+                key=message.get("request_id", "k"),
+            )
 
     def of(kind: str, request_id: str):
         return lambda r: r.topic == events and r.json()["event_type"] == kind and r.json()["request_id"] == request_id
@@ -194,14 +244,25 @@ async def test_a_cancelled_journal_is_voided_once_kept_and_never_posts_and_a_pos
     async with serve(create_app(settings)) as client, TopicProbe(kafka.bootstrap_servers, [events, dlq]) as probe:
         cancel = cancel_request("wo-1")
         # wo-1: requested, cancelled, the cancel redelivered and sent again; wo-3: the cancel overtakes the request.
-        await send(write_off_request("wo-1"), cancel, cancel, cancel_request("wo-1"), write_off_request("wo-2"),
-                   cancel_request("wo-3", reason="overtaken"), write_off_request("wo-3"),
-                   {"message_id": str(uuid.uuid4()), "message_type": "GeneralJournalCancelRequested"})
+        await send(
+            write_off_request("wo-1"),
+            cancel,
+            cancel,
+            cancel_request("wo-1"),
+            write_off_request("wo-2"),
+            cancel_request("wo-3", reason="overtaken"),
+            write_off_request("wo-3"),
+            {"message_id": str(uuid.uuid4()), "message_type": "GeneralJournalCancelRequested"},
+        )
         [voided] = await probe.wait_for(of("JournalVoided", "wo-1"))
         [created] = await probe.wait_for(of("JournalCreated", "wo-1"))
         batch = created.json()["batch_number"]
         assert (voided.key, voided.json()["batch_number"], voided.json()["journal_name"], voided.json()["reason"]) == (
-            batch, batch, "WriteOff", "requested by mistake")
+            batch,
+            batch,
+            "WriteOff",
+            "requested by mistake",
+        )
         [late] = await probe.wait_for(of("JournalVoided", "wo-3"))
         assert late.json()["reason"] == "overtaken"
         [dead] = await probe.wait_for(lambda r: r.topic == dlq)
@@ -230,6 +291,9 @@ async def test_a_cancelled_journal_is_voided_once_kept_and_never_posts_and_a_pos
         assert balances(await trial_balance(client)) == {"130100": "-700.00", "618900": "700.00"}
 
         await probe.settle(0.5)
-        voids = [r.json()["request_id"] for r in probe.records if r.topic == events
-                 and r.json()["event_type"] == "JournalVoided"]
+        voids = [
+            r.json()["request_id"]
+            for r in probe.records
+            if r.topic == events and r.json()["event_type"] == "JournalVoided"
+        ]
         assert sorted(voids) == ["wo-1", "wo-3"], "each journal is voided once, however often it is cancelled"

@@ -38,8 +38,14 @@ DAY = date(2015, 7, 1)
 
 def voucher(*lines: tuple[str, str, str], number: str = "INV-1", currency: str = "USD", **extra) -> VoucherPosted:
     return VoucherPosted.model_validate(
-        {"voucher": number, "posting_date": DAY, "currency": currency, "source": "invoicing", **extra,
-         "lines": [{"account": a, "debit": d, "credit": c} for a, d, c in lines]}
+        {
+            "voucher": number,
+            "posting_date": DAY,
+            "currency": currency,
+            "source": "invoicing",
+            **extra,
+            "lines": [{"account": a, "debit": d, "credit": c} for a, d, c in lines],
+        }
     )
 
 
@@ -51,8 +57,12 @@ def journal_request(*lines: dict, journal_name: str = "WriteOff") -> GeneralJour
 
 
 WRITE_OFF = (
-    {"account_type": "Customer", "account": "4027", "credit": "100.00",
-     "settles": [{"voucher": "INV-1", "invoice_id": "10020", "amount": "100.00"}]},
+    {
+        "account_type": "Customer",
+        "account": "4027",
+        "credit": "100.00",
+        "settles": [{"voucher": "INV-1", "invoice_id": "10020", "amount": "100.00"}],
+    },
     {"account_type": "Ledger", "account": "618900", "debit": "100.00", "reason_comment": "bankrupt"},
 )
 
@@ -71,15 +81,24 @@ def test_a_balanced_voucher_posts_one_entry_per_line():
 @pytest.mark.parametrize(
     ("lines", "extra", "reason"),
     [
-        ([("130100", "100.00", "0"), ("401100", "0", "90.00")], {},
-         "voucher INV-1 does not balance: debits total 100.00, credits total 90.00"),
+        (
+            [("130100", "100.00", "0"), ("401100", "0", "90.00")],
+            {},
+            "voucher INV-1 does not balance: debits total 100.00, credits total 90.00",
+        ),
         ([("130100", "100.00", "0"), ("999999", "0", "100.00")], {}, "line 2: unknown main account '999999'"),
-        ([("130100", "100.00", "0"), ("401100", "0", "100.00")], {"currency": "EUR"},
-         "currency EUR is not the accounting currency USD"),
+        (
+            [("130100", "100.00", "0"), ("401100", "0", "100.00")],
+            {"currency": "EUR"},
+            "currency EUR is not the accounting currency USD",
+        ),
         ([("130100", "-100.00", "0"), ("401100", "0", "-100.00")], {}, "line 1 has a negative amount"),
         ([("130100", "100.00", "100.00"), ("401100", "0", "0.01")], {}, "line 1 has both a debit"),
-        ([("130100", "100.00", "0"), ("401100", "0", "100.00"), ("222200", "0", "0")], {},
-         "line 3 has zero on both sides"),
+        (
+            [("130100", "100.00", "0"), ("401100", "0", "100.00"), ("222200", "0", "0")],
+            {},
+            "line 3 has zero on both sides",
+        ),
         ([("130100", "0", "0"), ("401100", "0", "0")], {}, "voucher INV-1 has no line with a non-zero amount"),
     ],
     ids=["unbalanced", "unknown-account", "foreign-currency", "negative", "both-sides", "zero-line", "all-zero"],
@@ -141,8 +160,10 @@ def test_each_voucher_group_gets_its_own_voucher_and_must_balance_on_its_own():
         ({"account_type": "Ledger", "account": "999999", "debit": "1.00"}, "line 1: unknown main account '999999'"),
         ({"account_type": "Ledger", "account": "618900", "debit": "-1.00"}, "line 1 has a negative amount"),
         ({"account_type": "Customer", "account": "4027", "debit": "1.00", "credit": "1.00"}, "line 1 has both"),
-        ({"account_type": "Ledger", "account": "618900", "debit": "1.00", "currency": "EUR"},
-         "currency EUR is not the accounting currency USD"),
+        (
+            {"account_type": "Ledger", "account": "618900", "debit": "1.00", "currency": "EUR"},
+            "currency EUR is not the accounting currency USD",
+        ),
     ],
 )
 def test_rejects_an_invalid_journal_request_with_its_reason(line, reason):
@@ -206,8 +227,8 @@ def test_a_journal_must_balance_on_each_date():
 def test_trial_balance_sums_entries_up_to_the_date_and_omits_idle_accounts():
     sale = entries_for_voucher(voucher(("130100", "1000.00", "0"), ("401100", "0", "1000.00")), SETUP)
     later = entries_for_voucher(
-        voucher(("110110", "990.00", "0"), ("130100", "0", "990.00"), number="PAY-1",
-                posting_date="2015-07-20"), SETUP)
+        voucher(("110110", "990.00", "0"), ("130100", "0", "990.00"), number="PAY-1", posting_date="2015-07-20"), SETUP
+    )
     tb = trial_balance(sale + later, SETUP, as_of=date(2015, 7, 10))
     assert [(r.account, r.name, r.debit, r.credit, r.balance) for r in tb.accounts] == [
         ("130100", "Accounts receivable", Decimal("1000.00"), Decimal("0.00"), Decimal("1000.00")),

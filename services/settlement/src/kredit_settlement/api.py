@@ -87,10 +87,17 @@ class OpenTransactionOut(BaseModel):
     @classmethod
     def of(cls, t: OpenTransaction) -> OpenTransactionOut:
         return cls(
-            voucher=t.voucher, type=t.transaction_type, date=t.transaction_date, invoice_id=t.invoice_id,
-            original_amount=t.original_amount, open_amount=t.open_amount, currency=t.currency, due_date=t.due_date,
+            voucher=t.voucher,
+            type=t.transaction_type,
+            date=t.transaction_date,
+            invoice_id=t.invoice_id,
+            original_amount=t.original_amount,
+            open_amount=t.open_amount,
+            currency=t.currency,
+            due_date=t.due_date,
             cash_discounts=[DiscountTierOut(date=d.date, percent=d.percent, amount=d.amount) for d in t.cash_discounts],
-            cash_discount_taken=t.discount_taken, cash_discount_account=t.cash_discount_account,
+            cash_discount_taken=t.discount_taken,
+            cash_discount_account=t.cash_discount_account,
         )
 
 
@@ -145,26 +152,36 @@ async def put_parameters(body: Parameters, runtime: RuntimeDep, postings: Postin
     return Parameters(calculate_cash_discounts_for_partial_payments=row.calculate_cash_discounts_for_partial_payments)
 
 
-@router.post("/settlement-preview", responses={404: {"description": "unknown invoice"},
-                                               422: {"description": "a mark that cannot be settled"}})
+@router.post(
+    "/settlement-preview",
+    responses={404: {"description": "unknown invoice"}, 422: {"description": "a mark that cannot be settled"}},
+)
 async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, postings: PostingsDep) -> PreviewOut:
     marks = [Mark(m.invoice_id, m.amount_to_settle, m.use_cash_discount) for m in body.marks]
     try:
         async with runtime.transaction() as tx:
-            previews = await handlers.preview_settlement(postings, tx.session, body.customer_account,
-                                                         body.payment_date, marks)
+            previews = await handlers.preview_settlement(
+                postings, tx.session, body.customer_account, body.payment_date, marks
+            )
     except handlers.UnknownInvoice as e:
         raise HTTPException(404, str(e)) from None
     except MarkRejected as e:
         raise HTTPException(422, str(e)) from None
     return PreviewOut(
-        customer_account=body.customer_account, payment_date=body.payment_date,
-        marks=[PreviewMarkOut(
-            invoice_id=p.invoice_id, cash_discount_date=p.cash_discount_date,
-            cash_discount_amount=p.cash_discount_amount, use_cash_discount=p.use_cash_discount.value,
-            cash_discount_taken=p.cash_discount_taken, cash_discount_amount_to_take=p.cash_discount_amount_to_take,
-            amount_to_settle=p.amount_to_settle,
-        ) for p in previews],
+        customer_account=body.customer_account,
+        payment_date=body.payment_date,
+        marks=[
+            PreviewMarkOut(
+                invoice_id=p.invoice_id,
+                cash_discount_date=p.cash_discount_date,
+                cash_discount_amount=p.cash_discount_amount,
+                use_cash_discount=p.use_cash_discount.value,
+                cash_discount_taken=p.cash_discount_taken,
+                cash_discount_amount_to_take=p.cash_discount_amount_to_take,
+                amount_to_settle=p.amount_to_settle,
+            )
+            for p in previews
+        ],
     )
 
 
@@ -185,15 +202,23 @@ async def get_pending(runtime: RuntimeDep, customer_account: str | None = None) 
         write_offs = await handlers.pending_write_offs(session, customer_account)
     return PendingOut(
         pending_marks=[PendingMarkOut(**vars(m)) for m in marks],
-        pending_write_offs=[PendingWriteOffOut(write_off_voucher=w.write_off_voucher, voucher=w.voucher,
-                                               journal_batch_number=w.journal_batch_number,
-                                               customer_account=w.customer_account, amount=w.amount)
-                            for w in write_offs],
+        pending_write_offs=[
+            PendingWriteOffOut(
+                write_off_voucher=w.write_off_voucher,
+                voucher=w.voucher,
+                journal_batch_number=w.journal_batch_number,
+                customer_account=w.customer_account,
+                amount=w.amount,
+            )
+            for w in write_offs
+        ],
     )
 
 
-@router.post("/pending-marks/{payment_id}/release", responses={404: {"description": "unknown payment"},
-                                                                409: {"description": "the payment holds nothing"}})
+@router.post(
+    "/pending-marks/{payment_id}/release",
+    responses={404: {"description": "unknown payment"}, 409: {"description": "the payment holds nothing"}},
+)
 async def release_pending_marks(payment_id: str, runtime: RuntimeDep, postings: PostingsDep) -> ReleasedOut:
     """Give up waiting: drop the payment's pending marks and turn what is open of it into an ordinary
     automatic credit, applied now to the customer's open invoices and later to new ones."""
@@ -205,6 +230,14 @@ async def release_pending_marks(payment_id: str, runtime: RuntimeDep, postings: 
     except handlers.NothingToRelease as e:
         raise HTTPException(409, str(e)) from None
     return ReleasedOut(
-        payment_id=payment_id, open_amount=-result.unused_amount,
-        settled=[{"debit_voucher": s.debit_voucher, "cash_applied": str(s.cash_applied),
-                  "cash_discount": str(s.cash_discount)} for s in result.settlements])
+        payment_id=payment_id,
+        open_amount=-result.unused_amount,
+        settled=[
+            {
+                "debit_voucher": s.debit_voucher,
+                "cash_applied": str(s.cash_applied),
+                "cash_discount": str(s.cash_discount),
+            }
+            for s in result.settlements
+        ],
+    )

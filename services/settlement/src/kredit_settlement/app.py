@@ -28,11 +28,17 @@ def create_app(settings: SettlementSettings | None = None) -> FastAPI:
     postings = Postings.from_setup(load_company_setup(settings.company_setup_file))
 
     runtime = ServiceRuntime(settings, tables=tables.TABLES)
-    runtime.subscribe(AR_CUSTOMER_TRANSACTIONS, CustomerTransactionPosted.model_validate_json,
-                      partial(handlers.record_customer_transaction, postings))
-    runtime.subscribe(ERP_CUSTOMER_PAYMENTS, CustomerPaymentReceived.model_validate_json,
-                      partial(handlers.receive_payment, postings))
-    runtime.subscribe(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, partial(handlers.settle_write_offs, postings))
+    runtime.subscribe(
+        AR_CUSTOMER_TRANSACTIONS,
+        CustomerTransactionPosted.model_validate_json,
+        partial(handlers.record_customer_transaction, postings),
+    )
+    runtime.subscribe(
+        ERP_CUSTOMER_PAYMENTS, CustomerPaymentReceived.model_validate_json, partial(handlers.receive_payment, postings)
+    )
+    runtime.subscribe(
+        GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, partial(handlers.settle_write_offs, postings)
+    )
 
     app = runtime.http_app("Kredit settlement", routers=[api.router])
 

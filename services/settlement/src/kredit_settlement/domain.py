@@ -142,15 +142,21 @@ class MarkPreview:
     amount_to_settle: Decimal
 
 
-def new_payment(voucher: str, customer_account: str, payment_date: date, amount: Decimal, currency: str,
-                marked: bool = False) -> OpenTransaction:
+def new_payment(
+    voucher: str, customer_account: str, payment_date: date, amount: Decimal, currency: str, marked: bool = False
+) -> OpenTransaction:
     """A received payment as an open credit; a marked one is never applied automatically."""
     if amount <= 0:
         raise InvalidPayment(f"payment {voucher}: the amount must be positive, got {amount}")
     amount = round_money(amount)
     return OpenTransaction(
-        voucher=voucher, customer_account=customer_account, transaction_type="Payment",
-        transaction_date=payment_date, currency=currency, original_amount=-amount, open_amount=-amount,
+        voucher=voucher,
+        customer_account=customer_account,
+        transaction_type="Payment",
+        transaction_date=payment_date,
+        currency=currency,
+        original_amount=-amount,
+        open_amount=-amount,
         auto_settle=not marked,
     )
 
@@ -206,7 +212,9 @@ def _use_cash_discount(mark: Mark) -> UseCashDiscount:
         use = UseCashDiscount(mark.use_cash_discount)
     except ValueError:
         allowed = ", ".join(u.value for u in UseCashDiscount)
-        raise MarkRejected(mark.invoice_id, f"use_cash_discount {mark.use_cash_discount!r} is not one of {allowed}") from None
+        raise MarkRejected(
+            mark.invoice_id, f"use_cash_discount {mark.use_cash_discount!r} is not one of {allowed}"
+        ) from None
     if mark.amount_to_settle is not None and mark.amount_to_settle <= 0:
         raise MarkRejected(mark.invoice_id, f"amount_to_settle must be positive, got {mark.amount_to_settle}")
     return use
@@ -216,15 +224,21 @@ def find_marked_invoice(
     mark: Mark, transactions: Iterable[OpenTransaction], customer_account: str, currency: str | None = None
 ) -> OpenTransaction:
     """The open invoice a mark names, or MarkRejected saying why it cannot be settled."""
-    invoice = next((t for t in transactions if t.invoice_id == mark.invoice_id and t.transaction_type == "Invoice"), None)
+    invoice = next(
+        (t for t in transactions if t.invoice_id == mark.invoice_id and t.transaction_type == "Invoice"), None
+    )
     if invoice is None:
         raise UnknownInvoice(mark.invoice_id, f"no invoice {mark.invoice_id!r} is known")
     if invoice.customer_account != customer_account:
-        raise MarkRejected(mark.invoice_id, f"invoice {mark.invoice_id!r} belongs to another customer, not {customer_account!r}")
+        raise MarkRejected(
+            mark.invoice_id, f"invoice {mark.invoice_id!r} belongs to another customer, not {customer_account!r}"
+        )
     if invoice.open_amount <= 0:
         raise MarkRejected(mark.invoice_id, f"invoice {mark.invoice_id!r} is not open (balance {invoice.open_amount})")
     if currency is not None and invoice.currency != currency:
-        raise MarkRejected(mark.invoice_id, f"invoice {mark.invoice_id!r} is in {invoice.currency}, the credit in {currency}")
+        raise MarkRejected(
+            mark.invoice_id, f"invoice {mark.invoice_id!r} is in {invoice.currency}, the credit in {currency}"
+        )
     return invoice
 
 
@@ -255,8 +269,13 @@ def preview_mark(
 _Plan = list[tuple[OpenTransaction, UseCashDiscount, Decimal | None]]
 
 
-def _settle(credit: OpenTransaction, plan: _Plan, on: date, parameters: SettlementParameters,
-            rejected: Sequence[RejectedMark] = ()) -> SettlementResult:
+def _settle(
+    credit: OpenTransaction,
+    plan: _Plan,
+    on: date,
+    parameters: SettlementParameters,
+    rejected: Sequence[RejectedMark] = (),
+) -> SettlementResult:
     left = -credit.open_amount
     settlements = []
     for invoice, use, amount_to_settle in plan:
@@ -269,8 +288,12 @@ def _settle(credit: OpenTransaction, plan: _Plan, on: date, parameters: Settleme
             settlements.append(InvoiceSettlement(invoice.voucher, invoice.invoice_id, cash, discount, account))
             left -= cash
     return SettlementResult(
-        customer_account=credit.customer_account, currency=credit.currency, settlement_date=on,
-        credit_voucher=credit.voucher, settlements=tuple(settlements), unused_amount=left,
+        customer_account=credit.customer_account,
+        currency=credit.currency,
+        settlement_date=on,
+        credit_voucher=credit.voucher,
+        settlements=tuple(settlements),
+        unused_amount=left,
         rejected_marks=tuple(rejected),
     )
 
@@ -296,8 +319,14 @@ def settle_credit(
     transactions = list(transactions)
     if marks is None:
         use = UseCashDiscount.NORMAL if credit.transaction_type == "Payment" else UseCashDiscount.NEVER
-        debits = [t for t in transactions if t.open_amount > 0 and t.auto_settle
-                  and t.customer_account == credit.customer_account and t.currency == credit.currency]
+        debits = [
+            t
+            for t in transactions
+            if t.open_amount > 0
+            and t.auto_settle
+            and t.customer_account == credit.customer_account
+            and t.currency == credit.currency
+        ]
         debits.sort(key=lambda t: (t.due_date or t.transaction_date, t.transaction_date, t.voucher))
         return _settle(credit, [(t, use, None) for t in debits], on, parameters)
 
@@ -315,13 +344,20 @@ def settle_credit(
             rejected.append(RejectedMark(e.invoice_id, e.reason, isinstance(e, UnknownInvoice)))
             continue
         plan.append((invoice, use, mark.amount_to_settle))
-    plan.sort(key=lambda p: (p[0].transaction_date, -available_discount(p[0], on, p[1]),
-                             p[0].due_date or p[0].transaction_date, p[0].voucher))
+    plan.sort(
+        key=lambda p: (
+            p[0].transaction_date,
+            -available_discount(p[0], on, p[1]),
+            p[0].due_date or p[0].transaction_date,
+            p[0].voucher,
+        )
+    )
     return _settle(credit, plan, on, parameters, rejected)
 
 
 def settle_new_invoice(
-    invoice: OpenTransaction, credits: Sequence[tuple[OpenTransaction, Mark | None]],
+    invoice: OpenTransaction,
+    credits: Sequence[tuple[OpenTransaction, Mark | None]],
     parameters: SettlementParameters = SettlementParameters(),
 ) -> list[SettlementResult]:
     """Settle a newly arrived invoice with the credits waiting for it, in the order they arrived.
@@ -338,8 +374,12 @@ def settle_new_invoice(
             continue  # a marked payment its earlier marks used up: the same as if the invoice had been there
         if mark is not None:
             result = settle_credit(credit, [invoice], marks=[mark], parameters=parameters)
-        elif (invoice.open_amount <= 0 or not credit.auto_settle or credit.customer_account != invoice.customer_account
-              or invoice.currency != credit.currency):
+        elif (
+            invoice.open_amount <= 0
+            or not credit.auto_settle
+            or credit.customer_account != invoice.customer_account
+            or invoice.currency != credit.currency
+        ):
             continue
         elif credit.transaction_type == "Payment":
             result = _settle(credit, [(invoice, UseCashDiscount.NORMAL, None)], credit.transaction_date, parameters)
@@ -387,12 +427,15 @@ def apply_settlement(transactions: Sequence[OpenTransaction], result: Settlement
         new_open = t.open_amount + open_change[t.voucher]
         if (t.open_amount > 0 and new_open < 0) or (t.open_amount < 0 and new_open > 0) or t.open_amount == 0:
             raise SettlementError(f"{t.voucher}: settling would take the open balance {t.open_amount} to {new_open}")
-        updated.append(replace(t, open_amount=new_open,
-                               discount_taken=t.discount_taken + discount_change.get(t.voucher, ZERO)))
+        updated.append(
+            replace(t, open_amount=new_open, discount_taken=t.discount_taken + discount_change.get(t.voucher, ZERO))
+        )
     return updated
 
 
-def settle_new_transaction(transaction: OpenTransaction, transactions: Iterable[OpenTransaction]) -> list[SettlementResult]:
+def settle_new_transaction(
+    transaction: OpenTransaction, transactions: Iterable[OpenTransaction]
+) -> list[SettlementResult]:
     """Settle a newly posted credit note with the customer's open debits, oldest due date first, without
     discount. Anything else, or a credit note with nothing open, settles nothing (a new invoice is settled
     by settle_new_invoice with the credits waiting for it, in their order of arrival).
@@ -476,8 +519,10 @@ def settle_write_off(
         same_side = (t.open_amount > 0) == (wanted > 0) and t.open_amount != 0 and wanted != 0
         amount = min(abs(t.open_amount), abs(wanted)) if same_side else ZERO
         if amount != abs(wanted):
-            shortfalls.append(f"{voucher} was written off for {wanted} but only {t.open_amount} was open: "
-                              f"{amount} settled, {abs(wanted) - amount} left open on {write_off.voucher}")
+            shortfalls.append(
+                f"{voucher} was written off for {wanted} but only {t.open_amount} was open: "
+                f"{amount} settled, {abs(wanted) - amount} left open on {write_off.voucher}"
+            )
         if amount == 0:
             continue
         if t.open_amount > 0:
@@ -488,5 +533,6 @@ def settle_write_off(
             pairs.append(PairSettled(write_off.voucher, t.voucher, amount))
             settled[voucher] = replace(t, open_amount=t.open_amount + amount)
             left -= amount
-    return WriteOffSettlement(replace(write_off, open_amount=left), tuple(settled.values()), tuple(pairs),
-                              tuple(shortfalls), tuple(pending))
+    return WriteOffSettlement(
+        replace(write_off, open_amount=left), tuple(settled.values()), tuple(pairs), tuple(shortfalls), tuple(pending)
+    )

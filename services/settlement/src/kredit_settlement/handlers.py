@@ -77,17 +77,28 @@ async def record_customer_transaction(postings: Postings, tx: Transaction, event
     await lock_customer(tx.session, event.customer_account)
     if known := await store.find(event.voucher):
         if (known.transaction_type, known.customer_account, known.original_amount) != (
-                event.transaction_type, event.customer_account, event.amount):
-            raise Rejected(f"voucher {event.voucher} is already a {known.transaction_type} of customer "
-                           f"{known.customer_account} for {known.original_amount}")
+            event.transaction_type,
+            event.customer_account,
+            event.amount,
+        ):
+            raise Rejected(
+                f"voucher {event.voucher} is already a {known.transaction_type} of customer "
+                f"{known.customer_account} for {known.original_amount}"
+            )
         return  # settlement's own postings come back on this topic; a re-sent transaction changes nothing
     if event.transaction_type not in ("Invoice", "CreditNote"):
-        raise Rejected(f"{event.transaction_type} {event.voucher} is unknown: settlement posts payments, cash "
-                       f"discounts and write-offs itself and takes only invoices and credit notes from others")
-    if (event.transaction_type == "Invoice" and event.amount < 0) or (event.transaction_type == "CreditNote" and event.amount > 0):
+        raise Rejected(
+            f"{event.transaction_type} {event.voucher} is unknown: settlement posts payments, cash "
+            f"discounts and write-offs itself and takes only invoices and credit notes from others"
+        )
+    if (event.transaction_type == "Invoice" and event.amount < 0) or (
+        event.transaction_type == "CreditNote" and event.amount > 0
+    ):
         raise Rejected(f"{event.transaction_type} {event.voucher} has the wrong sign: amount {event.amount}")
     new = _open_transaction(event)
-    transactions = await store.of_customer(event.customer_account, invoice_ids=[event.invoice_id] if event.invoice_id else ())
+    transactions = await store.of_customer(
+        event.customer_account, invoice_ids=[event.invoice_id] if event.invoice_id else ()
+    )
     if event.invoice_id and any(t.invoice_id == event.invoice_id for t in transactions):
         raise Rejected(f"invoice id {event.invoice_id} of {event.voucher} is already used by another transaction")
     await store.save([new])
@@ -103,9 +114,12 @@ async def record_customer_transaction(postings: Postings, tx: Transaction, event
         _record_settlements(tx, results, source=event.voucher)
     problems += await _settle_pending_write_offs(tx, store, event.voucher)
     if problems:
-        tx.dead_letter(AR_CUSTOMER_TRANSACTIONS, event,
-                       f"{event.transaction_type} {event.voucher} was recorded, but what waited for it could not "
-                       f"all be settled: " + "; ".join(problems))
+        tx.dead_letter(
+            AR_CUSTOMER_TRANSACTIONS,
+            event,
+            f"{event.transaction_type} {event.voucher} was recorded, but what waited for it could not "
+            f"all be settled: " + "; ".join(problems),
+        )
 
 
 async def _settle_waiting_credits(
@@ -114,11 +128,14 @@ async def _settle_waiting_credits(
     """Settle a new invoice with the payments' pending marks on it and the customer's automatic credits,
     in the order the credits arrived: the result is the same as if the invoice had come first
     (docs/ordering.md). Returns the reasons of marks that could not be settled (the rows are dropped)."""
-    pending = (await tx.session.exec(select(PendingMarkRow).where(PendingMarkRow.invoice_id == invoice.invoice_id))).all()
+    pending = (
+        await tx.session.exec(select(PendingMarkRow).where(PendingMarkRow.invoice_id == invoice.invoice_id))
+    ).all()
     payments = await store.of_customer(invoice.customer_account, vouchers=[row.payment_voucher for row in pending])
     by_voucher = {t.voucher: t for t in [*others, *payments]}
-    credits: list[tuple[OpenTransaction, Mark | None]] = [(by_voucher[row.payment_voucher], row.to_domain())
-                                                          for row in pending if row.payment_voucher in by_voucher]
+    credits: list[tuple[OpenTransaction, Mark | None]] = [
+        (by_voucher[row.payment_voucher], row.to_domain()) for row in pending if row.payment_voucher in by_voucher
+    ]
     credits += [(t, None) for t in others if t.open_amount < 0 and t.auto_settle]
     credits.sort(key=lambda c: store.arrival(c[0].voucher))
     for row in pending:
@@ -128,7 +145,9 @@ async def _settle_waiting_credits(
     problems = [f"pending mark of payment {r.credit_voucher}: {m.reason}" for r in results for m in r.rejected_marks]
     after = [invoice, *by_voucher.values()]
     for result in results:
-        after = await _post_settlement(postings, tx, store, result, after, source=f"{invoice.voucher}:{result.credit_voucher}")
+        after = await _post_settlement(
+            postings, tx, store, result, after, source=f"{invoice.voucher}:{result.credit_voucher}"
+        )
     metrics.count_on_commit(tx.session, "resolved", len(pending))
     return problems
 
@@ -136,8 +155,11 @@ async def _settle_waiting_credits(
 async def _settle_pending_write_offs(tx: Transaction, store: OpenItems, voucher: str) -> list[str]:
     """Settle the posted write-offs that named this transaction before settlement knew it, in the order
     they were posted. Returns what could not be settled (it stays open on the write-off)."""
-    pending = (await tx.session.exec(select(PendingWriteOffRow).where(PendingWriteOffRow.voucher == voucher)
-                                     .order_by(PendingWriteOffRow.id))).all()
+    pending = (
+        await tx.session.exec(
+            select(PendingWriteOffRow).where(PendingWriteOffRow.voucher == voucher).order_by(PendingWriteOffRow.id)
+        )
+    ).all()
     problems: list[str] = []
     for row in pending:
         await tx.session.delete(row)
@@ -148,20 +170,35 @@ async def _settle_pending_write_offs(tx: Transaction, store: OpenItems, voucher:
         outcome = domain.settle_write_off(write_off, [(voucher, row.amount)], named)
         await store.save([outcome.write_off, *outcome.settled])
         for pair in outcome.pairs:
-            _record(tx, OpenItemsSettled(
-                settlement_id=f"{write_off.voucher}:{voucher}", customer_account=write_off.customer_account,
-                settlement_date=write_off.transaction_date, currency=write_off.currency,
-                debit_voucher=pair.debit_voucher, credit_voucher=pair.credit_voucher, amount_settled=pair.amount,
-            ))
-        problems += [f"write-off {write_off.voucher} (journal {row.journal_batch_number}): {s}" for s in outcome.shortfalls]
+            _record(
+                tx,
+                OpenItemsSettled(
+                    settlement_id=f"{write_off.voucher}:{voucher}",
+                    customer_account=write_off.customer_account,
+                    settlement_date=write_off.transaction_date,
+                    currency=write_off.currency,
+                    debit_voucher=pair.debit_voucher,
+                    credit_voucher=pair.credit_voucher,
+                    amount_settled=pair.amount,
+                ),
+            )
+        problems += [
+            f"write-off {write_off.voucher} (journal {row.journal_batch_number}): {s}" for s in outcome.shortfalls
+        ]
     return problems
 
 
 def _open_transaction(event: CustomerTransactionPosted) -> OpenTransaction:
     return OpenTransaction(
-        voucher=event.voucher, customer_account=event.customer_account, transaction_type=event.transaction_type,
-        transaction_date=event.transaction_date, currency=event.currency, original_amount=event.amount,
-        open_amount=event.amount, invoice_id=event.invoice_id, due_date=event.due_date,
+        voucher=event.voucher,
+        customer_account=event.customer_account,
+        transaction_type=event.transaction_type,
+        transaction_date=event.transaction_date,
+        currency=event.currency,
+        original_amount=event.amount,
+        open_amount=event.amount,
+        invoice_id=event.invoice_id,
+        due_date=event.due_date,
         cash_discounts=tuple(domain.DiscountTier(t.date, t.percent, t.amount) for t in event.cash_discounts),
         cash_discount_account=event.cash_discount_account,
     )
@@ -173,14 +210,17 @@ def _open_transaction(event: CustomerTransactionPosted) -> OpenTransaction:
 async def receive_payment(postings: Postings, tx: Transaction, payment: CustomerPaymentReceived) -> None:
     """Post the payment (money arrived), settle it per its marks or automatically, post the discounts taken."""
     if payment.currency != postings.accounting_currency:
-        raise Rejected(f"payment {payment.payment_id} is in {payment.currency}; payments are accepted "
-                       f"in the accounting currency {postings.accounting_currency} only")
+        raise Rejected(
+            f"payment {payment.payment_id} is in {payment.currency}; payments are accepted "
+            f"in the accounting currency {postings.accounting_currency} only"
+        )
     bank_account = payment.bank_account or postings.bank_account
     if bank_account not in postings.main_accounts:
         raise Rejected(f"payment {payment.payment_id}: bank account {bank_account!r} is not a main account")
     try:
-        credit = domain.new_payment(payment.payment_id, payment.customer_account, payment.payment_date,
-                                    payment.amount, payment.currency)
+        credit = domain.new_payment(
+            payment.payment_id, payment.customer_account, payment.payment_date, payment.amount, payment.currency
+        )
     except domain.InvalidPayment as e:
         raise Rejected(str(e)) from None
     await lock_customer(tx.session, payment.customer_account)
@@ -188,18 +228,27 @@ async def receive_payment(postings: Postings, tx: Transaction, payment: Customer
         return
     store = OpenItems(tx.session)
     if await store.known_vouchers([payment.payment_id]):
-        raise Rejected(f"payment {payment.payment_id}: voucher {payment.payment_id} is already used by another transaction")
+        raise Rejected(
+            f"payment {payment.payment_id}: voucher {payment.payment_id} is already used by another transaction"
+        )
 
     parameters = (await load_parameters(tx.session, postings.parameters)).to_domain()
     marks = [Mark(m.invoice_id, m.amount_to_settle, m.use_cash_discount) for m in payment.settle or []] or None
     if marks is not None:
         credit = replace(credit, auto_settle=False)
     transactions = await store.of_customer(payment.customer_account, invoice_ids=[m.invoice_id for m in marks or []])
-    tx.session.add(PaymentRow(
-        payment_id=payment.payment_id, message_id=payment.message_id, customer_account=payment.customer_account,
-        payment_date=payment.payment_date, amount=payment.amount, currency=payment.currency,
-        bank_account=bank_account, fingerprint=_fingerprint(payment),
-    ))
+    tx.session.add(
+        PaymentRow(
+            payment_id=payment.payment_id,
+            message_id=payment.message_id,
+            customer_account=payment.customer_account,
+            payment_date=payment.payment_date,
+            amount=payment.amount,
+            currency=payment.currency,
+            bank_account=bank_account,
+            fingerprint=_fingerprint(payment),
+        )
+    )
     tx.emit(_transaction_posted(credit, payment_id=payment.payment_id))
     tx.emit(_voucher(credit, bank_account, postings.summary_account, f"Payment {payment.payment_id}"))
     await store.save([credit])
@@ -210,36 +259,60 @@ async def receive_payment(postings: Postings, tx: Transaction, payment: Customer
     waiting = [r for r in result.rejected_marks if r.invoice_unknown]
     for mark in waiting:  # state, not an error: the payment's money waits for the invoice (docs/ordering.md)
         original = (marks or [])[positions[mark.invoice_id]]
-        tx.session.add(PendingMarkRow(
-            payment_voucher=payment.payment_id, invoice_id=original.invoice_id, customer_account=payment.customer_account,
-            position=positions[mark.invoice_id], amount_to_settle=original.amount_to_settle,
-            use_cash_discount=original.use_cash_discount))
+        tx.session.add(
+            PendingMarkRow(
+                payment_voucher=payment.payment_id,
+                invoice_id=original.invoice_id,
+                customer_account=payment.customer_account,
+                position=positions[mark.invoice_id],
+                amount_to_settle=original.amount_to_settle,
+                use_cash_discount=original.use_cash_discount,
+            )
+        )
     metrics.count_on_commit(tx.session, "kept", len(waiting))
-    problems = [f"invoice {r.invoice_id!r}: {r.reason}" for r in result.rejected_marks if not r.invoice_unknown] + problems
+    problems = [
+        f"invoice {r.invoice_id!r}: {r.reason}" for r in result.rejected_marks if not r.invoice_unknown
+    ] + problems
     if problems:
-        tx.dead_letter(ERP_CUSTOMER_PAYMENTS, payment,
-                       f"rejected mark(s) of payment {payment.payment_id}: {'; '.join(problems)}. The payment was "
-                       f"posted; {result.unused_amount} of it is open as a credit"
-                       + (f", {len(waiting)} mark(s) wait for their invoice" if waiting else ""))
+        tx.dead_letter(
+            ERP_CUSTOMER_PAYMENTS,
+            payment,
+            f"rejected mark(s) of payment {payment.payment_id}: {'; '.join(problems)}. The payment was "
+            f"posted; {result.unused_amount} of it is open as a credit"
+            + (f", {len(waiting)} mark(s) wait for their invoice" if waiting else ""),
+        )
 
 
 async def _post_settlement(
-    postings: Postings, tx: Transaction, store: OpenItems, result: SettlementResult,
-    transactions: list[OpenTransaction], source: str,
+    postings: Postings,
+    tx: Transaction,
+    store: OpenItems,
+    result: SettlementResult,
+    transactions: list[OpenTransaction],
+    source: str,
 ) -> list[OpenTransaction]:
     """Post the cash discounts a credit's settlement takes, save, and publish the settlements.
     Returns `transactions` after it."""
     credit = next(t for t in transactions if t.voucher == result.credit_voucher)
     discounted = [s for s in result.settlements if s.cash_discount]
-    discount_vouchers = dict(zip([s.debit_voucher for s in discounted],
-                                 await _cash_discount_vouchers(store, credit.voucher, len(discounted))))
+    discount_vouchers = dict(
+        zip(
+            [s.debit_voucher for s in discounted], await _cash_discount_vouchers(store, credit.voucher, len(discounted))
+        )
+    )
     discounts = [_cash_discount(credit, s, discount_vouchers[s.debit_voucher], postings) for s in discounted]
     after = domain.apply_settlement(transactions, result)
     await store.save([*after, *discounts])
     for discount in discounts:
         tx.emit(_transaction_posted(discount, payment_id=credit.voucher))
-        tx.emit(_voucher(discount, discount.cash_discount_account or postings.cash_discount_account,
-                         postings.summary_account, f"Cash discount on payment {credit.voucher}"))
+        tx.emit(
+            _voucher(
+                discount,
+                discount.cash_discount_account or postings.cash_discount_account,
+                postings.summary_account,
+                f"Cash discount on payment {credit.voucher}",
+            )
+        )
     _record_settlements(tx, [result], source=source, discount_vouchers=discount_vouchers)
     return after
 
@@ -254,8 +327,10 @@ async def _already_received(session: AsyncSession, payment: CustomerPaymentRecei
     if known is None:
         return False
     if known.fingerprint != _fingerprint(payment):
-        raise Rejected(f"payment {payment.payment_id} was already received (message {known.message_id}) "
-                       f"with different content; a payment id cannot be reused")
+        raise Rejected(
+            f"payment {payment.payment_id} was already received (message {known.message_id}) "
+            f"with different content; a payment id cannot be reused"
+        )
     return True
 
 
@@ -269,12 +344,18 @@ async def _cash_discount_vouchers(store: OpenItems, payment_id: str, count: int)
         taken |= clash
 
 
-def _cash_discount(credit: OpenTransaction, settled: InvoiceSettlement, voucher: str, postings: Postings) -> OpenTransaction:
+def _cash_discount(
+    credit: OpenTransaction, settled: InvoiceSettlement, voucher: str, postings: Postings
+) -> OpenTransaction:
     """The discount as a customer credit, settled in full against its invoice at once."""
     return OpenTransaction(
-        voucher=voucher, customer_account=credit.customer_account, transaction_type="CashDiscount",
-        transaction_date=credit.transaction_date, currency=credit.currency,
-        original_amount=-settled.cash_discount, open_amount=ZERO,
+        voucher=voucher,
+        customer_account=credit.customer_account,
+        transaction_type="CashDiscount",
+        transaction_date=credit.transaction_date,
+        currency=credit.currency,
+        original_amount=-settled.cash_discount,
+        open_amount=ZERO,
         cash_discount_account=settled.cash_discount_account or postings.cash_discount_account,
     )
 
@@ -299,25 +380,43 @@ async def settle_write_offs(postings: Postings, tx: Transaction, event: JournalE
             continue
         amount = line.debit - line.credit
         # Never applied automatically: what it could not settle is a discrepancy for a person to look at.
-        write_off = OpenTransaction(voucher, line.account, "WriteOff", line.transaction_date, line.currency, amount,
-                                    amount, auto_settle=False)
+        write_off = OpenTransaction(
+            voucher, line.account, "WriteOff", line.transaction_date, line.currency, amount, amount, auto_settle=False
+        )
         transactions = await store.of_customer(line.account, vouchers=[ref.voucher for ref in line.settles])
         outcome = domain.settle_write_off(write_off, [(ref.voucher, ref.amount) for ref in line.settles], transactions)
         await store.save([outcome.write_off, *outcome.settled])
         for named, held in outcome.pending:  # settlement lags behind collections: settled when it arrives
-            tx.session.add(PendingWriteOffRow(write_off_voucher=voucher, voucher=named, customer_account=line.account,
-                                              amount=held, journal_batch_number=event.batch_number))
+            tx.session.add(
+                PendingWriteOffRow(
+                    write_off_voucher=voucher,
+                    voucher=named,
+                    customer_account=line.account,
+                    amount=held,
+                    journal_batch_number=event.batch_number,
+                )
+            )
         tx.emit(_transaction_posted(write_off))
         for n, pair in enumerate(outcome.pairs, 1):
-            _record(tx, OpenItemsSettled(
-                settlement_id=f"{voucher}:{n}", customer_account=line.account, settlement_date=line.transaction_date,
-                currency=line.currency, debit_voucher=pair.debit_voucher, credit_voucher=pair.credit_voucher,
-                amount_settled=pair.amount,
-            ))
+            _record(
+                tx,
+                OpenItemsSettled(
+                    settlement_id=f"{voucher}:{n}",
+                    customer_account=line.account,
+                    settlement_date=line.transaction_date,
+                    currency=line.currency,
+                    debit_voucher=pair.debit_voucher,
+                    credit_voucher=pair.credit_voucher,
+                    amount_settled=pair.amount,
+                ),
+            )
         if outcome.shortfalls:
-            tx.dead_letter(GL_JOURNAL_EVENTS, event,
-                           f"journal {event.batch_number}, write-off {voucher} of customer {line.account} was posted, "
-                           f"but not everything it names was open: " + "; ".join(outcome.shortfalls))
+            tx.dead_letter(
+                GL_JOURNAL_EVENTS,
+                event,
+                f"journal {event.batch_number}, write-off {voucher} of customer {line.account} was posted, "
+                f"but not everything it names was open: " + "; ".join(outcome.shortfalls),
+            )
 
 
 def _line_vouchers(lines: Sequence[PostedJournalLine]) -> list[str]:
@@ -333,20 +432,28 @@ def _line_vouchers(lines: Sequence[PostedJournalLine]) -> list[str]:
 # --- emitting -------------------------------------------------------------------------------
 
 
-def _record_settlements(tx: Transaction, results: Iterable[SettlementResult], source: str,
-                        discount_vouchers: dict[str, str] | None = None) -> None:
+def _record_settlements(
+    tx: Transaction, results: Iterable[SettlementResult], source: str, discount_vouchers: dict[str, str] | None = None
+) -> None:
     """One OpenItemsSettled per settled pair, numbered after the transaction that caused them."""
     n = 0
     for result in results:
         for s in result.settlements:
             n += 1
-            _record(tx, OpenItemsSettled(
-                settlement_id=f"{source}:{n}", customer_account=result.customer_account,
-                settlement_date=result.settlement_date, currency=result.currency,
-                debit_voucher=s.debit_voucher, credit_voucher=result.credit_voucher,
-                amount_settled=s.cash_applied, cash_discount_amount=s.cash_discount,
-                cash_discount_voucher=(discount_vouchers or {}).get(s.debit_voucher) if s.cash_discount else None,
-            ))
+            _record(
+                tx,
+                OpenItemsSettled(
+                    settlement_id=f"{source}:{n}",
+                    customer_account=result.customer_account,
+                    settlement_date=result.settlement_date,
+                    currency=result.currency,
+                    debit_voucher=s.debit_voucher,
+                    credit_voucher=result.credit_voucher,
+                    amount_settled=s.cash_applied,
+                    cash_discount_amount=s.cash_discount,
+                    cash_discount_voucher=(discount_vouchers or {}).get(s.debit_voucher) if s.cash_discount else None,
+                ),
+            )
 
 
 def _record(tx: Transaction, settled: OpenItemsSettled) -> None:
@@ -356,9 +463,15 @@ def _record(tx: Transaction, settled: OpenItemsSettled) -> None:
 
 def _transaction_posted(t: OpenTransaction, payment_id: str | None = None) -> CustomerTransactionPosted:
     return CustomerTransactionPosted(
-        voucher=t.voucher, transaction_type=t.transaction_type, customer_account=t.customer_account,  # type: ignore[arg-type]
-        transaction_date=t.transaction_date, invoice_id=t.invoice_id, amount=t.original_amount,
-        currency=t.currency, due_date=t.due_date, payment_id=payment_id,
+        voucher=t.voucher,
+        transaction_type=t.transaction_type,
+        customer_account=t.customer_account,  # type: ignore[arg-type]
+        transaction_date=t.transaction_date,
+        invoice_id=t.invoice_id,
+        amount=t.original_amount,
+        currency=t.currency,
+        due_date=t.due_date,
+        payment_id=payment_id,
         cash_discounts=[CashDiscountTier(percent=d.percent, date=d.date, amount=d.amount) for d in t.cash_discounts],
     )
 
@@ -367,10 +480,15 @@ def _voucher(credit: OpenTransaction, debit_account: str, summary_account: str, 
     """Debit `debit_account`, credit the customer's summary account, by what the customer credit is worth."""
     amount = -credit.original_amount
     return VoucherPosted(
-        voucher=credit.voucher, posting_date=credit.transaction_date, currency=credit.currency,
-        source="settlement", description=text,
-        lines=[VoucherLine(account=debit_account, debit=amount, text=text),
-               VoucherLine(account=summary_account, credit=amount, text=text, customer_account=credit.customer_account)],
+        voucher=credit.voucher,
+        posting_date=credit.transaction_date,
+        currency=credit.currency,
+        source="settlement",
+        description=text,
+        lines=[
+            VoucherLine(account=debit_account, debit=amount, text=text),
+            VoucherLine(account=summary_account, credit=amount, text=text, customer_account=credit.customer_account),
+        ],
     )
 
 
@@ -385,8 +503,9 @@ async def get_parameters(postings: Postings, session: AsyncSession) -> Parameter
     return await load_parameters(session, postings.parameters)
 
 
-async def update_parameters(postings: Postings, session: AsyncSession, *,
-                            calculate_cash_discounts_for_partial_payments: bool) -> ParametersRow:
+async def update_parameters(
+    postings: Postings, session: AsyncSession, *, calculate_cash_discounts_for_partial_payments: bool
+) -> ParametersRow:
     row = await load_parameters(session, postings.parameters)
     row.calculate_cash_discounts_for_partial_payments = calculate_cash_discounts_for_partial_payments
     row.updated_at = utcnow()
@@ -394,8 +513,9 @@ async def update_parameters(postings: Postings, session: AsyncSession, *,
     return row
 
 
-async def preview_settlement(postings: Postings, session: AsyncSession, customer_account: str,
-                             payment_date: date, marks: Sequence[Mark]) -> list[MarkPreview]:
+async def preview_settlement(
+    postings: Postings, session: AsyncSession, customer_account: str, payment_date: date, marks: Sequence[Mark]
+) -> list[MarkPreview]:
     """The *Settle open transactions* page: what each mark would take if paid on `payment_date`.
 
     Raises UnknownInvoice for an invoice nobody posted, domain.MarkRejected for one that cannot be settled."""
@@ -410,9 +530,10 @@ async def preview_settlement(postings: Postings, session: AsyncSession, customer
     return previews
 
 
-async def open_transactions(session: AsyncSession, customer_account: str, include_settled: bool = False) -> list[OpenTransaction]:
+async def open_transactions(
+    session: AsyncSession, customer_account: str, include_settled: bool = False
+) -> list[OpenTransaction]:
     return await OpenItems(session).of_customer(customer_account, include_settled=include_settled)
-
 
 
 @dataclass(frozen=True)
@@ -442,8 +563,18 @@ async def pending_marks(session: AsyncSession, customer_account: str | None = No
         payment = payments[voucher]
         group = by_payment[voucher]
         held = domain.reservations(-payment.open_amount, [row.to_domain() for row in group])
-        marks += [PendingMark(voucher, row.customer_account, payment.transaction_date, row.invoice_id,
-                              row.amount_to_settle, row.use_cash_discount, h) for row, h in zip(group, held)]
+        marks += [
+            PendingMark(
+                voucher,
+                row.customer_account,
+                payment.transaction_date,
+                row.invoice_id,
+                row.amount_to_settle,
+                row.use_cash_discount,
+                h,
+            )
+            for row, h in zip(group, held)
+        ]
     return marks
 
 
@@ -471,9 +602,10 @@ async def release_payment(postings: Postings, tx: Transaction, payment_id: str) 
     store = OpenItems(tx.session)
     payment = await store.find(payment_id)
     if payment is None or payment.auto_settle or payment.open_amount >= 0:
-        raise NothingToRelease(f"payment {payment_id} holds nothing: "
-                               + ("it settles automatically already" if payment and payment.auto_settle
-                                  else "nothing of it is open"))
+        raise NothingToRelease(
+            f"payment {payment_id} holds nothing: "
+            + ("it settles automatically already" if payment and payment.auto_settle else "nothing of it is open")
+        )
     rows = (await tx.session.exec(select(PendingMarkRow).where(PendingMarkRow.payment_voucher == payment_id))).all()
     for row in rows:
         await tx.session.delete(row)

@@ -12,14 +12,17 @@ PENDING_MARK_EVENTS = Counter(
     ["outcome"],
 )
 PENDING_MARKS = Gauge("kredit_settlement_pending_marks", "Payment marks waiting for their invoice")
-RESERVED_AMOUNT = Gauge("kredit_settlement_reserved_amount",
-                        "Money of marked payments reserved for invoices not known yet (all currencies)")
-PENDING_WRITE_OFFS = Gauge("kredit_settlement_pending_write_offs",
-                           "Posted write-off amounts waiting for the transaction they name")
+RESERVED_AMOUNT = Gauge(
+    "kredit_settlement_reserved_amount", "Money of marked payments reserved for invoices not known yet (all currencies)"
+)
+PENDING_WRITE_OFFS = Gauge(
+    "kredit_settlement_pending_write_offs", "Posted write-off amounts waiting for the transaction they name"
+)
 
 
 def count_on_commit(session: AsyncSession, outcome: str, n: int) -> None:
     """Count once the transaction commits, so a retried message is not counted twice."""
     if n:
-        event.listen(session.sync_session, "after_commit",
-                     lambda _session: PENDING_MARK_EVENTS.labels(outcome).inc(n), once=True)
+        event.listen(
+            session.sync_session, "after_commit", lambda _session: PENDING_MARK_EVENTS.labels(outcome).inc(n), once=True
+        )

@@ -58,31 +58,50 @@ class OpenTransactionRow(SQLModel, table=True):
 
     def to_domain(self) -> OpenTransaction:
         return OpenTransaction(
-            voucher=self.voucher, customer_account=self.customer_account, transaction_type=self.transaction_type,
-            transaction_date=self.transaction_date, currency=self.currency,
-            original_amount=self.original_amount, open_amount=self.open_amount, invoice_id=self.invoice_id,
+            voucher=self.voucher,
+            customer_account=self.customer_account,
+            transaction_type=self.transaction_type,
+            transaction_date=self.transaction_date,
+            currency=self.currency,
+            original_amount=self.original_amount,
+            open_amount=self.open_amount,
+            invoice_id=self.invoice_id,
             due_date=self.due_date,
             cash_discounts=tuple(
-                DiscountTier(date.fromisoformat(t["date"]), Decimal(t["percent"]),
-                             Decimal(t["amount"]) if t.get("amount") is not None else None)
+                DiscountTier(
+                    date.fromisoformat(t["date"]),
+                    Decimal(t["percent"]),
+                    Decimal(t["amount"]) if t.get("amount") is not None else None,
+                )
                 for t in self.cash_discounts
             ),
-            discount_taken=self.discount_taken, cash_discount_account=self.cash_discount_account,
+            discount_taken=self.discount_taken,
+            cash_discount_account=self.cash_discount_account,
             auto_settle=self.auto_settle,
         )
 
     @classmethod
     def from_domain(cls, t: OpenTransaction) -> OpenTransactionRow:
         return cls(
-            voucher=t.voucher, transaction_type=t.transaction_type, customer_account=t.customer_account,
-            transaction_date=t.transaction_date, invoice_id=t.invoice_id, currency=t.currency,
-            original_amount=t.original_amount, open_amount=t.open_amount, due_date=t.due_date,
+            voucher=t.voucher,
+            transaction_type=t.transaction_type,
+            customer_account=t.customer_account,
+            transaction_date=t.transaction_date,
+            invoice_id=t.invoice_id,
+            currency=t.currency,
+            original_amount=t.original_amount,
+            open_amount=t.open_amount,
+            due_date=t.due_date,
             cash_discounts=[
-                {"date": d.date.isoformat(), "percent": str(d.percent),
-                 "amount": str(d.amount) if d.amount is not None else None}
+                {
+                    "date": d.date.isoformat(),
+                    "percent": str(d.percent),
+                    "amount": str(d.amount) if d.amount is not None else None,
+                }
                 for d in t.cash_discounts
             ],
-            discount_taken=t.discount_taken, cash_discount_account=t.cash_discount_account,
+            discount_taken=t.discount_taken,
+            cash_discount_account=t.cash_discount_account,
             auto_settle=t.auto_settle,
         )
 
@@ -165,8 +184,18 @@ class ParametersRow(SQLModel, table=True):
         return SettlementParameters(self.calculate_cash_discounts_for_partial_payments)
 
 
-TABLES = [t.__table__ for t in (CustomerRow, OpenTransactionRow, PaymentRow, PendingMarkRow, PendingWriteOffRow,
-                                SettlementRow, ParametersRow)]
+TABLES = [
+    t.__table__
+    for t in (
+        CustomerRow,
+        OpenTransactionRow,
+        PaymentRow,
+        PendingMarkRow,
+        PendingWriteOffRow,
+        SettlementRow,
+        ParametersRow,
+    )
+]
 
 
 # --- loading and saving ---------------------------------------------------------------------
@@ -175,7 +204,8 @@ TABLES = [t.__table__ for t in (CustomerRow, OpenTransactionRow, PaymentRow, Pen
 async def lock_customer(session: AsyncSession, customer_account: str) -> None:
     """Serialise every settlement of one customer's items (see CustomerRow)."""
     result = await session.exec(
-        update(CustomerRow).where(CustomerRow.customer_account == customer_account)
+        update(CustomerRow)
+        .where(CustomerRow.customer_account == customer_account)
         .values(version=CustomerRow.version + 1)
     )
     if result.rowcount == 0:
@@ -190,8 +220,10 @@ async def load_parameters(session: AsyncSession, defaults: SettlementParameters)
         return row
     try:
         async with session.begin_nested():
-            row = ParametersRow(id=1, calculate_cash_discounts_for_partial_payments=
-                                defaults.calculate_cash_discounts_for_partial_payments)
+            row = ParametersRow(
+                id=1,
+                calculate_cash_discounts_for_partial_payments=defaults.calculate_cash_discounts_for_partial_payments,
+            )
             session.add(row)
         return row
     except IntegrityError:  # another replica seeded it meanwhile
@@ -206,7 +238,9 @@ class OpenItems:
         self._loaded: dict[str, tuple[int, int, OpenTransaction]] = {}
 
     async def known_vouchers(self, vouchers: Collection[str]) -> set[str]:
-        rows = await self.session.exec(select(OpenTransactionRow.voucher).where(OpenTransactionRow.voucher.in_(vouchers)))
+        rows = await self.session.exec(
+            select(OpenTransactionRow.voucher).where(OpenTransactionRow.voucher.in_(vouchers))
+        )
         return set(rows.scalars().all())
 
     async def find(self, voucher: str) -> OpenTransaction | None:
@@ -216,8 +250,14 @@ class OpenItems:
     async def find_all(self, vouchers: Collection[str]) -> list[OpenTransaction]:
         return await self._select(OpenTransactionRow.voucher.in_(vouchers))
 
-    async def of_customer(self, customer_account: str, *, invoice_ids: Collection[str] = (),
-                          vouchers: Collection[str] = (), include_settled: bool = False) -> list[OpenTransaction]:
+    async def of_customer(
+        self,
+        customer_account: str,
+        *,
+        invoice_ids: Collection[str] = (),
+        vouchers: Collection[str] = (),
+        include_settled: bool = False,
+    ) -> list[OpenTransaction]:
         """The customer's open transactions, plus any transaction (of anyone, open or not) with one of
         `invoice_ids` or `vouchers`, so a mark on a closed or foreign invoice can be told from an unknown one."""
         condition = OpenTransactionRow.customer_account == customer_account
@@ -230,11 +270,18 @@ class OpenItems:
         return await self._select(condition)
 
     async def _select(self, condition: Any) -> list[OpenTransaction]:
-        rows = (await self.session.exec(
-            select(OpenTransactionRow).where(condition)
-            .execution_options(populate_existing=True)
-            .order_by(OpenTransactionRow.transaction_date, OpenTransactionRow.id)
-        )).scalars().all()
+        rows = (
+            (
+                await self.session.exec(
+                    select(OpenTransactionRow)
+                    .where(condition)
+                    .execution_options(populate_existing=True)
+                    .order_by(OpenTransactionRow.transaction_date, OpenTransactionRow.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
         for row in rows:
             self._loaded[row.voucher] = (row.id, row.version, row.to_domain())  # type: ignore[assignment]
         return [self._loaded[row.voucher][2] for row in rows]
@@ -259,8 +306,12 @@ class OpenItems:
             result = await self.session.exec(
                 update(OpenTransactionRow)
                 .where(OpenTransactionRow.id == row_id, OpenTransactionRow.version == version)
-                .values(open_amount=t.open_amount, discount_taken=t.discount_taken, auto_settle=t.auto_settle,
-                        version=version + 1)
+                .values(
+                    open_amount=t.open_amount,
+                    discount_taken=t.discount_taken,
+                    auto_settle=t.auto_settle,
+                    version=version + 1,
+                )
             )
             if result.rowcount != 1:
                 raise ConcurrentUpdate(f"{t.voucher} changed since it was read (version {version})")

@@ -16,11 +16,15 @@ async def test_bad_payments_are_dead_lettered_and_post_nothing(start_settlement)
         rejected = {
             "must be positive, got 0.00": await service.pay("P-ZERO", "0.00", "2015-07-01", customer="4401"),
             "must be positive, got -5.00": await service.pay("P-NEG", "-5.00", "2015-07-01", customer="4401"),
-            "in EUR; payments are accepted in the accounting currency USD only":
-                await service.pay("P-EUR", "297.00", "2015-07-01", customer="4401", currency="EUR"),
-            "bank account '999999' is not a main account":
-                await service.pay("P-BANK", "297.00", "2015-07-01", customer="4401", bank_account="999999"),
-            "amount: amount must be a decimal string": await service.pay("P-FLOAT", 297.5, "2015-07-01", customer="4401"),
+            "in EUR; payments are accepted in the accounting currency USD only": await service.pay(
+                "P-EUR", "297.00", "2015-07-01", customer="4401", currency="EUR"
+            ),
+            "bank account '999999' is not a main account": await service.pay(
+                "P-BANK", "297.00", "2015-07-01", customer="4401", bank_account="999999"
+            ),
+            "amount: amount must be a decimal string": await service.pay(
+                "P-FLOAT", 297.5, "2015-07-01", customer="4401"
+            ),
         }
         await service.pay("ARP-4401-1", "297.00", "2015-07-01", customer="4401", marks=[("4401-1", None, "Normal")])
         await service.settlements(credit_voucher="ARP-4401-1")
@@ -42,18 +46,35 @@ async def test_a_payment_with_invalid_marks_posts_as_an_open_credit_and_reports_
         await service.invoice("4501-EUR", "500.00", customer="4501", tiers=[], currency="EUR")
         await service.invoice("4501-2", "100.00", customer="4501", tiers=[])
 
-        await service.pay("ARP-4501-1", "297.00", "2015-07-01", customer="4501", marks=[
-            ("NOPE", None, "Normal"), ("4999-1", None, "Normal"), ("4501-EUR", None, "Normal"),
-            ("4501-1", None, "Sometimes"), ("4501-2", "60.00", "Normal")])
+        await service.pay(
+            "ARP-4501-1",
+            "297.00",
+            "2015-07-01",
+            customer="4501",
+            marks=[
+                ("NOPE", None, "Normal"),
+                ("4999-1", None, "Normal"),
+                ("4501-EUR", None, "Normal"),
+                ("4501-1", None, "Sometimes"),
+                ("4501-2", "60.00", "Normal"),
+            ],
+        )
         [record] = await service.dead_letters(ERP_CUSTOMER_PAYMENTS)
         reason = record.headers["x-dlq-reason"]
-        for words in ("'4999-1' belongs to another customer", "'4501-EUR' is in EUR", "'Sometimes' is not one of",
-                      "The payment was posted", "237.00 of it is open as a credit", "1 mark(s) wait for their invoice"):
+        for words in (
+            "'4999-1' belongs to another customer",
+            "'4501-EUR' is in EUR",
+            "'Sometimes' is not one of",
+            "The payment was posted",
+            "237.00 of it is open as a credit",
+            "1 mark(s) wait for their invoice",
+        ):
             assert words in reason
         assert "NOPE" not in reason, "a mark waiting for its invoice is state, not a rejection"
         pending = (await service.http.get("/api/v1/pending-marks", params={"customer_account": "4501"})).json()
         assert [(m["payment_id"], m["invoice_id"], m["reserved"]) for m in pending["pending_marks"]] == [
-            ("ARP-4501-1", "NOPE", "237.00")]
+            ("ARP-4501-1", "NOPE", "237.00")
+        ]
         assert record.json()["payment_id"] == "ARP-4501-1"
 
         [valid] = await service.settlements(credit_voucher="ARP-4501-1")
@@ -68,10 +89,17 @@ async def test_a_payment_with_invalid_marks_posts_as_an_open_credit_and_reports_
 async def test_a_payment_received_again_has_one_effect_and_a_changed_one_is_rejected(start_settlement):
     async with start_settlement() as service:
         await service.invoice("4601-1", customer="4601")
-        first = await service.pay("ARP-4601-1", "297.00", "2015-07-01", customer="4601", marks=[("4601-1", None, "Normal")])
+        first = await service.pay(
+            "ARP-4601-1", "297.00", "2015-07-01", customer="4601", marks=[("4601-1", None, "Normal")]
+        )
         await service.publish(ERP_CUSTOMER_PAYMENTS, first, key="4601")  # redelivered: same message_id
-        await service.pay("ARP-4601-1", "297.00", "2015-07-01", customer="4601",  # re-sent: a new message_id
-                          marks=[("4601-1", None, "Normal")])
+        await service.pay(
+            "ARP-4601-1",
+            "297.00",
+            "2015-07-01",
+            customer="4601",  # re-sent: a new message_id
+            marks=[("4601-1", None, "Normal")],
+        )
         await service.pay("ARP-4601-1", "300.00", "2015-07-01", customer="4601")  # the same id, other content
         [changed] = await service.dead_letters(ERP_CUSTOMER_PAYMENTS)
         assert "ARP-4601-1 was already received" in changed.headers["x-dlq-reason"]
@@ -81,6 +109,11 @@ async def test_a_payment_received_again_has_one_effect_and_a_changed_one_is_reje
         await service.pay("ARP-4601-2", "100.00", "2015-07-02", customer="4601")  # a later payment goes through
         await service.settlements(credit_voucher="ARP-4601-2")
         assert [t["voucher"] for t in await service.published(AR_CUSTOMER_TRANSACTIONS)] == [
-            "FTI-4601-1", "ARP-4601-1", "DISC-4601-1", "ARP-4601-2", "DISC-4601-2"]
+            "FTI-4601-1",
+            "ARP-4601-1",
+            "DISC-4601-1",
+            "ARP-4601-2",
+            "DISC-4601-2",
+        ]
         assert len([s for s in await service.published(AR_SETTLEMENTS, 0) if s["credit_voucher"] == "ARP-4601-1"]) == 1
         assert await service.balance("FTI-4601-1", "4601") == D("598.99"), "100.00 + 1.01 discount off 700.00"

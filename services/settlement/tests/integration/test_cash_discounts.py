@@ -23,7 +23,9 @@ async def test_use_cash_discount_and_the_discount_date_decide_what_is_taken(star
         [always] = await service.settlements(credit_voucher="ARP-4101-2")
         assert discount_of(always) == ("693.00", "7.00") and always["cash_discount_voucher"] == "DISC-4101-2"
         assert (await service.transaction("DISC-4101-2"))["amount"] == "-7.00"
-        assert {v: t["open_amount"] for v, t in (await service.open_transactions("4101")).items()} == {"ARP-4101-2": "-7.00"}
+        assert {v: t["open_amount"] for v, t in (await service.open_transactions("4101")).items()} == {
+            "ARP-4101-2": "-7.00"
+        }
 
         # Never on the first payment: no discount, 703.00 left.
         await service.pay("ARP-4102-1", "297.00", "2015-07-01", customer="4102", marks=[("4102-1", "297.00", "Never")])
@@ -45,12 +47,21 @@ async def test_use_cash_discount_and_the_discount_date_decide_what_is_taken(star
 
 async def test_without_the_partial_payment_parameter_only_a_full_payment_takes_the_discount(start_settlement):
     async with start_settlement() as service:
-        for bad in ({"calculate_cash_discounts_for_partial_payments": "yes"}, {},
-                    {"calculate_cash_discounts_for_partial_payments": False, "other": 1}):
+        for bad in (
+            {"calculate_cash_discounts_for_partial_payments": "yes"},
+            {},
+            {"calculate_cash_discounts_for_partial_payments": False, "other": 1},
+        ):
             assert (await service.http.put("/api/v1/parameters", json=bad)).status_code == 422
-        response = await service.http.put("/api/v1/parameters", json={"calculate_cash_discounts_for_partial_payments": False})
-        assert response.status_code == 200 and response.json() == {"calculate_cash_discounts_for_partial_payments": False}
-        assert (await service.http.get("/api/v1/parameters")).json() == {"calculate_cash_discounts_for_partial_payments": False}
+        response = await service.http.put(
+            "/api/v1/parameters", json={"calculate_cash_discounts_for_partial_payments": False}
+        )
+        assert response.status_code == 200 and response.json() == {
+            "calculate_cash_discounts_for_partial_payments": False
+        }
+        assert (await service.http.get("/api/v1/parameters")).json() == {
+            "calculate_cash_discounts_for_partial_payments": False
+        }
 
         await service.invoice("4201-1", customer="4201")
         await service.invoice("4202-1", customer="4202")
@@ -77,11 +88,18 @@ async def test_the_preview_says_what_is_wrong_with_a_mark(start_settlement):
         assert foreign.status_code == 422 and "another customer" in foreign.json()["detail"]
         odd = await service.preview("2015-07-01", ("4301-1", None, "Sometimes"), customer="4301")
         assert odd.status_code == 422 and "'Sometimes' is not one of Normal, Always, Never" in odd.json()["detail"]
-        bad_date = await service.http.post("/api/v1/settlement-preview", json={
-            "customer_account": "4301", "payment_date": "1 July", "marks": [{"invoice_id": "4301-1"}]})
+        bad_date = await service.http.post(
+            "/api/v1/settlement-preview",
+            json={"customer_account": "4301", "payment_date": "1 July", "marks": [{"invoice_id": "4301-1"}]},
+        )
         assert bad_date.status_code == 422
         whole = await service.preview("2015-07-01", ("4301-1", None, "Normal"), customer="4301")
         assert whole.json()["marks"][0] == {
-            "invoice_id": "4301-1", "cash_discount_date": "2015-07-09", "cash_discount_amount": "10.00",
-            "use_cash_discount": "Normal", "cash_discount_taken": "0.00", "cash_discount_amount_to_take": "10.00",
-            "amount_to_settle": "990.00"}
+            "invoice_id": "4301-1",
+            "cash_discount_date": "2015-07-09",
+            "cash_discount_amount": "10.00",
+            "use_cash_discount": "Normal",
+            "cash_discount_taken": "0.00",
+            "cash_discount_amount_to_take": "10.00",
+            "amount_to_settle": "990.00",
+        }

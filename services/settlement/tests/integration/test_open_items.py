@@ -27,16 +27,28 @@ async def test_a_new_invoice_takes_open_credits_and_a_credit_note_pays_open_invo
         [by_payment] = await service.settlements(credit_voucher="ARP-4701-1")
         # As if the payment had come after the invoice: 1 % of the 505.05 that 500.00 settles on 20 June.
         assert by_payment | {"message_id": None} == {
-            "message_id": None, "settlement_id": "FTI-4701-1:ARP-4701-1:1", "customer_account": "4701",
-            "settlement_date": "2015-06-20", "currency": "USD", "debit_voucher": "FTI-4701-1",
-            "credit_voucher": "ARP-4701-1", "amount_settled": "500.00", "cash_discount_amount": "5.05",
-            "cash_discount_voucher": "DISC-4701-1"}
+            "message_id": None,
+            "settlement_id": "FTI-4701-1:ARP-4701-1:1",
+            "customer_account": "4701",
+            "settlement_date": "2015-06-20",
+            "currency": "USD",
+            "debit_voucher": "FTI-4701-1",
+            "credit_voucher": "ARP-4701-1",
+            "amount_settled": "500.00",
+            "cash_discount_amount": "5.05",
+            "cash_discount_voucher": "DISC-4701-1",
+        }
 
         await service.invoice("4701-CN", "-100.00", customer="4701", tiers=[], on="2015-06-30", wait=False)
         [by_note] = await service.settlements(credit_voucher="CCN-4701-CN")
         assert (by_note["debit_voucher"], by_note["amount_settled"], by_note["cash_discount_amount"]) == (
-            "FTI-4701-1", "100.00", "0.00")
-        assert {v: t["open_amount"] for v, t in (await service.open_transactions("4701")).items()} == {"FTI-4701-1": "394.95"}
+            "FTI-4701-1",
+            "100.00",
+            "0.00",
+        )
+        assert {v: t["open_amount"] for v, t in (await service.open_transactions("4701")).items()} == {
+            "FTI-4701-1": "394.95"
+        }
 
         # A credit note before any invoice stays open until one comes.
         await service.invoice("4702-CN", "-50.00", customer="4702", tiers=[], on="2015-06-01")
@@ -51,29 +63,55 @@ async def test_a_new_invoice_takes_open_credits_and_a_credit_note_pays_open_invo
 
         # What settlement did not post itself, or a voucher used twice, is reported, not dropped.
         await service.invoice("4701-X", "5.00", customer="4701", voucher="ARP-4701-1", wait=False)
-        await service.invoice("4701-Y", "-5.00", customer="4701", voucher="ARP-ELSEWHERE", transaction_type="Payment",
-                              wait=False)
+        await service.invoice(
+            "4701-Y", "-5.00", customer="4701", voucher="ARP-ELSEWHERE", transaction_type="Payment", wait=False
+        )
         reasons = [r.headers["x-dlq-reason"] for r in await service.dead_letters(AR_CUSTOMER_TRANSACTIONS, count=2)]
-        assert reasons == ["voucher ARP-4701-1 is already a Payment of customer 4701 for -500.00",
-                           "Payment ARP-ELSEWHERE is unknown: settlement posts payments, cash discounts and "
-                           "write-offs itself and takes only invoices and credit notes from others"]
+        assert reasons == [
+            "voucher ARP-4701-1 is already a Payment of customer 4701 for -500.00",
+            "Payment ARP-ELSEWHERE is unknown: settlement posts payments, cash discounts and "
+            "write-offs itself and takes only invoices and credit notes from others",
+        ]
 
 
 def journal_posted(batch: str, *lines: dict, message_id: str | None = None, event_type: str = "JournalPosted") -> dict:
-    return {"message_id": message_id or str(uuid.uuid4()), "event_type": event_type, "journal_name": "WriteOff",
-            "batch_number": batch, "request_id": f"req-{batch}", "posting_date": "2015-09-30", "lines": list(lines)}
+    return {
+        "message_id": message_id or str(uuid.uuid4()),
+        "event_type": event_type,
+        "journal_name": "WriteOff",
+        "batch_number": batch,
+        "request_id": f"req-{batch}",
+        "posting_date": "2015-09-30",
+        "lines": list(lines),
+    }
 
 
-def customer_line(voucher: str, customer: str, *, debit: str = "0.00", credit: str = "0.00",
-                  settles: list[tuple[str, str]] = ()) -> dict:
-    return {"account_type": "Customer", "account": customer, "debit": debit, "credit": credit, "currency": "USD",
-            "transaction_date": "2015-09-30", "voucher": voucher, "reason_code": "BadDebt",
-            "settles": [{"voucher": v, "amount": a} for v, a in settles]}
+def customer_line(
+    voucher: str, customer: str, *, debit: str = "0.00", credit: str = "0.00", settles: list[tuple[str, str]] = ()
+) -> dict:
+    return {
+        "account_type": "Customer",
+        "account": customer,
+        "debit": debit,
+        "credit": credit,
+        "currency": "USD",
+        "transaction_date": "2015-09-30",
+        "voucher": voucher,
+        "reason_code": "BadDebt",
+        "settles": [{"voucher": v, "amount": a} for v, a in settles],
+    }
 
 
 def ledger_line(voucher: str, *, debit: str = "0.00", credit: str = "0.00") -> dict:
-    return {"account_type": "Ledger", "account": "618900", "debit": debit, "credit": credit, "currency": "USD",
-            "transaction_date": "2015-09-30", "voucher": voucher}
+    return {
+        "account_type": "Ledger",
+        "account": "618900",
+        "debit": debit,
+        "credit": credit,
+        "currency": "USD",
+        "transaction_date": "2015-09-30",
+        "voucher": voucher,
+    }
 
 
 async def test_a_posted_write_off_settles_what_it_names(start_settlement):
@@ -101,10 +139,16 @@ async def test_a_posted_write_off_settles_what_it_names(start_settlement):
         await service.publish(GL_JOURNAL_EVENTS, posted, key="WOJ-1")
 
         assert (await service.transaction("WOV-1"))["transaction_type"] == "WriteOff"
-        assert [(t["transaction_type"], t["amount"]) for t in [await service.transaction(v) for v in ("WOV-1", "WOV-2", "WOV-3")]] == [
-            ("WriteOff", "-1000.00"), ("WriteOff", "-1000.00"), ("WriteOff", "200.00")]
+        assert [
+            (t["transaction_type"], t["amount"])
+            for t in [await service.transaction(v) for v in ("WOV-1", "WOV-2", "WOV-3")]
+        ] == [("WriteOff", "-1000.00"), ("WriteOff", "-1000.00"), ("WriteOff", "200.00")]
         [one] = await service.settlements(credit_voucher="WOV-1")
-        assert (one["debit_voucher"], one["amount_settled"], one["settlement_id"]) == ("FTI-4801-1", "1000.00", "WOV-1:1")
+        assert (one["debit_voucher"], one["amount_settled"], one["settlement_id"]) == (
+            "FTI-4801-1",
+            "1000.00",
+            "WOV-1:1",
+        )
         [two] = await service.settlements(credit_voucher="WOV-2")
         assert (two["debit_voucher"], two["amount_settled"]) == ("FTI-4802-1", "700.00")
         [three] = await service.settlements(debit_voucher="WOV-3")
@@ -117,14 +161,19 @@ async def test_a_posted_write_off_settles_what_it_names(start_settlement):
 
         assert await service.balance("FTI-4801-1", "4801") == D("0.00")
         assert await service.open_transactions("4801") == {}
-        assert {v: t["open_amount"] for v, t in (await service.open_transactions("4802")).items()} == {"WOV-2": "-300.00"}
+        assert {v: t["open_amount"] for v, t in (await service.open_transactions("4802")).items()} == {
+            "WOV-2": "-300.00"
+        }
         assert await service.open_transactions("4803") == {}
 
         await service.publish(GL_JOURNAL_EVENTS, posted, key="WOJ-1")  # redelivered
         await service.publish(GL_JOURNAL_EVENTS, posted | {"message_id": str(uuid.uuid4())}, key="WOJ-1")  # re-sent
-        assert len([s for s in await service.published(AR_SETTLEMENTS, 1.0) if s["settlement_id"].startswith("WOV-")]) == 3
-        assert not [v for v in await service.published(GL_JOURNAL_LINES, 0) if v["voucher"].startswith("WOV-")], \
+        assert (
+            len([s for s in await service.published(AR_SETTLEMENTS, 1.0) if s["settlement_id"].startswith("WOV-")]) == 3
+        )
+        assert not [v for v in await service.published(GL_JOURNAL_LINES, 0) if v["voucher"].startswith("WOV-")], (
             "ledger-posting posted the write-off voucher already"
+        )
         assert len(await service.published(GL_JOURNAL_EVENTS + ".dlq", 0)) == 1
 
 
@@ -137,7 +186,9 @@ async def test_a_payment_that_overtakes_its_invoice_settles_its_marks_when_the_i
         assert await service.balance("ARP-10020") == Decimal("-297.00"), "the money is posted at once"
         pending = (await service.http.get("/api/v1/pending-marks", params={"customer_account": "4027"})).json()
         assert [(m["payment_id"], m["invoice_id"], m["reserved"]) for m in pending["pending_marks"]] == [
-            ("ARP-10020", "10020", "297.00"), ("ARP-10021", "10020", "700.00")], "waiting marks are state"
+            ("ARP-10020", "10020", "297.00"),
+            ("ARP-10021", "10020", "700.00"),
+        ], "waiting marks are state"
         metrics = (await service.http.get("/metrics")).text
         assert "kredit_settlement_pending_marks 2.0" in metrics and "kredit_settlement_reserved_amount 997.0" in metrics
 
@@ -147,7 +198,9 @@ async def test_a_payment_that_overtakes_its_invoice_settles_its_marks_when_the_i
         assert await service.balance("ARP-10020") == await service.balance("ARP-10021") == Decimal("0.00")
         settled = await service.settlements(count=2, debit_voucher="FTI-10020")
         assert sorted((s["credit_voucher"], s["amount_settled"], s["cash_discount_amount"]) for s in settled) == [
-            ("ARP-10020", "297.00", "3.00"), ("ARP-10021", "700.00", "0.00")]
+            ("ARP-10020", "297.00", "3.00"),
+            ("ARP-10021", "700.00", "0.00"),
+        ]
         assert await service.published(ERP_CUSTOMER_PAYMENTS + ".dlq", 0) == [], "nothing was rejected"
         assert (await service.http.get("/api/v1/pending-marks")).json()["pending_marks"] == []
 

@@ -42,8 +42,11 @@ from kredit_shared.service import Rejected, Transaction
 D = Decimal
 START = date(2015, 6, 1)
 POSTINGS = Postings(
-    accounting_currency="USD", main_accounts=frozenset({"110110", "130100", "401100", "520100", "618900"}),
-    bank_account="110110", summary_account="130100", cash_discount_account="520100",
+    accounting_currency="USD",
+    main_accounts=frozenset({"110110", "130100", "401100", "520100", "618900"}),
+    bank_account="110110",
+    summary_account="130100",
+    cash_discount_account="520100",
     parameters=SettlementParameters(calculate_cash_discounts_for_partial_payments=True),
 )
 
@@ -67,8 +70,10 @@ def tiers(draw: st.DrawFn, on: date) -> list[dict]:
         return []
     if kind == "2%10D":
         return [{"date": (on + timedelta(days=10)).isoformat(), "percent": "2.00"}]
-    return [{"date": (on + timedelta(days=5)).isoformat(), "percent": "2.00"},
-            {"date": (on + timedelta(days=14)).isoformat(), "percent": "1.00"}]
+    return [
+        {"date": (on + timedelta(days=5)).isoformat(), "percent": "2.00"},
+        {"date": (on + timedelta(days=14)).isoformat(), "percent": "1.00"},
+    ]
 
 
 @st.composite
@@ -85,14 +90,25 @@ def customer(draw: st.DrawFn, account: str, foreign_invoice: str | None) -> list
         note = kind == "credit-notes" and n > 0 and draw(st.booleans())
         invoice_id = f"{account}-{n}"
         event = {
-            "message_id": str(uuid.uuid4()), "voucher": ("CCN-" if note else "FTI-") + invoice_id,
-            "transaction_type": "CreditNote" if note else "Invoice", "customer_account": account,
-            "transaction_date": on.isoformat(), "invoice_id": invoice_id, "currency": "USD",
-            "amount": str(-amount if note else amount), "due_date": (on + timedelta(days=30)).isoformat(),
-            "cash_discounts": [] if note else draw(tiers(on)), "cash_discount_account": "520100",
+            "message_id": str(uuid.uuid4()),
+            "voucher": ("CCN-" if note else "FTI-") + invoice_id,
+            "transaction_type": "CreditNote" if note else "Invoice",
+            "customer_account": account,
+            "transaction_date": on.isoformat(),
+            "invoice_id": invoice_id,
+            "currency": "USD",
+            "amount": str(-amount if note else amount),
+            "due_date": (on + timedelta(days=30)).isoformat(),
+            "cash_discounts": [] if note else draw(tiers(on)),
+            "cash_discount_account": "520100",
         }
-        transactions.append(Message(f"{account}/invoices", handlers.record_customer_transaction,
-                                    CustomerTransactionPosted.model_validate(event)))
+        transactions.append(
+            Message(
+                f"{account}/invoices",
+                handlers.record_customer_transaction,
+                CustomerTransactionPosted.model_validate(event),
+            )
+        )
         if not note:
             invoice_ids.append(invoice_id)
             amounts[invoice_id] = amount
@@ -106,8 +122,13 @@ def customer(draw: st.DrawFn, account: str, foreign_invoice: str | None) -> list
         written_off = draw(st.lists(st.sampled_from(invoice_ids), unique=True, max_size=2))
         for n, invoice_id in enumerate(written_off):
             named = draw(st.sampled_from([amounts[invoice_id], D("10.00")]))
-            messages.append(Message(f"{account}/journal-{n}", handlers.settle_write_offs,
-                                    write_off(f"WO-{account}-{n}", account, f"FTI-{invoice_id}", named)))
+            messages.append(
+                Message(
+                    f"{account}/journal-{n}",
+                    handlers.settle_write_offs,
+                    write_off(f"WO-{account}-{n}", account, f"FTI-{invoice_id}", named),
+                )
+            )
     if kind != "credit-notes":
         markable = [i for i in invoice_ids if i not in written_off] + ([foreign_invoice] if foreign_invoice else [])
         if not markable:
@@ -119,23 +140,65 @@ def customer(draw: st.DrawFn, account: str, foreign_invoice: str | None) -> list
             settle = None
             if marked:
                 chosen = draw(st.lists(st.sampled_from(markable), min_size=1, max_size=3))  # repeats: marked twice
-                settle = [{"invoice_id": i, "use_cash_discount": draw(st.sampled_from(["Normal", "Normal", "Always", "Never"]))}
-                          | ({"amount_to_settle": str(draw(cents))} if draw(st.booleans()) else {}) for i in chosen]
-            messages.append(Message(f"{account}/payments", handlers.receive_payment, CustomerPaymentReceived.model_validate({
-                "message_id": str(uuid.uuid4()), "payment_id": f"ARP-{account}-{n}", "customer_account": account,
-                "payment_date": paid_on.isoformat(), "amount": str(draw(cents)), "currency": "USD", "settle": settle})))
+                settle = [
+                    {
+                        "invoice_id": i,
+                        "use_cash_discount": draw(st.sampled_from(["Normal", "Normal", "Always", "Never"])),
+                    }
+                    | ({"amount_to_settle": str(draw(cents))} if draw(st.booleans()) else {})
+                    for i in chosen
+                ]
+            messages.append(
+                Message(
+                    f"{account}/payments",
+                    handlers.receive_payment,
+                    CustomerPaymentReceived.model_validate(
+                        {
+                            "message_id": str(uuid.uuid4()),
+                            "payment_id": f"ARP-{account}-{n}",
+                            "customer_account": account,
+                            "payment_date": paid_on.isoformat(),
+                            "amount": str(draw(cents)),
+                            "currency": "USD",
+                            "settle": settle,
+                        }
+                    ),
+                )
+            )
     return messages
 
 
 def write_off(batch: str, account: str, voucher: str, amount: Decimal) -> Any:
-    line = {"account_type": "Customer", "account": account, "debit": "0.00", "credit": str(amount),
-            "currency": "USD", "transaction_date": "2015-09-30", "voucher": f"WOV-{batch}",
-            "settles": [{"voucher": voucher, "amount": str(amount)}]}
-    ledger = {"account_type": "Ledger", "account": "618900", "debit": str(amount), "credit": "0.00",
-              "currency": "USD", "transaction_date": "2015-09-30", "voucher": f"WOV-{batch}"}
-    return journal_event_adapter.validate_python({
-        "message_id": str(uuid.uuid4()), "event_type": "JournalPosted", "journal_name": "WriteOff",
-        "batch_number": batch, "request_id": f"req-{batch}", "posting_date": "2015-09-30", "lines": [line, ledger]})
+    line = {
+        "account_type": "Customer",
+        "account": account,
+        "debit": "0.00",
+        "credit": str(amount),
+        "currency": "USD",
+        "transaction_date": "2015-09-30",
+        "voucher": f"WOV-{batch}",
+        "settles": [{"voucher": voucher, "amount": str(amount)}],
+    }
+    ledger = {
+        "account_type": "Ledger",
+        "account": "618900",
+        "debit": str(amount),
+        "credit": "0.00",
+        "currency": "USD",
+        "transaction_date": "2015-09-30",
+        "voucher": f"WOV-{batch}",
+    }
+    return journal_event_adapter.validate_python(
+        {
+            "message_id": str(uuid.uuid4()),
+            "event_type": "JournalPosted",
+            "journal_name": "WriteOff",
+            "batch_number": batch,
+            "request_id": f"req-{batch}",
+            "posting_date": "2015-09-30",
+            "lines": [line, ledger],
+        }
+    )
 
 
 @st.composite
@@ -222,5 +285,7 @@ def test_any_interleaving_of_the_input_topics_gives_the_same_final_state(message
     orders = [never_lagging(messages), interleave(messages, rng)]
     expected, *others = asyncio.run(final_states(orders))
     for order, state in zip(orders[1:], others):
-        assert state == expected, [getattr(m.body, "voucher", None) or getattr(m.body, "payment_id", None)
-                                   or m.body.batch_number for m in order]
+        assert state == expected, [
+            getattr(m.body, "voucher", None) or getattr(m.body, "payment_id", None) or m.body.batch_number
+            for m in order
+        ]

@@ -34,11 +34,25 @@ D = Decimal
 PARTIAL_OFF = SettlementParameters(calculate_cash_discounts_for_partial_payments=False)
 
 
-def invoice(invoice_id: str, amount: str, on: date, *tiers: tuple[date, str], due: date | None = None,
-            customer: str = "4027", currency: str = "USD", open_amount: str | None = None) -> OpenTransaction:
+def invoice(
+    invoice_id: str,
+    amount: str,
+    on: date,
+    *tiers: tuple[date, str],
+    due: date | None = None,
+    customer: str = "4027",
+    currency: str = "USD",
+    open_amount: str | None = None,
+) -> OpenTransaction:
     return OpenTransaction(
-        voucher=f"FTI-{invoice_id}", customer_account=customer, transaction_type="Invoice", transaction_date=on,
-        currency=currency, original_amount=D(amount), open_amount=D(open_amount or amount), invoice_id=invoice_id,
+        voucher=f"FTI-{invoice_id}",
+        customer_account=customer,
+        transaction_type="Invoice",
+        transaction_date=on,
+        currency=currency,
+        original_amount=D(amount),
+        open_amount=D(open_amount or amount),
+        invoice_id=invoice_id,
         due_date=due or on + timedelta(days=30),
         cash_discounts=tuple(DiscountTier(d, D(p), round_money(D(amount) * D(p) / 100)) for d, p in tiers),
         cash_discount_account="520100",
@@ -130,18 +144,23 @@ def test_never_takes_no_discount_even_before_the_date():
 
 
 def test_without_the_partial_payment_parameter_a_partial_payment_takes_no_discount():
-    result = settle_credit(payment("P", "297.00", JUL1), [invoice_10020()], marks=[Mark("10020")], parameters=PARTIAL_OFF)
+    result = settle_credit(
+        payment("P", "297.00", JUL1), [invoice_10020()], marks=[Mark("10020")], parameters=PARTIAL_OFF
+    )
     assert by_invoice(result) == {"10020": (D("297.00"), D("0.00"))}
 
 
 def test_without_the_partial_payment_parameter_a_full_payment_still_takes_the_whole_discount():
-    result = settle_credit(payment("P", "990.00", JUL1), [invoice_10020()], marks=[Mark("10020")], parameters=PARTIAL_OFF)
+    result = settle_credit(
+        payment("P", "990.00", JUL1), [invoice_10020()], marks=[Mark("10020")], parameters=PARTIAL_OFF
+    )
     assert by_invoice(result) == {"10020": (D("990.00"), D("10.00"))}
 
 
 def test_always_takes_a_partial_discount_even_without_the_parameter():
-    result = settle_credit(payment("P", "297.00", JUL11), [invoice_10020()], marks=[Mark("10020", None, "Always")],
-                           parameters=PARTIAL_OFF)
+    result = settle_credit(
+        payment("P", "297.00", JUL11), [invoice_10020()], marks=[Mark("10020", None, "Always")], parameters=PARTIAL_OFF
+    )
     assert by_invoice(result) == {"10020": (D("297.00"), D("3.00"))}
 
 
@@ -192,17 +211,26 @@ def test_ms_one_payment_settles_all_three_invoices_on_june_29_for_2970(amounts):
     pay = payment("ARP-10040", "2970.00", date(2020, 6, 29), customer="4032")
     marks = [Mark(i, a) for i, a in zip(["10040", "10041", "10042"], amounts)]
     result = settle_credit(pay, invoices, marks=marks)
-    assert by_invoice(result) == {"10040": (D("1000.00"), D("0.00")), "10041": (D("990.00"), D("10.00")),
-                                  "10042": (D("980.00"), D("20.00"))}
+    assert by_invoice(result) == {
+        "10040": (D("1000.00"), D("0.00")),
+        "10041": (D("990.00"), D("10.00")),
+        "10042": (D("980.00"), D("20.00")),
+    }
     assert result.cash_discount == D("30.00") and result.unused_amount == D("0.00")
 
 
 def test_ms_one_payment_settles_all_three_invoices_on_july_1_for_2980():
     """Use one payment to settle invoices that span multiple discount periods: July 1 is in the 1 % period."""
-    result = settle_credit(payment("ARP-10040", "2980.00", date(2020, 7, 1), customer="4032"), three_invoices(2020),
-                           marks=[Mark("10040"), Mark("10041"), Mark("10042")])
-    assert by_invoice(result) == {"10040": (D("1000.00"), D("0.00")), "10041": (D("990.00"), D("10.00")),
-                                  "10042": (D("990.00"), D("10.00"))}
+    result = settle_credit(
+        payment("ARP-10040", "2980.00", date(2020, 7, 1), customer="4032"),
+        three_invoices(2020),
+        marks=[Mark("10040"), Mark("10041"), Mark("10042")],
+    )
+    assert by_invoice(result) == {
+        "10040": (D("1000.00"), D("0.00")),
+        "10041": (D("990.00"), D("10.00")),
+        "10042": (D("990.00"), D("10.00")),
+    }
     assert result.unused_amount == D("0.00")
 
 
@@ -212,8 +240,11 @@ def test_ms_half_of_each_invoice_on_june_29_takes_5_00_and_10_00():
     pay = payment("ARP-10040", "1485.00", date(2020, 6, 29), customer="4032")
     marks = [Mark("10040", D("500.00")), Mark("10041", D("495.00")), Mark("10042", D("490.00"))]
     result = settle_credit(pay, invoices, marks=marks)
-    assert by_invoice(result) == {"10040": (D("500.00"), D("0.00")), "10041": (D("495.00"), D("5.00")),
-                                  "10042": (D("490.00"), D("10.00"))}
+    assert by_invoice(result) == {
+        "10040": (D("500.00"), D("0.00")),
+        "10041": (D("495.00"), D("5.00")),
+        "10042": (D("490.00"), D("10.00")),
+    }
     after = apply_settlement([*invoices, pay], result)
     assert [t.open_amount for t in after] == [D("500.00"), D("500.00"), D("500.00"), D("0.00")]
 
@@ -225,7 +256,11 @@ def test_ms_1485_with_unchanged_amounts_to_settle_leaves_10042_at_505_10():
     marks = [Mark("10040", D("1000.00")), Mark("10041", D("990.00")), Mark("10042", D("980.00"))]
     result = settle_credit(pay, invoices, marks=marks)
     assert by_invoice(result) == {"10040": (D("1000.00"), D("0.00")), "10042": (D("485.00"), D("9.90"))}
-    assert [t.open_amount for t in apply_settlement([*invoices, pay], result)][:3] == [D("0.00"), D("1000.00"), D("505.10")]
+    assert [t.open_amount for t in apply_settlement([*invoices, pay], result)][:3] == [
+        D("0.00"),
+        D("1000.00"),
+        D("505.10"),
+    ]
 
 
 # --- Microsoft: "Settle a partial customer payment that has multiple discount periods" -------
@@ -236,8 +271,9 @@ def test_ms_partial_payment_in_the_2_percent_period_then_the_rest_in_the_1_perce
 
     The article shows "Cash discount amount 30.00" on the second preview; we show the 7.00 still available.
     """
-    inv = invoice("10030", "1000.00", date(2020, 6, 25), (date(2020, 6, 30), "2.00"), (date(2020, 7, 9), "1.00"),
-                  customer="4031")
+    inv = invoice(
+        "10030", "1000.00", date(2020, 6, 25), (date(2020, 6, 30), "2.00"), (date(2020, 7, 9), "1.00"), customer="4031"
+    )
     first = preview_mark(inv, date(2020, 6, 28), Mark("10030", D("294.00")))
     assert (first.cash_discount_date, first.cash_discount_amount) == (date(2020, 6, 30), D("20.00"))
     assert (first.cash_discount_taken, first.cash_discount_amount_to_take) == (D("0.00"), D("6.00"))
@@ -262,12 +298,15 @@ def invoice_10010() -> OpenTransaction:
     return invoice("10010", "1000.00", date(2020, 6, 25), (date(2020, 7, 9), "1.00"), customer="4028")
 
 
-@pytest.mark.parametrize(("amount_to_settle", "to_take", "cash"), [
-    (None, D("10.00"), D("990.00")),
-    (D("990.00"), D("10.00"), D("990.00")),
-    (D("500.00"), D("5.05"), D("500.00")),  # 500.00 ÷ 0.99 × 0.01 = 5.05
-    (D("495.00"), D("5.00"), D("495.00")),
-])
+@pytest.mark.parametrize(
+    ("amount_to_settle", "to_take", "cash"),
+    [
+        (None, D("10.00"), D("990.00")),
+        (D("990.00"), D("10.00"), D("990.00")),
+        (D("500.00"), D("5.05"), D("500.00")),  # 500.00 ÷ 0.99 × 0.01 = 5.05
+        (D("495.00"), D("5.00"), D("495.00")),
+    ],
+)
 def test_ms_settle_transactions_page_shows_the_discount_to_take(amount_to_settle, to_take, cash):
     """Settle partial and final payments in full before the discount date: the Settle transactions page."""
     preview = preview_mark(invoice_10010(), date(2020, 7, 1), Mark("10010", amount_to_settle))
@@ -328,15 +367,20 @@ def test_ms_default_automatic_settlement_takes_the_oldest_due_date_first():
     pay = payment("P-700", "700.00", date(2015, 10, 25), customer="2050")
     result = settle_credit(pay, txns, parameters=PARTIAL_OFF)
     assert [(s.invoice_id, s.cash_applied, s.cash_discount) for s in result.settlements] == [
-        ("10001", D("100.00"), D("0.00")), ("10002", D("250.00"), D("0.00")), ("10003", D("350.00"), D("0.00"))]
+        ("10001", D("100.00"), D("0.00")),
+        ("10002", D("250.00"), D("0.00")),
+        ("10003", D("350.00"), D("0.00")),
+    ]
     after = apply_settlement([*txns, pay], result)
     assert [t.open_amount for t in after] == [D("150.00"), D("7.00"), D("0.00"), D("0.00"), D("0.00")]
 
 
 def test_ms_settle_one_payment_with_two_invoices():
     """Scenario: Settle a customer payment with an invoice, option 3: 600.00 settles both invoices."""
-    txns = [invoice("0100", "100.00", date(2015, 1, 15), customer="4050"),
-            invoice("0200", "500.00", date(2015, 1, 25), customer="4050")]
+    txns = [
+        invoice("0100", "100.00", date(2015, 1, 15), customer="4050"),
+        invoice("0200", "500.00", date(2015, 1, 25), customer="4050"),
+    ]
     pay = payment("P", "600.00", date(2015, 2, 1), customer="4050")
     result = settle_credit(pay, txns, marks=[Mark("0100"), Mark("0200")])
     assert sum(t.open_amount for t in apply_settlement([*txns, pay], result)) == D("0.00")
@@ -351,8 +395,12 @@ def test_automatic_settlement_of_a_payment_takes_the_normal_discount():
 
 
 def test_automatic_settlement_ignores_other_customers_other_currencies_and_closed_invoices():
-    txns = [invoice("A", "100.00", JUN25, customer="other"), invoice("B", "100.00", JUN25, currency="EUR"),
-            invoice("C", "100.00", JUN25, open_amount="0.00"), invoice("D", "100.00", JUN25)]
+    txns = [
+        invoice("A", "100.00", JUN25, customer="other"),
+        invoice("B", "100.00", JUN25, currency="EUR"),
+        invoice("C", "100.00", JUN25, open_amount="0.00"),
+        invoice("D", "100.00", JUN25),
+    ]
     result = settle_credit(payment("P", "500.00", JUL1), txns)
     assert by_invoice(result) == {"D": (D("100.00"), D("0.00"))}
     assert result.unused_amount == D("400.00")
@@ -371,8 +419,16 @@ def test_an_underpayment_leaves_the_invoice_open_with_its_remainder():
 
 
 def credit_note(voucher: str, amount: str, on: date, customer: str = "4027") -> OpenTransaction:
-    return OpenTransaction(voucher=voucher, customer_account=customer, transaction_type="CreditNote", transaction_date=on,
-                           currency="USD", original_amount=-D(amount), open_amount=-D(amount), invoice_id=f"CR-{voucher}")
+    return OpenTransaction(
+        voucher=voucher,
+        customer_account=customer,
+        transaction_type="CreditNote",
+        transaction_date=on,
+        currency="USD",
+        original_amount=-D(amount),
+        open_amount=-D(amount),
+        invoice_id=f"CR-{voucher}",
+    )
 
 
 def test_a_credit_note_settles_against_an_invoice_without_discount():
@@ -394,9 +450,12 @@ def test_a_new_invoice_takes_waiting_credits_in_arrival_order_as_if_it_had_come_
     other_customer = credit_note("CCRN-2", "100.00", date(2015, 5, 1), customer="other")
     inv = invoice_10020()
     results = settle_new_invoice(inv, [(note, None), (other_customer, None), (early_payment, None)])
-    assert [(r.credit_voucher, r.cash_applied, r.cash_discount, r.unused_amount, r.settlement_date) for r in results] == [
+    assert [
+        (r.credit_voucher, r.cash_applied, r.cash_discount, r.unused_amount, r.settlement_date) for r in results
+    ] == [
         ("CCRN-1", D("100.00"), D("0.00"), D("0.00"), JUN25),
-        ("ARP-9", D("450.00"), D("4.55"), D("0.00"), date(2015, 6, 28))]
+        ("ARP-9", D("450.00"), D("4.55"), D("0.00"), date(2015, 6, 28)),
+    ]
     txns = [inv, note, early_payment]
     for r in results:
         txns = apply_settlement(txns, r)
@@ -405,7 +464,9 @@ def test_a_new_invoice_takes_waiting_credits_in_arrival_order_as_if_it_had_come_
 
 def test_a_new_invoice_settles_a_pending_mark_but_no_held_credit():
     marked = replace(payment("ARP-1", "500.00", JUL1), auto_settle=False)
-    held_write_off = OpenTransaction("WOV-1", "4027", "WriteOff", JUL1, "USD", D("-300.00"), D("-300.00"), auto_settle=False)
+    held_write_off = OpenTransaction(
+        "WOV-1", "4027", "WriteOff", JUL1, "USD", D("-300.00"), D("-300.00"), auto_settle=False
+    )
     inv = invoice_10020()
     [result] = settle_new_invoice(inv, [(held_write_off, None), (marked, Mark("10020", D("297.00")))])
     assert (result.credit_voucher, result.cash_applied, result.cash_discount) == ("ARP-1", D("297.00"), D("3.00"))
@@ -429,11 +490,23 @@ def test_a_new_invoice_smaller_than_the_credit_leaves_the_rest_of_the_credit_ope
 
 
 def test_bad_marks_are_rejected_with_a_reason_and_the_good_ones_still_settle():
-    txns = [invoice_10020(), invoice("OTHER", "50.00", JUN25, customer="9999"),
-            invoice("CLOSED", "50.00", JUN25, open_amount="0.00"), invoice("EURO", "50.00", JUN25, currency="EUR"),
-            invoice("ODD", "50.00", JUN25)]
-    marks = [Mark("NOPE"), Mark("OTHER"), Mark("CLOSED"), Mark("EURO"), Mark("ODD", None, "Sometimes"),
-             Mark("10020", D("-1.00")), Mark("10020"), Mark("10020")]
+    txns = [
+        invoice_10020(),
+        invoice("OTHER", "50.00", JUN25, customer="9999"),
+        invoice("CLOSED", "50.00", JUN25, open_amount="0.00"),
+        invoice("EURO", "50.00", JUN25, currency="EUR"),
+        invoice("ODD", "50.00", JUN25),
+    ]
+    marks = [
+        Mark("NOPE"),
+        Mark("OTHER"),
+        Mark("CLOSED"),
+        Mark("EURO"),
+        Mark("ODD", None, "Sometimes"),
+        Mark("10020", D("-1.00")),
+        Mark("10020"),
+        Mark("10020"),
+    ]
     result = settle_credit(payment("P", "297.00", JUL1), txns, marks=marks)
     reasons = {r.invoice_id: r.reason for r in result.rejected_marks[:5]}
     assert "no invoice 'NOPE'" in reasons["NOPE"]
@@ -442,7 +515,9 @@ def test_bad_marks_are_rejected_with_a_reason_and_the_good_ones_still_settle():
     assert "EUR" in reasons["EURO"]
     assert "'Sometimes' is not one of Normal, Always, Never" in reasons["ODD"]
     assert [r.reason for r in result.rejected_marks[5:]] == [
-        "amount_to_settle must be positive, got -1.00", "invoice '10020' is marked more than once"]
+        "amount_to_settle must be positive, got -1.00",
+        "invoice '10020' is marked more than once",
+    ]
     assert by_invoice(result) == {"10020": (D("297.00"), D("3.00"))}
 
 
@@ -488,7 +563,12 @@ def test_applying_a_stale_settlement_is_refused():
 def test_the_available_discount_is_the_tier_percent_of_the_open_balance():
     inv = invoice("X", "1000.00", JUN25, (JUN30, "2.00"), (JUL9, "1.00"), open_amount="700.00")
     assert [available_discount(inv, d) for d in (JUN29, JUN30, JUL1, JUL9, JUL11)] == [
-        D("14.00"), D("14.00"), D("7.00"), D("7.00"), D("0.00")]
+        D("14.00"),
+        D("14.00"),
+        D("7.00"),
+        D("7.00"),
+        D("0.00"),
+    ]
     assert available_discount(inv, JUL11, UseCashDiscount.ALWAYS) == D("7.00")
     assert available_discount(inv, JUN29, UseCashDiscount.NEVER) == D("0.00")
 
@@ -509,8 +589,19 @@ def open_invoices(draw, index: int) -> OpenTransaction:
     tier_days = sorted(draw(st.lists(st.integers(0, 30), max_size=2, unique=True)))
     tier_percents = sorted(draw(st.lists(percents, min_size=len(tier_days), max_size=len(tier_days))), reverse=True)
     tiers = tuple(DiscountTier(on + timedelta(days=d), p) for d, p in zip(tier_days, tier_percents))
-    return OpenTransaction(f"FTI-{index}", "C1", "Invoice", on, "USD", original, open_amount, invoice_id=str(index),
-                           due_date=on + timedelta(days=30), cash_discounts=tiers, cash_discount_account="520100")
+    return OpenTransaction(
+        f"FTI-{index}",
+        "C1",
+        "Invoice",
+        on,
+        "USD",
+        original,
+        open_amount,
+        invoice_id=str(index),
+        due_date=on + timedelta(days=30),
+        cash_discounts=tiers,
+        cash_discount_account="520100",
+    )
 
 
 @st.composite
@@ -520,7 +611,9 @@ def scenarios(draw):
     marks = None
     if draw(st.booleans()):
         chosen = draw(st.lists(st.sampled_from(invoices), min_size=1, unique_by=lambda t: t.voucher))
-        marks = [Mark(t.invoice_id, draw(st.none() | cents), draw(st.sampled_from(list(UseCashDiscount)))) for t in chosen]
+        marks = [
+            Mark(t.invoice_id, draw(st.none() | cents), draw(st.sampled_from(list(UseCashDiscount)))) for t in chosen
+        ]
     partial = draw(st.booleans())
     return invoices, pay, marks, SettlementParameters(calculate_cash_discounts_for_partial_payments=partial)
 
@@ -549,8 +642,11 @@ def test_no_settlement_breaks_the_money_invariants(scenario):
         assert s.total_settled <= inv.open_amount, "never settles more than the open balance"
         p = applicable_percent(inv, result.settlement_date, uses.get(s.invoice_id, UseCashDiscount.NORMAL))
         assert s.cash_discount <= round_money(p / 100 * s.total_settled), "discount within its percent"
-        if s.cash_discount and not parameters.calculate_cash_discounts_for_partial_payments \
-                and uses.get(s.invoice_id, UseCashDiscount.NORMAL) is UseCashDiscount.NORMAL:
+        if (
+            s.cash_discount
+            and not parameters.calculate_cash_discounts_for_partial_payments
+            and uses.get(s.invoice_id, UseCashDiscount.NORMAL) is UseCashDiscount.NORMAL
+        ):
             assert s.total_settled == inv.open_amount, "no partial discount without the parameter"
     assert result.cash_applied + result.unused_amount == -pay.open_amount, "the payment is used or stays open"
     assert result.cash_applied <= -pay.open_amount and result.unused_amount >= 0
@@ -571,7 +667,10 @@ def test_a_preview_agrees_with_the_settlement_it_previews(data):
     preview = preview_mark(inv, on, mark)
     result = settle_credit(new_payment("P", "C1", on, D("100000.00"), "USD"), [inv], marks=[mark])
     settled = result.settlements[0]
-    assert (preview.amount_to_settle, preview.cash_discount_amount_to_take) == (settled.cash_applied, settled.cash_discount)
+    assert (preview.amount_to_settle, preview.cash_discount_amount_to_take) == (
+        settled.cash_applied,
+        settled.cash_discount,
+    )
     assert preview.cash_discount_amount_to_take <= preview.cash_discount_amount
 
 
@@ -579,11 +678,15 @@ def test_a_preview_agrees_with_the_settlement_it_previews(data):
 @given(st.data())
 def test_a_new_invoice_never_takes_more_than_its_balance_or_the_credits(data):
     inv = data.draw(open_invoices(1))
-    credits = [OpenTransaction(f"C{i}", "C1", "Payment", START, "USD", -a, -a) for i, a in
-               enumerate(data.draw(st.lists(cents, max_size=4)))]
+    credits = [
+        OpenTransaction(f"C{i}", "C1", "Payment", START, "USD", -a, -a)
+        for i, a in enumerate(data.draw(st.lists(cents, max_size=4)))
+    ]
     txns = [inv, *credits]
     for result in settle_new_invoice(inv, [(c, None) for c in credits]):
-        assert result.cash_discount <= available_discount(txns[0], START), "at most the discount due on the payment date"
+        assert result.cash_discount <= available_discount(txns[0], START), (
+            "at most the discount due on the payment date"
+        )
         txns = apply_settlement(txns, result)
     left = txns[0].open_amount
     assert 0 <= left <= inv.open_amount

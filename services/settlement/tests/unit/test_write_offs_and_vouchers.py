@@ -17,10 +17,19 @@ D = Decimal
 ON = date(2015, 9, 30)
 
 
-def txn(voucher: str, kind: str, amount: str, open_amount: str | None = None, customer: str = "4027",
-        currency: str = "USD") -> OpenTransaction:
-    return OpenTransaction(voucher, customer, kind, date(2015, 6, 25), currency, D(amount), D(open_amount or amount),
-                           invoice_id=voucher if kind == "Invoice" else None)
+def txn(
+    voucher: str, kind: str, amount: str, open_amount: str | None = None, customer: str = "4027", currency: str = "USD"
+) -> OpenTransaction:
+    return OpenTransaction(
+        voucher,
+        customer,
+        kind,
+        date(2015, 6, 25),
+        currency,
+        D(amount),
+        D(open_amount or amount),
+        invoice_id=voucher if kind == "Invoice" else None,
+    )
 
 
 def write_off(voucher: str, amount: str) -> OpenTransaction:
@@ -28,27 +37,46 @@ def write_off(voucher: str, amount: str) -> OpenTransaction:
 
 
 def test_a_write_off_settles_the_invoice_it_names_against_itself():
-    outcome = settle_write_off(write_off("WOV-1", "-1000.00"), [("FTI-1", D("1000.00"))], [txn("FTI-1", "Invoice", "1000.00")])
+    outcome = settle_write_off(
+        write_off("WOV-1", "-1000.00"), [("FTI-1", D("1000.00"))], [txn("FTI-1", "Invoice", "1000.00")]
+    )
     assert outcome.pairs == (PairSettled("FTI-1", "WOV-1", D("1000.00")),)
     assert outcome.write_off.open_amount == D("0.00") and outcome.settled[0].open_amount == D("0.00")
     assert outcome.shortfalls == ()
 
 
 def test_a_netted_write_off_of_invoices_and_a_credit_closes_everything():
-    items = [txn("FTI-1", "Invoice", "1000.00"), txn("FTI-2", "Invoice", "500.00", "200.00"), txn("ARP-1", "Payment", "-300.00")]
-    outcome = settle_write_off(write_off("WOV-1", "-900.00"),
-                               [("FTI-1", D("1000.00")), ("ARP-1", D("-300.00")), ("FTI-2", D("200.00"))], items)
-    assert outcome.pairs == (PairSettled("FTI-1", "WOV-1", D("1000.00")), PairSettled("WOV-1", "ARP-1", D("300.00")),
-                             PairSettled("FTI-2", "WOV-1", D("200.00")))
+    items = [
+        txn("FTI-1", "Invoice", "1000.00"),
+        txn("FTI-2", "Invoice", "500.00", "200.00"),
+        txn("ARP-1", "Payment", "-300.00"),
+    ]
+    outcome = settle_write_off(
+        write_off("WOV-1", "-900.00"), [("FTI-1", D("1000.00")), ("ARP-1", D("-300.00")), ("FTI-2", D("200.00"))], items
+    )
+    assert outcome.pairs == (
+        PairSettled("FTI-1", "WOV-1", D("1000.00")),
+        PairSettled("WOV-1", "ARP-1", D("300.00")),
+        PairSettled("FTI-2", "WOV-1", D("200.00")),
+    )
     assert outcome.write_off.open_amount == D("0.00")
     assert [t.open_amount for t in outcome.settled] == [D("0.00"), D("0.00"), D("0.00")]
 
 
 def test_what_is_no_longer_open_is_reported_and_stays_open_on_the_write_off():
-    items = [txn("FTI-1", "Invoice", "1000.00", "700.00"), txn("FTI-2", "Invoice", "100.00", "0.00"),
-             txn("FTI-3", "Invoice", "100.00", customer="other"), txn("FTI-4", "Invoice", "100.00", currency="EUR")]
-    named = [("FTI-1", D("1000.00")), ("FTI-2", D("100.00")), ("FTI-3", D("100.00")), ("FTI-4", D("100.00")),
-             ("FTI-9", D("100.00"))]
+    items = [
+        txn("FTI-1", "Invoice", "1000.00", "700.00"),
+        txn("FTI-2", "Invoice", "100.00", "0.00"),
+        txn("FTI-3", "Invoice", "100.00", customer="other"),
+        txn("FTI-4", "Invoice", "100.00", currency="EUR"),
+    ]
+    named = [
+        ("FTI-1", D("1000.00")),
+        ("FTI-2", D("100.00")),
+        ("FTI-3", D("100.00")),
+        ("FTI-4", D("100.00")),
+        ("FTI-9", D("100.00")),
+    ]
     outcome = settle_write_off(write_off("WOV-1", "-1400.00"), named, items)
     assert outcome.pairs == (PairSettled("FTI-1", "WOV-1", D("700.00")),)
     assert outcome.write_off.open_amount == D("-700.00")

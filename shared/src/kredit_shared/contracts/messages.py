@@ -110,10 +110,10 @@ def _parse_percent(value: Any) -> Decimal:
     if isinstance(value, float) and value.is_integer() and 0 <= value <= 100:
         value = int(value)  # JSON's 2.0 is the integer 2
     if isinstance(value, (float, bool)):
-        raise ValueError("percent must be a decimal string such as \"1.00\"")
+        raise ValueError('percent must be a decimal string such as "1.00"')
     if isinstance(value, str):
         if len(value) > 12 or not _PERCENT.fullmatch(value):
-            raise ValueError(f"percent {value[:20]!r} is not a decimal string like \"1.00\" (up to six decimals)")
+            raise ValueError(f'percent {value[:20]!r} is not a decimal string like "1.00" (up to six decimals)')
         parsed = Decimal(value)
     elif isinstance(value, int):
         parsed = Decimal(value) if -1 <= value <= 101 else Decimal(101)  # out of range either way
@@ -130,8 +130,15 @@ Percent = Annotated[
     Decimal,
     BeforeValidator(_parse_percent),
     PlainSerializer(lambda v: format(v, "f"), return_type=str, when_used="json"),
-    WithJsonSchema({"anyOf": [{"type": "string", "pattern": PERCENT_PATTERN, "examples": ["1.00"]},
-                              {"type": "integer", "minimum": 0, "maximum": 100}]}, mode="validation"),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": PERCENT_PATTERN, "examples": ["1.00"]},
+                {"type": "integer", "minimum": 0, "maximum": 100},
+            ]
+        },
+        mode="validation",
+    ),
     WithJsonSchema({"type": "string", "examples": ["1.00"]}, mode="serialization"),
 ]
 
@@ -143,8 +150,7 @@ def _parse_message_id(value: Any) -> str:
         raise ValueError(f"message_id {value!r} is not a UUID") from None
 
 
-MessageId = Annotated[str, BeforeValidator(_parse_message_id),
-                      WithJsonSchema({"type": "string", "format": "uuid"})]
+MessageId = Annotated[str, BeforeValidator(_parse_message_id), WithJsonSchema({"type": "string", "format": "uuid"})]
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 # C0 controls and DEL never; free text keeps tab, line feed and carriage return.
