@@ -6,7 +6,7 @@
 # classic builder, which rejects BuildKit-only instructions.
 FROM python:3.11-slim
 
-# uv version the lockfile was written with (PLATFORM-NOTES.md); bump together with uv.lock.
+# uv version the lockfile was written with (docs/platform-notes.md); bump together with uv.lock.
 ARG UV_VERSION=0.13.9
 RUN pip install --no-cache-dir "uv==${UV_VERSION}"
 
@@ -51,8 +51,10 @@ RUN groupadd --system --gid 10001 kredit \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent kredit
 USER 10001:10001
 
-# collections 8080, invoicing 8081, settlement 8082, ledger-posting 8083 (ARCHITECTURE.md).
+# collections 8080, invoicing 8081, settlement 8082, ledger-posting 8083 (docs/contract.md).
 EXPOSE 8080 8081 8082 8083
 
 # No HEALTHCHECK here: the port differs per service, so compose and Kubernetes define the probes.
+# Each service upgrades its database to the newest schema revision before it serves (Alembic,
+# docs/migrations.md); replicas starting together take turns under a database lock.
 CMD ["python", "-m", "kredit_collections"]

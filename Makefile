@@ -1,11 +1,13 @@
 # Kredit — one command to run the stack locally, one to run the tests. Both set everything up first.
 PYTHON ?= python3
-UV := $(PYTHON) -m uv
+# uv on PATH, else a private copy in .venv-tools (scripts/ensure_uv.sh installs it there; works where
+# pip refuses system installs, PEP 668). Worked out once, on first use.
+UV = $(eval UV := $(shell PYTHON="$(PYTHON)" sh scripts/ensure_uv.sh))$(UV)
 
-.PHONY: setup run demo test lint browser bench chaos fuzz clean
+.PHONY: setup run demo test lint browser bench chaos fuzz docs migration clean
 
 setup:  ## install uv (if missing) and the locked workspace into .venv
-	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.5"
+	@PYTHON="$(PYTHON)" sh scripts/ensure_uv.sh >/dev/null
 	@$(UV) sync --frozen --quiet
 
 run: setup  ## broker + four services on SQLite under ./data; Ctrl-C stops everything
@@ -29,8 +31,9 @@ browser:  ## Debian's chromium for the browser tests, when absent and installabl
 			|| echo "chromium could not be installed: the browser tests will be skipped"; \
 	fi
 
-bench: setup  ## ledger-posting throughput and latency on SQLite and PostgreSQL
-	@$(UV) run --frozen python scripts/bench_ledger.py
+bench: setup  ## the pipeline against the raw broker hop (BENCH_ARGS), then ledger-posting alone; SQLite and PostgreSQL
+	@$(UV) run --frozen python scripts/bench.py $(BENCH_ARGS)
+	@$(UV) run --frozen python scripts/bench_ledger.py $(BENCH_LEDGER_ARGS)
 
 chaos: setup  ## kill services under load, then check the books (CHAOS_ARGS="--messages 5000 --postgres"); not in `make test`
 	@$(UV) run --frozen python scripts/chaos.py $(CHAOS_ARGS)
@@ -40,5 +43,11 @@ fuzz: setup  ## malformed messages on every input topic (FUZZ_ARGS), then HTTP f
 	if [ -f scripts/fuzz_http.py ]; then $(UV) run --frozen python scripts/fuzz_http.py $(FUZZ_HTTP_ARGS) || rc=1; fi; \
 	exit $$rc
 
+docs: setup  ## regenerate docs/asyncapi/*.yaml, docs/messages.md and docs/http.md from the code
+	@$(UV) run --frozen python scripts/gen_docs.py
+migration: setup  ## autogenerate the next schema revision from the models: make migration SERVICE=invoicing MSG="add x"
+	@if [ -z "$(SERVICE)" ] || [ -z "$(MSG)" ]; then echo 'usage: make migration SERVICE=<invoicing|settlement|collections|ledger-posting> MSG="what changes"'; exit 2; fi
+	@$(UV) run --frozen python scripts/migrations.py new $(SERVICE) -m "$(MSG)"
+
 clean:
-	rm -rf data .venv
+	rm -rf data .venv .venv-tools

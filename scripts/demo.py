@@ -5,19 +5,25 @@
 2. Customers with open invoices to write off (spec 000): US-004 Cave Wholesales (two invoices),
    US-001 Contoso Retail San Diego, Birch company, and invoice CIV-000667.
 
-Message ids are derived from the business keys, so running the demo twice changes nothing.
+Message ids are derived from the business keys, so running the demo twice changes nothing. The broker
+and the ports come from the same settings as `make run` (environment and `.env`); nothing is published
+unless the stack answers on those ports, so the demo never writes into someone else's broker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
+import logging
+import sys
+import urllib.request
 import uuid
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 
 from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, ERP_CUSTOMER_PAYMENTS
+from kredit_shared.settings import LocalStackSettings
 
 NAMESPACE = uuid.UUID("6b726564-6974-4465-6d6f-000000000000")
 
@@ -73,11 +79,18 @@ PAYMENTS = [
 ]
 
 
-async def main() -> None:
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{os.environ.get('KAFKA_PORT', 9092)}")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
+def stack_answers(port: int) -> bool:
     try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+async def publish_scenarios(bootstrap: str) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        await producer.start()
         for message in INVOICES:
             await producer.send_and_wait(
                 ERP_CUSTOMER_INVOICES, json.dumps(message).encode(), key=message["customer_account"].encode()
@@ -90,16 +103,35 @@ async def main() -> None:
             )
     finally:
         await producer.stop()
-    print(f"published {len(INVOICES)} invoices and {len(PAYMENTS)} payments to {bootstrap}. Try:")
-    print("  curl -s localhost:8080/api/v1/customers/4027/transactions")
-    print("  curl -s 'localhost:8080/api/v1/aged-balances?as_of=2015-09-30'")
+
+
+def main() -> int:
+    logging.getLogger("aiokafka").disabled = True  # its connection errors would repeat our one line
+    settings = LocalStackSettings()
+    collections, ledger = settings.port("collections"), settings.port("ledger-posting")
+    if not stack_answers(collections):
+        print(
+            f"kredit: no Kredit stack answers on http://127.0.0.1:{collections} (start it with `make run`; "
+            f"the ports and the broker come from the environment and .env)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        asyncio.run(publish_scenarios(settings.bootstrap))
+    except KafkaConnectionError:
+        print(f"kredit: cannot reach the Kafka broker at {settings.bootstrap}; is `make run` up?", file=sys.stderr)
+        return 1
+    print(f"published {len(INVOICES)} invoices and {len(PAYMENTS)} payments to {settings.bootstrap}. Try:")
+    print(f"  curl -s localhost:{collections}/api/v1/customers/4027/transactions")
+    print(f"  curl -s 'localhost:{collections}/api/v1/aged-balances?as_of=2015-09-30'")
     print(
-        "  curl -s -XPOST localhost:8080/api/v1/write-offs -H 'content-type: application/json' "
+        f"  curl -s -XPOST localhost:{collections}/api/v1/write-offs -H 'content-type: application/json' "
         '-d \'{"customer_account": "US-004", "reason_comment": "Bad debt"}\''
     )
-    print("  curl -s 'localhost:8083/api/v1/journals?journal_name=WriteOff&status=open'")
-    print("  curl -s 'localhost:8083/api/v1/trial-balance?as_of=2015-12-31'")
+    print(f"  curl -s 'localhost:{ledger}/api/v1/journals?journal_name=WriteOff&status=open'")
+    print(f"  curl -s 'localhost:{ledger}/api/v1/trial-balance?as_of=2015-12-31'")
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(main())

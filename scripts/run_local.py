@@ -1,12 +1,16 @@
 """Run the whole stack locally: the Tansu broker (unless KAFKA_BOOTSTRAP_SERVERS names one) and the
 four services on SQLite under ./data. Ctrl-C or SIGTERM stops everything; no process is left behind.
 
-Environment: KAFKA_BOOTSTRAP_SERVERS (external broker), KAFKA_PORT (default 9092), DATA_DIR
-(default ./data), COLLECTIONS_PORT / INVOICING_PORT / SETTLEMENT_PORT / LEDGER_POSTING_PORT.
+Settings (environment variables or `.env`, read by kredit_shared.settings.LocalStackSettings):
+KAFKA_BOOTSTRAP_SERVERS (external broker), KAFKA_PORT (default 9092), DATA_DIR (default ./data),
+COLLECTIONS_PORT / INVOICING_PORT / SETTLEMENT_PORT / LEDGER_POSTING_PORT. Every service upgrades its
+database to the newest schema revision at start (kredit_shared.migrations).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -15,8 +19,15 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError
+from pydantic import ValidationError
+
+from kredit_shared.errors import describe_validation_error
 from kredit_shared.service import port_is_free
+from kredit_shared.settings import LocalStackSettings
 from kredit_shared.testing import stop_process, tansu_binary
 
 HOST = "127.0.0.1"
@@ -34,22 +45,22 @@ BROKER_MEMORY_WARNING = (
 class Service:
     name: str
     package: str
-    default_port: int
-
-    @property
-    def port(self) -> int:
-        return int(os.environ.get(f"{self.name.upper().replace('-', '_')}_PORT", self.default_port))
+    port: int
 
 
-SERVICES = [
-    Service("collections", "kredit_collections", 8080),
-    Service("invoicing", "kredit_invoicing", 8081),
-    Service("settlement", "kredit_settlement", 8082),
-    Service("ledger-posting", "kredit_ledger_posting", 8083),
-]
+def services(settings: LocalStackSettings) -> list[Service]:
+    return [
+        Service(name, package, settings.port(name))
+        for name, package in [
+            ("collections", "kredit_collections"),
+            ("invoicing", "kredit_invoicing"),
+            ("settlement", "kredit_settlement"),
+            ("ledger-posting", "kredit_ledger_posting"),
+        ]
+    ]
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(f"kredit: {message}", file=sys.stderr)
     sys.exit(1)
 
@@ -82,13 +93,33 @@ class Stack:
         return [(name, p.returncode) for name, p in self.processes if p.poll() is not None]
 
 
-def main() -> None:
-    data_dir = Path(os.environ.get("DATA_DIR", "data")).resolve()
-    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    kafka_port = int(os.environ.get("KAFKA_PORT", 9092))
+async def broker_answers(bootstrap: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    logging.getLogger("aiokafka").disabled = True  # its connection errors would repeat our one line
+    try:
+        await asyncio.wait_for(admin.start(), 10)
+        return True
+    except (KafkaConnectionError, TimeoutError, OSError):
+        return False
+    finally:
+        await admin.close()
+        logging.getLogger("aiokafka").disabled = False
 
-    wanted = [(s.name, s.port) for s in SERVICES] + ([] if bootstrap else [("the Kafka broker", kafka_port)])
+
+def main() -> None:
+    try:
+        settings = LocalStackSettings()
+    except ValidationError as e:
+        fail(f"invalid settings: {describe_validation_error(e, whole='settings')}")
+    stack_services = services(settings)
+    data_dir = settings.data_dir.resolve()
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    bootstrap = settings.kafka_bootstrap_servers
+    kafka_port = settings.kafka_port
+    if bootstrap and not asyncio.run(broker_answers(bootstrap)):
+        fail(f"cannot reach the Kafka broker at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS); unset it to run the local one")
+
+    wanted = [(s.name, s.port) for s in stack_services] + ([] if bootstrap else [("the Kafka broker", kafka_port)])
     for name, port in wanted:
         if not port_is_free(HOST, port):
             fail(
@@ -125,16 +156,16 @@ def main() -> None:
                 log=data_dir / "logs" / "broker.log",
             )
             bootstrap = f"{HOST}:{kafka_port}"
-        ledger_url = f"http://{HOST}:{next(s.port for s in SERVICES if s.name == 'ledger-posting')}"
-        for service in SERVICES:
+        ledger_url = f"http://{HOST}:{next(s.port for s in stack_services if s.name == 'ledger-posting')}"
+        for service in stack_services:
             env = os.environ | {
                 "LEDGER_POSTING_URL": ledger_url,  # the collections workspace reviews and posts journals there
                 "HTTP_HOST": HOST,
                 "HTTP_PORT": str(service.port),
                 "DATABASE_URL": f"sqlite+aiosqlite:///{data_dir / service.name}.db",
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-                "KAFKA_SESSION_TIMEOUT_MS": os.environ.get("KAFKA_SESSION_TIMEOUT_MS", "1000"),
-                "KAFKA_HEARTBEAT_INTERVAL_MS": os.environ.get("KAFKA_HEARTBEAT_INTERVAL_MS", "200"),
+                "KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
+                "KAFKA_HEARTBEAT_INTERVAL_MS": str(settings.kafka_heartbeat_interval_ms),
             }
             stack.spawn(
                 service.name,
@@ -144,7 +175,7 @@ def main() -> None:
             )
 
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        waiting = {s.name: s.port for s in SERVICES}
+        waiting = {s.name: s.port for s in stack_services}
         while waiting:
             if died := stack.exited():
                 name, code = died[0]
@@ -159,9 +190,9 @@ def main() -> None:
         print(f"kredit: running (Kafka {bootstrap}, SQLite databases and logs in {data_dir})")
         if embedded_broker:
             print(BROKER_MEMORY_WARNING)
-        for service in SERVICES:
-            print(f"  {service.name:<15} http://{HOST}:{service.port}   (API docs: /docs, health: /healthz)")
-        print(f"kredit: the collections workspace: http://{HOST}:{SERVICES[0].port}/")
+        for service in stack_services:
+            print(f"  {service.name:<15} http://{HOST}:{service.port}   (API docs: /docs, probes: /livez /readyz)")
+        print(f"kredit: the collections workspace: http://{HOST}:{stack_services[0].port}/")
         print("kredit: `make demo` publishes the source scenarios; Ctrl-C stops everything.", flush=True)
 
         while True:

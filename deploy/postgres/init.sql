@@ -1,4 +1,4 @@
--- One database per service, each owned by its own login role (ARCHITECTURE.md: "No service reads
+-- One database per service, each owned by its own login role (docs/architecture.md: "No service reads
 -- another's database"). The postgres image runs this once, on an empty data volume, from
 -- /docker-entrypoint-initdb.d (see docker-compose.yml).
 --

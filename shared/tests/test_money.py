@@ -1,11 +1,9 @@
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from kredit_shared.money import MAX_AMOUNT, Amount, Currency, parse_amount, round_money, split_proportionally
+from kredit_shared.money import MAX_AMOUNT, Amount, Currency, parse_amount, round_money
 
 
 class Priced(BaseModel):
@@ -101,15 +99,3 @@ def test_rounding_is_half_up_to_the_cent():
     assert round_money(Decimal("2.345")) == Decimal("2.35")
     assert round_money(Decimal("-2.345")) == Decimal("-2.35")
     assert round_money(Decimal("9.8979")) == Decimal("9.90")
-
-
-@given(
-    total=st.decimals(min_value=-(10**6), max_value=10**6, places=2),
-    weights=st.lists(st.decimals(min_value=0, max_value=10**4, places=2), min_size=1, max_size=8).filter(
-        lambda ws: sum(ws) > 0
-    ),
-)
-def test_proportional_splits_always_add_up_to_the_total(total, weights):
-    parts = split_proportionally(total, weights)
-    assert sum(parts) == round_money(total)
-    assert all(p == round_money(p) for p in parts)

@@ -14,9 +14,10 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Field, SQLModel
 
-from kredit_shared import outbox
+from kredit_shared import outbox, service
 from kredit_shared.contracts import (
     ERP_CUSTOMER_INVOICES,
     GL_JOURNAL_LINES,
@@ -128,8 +129,21 @@ async def test_the_same_message_delivered_twice_has_one_effect(kafka, database_u
         ),
         (json.dumps(invoice("X3", currency="ABC")).encode(), "currency: currency 'ABC' is not an ISO 4217 code"),
         (json.dumps(invoice("REJECT-1")).encode(), "invoice REJECT-1 is not wanted"),
+        (
+            json.dumps({k: v for k, v in invoice("X4").items() if k != "message_id"}).encode(),
+            "message_id is required (the producer's UUID, used to skip redeliveries)",
+        ),
+        (json.dumps(invoice("X5", message_id="X5-1")).encode(), "message_id: message_id 'X5-1' is not a UUID string"),
     ],
-    ids=["not-json", "missing-fields", "float-amount", "unknown-currency", "rejected-by-handler"],
+    ids=[
+        "not-json",
+        "missing-fields",
+        "float-amount",
+        "unknown-currency",
+        "rejected-by-handler",
+        "no-message-id",
+        "message-id-not-a-uuid",
+    ],
 )
 async def test_a_bad_message_is_dead_lettered_with_its_reason_and_the_next_one_is_processed(
     kafka, raw, reason, tmp_path
@@ -449,12 +463,37 @@ class _Orig(Exception):
         (OperationalError("stmt", {}, _Orig(None, "no such table: x")), False),
         (InterfaceError("stmt", {}, _Orig(None, "connection is closed")), True),
         (ConnectionRefusedError(), True),
-        (TimeoutError(), True),
+        (TimeoutError(), True),  # also asyncpg's statement timeout
+        (PoolTimeout(), True),  # every pooled connection busy: load, not the message
         (ValueError("a bug"), False),
     ],
 )
 def test_only_failures_that_heal_by_themselves_are_transient(error, transient):
     assert is_transient(error) is transient
+
+
+async def test_a_slow_database_probe_is_reported_but_never_cancelled_nor_run_on_the_shared_pool(
+    monkeypatch, kafka, tmp_path
+):
+    # Cancelling an asyncpg query can leave its connection unusable; in the shared pool that once
+    # stalled a consumer for good. A slow probe must go on in the background, on its own engine.
+    runtime = ServiceRuntime(echo_settings(kafka, f"sqlite:///{tmp_path}/echo.db"), tables=[])
+    release, pinged = asyncio.Event(), []
+
+    async def slow_ping(engine) -> None:
+        pinged.append(engine)
+        await release.wait()
+
+    monkeypatch.setattr(service, "ping", slow_ping)
+    try:
+        assert (await runtime.health())["database"] == "unreachable"
+        assert (await runtime.health())["database"] == "unreachable"  # waits for the same probe
+        assert len(pinged) == 1 and pinged[0] is not runtime.engine
+        release.set()
+        assert (await runtime.health())["database"] == "ok"
+        assert all(engine is not runtime.engine for engine in pinged)
+    finally:
+        await runtime.stop()
 
 
 async def test_a_handler_dead_letter_keeps_the_original_record(kafka, database_url):

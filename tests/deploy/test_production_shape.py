@@ -25,7 +25,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 BASE = ROOT / "deploy" / "base"
 OVERLAYS = ROOT / "deploy" / "overlays"
 
-# service -> (package run by `python -m`, HTTP port) — ARCHITECTURE.md, "Contract: HTTP".
+# service -> (package run by `python -m`, HTTP port) — docs/contract.md, "HTTP".
 SERVICES = {
     "collections": ("kredit_collections", 8080),
     "invoicing": ("kredit_invoicing", 8081),
@@ -155,11 +155,11 @@ def test_compose_service_talks_to_the_kafka_broker(compose_services, service):
 
 
 @service_names
-def test_compose_service_healthcheck_calls_healthz_on_its_port(compose_services, service):
+def test_compose_service_healthcheck_calls_readyz_on_its_port(compose_services, service):
     _, port = SERVICES[service]
     spec = compose_services[service]
     check = " ".join(as_argv(spec["healthcheck"]["test"]))
-    assert f":{port}/healthz" in check, check
+    assert f":{port}/readyz" in check, check
     assert "curl" not in check and "wget" not in check, "python:3.11-slim has neither curl nor wget"
     env = as_env(spec.get("environment"))
     assert int(env.get("HTTP_PORT", port)) == port
@@ -447,12 +447,15 @@ def test_k8s_deployment_mounts_the_company_setup_it_names(k8s_objects, service):
 
 
 @service_names
-def test_k8s_probes_call_healthz_on_the_container_port(k8s_objects, service):
+def test_k8s_probes_use_livez_for_liveness_and_readyz_for_readiness_on_the_container_port(k8s_objects, service):
+    """Liveness must not depend on the broker or the database (an outage would restart every pod, which
+    heals nothing); readiness does."""
     _, port = SERVICES[service]
     container = main_container(deployment_for(k8s_objects, service))
-    for probe in ("readinessProbe", "livenessProbe"):
+    expected = {"startupProbe": "/livez", "livenessProbe": "/livez", "readinessProbe": "/readyz"}
+    for probe, path in expected.items():
         http_get = container[probe]["httpGet"]
-        assert http_get["path"] == "/healthz", probe
+        assert http_get["path"] == path, probe
         assert resolve_port(container, http_get["port"]) == port, probe
 
 
@@ -509,10 +512,14 @@ def test_kustomization_lists_exactly_the_manifest_files():
 def test_the_deployed_company_setup_is_valid():
     from kredit_shared.company_setup import load_company_setup
 
-    for config_map in generated_config_maps(BASE):
-        for key in config_map["data"]:
-            if key.endswith((".yaml", ".yml")):
-                load_company_setup(BASE / key)  # raises SetupError naming the bad field
+    setups = [
+        load_company_setup(BASE / key)  # raises SetupError naming the bad field
+        for config_map in generated_config_maps(BASE)
+        for key in config_map["data"]
+        if key.endswith((".yaml", ".yml"))
+    ]
+    assert setups, "no company setup in the generated ConfigMaps"
+    assert all(setup == load_company_setup() for setup in setups), "the deployed setup differs from the demo company"
 
 
 def test_compose_and_kubernetes_share_the_consumer_settings(compose_services):
@@ -532,5 +539,45 @@ def test_overlay_renders_and_keeps_the_probes(overlay):
     objects = kustomize(OVERLAYS / overlay)
     for service in SERVICES:
         container = main_container(deployment_for(objects, service))
-        assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
-        assert find(objects, "HorizontalPodAutoscaler", deployment_for(objects, service)["metadata"]["name"])
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+        name = deployment_for(objects, service)["metadata"]["name"]
+        autoscalers = [
+            o
+            for o in find(objects, "HorizontalPodAutoscaler") + find(objects, "ScaledObject")
+            if o["spec"]["scaleTargetRef"]["name"] == name
+        ]
+        assert len(autoscalers) == 1, f"{service}: exactly one autoscaler (two would fight over the replicas)"
+
+
+KEDA = ROOT / "deploy" / "components" / "keda-lag-scaling"
+
+
+def keda_scaled_objects() -> list[dict[str, Any]]:
+    return [doc for doc in load_documents(KEDA / "scaled-objects.yaml") if is_manifest(doc)]
+
+
+@service_names
+def test_keda_scales_each_service_on_its_own_consumer_groups_lag_within_the_partitions(service):
+    objects = base_objects_from_files()
+    deployment = deployment_for(objects, service)
+    container = main_container(deployment)
+    env = container_env(objects, container)
+    (scaled,) = [
+        o for o in keda_scaled_objects() if o["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    ]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1" and scaled["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    (lag,) = [t for t in scaled["spec"]["triggers"] if t["type"] == "kafka"]
+    assert lag["metadata"]["consumerGroup"] == f"kredit-{service}"  # ServiceSettings.group_id without a prefix
+    assert lag["metadata"]["bootstrapServersFromEnv"] in env  # KEDA reads it from the container's environment
+    assert int(lag["metadata"]["lagThreshold"]) > 0
+    assert lag["metadata"]["allowIdleConsumers"] == "false"
+    partitions = int(env.get("TOPIC_PARTITIONS", ("", "4"))[1])
+    assert 1 <= scaled["spec"].get("minReplicaCount", 0) <= scaled["spec"]["maxReplicaCount"] <= partitions
+
+
+def test_the_keda_component_replaces_the_hpas_in_the_production_overlay():
+    objects = kustomize(OVERLAYS / "production")
+    assert find(objects, "HorizontalPodAutoscaler") == []
+    minimum = {o["metadata"]["name"]: o["spec"]["minReplicaCount"] for o in find(objects, "ScaledObject")}
+    assert minimum == {"collections": 1, "invoicing": 1, "settlement": 2, "ledger-posting": 2}

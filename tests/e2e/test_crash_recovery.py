@@ -12,8 +12,16 @@ import uuid
 import httpx
 import pytest
 
-from kredit_shared.contracts import GL_GENERAL_JOURNALS, GL_JOURNAL_EVENTS
-from kredit_shared.testing import TopicProbe, free_port, isolated_kafka, publish, service_process, wait_until_healthy
+from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, GL_GENERAL_JOURNALS, GL_JOURNAL_EVENTS, GL_JOURNAL_LINES
+from kredit_shared.testing import (
+    TopicProbe,
+    free_port,
+    isolated_kafka,
+    publish,
+    publish_many,
+    service_process,
+    wait_until_healthy,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -84,3 +92,40 @@ def duplicates_seen(env: dict[str, str]) -> int:
         if line.startswith("kredit_messages_consumed_total{") and 'outcome="duplicate"' in line:
             return int(float(line.rsplit(" ", 1)[1]))
     return 0
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    ["relay-before-publish", "consumer-after-commit"],
+    ids=["killed-after-commit-before-publish", "killed-after-commit-before-offset-commit"],
+)
+async def test_a_service_killed_mid_batch_posts_every_invoice_of_the_fetch_exactly_once(kafka, tmp_path, failpoint):
+    """Invoicing commits a whole fetch in one transaction: a SIGKILL after it loses and doubles nothing."""
+    isolated = isolated_kafka(kafka)
+    env = {
+        "HTTP_PORT": str(free_port()),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'invoicing.db'}",
+        **{key.upper(): str(value) for key, value in isolated.items()},
+    }
+    prefix, log = env["TOPIC_PREFIX"], str(tmp_path / "invoicing.log")
+    invoices = [
+        {
+            "message_id": str(uuid.uuid4()),
+            "invoice_id": f"K-{n}",
+            "customer_account": f"C{n % 3}",
+            "invoice_date": "2015-06-25",
+            "currency": "USD",
+            "lines": [{"amount": "10.00"}],
+        }
+        for n in range(20)
+    ]
+    async with TopicProbe(kafka.bootstrap_servers, [prefix + GL_JOURNAL_LINES]) as probe:
+        with service_process("kredit_invoicing", env | {"FAILPOINTS": failpoint}, log) as doomed:
+            wait_until_healthy(int(env["HTTP_PORT"]), process=doomed)
+            await publish_many(kafka.bootstrap_servers, prefix + ERP_CUSTOMER_INVOICES, invoices)
+            assert doomed.wait(20) == -signal.SIGKILL
+        with service_process("kredit_invoicing", env, log) as restarted:
+            wait_until_healthy(int(env["HTTP_PORT"]), process=restarted)
+            await probe.wait_for(lambda r: True, count=20)
+            await probe.settle(1.0)
+        assert sorted(r.key for r in probe.records) == sorted(f"FTI-K-{n}" for n in range(20)), "each once"

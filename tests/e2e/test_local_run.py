@@ -26,11 +26,21 @@ def ports() -> dict[str, int]:
     return {"KAFKA_PORT": free_port()} | {f"{name}_PORT": free_port() for name in SERVICES}
 
 
-def start(ports: dict[str, int], data_dir: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
-    env |= {key: str(port) for key, port in ports.items()} | {"DATA_DIR": str(data_dir)}
+def start(ports: dict[str, int], data_dir: Path, dotenv: bool = False) -> subprocess.Popen:
+    """Ports from the environment, or (dotenv) from a `.env` file in the working directory only."""
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS" and k not in ports}
+    if dotenv:
+        (data_dir / ".env").write_text("".join(f"{key}={port}\n" for key, port in ports.items()))
+    else:
+        env |= {key: str(port) for key, port in ports.items()}
+    env["DATA_DIR"] = str(data_dir)
     return subprocess.Popen(
-        [sys.executable, str(RUN_LOCAL)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, str(RUN_LOCAL)],
+        env=env,
+        cwd=data_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -42,8 +52,10 @@ def status(port: int) -> int | None:
         return None
 
 
-def test_the_local_stack_is_healthy_within_a_minute_and_stops_without_orphans(ports, tmp_path):
-    stack = start(ports, tmp_path)
+def test_the_local_stack_takes_its_ports_from_dotenv_is_healthy_within_a_minute_and_stops_without_orphans(
+    ports, tmp_path
+):
+    stack = start(ports, tmp_path, dotenv=True)
     try:
         started = time.monotonic()
         for line in stack.stdout:

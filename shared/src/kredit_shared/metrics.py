@@ -7,17 +7,39 @@ MESSAGES_CONSUMED = Counter(
 )
 HANDLER_SECONDS = Histogram("kredit_handler_seconds", "Time to process one message", ["service", "topic"])
 OUTBOX_PUBLISHED = Counter("kredit_outbox_published_total", "Outbox messages published", ["service", "topic"])
-OUTBOX_PENDING = Gauge("kredit_outbox_pending", "Outbox messages not yet published", ["service"])
+OUTBOX_PENDING = Gauge(
+    "kredit_outbox_pending", "Outbox messages not yet published (an upper bound, read without counting)", ["service"]
+)
 OUTBOX_UNPUBLISHABLE = Counter(
     "kredit_outbox_unpublishable_total",
     "Outbox messages too large to publish, dead-lettered instead",
     ["service", "topic"],
 )
 DEAD_LETTERS = Counter(
-    "kredit_dead_letters_total", "Records dead-lettered, by error type", ["service", "topic", "error_type"]
+    "kredit_dead_letters_total",
+    "Dead letters published to <topic>.dlq (by the runtime, a handler or the relay), by source topic and error type",
+    ["service", "topic", "error_type"],
 )
 CONSUMER_RETRYING_SECONDS = Gauge(
     "kredit_consumer_retrying_seconds",
     "How long the consumer has been retrying one message (0 when it is not)",
     ["service"],
+)
+HTTP_REQUESTS = Counter(
+    "kredit_http_requests_total",
+    "HTTP requests answered, by route template and status",
+    ["service", "method", "route", "status"],
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "kredit_http_request_seconds", "Time to answer an HTTP request", ["service", "method", "route"]
+)
+CONSUMER_LAG = Gauge(
+    "kredit_consumer_lag",
+    "Records on the broker not yet handed to this consumer (high watermark - position), per assigned partition",
+    ["service", "topic", "partition"],
+)
+RETENTION_DELETED = Counter(
+    "kredit_retention_deleted_total",
+    "Rows deleted by the retention job: published outbox rows and old inbox entries",
+    ["service", "table"],
 )

@@ -113,22 +113,3 @@ Currency = Annotated[
     BeforeValidator(parse_currency),
     WithJsonSchema({"type": "string", "pattern": "^[A-Z]{3}$", "examples": ["USD"]}),
 ]
-
-
-def split_proportionally(total: Decimal, weights: list[Decimal]) -> list[Decimal]:
-    """Split `total` into cents in proportion to `weights` so the parts always add up (largest remainder)."""
-    if not weights:
-        return []
-    weight_sum = sum(weights, Decimal(0))
-    if weight_sum == 0:
-        raise ValueError("cannot split by weights that sum to zero")
-    cents = int((round_money(total) / CENT).to_integral_value())
-    if cents < 0:
-        return [-part for part in split_proportionally(-total, weights)]
-    exact = [Decimal(cents) * w / weight_sum for w in weights]
-    floors = [int(e.to_integral_value(rounding="ROUND_FLOOR")) for e in exact]
-    remainder = cents - sum(floors)
-    order = sorted(range(len(weights)), key=lambda i: exact[i] - floors[i], reverse=True)
-    for i in order[:remainder]:
-        floors[i] += 1
-    return [Decimal(c) * CENT for c in floors]

@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
-from sqlalchemy import JSON, Column, LargeBinary, func, select, update
+from sqlalchemy import JSON, Column, LargeBinary, func, make_url, select, update
 from sqlmodel import Field, SQLModel, text
-from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kredit_shared import failpoints, metrics
+from kredit_shared import failpoints, metrics, telemetry
 from kredit_shared.contracts.messages import ContractMessage
 from kredit_shared.contracts.topics import dead_letter_topic
-from kredit_shared.database import SessionFactory
+from kredit_shared.database import SessionFactory, normalise_url
 from kredit_shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -81,17 +83,17 @@ def decode_headers(encoded: list[list[Any]]) -> list[Header]:
     return decoded
 
 
-def add_message(session: AsyncSession, message: ContractMessage) -> None:
-    """Queue a contract message in the caller's transaction."""
-    session.add(
-        OutboxMessage(
-            message_id=message.message_id,
-            topic=message.topic,
-            key=message.key(),
-            payload=message.model_dump_json().encode(),
-            headers=encode_headers([("message-type", type(message).__name__.encode())]),
-        )
-    )
+def message_row(message: ContractMessage) -> dict[str, Any]:
+    """The outbox row of a contract message (a transaction inserts its rows in one statement)."""
+    return {
+        "message_id": message.message_id,
+        "topic": message.topic,
+        "key": message.key(),
+        "payload": message.model_dump_json().encode(),
+        # The trace context of the span writing it: the relay's span continues that trace.
+        "headers": encode_headers([("message-type", type(message).__name__.encode()), *telemetry.trace_headers()]),
+        "created_at": utcnow(),
+    }
 
 
 @dataclass(frozen=True)
@@ -139,18 +141,36 @@ MAX_DEAD_LETTER_BYTES = 256 * 1024
 MAX_REASON_CHARS = 4000
 
 
-def add_dead_letter(session: AsyncSession, letter: DeadLetter, message_id: str) -> None:
-    """Queue a dead letter in the caller's transaction, so it is published once with the effect (or the
-    inbox entry) that goes with it."""
-    session.add(
-        OutboxMessage(
-            message_id=message_id,
-            topic=dead_letter_topic(letter.source_topic),
-            key=letter.key.decode(errors="replace") if letter.key is not None else None,
-            payload=letter.payload(),
-            headers=encode_headers(letter.record_headers()),
-        )
-    )
+def dead_letter_row(letter: DeadLetter, message_id: str) -> dict[str, Any]:
+    """The outbox row of a dead letter: committed with the effect (or the inbox entry) that goes with
+    it, so it is published once."""
+    return {
+        "message_id": message_id,
+        "topic": dead_letter_topic(letter.source_topic),
+        "key": letter.key.decode(errors="replace") if letter.key is not None else None,
+        "payload": letter.payload(),
+        "headers": encode_headers(letter.record_headers()),
+        "created_at": utcnow(),
+    }
+
+
+# What the relay reads of a row: plain tuples, not ORM objects (thousands per batch).
+_RELAYED = (
+    OutboxMessage.id,
+    OutboxMessage.message_id,
+    OutboxMessage.topic,
+    OutboxMessage.key,
+    OutboxMessage.payload,
+    OutboxMessage.headers,
+)
+
+
+def _sqlite_lock_file(database_url: str) -> str | None:
+    """The relay's lock file of a SQLite database file; None for PostgreSQL and in-memory SQLite."""
+    url = make_url(normalise_url(database_url))
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return f"{url.database}.relay-lock"
 
 
 class RelayError(Exception):
@@ -166,6 +186,8 @@ class OutboxRelay:
         self._producer = producer
         self._wakeup = asyncio.Event()
         self.failing_since: float | None = None  # monotonic time of the first failure in a row (readiness)
+        self._postgres = make_url(normalise_url(settings.database_url)).get_backend_name() == "postgresql"
+        self._lock_path = _sqlite_lock_file(settings.database_url)
 
     def wake(self) -> None:
         """Called after a commit that queued messages, so they go out without waiting for the poll."""
@@ -191,38 +213,57 @@ class OutboxRelay:
                     pass
 
     async def publish_pending(self) -> int:
-        """Publish one batch; returns how many rows were sent."""
-        async with self._sessions() as session, session.begin():
-            if session.bind.dialect.name == "postgresql":
-                # One relay at a time per database keeps each key's messages in commit order.
+        """Publish one batch; returns how many rows were sent (0 also when another relay is at it)."""
+        # One relay at a time per database keeps each key's messages in commit order and publishes each
+        # row once. SQLite has no advisory lock: a lock file next to the database (its replicas share one
+        # host) does it there without holding the database's write lock while the broker acknowledges.
+        with self._file_lock() as locked:
+            if not locked:
+                return 0
+            return await self._publish_batch()
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[bool]:
+        if self._lock_path is None:
+            yield True
+            return
+        with open(self._lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    async def _publish_batch(self) -> int:
+        async with self._sessions() as session:
+            if self._postgres:  # the transaction-scoped lock lasts until the batch is marked sent
                 locked = await session.exec(text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK_KEY})"))
                 if not locked.scalar():
                     return 0
-            else:
-                # SQLite has no such lock: a write first takes the database's write lock, so a second relay
-                # (another replica on the same file) waits and then sees these rows as sent.
-                await session.exec(
-                    update(OutboxMessage)
-                    .where(OutboxMessage.id == select(func.max(OutboxMessage.id)).scalar_subquery())
-                    .values(published_at=OutboxMessage.published_at)
-                )
             rows = (
-                (
-                    await session.exec(
-                        select(OutboxMessage)
-                        .where(OutboxMessage.published_at.is_(None))
-                        .order_by(OutboxMessage.id)
-                        .limit(self._settings.outbox_batch_size)
-                    )
+                await session.exec(
+                    select(*_RELAYED)
+                    .where(OutboxMessage.published_at.is_(None))
+                    .order_by(OutboxMessage.id)
+                    .limit(self._settings.outbox_batch_size)
                 )
-                .scalars()
-                .all()
-            )
+            ).all()
+            # The backlog without a COUNT(*) over the table: the rows behind this batch (max(id) is one
+            # index lookup) and the failed ones. An upper bound: ids skipped by rolled-back inserts count.
+            newest = (await session.exec(select(func.max(OutboxMessage.id)))).scalar_one()
             if not rows:
                 metrics.OUTBOX_PENDING.labels(self._settings.service_name).set(0)
                 return 0
+            if not self._postgres:
+                # SQLite: end the read here. A transaction that reads and then writes fails if a consumer
+                # commits in between; the marking below begins with its write and waits for its turn.
+                await session.commit()
             failpoints.hit(self._settings, "relay-before-publish")
-            # Sends are pipelined; the producer keeps per-partition order.
+            # Sends are pipelined (one wait for every acknowledgement); the producer keeps per-partition order.
             deliveries = [await self._send(row) for row in rows]
             outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
             failpoints.hit(self._settings, "relay-after-publish")
@@ -236,9 +277,17 @@ class OutboxRelay:
                     .where(OutboxMessage.id.in_([r.id for r in sent]))
                     .values(published_at=utcnow())
                 )
+            await session.commit()
+            pending = (newest or 0) - rows[-1].id + len(failed)
+        for topic, count in Counter(row.topic for row in sent).items():
+            metrics.OUTBOX_PUBLISHED.labels(self._settings.service_name, topic).inc(count)
         for row in sent:
-            metrics.OUTBOX_PUBLISHED.labels(self._settings.service_name, row.topic).inc()
-        await self._report_pending()
+            if row.topic.endswith(".dlq"):  # counted once published, whoever wrote it (runtime or handler)
+                error_type = next((v for k, v in row.headers if k == "x-dlq-error-type"), None)
+                metrics.DEAD_LETTERS.labels(
+                    self._settings.service_name, row.topic.removesuffix(".dlq"), error_type or ""
+                ).inc()
+        metrics.OUTBOX_PENDING.labels(self._settings.service_name).set(pending)
         if failed:
             row, error = failed[0]
             raise RelayError(
@@ -246,14 +295,15 @@ class OutboxRelay:
             )
         return len(rows)
 
-    async def _send(self, row: OutboxMessage) -> asyncio.Future[Any]:
+    async def _send(self, row: Any) -> asyncio.Future[Any]:
         """Enqueue one row. A row the producer can never send (over its size limit) is replaced by a
         truncated dead letter of itself, so one oversized message cannot stop everything behind it."""
         topic = self._settings.topic(row.topic)
         headers = decode_headers(row.headers) + [("message-id", row.message_id.encode())]
         key = row.key.encode() if row.key is not None else None
         try:
-            return await self._producer.send(topic, value=row.payload, key=key, headers=headers)
+            with telemetry.publishing(self._settings.service_name, row.topic, headers) as traced:
+                return await self._producer.send(topic, value=row.payload, key=key, headers=traced)
         except MessageSizeTooLargeError as e:
             log.error(
                 "outbox row %s to %s (%d bytes) is too large to publish; dead-lettering a truncated copy",
@@ -262,6 +312,7 @@ class OutboxRelay:
                 len(row.payload),
             )
             metrics.OUTBOX_UNPUBLISHABLE.labels(self._settings.service_name, row.topic).inc()
+            metrics.DEAD_LETTERS.labels(self._settings.service_name, row.topic, "unpublishable").inc()
             letter = DeadLetter(
                 source_topic=row.topic,
                 key=key,
@@ -277,12 +328,3 @@ class OutboxRelay:
                 key=key,
                 headers=letter.record_headers(),
             )
-
-    async def _report_pending(self) -> None:
-        async with self._sessions() as session:
-            pending = (
-                await session.exec(
-                    select(func.count()).select_from(OutboxMessage).where(OutboxMessage.published_at.is_(None))
-                )
-            ).scalar_one()
-        metrics.OUTBOX_PENDING.labels(self._settings.service_name).set(pending)

@@ -5,6 +5,7 @@ A service adds only its tables, its handlers and its routes:
 
     runtime = ServiceRuntime(settings, tables=[...])
     runtime.subscribe(topics.X, Model.model_validate_json, handlers.do_x)
+    runtime.publishes(topics.Y)  # every topic its handlers and routes emit to
     app = runtime.http_app("Kredit x", routers=[api.router])
 """
 
@@ -26,8 +27,8 @@ from typing import Annotated, Any, TypeVar
 
 import uvicorn
 from aiokafka import AIOKafkaProducer, ConsumerRecord
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.errors import IncompatibleBrokerVersion, InvalidPartitionsError, KafkaConnectionError
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -36,17 +37,20 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
-from sqlalchemy import Table
+from sqlalchemy import Table, event, insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kredit_shared import failpoints, inbox, metrics, outbox
+from kredit_shared import asyncapi, failpoints, inbox, logs, metrics, outbox, retention, telemetry
 from kredit_shared.company_setup import SetupError
 from kredit_shared.contracts.messages import ContractMessage
 from kredit_shared.contracts.topics import ALL_TOPICS, dead_letter_topic
 from kredit_shared.database import create_engine, create_session_factory, create_tables, ping
 from kredit_shared.errors import describe_validation_error
 from kredit_shared.http import install_http_hardening
+from kredit_shared.migrations import Migrations, SchemaError, upgrade
 from kredit_shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -70,9 +74,26 @@ class Transaction:
     # dead letter keeps the original bytes, headers and position.
     records: dict[int, ConsumerRecord] = field(default_factory=dict)
     group_id: str = ""
+    # The topics the service declared (`ServiceRuntime.publishes`): its AsyncAPI document lists
+    # them, so emitting elsewhere is a bug. None: not checked (a test's runtime that declares none).
+    publishes: frozenset[str] | None = None
+    _outbox: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        # Whatever commits the session (the runtime, an HTTP route, a test) writes the queued messages
+        # first, in one insert: a whole batch's output costs one statement, not an ORM flush per row.
+        event.listen(self.session.sync_session, "before_commit", self._write_outbox)
+
+    def _write_outbox(self, session: Session) -> None:
+        if self._outbox:
+            # Runs inside the async commit, so the sync API is the right one here.
+            session.connection().execute(insert(outbox.OutboxMessage.__table__), self._outbox)
+            self._outbox.clear()
 
     def emit(self, message: ContractMessage) -> None:
-        outbox.add_message(self.session, message)
+        if self.publishes is not None and message.topic not in self.publishes:
+            raise RuntimeError(f"{type(message).__name__} goes to {message.topic}, which the service does not declare")
+        self._outbox.append(outbox.message_row(message))
         self.emitted += 1
 
     def dead_letter(self, source_topic: str, message: ContractMessage, reason: str) -> None:
@@ -90,7 +111,10 @@ class Transaction:
                 "rejected",
                 consumer=self.group_id,
             )
-        outbox.add_dead_letter(self.session, letter, message.message_id)
+        self.emit_dead_letter(letter, message.message_id)
+
+    def emit_dead_letter(self, letter: outbox.DeadLetter, message_id: str) -> None:
+        self._outbox.append(outbox.dead_letter_row(letter, message_id))
         self.emitted += 1
 
 
@@ -148,8 +172,8 @@ def is_transient(error: BaseException) -> bool:
         return isinstance(error, OperationalError) and any(
             s in text for s in ("database is locked", "database is busy", "unable to open", "disk i/o error")
         )
-    if isinstance(error, (ConnectionError, TimeoutError, KafkaConnectionError)):
-        return True
+    if isinstance(error, (ConnectionError, TimeoutError, KafkaConnectionError, PoolTimeout)):
+        return True  # PoolTimeout: every pooled connection busy for pool_timeout; load, not the message
     return isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError))
 
 
@@ -182,25 +206,45 @@ def _no_decoding(message: Any) -> None:
 
 
 class ServiceRuntime:
-    def __init__(self, settings: ServiceSettings, tables: Sequence[Table]) -> None:
+    def __init__(
+        self, settings: ServiceSettings, tables: Sequence[Table], migrations: Migrations | None = None
+    ) -> None:
+        """`migrations`: the service's schema history, applied at start (`upgrade head`). Without one
+        (test-only runtimes) the tables are created as they are."""
         self.settings = settings
         self.engine = create_engine(settings.database_url)
         self.sessions = create_session_factory(self.engine)
+        # Probes get their own connections and are never cancelled mid-query: a cancelled asyncpg
+        # query can leave its connection unusable, and in the shared pool it once stalled the
+        # consumer for good (found by the chaos run on PostgreSQL under load).
+        self._probe_engine = create_engine(settings.database_url, pooled=False)
+        self._database_probe: asyncio.Task[None] | None = None
         self.tables = [*tables, outbox.OutboxMessage.__table__, inbox.ProcessedMessage.__table__]
+        self.migrations = migrations
         # Per-message "Received/Processed" logs go to DEBUG; outcomes are in /metrics.
-        self.broker = KafkaBroker(settings.kafka_bootstrap_servers, log_level=logging.DEBUG, graceful_timeout=10)
+        self.broker = KafkaBroker(
+            settings.kafka_bootstrap_servers,
+            log_level=logging.DEBUG,
+            graceful_timeout=10,
+            logger=logging.getLogger("faststream.access.kafka"),  # a plain logger: the process's one format
+        )
         self.producer: AIOKafkaProducer | None = None
         self.relay: outbox.OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self._retention_task: asyncio.Task[None] | None = None
         self._subscriptions: dict[str, _Subscription] = {}
+        self.publications: list[str] = []  # contract topics the service emits to (see `publishes`)
         self.retrying_since: float | None = None  # monotonic time the current message's retries began
+        self._lag_labels: set[tuple[str, str, str]] = set()
+        self.prepared_before_start = False
 
     # --- transactions -------------------------------------------------------------------------
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self.sessions() as session, session.begin():
-            tx = Transaction(session, group_id=self.settings.group_id)
+            declared = frozenset(self.publications) or None
+            tx = Transaction(session, group_id=self.settings.group_id, publishes=declared)
             yield tx
         if tx.emitted and self.relay is not None:
             self.relay.wake()
@@ -224,10 +268,20 @@ class ServiceRuntime:
         parse: Callable[[bytes], M],
         handle_batch: Callable[[Transaction, list[M]], Awaitable[None]],
     ) -> None:
-        """For a hot topic: the handler gets the new messages of a whole fetch at once, in one
-        transaction, and reports bad ones with `tx.dead_letter` so they do not hold back the rest.
-        If the batch fails anyway, its messages are retried one by one."""
+        """For a hot topic: the handler gets the new messages of a whole fetch at once (in fetch order, so
+        each key's messages in order), in one transaction, after one inbox lookup for them all. It
+        reports bad ones with `tx.dead_letter` so they do not hold back the rest. A transient failure
+        retries the batch; any other failure retries its messages one by one (see _consume_batch)."""
         self._subscriptions[self.settings.topic(topic)] = _Subscription(topic, parse, handle_batch=handle_batch)
+
+    def publishes(self, *topics: str) -> None:
+        """Declare the contract topics the service's handlers and routes emit to (its AsyncAPI document)."""
+        self.publications.extend(t for t in topics if t not in self.publications)
+
+    def asyncapi(self) -> dict[str, Any]:
+        """The service's AsyncAPI document, from its subscriptions and declared publications."""
+        consumes = [s.topic for s in self._subscriptions.values()]
+        return asyncapi.document(self.settings.service_name, consumes, self.publications)
 
     def _register_consumer(self) -> None:
         """One consumer for all of the service's topics: one group join at start-up instead of one
@@ -250,6 +304,7 @@ class ServiceRuntime:
             parser=_lenient_records,
             decoder=_no_decoding,
             title=f"{settings.service_name}-consumer",
+            include_in_schema=False,  # raw records: the contract is declared in kredit_shared.asyncapi
         )
         async def consume(message: KafkaMessage) -> None:
             try:
@@ -267,17 +322,19 @@ class ServiceRuntime:
             by_topic[record.topic].append(record)
         for topic, topic_records in by_topic.items():
             subscription = self._subscriptions[topic]
+            name = self.settings.service_name
             if subscription.handle_batch is not None and len(topic_records) > 1:
-                await self._consume_batch(subscription, topic_records)
+                with telemetry.consuming(name, subscription.topic, topic_records):
+                    await self._consume_batch(subscription, topic_records)
             else:
                 for record in topic_records:
-                    await self._consume_one(subscription, record)
+                    with telemetry.consuming(name, subscription.topic, [record]):
+                        await self._consume_one(subscription, record)
 
-    async def _consume_one(self, sub: _Subscription, record: ConsumerRecord) -> None:
+    async def _consume_one(self, sub: _Subscription, record: ConsumerRecord, parsed: Any | None = None) -> None:
         name = self.settings.service_name
         started = time.perf_counter()
-        parsed = await self._parse(sub, record)
-        if parsed is None:
+        if parsed is None and (parsed := await self._parse(sub, record)) is None:
             return
         try:
             fresh = await self._retrying(lambda: self._handle(sub, [(record, parsed)]), sub.topic, record)
@@ -292,28 +349,45 @@ class ServiceRuntime:
         metrics.HANDLER_SECONDS.labels(name, sub.topic).observe(time.perf_counter() - started)
 
     async def _consume_batch(self, sub: _Subscription, records: list[ConsumerRecord]) -> None:
+        """The new messages of a fetch in one transaction. A transient failure retries the batch; any other
+        failure (a bug one message triggers, a `Rejected` the handler raised, a racing replica's commit)
+        sends the batch through one by one, which finds the message at fault and dead-letters it alone."""
         name = self.settings.service_name
         started = time.perf_counter()
         parsed = [(record, message) for record in records if (message := await self._parse(sub, record)) is not None]
+        if not parsed:
+            return
         try:
-            fresh = await self._handle(sub, parsed)
-        except Exception as e:  # noqa: BLE001 - whatever it was, one by one finds the message at fault
+            fresh = await self._retrying(lambda: self._handle(sub, parsed), sub.topic, parsed[0][0], max_attempts=1)
+        except (Rejected, _NotDone) as e:
             log.warning(
-                "%s: a batch of %d from %s failed (%r); processing it one by one", name, len(parsed), sub.topic, e
+                "%s: a batch of %d from %s failed (%r); processing it one by one",
+                name,
+                len(parsed),
+                sub.topic,
+                e.__cause__ or e,
             )
-            for record, _ in parsed:
-                await self._consume_one(sub, record)
+            for record, message in parsed:
+                await self._consume_one(sub, record, message)
             return
         failpoints.hit(self.settings, "consumer-after-commit")
         metrics.MESSAGES_CONSUMED.labels(name, sub.topic, "processed").inc(fresh)
         metrics.MESSAGES_CONSUMED.labels(name, sub.topic, "duplicate").inc(len(parsed) - fresh)
         metrics.HANDLER_SECONDS.labels(name, sub.topic).observe(time.perf_counter() - started)
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]], topic: str, record: ConsumerRecord) -> T:
+    async def _retrying(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        topic: str,
+        record: ConsumerRecord,
+        max_attempts: int | None = None,
+    ) -> T:
         """Run `attempt` until it succeeds. Transient failures (see is_transient) are retried without
         limit, with backoff, while /readyz reports the consumer as stuck; any other failure is retried
-        `consumer_max_attempts` times and then raised as _NotDone. `Rejected` passes straight through."""
+        `max_attempts` times (default `consumer_max_attempts`) and then raised as _NotDone. `Rejected`
+        passes straight through."""
         name = self.settings.service_name
+        max_attempts = max_attempts or self.settings.consumer_max_attempts
         failures = 0
         try:
             while True:
@@ -324,8 +398,9 @@ class ServiceRuntime:
                 except Exception as e:
                     transient = is_transient(e)
                     failures += 1
-                    if not transient and failures >= self.settings.consumer_max_attempts:
-                        log.exception("%s: giving up on %s@%s:%s", name, topic, record.partition, record.offset)
+                    if not transient and failures >= max_attempts:
+                        if max_attempts > 1:
+                            log.exception("%s: giving up on %s@%s:%s", name, topic, record.partition, record.offset)
                         raise _NotDone() from e
                     if self.retrying_since is None:
                         self.retrying_since = time.monotonic()
@@ -353,7 +428,9 @@ class ServiceRuntime:
         try:
             if record.value is None:
                 raise ValueError("the record has no value (a tombstone)")
-            return sub.parse(record.value)
+            message = sub.parse(record.value)
+            telemetry.note_message(message)
+            return message
         except Exception as e:  # noqa: BLE001 - see above: nothing may escape with the fetch behind it
             await self._dead_letter(sub.topic, record, f"invalid message: {_describe_parse_error(e)}", "invalid")
             return None
@@ -393,53 +470,97 @@ class ServiceRuntime:
         async def write() -> None:
             async with self.transaction() as tx:
                 if await inbox.claim_key(tx.session, self.settings.group_id, topic, position):
-                    outbox.add_dead_letter(tx.session, letter, message_id=str(uuid.uuid5(uuid.NAMESPACE_URL, position)))
-                    tx.emitted += 1
+                    tx.emit_dead_letter(letter, str(uuid.uuid5(uuid.NAMESPACE_URL, position)))
 
         try:
             await self._retrying(write, topic, record)
         except _NotDone:
             raise RuntimeError(f"cannot record the dead letter of {topic}@{record.partition}:{record.offset}") from None
         metrics.MESSAGES_CONSUMED.labels(self.settings.service_name, topic, "dead_lettered").inc()
-        metrics.DEAD_LETTERS.labels(self.settings.service_name, topic, error_type).inc()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def prepare(self) -> None:
+        """What must be in place before anything is consumed: the topics and the schema."""
         await ensure_topics(self.settings)
-        await create_tables(self.engine, self.tables)
+        if self.migrations is not None:
+            await upgrade(self.engine, self.migrations)
+        else:
+            await create_tables(self.engine, self.tables)
+
+    async def start(self) -> None:
+        if self.prepared_before_start:  # by run_service, just before serving
+            self.prepared_before_start = False
+        else:
+            await self.prepare()
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all", linger_ms=2
+            # Larger batches per partition than the default 16 KiB: the relay sends thousands of rows at once.
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            acks="all",
+            linger_ms=2,
+            max_batch_size=256 * 1024,
         )
         await self.producer.start()
         self.relay = outbox.OutboxRelay(self.settings, self.sessions, self.producer)
         if self.settings.outbox_relay_enabled:
             self._relay_task = asyncio.create_task(self.relay.run_forever(), name="outbox-relay")
+        if self.settings.retention_days > 0:
+            self._retention_task = asyncio.create_task(
+                retention.run_forever(self.settings, self.sessions), name="retention"
+            )
         self._register_consumer()
         await self.broker.start()
 
     async def stop(self) -> None:
         await self.broker.stop()
-        if self._relay_task is not None:
-            self._relay_task.cancel()
-            try:
-                await self._relay_task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._relay_task, self._retention_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         if self.producer is not None:
             await self.producer.stop()
         await self.engine.dispose()
+        await self._probe_engine.dispose()
 
     async def health(self) -> dict[str, str]:
         checks: dict[str, str] = {}
-        try:
-            await asyncio.wait_for(ping(self.engine), 2)
+        if self._database_probe is None or self._database_probe.done():
+            self._database_probe = asyncio.create_task(ping(self._probe_engine), name="database-probe")
+            self._database_probe.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
+        try:  # a probe that outlasts the timeout goes on in the background; the next call waits for it
+            await asyncio.wait_for(asyncio.shield(self._database_probe), 2)
             checks["database"] = "ok"
         except Exception as e:  # noqa: BLE001 - any failure means unhealthy
             log.warning("%s: database unreachable: %r", self.settings.service_name, e)
             checks["database"] = "unreachable"
         checks["broker"] = "ok" if await self.broker.ping(timeout=2) else "unreachable"
         return checks
+
+    async def report_lag(self) -> None:
+        """Set kredit_consumer_lag for the partitions assigned to this process now (others are removed)."""
+        name = self.settings.service_name
+        current: set[tuple[str, str, str]] = set()
+        for subscriber in self.broker.subscribers:
+            consumer = getattr(subscriber, "consumer", None)
+            if consumer is None:
+                continue
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                if highwater is None:  # nothing fetched from it yet
+                    continue
+                try:
+                    position = await asyncio.wait_for(consumer.position(tp), 1)
+                except Exception:  # noqa: BLE001 - a rebalance in progress: report it next scrape
+                    continue
+                labels = (name, self.settings.logical_topic(tp.topic), str(tp.partition))
+                metrics.CONSUMER_LAG.labels(*labels).set(max(highwater - position, 0))
+                current.add(labels)
+        for labels in self._lag_labels - current:
+            metrics.CONSUMER_LAG.remove(*labels)
+        self._lag_labels = current
 
     def readiness(self) -> dict[str, str]:
         """What /readyz adds to /healthz: the consumer is not stuck on one message, the relay publishes."""
@@ -468,6 +589,12 @@ class ServiceRuntime:
                 CORSMiddleware, allow_origins=self.settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
             )
 
+        @app.get("/livez", tags=["operations"])
+        async def livez() -> JSONResponse:
+            """200 while the process serves requests: liveness checks nothing outside it, so an outage of the
+            broker or the database never restarts the pods (they wait; /readyz tells)."""
+            return JSONResponse({"status": "ok"})
+
         @app.get("/healthz", tags=["operations"])
         async def healthz() -> JSONResponse:
             """200 while the database and the broker answer."""
@@ -487,9 +614,12 @@ class ServiceRuntime:
 
         @app.get("/metrics", tags=["operations"])
         async def prometheus_metrics() -> Response:
+            await self.report_lag()
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+        app.include_router(asyncapi.router(self.asyncapi))
         install_http_hardening(app, self.settings.http_max_body_bytes)
+        app.add_middleware(telemetry.HttpTelemetry, service=self.settings.service_name)  # outermost: sees every answer
         for router in routers:
             app.include_router(router)
         return app
@@ -522,8 +652,50 @@ async def ensure_topics(settings: ServiceSettings) -> None:
             for topic, code, message in getattr(response, "topic_errors", []):
                 if code not in (0, 36):  # 36: created meanwhile by another service
                     raise RuntimeError(f"cannot create topic {topic}: {message}")
+        await _raise_partitions(admin, settings, [n for n in names if n in existing])
     finally:
         await admin.close()
+
+
+class TopicError(Exception):
+    """The topics cannot be made what the settings ask for; the message says why and what to do."""
+
+
+async def _raise_partitions(admin: AIOKafkaAdminClient, settings: ServiceSettings, names: list[str]) -> None:
+    """Give existing topics TOPIC_PARTITIONS partitions when they have fewer (never fewer: Kafka cannot
+    remove partitions, and a topic with more is left alone)."""
+    if not names:
+        return
+    wanted = settings.topic_partitions
+    counts = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
+    short = {name: count for name, count in counts.items() if count < wanted}
+    if not short:
+        return
+    try:
+        await admin.create_partitions({name: NewPartitions(total_count=wanted) for name in short})
+    except InvalidPartitionsError:
+        # Another replica raised them first (a request for the count a topic has is refused), or not.
+        counts = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(list(short))}
+        if still_short := sorted(name for name, count in counts.items() if count < wanted):
+            raise TopicError(f"{settings.service_name}: cannot add partitions to {', '.join(still_short)}") from None
+    except IncompatibleBrokerVersion:
+        raise TopicError(
+            f"{settings.service_name}: TOPIC_PARTITIONS={wanted}, but {len(short)} topics have fewer "
+            f"(e.g. {next(iter(short))}: {next(iter(short.values()))}) and the broker at "
+            f"{settings.kafka_bootstrap_servers} cannot add partitions (it does not offer CreatePartitions; "
+            f"Tansu 0.6 does not). Set TOPIC_PARTITIONS to the topics' count, or recreate the topics "
+            f"(the local broker forgets them when it restarts)."
+        ) from None
+    # A key's partition is its hash modulo the count: from now on some keys land elsewhere, so records of
+    # one key published before and after may be consumed out of order until the older ones are consumed.
+    log.warning(
+        "%s: raised %d topics to %d partitions (%s); a key's records published before and after may be "
+        "consumed out of order until the older ones are consumed: raise partitions while producers are quiet",
+        settings.service_name,
+        len(short),
+        wanted,
+        ", ".join(f"{name} from {count}" for name, count in sorted(short.items())),
+    )
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -539,11 +711,12 @@ def port_is_free(host: str, port: int) -> bool:
 def run_service(create_app: Callable[[S], FastAPI], settings_class: type[S]) -> None:
     """Entry point of `python -m kredit_<service>`: serve the app until SIGINT/SIGTERM. Invalid
     settings, an invalid company setup or a taken port end it with a message, not a traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_class()
     except ValidationError as e:
         sys.exit(f"{settings_class.__name__}: invalid settings: {describe_validation_error(e, whole='settings')}")
+    logs.configure_logging(settings.log_level, settings.log_format)
+    telemetry.configure_tracing(settings.service_name, settings.otel_exporter_otlp_endpoint)
     if not port_is_free(settings.http_host, settings.http_port):
         sys.exit(
             f"{settings.service_name}: port {settings.http_host}:{settings.http_port} is already in use "
@@ -553,4 +726,32 @@ def run_service(create_app: Callable[[S], FastAPI], settings_class: type[S]) -> 
         app = create_app(settings)
     except SetupError as e:
         sys.exit(str(e))
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="info")
+    if problem := _prepare(app.state.runtime):
+        sys.exit(problem)
+    # log_config=None: uvicorn's loggers keep the format configured above.
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None)
+
+
+def _prepare(runtime: ServiceRuntime) -> str | None:
+    """Topics and schema before serving, so a newer schema or an unreachable broker or database ends the
+    process with one clear line (inside uvicorn's lifespan it would be a traceback)."""
+
+    async def prepare() -> None:
+        try:
+            await runtime.prepare()
+        finally:
+            await runtime.engine.dispose()  # its connections belong to this event loop
+
+    try:
+        asyncio.run(prepare())
+        runtime.prepared_before_start = True
+    except (SchemaError, TopicError) as e:
+        return str(e)
+    except KafkaConnectionError:
+        return (
+            f"{runtime.settings.service_name}: cannot reach the Kafka broker at "
+            f"{runtime.settings.kafka_bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS)"
+        )
+    except (OSError, DBAPIError) as e:
+        return f"{runtime.settings.service_name}: cannot open the database: {getattr(e, 'orig', None) or e}"
+    return None

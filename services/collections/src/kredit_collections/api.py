@@ -39,6 +39,9 @@ SetupDep = Annotated[CompanySetup, Depends(_setup)]
 
 router = APIRouter(prefix="/api/v1", tags=["collections"])
 
+# Aged balances come in pages of customers, so an answer costs the same however many customers there are.
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+
 
 @router.get("/customers/{account}/transactions", responses={404: {"description": "No transactions of this customer"}})
 async def get_customer_transactions(account: Id, session: SessionDep) -> CustomerTransactionsOut:
@@ -54,12 +57,24 @@ async def get_aged_balances(
     session: SessionDep,
     setup: SetupDep,
     as_of: Annotated[IsoDate | None, Query(description="YYYY-MM-DD; default today")] = None,
+    customer_account: Annotated[Id | None, Query(description="Only this customer (no paging)")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Customers per page")] = DEFAULT_PAGE,
+    cursor: Annotated[Id | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> AgedBalancesOut:
-    """Open balances per customer (and currency) as of a date, aged by due date into the setup's buckets."""
+    """Open balances per customer (and currency) as of a date, aged by due date into the setup's buckets,
+    in customer account order, one page at a time: `next_cursor` (null on the last page) is passed back
+    as `cursor` for the next. A page holds up to `limit` customers (a customer with balances in two
+    currencies has two rows); customers with nothing open are left out."""
     as_of = as_of or dt.date.today()
-    rows = await handlers.aged_balances(session, setup, as_of)
+    if customer_account is not None:
+        rows, next_cursor = await handlers.customer_aged_balances(session, setup, customer_account, as_of), None
+    else:
+        rows, next_cursor = await handlers.aged_balances_page(session, setup, as_of, limit, after=cursor)
     return AgedBalancesOut(
-        as_of=as_of, buckets=[b.label for b in setup.aging_buckets], customers=[AgedBalanceOut.of(r) for r in rows]
+        as_of=as_of,
+        buckets=[b.label for b in setup.aging_buckets],
+        customers=[AgedBalanceOut.of(r) for r in rows],
+        next_cursor=next_cursor,
     )
 
 

@@ -11,23 +11,26 @@ from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
     AR_SETTLEMENTS,
+    GL_GENERAL_JOURNALS,
     GL_JOURNAL_EVENTS,
     CustomerTransactionPosted,
     OpenItemsSettled,
     journal_event_adapter,
 )
+from kredit_shared.migrations import of_package
 from kredit_shared.service import ServiceRuntime, run_service
 
 
 def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
     settings = settings or CollectionsSettings()
     setup = load_company_setup(settings.company_setup_file)
-    runtime = ServiceRuntime(settings, tables=TABLES)
-    runtime.subscribe(
-        AR_CUSTOMER_TRANSACTIONS, CustomerTransactionPosted.model_validate_json, handlers.record_customer_transaction
+    runtime = ServiceRuntime(settings, tables=TABLES, migrations=of_package("collections", "kredit_collections"))
+    runtime.subscribe_batch(
+        AR_CUSTOMER_TRANSACTIONS, CustomerTransactionPosted.model_validate_json, handlers.record_customer_transactions
     )
-    runtime.subscribe(AR_SETTLEMENTS, OpenItemsSettled.model_validate_json, handlers.record_settlement)
+    runtime.subscribe_batch(AR_SETTLEMENTS, OpenItemsSettled.model_validate_json, handlers.record_settlements)
     runtime.subscribe(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, handlers.record_journal_event)
+    runtime.publishes(GL_GENERAL_JOURNALS)  # write-off journals and their cancels, from the HTTP API
     app = runtime.http_app("Kredit collections", routers=[api.router, ui.csv_router, ui.router])
     app.state.setup = setup
     return app

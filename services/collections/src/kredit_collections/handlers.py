@@ -36,13 +36,13 @@ from kredit_shared.service import Transaction
 # --- messages --------------------------------------------------------------------------------
 
 
-async def record_customer_transaction(tx: Transaction, event: CustomerTransactionPosted) -> None:
+async def record_customer_transactions(tx: Transaction, events: list[CustomerTransactionPosted]) -> None:
     # A voucher is posted once; the same voucher again (a producer's re-post) is ignored.
-    await tables.add_transaction(tx.session, CustomerTransaction.from_event(event))
+    await tables.add_transactions(tx.session, [CustomerTransaction.from_event(e) for e in events])
 
 
-async def record_settlement(tx: Transaction, event: OpenItemsSettled) -> None:
-    await tables.add_settlement_deltas(tx.session, settlement_deltas(event))
+async def record_settlements(tx: Transaction, events: list[OpenItemsSettled]) -> None:
+    await tables.add_settlement_deltas(tx.session, [d for event in events for d in settlement_deltas(event)])
 
 
 async def record_journal_event(tx: Transaction, event: JournalEvent) -> None:
@@ -145,6 +145,27 @@ async def customer_transactions(session: AsyncSession, customer_account: str) ->
 
 async def aged_balances(session: AsyncSession, setup: CompanySetup, as_of: date) -> list[AgedBalance]:
     return age_balances(*await tables.load_read_model(session, as_of=as_of), as_of, setup.aging_buckets)
+
+
+async def aged_balances_page(
+    session: AsyncSession, setup: CompanySetup, as_of: date, limit: int, after: str | None = None
+) -> tuple[list[AgedBalance], str | None]:
+    """The aged balances of the next `limit` customers with something open after the account `after`,
+    and the cursor of the page after it (None on the last page). Only those customers' transactions
+    are read, so a page costs the same however large the read model is."""
+    rows: list[AgedBalance] = []
+    while True:
+        wanted = limit - len({r.customer_account for r in rows})
+        customers = await tables.customers_after(session, after, wanted + 1)  # one more: is there a next page?
+        chunk = customers[:wanted]
+        if chunk:
+            model = await tables.load_read_model(session, as_of=as_of, customers=chunk)
+            rows += age_balances(*model, as_of, setup.aging_buckets)
+            after = chunk[-1]
+        if len(customers) <= wanted:
+            return rows, None  # no customer after this page
+        if len({r.customer_account for r in rows}) >= limit:
+            return rows, after
 
 
 async def customer_aged_balances(

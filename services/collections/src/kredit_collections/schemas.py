@@ -1,4 +1,4 @@
-"""The collections HTTP API's request and response bodies (ARCHITECTURE.md, "Contract: HTTP")."""
+"""The collections HTTP API's request and response bodies (docs/contract.md, "HTTP")."""
 
 from __future__ import annotations
 
@@ -86,6 +86,9 @@ class AgedBalancesOut(BaseModel):
     as_of: dt.date
     buckets: list[str] = Field(description="The bucket labels, in the order of the setup.")
     customers: list[AgedBalanceOut] = Field(description="One row per customer and currency with anything open.")
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null on the last page."
+    )
 
 
 class OpenInvoiceOut(BaseModel):

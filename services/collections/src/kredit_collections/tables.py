@@ -5,8 +5,8 @@ Each table maps to and from the domain's values; queries that the handlers share
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import asdict, fields
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -61,17 +61,18 @@ class SettlementDeltaRow(SQLModel, table=True):
 
 
 async def insert_new(session: AsyncSession, model: type[SQLModel], rows: Sequence[dict[str, Any]]) -> None:
-    """INSERT … ON CONFLICT DO NOTHING: a row whose key is already stored is ignored, also when a
-    concurrent transaction stores it at the same moment."""
+    """INSERT … ON CONFLICT DO NOTHING: a row whose key is already stored (or comes earlier in `rows`)
+    is ignored, also when a concurrent transaction stores it at the same moment. One executemany,
+    which SQLAlchemy sends as multi-row inserts within each database's parameter limit."""
     if not rows:
         return
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    await session.exec(insert(model.__table__).values(list(rows)).on_conflict_do_nothing())
+    await (await session.connection()).execute(insert(model.__table__).on_conflict_do_nothing(), list(rows))
 
 
-async def add_transaction(session: AsyncSession, transaction: CustomerTransaction) -> None:
-    await insert_new(session, CustomerTransactionRow, [asdict(transaction)])
+async def add_transactions(session: AsyncSession, transactions: Iterable[CustomerTransaction]) -> None:
+    await insert_new(session, CustomerTransactionRow, [asdict(t) for t in transactions])
 
 
 async def add_settlement_deltas(session: AsyncSession, deltas: Iterable[SettlementDelta]) -> None:
@@ -79,25 +80,52 @@ async def add_settlement_deltas(session: AsyncSession, deltas: Iterable[Settleme
 
 
 async def load_read_model(
-    session: AsyncSession, customer_account: str | None = None, as_of: date | None = None
+    session: AsyncSession,
+    customer_account: str | None = None,
+    as_of: date | None = None,
+    *,
+    customers: Collection[str] | None = None,
 ) -> tuple[list[CustomerTransaction], list[SettlementDelta]]:
-    """Transactions (of one customer, or all) and the settlement deltas that move them, up to `as_of`."""
-    # Plain rows, not ORM objects: building 10,000 tracked instances took most of an aged balances page.
-    transactions = select(*CustomerTransactionRow.__table__.columns)
-    deltas = select(SettlementDeltaRow)
+    """Transactions (of one customer, of `customers`, or all) and the settlement deltas that move them,
+    up to `as_of`."""
+    # Plain rows in the domain's field order through Core, not ORM objects: an aged balances page reads
+    # 10,000s of rows, and ORM loading and name lookups per row were most of its time.
+    transactions = select(*_columns(CustomerTransactionRow, CustomerTransaction))
+    deltas = select(*_columns(SettlementDeltaRow, SettlementDelta))
     if as_of is not None:
         transactions = transactions.where(CustomerTransactionRow.transaction_date <= as_of)
         deltas = deltas.where(SettlementDeltaRow.settlement_date <= as_of)
     if customer_account is not None:
-        transactions = transactions.where(CustomerTransactionRow.customer_account == customer_account)
-        vouchers = select(CustomerTransactionRow.voucher).where(
-            CustomerTransactionRow.customer_account == customer_account
+        customers = [customer_account]
+    if customers is not None:
+        of_customers = CustomerTransactionRow.customer_account.in_(customers)
+        transactions = transactions.where(of_customers)
+        deltas = deltas.where(
+            SettlementDeltaRow.voucher.in_(select(CustomerTransactionRow.voucher).where(of_customers))
         )
-        deltas = deltas.where(SettlementDeltaRow.voucher.in_(vouchers))
+    connection = await session.connection()
     return (
-        [CustomerTransaction(**r._mapping) for r in (await session.exec(transactions)).all()],
-        [d.to_domain() for d in (await session.exec(deltas)).all()],
+        [CustomerTransaction(*row) for row in await connection.execute(transactions)],
+        [SettlementDelta(*row) for row in await connection.execute(deltas)],
     )
+
+
+def _columns(model: type[SQLModel], value: type) -> list[Any]:
+    return [model.__table__.c[f.name] for f in fields(value)]
+
+
+async def customers_after(session: AsyncSession, after: str | None, limit: int) -> list[str]:
+    """The next `limit` customer accounts after `after` (all from the first if None), in account order:
+    a walk along the customer_account index, however many transactions there are."""
+    query = (
+        select(CustomerTransactionRow.customer_account)
+        .distinct()
+        .order_by(CustomerTransactionRow.customer_account)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(CustomerTransactionRow.customer_account > after)
+    return list((await session.exec(query)).all())
 
 
 # --- write-off parameters --------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Unit tests of the collections rules (pure, no I/O), against the demo company setup.
 
 Sources cited in tests:
-- spec 000 / 003: /work/shared/spec (the task guides the product is built from).
+- spec 000 / 003: docs/scenarios.md (the task guides the product is built from).
 - [concepts] Microsoft, "Collections management key concepts", section "Creating write-off transactions"
   (learn.microsoft.com/dynamics365/finance/accounts-receivable/cm-collections-concepts).
 - [defaults] Microsoft, "About default entries for write-off transactions" (Dynamics AX 2012,

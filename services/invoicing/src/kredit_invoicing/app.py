@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import FastAPI
 
 from kredit_invoicing import api, handlers
 from kredit_invoicing.settings import InvoicingSettings
 from kredit_invoicing.tables import TABLES
 from kredit_shared.company_setup import load_company_setup
-from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued
-from kredit_shared.service import ServiceRuntime, Transaction, run_service
+from kredit_shared.contracts import (
+    AR_CUSTOMER_TRANSACTIONS,
+    ERP_CUSTOMER_INVOICES,
+    GL_JOURNAL_LINES,
+    CustomerInvoiceIssued,
+)
+from kredit_shared.migrations import of_package
+from kredit_shared.service import ServiceRuntime, run_service
 
 
 def create_app(settings: InvoicingSettings | None = None) -> FastAPI:
     """Build the service; raises SetupError if the company setup is invalid."""
     settings = settings or InvoicingSettings()
     setup = load_company_setup(settings.company_setup_file)
-    runtime = ServiceRuntime(settings, tables=TABLES)
-
-    async def on_customer_invoice_issued(tx: Transaction, message: CustomerInvoiceIssued) -> None:
-        await handlers.issue_invoice(tx, message, setup)
-
-    runtime.subscribe(ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued.model_validate_json, on_customer_invoice_issued)
+    runtime = ServiceRuntime(settings, tables=TABLES, migrations=of_package("invoicing", "kredit_invoicing"))
+    runtime.subscribe_batch(
+        ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued.model_validate_json, partial(handlers.issue_invoices, setup=setup)
+    )
+    runtime.publishes(AR_CUSTOMER_TRANSACTIONS, GL_JOURNAL_LINES)
     return runtime.http_app("Kredit invoicing", routers=[api.router])
 
 

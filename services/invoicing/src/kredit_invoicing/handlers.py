@@ -1,30 +1,34 @@
-"""Invoicing's use case: post an issued invoice or credit note, in one transaction with its messages."""
+"""Invoicing's use case: post issued invoices and credit notes, in one transaction with their messages."""
 
 from __future__ import annotations
 
+from kredit_invoicing import tables
 from kredit_invoicing.domain import InvoiceRejected, ensure_same_invoice, post_invoice
-from kredit_invoicing.tables import InvoiceRow, invoice_rows
 from kredit_shared.company_setup import CompanySetup
-from kredit_shared.contracts import CustomerInvoiceIssued
-from kredit_shared.service import Rejected, Transaction
+from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued
+from kredit_shared.service import Transaction
 
 
-async def issue_invoice(tx: Transaction, message: CustomerInvoiceIssued, setup: CompanySetup) -> None:
-    """Post the invoice and emit its customer transaction and ledger voucher.
+async def issue_invoices(tx: Transaction, messages: list[CustomerInvoiceIssued], setup: CompanySetup) -> None:
+    """Post a fetch of invoices at once and emit each one's customer transaction and ledger voucher.
 
     The ERP may send an invoice again under a new message_id: the same content is a no-op,
-    different content is rejected (a posted invoice is corrected with a credit note)."""
-    posted_before = await tx.session.get(InvoiceRow, message.invoice_id)
-    try:
-        if posted_before is not None:
-            ensure_same_invoice(posted_before.fingerprint, message)
-            return
-        posted = post_invoice(message, setup)
-    except InvoiceRejected as e:
-        raise Rejected(e.reason) from None
-    invoice, *details = invoice_rows(message, posted)
-    tx.session.add(invoice)
-    await tx.session.flush()  # the details' foreign keys need the invoice row inserted first
-    tx.session.add_all(details)
-    for output in posted.messages:
-        tx.emit(output)
+    different content goes to the dead-letter topic (a posted invoice is corrected with a credit note),
+    as does an invoice that cannot be posted; the others post."""
+    fingerprints = await tables.posted_fingerprints(tx.session, (m.invoice_id for m in messages))
+    posted = []
+    for message in messages:
+        try:
+            if (fingerprint := fingerprints.get(message.invoice_id)) is not None:
+                ensure_same_invoice(fingerprint, message)
+                continue
+            invoice = post_invoice(message, setup)
+        except InvoiceRejected as e:
+            tx.dead_letter(ERP_CUSTOMER_INVOICES, message, e.reason)
+            continue
+        fingerprints[message.invoice_id] = invoice.fingerprint  # a later copy in this batch is a no-op
+        posted.append((message, invoice))
+    await tables.add_invoices(tx.session, posted)
+    for _, invoice in posted:
+        for output in invoice.messages:
+            tx.emit(output)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlmodel import Field, SQLModel
+from sqlalchemy import Table, insert
+from sqlmodel import Field, SQLModel, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_invoicing.domain import PostedInvoice
 from kredit_shared.contracts import CustomerInvoiceIssued
@@ -79,51 +83,82 @@ class VoucherLineRow(SQLModel, table=True):
 TABLES = [InvoiceRow.__table__, InvoiceLineRow.__table__, DiscountTierRow.__table__, VoucherLineRow.__table__]
 
 
-def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> list[SQLModel]:
-    """The rows that record a posted invoice: the invoice first, then its lines, tiers and voucher lines."""
-    invoice = InvoiceRow(
-        invoice_id=posted.invoice_id,
-        customer_account=posted.customer_account,
-        customer_name=message.customer_name,
-        transaction_type=posted.transaction_type,
-        voucher=posted.voucher,
-        invoice_date=posted.invoice_date,
-        due_date=posted.due_date,
-        currency=posted.currency,
-        payment_terms=message.payment_terms,
-        cash_discount_code=message.cash_discount_code,
-        cash_discount_account=posted.cash_discount_account,
-        net_amount=posted.net_amount,
-        sales_tax_amount=posted.sales_tax_amount,
-        total=posted.total,
-        fingerprint=posted.fingerprint,
-        message_id=message.message_id,
+async def posted_fingerprints(session: AsyncSession, invoice_ids: Iterable[str]) -> dict[str, str]:
+    """invoice_id -> fingerprint of those already posted."""
+    query = select(InvoiceRow.invoice_id, InvoiceRow.fingerprint).where(InvoiceRow.invoice_id.in_(set(invoice_ids)))
+    return dict((await session.exec(query)).all())
+
+
+async def add_invoices(session: AsyncSession, posted: Sequence[tuple[CustomerInvoiceIssued, PostedInvoice]]) -> None:
+    """Record posted invoices: one Core insert per table (ORM adds are ~10x slower on this hot path),
+    the invoices first because the other rows refer to them."""
+    rows: dict[Table, list[dict[str, Any]]] = {table: [] for table in TABLES}
+    for message, invoice in posted:
+        for table, row in invoice_rows(message, invoice):
+            rows[table].append(row)
+    connection = await session.connection()
+    for table in TABLES:
+        if rows[table]:
+            await connection.execute(insert(table), rows[table])
+
+
+def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> Iterator[tuple[Table, dict[str, Any]]]:
+    """The rows that record a posted invoice: the invoice, its lines, tiers and voucher lines."""
+    yield (
+        InvoiceRow.__table__,
+        {
+            "invoice_id": posted.invoice_id,
+            "customer_account": posted.customer_account,
+            "customer_name": message.customer_name,
+            "transaction_type": posted.transaction_type,
+            "voucher": posted.voucher,
+            "invoice_date": posted.invoice_date,
+            "due_date": posted.due_date,
+            "currency": posted.currency,
+            "payment_terms": message.payment_terms,
+            "cash_discount_code": message.cash_discount_code,
+            "cash_discount_account": posted.cash_discount_account,
+            "net_amount": posted.net_amount,
+            "sales_tax_amount": posted.sales_tax_amount,
+            "total": posted.total,
+            "fingerprint": posted.fingerprint,
+            "message_id": message.message_id,
+            "posted_at": utcnow(),
+        },
     )
-    lines = [
-        InvoiceLineRow(
-            invoice_id=posted.invoice_id,
-            line_number=n,
-            description=line.description,
-            amount=line.amount,
-            sales_tax_amount=line.sales_tax_amount,
-            revenue_account=line.revenue_account,
+    for n, line in enumerate(message.lines, 1):
+        yield (
+            InvoiceLineRow.__table__,
+            {
+                "invoice_id": posted.invoice_id,
+                "line_number": n,
+                "description": line.description,
+                "amount": line.amount,
+                "sales_tax_amount": line.sales_tax_amount,
+                "revenue_account": line.revenue_account,
+            },
         )
-        for n, line in enumerate(message.lines, 1)
-    ]
-    tiers = [
-        DiscountTierRow(invoice_id=posted.invoice_id, tier_number=n, percent=t.percent, until=t.date, amount=t.amount)
-        for n, t in enumerate(posted.cash_discounts, 1)
-    ]
-    voucher = [
-        VoucherLineRow(
-            invoice_id=posted.invoice_id,
-            line_number=n,
-            account=line.account,
-            debit=line.debit,
-            credit=line.credit,
-            text=line.text,
-            customer_account=line.customer_account,
+    for n, tier in enumerate(posted.cash_discounts, 1):
+        yield (
+            DiscountTierRow.__table__,
+            {
+                "invoice_id": posted.invoice_id,
+                "tier_number": n,
+                "percent": tier.percent,
+                "until": tier.date,
+                "amount": tier.amount,
+            },
         )
-        for n, line in enumerate(posted.ledger_voucher.lines, 1)
-    ]
-    return [invoice, *lines, *tiers, *voucher]
+    for n, line in enumerate(posted.ledger_voucher.lines, 1):
+        yield (
+            VoucherLineRow.__table__,
+            {
+                "invoice_id": posted.invoice_id,
+                "line_number": n,
+                "account": line.account,
+                "debit": line.debit,
+                "credit": line.credit,
+                "text": line.text,
+                "customer_account": line.customer_account,
+            },
+        )

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from kredit_invoicing.app import create_app, main
-from kredit_invoicing.handlers import issue_invoice
+from kredit_invoicing.handlers import issue_invoices
 from kredit_invoicing.settings import InvoicingSettings
 from kredit_invoicing.tables import TABLES, InvoiceRow
 from kredit_shared.company_setup import SetupError, load_company_setup
@@ -29,7 +29,7 @@ from kredit_shared.contracts import (
 )
 from kredit_shared.database import create_tables
 from kredit_shared.outbox import OutboxMessage
-from kredit_shared.service import ServiceRuntime
+from kredit_shared.service import ServiceRuntime, ensure_topics
 from kredit_shared.testing import Record, TopicProbe, free_port, isolated_kafka, publish, serve
 
 DEMO = load_company_setup()
@@ -301,11 +301,11 @@ async def test_of_two_replicas_posting_one_invoice_at_once_the_second_fails_and_
 
     async def replica() -> None:
         async with runtime.transaction() as tx:
-            await issue_invoice(tx, message, DEMO)
+            await issue_invoices(tx, [message], DEMO)
 
     try:
         async with runtime.transaction() as first:
-            await issue_invoice(first, message, DEMO)
+            await issue_invoices(first, [message], DEMO)
             second = asyncio.create_task(replica())  # finds no invoice yet; its insert waits for our commit
             await asyncio.sleep(0.5)  # ample for its one lookup query
         with pytest.raises((IntegrityError, OperationalError)):  # both make the runtime retry the message
@@ -334,3 +334,45 @@ def test_an_invalid_company_setup_stops_the_service_with_a_message_naming_the_ba
         main()
     assert str(stopped.value.code).startswith(f"company setup {bad}: ")
     assert "accounting_currency: Field required" in str(stopped.value.code)
+
+
+# --- a whole fetch in one transaction ---------------------------------------------------------
+
+
+async def test_a_fetch_of_invoices_posts_each_valid_one_once_in_each_customers_order(kafka, database_url):
+    """One fetch: two customers' invoices, an exact duplicate, the same invoice under a new message_id,
+    a conflicting re-send, an invoice the domain refuses and a record that is not JSON."""
+    settings = InvoicingSettings(database_url=database_url, **isolated_kafka(kafka))
+    first = invoice("B-1", customer_account="B")
+    sent = [
+        ("A", invoice("A-1", customer_account="A")),
+        ("B", first),
+        ("B", first),  # redelivered
+        ("A", invoice("A-2", customer_account="A", payment_terms="Net999")),  # unknown terms
+        ("B", first | {"message_id": str(uuid.uuid4())}),  # the ERP sends it again: a no-op
+        ("A", b"{not json"),
+        ("B", invoice("B-2", customer_account="B")),
+        ("B", first | {"message_id": str(uuid.uuid4()), "invoice_date": "2015-06-26"}),  # conflicts: refused
+        ("A", invoice("A-3", customer_account="A")),
+    ]
+    await ensure_topics(settings)
+    for key, message in sent:  # all waiting before the service starts: its first fetch takes them together
+        value = message if isinstance(message, bytes) else json.dumps(message).encode()
+        await publish(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), value, key)
+    topics = [settings.topic(t) for t in (AR_CUSTOMER_TRANSACTIONS, GL_JOURNAL_LINES, DLQ)]
+    async with serve(create_app(settings)), TopicProbe(kafka.bootstrap_servers, topics) as probe:
+        await probe.wait_for(lambda r: r.topic == settings.topic(GL_JOURNAL_LINES), count=4)
+        await probe.wait_for(lambda r: r.topic == settings.topic(DLQ), count=3)
+        seen = await probe.settle(1.0)
+
+    def vouchers(topic: str, key: str | None = None) -> list[str]:
+        return [r.json()["voucher"] for r in seen if r.topic == settings.topic(topic) and key in (None, r.key)]
+
+    assert vouchers(AR_CUSTOMER_TRANSACTIONS, "A") == ["FTI-A-1", "FTI-A-3"], "in the order sent, once each"
+    assert vouchers(AR_CUSTOMER_TRANSACTIONS, "B") == ["FTI-B-1", "FTI-B-2"]
+    assert sorted(vouchers(GL_JOURNAL_LINES)) == ["FTI-A-1", "FTI-A-3", "FTI-B-1", "FTI-B-2"]
+    reasons = sorted(r.headers["x-dlq-reason"] for r in seen if r.topic == settings.topic(DLQ))
+    assert len(reasons) == 3, reasons
+    assert reasons[0].startswith("invalid message: ")
+    assert "invoice A-2: unknown payment terms 'Net999'" in reasons[1]
+    assert "invoice B-1: already posted with different content" in reasons[2]

@@ -10,14 +10,21 @@ from kredit_ledger_posting import api, handlers
 from kredit_ledger_posting.settings import LedgerPostingSettings
 from kredit_ledger_posting.tables import TABLES
 from kredit_shared.company_setup import load_company_setup
-from kredit_shared.contracts import GL_GENERAL_JOURNALS, GL_JOURNAL_LINES, VoucherPosted, general_journal_adapter
+from kredit_shared.contracts import (
+    GL_GENERAL_JOURNALS,
+    GL_JOURNAL_EVENTS,
+    GL_JOURNAL_LINES,
+    VoucherPosted,
+    general_journal_adapter,
+)
+from kredit_shared.migrations import of_package
 from kredit_shared.service import ServiceRuntime, run_service
 
 
 def create_app(settings: LedgerPostingSettings | None = None) -> FastAPI:
     settings = settings or LedgerPostingSettings()
     setup = load_company_setup(settings.company_setup_file)
-    runtime = ServiceRuntime(settings, tables=TABLES)
+    runtime = ServiceRuntime(settings, tables=TABLES, migrations=of_package("ledger-posting", "kredit_ledger_posting"))
     runtime.subscribe_batch(
         GL_JOURNAL_LINES, VoucherPosted.model_validate_json, partial(handlers.post_vouchers, setup=setup)
     )
@@ -26,6 +33,7 @@ def create_app(settings: LedgerPostingSettings | None = None) -> FastAPI:
         general_journal_adapter.validate_json,
         partial(handlers.on_general_journal_message, setup=setup),
     )
+    runtime.publishes(GL_JOURNAL_EVENTS)
     app = runtime.http_app("Kredit ledger-posting", routers=[api.router])
     app.state.setup = setup
     return app

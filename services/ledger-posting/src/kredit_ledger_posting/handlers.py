@@ -169,7 +169,7 @@ async def trial_balance(session: AsyncSession, setup: CompanySetup, as_of: date)
 
 
 async def _insert_entries(session: AsyncSession, entries: Sequence[domain.LedgerEntry]) -> None:
-    # A Core executemany: ORM adds are ~10x slower on this hot path (PLATFORM-NOTES.md).
+    # A Core executemany: ORM adds are ~10x slower on this hot path (docs/platform-notes.md).
     await (await session.connection()).execute(insert(LedgerEntryRow), [LedgerEntryRow.from_entry(e) for e in entries])
 
 

@@ -13,12 +13,15 @@ from kredit_settlement.settings import SettlementSettings
 from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
+    AR_SETTLEMENTS,
     ERP_CUSTOMER_PAYMENTS,
     GL_JOURNAL_EVENTS,
+    GL_JOURNAL_LINES,
     CustomerPaymentReceived,
     CustomerTransactionPosted,
     journal_event_adapter,
 )
+from kredit_shared.migrations import of_package
 from kredit_shared.service import ServiceRuntime, run_service
 
 
@@ -27,7 +30,7 @@ def create_app(settings: SettlementSettings | None = None) -> FastAPI:
     settings = settings or SettlementSettings()
     postings = Postings.from_setup(load_company_setup(settings.company_setup_file))
 
-    runtime = ServiceRuntime(settings, tables=tables.TABLES)
+    runtime = ServiceRuntime(settings, tables=tables.TABLES, migrations=of_package("settlement", "kredit_settlement"))
     runtime.subscribe(
         AR_CUSTOMER_TRANSACTIONS,
         CustomerTransactionPosted.model_validate_json,
@@ -39,6 +42,7 @@ def create_app(settings: SettlementSettings | None = None) -> FastAPI:
     runtime.subscribe(
         GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, partial(handlers.settle_write_offs, postings)
     )
+    runtime.publishes(AR_CUSTOMER_TRANSACTIONS, AR_SETTLEMENTS, GL_JOURNAL_LINES)
 
     app = runtime.http_app("Kredit settlement", routers=[api.router])
 

@@ -1,7 +1,7 @@
 """Settlement rules: which open credit pays which invoice, and the cash discount it takes.
 
 Pure domain: frozen values in, decisions out, no I/O. Behaviour follows Dynamics 365 Finance customer
-settlement (spec/README.md and Microsoft's settlement scenarios). Money is Decimal, half-up to the cent.
+settlement (docs/scenarios.md and Microsoft's settlement scenarios). Money is Decimal, half-up to the cent.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Message models of the contract (see ARCHITECTURE.md, "Contract: topics").
+"""Message models of the contract (docs/contract.md; every topic with its key: contracts/catalog.py).
 
 Every message carries `message_id`, fixed by its producer (the outbox row), which consumers use
 as the idempotency key: a message parsed from JSON must have one; only Python code constructing a
@@ -144,10 +144,14 @@ Percent = Annotated[
 
 
 def _parse_message_id(value: Any) -> str:
+    if isinstance(value, uuid.UUID):
+        return str(value)
     try:
-        return str(uuid.UUID(str(value)))
+        if not isinstance(value, str):
+            raise ValueError
+        return str(uuid.UUID(value))
     except ValueError:
-        raise ValueError(f"message_id {value!r} is not a UUID") from None
+        raise ValueError(f"message_id {value!r} is not a UUID string") from None
 
 
 MessageId = Annotated[str, BeforeValidator(_parse_message_id), WithJsonSchema({"type": "string", "format": "uuid"})]
@@ -172,10 +176,15 @@ def new_message_id() -> str:
     return str(uuid.uuid4())
 
 
+def _message_id_is_required(schema: dict[str, Any]) -> None:
+    """In the JSON schemas too: only Python code constructing a message may leave it out."""
+    schema["required"] = ["message_id", *(f for f in schema.get("required", []) if f != "message_id")]
+
+
 class ContractMessage(BaseModel):
     """Base of every message: its topic and key are part of the contract."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, json_schema_extra=_message_id_is_required)
     topic: ClassVar[str]
 
     message_id: MessageId = Field(default_factory=new_message_id)

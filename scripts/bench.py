@@ -1,0 +1,707 @@
+"""Pipeline benchmark (`make bench`; not a test): the whole stack on SQLite and PostgreSQL, measured
+against the raw broker hop of the same run.
+
+For each database it starts a stack of its own (scripts/stack.py: a Tansu broker and the four
+services as real processes) and drives it from outside, through Kafka and HTTP. Commit times are read
+from ledger-posting's own table (`ledger_posted_voucher.posted_at`, set in the transaction that posts
+a voucher), as scripts/bench_ledger.py does.
+
+- raw hop: a batched consume -> produce relay (aiokafka, acks=all, its own process) on the same broker;
+  records/s = N / (last relayed record's timestamp - first send). The ceiling of one service hop.
+- invoices/s ERP -> invoicing -> ledger-posting: N invoices sent at once; N / (last posted - first sent).
+- payments/s ERP -> settlement -> ledger-posting: N payments, each with one settle mark on an open
+  invoice (sent once settlement knows the invoices); the payment vouchers in the ledger.
+- collections catch-up: a second collections process with a fresh database and its own consumer
+  group reads every AR topic of the run from the beginning; records / (lag 0 - healthy).
+- latency: invoices and payments paced at --rate/s; posted_at - send time, p50/p99.
+- payment vs a customer with --big-customer open invoices: payments one at a time (automatic and
+  marked); the time until its settlement is on ar.settlements (two broker hops included), and
+  settlement's mean handler time from its /metrics.
+- aged balances: a collections process on its own (empty) topics whose database is loaded with
+  --aged-transactions open transactions of --aged-customers customers (no broker; see seed_collections);
+  GET /api/v1/aged-balances timed over HTTP (median of --aged-requests).
+- peak RSS (VmHWM) of every service process at the end.
+
+Throughput runs are repeated (--repeats) on the same stack; tables show medians and ranges.
+
+    uv run python scripts/bench.py [--databases sqlite,postgresql] [--invoices 3000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from sqlalchemy import insert
+from stack import SERVICES, LocalStack, ServiceProcess, render_table, run_tool
+
+from kredit_shared.contracts import topics
+from kredit_shared.testing import free_port
+
+INVOICE_DATE = dt.date(2025, 1, 15)
+AR_TOPICS = (topics.AR_CUSTOMER_TRANSACTIONS, topics.AR_SETTLEMENTS, topics.GL_JOURNAL_EVENTS)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]  # nearest rank
+
+
+def invoice_message(invoice_id: str, customer: str, amount: Decimal) -> bytes:
+    return json.dumps(
+        {
+            "message_id": str(uuid.uuid4()),
+            "invoice_id": invoice_id,
+            "customer_account": customer,
+            "customer_name": f"Bench customer {customer}",
+            "invoice_date": INVOICE_DATE.isoformat(),
+            "currency": "USD",
+            "payment_terms": "Net30",
+            "cash_discount_code": "1%14D",
+            "lines": [{"description": "Goods", "amount": str(amount), "revenue_account": "401100"}],
+        }
+    ).encode()
+
+
+def payment_message(payment_id: str, customer: str, amount: Decimal, invoice_id: str | None) -> bytes:
+    body: dict[str, Any] = {
+        "message_id": str(uuid.uuid4()),
+        "payment_id": payment_id,
+        "customer_account": customer,
+        "payment_date": (INVOICE_DATE + dt.timedelta(days=20)).isoformat(),
+        "amount": str(amount),
+        "currency": "USD",
+    }
+    if invoice_id is not None:
+        body["settle"] = [{"invoice_id": invoice_id, "amount_to_settle": str(amount), "use_cash_discount": "Never"}]
+    return json.dumps(body).encode()
+
+
+# --- reading commit times -----------------------------------------------------------------------
+
+
+class Database:
+    """Read-only queries on one service's database (SQLite file or PostgreSQL)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pg: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> Database:
+        if not self.url.startswith("sqlite"):
+            self._pg = await asyncpg.connect("postgresql://" + self.url.split("://", 1)[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._pg is not None:
+            await self._pg.close()
+
+    async def query(self, sql: str, *args: Any) -> list[tuple]:
+        if self._pg is not None:
+            return [tuple(r) for r in await self._pg.fetch(sql, *args)]
+
+        def read() -> list[tuple]:
+            with contextlib.closing(sqlite3.connect(self.url.split("///", 1)[1], timeout=30)) as db:
+                sql_ = sql
+                for n in range(len(args), 0, -1):
+                    sql_ = sql_.replace(f"${n}", "?")
+                return db.execute(sql_, args).fetchall()
+
+        return await asyncio.to_thread(read)
+
+
+def _epoch(value: str | dt.datetime) -> float:
+    moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()  # stored as naive UTC
+
+
+async def posted_vouchers(ledger: Database, prefix: str, count: int, timeout: float) -> dict[str, float]:
+    """Wait until `count` vouchers starting with `prefix` are posted; {voucher: posted_at epoch}."""
+    deadline = time.monotonic() + timeout
+    sql = "SELECT count(*) FROM ledger_posted_voucher WHERE voucher LIKE $1"
+    while (n := (await ledger.query(sql, prefix + "%"))[0][0]) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {n} of {count} vouchers {prefix}* posted after {timeout:.0f}s")
+        await asyncio.sleep(0.1)
+    rows = await ledger.query(
+        "SELECT voucher, posted_at FROM ledger_posted_voucher WHERE voucher LIKE $1", prefix + "%"
+    )
+    return {voucher: _epoch(at) for voucher, at in rows}
+
+
+# --- Kafka helpers ------------------------------------------------------------------------------
+
+
+async def send_all(
+    producer: AIOKafkaProducer, records: list[tuple[str, str, bytes]], rate: float | None = None
+) -> list[float]:
+    """Produce (topic, key, value) records, paced at `rate`/s if given; each one's send time (epoch)."""
+    sent, acks, start = [], [], time.perf_counter()
+    for i, (topic, key, value) in enumerate(records):
+        if rate and (delay := start + i / rate - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        sent.append(time.time())
+        acks.append(await producer.send(topic, value, key=key.encode()))
+    await asyncio.gather(*acks)
+    return sent
+
+
+async def group_lag(bootstrap: str, group: str, names: tuple[str, ...]) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(t, p) for t in names for p in consumer.partitions_for_topic(t) or ()]
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+            partitions = [TopicPartition(t, p) for t in names for p in consumer.partitions_for_topic(t) or ()]
+        ends = await consumer.end_offsets(partitions)
+        lag = 0
+        for tp in partitions:
+            lag += max(ends[tp] - (await consumer.committed(tp) or 0), 0)
+        return lag
+    finally:
+        await consumer.stop()
+
+
+async def topic_size(bootstrap: str, names: tuple[str, ...]) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()  # noqa: SLF001
+        partitions = [TopicPartition(t, p) for t in names for p in consumer.partitions_for_topic(t) or ()]
+        return sum((await consumer.end_offsets(partitions)).values())
+    finally:
+        await consumer.stop()
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f}s")
+        await asyncio.sleep(interval)
+
+
+# --- the raw hop ----------------------------------------------------------------------------------
+
+
+async def raw_relay(bootstrap: str, source: str, target: str) -> None:
+    """The relay process: consume a batch, produce every record (pipelined, acks=all), commit."""
+    consumer = AIOKafkaConsumer(
+        source,
+        bootstrap_servers=bootstrap,
+        group_id="bench-raw-relay",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=20,
+        max_poll_records=500,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    await consumer.start()
+    await producer.start()
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=100, max_records=500)
+            acks = [await producer.send(target, r.value, key=r.key) for records in batches.values() for r in records]
+            await asyncio.gather(*acks)
+            if acks:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def bench_raw_hop(stack: LocalStack, producer: AIOKafkaProducer, count: int, log_dir: Path) -> float:
+    run = uuid.uuid4().hex[:6]
+    source, target = f"bench.raw-in-{run}", f"bench.raw-out-{run}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, 4, 1) for t in (source, target)])
+    finally:
+        await admin.close()
+    reader = AIOKafkaConsumer(target, bootstrap_servers=stack.bootstrap, auto_offset_reset="earliest")
+    with open(log_dir / "raw-relay.log", "ab") as log:
+        relay = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--raw-relay", stack.bootstrap, source, target, stdout=log, stderr=log
+        )
+    await reader.start()
+    try:
+
+        async def relayed(n: int, timeout: float) -> list[int]:
+            stamps: list[int] = []
+            deadline = time.monotonic() + timeout
+            while len(stamps) < n:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"raw hop: {len(stamps)} of {n} relayed")
+                for records in (await reader.getmany(timeout_ms=200, max_records=5000)).values():
+                    stamps += [r.timestamp for r in records]
+            return stamps
+
+        await send_all(producer, [(source, "w", b"warm-up")])
+        await relayed(1, 60)  # the relay's group join
+        value = invoice_message("RAW-000000", "C0000", Decimal("100.00"))
+        sent = await send_all(producer, [(source, f"C{i % 200:04d}", value) for i in range(count)])
+        stamps = await relayed(count, 120)
+        return count / (max(stamps) / 1000 - sent[0])
+    finally:
+        await reader.stop()
+        relay.terminate()
+        await relay.wait()
+
+
+# --- the pipeline ---------------------------------------------------------------------------------
+
+
+class Pipeline:
+    def __init__(self, stack: LocalStack, producer: AIOKafkaProducer, ledger: Database, customers: int) -> None:
+        self.stack, self.producer, self.ledger, self.customers = stack, producer, ledger, customers
+        self.runs = 0
+
+    def _prefix(self, kind: str) -> str:
+        self.runs += 1
+        return f"{kind}{self.runs:02d}{uuid.uuid4().hex[:4]}-"
+
+    async def invoices(self, count: int, rate: float | None = None) -> tuple[float, list[float], list[tuple]]:
+        """Send `count` invoices; returns invoices/s, latencies (ms) and the invoices (id, customer, total)."""
+        prefix = self._prefix("I")
+        made = [
+            (f"{prefix}{i:06d}", f"{prefix[:-1]}C{i % self.customers:04d}", Decimal(random.randint(100, 999_999)) / 100)
+            for i in range(count)
+        ]
+        records = [(topics.ERP_CUSTOMER_INVOICES, c, invoice_message(i, c, a)) for i, c, a in made]
+        sent = await send_all(self.producer, records, rate)
+        posted = await posted_vouchers(self.ledger, f"FTI-{prefix}", count, timeout=120 + count / 10)
+        latencies = [(posted[f"FTI-{i}"] - s) * 1000 for (i, _, _), s in zip(made, sent)]
+        return count / (max(posted.values()) - sent[0]), latencies, made
+
+    async def payments(self, invoices: list[tuple], rate: float | None = None) -> tuple[float, list[float]]:
+        """One payment per invoice, marked for it, for the whole amount (no discount)."""
+        await self.settlement_caught_up()
+        prefix = self._prefix("P")
+        made = [(f"{prefix}{n:06d}", c, a, i) for n, (i, c, a) in enumerate(invoices)]
+        records = [(topics.ERP_CUSTOMER_PAYMENTS, c, payment_message(p, c, a, i)) for p, c, a, i in made]
+        sent = await send_all(self.producer, records, rate)
+        posted = await posted_vouchers(self.ledger, prefix, len(made), timeout=120 + len(made) / 10)
+        latencies = [(posted[p] - s) * 1000 for (p, _, _, _), s in zip(made, sent)]
+        return len(made) / (max(posted.values()) - sent[0]), latencies
+
+    async def settlement_caught_up(self, timeout: float = 900) -> None:
+        async def no_lag() -> bool:
+            return await group_lag(self.stack.bootstrap, "kredit-settlement", (topics.AR_CUSTOMER_TRANSACTIONS,)) == 0
+
+        await wait_for(no_lag, timeout, "settlement catching up with the invoices")
+
+
+async def bench_catch_up(stack: LocalStack, timeout: float) -> tuple[float, int]:
+    """A fresh collections process with its own consumer group reads every AR topic of the run."""
+    for service in ("collections", "settlement"):
+
+        async def idle(service: str = service) -> bool:
+            return await group_lag(stack.bootstrap, f"kredit-{service}", SERVICES[service][1]) == 0
+
+        await wait_for(idle, timeout, f"{service} catching up")
+    records = await topic_size(stack.bootstrap, AR_TOPICS)
+    group = f"bench-catch-up-{uuid.uuid4().hex[:6]}"
+    first = stack.replicas_of("collections")[0]
+    process = ServiceProcess(
+        "collections",
+        len(stack.processes) + 1,
+        free_port(),
+        first.env | {"DATABASE_URL": await stack._database(f"collections-catch-up-{group}"), "CONSUMER_GROUP": group},
+        stack.data_dir / "logs" / "collections-catch-up.log",
+    )
+    process.env["HTTP_PORT"] = str(process.port)
+    stack.processes.append(process)
+    process.start()
+    try:
+        await stack.wait_healthy([process], timeout=120)
+        started = time.monotonic()
+
+        async def caught_up() -> bool:
+            return await group_lag(stack.bootstrap, group, AR_TOPICS) == 0
+
+        await wait_for(caught_up, timeout, "the catch-up collections", interval=0.1)
+        return records / (time.monotonic() - started), records
+    finally:
+        process.stop()
+
+
+# --- one customer with many open invoices ------------------------------------------------------------
+
+
+async def settlement_handler_seconds(url: str) -> tuple[float, float]:
+    """(sum, count) of settlement's handler time for erp.customer-payments, from its /metrics."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        text = (await client.get(f"{url}/metrics")).text
+    found = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        if line.startswith("kredit_handler_seconds_") and topics.ERP_CUSTOMER_PAYMENTS in line:
+            name = line.split("{", 1)[0].rsplit("_", 1)[1]
+            if name in found:
+                found[name] = float(line.rsplit(" ", 1)[1])
+    return found["sum"], found["count"]
+
+
+async def bench_big_customer(pipeline: Pipeline, open_invoices: int, payments: int) -> dict[str, float]:
+    stack, customer = pipeline.stack, f"BIG{uuid.uuid4().hex[:6]}"
+    made = [(f"{customer}-{i:06d}", customer, Decimal("100.00")) for i in range(open_invoices)]
+    started = time.monotonic()
+    await send_all(pipeline.producer, [(topics.ERP_CUSTOMER_INVOICES, c, invoice_message(i, c, a)) for i, c, a in made])
+    await posted_vouchers(pipeline.ledger, f"FTI-{customer}-", open_invoices, timeout=1800)
+    await pipeline.settlement_caught_up(timeout=1800)
+    loaded = time.monotonic() - started
+    settlements = AIOKafkaConsumer(topics.AR_SETTLEMENTS, bootstrap_servers=stack.bootstrap, auto_offset_reset="latest")
+    await settlements.start()
+    try:
+        await settlements.getmany(timeout_ms=500)  # positioned at the end before the first payment
+        before = await settlement_handler_seconds(stack.url("settlement"))
+        times: dict[str, list[float]] = {"automatic": [], "marked": []}
+        for n in range(payments):
+            kind = "automatic" if n % 2 == 0 else "marked"
+            payment_id = f"{customer}-P{n:04d}"
+            invoice_id = None if kind == "automatic" else random.choice(made)[0]
+            value = payment_message(payment_id, customer, Decimal("10.00"), invoice_id)
+            sent = time.monotonic()
+            await pipeline.producer.send_and_wait(topics.ERP_CUSTOMER_PAYMENTS, value, key=customer.encode())
+            while True:
+                batches = await settlements.getmany(timeout_ms=50)
+                if any(payment_id in r.value.decode() for rs in batches.values() for r in rs):
+                    break
+                if time.monotonic() - sent > 60:
+                    raise TimeoutError(f"no settlement of {payment_id} within 60 s")
+            times[kind].append((time.monotonic() - sent) * 1000)
+        after = await settlement_handler_seconds(stack.url("settlement"))
+    finally:
+        await settlements.stop()
+    handled = after[1] - before[1]
+    return {
+        "load_s": loaded,
+        "automatic_p50": statistics.median(times["automatic"]),
+        "marked_p50": statistics.median(times["marked"]),
+        "handler_mean": (after[0] - before[0]) / handled * 1000 if handled else float("nan"),
+    }
+
+
+# --- aged balances over a large read model -------------------------------------------------------------
+
+
+async def seed_collections(database_url: str, transactions: int, customers: int) -> None:
+    """Load the read model straight into collections' tables, without the broker: COPY on PostgreSQL,
+    the service's own bulk insert (tables.add_transactions) on SQLite. Every tenth invoice is half paid."""
+    from kredit_collections import tables
+    from kredit_collections.domain import CustomerTransaction, SettlementDelta
+
+    rng = random.Random(11)
+    start = dt.date(2024, 1, 1)
+    rows: list[CustomerTransaction] = []
+    deltas: list[SettlementDelta] = []
+    for c in range(customers):
+        account = f"A{c:05d}"
+        for n in range(transactions // customers):
+            day = start + dt.timedelta(days=rng.randrange(365))
+            amount = Decimal(rng.randint(100, 500_000)) / 100
+            voucher = f"FTI-{account}-{n:04d}"
+            rows.append(
+                CustomerTransaction(
+                    voucher=voucher,
+                    transaction_type="Invoice",
+                    customer_account=account,
+                    transaction_date=day,
+                    amount=amount,
+                    currency="USD",
+                    invoice_id=f"{account}-{n:04d}",
+                    due_date=day + dt.timedelta(days=30),
+                    customer_name=f"Customer {account}",
+                )
+            )
+            if n % 10 == 0:  # still open, and dates before the payment age the whole amount
+                half = -(amount / 2).quantize(Decimal("0.01"))
+                deltas.append(SettlementDelta(f"S-{voucher}", voucher, half, day + dt.timedelta(days=20)))
+    if database_url.startswith("postgresql"):
+        connection = await asyncpg.connect("postgresql://" + database_url.split("://", 1)[1])
+        try:
+            for table, values in (
+                (tables.CustomerTransactionRow.__table__, rows),
+                (tables.SettlementDeltaRow.__table__, deltas),
+            ):
+                records = [asdict(v) for v in values]
+                columns = list(records[0])
+                await connection.copy_records_to_table(
+                    table.name, records=[tuple(r[c] for c in columns) for r in records], columns=columns
+                )
+        finally:
+            await connection.close()
+        return
+    from kredit_shared.database import create_engine, create_session_factory
+
+    engine = create_engine(database_url)
+    sessions = create_session_factory(engine)
+    try:
+        for n in range(0, len(rows), 10_000):
+            async with sessions() as session, session.begin():
+                if hasattr(tables, "add_transactions"):
+                    await tables.add_transactions(session, rows[n : n + 10_000])
+                else:  # the code before issue 11 had no bulk write path: a plain Core executemany
+                    await (await session.connection()).execute(
+                        insert(tables.CustomerTransactionRow.__table__), [asdict(t) for t in rows[n : n + 10_000]]
+                    )
+        async with sessions() as session, session.begin():
+            await (await session.connection()).execute(
+                insert(tables.SettlementDeltaRow.__table__), [asdict(d) for d in deltas]
+            )
+    finally:
+        await engine.dispose()
+
+
+async def bench_aged_balances(stack: LocalStack, transactions: int, customers: int, requests: int) -> dict[str, Any]:
+    first = stack.replicas_of("collections")[0]
+    database = await stack._database(f"collections-aged-{uuid.uuid4().hex[:6]}")
+    process = ServiceProcess(
+        "collections",
+        len(stack.processes) + 1,
+        free_port(),
+        first.env | {"DATABASE_URL": database, "TOPIC_PREFIX": f"bench-aged-{uuid.uuid4().hex[:6]}."},
+        stack.data_dir / "logs" / "collections-aged.log",
+    )
+    process.env["HTTP_PORT"] = str(process.port)
+    stack.processes.append(process)
+    process.start()
+    try:
+        await stack.wait_healthy([process], timeout=120)  # its tables exist
+        started = time.monotonic()
+        await seed_collections(database, transactions, customers)
+        seeded = time.monotonic() - started
+        print(f"    loaded in {seeded:.0f} s", flush=True)
+        some = f"A{customers * 3 // 7:05d}"
+        queries = {  # the code before issue 11 ignores limit, cursor and customer_account: all customers
+            "default (first page)": {"as_of": "2025-01-31"},
+            "next page (cursor)": {"as_of": "2025-01-31", "cursor": "A00099"},
+            "one customer": {"as_of": "2025-01-31", "customer_account": some},
+            "as of 2024-09-30": {"as_of": "2024-09-30"},
+            "limit 1000": {"as_of": "2025-01-31", "limit": 1000},
+        }
+        figures: dict[str, Any] = {"seed_s": seeded}
+        async with httpx.AsyncClient(base_url=process.url, timeout=600) as client:
+            for label, params in queries.items():
+                times, rows = [], 0
+                for _ in range(requests):
+                    t0 = time.perf_counter()
+                    response = await client.get("/api/v1/aged-balances", params=params)
+                    times.append((time.perf_counter() - t0) * 1000)
+                    response.raise_for_status()
+                    rows = len(response.json()["customers"])
+                figures[label] = (statistics.median(times), rows)
+                print(f"    {label}: {figures[label][0]:,.0f} ms, {rows} rows", flush=True)
+        figures["rss_mib"] = peak_rss_mib(process)
+        return figures
+    finally:
+        process.stop()
+
+
+def peak_rss_mib(process: ServiceProcess) -> float | None:
+    """VmHWM (peak resident set) of a running process we started."""
+    if not process.running():
+        return None
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{process.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+# --- one database --------------------------------------------------------------------------------
+
+
+async def bench_database(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {"database": name}
+    async with LocalStack(workdir / name, postgres=name == "postgresql") as stack:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=stack.bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024
+        )
+        paced = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=0)
+        await producer.start()
+        await paced.start()
+        try:
+            print(f"  {name}: raw hop ...", flush=True)
+            result["raw"] = [await bench_raw_hop(stack, producer, args.raw, workdir) for _ in range(args.repeats)]
+            print(f"  {name}: raw hop {', '.join(f'{r:.0f}' for r in result['raw'])} records/s", flush=True)
+            async with Database(stack.replicas_of("ledger-posting")[0].env["DATABASE_URL"]) as ledger:
+                pipeline = Pipeline(stack, producer, ledger, args.customers)
+                await pipeline.invoices(1)  # the warm-up waits out every consumer's group join
+                result["invoices"], result["payments"] = [], []
+                for n in range(args.repeats):
+                    rate, _, made = await pipeline.invoices(args.invoices)
+                    result["invoices"].append(rate)
+                    rate, _ = await pipeline.payments(made[: args.payments])
+                    result["payments"].append(rate)
+                    print(
+                        f"  {name}: run {n + 1}: invoices {result['invoices'][-1]:.0f}/s, "
+                        f"payments {result['payments'][-1]:.0f}/s",
+                        flush=True,
+                    )
+                pipeline.producer = paced
+                _, result["invoice_latency"], made = await pipeline.invoices(args.latency, rate=args.rate)
+                _, result["payment_latency"] = await pipeline.payments(made, rate=args.rate)
+                print(
+                    f"  {name}: latency p50 invoices {percentile(result['invoice_latency'], 50):.0f} ms, "
+                    f"payments {percentile(result['payment_latency'], 50):.0f} ms",
+                    flush=True,
+                )
+                pipeline.producer = producer
+                print(f"  {name}: collections catch-up ...", flush=True)
+                result["catch_up"] = await bench_catch_up(stack, timeout=args.timeout)
+                print(f"  {name}: catch-up {result['catch_up'][0]:.0f} records/s", flush=True)
+                if args.big_customer:
+                    print(f"  {name}: a customer with {args.big_customer} open invoices ...", flush=True)
+                    result["big"] = await bench_big_customer(pipeline, args.big_customer, args.big_payments)
+                    print(f"  {name}: {result['big']}", flush=True)
+            result["rss"] = {p.label: peak_rss_mib(p) for p in stack.processes if p.running()}
+            if args.aged_transactions:
+                print(f"  {name}: aged balances over {args.aged_transactions} transactions ...", flush=True)
+                result["aged"] = await bench_aged_balances(
+                    stack, args.aged_transactions, args.aged_customers, args.aged_requests
+                )
+                print(f"  {name}: {result['aged']}", flush=True)
+        finally:
+            await producer.stop()
+            await paced.stop()
+    return result
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(
+        f"\nKredit pipeline benchmark — {os.cpu_count()} cores ({platform.machine()}, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}), shared with whatever else runs; "
+        f"Tansu broker (memory), one per database; medians of {args.repeats} (range)."
+    )
+
+    def med(values: list[float]) -> str:
+        return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+    rows = []
+    for r in results:
+        raw = statistics.median(r["raw"])
+        rows.append([r["database"], "raw broker hop (consume->produce)", med(r["raw"]), "1.000"])
+        for key, label in (
+            ("invoices", "invoices ERP -> ledger"),
+            ("payments", "payments ERP -> settlement -> ledger"),
+        ):
+            rows.append([r["database"], label, med(r[key]), f"{statistics.median(r[key]) / raw:.3f}"])
+        rate, records = r["catch_up"]
+        rows.append([r["database"], f"collections catch-up ({records} records)", f"{rate:,.0f}", f"{rate / raw:.3f}"])
+    print(render_table(["database", "msg/s", "median (range)", "ratio to raw hop"], rows))
+
+    print(f"\nend-to-end latency at {args.rate:g}/s (ERP send -> posted in the ledger), ms")
+    rows = []
+    for r in results:
+        for key, label in (("invoice_latency", "invoices"), ("payment_latency", "payments")):
+            values = r[key]
+            rows.append(
+                [r["database"], label, len(values), f"{percentile(values, 50):.0f}", f"{percentile(values, 99):.0f}"]
+            )
+    print(render_table(["database", "messages", "n", "p50", "p99"], rows))
+
+    if any("big" in r for r in results):
+        print(
+            f"\npayment vs one customer with {args.big_customer} open invoices "
+            "(ERP send -> OpenItemsSettled on ar.settlements, two broker hops included; handler = settlement's mean)"
+        )
+        rows = [
+            [
+                r["database"],
+                f"{r['big']['load_s']:.0f}",
+                f"{r['big']['automatic_p50']:.0f}",
+                f"{r['big']['marked_p50']:.0f}",
+                f"{r['big']['handler_mean']:.0f}",
+            ]
+            for r in results
+            if "big" in r
+        ]
+        print(render_table(["database", "load s", "automatic p50 ms", "marked p50 ms", "handler mean ms"], rows))
+
+    if any("aged" in r for r in results):
+        print(
+            f"\nGET /api/v1/aged-balances over {args.aged_transactions:,} open transactions of "
+            f"{args.aged_customers:,} customers (median of {args.aged_requests}), ms (rows)"
+        )
+        labels = [k for k in results[0].get("aged", {}) if isinstance(results[0]["aged"][k], tuple)]
+        rows = [
+            [r["database"], f"{r['aged']['seed_s']:.0f}"]
+            + [f"{r['aged'][k][0]:,.0f} ({r['aged'][k][1]})" for k in labels]
+            for r in results
+            if "aged" in r
+        ]
+        print(render_table(["database", "load s", *labels], rows))
+
+    print("\npeak RSS (VmHWM) per service process, MiB")
+    rows = [[r["database"]] + [f"{label}: {v:.0f}" for label, v in sorted(r["rss"].items()) if v] for r in results]
+    width = max(len(row) for row in rows)
+    print(render_table(["database"] + [""] * (width - 1), [row + [""] * (width - len(row)) for row in rows]))
+
+
+async def amain(args: argparse.Namespace) -> int:
+    print(
+        f"{args.invoices} invoices and {args.payments} payments per run, {args.repeats} runs, "
+        f"{args.latency} of each at {args.rate:g}/s; databases: {', '.join(args.databases)}",
+        flush=True,
+    )
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for name in args.databases:
+            results.append(await bench_database(name, args, Path(tmp)))
+    report(results, args)
+    return 0
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--raw-relay":
+        asyncio.run(raw_relay(*sys.argv[2:]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--databases", default="sqlite,postgresql", type=lambda s: [d for d in s.split(",") if d])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--raw", type=int, default=20000, help="records per raw-hop run")
+    parser.add_argument("--invoices", type=int, default=5000, help="invoices per throughput run")
+    parser.add_argument("--payments", type=int, default=5000, help="payments per throughput run (<= invoices)")
+    parser.add_argument("--customers", type=int, default=200, help="customers the invoices of a run spread over")
+    parser.add_argument("--latency", type=int, default=1000, help="invoices and payments of the paced runs")
+    parser.add_argument("--rate", type=float, default=200, help="messages/s of the paced runs")
+    parser.add_argument("--big-customer", type=int, default=10000, help="open invoices of one customer (0: skip)")
+    parser.add_argument("--big-payments", type=int, default=40, help="payments against that customer")
+    parser.add_argument("--aged-transactions", type=int, default=1_000_000, help="0: skip the aged balances figure")
+    parser.add_argument("--aged-customers", type=int, default=10_000)
+    parser.add_argument("--aged-requests", type=int, default=7)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds any one stage may take")
+    args = parser.parse_args()
+    if unknown := set(args.databases) - {"sqlite", "postgresql"}:
+        parser.error(f"unknown database(s): {', '.join(sorted(unknown))}")
+    args.payments = min(args.payments, args.invoices)
+    run_tool("bench", amain(args))
+
+
+if __name__ == "__main__":
+    main()

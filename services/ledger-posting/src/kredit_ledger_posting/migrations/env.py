@@ -1,0 +1,5 @@
+"""Alembic's entry point for the ledger-posting schema history (see kredit_shared.migrations)."""
+
+from kredit_shared.migrations import run_env
+
+run_env()

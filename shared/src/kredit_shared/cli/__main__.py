@@ -1,0 +1,3 @@
+from kredit_shared.cli import app
+
+app(prog_name="kredit")
