@@ -24,7 +24,7 @@ from kredit_shared.contracts import (
 )
 from kredit_shared.service import ServiceRuntime, Transaction, ensure_topics
 from kredit_shared.settings import ServiceSettings
-from kredit_shared.testing import TopicProbe, eventually, isolated_kafka, serve
+from kredit_shared.testing import TopicProbe, eventually, isolated_kafka, publish, serve
 
 
 class AppliedInvoice(SQLModel, table=True):
@@ -40,14 +40,15 @@ class Flaky:
     def __init__(self, once: dict[str, Exception]) -> None:
         self.once = once
         self.calls: list[int] = []
+        self.wanted: set[str] = set()  # REJECT- ids accepted after all (their cause fixed)
 
     async def apply(self, tx: Transaction, invoices: list[CustomerInvoiceIssued]) -> None:
         self.calls.append(len(invoices))
         for invoice in invoices:
             if (error := self.once.pop(invoice.invoice_id, None)) is not None:
                 raise error
-            if invoice.invoice_id.startswith("REJECT"):
-                tx.dead_letter(ERP_CUSTOMER_INVOICES, invoice, f"invoice {invoice.invoice_id} is not wanted")
+            if invoice.invoice_id.startswith("REJECT") and invoice.invoice_id not in self.wanted:
+                tx.reject(ERP_CUSTOMER_INVOICES, invoice, f"invoice {invoice.invoice_id} is not wanted")
                 continue
             tx.session.add(AppliedInvoice(invoice_id=invoice.invoice_id, customer_account=invoice.customer_account))
             amount = invoice.lines[0].amount
@@ -148,3 +149,22 @@ async def test_a_transient_failure_retries_the_whole_batch(kafka, database_url):
 
 async def _count(rows, expected: int) -> bool:
     return len(await rows) == expected
+
+
+async def test_a_message_rejected_in_a_batch_is_processed_when_replayed_after_its_cause_is_fixed(kafka, database_url):
+    rejected = invoice("REJECT-1", "A")
+    records = [("A", invoice("A-1", "A")), ("A", rejected), ("A", invoice("A-2", "A"))]
+    flaky = Flaky({})
+    settings, runtime = await start_after_publishing(kafka, database_url, flaky, records)
+    dlq = settings.topic(dead_letter_topic(ERP_CUSTOMER_INVOICES))
+    async with serve(runtime.http_app("batch")), TopicProbe(kafka.bootstrap_servers, [dlq]) as probe:
+        [letter] = await probe.wait_for(lambda r: r.topic == dlq)
+        assert letter.value == rejected and letter.headers["x-dlq-reason"] == "invoice REJECT-1 is not wanted"
+        await eventually(lambda: _count(applied(runtime), 2))
+        assert flaky.calls == [3], "one batch: the rejected message did not hold back the others"
+
+        flaky.wanted.add("REJECT-1")  # the cause is fixed; the same record is sent again, as a replay does
+        await publish(kafka.bootstrap_servers, settings.topic(ERP_CUSTOMER_INVOICES), rejected, key="A")
+        await eventually(lambda: _count(applied(runtime), 3))
+        assert await probe.settle(0.5) == [letter], "no second dead letter"
+    assert await applied(runtime) == [("A", "A-1"), ("A", "A-2"), ("A", "REJECT-1")]

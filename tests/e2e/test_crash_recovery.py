@@ -12,7 +12,13 @@ import uuid
 import httpx
 import pytest
 
-from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, GL_GENERAL_JOURNALS, GL_JOURNAL_EVENTS, GL_JOURNAL_LINES
+from kredit_shared.contracts import (
+    ERP_CUSTOMER_INVOICES,
+    GL_GENERAL_JOURNALS,
+    GL_JOURNAL_EVENTS,
+    GL_JOURNAL_LINES,
+    dead_letter_topic,
+)
 from kredit_shared.testing import (
     TopicProbe,
     free_port,
@@ -119,13 +125,22 @@ async def test_a_service_killed_mid_batch_posts_every_invoice_of_the_fetch_exact
         }
         for n in range(20)
     ]
-    async with TopicProbe(kafka.bootstrap_servers, [prefix + GL_JOURNAL_LINES]) as probe:
+    # First, so it is in the fetch the crash interrupts: rejected whole, its dead letter must not double.
+    invoices.insert(
+        0, invoices[0] | {"message_id": str(uuid.uuid4()), "invoice_id": "K-BAD", "payment_terms": "Net999"}
+    )
+    dlq = prefix + dead_letter_topic(ERP_CUSTOMER_INVOICES)
+    async with TopicProbe(kafka.bootstrap_servers, [prefix + GL_JOURNAL_LINES, dlq]) as probe:
         with service_process("kredit_invoicing", env | {"FAILPOINTS": failpoint}, log) as doomed:
             wait_until_healthy(int(env["HTTP_PORT"]), process=doomed)
             await publish_many(kafka.bootstrap_servers, prefix + ERP_CUSTOMER_INVOICES, invoices)
             assert doomed.wait(20) == -signal.SIGKILL
         with service_process("kredit_invoicing", env, log) as restarted:
             wait_until_healthy(int(env["HTTP_PORT"]), process=restarted)
-            await probe.wait_for(lambda r: True, count=20)
+            await probe.wait_for(lambda r: r.topic != dlq, count=20)
             await probe.settle(1.0)
-        assert sorted(r.key for r in probe.records) == sorted(f"FTI-K-{n}" for n in range(20)), "each once"
+        posted = [r.key for r in probe.records if r.topic != dlq]
+        assert sorted(posted) == sorted(f"FTI-K-{n}" for n in range(20)), "each once"
+        assert [r.headers["x-dlq-reason"] for r in probe.records if r.topic == dlq] == [
+            "invoice K-BAD: unknown payment terms 'Net999'"
+        ], "the rejected invoice dead-lettered once"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -95,3 +95,13 @@ async def claim_key(session: AsyncSession, consumer: str, topic: str, key: str) 
         return False
     session.add(ProcessedMessage(consumer=consumer, message_id=key, topic=topic))
     return True
+
+
+async def release(session: AsyncSession, consumer: str, message_ids: Sequence[str]) -> None:
+    """Forget that these messages were processed (they were rejected whole), in the caller's transaction."""
+    if message_ids:
+        await session.exec(
+            delete(ProcessedMessage).where(
+                ProcessedMessage.consumer == consumer, ProcessedMessage.message_id.in_(message_ids)
+            )
+        )

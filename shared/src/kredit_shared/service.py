@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
+import structlog
 import uvicorn
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
@@ -77,6 +78,7 @@ class Transaction:
     # The topics the service declared (`ServiceRuntime.publishes`): its AsyncAPI document lists
     # them, so emitting elsewhere is a bug. None: not checked (a test's runtime that declares none).
     publishes: frozenset[str] | None = None
+    rejected: list[Rejection] = field(default_factory=list)  # whole messages dead-lettered (`reject`)
     _outbox: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -113,9 +115,35 @@ class Transaction:
             )
         self.emit_dead_letter(letter, message.message_id)
 
+    def reject(self, source_topic: str, message: ContractMessage, reason: str) -> None:
+        """Dead-letter a whole message the handler cannot accept, while the rest of its batch commits.
+        Unlike a partial `dead_letter`, the message counts as not processed: the runtime releases its
+        inbox entry, so a replay of it (`kredit dlq replay`) is processed once its cause is fixed."""
+        self.dead_letter(source_topic, message, reason)
+        self.rejected.append(Rejection(message, self.records.get(id(message)), reason, self._outbox[-1]))
+
     def emit_dead_letter(self, letter: outbox.DeadLetter, message_id: str) -> None:
         self._outbox.append(outbox.dead_letter_row(letter, message_id))
         self.emitted += 1
+
+    def withdraw(self, row: dict[str, Any]) -> None:
+        """Take back a queued message (a dead letter already written for the same record)."""
+        self._outbox = [queued for queued in self._outbox if queued is not row]
+        self.emitted -= 1
+
+
+@dataclass(frozen=True)
+class Rejection:
+    message: ContractMessage
+    record: ConsumerRecord | None
+    reason: str
+    row: dict[str, Any]  # its dead letter in the transaction's outbox
+
+
+def _dead_letter_position(topic: str, record: ConsumerRecord) -> str:
+    """The inbox key recording that a record was dead-lettered: a redelivery is not dead-lettered twice."""
+    digest = hashlib.sha256(record.value or b"").hexdigest()[:16]
+    return f"dlq:{topic}:{record.partition}:{record.offset}:{digest}"
 
 
 def _dead_letter_of(
@@ -449,7 +477,36 @@ class ServiceRuntime:
                 )
             if claimed.fresh:
                 await sub.run(tx, claimed.fresh)
-        return len(claimed.fresh)
+            if tx.rejected:
+                await self._release(tx, sub.topic)
+        for rejection in tx.rejected:
+            self._log_rejection(sub.topic, rejection)
+        return len(claimed.fresh) - len(tx.rejected)
+
+    async def _release(self, tx: Transaction, topic: str) -> None:
+        """The messages the handler rejected whole are not processed: their inbox entries go, so a replay
+        is handled. Their records' positions are kept instead, so a redelivery after a crash is not
+        dead-lettered twice."""
+        await inbox.release(tx.session, self.settings.group_id, [r.message.message_id for r in tx.rejected])
+        for rejection in list(tx.rejected):
+            if rejection.record is None:
+                continue
+            position = _dead_letter_position(topic, rejection.record)
+            if not await inbox.claim_key(tx.session, self.settings.group_id, topic, position):
+                tx.withdraw(rejection.row)
+                tx.rejected.remove(rejection)
+
+    def _log_rejection(self, topic: str, rejection: Rejection) -> None:
+        record, message = rejection.record, rejection.message
+        context = {"message_id": message.message_id}
+        if isinstance(customer := getattr(message, "customer_account", None), str):
+            context["customer_account"] = customer
+        if record is not None:
+            context |= {"partition": record.partition, "offset": record.offset}
+        with structlog.contextvars.bound_contextvars(**context):
+            position = f"{record.partition}:{record.offset}" if record is not None else "-"
+            log.warning("%s: dead-lettering %s@%s: %s", self.settings.service_name, topic, position, rejection.reason)
+        metrics.MESSAGES_CONSUMED.labels(self.settings.service_name, topic, "dead_lettered").inc()
 
     async def _dead_letter(self, topic: str, record: ConsumerRecord, reason: str, error_type: str) -> None:
         """Queue the original bytes and headers for `<topic>.dlq` (through the outbox), naming the error.
@@ -464,8 +521,7 @@ class ServiceRuntime:
             reason,
         )
         letter = _dead_letter_of(record, topic, reason, error_type, self.settings.group_id)
-        digest = hashlib.sha256(record.value or b"").hexdigest()[:16]
-        position = f"dlq:{topic}:{record.partition}:{record.offset}:{digest}"
+        position = _dead_letter_position(topic, record)
 
         async def write() -> None:
             async with self.transaction() as tx:

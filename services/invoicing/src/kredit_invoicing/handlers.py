@@ -24,7 +24,7 @@ async def issue_invoices(tx: Transaction, messages: list[CustomerInvoiceIssued],
                 continue
             invoice = post_invoice(message, setup)
         except InvoiceRejected as e:
-            tx.dead_letter(ERP_CUSTOMER_INVOICES, message, e.reason)
+            tx.reject(ERP_CUSTOMER_INVOICES, message, e.reason)
             continue
         fingerprints[message.invoice_id] = invoice.fingerprint  # a later copy in this batch is a no-op
         posted.append((message, invoice))

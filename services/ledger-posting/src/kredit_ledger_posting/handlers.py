@@ -54,7 +54,7 @@ async def post_vouchers(tx: Transaction, vouchers: list[VoucherPosted], setup: C
                 continue
             entries.extend(domain.entries_for_voucher(voucher, setup))
         except domain.InvalidVoucher as e:
-            tx.dead_letter(GL_JOURNAL_LINES, voucher, str(e))
+            tx.reject(GL_JOURNAL_LINES, voucher, str(e))
             continue
         posted[voucher.voucher] = domain.voucher_fingerprint(voucher)  # a later copy in this batch is a no-op
         new_vouchers.append(
