@@ -31,6 +31,8 @@ from kredit_settlement.domain import (
     reverse,
     settle_credit,
     settle_marked,
+    settle_new_invoice,
+    settle_new_transaction,
     settle_payment,
     vouchers_needed,
 )
@@ -139,6 +141,18 @@ def test_a_credit_note_settles_100_00_of_the_invoice_as_99_00_and_a_1_00_discoun
         ("FTI-10050", "CCRN-10050", D("99.00")),
         ("DISC-1", "CCRN-10050", D("1.00")),
     ]
+
+
+@pytest.mark.parametrize("invoice_first", [True, False])
+def test_with_automatic_settlement_a_credit_note_takes_the_same_discounts_on_arrival(invoice_first):
+    inv, note = invoice_10050(), credit_note_10050()
+    if invoice_first:
+        results = settle_new_transaction(note, [inv], parameters=CREDIT_NOTES)
+    else:
+        results = settle_new_invoice(inv, [(note, None)], parameters=CREDIT_NOTES)
+    [result] = results
+    assert lines(result) == [("FTI-10050", D("99.00"), D("1.00"), D("0.00"))] and result.credit_discount == D("1.00")
+    assert settle_new_transaction(note, [inv])[0].cash_discount == D("0.00"), "without the parameter: none"
 
 
 def test_the_vendor_mirror_a_200_00_credit_note_with_a_2_00_discount_settles_200_00_leaving_800_00():
@@ -421,9 +435,10 @@ def test_marks_with_unknown_fields_or_contradictions_are_rejected_naming_them():
         Mark("1", unknown_fields=("full_setlement",)),
         Mark("1", use_cash_discount="Never", cash_discount_amount=D("5.00")),
     ]
-    result = settle_credit(payment, [inv], marks=bad)
+    result = settle_credit(payment, [inv], marks=[*bad, Mark("ARP-1")])
     assert "unknown field(s) 'full_setlement'" in result.rejected_marks[0].reason
     assert "contradicts use_cash_discount Never" in result.rejected_marks[1].reason
+    assert "ARP-1 cannot settle itself" in result.rejected_marks[2].reason
     assert result.settlements == ()
 
 

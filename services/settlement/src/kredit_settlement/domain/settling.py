@@ -186,6 +186,8 @@ def resolve_marks(
         found: OpenTransaction | None = None
         try:
             terms = mark_terms(mark)
+            if settling is not None and mark.invoice_id == settling.voucher:
+                raise MarkRejected(mark.invoice_id, f"{settling.voucher} cannot settle itself")
             try:
                 found = find_marked_invoice(mark, transactions, customer_account, currency)
             except UnknownInvoice:
