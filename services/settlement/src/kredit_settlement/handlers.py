@@ -25,7 +25,7 @@ from kredit_settlement.tables import (
     load_parameters,
     lock_customer,
 )
-from kredit_shared.company_setup import CompanySetup
+from kredit_shared.company_setup import CompanySetup, SetupError
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
     ERP_CUSTOMER_PAYMENTS,
@@ -91,7 +91,10 @@ class Postings:
             penny_difference_account=seed.accounts.penny_difference,
             overpayment_underpayment_account=seed.accounts.customer_overpayment_underpayment,
         )
-        domain.check_parameters(parameters, postings.accounts)
+        try:
+            domain.check_parameters(parameters, postings.accounts)
+        except domain.InvalidParameters as e:
+            raise SetupError(f"company setup: settlement.{e}") from None
         return postings
 
 

@@ -565,3 +565,19 @@ def test_every_cent_of_a_settlement_is_accounted_for(application):
     assert {t.voucher: t.open_amount for t in undone.transactions if t.transaction_type != "CashDiscount"} == {
         t.voucher: t.open_amount for t in [*invoices, payment]
     }
+
+
+def test_a_setup_seeding_a_tolerance_without_an_account_stops_the_service_naming_it():
+    from kredit_settlement.handlers import Postings
+    from kredit_shared.company_setup import SetupError, load_company_setup
+
+    setup = load_company_setup()
+    assert Postings.from_setup(setup).accounts == ACCOUNTS
+    seeded = setup.settlement.model_copy(
+        update={
+            "maximum_penny_difference": D("0.05"),
+            "accounts": setup.settlement.accounts.model_copy(update={"penny_difference": None}),
+        }
+    )
+    with pytest.raises(SetupError, match="settlement.maximum_penny_difference"):
+        Postings.from_setup(setup.model_copy(update={"settlement": seeded}))
