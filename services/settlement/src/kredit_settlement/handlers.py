@@ -257,18 +257,7 @@ async def receive_payment(postings: Postings, tx: Transaction, payment: Customer
     credit = replace(credit, auto_settle=marks is None and parameters.automatic_settlement)
     named = [m.invoice_id for m in marks or []]
     transactions = await store.of_customer(payment.customer_account, invoice_ids=named, vouchers=named)
-    tx.session.add(
-        PaymentRow(
-            payment_id=payment.payment_id,
-            message_id=payment.message_id,
-            customer_account=payment.customer_account,
-            payment_date=payment.payment_date,
-            amount=payment.amount,
-            currency=payment.currency,
-            bank_account=bank_account,
-            fingerprint=_fingerprint(payment),
-        )
-    )
+    tx.session.add(PaymentRow.of(payment, bank_account, _fingerprint(payment)))
     tx.emit(_transaction_posted(credit, payment_id=payment.payment_id))
     tx.emit(_voucher(credit, bank_account, postings.summary_account, f"Payment {payment.payment_id}"))
     await store.save([credit])

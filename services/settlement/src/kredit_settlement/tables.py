@@ -22,6 +22,7 @@ from kredit_settlement.domain import (
     SettlementParameters,
     priority_rule,
 )
+from kredit_shared.contracts import CustomerPaymentReceived
 from kredit_shared.database import ExactDecimal, money_field
 from kredit_shared.money import ZERO
 from kredit_shared.outbox import utcnow
@@ -132,6 +133,19 @@ class PaymentRow(SQLModel, table=True):
     bank_account: str
     fingerprint: str
     received_at: datetime = Field(default_factory=utcnow)
+
+    @classmethod
+    def of(cls, payment: CustomerPaymentReceived, bank_account: str, fingerprint: str) -> PaymentRow:
+        return cls(
+            payment_id=payment.payment_id,
+            message_id=payment.message_id,
+            customer_account=payment.customer_account,
+            payment_date=payment.payment_date,
+            amount=payment.amount,
+            currency=payment.currency,
+            bank_account=bank_account,
+            fingerprint=fingerprint,
+        )
 
 
 class PendingMarkRow(SQLModel, table=True):
