@@ -7,7 +7,16 @@ from kredit_shared.company_setup import DEMO_SETUP_FILE, SetupError, load_compan
 def test_the_demo_company_matches_the_contract():
     setup = load_company_setup()
     assert setup.accounting_currency == "USD"
-    assert set(setup.main_accounts) == {"110110", "130100", "222200", "401100", "520100", "618900"}
+    # The contract's six accounts, and the penny difference and over/underpayment accounts settlement posts to.
+    assert set(setup.main_accounts) == {"110110", "130100", "222200", "401100", "520100", "618900"} | {
+        "520200",
+        "520300",
+    }
+    assert setup.settlement.accounts.model_dump() == {
+        "cash_discount": "520100",
+        "penny_difference": "520200",
+        "customer_overpayment_underpayment": "520300",
+    }
     assert setup.customer_posting_profile.write_off_account == "618900"
     assert [c.days for c in setup.discount_chain("2%5D")] == [5, 14]
     assert setup.write_off.reason_code == "BadDebt" and not setup.write_off.separate_sales_tax
@@ -23,6 +32,11 @@ def test_the_demo_company_matches_the_contract():
         (lambda d: d["payment_terms"]["Net30"].update(days=-1), "payment_terms.Net30.days"),
         (lambda d: d["write_off"].update(reason_code="Nope"), "write_off.reason_code"),
         (lambda d: d["aging_buckets"].pop(), "aging_buckets"),
+        (
+            lambda d: d["settlement"]["accounts"].update(penny_difference="529999"),
+            "settlement.accounts.penny_difference",
+        ),
+        (lambda d: d["settlement"].update(cash_discount_administration="Vague"), "cash_discount_administration"),
     ],
 )
 def test_an_invalid_setup_names_the_bad_field(tmp_path, change, named_field):

@@ -6,6 +6,7 @@ message naming the bad field.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kredit_shared.contracts.messages import Percent
 from kredit_shared.errors import describe_validation_error
-from kredit_shared.money import Currency
+from kredit_shared.money import Amount, Currency
 
 DEMO_SETUP_FILE = Path(str(files("kredit_shared").joinpath("demo-company.yaml")))
 
@@ -45,8 +46,35 @@ class CashDiscountCode(_Strict):
     next_code: str | None = None
 
 
+class SettlementPriorityRule(_Strict):
+    """One criterion of the settlement priority (D365's *Settlement priority* page)."""
+
+    criterion: Literal["TransactionType", "DueDate", "TransactionDate", "CashDiscountDate", "Amount", "Voucher"]
+    direction: Literal["Ascending", "Descending"] = "Ascending"
+    order: list[str] | None = None  # TransactionType only: the document types, first settled first
+
+
+class SettlementAccounts(_Strict):
+    """D365's *Accounts for automatic transactions* as settlement uses them."""
+
+    cash_discount: str | None = None  # for discounts of transactions that name no discount account
+    penny_difference: str | None = None
+    customer_overpayment_underpayment: str | None = None
+
+
 class SettlementParameters(_Strict):
+    """The seed of settlement's parameters (changed later through its API) and its accounts."""
+
     calculate_cash_discounts_for_partial_payments: bool = True
+    calculate_cash_discounts_for_credit_notes: bool = False
+    maximum_penny_difference: Amount = Decimal("0.00")
+    maximum_overpayment_or_underpayment: Amount = Decimal("0.00")
+    cash_discount_administration: Literal["Specific", "Unspecific"] = "Specific"
+    automatic_settlement: bool = True
+    prioritize_settlement: bool = False
+    use_priority_for_automatic_settlements: bool = False
+    settlement_priority: list[SettlementPriorityRule] = []
+    accounts: SettlementAccounts = SettlementAccounts()
 
 
 class JournalName(_Strict):
@@ -93,6 +121,9 @@ class CompanySetup(_Strict):
         account("default_revenue_account", self.default_revenue_account)
         account("sales_tax_account", self.sales_tax_account)
         account("default_bank_account", self.default_bank_account)
+        for name, value in self.settlement.accounts:
+            if value is not None:
+                account(f"settlement.accounts.{name}", value)
         for code, discount in self.cash_discount_codes.items():
             account(f"cash_discount_codes.{code}.account", discount.account)
             seen = {code}

@@ -65,8 +65,9 @@ def settlement_deltas(event: OpenItemsSettled) -> list[SettlementDelta]:
     def delta(voucher: str, amount: Decimal) -> SettlementDelta:
         return SettlementDelta(event.settlement_id, voucher, amount, event.settlement_date)
 
+    # A written-off penny difference or over/underpayment moves the debit beyond cash and discount.
     deltas = [
-        delta(event.debit_voucher, -(event.amount_settled + event.cash_discount_amount)),
+        delta(event.debit_voucher, -(event.amount_settled + event.cash_discount_amount + event.difference_amount)),
         delta(event.credit_voucher, event.amount_settled),
     ]
     if event.cash_discount_voucher and event.cash_discount_amount:

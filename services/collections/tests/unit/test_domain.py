@@ -135,6 +135,39 @@ def test_settlement_deltas_move_debit_credit_and_discount_vouchers():
     ]
 
 
+def test_a_written_off_difference_moves_the_debit_beyond_cash_and_discount():
+    underpaid = settled("S3", "FTI-1", "ARP-1", "999.90", date(2015, 7, 1)).model_copy(
+        update={"difference_amount": D("0.10")}
+    )
+    overpaid = settled("S4", "FTI-2", "ARP-2", "95.00", date(2015, 7, 1), "10.50", "DISC-2").model_copy(
+        update={"difference_amount": D("-0.50")}
+    )
+    assert [(d.voucher, d.amount) for d in settlement_deltas(underpaid)] == [
+        ("FTI-1", D("-1000.00")),
+        ("ARP-1", D("999.90")),
+    ]
+    assert [(d.voucher, d.amount) for d in settlement_deltas(overpaid)] == [
+        ("FTI-2", D("-105.00")),
+        ("ARP-2", D("95.00")),
+        ("DISC-2", D("10.50")),
+    ]
+
+
+def test_a_reversal_is_the_settlement_with_every_amount_negated():
+    reversal = settled("S1:R", "FTI-10020", "ARP-10020", "-297.00", date(2015, 7, 1), "-3.00", "REV-DISC-10020")
+    txs = [*SOURCE_TXS[:3], tx("REV-DISC-10020", "3.00", type="CashDiscount", on=date(2015, 7, 1))]
+    rows = {
+        r.voucher: r.balance
+        for r in transaction_balances(txs, [*settlement_deltas(PARTIAL), *settlement_deltas(reversal)])
+    }
+    assert rows == {
+        "FTI-10020": D("1000.00"),
+        "ARP-10020": D("-297.00"),
+        "DISC-10020": D("0.00"),
+        "REV-DISC-10020": D("0.00"),
+    }
+
+
 def test_partial_payment_leaves_700_open_on_the_invoice():
     rows = {r.voucher: r.balance for r in transaction_balances(SOURCE_TXS, settlement_deltas(PARTIAL))}
     assert rows == {

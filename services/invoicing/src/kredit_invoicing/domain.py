@@ -128,7 +128,10 @@ def compute_cash_discounts(
 
 def invoice_fingerprint(message: CustomerInvoiceIssued) -> str:
     """A digest of the invoice's content without its message_id: equal digests mean the same invoice."""
-    content = message.model_dump(mode="python", exclude={"message_id"})
+    # An omitted document_type is left out, so invoices posted before the field existed keep their digest.
+    content = message.model_dump(
+        mode="python", exclude={"message_id"} | ({"document_type"} if message.document_type is None else set())
+    )
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=_canonical_scalar)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -151,6 +154,26 @@ def _canonical_scalar(value: object) -> str:
 
 def _sign(value: Decimal) -> int:
     return (value > 0) - (value < 0)
+
+
+_LABELS = {
+    "Invoice": "Invoice",
+    "CreditNote": "Credit note",
+    "InterestNote": "Interest note",
+    "CollectionLetterFee": "Collection letter fee",
+    "PaymentFee": "Payment fee",
+}
+
+
+def document_transaction_type(document_type: str | None, total: Decimal) -> TransactionType:
+    """The customer transaction's type: the document type, or by the sign of the total when none is given.
+
+    A credit note credits the customer and every other document debits it, so the sign must agree."""
+    if document_type in (None, "Invoice"):
+        return "Invoice" if total > 0 else "CreditNote"
+    if (document_type == "CreditNote") != (total < 0):
+        raise InvoiceRejected(f"a {_LABELS[document_type].lower()} cannot have the total {total}")
+    return document_type  # type: ignore[return-value]
 
 
 def _post(message: CustomerInvoiceIssued, setup: CompanySetup) -> PostedInvoice:
@@ -177,10 +200,10 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup) -> PostedInvoice:
     if _sign(net) != _sign(total):
         raise InvoiceRejected(f"net amount {net} and total {total} have different signs")
 
+    kind = document_transaction_type(message.document_type, total)
     is_invoice = total > 0
-    kind: TransactionType = "Invoice" if is_invoice else "CreditNote"
     voucher = (INVOICE_VOUCHER_PREFIX if is_invoice else CREDIT_NOTE_VOUCHER_PREFIX) + message.invoice_id
-    label = f"{'Invoice' if is_invoice else 'Credit note'} {message.invoice_id}"
+    label = f"{_LABELS[kind]} {message.invoice_id}"
     due = compute_due_date(message.invoice_date, message.payment_terms, message.due_date, setup)
     tiers = compute_cash_discounts(
         message.invoice_date, total, message.cash_discount_code, message.cash_discounts, setup

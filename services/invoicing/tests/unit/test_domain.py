@@ -432,3 +432,51 @@ def test_a_discount_amount_never_exceeds_the_total(total, percent):
     amount = discount_amount(total, percent)
     assert abs(amount) <= abs(total)
     assert amount == amount.quantize(Decimal("0.01"))
+
+
+# --- document types (contract extension `document_type`) --------------------------------------
+
+
+@pytest.mark.parametrize("document_type", ["InterestNote", "CollectionLetterFee", "PaymentFee"])
+def test_a_document_type_becomes_the_customer_transaction_type(document_type):
+    posted = post_invoice(
+        invoice(document_type=document_type, lines=[{"amount": "7.00"}], cash_discount_code=None), SETUP
+    )
+    assert (posted.transaction_type, posted.transaction.transaction_type, posted.voucher) == (
+        document_type,
+        document_type,
+        "FTI-10020",
+    )
+    assert lines_of(posted) == [("130100", "7.00", "0.00"), ("401100", "0.00", "7.00")]
+
+
+@pytest.mark.parametrize(
+    ("document_type", "amount", "kind"),
+    [
+        (None, "-5.00", "CreditNote"),
+        ("Invoice", "-5.00", "CreditNote"),
+        ("CreditNote", "-5.00", "CreditNote"),
+        ("Invoice", "5.00", "Invoice"),
+    ],
+)
+def test_without_a_special_document_type_the_sign_of_the_total_decides(document_type, amount, kind):
+    posted = post_invoice(invoice(document_type=document_type, lines=[{"amount": amount}]), SETUP)
+    assert posted.transaction.transaction_type == kind
+
+
+@pytest.mark.parametrize(
+    ("document_type", "amount"), [("CreditNote", "5.00"), ("InterestNote", "-5.00"), ("PaymentFee", "-1.00")]
+)
+def test_a_document_type_that_contradicts_the_sign_of_the_total_is_rejected(document_type, amount):
+    assert "cannot have the total" in rejection(invoice(document_type=document_type, lines=[{"amount": amount}]))
+
+
+def test_an_unknown_document_type_is_a_validation_error():
+    with pytest.raises(ValueError, match="document_type"):
+        invoice(document_type="Dunning")
+
+
+def test_an_omitted_document_type_keeps_the_fingerprint_invoices_had_before_the_field():
+    # The digest of invoice() as stored before document_type existed (so re-sent invoices stay no-ops).
+    assert invoice_fingerprint(invoice()) == "07495e61efc6b7f975a27f16d52cc1dc071ff96f0b3aa1e3477282e7185469b1"
+    assert invoice_fingerprint(invoice(document_type="Invoice")) != invoice_fingerprint(invoice())

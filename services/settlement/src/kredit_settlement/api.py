@@ -1,18 +1,31 @@
-"""Settlement's HTTP API: parameters, the settlement preview and a customer's open transactions."""
+"""Settlement's HTTP API: parameters, the preview, settling and reversing by hand, open transactions, pending marks."""
 
 from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from kredit_settlement import handlers
-from kredit_settlement.domain import Mark, MarkRejected, OpenTransaction
+from kredit_settlement import handlers, tables
+from kredit_settlement.domain import (
+    CashDiscountAdministration,
+    InvalidParameters,
+    Mark,
+    MarkRejected,
+    MarksRejected,
+    OpenTransaction,
+    ReversalRefused,
+    SettledPair,
+    SettlementParameters,
+    UnknownInvoice,
+    priority_rule,
+)
 from kredit_settlement.handlers import Postings
-from kredit_shared.contracts import MAX_LIST_LENGTH, Code, Id, IsoDate
+from kredit_shared.contracts import MAX_LIST_LENGTH, Code, Id, IsoDate, Voucher
 from kredit_shared.money import Amount
 from kredit_shared.service import RuntimeDep
 
@@ -33,20 +46,126 @@ class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PriorityRuleIO(_Input):
+    criterion: Literal["TransactionType", "DueDate", "TransactionDate", "CashDiscountDate", "Amount", "Voucher"]
+    direction: Literal["Ascending", "Descending"] = "Ascending"
+    order: list[Code] | None = Field(default=None, max_length=20)  # TransactionType: the types settled first
+
+
 class Parameters(_Input):
-    calculate_cash_discounts_for_partial_payments: StrictBool
+    """Settlement's parameters (D365 *Accounts receivable parameters*, Settlement). A PUT sends any non-empty
+    subset. An answer lists calculate_cash_discounts_for_partial_payments and each other parameter that was ever
+    changed or differs from its default (all of them with ?include_defaults=true), so a client of the original
+    contract reads the answer it always read."""
+
+    calculate_cash_discounts_for_partial_payments: StrictBool | None = None
+    calculate_cash_discounts_for_credit_notes: StrictBool | None = None
+    maximum_penny_difference: Amount | None = None
+    maximum_overpayment_or_underpayment: Amount | None = None
+    cash_discount_administration: Literal["Specific", "Unspecific"] | None = None
+    automatic_settlement: StrictBool | None = None
+    prioritize_settlement: StrictBool | None = None
+    use_priority_for_automatic_settlements: StrictBool | None = None
+    settlement_priority: list[PriorityRuleIO] | None = Field(default=None, max_length=6)
+
+    @model_validator(mode="after")
+    def _some_and_no_nulls(self) -> Parameters:
+        if not self.model_fields_set:
+            raise ValueError("send at least one parameter")
+        nulls = [name for name in self.model_fields_set if getattr(self, name) is None]
+        if nulls:
+            raise ValueError(f"{', '.join(sorted(nulls))}: null is not a value; leave the field out to keep it")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        """The parameters sent, as the domain's values."""
+        changes: dict[str, Any] = {name: getattr(self, name) for name in self.model_fields_set}
+        if "cash_discount_administration" in changes:
+            changes["cash_discount_administration"] = CashDiscountAdministration(
+                changes["cash_discount_administration"]
+            )
+        if "settlement_priority" in changes:
+            changes["settlement_priority"] = tuple(
+                priority_rule(**r.model_dump()) for r in changes["settlement_priority"]
+            )
+        return changes
+
+    @classmethod
+    def of(cls, row: tables.ParametersRow, include_defaults: bool) -> Parameters:
+        p = row.to_domain()
+        values = {
+            "calculate_cash_discounts_for_partial_payments": p.calculate_cash_discounts_for_partial_payments,
+            "calculate_cash_discounts_for_credit_notes": p.calculate_cash_discounts_for_credit_notes,
+            "maximum_penny_difference": p.maximum_penny_difference,
+            "maximum_overpayment_or_underpayment": p.maximum_overpayment_or_underpayment,
+            "cash_discount_administration": p.cash_discount_administration.value,
+            "automatic_settlement": p.automatic_settlement,
+            "prioritize_settlement": p.prioritize_settlement,
+            "use_priority_for_automatic_settlements": p.use_priority_for_automatic_settlements,
+            "settlement_priority": [PriorityRuleIO(**rule) for rule in row.settlement_priority],
+        }
+        defaults = cls.of_defaults()
+        shown = {
+            name
+            for name, value in values.items()
+            if include_defaults
+            or name in ("calculate_cash_discounts_for_partial_payments", *row.set_fields)
+            or value != defaults[name]
+        }
+        return cls(**{name: values[name] for name in shown})
+
+    @staticmethod
+    def of_defaults() -> dict[str, Any]:
+        d = SettlementParameters()
+        return {
+            "calculate_cash_discounts_for_credit_notes": d.calculate_cash_discounts_for_credit_notes,
+            "maximum_penny_difference": d.maximum_penny_difference,
+            "maximum_overpayment_or_underpayment": d.maximum_overpayment_or_underpayment,
+            "cash_discount_administration": d.cash_discount_administration.value,
+            "automatic_settlement": d.automatic_settlement,
+            "prioritize_settlement": d.prioritize_settlement,
+            "use_priority_for_automatic_settlements": d.use_priority_for_automatic_settlements,
+            "settlement_priority": [],
+            "calculate_cash_discounts_for_partial_payments": d.calculate_cash_discounts_for_partial_payments,
+        }
 
 
-class PreviewMarkIn(_Input):
+class MarkIn(_Input):
+    """A marked transaction: an invoice (or other debit) or credit note by its invoice id, an open payment by its
+    voucher. Unknown fields are refused."""
+
     invoice_id: Id
     amount_to_settle: Amount | None = None  # omitted: the whole open balance
     use_cash_discount: Code = "Normal"
+    full_settlement: StrictBool = False
+    cash_discount_amount: Amount | None = None
+
+    def to_domain(self) -> Mark:
+        return Mark(
+            self.invoice_id,
+            self.amount_to_settle,
+            self.use_cash_discount,
+            self.full_settlement,
+            self.cash_discount_amount,
+        )
 
 
 class PreviewIn(_Input):
     customer_account: Id
     payment_date: IsoDate
-    marks: list[PreviewMarkIn] = Field(min_length=1, max_length=MAX_LIST_LENGTH)
+    date_to_use_for_calculating_discounts: IsoDate | None = None
+    marks: list[MarkIn] = Field(min_length=1, max_length=MAX_LIST_LENGTH)
+
+
+class SettleIn(_Input):
+    customer_account: Id
+    date: IsoDate | None = None  # omitted: the latest date of the marked transactions
+    date_to_use_for_calculating_discounts: IsoDate | None = None
+    marks: list[MarkIn] = Field(min_length=2, max_length=MAX_LIST_LENGTH)
+
+
+class ReverseIn(_Input):
+    date: IsoDate | None = None  # omitted: the date of the settlement
 
 
 class PreviewMarkOut(BaseModel):
@@ -129,6 +248,67 @@ class PendingOut(BaseModel):
     pending_write_offs: list[PendingWriteOffOut]
 
 
+class SettledPairOut(BaseModel):
+    settlement_id: str
+    debit_voucher: str
+    credit_voucher: str
+    amount_settled: Amount
+    cash_discount_amount: Amount
+    cash_discount_voucher: str | None
+    difference_amount: Amount  # + an underpayment written off, − an overpayment written off
+    difference_account: str | None
+
+    @classmethod
+    def of(cls, p: SettledPair) -> SettledPairOut:
+        return cls(
+            settlement_id=p.settlement_id,
+            debit_voucher=p.debit_voucher,
+            credit_voucher=p.credit_voucher,
+            amount_settled=p.amount_settled,
+            cash_discount_amount=p.cash_discount_amount,
+            cash_discount_voucher=p.cash_discount_voucher,
+            difference_amount=p.difference_amount,
+            difference_account=p.difference_account,
+        )
+
+
+class SettlementOut(BaseModel):
+    settlement_id: str  # what POST /api/v1/settlements/{settlement_id}/reverse takes
+    customer_account: str
+    date: dt.date
+    reversed_by: str | None = None
+    reversal_of: str | None = None
+    pairs: list[SettledPairOut]
+    transactions: list[OpenTransactionOut] = []  # the transactions it moved, as they are after it
+
+    @classmethod
+    def of_rows(cls, group: str, rows: list[tables.SettlementRow]) -> SettlementOut:
+        return cls(
+            settlement_id=group,
+            customer_account=rows[0].customer_account,
+            date=rows[0].settlement_date,
+            reversed_by=next((r.reversed_by for r in rows if r.reversed_by), None),
+            reversal_of=rows[0].reversal_of,
+            pairs=[SettledPairOut.of(r.to_domain()) for r in rows],
+        )
+
+    @classmethod
+    def of_settled(cls, s: handlers.Settled, reversal_of: str | None = None) -> SettlementOut:
+        return cls(
+            settlement_id=s.settlement_id,
+            customer_account=s.customer_account,
+            date=s.settlement_date,
+            reversal_of=reversal_of,
+            pairs=[SettledPairOut.of(p) for p in s.pairs],
+            transactions=[OpenTransactionOut.of(t) for t in s.transactions],
+        )
+
+
+class SettlementsOut(BaseModel):
+    customer_account: str
+    settlements: list[SettlementOut]
+
+
 class ReleasedOut(BaseModel):
     payment_id: str
     settled: list[dict[str, str]]  # what the released money settled at once: invoice voucher, cash, discount
@@ -138,18 +318,25 @@ class ReleasedOut(BaseModel):
 # --- routes -----------------------------------------------------------------------------------
 
 
-@router.get("/parameters")
-async def get_parameters(runtime: RuntimeDep, postings: PostingsDep) -> Parameters:
+@router.get("/parameters", response_model_exclude_unset=True)
+async def get_parameters(runtime: RuntimeDep, postings: PostingsDep, include_defaults: bool = False) -> Parameters:
     async with runtime.transaction() as tx:
         row = await handlers.get_parameters(postings, tx.session)
-    return Parameters(calculate_cash_discounts_for_partial_payments=row.calculate_cash_discounts_for_partial_payments)
+    return Parameters.of(row, include_defaults)
 
 
-@router.put("/parameters")
+@router.put("/parameters", response_model_exclude_unset=True)
 async def put_parameters(body: Parameters, runtime: RuntimeDep, postings: PostingsDep) -> Parameters:
-    async with runtime.transaction() as tx:
-        row = await handlers.update_parameters(postings, tx.session, **body.model_dump())
-    return Parameters(calculate_cash_discounts_for_partial_payments=row.calculate_cash_discounts_for_partial_payments)
+    """Change the parameters sent; the others keep their values. 422 for unknown fields, or values that
+    contradict each other or the setup (a tolerance without an account to post it to)."""
+    try:
+        async with runtime.transaction() as tx:
+            row = await handlers.update_parameters(postings, tx.session, body.changes())
+    except InvalidParameters as e:
+        raise RequestValidationError(
+            [{"loc": ("body", *e.field.split(".")), "msg": str(e), "type": "value_error"}]
+        ) from None
+    return Parameters.of(row, include_defaults=False)
 
 
 @router.post(
@@ -157,14 +344,21 @@ async def put_parameters(body: Parameters, runtime: RuntimeDep, postings: Postin
     responses={404: {"description": "unknown invoice"}, 422: {"description": "a mark that cannot be settled"}},
 )
 async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, postings: PostingsDep) -> PreviewOut:
-    marks = [Mark(m.invoice_id, m.amount_to_settle, m.use_cash_discount) for m in body.marks]
+    """The *Settle open transactions* page: what each mark would take if settled on `payment_date`, each on its
+    own. A mark names an invoice, interest note or fee, a credit note (its own discount and amount to settle
+    shown negative) or an open payment (by its voucher)."""
     try:
         async with runtime.transaction() as tx:
             previews = await handlers.preview_settlement(
-                postings, tx.session, body.customer_account, body.payment_date, marks
+                postings,
+                tx.session,
+                body.customer_account,
+                body.payment_date,
+                [m.to_domain() for m in body.marks],
+                body.date_to_use_for_calculating_discounts,
             )
-    except handlers.UnknownInvoice as e:
-        raise HTTPException(404, str(e)) from None
+    except UnknownInvoice as e:
+        raise HTTPException(404, e.reason) from None
     except MarkRejected as e:
         raise HTTPException(422, str(e)) from None
     return PreviewOut(
@@ -183,6 +377,77 @@ async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, postings: Pos
             for p in previews
         ],
     )
+
+
+@router.post(
+    "/settlements",
+    status_code=201,
+    responses={
+        404: {"description": "a marked transaction is unknown"},
+        422: {"description": "marks that cannot be settled"},
+    },
+)
+async def post_settlement(body: SettleIn, runtime: RuntimeDep, postings: PostingsDep) -> SettlementOut:
+    """Settle posted transactions of one customer against each other (D365 *Settle transactions*): open payments
+    and credit notes against invoices, interest notes and fees, with the same mark fields and discount rules as a
+    payment's marks. Emits the customer transactions, OpenItemsSettled and vouchers a payment's settlement does.
+    All or nothing: a mark that cannot be settled settles nothing."""
+    try:
+        async with runtime.transaction() as tx:
+            settled = await handlers.settle_transactions(
+                postings,
+                tx,
+                body.customer_account,
+                [m.to_domain() for m in body.marks],
+                body.date,
+                body.date_to_use_for_calculating_discounts,
+            )
+    except MarksRejected as e:
+        raise HTTPException(404 if e.all_unknown else 422, str(e)) from None
+    return SettlementOut.of_settled(settled)
+
+
+@router.get("/settlements")
+async def get_settlements(customer_account: Id, runtime: RuntimeDep) -> SettlementsOut:
+    """A customer's settlements, oldest first: payments', credit notes', people's, and reversals."""
+    async with runtime.sessions() as session:
+        groups = await handlers.settlements(session, customer_account)
+    return SettlementsOut(
+        customer_account=customer_account,
+        settlements=[SettlementOut.of_rows(group, rows) for group, rows in groups.items()],
+    )
+
+
+@router.get("/settlements/{settlement_id}", responses={404: {"description": "unknown settlement"}})
+async def get_settlement(settlement_id: Voucher, runtime: RuntimeDep) -> SettlementOut:
+    async with runtime.sessions() as session:
+        rows = await handlers.settlement(session, settlement_id)
+    if not rows:
+        raise HTTPException(404, f"no settlement {settlement_id!r} is known")
+    return SettlementOut.of_rows(settlement_id, rows)
+
+
+@router.post(
+    "/settlements/{settlement_id}/reverse",
+    responses={
+        404: {"description": "unknown settlement"},
+        409: {"description": "already reversed, a reversal, or a write-off's settlement"},
+    },
+)
+async def reverse_settlement(
+    settlement_id: Voucher, runtime: RuntimeDep, postings: PostingsDep, body: ReverseIn | None = None
+) -> SettlementOut:
+    """Undo a settlement (every pair settled together under this id, or one pair by its own id) by new,
+    opposite postings: the balances and discounts taken come back, opposite cash discount transactions and
+    vouchers are posted, nothing is deleted. Reversing twice answers 409."""
+    try:
+        async with runtime.transaction() as tx:
+            reversed_ = await handlers.reverse_settlement(postings, tx, settlement_id, body.date if body else None)
+    except LookupError as e:
+        raise HTTPException(404, str(e)) from None
+    except (handlers.AlreadyReversed, ReversalRefused) as e:
+        raise HTTPException(409, str(e)) from None
+    return SettlementOut.of_settled(reversed_, reversal_of=settlement_id)
 
 
 @router.get("/customers/{account}/open-transactions")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_settlement import domain, metrics
-from kredit_settlement.domain import InvoiceSettlement, Mark, MarkPreview, OpenTransaction, SettlementResult
+from kredit_settlement.domain import Mark, MarkPreview, OpenTransaction, SettledPair, SettlementResult
 from kredit_settlement.tables import (
     OpenItems,
     ParametersRow,
@@ -23,7 +25,7 @@ from kredit_settlement.tables import (
     load_parameters,
     lock_customer,
 )
-from kredit_shared.company_setup import CompanySetup
+from kredit_shared.company_setup import CompanySetup, SetupError
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
     ERP_CUSTOMER_PAYMENTS,
@@ -35,11 +37,11 @@ from kredit_shared.contracts import (
     JournalPosted,
     OpenItemsSettled,
     PostedJournalLine,
+    SettleMark,
     VoucherLine,
     VoucherPosted,
 )
 from kredit_shared.money import ZERO
-from kredit_shared.outbox import utcnow
 from kredit_shared.service import Rejected, Transaction
 
 
@@ -51,67 +53,77 @@ class Postings:
     main_accounts: frozenset[str]
     bank_account: str
     summary_account: str
-    cash_discount_account: str  # for invoices that name none
+    cash_discount_account: str | None  # for discounts of transactions that name none
     parameters: domain.SettlementParameters  # the seed of the parameters row
+    penny_difference_account: str | None = None
+    overpayment_underpayment_account: str | None = None
+
+    @property
+    def accounts(self) -> domain.Accounts:
+        return domain.Accounts(
+            self.cash_discount_account, self.penny_difference_account, self.overpayment_underpayment_account
+        )
 
     @classmethod
     def from_setup(cls, setup: CompanySetup) -> Postings:
-        # The setup has no default discount account of its own; every demo discount code posts to 520100.
-        discount_accounts = sorted({code.account for code in setup.cash_discount_codes.values()})
-        return cls(
+        seed = setup.settlement
+        # Without a default of its own, a discount posts to the account the setup's discount codes share, if one.
+        code_accounts = {code.account for code in setup.cash_discount_codes.values()}
+        parameters = domain.SettlementParameters(
+            seed.calculate_cash_discounts_for_partial_payments,
+            seed.calculate_cash_discounts_for_credit_notes,
+            seed.maximum_penny_difference,
+            seed.maximum_overpayment_or_underpayment,
+            domain.CashDiscountAdministration(seed.cash_discount_administration),
+            seed.automatic_settlement,
+            seed.prioritize_settlement,
+            seed.use_priority_for_automatic_settlements,
+            tuple(domain.priority_rule(**rule.model_dump()) for rule in seed.settlement_priority),
+        )
+        postings = cls(
             accounting_currency=setup.accounting_currency,
             main_accounts=frozenset(setup.main_accounts),
             bank_account=setup.default_bank_account,
             summary_account=setup.customer_posting_profile.summary_account,
-            cash_discount_account=discount_accounts[0] if discount_accounts else "520100",
-            parameters=domain.SettlementParameters(setup.settlement.calculate_cash_discounts_for_partial_payments),
+            cash_discount_account=seed.accounts.cash_discount
+            or (code_accounts.pop() if len(code_accounts) == 1 else None),
+            parameters=parameters,
+            penny_difference_account=seed.accounts.penny_difference,
+            overpayment_underpayment_account=seed.accounts.customer_overpayment_underpayment,
         )
+        try:
+            domain.check_parameters(parameters, postings.accounts)
+        except domain.InvalidParameters as e:
+            raise SetupError(f"company setup: settlement.{e}") from None
+        return postings
+
+
+async def _parameters(session: AsyncSession, postings: Postings) -> domain.SettlementParameters:
+    return (await load_parameters(session, postings.parameters)).to_domain()
 
 
 # --- ar.customer-transactions ---------------------------------------------------------------
 
 
 async def record_customer_transaction(postings: Postings, tx: Transaction, event: CustomerTransactionPosted) -> None:
-    """Keep a new invoice or credit note as an open item and settle it with what is waiting for it."""
+    """Keep a new debit (invoice, interest note, fee) or credit note as an open item and settle it with what
+    waits for it."""
     store = OpenItems(tx.session)
     await lock_customer(tx.session, event.customer_account)
-    if known := await store.find(event.voucher):
-        if (known.transaction_type, known.customer_account, known.original_amount) != (
-            event.transaction_type,
-            event.customer_account,
-            event.amount,
-        ):
-            raise Rejected(
-                f"voucher {event.voucher} is already a {known.transaction_type} of customer "
-                f"{known.customer_account} for {known.original_amount}"
-            )
+    parameters = await _parameters(tx.session, postings)
+    others = await store.of_customer(event.customer_account, invoice_ids=[event.invoice_id] if event.invoice_id else ())
+    taken = bool(event.invoice_id) and any(t.invoice_id == event.invoice_id for t in others)
+    try:
+        new = domain.admit_transaction(_open_transaction(event), await store.find(event.voucher), taken, parameters)
+    except domain.TransactionRejected as e:
+        raise Rejected(str(e)) from None
+    if new is None:
         return  # settlement's own postings come back on this topic; a re-sent transaction changes nothing
-    if event.transaction_type not in ("Invoice", "CreditNote"):
-        raise Rejected(
-            f"{event.transaction_type} {event.voucher} is unknown: settlement posts payments, cash "
-            f"discounts and write-offs itself and takes only invoices and credit notes from others"
-        )
-    if (event.transaction_type == "Invoice" and event.amount < 0) or (
-        event.transaction_type == "CreditNote" and event.amount > 0
-    ):
-        raise Rejected(f"{event.transaction_type} {event.voucher} has the wrong sign: amount {event.amount}")
-    new = _open_transaction(event)
-    transactions = await store.of_customer(
-        event.customer_account, invoice_ids=[event.invoice_id] if event.invoice_id else ()
-    )
-    if event.invoice_id and any(t.invoice_id == event.invoice_id for t in transactions):
-        raise Rejected(f"invoice id {event.invoice_id} of {event.voucher} is already used by another transaction")
     await store.save([new])
-    problems: list[str] = []
-    if event.transaction_type == "Invoice":
-        problems += await _settle_waiting_credits(postings, tx, store, new, transactions)
-    else:
-        results = domain.settle_new_transaction(new, transactions)
-        after = [new, *transactions]
-        for result in results:
-            after = domain.apply_settlement(after, result)
-        await store.save(after)
-        _record_settlements(tx, results, source=event.voucher)
+    problems = await _settle_waiting_credits(postings, tx, store, new, others, parameters)
+    if not new.is_debit:
+        results = domain.settle_new_transaction(new, others, parameters)
+        await _post(postings, tx, store, results, [new, *others], settlement_id=event.voucher)
     problems += await _settle_pending_write_offs(tx, store, event.voucher)
     if problems:
         tx.dead_letter(
@@ -123,33 +135,41 @@ async def record_customer_transaction(postings: Postings, tx: Transaction, event
 
 
 async def _settle_waiting_credits(
-    postings: Postings, tx: Transaction, store: OpenItems, invoice: OpenTransaction, others: list[OpenTransaction]
+    postings: Postings,
+    tx: Transaction,
+    store: OpenItems,
+    new: OpenTransaction,
+    others: list[OpenTransaction],
+    parameters: domain.SettlementParameters,
 ) -> list[str]:
-    """Settle a new invoice with the payments' pending marks on it and the customer's automatic credits,
-    in the order the credits arrived: the result is the same as if the invoice had come first
-    (docs/ordering.md). Returns the reasons of marks that could not be settled (the rows are dropped)."""
+    """Settle a new debit with the payments' pending marks on it and the customer's automatic credits, in the
+    order the credits arrived: the result is the same as if it had come first (docs/ordering.md). Returns the
+    reasons of marks that could not be settled (their rows are dropped)."""
     pending = (
-        await tx.session.exec(select(PendingMarkRow).where(PendingMarkRow.invoice_id == invoice.invoice_id))
-    ).all()
-    payments = await store.of_customer(invoice.customer_account, vouchers=[row.payment_voucher for row in pending])
-    by_voucher = {t.voucher: t for t in [*others, *payments]}
-    credits: list[tuple[OpenTransaction, Mark | None]] = [
-        (by_voucher[row.payment_voucher], row.to_domain()) for row in pending if row.payment_voucher in by_voucher
-    ]
-    credits += [(t, None) for t in others if t.open_amount < 0 and t.auto_settle]
-    credits.sort(key=lambda c: store.arrival(c[0].voucher))
+        (await tx.session.exec(select(PendingMarkRow).where(PendingMarkRow.invoice_id == new.invoice_id))).all()
+        if new.invoice_id
+        else []
+    )
     for row in pending:
         await tx.session.delete(row)
-    parameters = (await load_parameters(tx.session, postings.parameters)).to_domain()
-    results = domain.settle_new_invoice(invoice, credits, parameters)
-    problems = [f"pending mark of payment {r.credit_voucher}: {m.reason}" for r in results for m in r.rejected_marks]
-    after = [invoice, *by_voucher.values()]
-    for result in results:
-        after = await _post_settlement(
-            postings, tx, store, result, after, source=f"{invoice.voucher}:{result.credit_voucher}"
-        )
     metrics.count_on_commit(tx.session, "resolved", len(pending))
-    return problems
+    if not new.is_debit:  # a payment's mark on a credit note settles nothing by itself
+        return [
+            f"pending mark of payment {row.payment_voucher}: {new.voucher} is a credit note; settle them "
+            f"together with POST /api/v1/settlements"
+            for row in pending
+        ]
+    payments = await store.of_customer(new.customer_account, vouchers=[row.payment_voucher for row in pending])
+    by_voucher = {t.voucher: t for t in [*others, *payments]}
+    marked = [
+        (by_voucher[row.payment_voucher], row.to_domain()) for row in pending if row.payment_voucher in by_voucher
+    ]
+    credits = domain.waiting_credits(marked, others, store.arrival, parameters)
+    results = domain.settle_new_invoice(new, credits, parameters)
+    after = [new, *by_voucher.values()]
+    for result in results:
+        after = await _post(postings, tx, store, [result], after, f"{new.voucher}:{result.credit_voucher}")
+    return [f"pending mark of payment {r.credit_voucher}: {m.reason}" for r in results for m in r.rejected_marks]
 
 
 async def _settle_pending_write_offs(tx: Transaction, store: OpenItems, voucher: str) -> list[str]:
@@ -169,19 +189,7 @@ async def _settle_pending_write_offs(tx: Transaction, store: OpenItems, voucher:
         named = await store.of_customer(write_off.customer_account, vouchers=[voucher])
         outcome = domain.settle_write_off(write_off, [(voucher, row.amount)], named)
         await store.save([outcome.write_off, *outcome.settled])
-        for pair in outcome.pairs:
-            _record(
-                tx,
-                OpenItemsSettled(
-                    settlement_id=f"{write_off.voucher}:{voucher}",
-                    customer_account=write_off.customer_account,
-                    settlement_date=write_off.transaction_date,
-                    currency=write_off.currency,
-                    debit_voucher=pair.debit_voucher,
-                    credit_voucher=pair.credit_voucher,
-                    amount_settled=pair.amount,
-                ),
-            )
+        _record_write_off_pairs(tx, write_off, outcome.pairs, f"{write_off.voucher}:{voucher}", numbered=False)
         problems += [
             f"write-off {write_off.voucher} (journal {row.journal_batch_number}): {s}" for s in outcome.shortfalls
         ]
@@ -207,21 +215,33 @@ def _open_transaction(event: CustomerTransactionPosted) -> OpenTransaction:
 # --- erp.customer-payments ------------------------------------------------------------------
 
 
+def mark_of(mark: SettleMark) -> Mark:
+    return Mark(
+        mark.invoice_id,
+        mark.amount_to_settle,
+        mark.use_cash_discount,
+        mark.full_settlement,
+        mark.cash_discount_amount,
+        tuple(mark.model_extra or ()),
+    )
+
+
 async def receive_payment(postings: Postings, tx: Transaction, payment: CustomerPaymentReceived) -> None:
-    """Post the payment (money arrived), settle it per its marks or automatically, post the discounts taken."""
-    if payment.currency != postings.accounting_currency:
-        raise Rejected(
-            f"payment {payment.payment_id} is in {payment.currency}; payments are accepted "
-            f"in the accounting currency {postings.accounting_currency} only"
-        )
+    """Post the payment (money arrived), settle it per its marks or automatically, post what that takes."""
     bank_account = payment.bank_account or postings.bank_account
-    if bank_account not in postings.main_accounts:
-        raise Rejected(f"payment {payment.payment_id}: bank account {bank_account!r} is not a main account")
     try:
-        credit = domain.new_payment(
-            payment.payment_id, payment.customer_account, payment.payment_date, payment.amount, payment.currency
+        domain.admit_payment(
+            payment.payment_id, payment.currency, bank_account, postings.accounting_currency, postings.main_accounts
         )
-    except domain.InvalidPayment as e:
+        credit = domain.new_payment(
+            payment.payment_id,
+            payment.customer_account,
+            payment.payment_date,
+            payment.amount,
+            payment.currency,
+            discount_date=payment.date_to_use_for_calculating_discounts,
+        )
+    except (domain.TransactionRejected, domain.InvalidPayment) as e:
         raise Rejected(str(e)) from None
     await lock_customer(tx.session, payment.customer_account)
     if await _already_received(tx.session, payment):
@@ -231,45 +251,21 @@ async def receive_payment(postings: Postings, tx: Transaction, payment: Customer
         raise Rejected(
             f"payment {payment.payment_id}: voucher {payment.payment_id} is already used by another transaction"
         )
-
-    parameters = (await load_parameters(tx.session, postings.parameters)).to_domain()
-    marks = [Mark(m.invoice_id, m.amount_to_settle, m.use_cash_discount) for m in payment.settle or []] or None
-    if marks is not None:
-        credit = replace(credit, auto_settle=False)
-    transactions = await store.of_customer(payment.customer_account, invoice_ids=[m.invoice_id for m in marks or []])
-    tx.session.add(
-        PaymentRow(
-            payment_id=payment.payment_id,
-            message_id=payment.message_id,
-            customer_account=payment.customer_account,
-            payment_date=payment.payment_date,
-            amount=payment.amount,
-            currency=payment.currency,
-            bank_account=bank_account,
-            fingerprint=_fingerprint(payment),
-        )
-    )
+    parameters = await _parameters(tx.session, postings)
+    marks = [mark_of(m) for m in payment.settle] if payment.settle else None
+    # A marked payment, or one posted while automatic settlement is off, is never applied automatically.
+    credit = replace(credit, auto_settle=marks is None and parameters.automatic_settlement)
+    named = [m.invoice_id for m in marks or []]
+    transactions = await store.of_customer(payment.customer_account, invoice_ids=named, vouchers=named)
+    tx.session.add(PaymentRow.of(payment, bank_account, _fingerprint(payment)))
     tx.emit(_transaction_posted(credit, payment_id=payment.payment_id))
     tx.emit(_voucher(credit, bank_account, postings.summary_account, f"Payment {payment.payment_id}"))
     await store.save([credit])
-    result = domain.settle_credit(credit, transactions, marks=marks, parameters=parameters)
-    await _post_settlement(postings, tx, store, result, [credit, *transactions], source=payment.payment_id)
+    results = domain.settle_payment(credit, transactions, marks=marks, parameters=parameters)
+    await _post(postings, tx, store, results, [credit, *transactions], settlement_id=payment.payment_id)
+    result = next(r for r in results if r.credit_voucher == payment.payment_id)
     problems = await _settle_pending_write_offs(tx, store, payment.payment_id)
-    positions = {m.invoice_id: n for n, m in reversed(list(enumerate(marks or [])))}
-    waiting = [r for r in result.rejected_marks if r.invoice_unknown]
-    for mark in waiting:  # state, not an error: the payment's money waits for the invoice (docs/ordering.md)
-        original = (marks or [])[positions[mark.invoice_id]]
-        tx.session.add(
-            PendingMarkRow(
-                payment_voucher=payment.payment_id,
-                invoice_id=original.invoice_id,
-                customer_account=payment.customer_account,
-                position=positions[mark.invoice_id],
-                amount_to_settle=original.amount_to_settle,
-                use_cash_discount=original.use_cash_discount,
-            )
-        )
-    metrics.count_on_commit(tx.session, "kept", len(waiting))
+    waiting = _keep_pending_marks(tx, payment, marks or [], result)
     problems = [
         f"invoice {r.invoice_id!r}: {r.reason}" for r in result.rejected_marks if not r.invoice_unknown
     ] + problems
@@ -279,42 +275,32 @@ async def receive_payment(postings: Postings, tx: Transaction, payment: Customer
             payment,
             f"rejected mark(s) of payment {payment.payment_id}: {'; '.join(problems)}. The payment was "
             f"posted; {result.unused_amount} of it is open as a credit"
-            + (f", {len(waiting)} mark(s) wait for their invoice" if waiting else ""),
+            + (f", {waiting} mark(s) wait for their invoice" if waiting else ""),
         )
 
 
-async def _post_settlement(
-    postings: Postings,
-    tx: Transaction,
-    store: OpenItems,
-    result: SettlementResult,
-    transactions: list[OpenTransaction],
-    source: str,
-) -> list[OpenTransaction]:
-    """Post the cash discounts a credit's settlement takes, save, and publish the settlements.
-    Returns `transactions` after it."""
-    credit = next(t for t in transactions if t.voucher == result.credit_voucher)
-    discounted = [s for s in result.settlements if s.cash_discount]
-    discount_vouchers = dict(
-        zip(
-            [s.debit_voucher for s in discounted], await _cash_discount_vouchers(store, credit.voucher, len(discounted))
-        )
-    )
-    discounts = [_cash_discount(credit, s, discount_vouchers[s.debit_voucher], postings) for s in discounted]
-    after = domain.apply_settlement(transactions, result)
-    await store.save([*after, *discounts])
-    for discount in discounts:
-        tx.emit(_transaction_posted(discount, payment_id=credit.voucher))
-        tx.emit(
-            _voucher(
-                discount,
-                discount.cash_discount_account or postings.cash_discount_account,
-                postings.summary_account,
-                f"Cash discount on payment {credit.voucher}",
+def _keep_pending_marks(
+    tx: Transaction, payment: CustomerPaymentReceived, marks: Sequence[Mark], result: SettlementResult
+) -> int:
+    """Keep the marks on invoices not known yet: state, not an error; the payment's money waits for them."""
+    positions = {m.invoice_id: n for n, m in reversed(list(enumerate(marks)))}
+    waiting = [r for r in result.rejected_marks if r.invoice_unknown]
+    for rejected in waiting:
+        mark = marks[positions[rejected.invoice_id]]
+        tx.session.add(
+            PendingMarkRow(
+                payment_voucher=payment.payment_id,
+                invoice_id=mark.invoice_id,
+                customer_account=payment.customer_account,
+                position=positions[rejected.invoice_id],
+                amount_to_settle=mark.amount_to_settle,
+                use_cash_discount=mark.use_cash_discount,
+                full_settlement=mark.full_settlement,
+                cash_discount_amount=mark.cash_discount_amount,
             )
         )
-    _record_settlements(tx, [result], source=source, discount_vouchers=discount_vouchers)
-    return after
+    metrics.count_on_commit(tx.session, "kept", len(waiting))
+    return len(waiting)
 
 
 def _fingerprint(payment: CustomerPaymentReceived) -> str:
@@ -334,29 +320,108 @@ async def _already_received(session: AsyncSession, payment: CustomerPaymentRecei
     return True
 
 
-async def _cash_discount_vouchers(store: OpenItems, payment_id: str, count: int) -> list[str]:
+# --- posting a settlement -------------------------------------------------------------------
+
+
+async def _post(
+    postings: Postings,
+    tx: Transaction,
+    store: OpenItems,
+    results: Sequence[SettlementResult],
+    transactions: list[OpenTransaction],
+    settlement_id: str,
+) -> list[OpenTransaction]:
+    """Book the results (discount transactions, differences, settled pairs), save, and publish.
+    Returns `transactions` after them."""
+    vouchers = {
+        key: await _free_vouchers(tx.session, store, *key, count)
+        for key, count in domain.vouchers_needed(results).items()
+    }
+    booking = domain.book(results, transactions, settlement_id, vouchers, postings.accounts)
+    await store.save([*booking.transactions, *booking.discounts])
+    credit_of = {p.cash_discount_voucher or p.debit_voucher: p.credit_voucher for p in booking.pairs}
+    for discount in booking.discounts:
+        credit = credit_of[discount.voucher]
+        tx.emit(_transaction_posted(discount, payment_id=credit))
+        tx.emit(
+            _voucher(
+                discount,
+                postings.accounts.for_discount(discount.cash_discount_account),
+                postings.summary_account,
+                f"Cash discount settling {credit}",
+            )
+        )
+    _record(postings, tx, booking.pairs, group_id=settlement_id)
+    return list(booking.transactions)
+
+
+async def _free_vouchers(session: AsyncSession, store: OpenItems, prefix: str, credit: str, count: int) -> list[str]:
     taken: set[str] = set()
     while True:
-        vouchers = domain.cash_discount_vouchers(payment_id, count, taken)
-        clash = await store.known_vouchers(vouchers) if vouchers else set()
+        vouchers = domain.numbered_vouchers(prefix, credit, count, taken)
+        clash = await store.known_vouchers(vouchers)
+        column = SettlementRow.difference_voucher
+        clash |= set((await session.exec(select(column).where(column.in_(vouchers)))).all())  # type: ignore[union-attr]
         if not clash:
             return vouchers
         taken |= clash
 
 
-def _cash_discount(
-    credit: OpenTransaction, settled: InvoiceSettlement, voucher: str, postings: Postings
-) -> OpenTransaction:
-    """The discount as a customer credit, settled in full against its invoice at once."""
-    return OpenTransaction(
-        voucher=voucher,
-        customer_account=credit.customer_account,
-        transaction_type="CashDiscount",
-        transaction_date=credit.transaction_date,
-        currency=credit.currency,
-        original_amount=-settled.cash_discount,
-        open_amount=ZERO,
-        cash_discount_account=settled.cash_discount_account or postings.cash_discount_account,
+def _record(
+    postings: Postings,
+    tx: Transaction,
+    pairs: Iterable[SettledPair],
+    group_id: str,
+    reversal_of: str | None = None,
+) -> None:
+    """Keep and publish settled pairs, and post the differences they wrote off."""
+    for pair in pairs:
+        tx.session.add(SettlementRow.from_domain(pair, group_id, reversal_of))
+        tx.emit(_settled(pair))
+        if pair.difference_amount and pair.difference_voucher and pair.difference_account:
+            tx.emit(
+                _ledger(
+                    pair.difference_voucher,
+                    pair.settlement_date,
+                    pair.currency,
+                    pair.customer_account,
+                    -pair.difference_amount,  # an underpayment written off credits the customer
+                    pair.difference_account,
+                    postings.summary_account,
+                    f"Settlement {pair.settlement_id}: {'reversed ' if reversal_of else ''}difference written off",
+                )
+            )
+
+
+def _record_write_off_pairs(
+    tx: Transaction, write_off: OpenTransaction, pairs: Iterable[domain.PairSettled], source: str, numbered: bool
+) -> None:
+    for n, pair in enumerate(pairs, 1):
+        settled = SettledPair(
+            f"{source}:{n}" if numbered else source,
+            write_off.customer_account,
+            write_off.transaction_date,
+            write_off.currency,
+            pair.debit_voucher,
+            pair.credit_voucher,
+            pair.amount,
+        )
+        tx.session.add(SettlementRow.from_domain(settled, group_id=source))
+        tx.emit(_settled(settled))
+
+
+def _settled(pair: SettledPair) -> OpenItemsSettled:
+    return OpenItemsSettled(
+        settlement_id=pair.settlement_id,
+        customer_account=pair.customer_account,
+        settlement_date=pair.settlement_date,
+        currency=pair.currency,
+        debit_voucher=pair.debit_voucher,
+        credit_voucher=pair.credit_voucher,
+        amount_settled=pair.amount_settled,
+        cash_discount_amount=pair.cash_discount_amount,
+        cash_discount_voucher=pair.cash_discount_voucher,
+        difference_amount=pair.difference_amount,
     )
 
 
@@ -397,19 +462,7 @@ async def settle_write_offs(postings: Postings, tx: Transaction, event: JournalE
                 )
             )
         tx.emit(_transaction_posted(write_off))
-        for n, pair in enumerate(outcome.pairs, 1):
-            _record(
-                tx,
-                OpenItemsSettled(
-                    settlement_id=f"{voucher}:{n}",
-                    customer_account=line.account,
-                    settlement_date=line.transaction_date,
-                    currency=line.currency,
-                    debit_voucher=pair.debit_voucher,
-                    credit_voucher=pair.credit_voucher,
-                    amount_settled=pair.amount,
-                ),
-            )
+        _record_write_off_pairs(tx, write_off, outcome.pairs, voucher, numbered=True)
         if outcome.shortfalls:
             tx.dead_letter(
                 GL_JOURNAL_EVENTS,
@@ -432,40 +485,11 @@ def _line_vouchers(lines: Sequence[PostedJournalLine]) -> list[str]:
 # --- emitting -------------------------------------------------------------------------------
 
 
-def _record_settlements(
-    tx: Transaction, results: Iterable[SettlementResult], source: str, discount_vouchers: dict[str, str] | None = None
-) -> None:
-    """One OpenItemsSettled per settled pair, numbered after the transaction that caused them."""
-    n = 0
-    for result in results:
-        for s in result.settlements:
-            n += 1
-            _record(
-                tx,
-                OpenItemsSettled(
-                    settlement_id=f"{source}:{n}",
-                    customer_account=result.customer_account,
-                    settlement_date=result.settlement_date,
-                    currency=result.currency,
-                    debit_voucher=s.debit_voucher,
-                    credit_voucher=result.credit_voucher,
-                    amount_settled=s.cash_applied,
-                    cash_discount_amount=s.cash_discount,
-                    cash_discount_voucher=(discount_vouchers or {}).get(s.debit_voucher) if s.cash_discount else None,
-                ),
-            )
-
-
-def _record(tx: Transaction, settled: OpenItemsSettled) -> None:
-    tx.session.add(SettlementRow(**settled.model_dump(exclude={"message_id"})))
-    tx.emit(settled)
-
-
 def _transaction_posted(t: OpenTransaction, payment_id: str | None = None) -> CustomerTransactionPosted:
     return CustomerTransactionPosted(
         voucher=t.voucher,
-        transaction_type=t.transaction_type,
-        customer_account=t.customer_account,  # type: ignore[arg-type]
+        transaction_type=t.transaction_type,  # type: ignore[arg-type]
+        customer_account=t.customer_account,
         transaction_date=t.transaction_date,
         invoice_id=t.invoice_id,
         amount=t.original_amount,
@@ -476,58 +500,203 @@ def _transaction_posted(t: OpenTransaction, payment_id: str | None = None) -> Cu
     )
 
 
-def _voucher(credit: OpenTransaction, debit_account: str, summary_account: str, text: str) -> VoucherPosted:
-    """Debit `debit_account`, credit the customer's summary account, by what the customer credit is worth."""
-    amount = -credit.original_amount
+def _voucher(t: OpenTransaction, account: str, summary_account: str, text: str) -> VoucherPosted:
+    """The ledger voucher of a customer transaction settlement posts: the customer's summary account by its
+    amount (debit +, credit −), `account` (bank, discount) the other way."""
+    return _ledger(
+        t.voucher, t.transaction_date, t.currency, t.customer_account, t.original_amount, account, summary_account, text
+    )
+
+
+def _ledger(
+    voucher: str,
+    on: date,
+    currency: str,
+    customer_account: str,
+    to_customer: Decimal,
+    account: str,
+    summary_account: str,
+    text: str,
+) -> VoucherPosted:
+    customer = {"account": summary_account, "text": text, "customer_account": customer_account}
+    other = {"account": account, "text": text}
+    debit, credit = (customer, other) if to_customer > 0 else (other, customer)
+    amount = abs(to_customer)
     return VoucherPosted(
-        voucher=credit.voucher,
-        posting_date=credit.transaction_date,
-        currency=credit.currency,
+        voucher=voucher,
+        posting_date=on,
+        currency=currency,
         source="settlement",
         description=text,
-        lines=[
-            VoucherLine(account=debit_account, debit=amount, text=text),
-            VoucherLine(account=summary_account, credit=amount, text=text, customer_account=credit.customer_account),
-        ],
+        lines=[VoucherLine(**debit, debit=amount), VoucherLine(**credit, credit=amount)],
     )
 
 
 # --- HTTP commands and queries --------------------------------------------------------------
 
 
-class UnknownInvoice(LookupError):
-    pass
-
-
 async def get_parameters(postings: Postings, session: AsyncSession) -> ParametersRow:
     return await load_parameters(session, postings.parameters)
 
 
-async def update_parameters(
-    postings: Postings, session: AsyncSession, *, calculate_cash_discounts_for_partial_payments: bool
-) -> ParametersRow:
+async def update_parameters(postings: Postings, session: AsyncSession, changes: dict[str, Any]) -> ParametersRow:
+    """Change the parameters named in `changes` (already domain values); InvalidParameters if the result
+    contradicts itself or the setup."""
     row = await load_parameters(session, postings.parameters)
-    row.calculate_cash_discounts_for_partial_payments = calculate_cash_discounts_for_partial_payments
-    row.updated_at = utcnow()
+    changed = replace(row.to_domain(), **changes)
+    domain.check_parameters(changed, postings.accounts)
+    row.update(changed, changes)
     session.add(row)
     return row
 
 
 async def preview_settlement(
-    postings: Postings, session: AsyncSession, customer_account: str, payment_date: date, marks: Sequence[Mark]
+    postings: Postings,
+    session: AsyncSession,
+    customer_account: str,
+    payment_date: date,
+    marks: Sequence[Mark],
+    discount_date: date | None = None,
 ) -> list[MarkPreview]:
-    """The *Settle open transactions* page: what each mark would take if paid on `payment_date`.
+    """The *Settle open transactions* page: what each mark would take if settled on `payment_date` (discounts as
+    of `discount_date` when given). A mark may name an invoice, a credit note or an open payment.
 
-    Raises UnknownInvoice for an invoice nobody posted, domain.MarkRejected for one that cannot be settled."""
-    parameters = (await load_parameters(session, postings.parameters)).to_domain()
-    transactions = await OpenItems(session).of_customer(customer_account, invoice_ids=[m.invoice_id for m in marks])
-    previews = []
-    for mark in marks:
-        if not any(t.invoice_id == mark.invoice_id for t in transactions):
-            raise UnknownInvoice(f"no invoice {mark.invoice_id!r} is known")
-        invoice = domain.find_marked_invoice(mark, transactions, customer_account)
-        previews.append(domain.preview_mark(invoice, payment_date, mark, parameters))
-    return previews
+    Raises domain.UnknownInvoice for a transaction nobody posted, domain.MarkRejected for one that cannot be
+    settled."""
+    parameters = await _parameters(session, postings)
+    named = [m.invoice_id for m in marks]
+    transactions = await OpenItems(session).of_customer(customer_account, invoice_ids=named, vouchers=named)
+    return [
+        domain.preview_mark(
+            domain.find_marked_invoice(mark, transactions, customer_account),
+            payment_date,
+            mark,
+            parameters,
+            discount_date,
+        )
+        for mark in marks
+    ]
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A settlement (or reversal) a person made: its id, its pairs and the transactions they moved, after."""
+
+    settlement_id: str
+    customer_account: str
+    settlement_date: date
+    pairs: list[SettledPair]
+    transactions: list[OpenTransaction]
+
+
+async def settle_transactions(
+    postings: Postings,
+    tx: Transaction,
+    customer_account: str,
+    marks: Sequence[Mark],
+    on: date | None,
+    discount_date: date | None = None,
+) -> Settled:
+    """Settle posted transactions a person marked against each other (D365 *Settle transactions*). Raises
+    domain.MarksRejected, and settles nothing, if a mark cannot be settled."""
+    await lock_customer(tx.session, customer_account)
+    store = OpenItems(tx.session)
+    named = [m.invoice_id for m in marks]
+    transactions = await store.of_customer(customer_account, invoice_ids=named, vouchers=named)
+    parameters = await _parameters(tx.session, postings)
+    # Undated: on the latest date of what is marked, so a settlement of old items is not dated today.
+    marked = {t.transaction_date for t in transactions if t.invoice_id in named or t.voucher in named}
+    on = on or max(marked, default=date.today())
+    results = domain.settle_marked(
+        transactions, marks, customer_account, on, discount_date=discount_date, parameters=parameters
+    )
+    settlement_id = f"STL-{uuid.uuid4().hex[:12].upper()}"
+    after = await _post(postings, tx, store, results, transactions, settlement_id)
+    pairs = [r.to_domain() for r in await _settlement_rows(tx.session, settlement_id)]
+    return Settled(settlement_id, customer_account, on, pairs, _moved(after, pairs))
+
+
+def _moved(transactions: Iterable[OpenTransaction], pairs: Iterable[SettledPair]) -> list[OpenTransaction]:
+    named = {v for p in pairs for v in (p.debit_voucher, p.credit_voucher)}
+    return [t for t in transactions if t.voucher in named and t.transaction_type != "CashDiscount"]
+
+
+class AlreadyReversed(Exception):
+    pass
+
+
+async def reverse_settlement(
+    postings: Postings, tx: Transaction, settlement_id: str, on: date | None = None
+) -> Settled:
+    """Undo a settlement (all its pairs, or one pair by its own id) by new, opposite postings. LookupError for an unknown id, AlreadyReversed for a settlement reversed
+    before or a reversal, domain.ReversalRefused for one that cannot be reversed here (a write-off)."""
+    rows = await _settlement_rows(tx.session, settlement_id)
+    if not rows:
+        raise LookupError(f"no settlement {settlement_id!r} is known")
+    await lock_customer(tx.session, rows[0].customer_account)
+    rows = await _settlement_rows(tx.session, settlement_id)  # again, under the lock
+    if done := next((r for r in rows if r.reversed_by or r.reversal_of), None):
+        raise AlreadyReversed(
+            f"settlement {settlement_id} is itself a reversal; settle the transactions again instead"
+            if done.reversal_of
+            else f"settlement {settlement_id} was already reversed by {done.reversed_by}"
+        )
+    pairs = [r.to_domain() for r in rows]
+    on = on or max(p.settlement_date for p in pairs)
+    store = OpenItems(tx.session)
+    named = {v for p in pairs for v in (p.debit_voucher, p.credit_voucher, p.cash_discount_voucher) if v}
+    reversal = domain.reverse(pairs, await store.find_all(named), on)
+    if clash := await store.known_vouchers([d.voucher for d in reversal.discounts]):
+        raise domain.ReversalRefused(f"voucher(s) {', '.join(sorted(clash))} are taken")
+    await store.save([*reversal.transactions, *reversal.discounts])
+    for discount in reversal.discounts:
+        tx.emit(_transaction_posted(discount))
+        tx.emit(
+            _voucher(
+                discount,
+                postings.accounts.for_discount(discount.cash_discount_account),
+                postings.summary_account,
+                f"Reversed cash discount, settlement {settlement_id}",
+            )
+        )
+    reversal_id = f"{settlement_id}:reversed"
+    for row in rows:
+        row.reversed_by = reversal_id
+        tx.session.add(row)
+    _record(postings, tx, reversal.pairs, group_id=reversal_id, reversal_of=settlement_id)
+    return Settled(
+        reversal_id, rows[0].customer_account, on, list(reversal.pairs), _moved(reversal.transactions, pairs)
+    )
+
+
+async def _settlement_rows(session: AsyncSession, settlement_id: str) -> list[SettlementRow]:
+    """The pairs of a settlement: all settled together under that id, or the one pair with that id."""
+    for condition in (SettlementRow.group_id == settlement_id, SettlementRow.settlement_id == settlement_id):
+        rows = (
+            await session.exec(
+                select(SettlementRow).where(condition).order_by(SettlementRow.settled_at, SettlementRow.settlement_id)
+            )
+        ).all()
+        if rows:
+            return list(rows)
+    return []
+
+
+async def settlement(session: AsyncSession, settlement_id: str) -> list[SettlementRow]:
+    return await _settlement_rows(session, settlement_id)
+
+
+async def settlements(session: AsyncSession, customer_account: str) -> dict[str, list[SettlementRow]]:
+    """The customer's settlement history, settlement by settlement in the order they were made."""
+    query = (
+        select(SettlementRow)
+        .where(SettlementRow.customer_account == customer_account)
+        .order_by(SettlementRow.settled_at, SettlementRow.settlement_id)
+    )
+    groups: dict[str, list[SettlementRow]] = {}
+    for row in (await session.exec(query)).all():
+        groups.setdefault(row.group_id, []).append(row)
+    return groups
 
 
 async def open_transactions(
@@ -589,7 +758,7 @@ class NothingToRelease(Exception):
     pass
 
 
-async def release_payment(postings: Postings, tx: Transaction, payment_id: str) -> SettlementResult | None:
+async def release_payment(postings: Postings, tx: Transaction, payment_id: str) -> SettlementResult:
     """An operator's decision: a marked payment's money is no longer held for its marks. Its pending marks
     are dropped and its open credit becomes an ordinary automatic one, applied now to the customer's open
     invoices (oldest due date first, `Normal` discount as of the payment date) and to invoices that come later.
@@ -612,12 +781,10 @@ async def release_payment(postings: Postings, tx: Transaction, payment_id: str) 
     metrics.count_on_commit(tx.session, "released", len(rows))
     payment = replace(payment, auto_settle=True)
     await store.save([payment])
-    transactions = await store.of_customer(payment.customer_account)
-    transactions = [t for t in transactions if t.voucher != payment_id]
-    parameters = (await load_parameters(tx.session, postings.parameters)).to_domain()
-    result = domain.settle_credit(payment, transactions, parameters=parameters)
-    await _post_settlement(postings, tx, store, result, [payment, *transactions], source=f"{payment_id}:released")
-    return result
+    transactions = [t for t in await store.of_customer(payment.customer_account) if t.voucher != payment_id]
+    results = domain.settle_payment(payment, transactions, parameters=await _parameters(tx.session, postings))
+    await _post(postings, tx, store, results, [payment, *transactions], settlement_id=f"{payment_id}:released")
+    return results[0]
 
 
 async def refresh_pending_gauges(session: AsyncSession) -> None:

@@ -12,7 +12,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kredit_settlement.domain import DiscountTier, Mark, OpenTransaction, SettlementParameters
+from kredit_settlement.domain import (
+    CashDiscountAdministration,
+    DiscountTier,
+    Mark,
+    OpenTransaction,
+    PriorityRule,
+    SettledPair,
+    SettlementParameters,
+    priority_rule,
+)
+from kredit_shared.contracts import CustomerPaymentReceived
 from kredit_shared.database import ExactDecimal, money_field
 from kredit_shared.money import ZERO
 from kredit_shared.outbox import utcnow
@@ -53,6 +63,7 @@ class OpenTransactionRow(SQLModel, table=True):
     discount_taken: Decimal = money_field()
     cash_discount_account: str | None = None
     auto_settle: bool = True  # see OpenTransaction.auto_settle
+    discount_date: date | None = None  # a payment's selected date for its discounts
     # Optimistic check on top of the customer lock: an update names the version it read.
     version: int = Field(default=1, sa_column=Column(Integer, nullable=False))
 
@@ -78,6 +89,7 @@ class OpenTransactionRow(SQLModel, table=True):
             discount_taken=self.discount_taken,
             cash_discount_account=self.cash_discount_account,
             auto_settle=self.auto_settle,
+            discount_date=self.discount_date,
         )
 
     @classmethod
@@ -103,6 +115,7 @@ class OpenTransactionRow(SQLModel, table=True):
             discount_taken=t.discount_taken,
             cash_discount_account=t.cash_discount_account,
             auto_settle=t.auto_settle,
+            discount_date=t.discount_date,
         )
 
 
@@ -121,6 +134,19 @@ class PaymentRow(SQLModel, table=True):
     fingerprint: str
     received_at: datetime = Field(default_factory=utcnow)
 
+    @classmethod
+    def of(cls, payment: CustomerPaymentReceived, bank_account: str, fingerprint: str) -> PaymentRow:
+        return cls(
+            payment_id=payment.payment_id,
+            message_id=payment.message_id,
+            customer_account=payment.customer_account,
+            payment_date=payment.payment_date,
+            amount=payment.amount,
+            currency=payment.currency,
+            bank_account=bank_account,
+            fingerprint=fingerprint,
+        )
+
 
 class PendingMarkRow(SQLModel, table=True):
     """A payment's mark on an invoice settlement has not seen yet: a payment can overtake its invoice
@@ -135,9 +161,17 @@ class PendingMarkRow(SQLModel, table=True):
     position: int = 0  # the mark's place in the payment's `settle` list
     amount_to_settle: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
     use_cash_discount: str
+    full_settlement: bool = False
+    cash_discount_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
 
     def to_domain(self) -> Mark:
-        return Mark(self.invoice_id, self.amount_to_settle, self.use_cash_discount)
+        return Mark(
+            self.invoice_id,
+            self.amount_to_settle,
+            self.use_cash_discount,
+            self.full_settlement,
+            self.cash_discount_amount,
+        )
 
 
 class PendingWriteOffRow(SQLModel, table=True):
@@ -155,11 +189,15 @@ class PendingWriteOffRow(SQLModel, table=True):
 
 
 class SettlementRow(SQLModel, table=True):
-    """Settlement history: one row per settled debit/credit pair, as published in OpenItemsSettled."""
+    """Settlement history: one row per settled debit/credit pair, as published in OpenItemsSettled.
+
+    Pairs settled together share a `group_id` (the settlement a person reverses); a reversal adds opposite
+    rows (`reversal_of`) and marks the originals `reversed_by`, nothing is deleted."""
 
     __tablename__ = "settlement_history"
 
     settlement_id: str = Field(primary_key=True)
+    group_id: str = Field(index=True)
     customer_account: str = Field(index=True)
     settlement_date: date
     currency: str
@@ -168,20 +206,86 @@ class SettlementRow(SQLModel, table=True):
     amount_settled: Decimal = money_field()
     cash_discount_amount: Decimal = money_field()
     cash_discount_voucher: str | None = None
+    difference_amount: Decimal = money_field(default=Decimal("0.00"))
+    difference_account: str | None = None
+    difference_voucher: str | None = Field(default=None, index=True)
+    reversed_by: str | None = None  # the group that reversed this pair
+    reversal_of: str | None = Field(default=None, index=True)  # the group this row reverses
     settled_at: datetime = Field(default_factory=utcnow)
+
+    def to_domain(self) -> SettledPair:
+        return SettledPair(
+            self.settlement_id,
+            self.customer_account,
+            self.settlement_date,
+            self.currency,
+            self.debit_voucher,
+            self.credit_voucher,
+            self.amount_settled,
+            self.cash_discount_amount,
+            self.cash_discount_voucher,
+            self.difference_amount,
+            self.difference_account,
+            self.difference_voucher,
+        )
+
+    @classmethod
+    def from_domain(cls, pair: SettledPair, group_id: str, reversal_of: str | None = None) -> SettlementRow:
+        return cls(**vars(pair), group_id=group_id, reversal_of=reversal_of)
 
 
 class ParametersRow(SQLModel, table=True):
-    """The settlement parameters: a single row, seeded from the company setup."""
+    """The settlement parameters: a single row, seeded from the company setup. `set_fields` lists the
+    parameters ever changed through the API (the answer shows them; see api.Parameters)."""
 
     __tablename__ = "settlement_parameters"
 
     id: int = Field(default=1, primary_key=True)
     calculate_cash_discounts_for_partial_payments: bool
+    calculate_cash_discounts_for_credit_notes: bool = False
+    maximum_penny_difference: Decimal = money_field(default=Decimal("0.00"))
+    maximum_overpayment_or_underpayment: Decimal = money_field(default=Decimal("0.00"))
+    cash_discount_administration: str = CashDiscountAdministration.SPECIFIC.value
+    automatic_settlement: bool = True
+    prioritize_settlement: bool = False
+    use_priority_for_automatic_settlements: bool = False
+    settlement_priority: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    set_fields: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     updated_at: datetime = Field(default_factory=utcnow)
 
     def to_domain(self) -> SettlementParameters:
-        return SettlementParameters(self.calculate_cash_discounts_for_partial_payments)
+        return SettlementParameters(
+            self.calculate_cash_discounts_for_partial_payments,
+            self.calculate_cash_discounts_for_credit_notes,
+            self.maximum_penny_difference,
+            self.maximum_overpayment_or_underpayment,
+            CashDiscountAdministration(self.cash_discount_administration),
+            self.automatic_settlement,
+            self.prioritize_settlement,
+            self.use_priority_for_automatic_settlements,
+            tuple(priority_rule(**rule) for rule in self.settlement_priority),
+        )
+
+    def update(self, parameters: SettlementParameters, changed: Iterable[str]) -> None:
+        self.calculate_cash_discounts_for_partial_payments = parameters.calculate_cash_discounts_for_partial_payments
+        self.calculate_cash_discounts_for_credit_notes = parameters.calculate_cash_discounts_for_credit_notes
+        self.maximum_penny_difference = parameters.maximum_penny_difference
+        self.maximum_overpayment_or_underpayment = parameters.maximum_overpayment_or_underpayment
+        self.cash_discount_administration = parameters.cash_discount_administration.value
+        self.automatic_settlement = parameters.automatic_settlement
+        self.prioritize_settlement = parameters.prioritize_settlement
+        self.use_priority_for_automatic_settlements = parameters.use_priority_for_automatic_settlements
+        self.settlement_priority = [_rule_json(rule) for rule in parameters.settlement_priority]
+        self.set_fields = sorted({*self.set_fields, *changed})
+        self.updated_at = utcnow()
+
+
+def _rule_json(rule: PriorityRule) -> dict[str, Any]:
+    return {
+        "criterion": rule.criterion.value,
+        "direction": "Descending" if rule.descending else "Ascending",
+        **({"order": list(rule.order)} if rule.order else {}),
+    }
 
 
 TABLES = [
@@ -220,10 +324,8 @@ async def load_parameters(session: AsyncSession, defaults: SettlementParameters)
         return row
     try:
         async with session.begin_nested():
-            row = ParametersRow(
-                id=1,
-                calculate_cash_discounts_for_partial_payments=defaults.calculate_cash_discounts_for_partial_payments,
-            )
+            row = ParametersRow(id=1, calculate_cash_discounts_for_partial_payments=True)
+            row.update(defaults, changed=())
             session.add(row)
         return row
     except IntegrityError:  # another replica seeded it meanwhile

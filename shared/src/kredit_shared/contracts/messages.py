@@ -31,10 +31,12 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     TypeAdapter,
     ValidationInfo,
     WithJsonSchema,
+    model_serializer,
     model_validator,
 )
 
@@ -49,6 +51,7 @@ __all__ = [
     "CustomerInvoiceIssued",
     "CustomerPaymentReceived",
     "CustomerTransactionPosted",
+    "DocumentType",
     "GeneralJournalCancelRequested",
     "GeneralJournalLine",
     "GeneralJournalMessage",
@@ -168,7 +171,11 @@ Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NO
 Name = Annotated[str, StringConstraints(max_length=200, pattern=_NO_CONTROLS)]
 Text = Annotated[str, StringConstraints(max_length=1000, pattern=_TEXT)]
 
-TransactionType = Literal["Invoice", "CreditNote", "Payment", "CashDiscount", "WriteOff"]
+# What an ERP document is (contract extension `document_type`); the customer transaction carries it as its type.
+DocumentType = Literal["Invoice", "CreditNote", "InterestNote", "CollectionLetterFee", "PaymentFee"]
+TransactionType = Literal[
+    "Invoice", "CreditNote", "Payment", "CashDiscount", "WriteOff", "InterestNote", "CollectionLetterFee", "PaymentFee"
+]
 AccountType = Literal["Ledger", "Customer"]
 
 
@@ -237,6 +244,7 @@ class CustomerInvoiceIssued(ContractMessage):
     cash_discount_code: Code | None = None
     cash_discounts: list[CashDiscountTier] | None = Field(default=None, max_length=MAX_LIST_LENGTH)
     lines: list[InvoiceLine] = Field(min_length=1, max_length=MAX_LIST_LENGTH)
+    document_type: DocumentType | None = None  # None: Invoice, or CreditNote for a negative total
 
     @model_validator(mode="after")
     def _totals_within_bounds(self) -> CustomerInvoiceIssued:
@@ -256,11 +264,18 @@ class CustomerInvoiceIssued(ContractMessage):
 
 
 class SettleMark(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    """A transaction the payment settles: an invoice (or other debit), a credit note or an open payment.
+
+    Unknown fields are kept, not ignored, so settlement can reject the mark naming them: a clerk who
+    sends a field settlement does not know must not get a different settlement without a word."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
     invoice_id: Id
     amount_to_settle: Amount | None = None
     # Kept a plain string so an invalid value rejects the mark, not the whole payment.
     use_cash_discount: Code = "Normal"
+    full_settlement: bool = False  # close the invoice; the unpaid rest is posted as extra cash discount
+    cash_discount_amount: Amount | None = None  # overrides the calculated discount
 
 
 class CustomerPaymentReceived(ContractMessage):
@@ -273,6 +288,7 @@ class CustomerPaymentReceived(ContractMessage):
     currency: Currency
     bank_account: Id | None = None  # default from the company setup (110110)
     settle: list[SettleMark] | None = Field(default=None, max_length=MAX_LIST_LENGTH)
+    date_to_use_for_calculating_discounts: IsoDate | None = None  # D365's "Selected date"; None: the payment date
 
     def key(self) -> str:
         return self.customer_account
@@ -307,9 +323,10 @@ class CustomerTransactionPosted(ContractMessage):
 class OpenItemsSettled(ContractMessage):
     """One settlement of a debit transaction against a credit transaction.
 
-    The debit's open balance falls by `amount_settled + cash_discount_amount`, the credit's
-    rises (towards zero) by `amount_settled`, and the cash discount transaction (if any) is
-    settled in full against the debit. Deltas commute, so readers converge in any order."""
+    The debit's open balance falls by `amount_settled + cash_discount_amount + difference_amount`,
+    the credit's rises (towards zero) by `amount_settled`, and the cash discount transaction (if
+    any) rises by `cash_discount_amount` (it is settled in full against the debit). Deltas commute,
+    so readers converge in any order. A reversal is the same message with every amount negated."""
 
     topic: ClassVar[str] = topics.AR_SETTLEMENTS
 
@@ -323,6 +340,18 @@ class OpenItemsSettled(ContractMessage):
     amount_settled: Amount
     cash_discount_amount: Amount = Decimal("0.00")
     cash_discount_voucher: Voucher | None = None
+    # A penny difference or over/underpayment the settlement wrote off (extension): positive when the
+    # debit was underpaid (it falls by this too), negative when the credit overpaid it (the credit's
+    # `amount_settled` includes the overpayment). Posted to the setup's difference account.
+    difference_amount: Amount = Decimal("0.00")
+
+    @model_serializer(mode="wrap")
+    def _without_a_zero_difference(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A settlement without a difference is published exactly as before the field existed."""
+        data = handler(self)
+        if not self.difference_amount:
+            data.pop("difference_amount", None)
+        return data
 
     def key(self) -> str:
         return self.customer_account

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 07:42:46.751656
+Create Date: 2026-11-22 08:49:36.461959
 """
 
 from collections.abc import Sequence
@@ -58,6 +58,7 @@ def upgrade() -> None:
     op.create_table(
         "settlement_history",
         sa.Column("settlement_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("group_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("customer_account", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("settlement_date", sa.Date(), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -66,6 +67,11 @@ def upgrade() -> None:
         sa.Column("amount_settled", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("cash_discount_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("cash_discount_voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("difference_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("difference_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("difference_voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("reversed_by", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("reversal_of", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("settled_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("settlement_id"),
     )
@@ -73,6 +79,11 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_settlement_history_credit_voucher"), ["credit_voucher"], unique=False)
         batch_op.create_index(batch_op.f("ix_settlement_history_customer_account"), ["customer_account"], unique=False)
         batch_op.create_index(batch_op.f("ix_settlement_history_debit_voucher"), ["debit_voucher"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_settlement_history_difference_voucher"), ["difference_voucher"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_settlement_history_group_id"), ["group_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_settlement_history_reversal_of"), ["reversal_of"], unique=False)
 
     op.create_table(
         "settlement_open_transaction",
@@ -90,6 +101,7 @@ def upgrade() -> None:
         sa.Column("discount_taken", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("cash_discount_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("auto_settle", sa.Boolean(), nullable=False),
+        sa.Column("discount_date", sa.Date(), nullable=True),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("voucher"),
@@ -104,6 +116,15 @@ def upgrade() -> None:
         "settlement_parameters",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("calculate_cash_discounts_for_partial_payments", sa.Boolean(), nullable=False),
+        sa.Column("calculate_cash_discounts_for_credit_notes", sa.Boolean(), nullable=False),
+        sa.Column("maximum_penny_difference", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("maximum_overpayment_or_underpayment", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("cash_discount_administration", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("automatic_settlement", sa.Boolean(), nullable=False),
+        sa.Column("prioritize_settlement", sa.Boolean(), nullable=False),
+        sa.Column("use_priority_for_automatic_settlements", sa.Boolean(), nullable=False),
+        sa.Column("settlement_priority", sa.JSON(), nullable=False),
+        sa.Column("set_fields", sa.JSON(), nullable=False),
         sa.Column("updated_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
@@ -131,6 +152,8 @@ def upgrade() -> None:
         sa.Column("position", sa.Integer(), nullable=False),
         sa.Column("amount_to_settle", kredit_shared.database.ExactDecimal(2), nullable=True),
         sa.Column("use_cash_discount", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("full_settlement", sa.Boolean(), nullable=False),
+        sa.Column("cash_discount_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
         sa.PrimaryKeyConstraint("payment_voucher", "invoice_id"),
     )
     with op.batch_alter_table("settlement_pending_mark", schema=None) as batch_op:
@@ -185,6 +208,9 @@ def downgrade() -> None:
 
     op.drop_table("settlement_open_transaction")
     with op.batch_alter_table("settlement_history", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_settlement_history_reversal_of"))
+        batch_op.drop_index(batch_op.f("ix_settlement_history_group_id"))
+        batch_op.drop_index(batch_op.f("ix_settlement_history_difference_voucher"))
         batch_op.drop_index(batch_op.f("ix_settlement_history_debit_voucher"))
         batch_op.drop_index(batch_op.f("ix_settlement_history_customer_account"))
         batch_op.drop_index(batch_op.f("ix_settlement_history_credit_voucher"))

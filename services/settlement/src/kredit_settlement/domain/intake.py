@@ -1,0 +1,75 @@
+"""What settlement accepts from others and in which order what waits is settled: the checks on a posted
+transaction and a received payment, and the order of the credits waiting for a new invoice (docs/ordering.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
+
+from kredit_settlement.domain.model import (
+    POSTED_ELSEWHERE,
+    Mark,
+    OpenTransaction,
+    SettlementParameters,
+    TransactionRejected,
+)
+
+
+def admit_transaction(
+    new: OpenTransaction, known: OpenTransaction | None, invoice_id_taken: bool, parameters: SettlementParameters
+) -> OpenTransaction | None:
+    """The transaction to keep as an open item, None for a re-send of one already kept (settlement's own postings
+    come back on the topic too), or TransactionRejected saying why it cannot be taken."""
+    if known is not None:
+        if (known.transaction_type, known.customer_account, known.original_amount) != (
+            new.transaction_type,
+            new.customer_account,
+            new.original_amount,
+        ):
+            raise TransactionRejected(
+                f"voucher {new.voucher} is already a {known.transaction_type} of customer "
+                f"{known.customer_account} for {known.original_amount}"
+            )
+        return None
+    if new.transaction_type not in POSTED_ELSEWHERE:
+        raise TransactionRejected(
+            f"{new.transaction_type} {new.voucher} is unknown: settlement posts payments, cash "
+            f"discounts and write-offs itself and takes only invoices and credit notes from others"
+        )
+    if (new.transaction_type == "CreditNote") != (new.original_amount < 0) or new.original_amount == 0:
+        raise TransactionRejected(
+            f"{new.transaction_type} {new.voucher} has the wrong sign: amount {new.original_amount}"
+        )
+    if invoice_id_taken:
+        raise TransactionRejected(
+            f"invoice id {new.invoice_id} of {new.voucher} is already used by another transaction"
+        )
+    # A credit note posted while automatic settlement is off waits for a person (D365 *Automatic settlement*).
+    return new if parameters.automatic_settlement else replace(new, auto_settle=False)
+
+
+def admit_payment(
+    payment_id: str, currency: str, bank_account: str, accounting_currency: str, main_accounts: Collection[str]
+) -> None:
+    """TransactionRejected for a payment settlement cannot post."""
+    if currency != accounting_currency:
+        raise TransactionRejected(
+            f"payment {payment_id} is in {currency}; payments are accepted in the accounting currency "
+            f"{accounting_currency} only"
+        )
+    if bank_account not in main_accounts:
+        raise TransactionRejected(f"payment {payment_id}: bank account {bank_account!r} is not a main account")
+
+
+def waiting_credits(
+    pending: Sequence[tuple[OpenTransaction, Mark]],
+    others: Sequence[OpenTransaction],
+    arrival: Callable[[str], int],
+    parameters: SettlementParameters,
+) -> list[tuple[OpenTransaction, Mark | None]]:
+    """The credits a new invoice takes, in their order of arrival: the payments whose pending marks name it, and
+    (with automatic settlement) the customer's automatic credits."""
+    credits: list[tuple[OpenTransaction, Mark | None]] = list(pending)
+    if parameters.automatic_settlement:
+        credits += [(t, None) for t in others if t.open_amount < 0 and t.auto_settle]
+    return sorted(credits, key=lambda c: arrival(c[0].voucher))

@@ -1,0 +1,81 @@
+"""Posted write-offs: settle the transactions a write-off journal names, each by the amount named."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+from kredit_settlement.domain.model import OpenTransaction
+from kredit_shared.money import ZERO
+
+
+@dataclass(frozen=True)
+class PairSettled:
+    """A debit settled against a credit without discount: the debit falls, the credit rises, by `amount`."""
+
+    debit_voucher: str
+    credit_voucher: str
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class WriteOffSettlement:
+    write_off: OpenTransaction  # what is left open of the write-off: zero unless something named was not open
+    settled: tuple[OpenTransaction, ...]  # the named transactions after the write-off, in the order named
+    pairs: tuple[PairSettled, ...]
+    shortfalls: tuple[str, ...]  # why part of the write-off settled nothing; it stays open on the write-off
+    pending: tuple[tuple[str, Decimal], ...] = ()  # named transactions not known yet: settled when they arrive
+
+
+def settle_write_off(
+    write_off: OpenTransaction, named: Sequence[tuple[str, Decimal]], transactions: Iterable[OpenTransaction]
+) -> WriteOffSettlement:
+    """Settle the transactions a posted write-off names, each by the (signed) amount named.
+
+    A named debit (invoice) is settled against the write-off as its credit, a named credit against the
+    write-off as its debit, so the write-off's own balance ends at zero when everything named was open.
+    The journal is posted already, so a transaction that is no longer open for the amount named is settled
+    for what is open and the difference is reported, never refused: it stays open on the write-off. A
+    transaction settlement does not know yet is `pending`: the write-off holds that amount for it.
+    """
+    by_voucher = {t.voucher: t for t in transactions}
+    left = write_off.open_amount
+    pairs: list[PairSettled] = []
+    shortfalls: list[str] = []
+    pending: list[tuple[str, Decimal]] = []
+    settled: dict[str, OpenTransaction] = {}
+    for voucher, wanted in named:
+        t = settled.get(voucher) or by_voucher.get(voucher)
+        problem = None
+        if t is None:
+            pending.append((voucher, wanted))
+            continue
+        if t.customer_account != write_off.customer_account:
+            problem = f"belongs to customer {t.customer_account}, not {write_off.customer_account}"
+        elif t.currency != write_off.currency:
+            problem = f"is in {t.currency}, the write-off in {write_off.currency}"
+        if problem is not None:
+            shortfalls.append(f"{voucher} {problem}: {wanted} not settled")
+            continue
+        assert t is not None
+        same_side = (t.open_amount > 0) == (wanted > 0) and t.open_amount != 0 and wanted != 0
+        amount = min(abs(t.open_amount), abs(wanted)) if same_side else ZERO
+        if amount != abs(wanted):
+            shortfalls.append(
+                f"{voucher} was written off for {wanted} but only {t.open_amount} was open: "
+                f"{amount} settled, {abs(wanted) - amount} left open on {write_off.voucher}"
+            )
+        if amount == 0:
+            continue
+        if t.open_amount > 0:
+            pairs.append(PairSettled(t.voucher, write_off.voucher, amount))
+            settled[voucher] = replace(t, open_amount=t.open_amount - amount)
+            left += amount
+        else:
+            pairs.append(PairSettled(write_off.voucher, t.voucher, amount))
+            settled[voucher] = replace(t, open_amount=t.open_amount + amount)
+            left -= amount
+    return WriteOffSettlement(
+        replace(write_off, open_amount=left), tuple(settled.values()), tuple(pairs), tuple(shortfalls), tuple(pending)
+    )

@@ -1,0 +1,369 @@
+"""Cash application as Dynamics 365 does it, end to end through the contract: ERP messages in, HTTP out,
+the four services on the real broker. Each test reproduces the worked numbers of one of Microsoft's public
+Dynamics 365 Finance articles to the cent (the vendor articles mirrored for customers).
+
+Settlement's parameters are one row for the whole stack: each test sets every parameter it relies on first,
+and waits for what it posted before the next one changes them."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from kredit_shared.testing import eventually
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+D = Decimal
+DEFAULTS = {
+    "calculate_cash_discounts_for_partial_payments": True,
+    "calculate_cash_discounts_for_credit_notes": False,
+    "maximum_penny_difference": "0.00",
+    "maximum_overpayment_or_underpayment": "0.00",
+    "cash_discount_administration": "Specific",
+    "automatic_settlement": True,
+    "prioritize_settlement": False,
+    "use_priority_for_automatic_settlements": False,
+    "settlement_priority": [],
+}
+
+
+async def parameters(stack, **changes) -> dict:
+    response = await stack.settlement.put("/api/v1/parameters", json=DEFAULTS | changes)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def goods(amount: str) -> list[dict]:
+    return [{"description": "Goods", "amount": amount}]
+
+
+async def invoice(stack, customer: str, invoice_id: str, amount: str, on: str, *tiers: tuple[str, str], **more) -> str:
+    """Publish an invoice (or credit note, interest note) as the ERP would and wait until settlement holds it."""
+    await stack.erp_invoice(
+        invoice_id=invoice_id,
+        customer_account=customer,
+        invoice_date=on,
+        cash_discounts=[{"percent": p, "date": d} for d, p in tiers],
+        lines=goods(amount),
+        **more,
+    )
+    voucher = ("CCN-" if amount.startswith("-") else "FTI-") + invoice_id
+    await stack.wait_until_open_in_settlement(customer, voucher)
+    return voucher
+
+
+async def rows_when(stack, customer: str, check) -> dict[str, dict]:
+    rows = await stack.wait_for_transactions(customer, lambda rows: check({r["voucher"]: r for r in rows}))
+    return {r["voucher"]: r for r in rows}
+
+
+def by_type(rows: dict[str, dict], kind: str) -> list[dict]:
+    return [r for r in rows.values() if r["type"] == kind]
+
+
+async def ledger(stack, voucher: str) -> list[tuple[str, str, str]]:
+    async def posted():
+        entries = (await stack.ledger.get("/api/v1/ledger-entries", params={"voucher": voucher})).json()["entries"]
+        return entries or None
+
+    return sorted((e["account"], e["debit"], e["credit"]) for e in await eventually(posted, timeout=20))
+
+
+async def preview(stack, customer: str, on: str, *marks: dict, **more) -> list[dict]:
+    response = await stack.settlement.post(
+        "/api/v1/settlement-preview",
+        json={"customer_account": customer, "payment_date": on, "marks": list(marks)} | more,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["marks"]
+
+
+def shown(mark: dict) -> tuple:
+    keys = ("cash_discount_date", "cash_discount_amount", "use_cash_discount", "cash_discount_taken")
+    return (*(mark[k] for k in keys), mark["cash_discount_amount_to_take"], mark["amount_to_settle"])
+
+
+# --- Settle a partial customer payment that has discounts on credit notes ----------------------
+
+
+async def test_a_credit_note_with_its_own_1_percent_discount_settles_100_00_of_the_invoice(stack):
+    # The clerk settles the two by hand: with automatic settlement the credit note would settle on arrival.
+    await parameters(stack, calculate_cash_discounts_for_credit_notes=True, automatic_settlement=False)
+    due = {"due_date": "2015-07-28"}
+    await invoice(stack, "4035", "10050", "1000.00", "2015-06-28", ("2015-07-12", "1.00"), **due)
+    note = await invoice(stack, "4035", "CR-10050", "-100.00", "2015-06-28", ("2015-07-12", "1.00"), **due)
+
+    [inv, cn] = await preview(stack, "4035", "2015-06-28", {"invoice_id": "10050"}, {"invoice_id": "CR-10050"})
+    assert (inv["amount_to_settle"], inv["cash_discount_amount"]) == ("990.00", "10.00")
+    assert shown(cn) == ("2015-07-12", "-1.00", "Normal", "0.00", "-1.00", "-99.00")
+
+    response = await stack.settlement.post(
+        "/api/v1/settlements",
+        json={
+            "customer_account": "4035",
+            "date": "2015-06-28",
+            "marks": [{"invoice_id": "10050"}, {"invoice_id": "CR-10050"}],
+        },
+    )
+    assert response.status_code == 201, response.text
+    settled = response.json()
+    pairs = [
+        (p["debit_voucher"], p["credit_voucher"], p["amount_settled"], p["cash_discount_amount"])
+        for p in settled["pairs"]
+    ]
+    assert pairs == [("FTI-10050", note, "99.00", "1.00"), (f"DISC-{note}-2", note, "1.00", "0.00")]
+    assert settled["pairs"][0]["cash_discount_voucher"] == f"DISC-{note}"
+    assert {t["voucher"]: t["open_amount"] for t in settled["transactions"]} == {"FTI-10050": "900.00", note: "0.00"}
+
+    # Each settled pair reaches collections on its own: wait for both (the credit note closes with the second).
+    rows = await rows_when(stack, "4035", lambda r: len(r) == 4 and r[note]["balance"] == "0.00")
+    assert rows["FTI-10050"]["balance"] == "900.00"
+    discounts = by_type(rows, "CashDiscount")
+    assert sorted((r["debit"] or "", r["credit"] or "", r["balance"]) for r in discounts) == [
+        ("", "1.00", "0.00"),
+        ("1.00", "", "0.00"),
+    ], "the offsetting pair of discount transactions"
+    for discount in discounts:
+        entries = await ledger(stack, discount["voucher"])
+        assert {(a, max(d, c)) for a, d, c in entries} == {("130100", "1.00"), ("520100", "1.00")}
+
+
+# --- Customer payments for a partial amount ----------------------------------------------------
+
+
+async def test_999_90_on_1_000_00_within_the_underpayment_tolerance_closes_the_invoice(stack):
+    await parameters(stack, maximum_overpayment_or_underpayment="0.10")
+    await invoice(stack, "PA-1", "PA-1000", "1000.00", "2015-05-04")
+    await stack.erp_payment(payment_id="ARP-PA-1", customer_account="PA-1", payment_date="2015-05-20", amount="999.90")
+    rows = await rows_when(stack, "PA-1", lambda r: "ARP-PA-1" in r and r["FTI-PA-1000"]["balance"] == "0.00")
+    assert rows["ARP-PA-1"]["balance"] == "0.00" and len(rows) == 2
+
+    [settlement] = (await stack.settlement.get("/api/v1/settlements", params={"customer_account": "PA-1"})).json()[
+        "settlements"
+    ]
+    [pair] = settlement["pairs"]
+    assert (pair["amount_settled"], pair["difference_amount"], pair["difference_account"]) == (
+        "999.90",
+        "0.10",
+        "520300",
+    )
+    assert await ledger(stack, "DIFF-PA-1") == [("130100", "0.00", "0.10"), ("520300", "0.10", "0.00")]
+    aged = (await stack.collections.get("/api/v1/aged-balances", params={"as_of": "2015-12-31"})).json()
+    assert "PA-1" not in {c["customer_account"] for c in aged["customers"]}, "no longer open in aging"
+
+
+async def test_full_settlement_of_990_00_on_1_000_00_posts_10_00_as_extra_cash_discount(stack):
+    await parameters(stack)
+    await invoice(stack, "PA-2", "PA-2000", "1000.00", "2015-05-04")
+    await stack.erp_payment(
+        payment_id="ARP-PA-2",
+        customer_account="PA-2",
+        payment_date="2015-05-20",
+        amount="990.00",
+        settle=[{"invoice_id": "PA-2000", "full_settlement": True}],
+    )
+    rows = await rows_when(stack, "PA-2", lambda r: len(r) == 3 and r["FTI-PA-2000"]["balance"] == "0.00")
+    [discount] = by_type(rows, "CashDiscount")
+    assert (discount["credit"], rows["ARP-PA-2"]["balance"]) == ("10.00", "0.00")
+    assert await ledger(stack, discount["voucher"]) == [("130100", "0.00", "10.00"), ("520100", "10.00", "0.00")]
+
+
+async def test_a_49_00_partial_payment_within_ten_days_takes_1_00_of_a_2_percent_discount(stack):
+    await parameters(stack)
+    await invoice(stack, "PA-3", "PA-3000", "100.00", "2015-05-04", ("2015-05-14", "2.00"))
+    await stack.erp_payment(payment_id="ARP-PA-3", customer_account="PA-3", payment_date="2015-05-10", amount="49.00")
+    rows = await rows_when(stack, "PA-3", lambda r: len(r) == 3 and r["FTI-PA-3000"]["balance"] != "100.00")
+    assert rows["FTI-PA-3000"]["balance"] == "50.00" and by_type(rows, "CashDiscount")[0]["credit"] == "1.00"
+
+
+# --- Cash discounts for overpayments, scenarios 1-3, and configure settlement's 100 / 3 / 98 ----
+
+
+async def overpay(stack, customer: str, total: str, percent: str, paid: str) -> dict[str, dict]:
+    voucher = await invoice(stack, customer, f"{customer}-INV", total, "2015-03-01", ("2015-03-08", percent))
+    await stack.erp_payment(
+        payment_id=f"ARP-{customer}", customer_account=customer, payment_date="2015-03-05", amount=paid
+    )
+    return await rows_when(stack, customer, lambda r: len(r) >= 3 and r[voucher]["balance"] == "0.00")
+
+
+async def test_overpayment_scenario_1_specific_within_the_tolerance_posts_the_0_50_to_the_difference_account(stack):
+    await parameters(stack, maximum_overpayment_or_underpayment="1.00")
+    rows = await overpay(stack, "OP-1", "105.00", "10.00", "95.00")
+    [discount] = by_type(rows, "CashDiscount")
+    assert (discount["credit"], discount["balance"], rows["ARP-OP-1"]["balance"]) == ("10.50", "0.00", "0.00")
+    assert await ledger(stack, discount["voucher"]) == [("130100", "0.00", "10.50"), ("520100", "10.50", "0.00")]
+    assert await ledger(stack, "DIFF-OP-1") == [("130100", "0.50", "0.00"), ("520300", "0.00", "0.50")]
+
+
+async def test_overpayment_scenario_2_specific_above_the_tolerance_leaves_0_50_open_on_the_payment(stack):
+    await parameters(stack, maximum_overpayment_or_underpayment="0.10")
+    rows = await overpay(stack, "OP-2", "105.00", "10.00", "95.00")
+    [discount] = by_type(rows, "CashDiscount")
+    assert (discount["credit"], rows["ARP-OP-2"]["balance"]) == ("10.50", "-0.50")
+
+
+async def test_overpayment_scenario_3_unspecific_reduces_the_discount_to_10_00(stack):
+    await parameters(stack, cash_discount_administration="Unspecific", maximum_overpayment_or_underpayment="1.00")
+    rows = await overpay(stack, "OP-3", "105.00", "10.00", "95.00")
+    [discount] = by_type(rows, "CashDiscount")
+    assert (discount["credit"], rows["ARP-OP-3"]["balance"]) == ("10.00", "0.00")
+    assert await ledger(stack, discount["voucher"]) == [("130100", "0.00", "10.00"), ("520100", "10.00", "0.00")]
+
+
+@pytest.mark.parametrize(
+    ("customer", "administration", "tolerance", "discount", "payment_left"),
+    [
+        ("CS-1", "Unspecific", "0.00", "2.00", "0.00"),
+        ("CS-2", "Specific", "1.00", "3.00", "0.00"),
+        ("CS-3", "Specific", "0.00", "3.00", "-1.00"),
+    ],
+)
+async def test_configure_settlement_100_00_with_3_00_discount_paid_by_98_00(
+    stack, customer, administration, tolerance, discount, payment_left
+):
+    await parameters(stack, cash_discount_administration=administration, maximum_overpayment_or_underpayment=tolerance)
+    rows = await overpay(stack, customer, "100.00", "3.00", "98.00")
+    assert (by_type(rows, "CashDiscount")[0]["credit"], rows[f"ARP-{customer}"]["balance"]) == (discount, payment_left)
+
+
+# --- Automatic settlement and prioritization (customer 2050) ----------------------------------
+
+
+async def test_a_700_00_payment_pays_the_interest_note_first_by_priority_and_invoice_3_keeps_157_00(stack):
+    await parameters(
+        stack,
+        calculate_cash_discounts_for_partial_payments=False,
+        prioritize_settlement=True,
+        use_priority_for_automatic_settlements=True,
+        settlement_priority=[
+            {"criterion": "TransactionType", "order": ["PaymentFee", "CollectionLetter", "InterestNote", "Invoice"]},
+            {"criterion": "TransactionDate", "direction": "Ascending"},
+            {"criterion": "Voucher"},
+        ],
+    )
+    terms = {"payment_terms": "Net30"}
+    await invoice(stack, "2050", "10001", "100.00", "2015-08-15", ("2015-08-29", "2.00"), **terms)
+    await invoice(stack, "2050", "10002", "250.00", "2015-09-01", ("2015-09-15", "2.00"), **terms)
+    await invoice(stack, "2050", "10003", "500.00", "2015-10-15", ("2015-10-29", "2.00"), **terms)
+    await invoice(stack, "2050", "INT-2050", "7.00", "2015-10-15", document_type="InterestNote", **terms)
+    await stack.erp_payment(payment_id="ARP-2050", customer_account="2050", payment_date="2015-10-25", amount="700.00")
+
+    rows = await rows_when(stack, "2050", lambda r: "ARP-2050" in r and r["ARP-2050"]["balance"] == "0.00")
+    assert {v: (r["type"], r["balance"]) for v, r in rows.items()} == {
+        "FTI-10001": ("Invoice", "0.00"),
+        "FTI-10002": ("Invoice", "0.00"),
+        "FTI-10003": ("Invoice", "157.00"),
+        "FTI-INT-2050": ("InterestNote", "0.00"),
+        "ARP-2050": ("Payment", "0.00"),
+    }
+    [settlement] = (await stack.settlement.get("/api/v1/settlements", params={"customer_account": "2050"})).json()[
+        "settlements"
+    ]
+    assert [(p["debit_voucher"], p["amount_settled"]) for p in settlement["pairs"]] == [
+        ("FTI-INT-2050", "7.00"),
+        ("FTI-10001", "100.00"),
+        ("FTI-10002", "250.00"),
+        ("FTI-10003", "343.00"),
+    ]
+
+
+# --- the vendor articles, mirrored for customers ----------------------------------------------
+
+
+async def test_a_discount_outside_the_period_with_always_or_a_selected_date(stack):
+    await parameters(stack)
+    await invoice(stack, "3052", "10030", "2000.00", "2015-06-28", ("2015-07-12", "1.00"))
+    [always] = await preview(stack, "3052", "2015-07-15", {"invoice_id": "10030", "use_cash_discount": "Always"})
+    assert shown(always) == ("2015-07-12", "20.00", "Always", "0.00", "20.00", "1980.00")
+    selected = {"date_to_use_for_calculating_discounts": "2015-06-28"}
+    [full] = await preview(stack, "3052", "2015-07-15", {"invoice_id": "10030"}, **selected)
+    assert shown(full) == ("2015-07-12", "20.00", "Normal", "0.00", "20.00", "1980.00")
+    [part] = await preview(
+        stack, "3052", "2015-07-15", {"invoice_id": "10030", "amount_to_settle": "500.00"}, **selected
+    )
+    assert (part["cash_discount_amount_to_take"], part["amount_to_settle"]) == ("5.05", "500.00")
+
+    await stack.erp_payment(
+        payment_id="APP-10030",
+        customer_account="3052",
+        payment_date="2015-07-15",
+        amount="500.00",
+        settle=[{"invoice_id": "10030", "amount_to_settle": "500.00"}],
+        **selected,
+    )
+    rows = await rows_when(stack, "3052", lambda r: len(r) == 3 and r["FTI-10030"]["balance"] != "2000.00")
+    assert (rows["FTI-10030"]["balance"], by_type(rows, "CashDiscount")[0]["credit"]) == ("1494.95", "5.05")
+
+
+async def test_a_manual_discount_of_60_00_settles_1_000_00_with_a_940_00_payment(stack):
+    await parameters(stack)
+    await invoice(stack, "3051", "10040", "1000.00", "2020-06-29", ("2020-07-06", "4.00"), due_date="2020-07-29")
+    mark = {"invoice_id": "10040", "cash_discount_amount": "60.00"}
+    [shown_mark] = await preview(stack, "3051", "2020-06-30", mark)
+    assert shown(shown_mark) == ("2020-07-06", "60.00", "Normal", "0.00", "60.00", "940.00")
+    await stack.erp_payment(
+        payment_id="ARP-10040", customer_account="3051", payment_date="2020-06-30", amount="940.00", settle=[mark]
+    )
+    rows = await rows_when(stack, "3051", lambda r: len(r) == 3 and r["FTI-10040"]["balance"] == "0.00")
+    assert (rows["ARP-10040"]["balance"], by_type(rows, "CashDiscount")[0]["credit"]) == ("0.00", "60.00")
+
+
+# --- reversal -----------------------------------------------------------------------------------
+
+
+async def test_a_settlement_reversed_and_settled_again_ends_as_settling_once(stack):
+    await parameters(stack)
+    await invoice(stack, "4027-R", "R-10020", "1000.00", "2015-06-25", ("2015-07-09", "1.00"), payment_terms="Net30")
+    mark = {"invoice_id": "R-10020", "amount_to_settle": "297.00"}
+    await stack.erp_payment(
+        payment_id="ARP-R1", customer_account="4027-R", payment_date="2015-07-01", amount="297.00", settle=[mark]
+    )
+    once = await rows_when(stack, "4027-R", lambda r: len(r) == 3 and r["FTI-R-10020"]["balance"] == "700.00")
+    before = await stack.trial_balance()
+
+    settlements = (await stack.settlement.get("/api/v1/settlements", params={"customer_account": "4027-R"})).json()
+    [settlement] = settlements["settlements"]
+    reversed_ = await stack.settlement.post(f"/api/v1/settlements/{settlement['settlement_id']}/reverse")
+    assert reversed_.status_code == 200, reversed_.text
+    assert {t["voucher"]: t["open_amount"] for t in reversed_.json()["transactions"]} == {
+        "FTI-R-10020": "1000.00",
+        "ARP-R1": "-297.00",
+    }
+    again = await stack.settlement.post(f"/api/v1/settlements/{settlement['settlement_id']}/reverse")
+    assert again.status_code == 409 and "already reversed" in again.json()["detail"]
+
+    rows = await rows_when(stack, "4027-R", lambda r: len(r) == 4 and r["FTI-R-10020"]["balance"] == "1000.00")
+    assert rows["ARP-R1"]["balance"] == "-297.00"
+    assert sorted((r["voucher"], r["debit"], r["credit"], r["balance"]) for r in by_type(rows, "CashDiscount")) == [
+        ("DISC-R1", None, "3.00", "0.00"),
+        ("REV-DISC-R1", "3.00", None, "0.00"),
+    ]
+    assert await ledger(stack, "REV-DISC-R1") == [("130100", "3.00", "0.00"), ("520100", "0.00", "3.00")]
+    aged = (await stack.collections.get("/api/v1/aged-balances", params={"as_of": "2015-07-31"})).json()
+    [customer] = [c for c in aged["customers"] if c["customer_account"] == "4027-R"]
+    assert customer["balance"] == "703.00"
+    [payment_mark] = await preview(stack, "4027-R", "2015-07-01", {"invoice_id": "ARP-R1"})
+    assert payment_mark["amount_to_settle"] == "-297.00", "an open payment can be marked"
+
+    settled = await stack.settlement.post(
+        "/api/v1/settlements",
+        json={"customer_account": "4027-R", "date": "2015-07-01", "marks": [{"invoice_id": "ARP-R1"}, mark]},
+    )
+    assert settled.status_code == 201, settled.text
+    rows = await rows_when(stack, "4027-R", lambda r: len(r) == 5 and r["FTI-R-10020"]["balance"] == "700.00")
+    assert {v: r["balance"] for v, r in rows.items() if v in once} == {v: r["balance"] for v, r in once.items()}
+
+    async def settled_in_ledger():
+        tb = await stack.trial_balance()
+        moved = (D(tb["520100"][side]) - D(before["520100"][side]) for side in ("debit", "credit"))
+        return tb if all(m == D("3.00") for m in moved) else None
+
+    after = await eventually(settled_in_ledger, timeout=20)
+    for account in ("110110", "130100", "520100"):
+        # Reversed and settled again: 3.00 more discount posted and 3.00 reversed, the balances as settled once.
+        assert D(after[account]["balance"]) == D(before[account]["balance"]), account
+    assert D(after["520100"]["debit"]) - D(before["520100"]["debit"]) == D("3.00")
+    assert D(after["520100"]["credit"]) - D(before["520100"]["credit"]) == D("3.00")
