@@ -300,17 +300,18 @@ def build_write_off_journal(
     reason_code: str | None = None,
     reason_comment: str | None = None,
     customer_name: str | None = None,
-    line_per_transaction: bool = True,
 ) -> GeneralJournalRequested:
     """The general journal that writes off `items` (open items of one customer, one currency).
 
-    Each written-off transaction gets one Customer line that reverses its open balance and names
-    it in `settles`, offset by a write-off account line (and, with separate sales tax, a sales tax
-    line). The three share a `voucher_group` (the transaction's voucher), so ledger-posting books
-    one balanced voucher per written-off transaction and settlement can settle each on its own.
-    `line_per_transaction=False` instead reverses the net balance in one Customer line naming every
-    transaction (one voucher for the journal), unless the net is zero: a journal line must not be
-    zero on both sides, so that case still goes transaction by transaction."""
+    Seed 000 and D365's *Collections management key concepts*: one Customer line per customer,
+    currency and posting profile reverses the balance written off (the net of every item) and names
+    each item in `settles`, so settlement settles every item on its own when the journal posts; one
+    line per ledger account posts the write-off (the write-off account and, with separate sales tax,
+    the sales-tax account). A write-off covers one customer and one currency and every customer has
+    the same posting profile, so that is one Customer line and one voucher for the whole journal.
+
+    A net of zero cannot be one line (a journal line is never zero on both sides): then each item
+    gets its own Customer line and write-off line, grouped as a voucher of its own."""
     if not items:
         raise NothingToWriteOff("nothing selected to write off")
     code = reason_code or settings.reason_code
@@ -340,23 +341,24 @@ def build_write_off_journal(
             **extra,
         )
 
-    net = sum((i.balance for i in items), ZERO)
-    groups = [[i] for i in items] if line_per_transaction or net == 0 else [list(items)]
+    net_zero = sum((i.balance for i in items), ZERO) == 0
+    groups = [[i] for i in items] if net_zero else [list(items)]
     lines: list[GeneralJournalLine] = []
     for group in groups:
         single = group[0].voucher if len(group) == 1 else None
         text = f"Write-off {single}" if single else description
+        group_id = single if net_zero else None  # no group anywhere: the whole journal is one voucher
         total = sum((i.balance for i in group), ZERO)
         tax = sum((sales_tax_share(i) for i in group), ZERO) if settings.separate_sales_tax else ZERO
         settles = [
             SettledTransactionRef(voucher=i.voucher, invoice_id=i.transaction.invoice_id, amount=i.balance)
             for i in group
         ]
-        lines.append(line("Customer", account, -total, text, settles=settles, voucher_group=single))
+        lines.append(line("Customer", account, -total, text, settles=settles, voucher_group=group_id))
         # The tax share is rounded on its own, so the write-off line takes the rounding difference.
         for ledger_account, amount in ((settings.write_off_account, total - tax), (settings.sales_tax_account, tax)):
             if amount:
-                lines.append(line("Ledger", ledger_account, amount, text, voucher_group=single))
+                lines.append(line("Ledger", ledger_account, amount, text, voucher_group=group_id))
     return GeneralJournalRequested(
         request_id=request_id, journal_name=settings.journal_name, description=description, lines=lines
     )
