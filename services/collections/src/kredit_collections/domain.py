@@ -364,6 +364,33 @@ def build_write_off_journal(
     )
 
 
+# --- defence in depth: a posted journal must be the one requested ----------------------------
+
+# What moves money on a journal line; other fields (texts, who posted it) may be added on the way.
+_MONEY_FIELDS = ("account_type", "account", "debit", "credit", "currency", "transaction_date")
+
+
+def _money_of(line: GeneralJournalLine) -> tuple:
+    return (*(getattr(line, f) for f in _MONEY_FIELDS), tuple((s.voucher, s.amount) for s in line.settles))
+
+
+def posted_journal_differences(
+    requested: Sequence[GeneralJournalLine], posted: Sequence[GeneralJournalLine]
+) -> list[str]:
+    """How the lines of a posted journal differ from the lines collections requested (none: the same).
+
+    ledger-posting keeps the requested lines in their order and only adds a voucher to each, so any
+    difference in accounts, amounts, currency, date or settled transactions means the event is not
+    the journal collections asked for (forged, or corrupted on the way): it must not be applied."""
+    if len(requested) != len(posted):
+        return [f"{len(posted)} lines posted, {len(requested)} requested"]
+    return [
+        f"line {n}: posted {_money_of(p)}, requested {_money_of(r)}"
+        for n, (r, p) in enumerate(zip(requested, posted), 1)
+        if _money_of(r) != _money_of(p)
+    ]
+
+
 # --- write-off requests: how far ledger-posting has got --------------------------------------
 
 REQUESTED, JOURNAL_CREATED, POSTED, REJECTED = "requested", "journal-created", "posted", "rejected"

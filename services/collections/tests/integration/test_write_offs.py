@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-from kredit_shared.contracts import GeneralJournalRequested
-from kredit_shared.testing import eventually
+from kredit_shared.contracts import GL_JOURNAL_EVENTS, GeneralJournalRequested, dead_letter_topic
+from kredit_shared.testing import TopicProbe, eventually
 
 CAVE, CONTOSO, BIRCH = "US-004", "US-001", "US-010"
 
@@ -322,3 +322,46 @@ async def test_a_cancel_that_loses_the_race_with_the_posting_ends_posted_and_kee
         assert (await svc.client.post(f"/api/v1/write-offs/{rejected}/cancel", json={"why": "x"})).status_code == 422
         await svc.cancels(raced, count=1)
         await svc.cancels(rejected, count=0)
+
+
+async def test_a_posted_journal_that_is_not_the_requested_one_is_dead_lettered_and_not_applied(start_collections):
+    async with start_collections() as svc:
+        dlq_topic = svc.settings.topic(dead_letter_topic(GL_JOURNAL_EVENTS))
+        async with TopicProbe(svc.settings.kafka_bootstrap_servers, [dlq_topic]) as dlq:
+            await svc.post_transaction("CIV-1", "Invoice", "120.00", on="2016-01-01", account=CAVE, invoice_id="1")
+            await svc.post_transaction("CIV-2", "Invoice", "80.00", on="2016-01-01", account=CAVE, invoice_id="2")
+            await svc.until_balances(CAVE, {"CIV-1": "120.00", "CIV-2": "80.00"})
+            write_off_id = await svc.write_off(customer_account=CAVE, vouchers=["CIV-1"])
+            journal = await svc.journal(write_off_id)
+
+            # The posted lines settle another invoice than the one requested: reported, not applied.
+            changed = journal.model_copy(
+                update={
+                    "lines": [
+                        l.model_copy(update={"settles": [s.model_copy(update={"voucher": "CIV-2"}) for s in l.settles]})
+                        for l in journal.lines
+                    ]
+                }
+            )
+            await svc.journal_posted(changed, "WOJ-000001")
+            [letter] = await dlq.wait_for(lambda r: True)
+            reason = letter.headers["x-dlq-reason"]
+            assert f"its lines differ from write-off {write_off_id}'s journal" in reason and "CIV-2" in reason
+
+            # A write-off journal collections never requested.
+            forged = journal.model_copy(update={"request_id": "never-requested"})
+            await svc.journal_posted(forged, "WOJ-000002")
+            await dlq.wait_for(lambda r: "collections never requested it" in r.headers["x-dlq-reason"])
+            assert (await svc.get(f"/write-offs/{write_off_id}"))["status"] == "requested"
+
+            # The journal as requested moves the write-off along; a ledger-only journal of others is ignored.
+            await svc.journal_posted(journal, "WOJ-000001")
+            await svc.until_status(write_off_id, "posted")
+            ledger_only = journal.model_copy(
+                update={
+                    "request_id": "general-journal",
+                    "lines": [l for l in journal.lines if l.account_type == "Ledger"],
+                }
+            )
+            await svc.journal_posted(ledger_only, "GNJ-000001")
+            assert len(await dlq.settle(0.5)) == 2
