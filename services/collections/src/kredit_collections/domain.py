@@ -30,10 +30,14 @@ from kredit_shared.money import ZERO, round_money
 # --- read model: transactions and their open balances ----------------------------------------
 
 
+# The documents an invoice message posts (ARCHITECTURE.md, document_type): what the open invoices page lists.
+INVOICE_TYPES = ("Invoice", "CreditNote", "InterestNote", "CollectionLetterFee", "PaymentFee")
+
+
 @dataclass(frozen=True)
 class CustomerTransaction:
     voucher: str
-    transaction_type: str  # Invoice, CreditNote, Payment, CashDiscount, WriteOff
+    transaction_type: str  # Invoice, CreditNote, Payment, CashDiscount, WriteOff, InterestNote, ...
     customer_account: str
     transaction_date: date
     amount: Decimal  # signed original amount including sales tax: debit +, credit -
@@ -116,7 +120,7 @@ def transaction_balances(
 
 def open_invoices(balances: Iterable[TransactionBalance]) -> list[TransactionBalance]:
     """Invoices and credit notes with something still open, by due date (the Open customer invoices page)."""
-    rows = [b for b in balances if b.is_open and b.transaction.transaction_type in ("Invoice", "CreditNote")]
+    rows = [b for b in balances if b.is_open and b.transaction.transaction_type in INVOICE_TYPES]
     return sorted(rows, key=lambda r: (r.transaction.due_date or r.transaction.transaction_date, r.voucher))
 
 
@@ -253,7 +257,7 @@ def select_for_write_off(
         chosen = [
             b
             for b in own
-            if b.transaction.invoice_id == invoice_id and b.transaction.transaction_type in ("Invoice", "CreditNote")
+            if b.transaction.invoice_id == invoice_id and b.transaction.transaction_type in INVOICE_TYPES
         ]
         if not chosen:
             raise InvalidSelection(f"invoice {invoice_id!r} is not an invoice of customer {customer_account}")

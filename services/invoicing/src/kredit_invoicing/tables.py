@@ -25,7 +25,7 @@ class InvoiceRow(SQLModel, table=True):
     invoice_id: str = Field(primary_key=True)
     customer_account: str = Field(index=True)
     customer_name: str | None = None
-    transaction_type: str  # Invoice or CreditNote
+    transaction_type: str  # Invoice, CreditNote, or another document_type (InterestNote, ...)
     voucher: str = Field(unique=True)
     invoice_date: date
     due_date: date

@@ -58,6 +58,11 @@ class DiscountTier:
     amount: Decimal | None = None  # the full discount on the original amount, as invoicing computed it
 
 
+# Invoices and the other receivables an invoice message may post (ARCHITECTURE.md, document_type): each is
+# an open debit that payments mark by its invoice id and that waiting credits settle when it arrives.
+DEBIT_DOCUMENTS = ("Invoice", "InterestNote", "CollectionLetterFee", "PaymentFee")
+
+
 @dataclass(frozen=True)
 class OpenTransaction:
     """A customer transaction with what is still open on it. Amounts are signed: debit +, credit −."""
@@ -225,7 +230,7 @@ def find_marked_invoice(
 ) -> OpenTransaction:
     """The open invoice a mark names, or MarkRejected saying why it cannot be settled."""
     invoice = next(
-        (t for t in transactions if t.invoice_id == mark.invoice_id and t.transaction_type == "Invoice"), None
+        (t for t in transactions if t.invoice_id == mark.invoice_id and t.transaction_type in DEBIT_DOCUMENTS), None
     )
     if invoice is None:
         raise UnknownInvoice(mark.invoice_id, f"no invoice {mark.invoice_id!r} is known")

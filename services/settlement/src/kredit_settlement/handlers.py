@@ -87,12 +87,12 @@ async def record_customer_transaction(postings: Postings, tx: Transaction, event
                 f"{known.customer_account} for {known.original_amount}"
             )
         return  # settlement's own postings come back on this topic; a re-sent transaction changes nothing
-    if event.transaction_type not in ("Invoice", "CreditNote"):
+    if event.transaction_type not in (*domain.DEBIT_DOCUMENTS, "CreditNote"):
         raise Rejected(
             f"{event.transaction_type} {event.voucher} is unknown: settlement posts payments, cash "
             f"discounts and write-offs itself and takes only invoices and credit notes from others"
         )
-    if (event.transaction_type == "Invoice" and event.amount < 0) or (
+    if (event.transaction_type in domain.DEBIT_DOCUMENTS and event.amount < 0) or (
         event.transaction_type == "CreditNote" and event.amount > 0
     ):
         raise Rejected(f"{event.transaction_type} {event.voucher} has the wrong sign: amount {event.amount}")
@@ -104,7 +104,7 @@ async def record_customer_transaction(postings: Postings, tx: Transaction, event
         raise Rejected(f"invoice id {event.invoice_id} of {event.voucher} is already used by another transaction")
     await store.save([new])
     problems: list[str] = []
-    if event.transaction_type == "Invoice":
+    if event.transaction_type in domain.DEBIT_DOCUMENTS:
         problems += await _settle_waiting_credits(postings, tx, store, new, transactions)
     else:
         results = domain.settle_new_transaction(new, transactions)

@@ -46,6 +46,7 @@ __all__ = [
     "CashDiscountTier",
     "Code",
     "ContractMessage",
+    "DocumentType",
     "CustomerInvoiceIssued",
     "CustomerPaymentReceived",
     "CustomerTransactionPosted",
@@ -164,7 +165,11 @@ Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NO
 Name = Annotated[str, StringConstraints(max_length=200, pattern=_NO_CONTROLS)]
 Text = Annotated[str, StringConstraints(max_length=1000, pattern=_TEXT)]
 
-TransactionType = Literal["Invoice", "CreditNote", "Payment", "CashDiscount", "WriteOff"]
+TransactionType = Literal[
+    "Invoice", "CreditNote", "Payment", "CashDiscount", "WriteOff", "InterestNote", "CollectionLetterFee", "PaymentFee"
+]
+# What an invoice message may post (ARCHITECTURE.md, "Contract extensions"): the customer transaction's type.
+DocumentType = Literal["Invoice", "CreditNote", "InterestNote", "CollectionLetterFee", "PaymentFee"]
 AccountType = Literal["Ledger", "Customer"]
 
 
@@ -228,6 +233,8 @@ class CustomerInvoiceIssued(ContractMessage):
     cash_discount_code: Code | None = None
     cash_discounts: list[CashDiscountTier] | None = Field(default=None, max_length=MAX_LIST_LENGTH)
     lines: list[InvoiceLine] = Field(min_length=1, max_length=MAX_LIST_LENGTH)
+    # None: an Invoice, or a CreditNote when the total is negative (as before the field existed).
+    document_type: DocumentType | None = None
 
     @model_validator(mode="after")
     def _totals_within_bounds(self) -> CustomerInvoiceIssued:
