@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from kredit_collections import api, handlers, ui
+from kredit_collections import api, credit_api, credit_tables, handlers, ui
 from kredit_collections.settings import CollectionsSettings
 from kredit_collections.tables import TABLES
 from kredit_shared.company_setup import load_company_setup
@@ -22,13 +22,13 @@ from kredit_shared.service import ServiceRuntime, run_service
 def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
     settings = settings or CollectionsSettings()
     setup = load_company_setup(settings.company_setup_file)
-    runtime = ServiceRuntime(settings, tables=TABLES)
+    runtime = ServiceRuntime(settings, tables=[*TABLES, *credit_tables.TABLES])
     runtime.subscribe(
         AR_CUSTOMER_TRANSACTIONS, CustomerTransactionPosted.model_validate_json, handlers.record_customer_transaction
     )
     runtime.subscribe(AR_SETTLEMENTS, OpenItemsSettled.model_validate_json, handlers.record_settlement)
     runtime.subscribe(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, handlers.record_journal_event)
-    app = runtime.http_app("Kredit collections", routers=[api.router, ui.csv_router, ui.router])
+    app = runtime.http_app("Kredit collections", routers=[api.router, credit_api.router, ui.csv_router, ui.router])
     app.state.setup = setup
     return app
 

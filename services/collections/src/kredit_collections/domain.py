@@ -255,9 +255,7 @@ def select_for_write_off(
         raise InvalidSelection("give either vouchers or an invoice_id, not both")
     if invoice_id is not None:
         chosen = [
-            b
-            for b in own
-            if b.transaction.invoice_id == invoice_id and b.transaction.transaction_type in INVOICE_TYPES
+            b for b in own if b.transaction.invoice_id == invoice_id and b.transaction.transaction_type in INVOICE_TYPES
         ]
         if not chosen:
             raise InvalidSelection(f"invoice {invoice_id!r} is not an invoice of customer {customer_account}")
