@@ -6,8 +6,8 @@ message naming the bad field.
 
 from __future__ import annotations
 
-from importlib.resources import files
 from decimal import Decimal
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 

@@ -25,6 +25,7 @@ from kredit_collections.credit_domain import (
     CreditDecision,
     CreditManagementError,
     CustomerCredit,
+    InterestNoteDue,
     LetterDue,
     NotFound,
     available_credit,
@@ -186,17 +187,13 @@ async def run_collection_letters(tx: Transaction, setup: CompanySetup, as_of: da
         await _excluded(session),
     )
     numbers = await store.next_numbers(session, LETTER_SEQUENCE, len(due))
-    ids = []
-    for letter, number in zip(due, numbers):
-        ids.append(_add_letter(tx, setup, letter, f"CL-{number:06d}", as_of))
     try:
-        await session.flush()
+        return [await _add_letter(tx, setup, letter, f"CL-{number:06d}", as_of) for letter, number in zip(due, numbers)]
     except IntegrityError:
         raise Conflict("another collection letter run wrote letters at the same moment: run it again") from None
-    return ids
 
 
-def _add_letter(tx: Transaction, setup: CompanySetup, letter: LetterDue, letter_id: str, as_of: date) -> str:
+async def _add_letter(tx: Transaction, setup: CompanySetup, letter: LetterDue, letter_id: str, as_of: date) -> str:
     assert setup.collection_letters is not None
     currency = letter.items[0].currency
     row = store.CollectionLetterRow(
@@ -216,6 +213,7 @@ def _add_letter(tx: Transaction, setup: CompanySetup, letter: LetterDue, letter_
         company=setup.company, letter=row, items=list(letter.items), text=letter.text
     )
     tx.session.add(row)
+    await tx.session.flush()  # the letter before its items (their foreign key)
     tx.session.add_all(
         store.CollectionLetterItemRow(
             letter_id=letter_id,
@@ -245,6 +243,7 @@ def _add_letter(tx: Transaction, setup: CompanySetup, letter: LetterDue, letter_
                 setup.collection_letters.fee_account,
             )
         )
+    await tx.session.flush()
     return letter_id
 
 
@@ -305,62 +304,69 @@ async def run_interest_notes(
 ) -> list[str]:
     """Create the interest notes due as of `as_of` (one per customer; interest up to a date only once)."""
     name, rule = interest_code(setup, code)
-    assert setup.interest is not None
     session = tx.session
     if customer_account is None:
         rows = await _balances_as_of(session, as_of)
     else:
         rows = transaction_balances(*await tables.load_read_model(session, customer_account, as_of=as_of), as_of)
     due = interest_notes_due(rows, as_of, rule, await store.charged_to(session), await _excluded(session))
-    ids = []
-    for note, number in zip(due, await store.next_numbers(session, INTEREST_SEQUENCE, len(due))):
-        note_id = f"IN-{number:06d}"
-        ids.append(note_id)
-        session.add(
-            store.InterestNoteRow(
-                note_id=note_id,
-                customer_account=note.customer_account,
-                customer_name=note.customer_name,
-                note_date=as_of,
-                interest_code=name,
-                currency=note.currency,
-                total=note.total,
-            )
-        )
-        session.add_all(
-            store.InterestNoteLineRow(
-                note_id=note_id,
-                voucher=line.item.voucher,
-                customer_account=note.customer_account,
-                invoice_id=line.item.invoice_id,
-                due_date=line.item.due_date,
-                from_date=line.from_date,
-                to_date=line.to_date,
-                days=line.days,
-                balance=line.item.balance,
-                interest=line.interest,
-            )
-            for line in note.lines
-        )
-        tx.emit(
-            _receivable(
-                setup,
-                note_id,
-                note.customer_account,
-                note.customer_name,
-                as_of,
-                "InterestNote",
-                f"Interest note {note_id} ({name}) to {as_of}",
-                note.total,
-                note.currency,
-                setup.interest.income_account,
-            )
-        )
     try:
-        await session.flush()
+        return [
+            await _add_interest_note(tx, setup, name, note, f"IN-{number:06d}", as_of)
+            for note, number in zip(due, await store.next_numbers(session, INTEREST_SEQUENCE, len(due)))
+        ]
     except IntegrityError:
         raise Conflict("another interest note run charged the same invoices at the same moment: run it again") from None
-    return ids
+
+
+async def _add_interest_note(
+    tx: Transaction, setup: CompanySetup, name: str, note: InterestNoteDue, note_id: str, as_of: date
+) -> str:
+    assert setup.interest is not None
+    session = tx.session
+    session.add(
+        store.InterestNoteRow(
+            note_id=note_id,
+            customer_account=note.customer_account,
+            customer_name=note.customer_name,
+            note_date=as_of,
+            interest_code=name,
+            currency=note.currency,
+            total=note.total,
+        )
+    )
+    await session.flush()  # the note before its lines (their foreign key)
+    session.add_all(
+        store.InterestNoteLineRow(
+            note_id=note_id,
+            voucher=line.item.voucher,
+            customer_account=note.customer_account,
+            invoice_id=line.item.invoice_id,
+            due_date=line.item.due_date,
+            from_date=line.from_date,
+            to_date=line.to_date,
+            days=line.days,
+            balance=line.item.balance,
+            interest=line.interest,
+        )
+        for line in note.lines
+    )
+    tx.emit(
+        _receivable(
+            setup,
+            note_id,
+            note.customer_account,
+            note.customer_name,
+            as_of,
+            "InterestNote",
+            f"Interest note {note_id} ({name}) to {as_of}",
+            note.total,
+            note.currency,
+            setup.interest.income_account,
+        )
+    )
+    await session.flush()
+    return note_id
 
 
 async def interest_notes(session: AsyncSession, account: str) -> list[tuple[store.InterestNoteRow, list]]:
