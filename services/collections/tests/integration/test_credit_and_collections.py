@@ -4,6 +4,7 @@ notes, activities and disputes, and what the aged balances show of them."""
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -96,6 +97,12 @@ async def test_credit_limits_groups_and_checks_at_and_over_the_limit(start_colle
         await put(svc, f"/customers/{CAVE}/credit", {"credit_limit": "7499.99", "credit_group": None})
         rows = {r["customer_account"]: r for r in (await svc.get("/aged-balances", as_of="2016-04-30"))["customers"]}
         assert (rows[CAVE]["over_credit_limit"], rows["US-001"]["over_credit_limit"]) == (True, False)
+        # ... and so does the workspace: the badge in Cave's row only.
+        page = (await svc.client.get("/", params={"as_of": "2016-04-30"})).text
+        cave_row, other_row = (
+            re.search(rf"<tr>\s*<td><a href=\"/customers/{a}\">.*?</tr>", page, re.S) for a in (CAVE, "US-001")
+        )
+        assert "over credit limit" in cave_row.group(0) and "over credit limit" not in other_row.group(0)
 
         # Bad input answers 422 and changes nothing.
         for body in (
@@ -260,6 +267,7 @@ async def test_activities_make_the_worklist_and_disputes_hold_invoices_out_of_le
         assert [l["voucher"] for l in note["lines"]] == ["FTI-B"]
         [row] = (await svc.get("/aged-balances"))["customers"]
         assert (row["balance"], row["disputed"]) == ("300.00", "100.00")
+        assert re.search(r'<td class="num">100\.00</td>\s*<td></td>', (await svc.client.get("/")).text)
         transactions = {
             t["voucher"]: t["disputed"] for t in (await svc.get(f"/customers/{CAVE}/transactions"))["transactions"]
         }
