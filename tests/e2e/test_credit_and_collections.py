@@ -90,7 +90,7 @@ async def test_letters_for_15_35_and_65_days_overdue_post_the_fee_as_a_receivabl
     await stack.wait_for_transactions("DUN-1", lambda rows: len(rows) == 3)
     before = await stack.trial_balance()
 
-    run = await post_json(stack.collections, "/api/v1/collection-letters/run", {"as_of": TODAY.isoformat()})
+    run = await post_json(stack.collections, "/api/v1/collection-letter-runs", {"as_of": TODAY.isoformat()})
     letters = [l for l in run["letters"] if l["customer_account"] == "DUN-1"]
     assert [(l["code"], l["fee"], [i["invoice_id"] for i in l["invoices"]]) for l in letters] == [
         ("Reminder", "0.00", ["DUN-15"]),
@@ -114,7 +114,7 @@ async def test_letters_for_15_35_and_65_days_overdue_post_the_fee_as_a_receivabl
     assert balance(after, "801200") - balance(before, "801200") == Decimal("-25.00")
     assert balance(after, "130100") - balance(before, "130100") == Decimal("25.00")
 
-    again = await post_json(stack.collections, "/api/v1/collection-letters/run", {"as_of": TODAY.isoformat()})
+    again = await post_json(stack.collections, "/api/v1/collection-letter-runs", {"as_of": TODAY.isoformat()})
     assert [l for l in again["letters"] if l["customer_account"] == "DUN-1"] == []
     listed = (await stack.collections.get("/api/v1/customers/DUN-1/collection-letters")).json()["letters"]
     assert len(listed) == 3
@@ -126,7 +126,7 @@ async def test_interest_on_1000_at_1_5_percent_a_month_for_45_days_posts_22_19_b
     before = await stack.trial_balance()
 
     run = await post_json(
-        stack.collections, "/api/v1/interest-notes/run", {"as_of": TODAY.isoformat(), "customer_account": "INT-1"}
+        stack.collections, "/api/v1/interest-note-runs", {"as_of": TODAY.isoformat(), "customer_account": "INT-1"}
     )
     [note] = run["interest_notes"]
     assert (note["total"], note["lines"][0]["days"], note["interest_code"]) == ("22.19", 45, "1.5%M")
@@ -138,7 +138,7 @@ async def test_interest_on_1000_at_1_5_percent_a_month_for_45_days_posts_22_19_b
     assert balance(after, "130100") - balance(before, "130100") == Decimal("22.19")
     assert (
         await post_json(
-            stack.collections, "/api/v1/interest-notes/run", {"as_of": TODAY.isoformat(), "customer_account": "INT-1"}
+            stack.collections, "/api/v1/interest-note-runs", {"as_of": TODAY.isoformat(), "customer_account": "INT-1"}
         )
     )["interest_notes"] == []
 

@@ -13,7 +13,16 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    WithJsonSchema,
+)
 
 from kredit_collections import credit_handlers as handlers
 from kredit_collections.credit_domain import Activity, Conflict, CreditManagementError, NotFound
@@ -26,7 +35,7 @@ from kredit_collections.credit_tables import (
 )
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import Code, Id, IsoDate, Name, Text, Voucher
-from kredit_shared.money import Amount, Total
+from kredit_shared.money import MAX_AMOUNT, Amount, Total, format_amount, parse_amount
 from kredit_shared.service import RuntimeDep, SessionDep
 
 
@@ -42,10 +51,29 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _not_negative(value: Decimal | None) -> Decimal | None:
-    if value is not None and value < 0:
-        raise ValueError("a credit limit cannot be negative")
+def _not_negative(value: Decimal) -> Decimal:
+    if value < 0:
+        raise ValueError("must not be negative")
     return value
+
+
+# An amount that cannot be negative (limits, order amounts), so the schema says so too.
+PlainAmount = Annotated[
+    Decimal,
+    BeforeValidator(parse_amount),
+    AfterValidator(_not_negative),
+    PlainSerializer(format_amount, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^[0-9]{1,15}(\.[0-9]{1,2})?$", "examples": ["1000.00"]},
+                {"type": "integer", "minimum": 0, "maximum": int(MAX_AMOUNT)},
+            ]
+        },
+        mode="validation",
+    ),
+    WithJsonSchema({"type": "string", "pattern": r"^[0-9]+\.[0-9]{2}$"}, mode="serialization"),
+]
 
 
 @contextmanager
@@ -62,9 +90,7 @@ def _refusals_as_http_errors() -> Iterator[None]:
 
 
 class CreditGroupIn(_In):
-    credit_limit: Amount = Field(description="Shared by every customer of the group (accounting currency).")
-
-    _check = field_validator("credit_limit")(_not_negative)
+    credit_limit: PlainAmount = Field(description="Shared by every customer of the group (accounting currency).")
 
 
 class CreditGroupOut(BaseModel):
@@ -94,12 +120,12 @@ async def get_credit_group(group: Id, session: SessionDep, setup: SetupDep) -> C
 class CustomerCreditIn(_In):
     """Any subset: a field left out keeps its value, null clears the limit or the group."""
 
-    credit_limit: Amount | None = Field(default=None, description="Individual limit; null = not set.")
+    credit_limit: PlainAmount | None = Field(default=None, description="Individual limit; null = not set.")
     credit_group: Id | None = Field(default=None, description="A group created with PUT /api/v1/credit-groups/{group}.")
-    mandatory_credit_limit: bool = Field(default=False, description="The individual limit counts as it is, even 0.00.")
-    unlimited_credit_limit: bool = Field(default=False, description="No credit check at all.")
-
-    _check = field_validator("credit_limit")(_not_negative)
+    mandatory_credit_limit: StrictBool = Field(
+        default=False, description="The individual limit counts as it is, even 0.00."
+    )
+    unlimited_credit_limit: StrictBool = Field(default=False, description="No credit check at all.")
 
 
 class CustomerCreditOut(BaseModel):
@@ -150,17 +176,10 @@ async def get_customer_credit(account: Id, session: SessionDep, setup: SetupDep)
 
 class CreditCheckIn(_In):
     customer_account: Id
-    amount: Amount = Field(description="The order's amount (accounting currency).")
-    open_orders_amount: Amount = Field(
+    amount: PlainAmount = Field(description="The order's amount (accounting currency).")
+    open_orders_amount: PlainAmount = Field(
         default=Decimal("0.00"), description="Confirmed orders not invoiced yet, as the ERP knows them."
     )
-
-    @field_validator("amount", "open_orders_amount")
-    @classmethod
-    def _positive(cls, value: Decimal) -> Decimal:
-        if value < 0:
-            raise ValueError("an order amount cannot be negative")
-        return value
 
 
 class CreditCheckOut(BaseModel):
@@ -238,7 +257,7 @@ class LettersOut(BaseModel):
     letters: list[LetterOut]
 
 
-@router.post("/collection-letters/run", responses={422: {"description": "No collection letter sequence set up"}})
+@router.post("/collection-letter-runs", responses={422: {"description": "No collection letter sequence set up"}})
 async def run_collection_letters(
     runtime: RuntimeDep, setup: SetupDep, body: Annotated[RunIn | None, Body()] = None
 ) -> LettersOut:
@@ -322,7 +341,7 @@ class InterestNotesOut(BaseModel):
     interest_notes: list[InterestNoteOut]
 
 
-@router.post("/interest-notes/run", responses={422: {"description": "No interest set up, or an unknown code"}})
+@router.post("/interest-note-runs", responses={422: {"description": "No interest set up, or an unknown code"}})
 async def run_interest_notes(
     runtime: RuntimeDep, setup: SetupDep, body: Annotated[InterestRunIn | None, Body()] = None
 ) -> InterestNotesOut:
@@ -388,7 +407,7 @@ class ActivityIn(_In):
     description: Text = Field(default="", max_length=1000)
     follow_up_date: IsoDate | None = Field(default=None, description="A promise's default: its promised_date.")
     owner: Name | None = Field(default=None, max_length=100, description="The collector following it up.")
-    promised_amount: Amount | None = Field(default=None, description="PromiseToPay only.")
+    promised_amount: PlainAmount | None = Field(default=None, description="PromiseToPay only.")
     promised_date: IsoDate | None = Field(default=None, description="PromiseToPay only.")
 
 

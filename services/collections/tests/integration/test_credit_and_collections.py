@@ -139,7 +139,7 @@ async def test_collection_letters_per_level_with_the_fee_as_an_invoice_message_a
                 CAVE, {"FTI-15": "150.00", "FTI-35": "350.00", "FTI-65": "650.00", "FTI-5": "50.00"}
             )
 
-            run = await post(svc, "/collection-letters/run", {"as_of": AS_OF.isoformat()})
+            run = await post(svc, "/collection-letter-runs", {"as_of": AS_OF.isoformat()})
             letters = run["letters"]
             assert [(l["code"], l["level"], l["fee"], [i["voucher"] for i in l["invoices"]]) for l in letters] == [
                 ("Reminder", 1, "0.00", ["FTI-15"]),
@@ -163,7 +163,7 @@ async def test_collection_letters_per_level_with_the_fee_as_an_invoice_message_a
             assert record.key == CAVE
 
             # Running again for the same date creates nothing, and sends no second fee.
-            assert (await post(svc, "/collection-letters/run", {"as_of": AS_OF.isoformat()}))["letters"] == []
+            assert (await post(svc, "/collection-letter-runs", {"as_of": AS_OF.isoformat()}))["letters"] == []
             assert len(await erp_invoices.settle(0.5)) == 1
 
             # The document opens and lists the invoices.
@@ -189,7 +189,7 @@ async def test_collection_letters_per_level_with_the_fee_as_an_invoice_message_a
 
             # 15 days later FTI-5 is 20 days overdue (a reminder) and FTI-15 30 days (the second letter, with
             # its fee); FTI-35 and FTI-65 have had their level already.
-            later = await post(svc, "/collection-letters/run", {"as_of": (AS_OF + timedelta(days=15)).isoformat()})
+            later = await post(svc, "/collection-letter-runs", {"as_of": (AS_OF + timedelta(days=15)).isoformat()})
             assert [(l["code"], [i["voucher"] for i in l["invoices"]]) for l in later["letters"]] == [
                 ("Reminder", ["FTI-5"]),
                 ("Second", ["FTI-15"]),
@@ -197,7 +197,7 @@ async def test_collection_letters_per_level_with_the_fee_as_an_invoice_message_a
             assert len(await erp_invoices.wait_for(lambda r: True, count=2)) == 2
             assert (await svc.client.get("/api/v1/collection-letters/CL-999999/document")).status_code == 404
             assert (
-                await svc.client.post("/api/v1/collection-letters/run", json={"as_of": "31.03.2016"})
+                await svc.client.post("/api/v1/collection-letter-runs", json={"as_of": "31.03.2016"})
             ).status_code == 422
 
 
@@ -211,7 +211,7 @@ async def test_interest_notes_are_posted_once_per_date_as_interest_note_invoices
             await svc.until_balances(CAVE, {"FTI-1000": "1000.00"})
             assert [c["interest_code"] for c in await svc.get("/interest-codes")] == ["1.5%M", "18%Y"]
 
-            run = await post(svc, "/interest-notes/run", {"as_of": AS_OF.isoformat()})
+            run = await post(svc, "/interest-note-runs", {"as_of": AS_OF.isoformat()})
             [note] = run["interest_notes"]
             assert (note["interest_code"], note["total"], note["note_date"]) == ("1.5%M", "22.19", "2016-03-31")
             assert [(l["voucher"], l["days"], l["balance"], l["interest"]) for l in note["lines"]] == [
@@ -222,14 +222,14 @@ async def test_interest_notes_are_posted_once_per_date_as_interest_note_invoices
             assert (message.invoice_id, message.document_type) == (note["note_id"], "InterestNote")
             assert [(l.amount, l.revenue_account) for l in message.lines] == [(Decimal("22.19"), "801100")]
 
-            assert (await post(svc, "/interest-notes/run", {"as_of": AS_OF.isoformat()}))["interest_notes"] == []
+            assert (await post(svc, "/interest-note-runs", {"as_of": AS_OF.isoformat()}))["interest_notes"] == []
             assert len(await erp_invoices.settle(0.5)) == 1
             assert [n["note_id"] for n in (await svc.get(f"/customers/{CAVE}/interest-notes"))["interest_notes"]] == [
                 note["note_id"]
             ]
             assert (
                 "unknown interest code 'NOPE'"
-                in (await post(svc, "/interest-notes/run", {"interest_code": "NOPE"}, status=422))["detail"]
+                in (await post(svc, "/interest-note-runs", {"interest_code": "NOPE"}, status=422))["detail"]
             )
 
 
@@ -261,9 +261,9 @@ async def test_activities_make_the_worklist_and_disputes_hold_invoices_out_of_le
         )
         assert await post(svc, "/disputes", {"customer_account": CAVE, "invoice_id": "Z", "reason": "x"}, 404)
         assert await post(svc, "/disputes", {"customer_account": CAVE, "reason": "which?"}, 422)
-        [letter] = (await post(svc, "/collection-letters/run"))["letters"]
+        [letter] = (await post(svc, "/collection-letter-runs"))["letters"]
         assert [i["voucher"] for i in letter["invoices"]] == ["FTI-B"]
-        [note] = (await post(svc, "/interest-notes/run"))["interest_notes"]
+        [note] = (await post(svc, "/interest-note-runs"))["interest_notes"]
         assert [l["voucher"] for l in note["lines"]] == ["FTI-B"]
         [row] = (await svc.get("/aged-balances"))["customers"]
         assert (row["balance"], row["disputed"]) == ("300.00", "100.00")
@@ -275,7 +275,7 @@ async def test_activities_make_the_worklist_and_disputes_hold_invoices_out_of_le
         resolved = await post(svc, f"/disputes/{dispute['dispute_id']}/resolve", {"resolution": "credit note agreed"})
         assert (resolved["status"], resolved["resolution"]) == ("resolved", "credit note agreed")
         assert [d["status"] for d in (await svc.get("/disputes", customer_account=CAVE))["disputes"]] == ["resolved"]
-        [letter] = (await post(svc, "/collection-letters/run"))["letters"]  # resolved: FTI-A takes part again
+        [letter] = (await post(svc, "/collection-letter-runs"))["letters"]  # resolved: FTI-A takes part again
         assert [i["voucher"] for i in letter["invoices"]] == ["FTI-A"]
 
         # Activities: notes, calls and promises with a follow-up date and an owner; the worklist.
