@@ -179,6 +179,7 @@ async def run_collection_letters(tx: Transaction, setup: CompanySetup, as_of: da
     if (letters := setup.collection_letters) is None:
         raise CreditManagementError("the company setup has no collection letter sequence (collection_letters)")
     session = tx.session
+    await store.next_numbers(session, LETTER_SEQUENCE, 0)  # lock first: two runs take turns, the second sees the first
     due = letters_due(
         await _balances_as_of(session, as_of),
         as_of,
@@ -305,6 +306,9 @@ async def run_interest_notes(
     """Create the interest notes due as of `as_of` (one per customer; interest up to a date only once)."""
     name, rule = interest_code(setup, code)
     session = tx.session
+    await store.next_numbers(
+        session, INTEREST_SEQUENCE, 0
+    )  # lock first: two runs take turns, the second sees the first
     if customer_account is None:
         rows = await _balances_as_of(session, as_of)
     else:

@@ -4,6 +4,7 @@ notes, activities and disputes, and what the aged balances show of them."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import date, timedelta
 from decimal import Decimal
@@ -330,3 +331,23 @@ async def test_activities_make_the_worklist_and_disputes_hold_invoices_out_of_le
         ):
             assert (await svc.client.post("/api/v1/activities", json=body)).status_code == 422, body
         assert (await svc.client.post("/api/v1/activities/nope/close")).status_code == 404
+
+
+async def test_two_letter_runs_at_the_same_moment_send_each_letter_once(start_collections, database_url):
+    async with start_collections(database_url) as svc:
+        for n in range(1, 4):
+            await svc.post_transaction(
+                f"FTI-{n}", "Invoice", "100.00", on="2016-01-01", due=days_before(20 * n), account=f"US-{n:03d}"
+            )
+            await svc.until_balances(f"US-{n:03d}", {f"FTI-{n}": "100.00"})
+        answers = await asyncio.gather(
+            *(svc.client.post("/api/v1/collection-letter-runs", json={"as_of": AS_OF.isoformat()}) for _ in range(2))
+        )
+        assert {a.status_code for a in answers} <= {200, 409}, [a.text for a in answers]
+        sent = [l["letter_id"] for a in answers if a.status_code == 200 for l in a.json()["letters"]]
+        assert len(sent) == len(set(sent)) == 3
+        interest = await asyncio.gather(
+            *(svc.client.post("/api/v1/interest-note-runs", json={"as_of": AS_OF.isoformat()}) for _ in range(2))
+        )
+        notes = [n["note_id"] for a in interest if a.status_code == 200 for n in a.json()["interest_notes"]]
+        assert {a.status_code for a in interest} <= {200, 409} and len(notes) == len(set(notes)) == 3
