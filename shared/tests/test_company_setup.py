@@ -7,7 +7,10 @@ from kredit_shared.company_setup import DEMO_SETUP_FILE, SetupError, load_compan
 def test_the_demo_company_matches_the_contract():
     setup = load_company_setup()
     assert setup.accounting_currency == "USD"
-    assert set(setup.main_accounts) == {"110110", "130100", "222200", "401100", "520100", "618900"}
+    # The contract's six accounts, plus interest income and letter fees (issue 18, credit and collections).
+    assert set(setup.main_accounts) == {"110110", "130100", "222200", "401100", "520100", "618900", "801100", "801200"}
+    assert setup.interest is not None and setup.interest.income_account == "801100"
+    assert setup.collection_letters is not None and setup.collection_letters.fee_account == "801200"
     assert setup.customer_posting_profile.write_off_account == "618900"
     assert [c.days for c in setup.discount_chain("2%5D")] == [5, 14]
     assert setup.write_off.reason_code == "BadDebt" and not setup.write_off.separate_sales_tax
@@ -23,6 +26,10 @@ def test_the_demo_company_matches_the_contract():
         (lambda d: d["payment_terms"]["Net30"].update(days=-1), "payment_terms.Net30.days"),
         (lambda d: d["write_off"].update(reason_code="Nope"), "write_off.reason_code"),
         (lambda d: d["aging_buckets"].pop(), "aging_buckets"),
+        (lambda d: d["collection_letters"].update(fee_account="999999"), "collection_letters.fee_account"),
+        (lambda d: d["collection_letters"]["sequence"].reverse(), "collection_letters.sequence"),
+        (lambda d: d["interest"].update(default_code="9%D"), "interest.default_code"),
+        (lambda d: d["interest"]["codes"]["1.5%M"].update(per="Week"), "interest.codes.1.5%M.per"),
     ],
 )
 def test_an_invalid_setup_names_the_bad_field(tmp_path, change, named_field):
