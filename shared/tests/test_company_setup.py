@@ -7,16 +7,21 @@ from kredit_shared.company_setup import DEMO_SETUP_FILE, SetupError, load_compan
 def test_the_demo_company_matches_the_contract():
     setup = load_company_setup()
     assert setup.accounting_currency == "USD"
-    # The contract's six accounts, and the penny difference and over/underpayment accounts settlement posts to.
+    # The contract's six accounts; the penny difference and over/underpayment accounts settlement posts to;
+    # interest income and letter fees (credit and collections).
     assert set(setup.main_accounts) == {"110110", "130100", "222200", "401100", "520100", "618900"} | {
         "520200",
         "520300",
+        "801100",
+        "801200",
     }
     assert setup.settlement.accounts.model_dump() == {
         "cash_discount": "520100",
         "penny_difference": "520200",
         "customer_overpayment_underpayment": "520300",
     }
+    assert setup.interest is not None and setup.interest.income_account == "801100"
+    assert setup.collection_letters is not None and setup.collection_letters.fee_account == "801200"
     assert setup.customer_posting_profile.write_off_account == "618900"
     assert [c.days for c in setup.discount_chain("2%5D")] == [5, 14]
     assert setup.write_off.reason_code == "BadDebt" and not setup.write_off.separate_sales_tax
@@ -37,6 +42,10 @@ def test_the_demo_company_matches_the_contract():
             "settlement.accounts.penny_difference",
         ),
         (lambda d: d["settlement"].update(cash_discount_administration="Vague"), "cash_discount_administration"),
+        (lambda d: d["collection_letters"].update(fee_account="999999"), "collection_letters.fee_account"),
+        (lambda d: d["collection_letters"]["sequence"].reverse(), "collection_letters.sequence"),
+        (lambda d: d["interest"].update(default_code="9%D"), "interest.default_code"),
+        (lambda d: d["interest"]["codes"]["1.5%M"].update(per="Week"), "interest.codes.1.5%M.per"),
     ],
 )
 def test_an_invalid_setup_names_the_bad_field(tmp_path, change, named_field):

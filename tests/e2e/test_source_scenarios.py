@@ -184,19 +184,23 @@ async def test_collections_page_writes_off_two_selected_transactions_with_reason
     journal = await write_off_and_post(
         stack, {"customer_account": "US-004", "vouchers": ["FTI-CW-1001", "FTI-CW-1002"], "reason_comment": "Bad debt"}
     )
-    customer_lines = [l for l in journal["lines"] if l["account_type"] == "Customer"]
-    ledger_lines = [l for l in journal["lines"] if l["account_type"] == "Ledger"]
-    assert sorted((l["credit"], l["settles"][0]["voucher"]) for l in customer_lines) == [
-        ("180.00", "FTI-CW-1002"),
-        ("450.00", "FTI-CW-1001"),
+    # Seed 000: one line reverses the customer balance (the net of both), one posts to the write-off
+    # account; the customer line names both invoices, and each is settled on its own.
+    assert [(l["account_type"], l["account"], l["debit"], l["credit"]) for l in journal["lines"]] == [
+        ("Customer", "US-004", "0.00", "630.00"),
+        ("Ledger", "618900", "630.00", "0.00"),
     ]
-    assert sorted(l["debit"] for l in ledger_lines if l["account"] == "618900") == ["180.00", "450.00"]
+    assert [(s["voucher"], s["amount"]) for s in journal["lines"][0]["settles"]] == [
+        ("FTI-CW-1001", "450.00"),
+        ("FTI-CW-1002", "180.00"),
+    ]
+    assert len({l["voucher"] for l in journal["lines"]}) == 1, "one balanced voucher"
     assert {(l["reason_code"], l["reason_comment"]) for l in journal["lines"]} == {("BadDebt", "Bad debt")}
 
     rows = await stack.wait_for_transactions(
-        "US-004", lambda rows: len(rows) == 4 and all(r["balance"] == "0.00" for r in rows)
+        "US-004", lambda rows: len(rows) == 3 and all(r["balance"] == "0.00" for r in rows)
     )
-    assert sorted(r["type"] for r in rows) == ["Invoice", "Invoice", "WriteOff", "WriteOff"]
+    assert sorted(r["type"] for r in rows) == ["Invoice", "Invoice", "WriteOff"]
     assert "US-004" not in await aged_customers(stack)
     after = await stack.trial_balance()
     assert amount(after, "130100") - amount(before, "130100") == Decimal("-630.00")

@@ -94,6 +94,36 @@ class AgingBucket(_Strict):
     max_days: int | None = None  # inclusive upper bound of days past due; None = open-ended
 
 
+class CollectionLetterLevel(_Strict):
+    """One step of the collection letter sequence (D365: collection letter code and its setup)."""
+
+    code: str  # e.g. Reminder; each letter names it
+    days_overdue: int = Field(ge=1)  # sent once an invoice is this many days past its due date
+    fee: Amount = Decimal("0.00")  # posted as a CollectionLetterFee customer transaction; 0.00 = none
+    text: str = ""  # the paragraph the letter opens with
+
+
+class CollectionLetterSetup(_Strict):
+    fee_account: str  # the main account the fees are credited to (debit: the customer summary account)
+    sequence: list[CollectionLetterLevel] = Field(min_length=1)
+
+
+class InterestCode(_Strict):
+    """An interest code (D365: Credit and collections > Interest > Set up interest codes)."""
+
+    description: str = ""
+    percent: Percent
+    per: Literal["Month", "Year"]  # the percent is per month or per year (see docs/credit-and-collections.md)
+    minimum_amount: Amount = Decimal("0.00")  # a note below this is not created (interest keeps accruing)
+    grace_days: int = Field(default=0, ge=0)  # an invoice this many days overdue or less bears no interest
+
+
+class InterestSetup(_Strict):
+    income_account: str  # credited with the interest (debit: the customer summary account)
+    default_code: str
+    codes: dict[str, InterestCode] = Field(min_length=1)
+
+
 class CompanySetup(_Strict):
     company: str
     accounting_currency: Currency
@@ -109,6 +139,9 @@ class CompanySetup(_Strict):
     write_off: WriteOffParameters
     reason_codes: dict[str, str]
     aging_buckets: list[AgingBucket] = Field(min_length=1)
+    # Credit and collections management (collections): optional, the features answer "not set up" without.
+    collection_letters: CollectionLetterSetup | None = None
+    interest: InterestSetup | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self) -> CompanySetup:
@@ -139,6 +172,17 @@ class CompanySetup(_Strict):
             raise ValueError(f"write_off.journal_name: unknown journal name {self.write_off.journal_name!r}")
         if self.write_off.reason_code not in self.reason_codes:
             raise ValueError(f"write_off.reason_code: unknown reason code {self.write_off.reason_code!r}")
+        if (letters := self.collection_letters) is not None:
+            account("collection_letters.fee_account", letters.fee_account)
+            days = [level.days_overdue for level in letters.sequence]
+            if days != sorted(set(days)):
+                raise ValueError("collection_letters.sequence: days_overdue must increase from level to level")
+            if len({level.code for level in letters.sequence}) != len(days):
+                raise ValueError("collection_letters.sequence: every level needs its own code")
+        if (interest := self.interest) is not None:
+            account("interest.income_account", interest.income_account)
+            if interest.default_code not in interest.codes:
+                raise ValueError(f"interest.default_code: unknown interest code {interest.default_code!r}")
         bounds = [b.max_days for b in self.aging_buckets]
         if bounds[-1] is not None or any(b is None for b in bounds[:-1]):
             raise ValueError("aging_buckets: only the last bucket may be open-ended, and it must be")

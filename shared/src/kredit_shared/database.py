@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import BigInteger, Dialect, Numeric, Table, TypeDecorator, event, make_url
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeEngine
@@ -125,3 +126,14 @@ class ExactDecimal(TypeDecorator[Decimal]):
 def money_field(**kwargs: Any) -> Any:
     """A SQLModel field holding an amount (Decimal, two places) exactly on every database."""
     return Field(sa_type=ExactDecimal(2), nullable=False, **kwargs)
+
+
+async def insert_new(session: AsyncSession, model: type[SQLModel], rows: Sequence[dict[str, Any]]) -> None:
+    """INSERT … ON CONFLICT DO NOTHING: a row whose key is already stored (or comes earlier in `rows`)
+    is ignored, also when a concurrent transaction stores it at the same moment. One executemany,
+    which SQLAlchemy sends as multi-row inserts within each database's parameter limit."""
+    if not rows:
+        return
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    await (await session.connection()).execute(insert(model.__table__).on_conflict_do_nothing(), list(rows))

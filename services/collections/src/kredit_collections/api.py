@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 
-from kredit_collections import handlers
+from kredit_collections import credit_handlers, handlers
 from kredit_collections.domain import CANCELLED, UnknownCustomer, WriteOffConflict, WriteOffError
 from kredit_collections.schemas import (
     AgedBalanceOut,
@@ -49,7 +49,10 @@ async def get_customer_transactions(account: Id, session: SessionDep) -> Custome
     column and null in the other; `balance` is what is still open (0.00 once settled)."""
     with _refusals_as_http_errors():
         rows = await handlers.customer_transactions(session, account)
-    return CustomerTransactionsOut(customer_account=account, transactions=[CustomerTransactionOut.of(r) for r in rows])
+    disputed = await credit_handlers.store.disputed_vouchers(session, account)
+    return CustomerTransactionsOut(
+        customer_account=account, transactions=[CustomerTransactionOut.of(r, disputed) for r in rows]
+    )
 
 
 @router.get("/aged-balances")
@@ -70,10 +73,11 @@ async def get_aged_balances(
         rows, next_cursor = await handlers.customer_aged_balances(session, setup, customer_account, as_of), None
     else:
         rows, next_cursor = await handlers.aged_balances_page(session, setup, as_of, limit, after=cursor)
+    over, disputed = await credit_handlers.aging_flags(session, setup, rows, as_of)
     return AgedBalancesOut(
         as_of=as_of,
         buckets=[b.label for b in setup.aging_buckets],
-        customers=[AgedBalanceOut.of(r) for r in rows],
+        customers=[AgedBalanceOut.of(r, over, disputed) for r in rows],
         next_cursor=next_cursor,
     )
 
@@ -82,7 +86,8 @@ async def get_aged_balances(
 async def get_open_invoices(session: SessionDep, customer_account: Id | None = None) -> OpenInvoicesOut:
     """Invoices and credit notes with a remaining balance, by due date; all customers unless filtered."""
     rows = await handlers.open_customer_invoices(session, customer_account)
-    return OpenInvoicesOut(invoices=[OpenInvoiceOut.of(r) for r in rows])
+    disputed = await credit_handlers.store.disputed_vouchers(session, customer_account)
+    return OpenInvoicesOut(invoices=[OpenInvoiceOut.of(r, disputed) for r in rows])
 
 
 @router.post(

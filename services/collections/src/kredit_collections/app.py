@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from kredit_collections import api, handlers, ui
+from kredit_collections import api, credit_api, handlers, ui
 from kredit_collections.settings import CollectionsSettings
 from kredit_collections.tables import TABLES
 from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
     AR_SETTLEMENTS,
+    ERP_CUSTOMER_INVOICES,
     GL_GENERAL_JOURNALS,
     GL_JOURNAL_EVENTS,
     CustomerTransactionPosted,
@@ -30,8 +31,9 @@ def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
     )
     runtime.subscribe_batch(AR_SETTLEMENTS, OpenItemsSettled.model_validate_json, handlers.record_settlements)
     runtime.subscribe(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, handlers.record_journal_event)
-    runtime.publishes(GL_GENERAL_JOURNALS)  # write-off journals and their cancels, from the HTTP API
-    app = runtime.http_app("Kredit collections", routers=[api.router, ui.csv_router, ui.router])
+    # Write-off journals and their cancels; interest notes and letter fees, posted through invoicing.
+    runtime.publishes(GL_GENERAL_JOURNALS, ERP_CUSTOMER_INVOICES)
+    app = runtime.http_app("Kredit collections", routers=[api.router, credit_api.router, ui.csv_router, ui.router])
     app.state.setup = setup
     return app
 

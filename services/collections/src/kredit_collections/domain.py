@@ -30,10 +30,14 @@ from kredit_shared.money import ZERO, round_money
 # --- read model: transactions and their open balances ----------------------------------------
 
 
+# The documents an invoice message posts (ARCHITECTURE.md, document_type): what the open invoices page lists.
+INVOICE_TYPES = ("Invoice", "CreditNote", "InterestNote", "CollectionLetterFee", "PaymentFee")
+
+
 @dataclass(frozen=True)
 class CustomerTransaction:
     voucher: str
-    transaction_type: str  # Invoice, CreditNote, Payment, CashDiscount, WriteOff
+    transaction_type: str  # Invoice, CreditNote, Payment, CashDiscount, WriteOff, InterestNote, ...
     customer_account: str
     transaction_date: date
     amount: Decimal  # signed original amount including sales tax: debit +, credit -
@@ -117,7 +121,7 @@ def transaction_balances(
 
 def open_invoices(balances: Iterable[TransactionBalance]) -> list[TransactionBalance]:
     """Invoices and credit notes with something still open, by due date (the Open customer invoices page)."""
-    rows = [b for b in balances if b.is_open and b.transaction.transaction_type in ("Invoice", "CreditNote")]
+    rows = [b for b in balances if b.is_open and b.transaction.transaction_type in INVOICE_TYPES]
     return sorted(rows, key=lambda r: (r.transaction.due_date or r.transaction.transaction_date, r.voucher))
 
 
@@ -252,9 +256,7 @@ def select_for_write_off(
         raise InvalidSelection("give either vouchers or an invoice_id, not both")
     if invoice_id is not None:
         chosen = [
-            b
-            for b in own
-            if b.transaction.invoice_id == invoice_id and b.transaction.transaction_type in ("Invoice", "CreditNote")
+            b for b in own if b.transaction.invoice_id == invoice_id and b.transaction.transaction_type in INVOICE_TYPES
         ]
         if not chosen:
             raise InvalidSelection(f"invoice {invoice_id!r} is not an invoice of customer {customer_account}")
@@ -301,17 +303,18 @@ def build_write_off_journal(
     reason_code: str | None = None,
     reason_comment: str | None = None,
     customer_name: str | None = None,
-    line_per_transaction: bool = True,
 ) -> GeneralJournalRequested:
     """The general journal that writes off `items` (open items of one customer, one currency).
 
-    Each written-off transaction gets one Customer line that reverses its open balance and names
-    it in `settles`, offset by a write-off account line (and, with separate sales tax, a sales tax
-    line). The three share a `voucher_group` (the transaction's voucher), so ledger-posting books
-    one balanced voucher per written-off transaction and settlement can settle each on its own.
-    `line_per_transaction=False` instead reverses the net balance in one Customer line naming every
-    transaction (one voucher for the journal), unless the net is zero: a journal line must not be
-    zero on both sides, so that case still goes transaction by transaction."""
+    Seed 000 and D365's *Collections management key concepts*: one Customer line per customer,
+    currency and posting profile reverses the balance written off (the net of every item) and names
+    each item in `settles`, so settlement settles every item on its own when the journal posts; one
+    line per ledger account posts the write-off (the write-off account and, with separate sales tax,
+    the sales-tax account). A write-off covers one customer and one currency and every customer has
+    the same posting profile, so that is one Customer line and one voucher for the whole journal.
+
+    A net of zero cannot be one line (a journal line is never zero on both sides): then each item
+    gets its own Customer line and write-off line, grouped as a voucher of its own."""
     if not items:
         raise NothingToWriteOff("nothing selected to write off")
     code = reason_code or settings.reason_code
@@ -341,26 +344,54 @@ def build_write_off_journal(
             **extra,
         )
 
-    net = sum((i.balance for i in items), ZERO)
-    groups = [[i] for i in items] if line_per_transaction or net == 0 else [list(items)]
+    net_zero = sum((i.balance for i in items), ZERO) == 0
+    groups = [[i] for i in items] if net_zero else [list(items)]
     lines: list[GeneralJournalLine] = []
     for group in groups:
         single = group[0].voucher if len(group) == 1 else None
         text = f"Write-off {single}" if single else description
+        group_id = single if net_zero else None  # no group anywhere: the whole journal is one voucher
         total = sum((i.balance for i in group), ZERO)
         tax = sum((sales_tax_share(i) for i in group), ZERO) if settings.separate_sales_tax else ZERO
         settles = [
             SettledTransactionRef(voucher=i.voucher, invoice_id=i.transaction.invoice_id, amount=i.balance)
             for i in group
         ]
-        lines.append(line("Customer", account, -total, text, settles=settles, voucher_group=single))
+        lines.append(line("Customer", account, -total, text, settles=settles, voucher_group=group_id))
         # The tax share is rounded on its own, so the write-off line takes the rounding difference.
         for ledger_account, amount in ((settings.write_off_account, total - tax), (settings.sales_tax_account, tax)):
             if amount:
-                lines.append(line("Ledger", ledger_account, amount, text, voucher_group=single))
+                lines.append(line("Ledger", ledger_account, amount, text, voucher_group=group_id))
     return GeneralJournalRequested(
         request_id=request_id, journal_name=settings.journal_name, description=description, lines=lines
     )
+
+
+# --- defence in depth: a posted journal must be the one requested ----------------------------
+
+# What moves money on a journal line; other fields (texts, who posted it) may be added on the way.
+_MONEY_FIELDS = ("account_type", "account", "debit", "credit", "currency", "transaction_date")
+
+
+def _money_of(line: GeneralJournalLine) -> tuple:
+    return (*(getattr(line, f) for f in _MONEY_FIELDS), tuple((s.voucher, s.amount) for s in line.settles))
+
+
+def posted_journal_differences(
+    requested: Sequence[GeneralJournalLine], posted: Sequence[GeneralJournalLine]
+) -> list[str]:
+    """How the lines of a posted journal differ from the lines collections requested (none: the same).
+
+    ledger-posting keeps the requested lines in their order and only adds a voucher to each, so any
+    difference in accounts, amounts, currency, date or settled transactions means the event is not
+    the journal collections asked for (forged, or corrupted on the way): it must not be applied."""
+    if len(requested) != len(posted):
+        return [f"{len(posted)} lines posted, {len(requested)} requested"]
+    return [
+        f"line {n}: posted {_money_of(p)}, requested {_money_of(r)}"
+        for n, (r, p) in enumerate(zip(requested, posted), 1)
+        if _money_of(r) != _money_of(p)
+    ]
 
 
 # --- write-off requests: how far ledger-posting has got --------------------------------------

@@ -20,15 +20,18 @@ from kredit_collections.domain import (
     age_balances,
     build_write_off_journal,
     open_invoices,
+    posted_journal_differences,
     select_for_write_off,
     settlement_deltas,
     transaction_balances,
 )
 from kredit_shared.company_setup import CompanySetup, WriteOffParameters
 from kredit_shared.contracts import (
+    GL_JOURNAL_EVENTS,
     CustomerTransactionPosted,
     GeneralJournalCancelRequested,
     JournalEvent,
+    JournalPosted,
     OpenItemsSettled,
 )
 from kredit_shared.service import Transaction
@@ -47,9 +50,24 @@ async def record_settlements(tx: Transaction, events: list[OpenItemsSettled]) ->
 
 async def record_journal_event(tx: Transaction, event: JournalEvent) -> None:
     request = await tables.lock_write_off(tx.session, event.request_id) if event.request_id else None
+    if isinstance(event, JournalPosted) and (problem := _not_as_requested(event, request)):
+        # Defence in depth (issue 14): only collections requests journals that move customer balances,
+        # so a posting it cannot match to its request is reported, never applied.
+        tx.dead_letter(GL_JOURNAL_EVENTS, event, f"journal {event.batch_number} was posted, but {problem}")
+        return
     if request is None:
         return  # a journal that is not one of our write-offs
     await tables.save_progress(tx.session, request, request.progress.after(event))
+
+
+def _not_as_requested(event: JournalPosted, request: tables.WriteOffRequestRow | None) -> str | None:
+    if request is None:
+        if any(line.account_type == "Customer" for line in event.lines):
+            return f"collections never requested it (request id {event.request_id}) and it moves customer balances"
+        return None
+    if differences := posted_journal_differences(request.journal_lines, event.lines):
+        return f"its lines differ from write-off {request.id}'s journal: " + "; ".join(differences)
+    return None
 
 
 # --- commands --------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection, Mapping
+from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,9 +41,10 @@ class CustomerTransactionOut(BaseModel):
     balance: Total = Field(description="What is still open on the transaction: signed, debit positive.")
     currency: str
     due_date: dt.date | None
+    disputed: bool = Field(default=False, description="An open dispute holds it out of letters and interest.")
 
     @classmethod
-    def of(cls, row: TransactionBalance) -> CustomerTransactionOut:
+    def of(cls, row: TransactionBalance, disputed: Collection[str] = ()) -> CustomerTransactionOut:
         t = row.transaction
         return cls(
             voucher=t.voucher,
@@ -53,6 +56,7 @@ class CustomerTransactionOut(BaseModel):
             balance=row.balance,
             currency=t.currency,
             due_date=t.due_date,
+            disputed=t.voucher in disputed,
         )
 
 
@@ -70,15 +74,24 @@ class AgedBalanceOut(BaseModel):
     currency: str
     balance: Total
     buckets: dict[str, Total] = Field(description="Open amount per aging bucket (days past the due date).")
+    over_credit_limit: bool = Field(default=False, description="The balance is over the customer's effective limit.")
+    disputed: Total = Field(default=Decimal("0.00"), description="Open amount of the customer's disputed invoices.")
 
     @classmethod
-    def of(cls, row: AgedBalance) -> AgedBalanceOut:
+    def of(
+        cls,
+        row: AgedBalance,
+        over_limit: Collection[str] = (),
+        disputed: Mapping[tuple[str, str], Decimal] | None = None,
+    ) -> AgedBalanceOut:
         return cls(
             customer_account=row.customer_account,
             customer_name=row.customer_name,
             currency=row.currency,
             balance=row.balance,
             buckets=dict(row.buckets),
+            over_credit_limit=row.customer_account in over_limit,
+            disputed=(disputed or {}).get((row.customer_account, row.currency), Decimal("0.00")),
         )
 
 
@@ -102,9 +115,10 @@ class OpenInvoiceOut(BaseModel):
     currency: str
     amount: Amount = Field(description="The invoice's original amount, signed (negative on a credit note).")
     balance: Total = Field(description="What is still open, signed.")
+    disputed: bool = Field(default=False, description="An open dispute holds it out of letters and interest.")
 
     @classmethod
-    def of(cls, row: TransactionBalance) -> OpenInvoiceOut:
+    def of(cls, row: TransactionBalance, disputed: Collection[str] = ()) -> OpenInvoiceOut:
         t = row.transaction
         return cls(
             customer_account=t.customer_account,
@@ -117,6 +131,7 @@ class OpenInvoiceOut(BaseModel):
             currency=t.currency,
             amount=t.amount,
             balance=row.balance,
+            disputed=t.voucher in disputed,
         )
 
 

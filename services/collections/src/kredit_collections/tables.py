@@ -12,10 +12,10 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from kredit_collections import credit_tables
 from kredit_collections.domain import (
     CustomerTransaction,
     SettlementDelta,
@@ -24,7 +24,7 @@ from kredit_collections.domain import (
 )
 from kredit_shared.company_setup import WriteOffParameters
 from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested
-from kredit_shared.database import money_field
+from kredit_shared.database import insert_new, money_field
 from kredit_shared.outbox import utcnow
 
 # --- read model ------------------------------------------------------------------------------
@@ -58,17 +58,6 @@ class SettlementDeltaRow(SQLModel, table=True):
 
     def to_domain(self) -> SettlementDelta:
         return SettlementDelta(self.settlement_id, self.voucher, self.amount, self.settlement_date)
-
-
-async def insert_new(session: AsyncSession, model: type[SQLModel], rows: Sequence[dict[str, Any]]) -> None:
-    """INSERT … ON CONFLICT DO NOTHING: a row whose key is already stored (or comes earlier in `rows`)
-    is ignored, also when a concurrent transaction stores it at the same moment. One executemany,
-    which SQLAlchemy sends as multi-row inserts within each database's parameter limit."""
-    if not rows:
-        return
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    await (await session.connection()).execute(insert(model.__table__).on_conflict_do_nothing(), list(rows))
 
 
 async def add_transactions(session: AsyncSession, transactions: Iterable[CustomerTransaction]) -> None:
@@ -269,10 +258,12 @@ async def save_progress(session: AsyncSession, request: WriteOffRequestRow, prog
             session.add(voucher)
 
 
+# Every table of the service, the credit-management ones included (the schema migrations' target).
 TABLES = [
     CustomerTransactionRow.__table__,
     SettlementDeltaRow.__table__,
     WriteOffParametersRow.__table__,
     WriteOffRequestRow.__table__,
     WriteOffVoucherRow.__table__,
+    *credit_tables.TABLES,
 ]

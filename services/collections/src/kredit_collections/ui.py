@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from kredit_collections import handlers
+from kredit_collections import credit_handlers, handlers
 from kredit_collections.domain import (
     CANCELLED,
     CANCELLING,
@@ -168,6 +168,7 @@ async def aged_balances_page(
     size: Size = 50,
 ) -> HTMLResponse:
     view = await _aged(session, setup, as_of, q, sort, desc, page, size)
+    over_limit, disputed = await credit_handlers.aging_flags(session, setup, view.rows, view.as_of)
     params = {"as_of": view.as_of.isoformat(), "q": q, "sort": sort, "desc": str(desc).lower(), "size": size}
 
     def link(**changes: Any) -> str:
@@ -184,6 +185,8 @@ async def aged_balances_page(
         sizes=PAGE_SIZES,
         link=link,
         charts=bucket_chart(view),
+        over_limit=over_limit,
+        disputed_amounts=disputed,
         csv_url="/api/v1/aged-balances.csv?" + urlencode(params | {"page": view.page}),
     )
 

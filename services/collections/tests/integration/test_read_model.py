@@ -78,6 +78,7 @@ def row(voucher, type, on, invoice_id, *, debit=None, credit=None, due_date=None
         "balance": "0.00",
         "currency": "USD",
         "due_date": due_date,
+        "disputed": False,
     }
 
 
@@ -128,6 +129,8 @@ async def test_aged_balances_put_each_open_invoice_in_the_bucket_of_its_days_pas
                 "currency": "USD",
                 "balance": "900.00",
                 "buckets": buckets(**{"31-60": "500.00", "91+": "400.00"}),
+                "over_credit_limit": False,
+                "disputed": "0.00",
             },
             {
                 "customer_account": "US-010",
@@ -135,6 +138,8 @@ async def test_aged_balances_put_each_open_invoice_in_the_bucket_of_its_days_pas
                 "currency": "USD",
                 "balance": "550.00",
                 "buckets": buckets(Current="100.00", **{"1-30": "200.00", "61-90": "250.00"}),
+                "over_credit_limit": False,
+                "disputed": "0.00",
             },
         ]
         for customer in aged["customers"]:  # the aged total is the sum of the customer's open transactions

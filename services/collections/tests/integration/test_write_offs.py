@@ -5,11 +5,10 @@ answers 4xx without emitting anything."""
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from decimal import Decimal
 
-from kredit_shared.contracts import GeneralJournalRequested
-from kredit_shared.testing import eventually
+from kredit_shared.contracts import GL_JOURNAL_EVENTS, GeneralJournalRequested, dead_letter_topic
+from kredit_shared.testing import TopicProbe, eventually
 
 CAVE, CONTOSO, BIRCH = "US-004", "US-001", "US-010"
 
@@ -22,14 +21,11 @@ def settles(journal: GeneralJournalRequested) -> list[list[tuple[str, str]]]:
     return [[(s.voucher, str(s.amount)) for s in l.settles] for l in journal.lines]
 
 
-def assert_one_balanced_voucher_per_transaction(journal: GeneralJournalRequested) -> None:
-    groups: dict[str | None, list] = defaultdict(list)
-    for line in journal.lines:
-        groups[line.voucher_group].append(line)
-    for group, lines in groups.items():
-        [customer] = [l for l in lines if l.account_type == "Customer"]
-        assert [s.voucher for s in customer.settles] == [group]
-        assert sum(l.debit for l in lines) == sum(l.credit for l in lines), group
+def assert_one_customer_line_and_one_balanced_voucher(journal: GeneralJournalRequested) -> None:
+    """Seed 000: one line reverses the customer balance; the journal is one voucher (no groups)."""
+    assert [l.account_type for l in journal.lines].count("Customer") == 1
+    assert {l.voucher_group for l in journal.lines} == {None}
+    assert sum(l.debit for l in journal.lines) == sum(l.credit for l in journal.lines)
 
 
 async def test_a_write_off_of_selected_transactions_goes_from_requested_to_posted(start_collections, database_url):
@@ -56,14 +52,9 @@ async def test_a_write_off_of_selected_transactions_goes_from_requested_to_poste
         )
         journal = await svc.journal(write_off_id)
         assert (journal.request_id, journal.journal_name) == (write_off_id, "WriteOff")
-        assert rows(journal) == [
-            ("Customer", CAVE, "0.00", "1200.00"),
-            ("Ledger", "618900", "1200.00", "0.00"),
-            ("Customer", CAVE, "0.00", "345.67"),
-            ("Ledger", "618900", "345.67", "0.00"),
-        ]
-        assert settles(journal) == [[("CIV-000101", "1200.00")], [], [("CIV-000102", "345.67")], []]
-        assert_one_balanced_voucher_per_transaction(journal)
+        assert rows(journal) == [("Customer", CAVE, "0.00", "1545.67"), ("Ledger", "618900", "1545.67", "0.00")]
+        assert settles(journal) == [[("CIV-000101", "1200.00"), ("CIV-000102", "345.67")], []]
+        assert_one_customer_line_and_one_balanced_voucher(journal)
         assert {(l.reason_code, l.reason_comment, str(l.transaction_date)) for l in journal.lines} == {
             ("BadDebt", "Bad debt", "2016-03-01")
         }
@@ -156,13 +147,8 @@ async def test_each_entry_point_proposes_its_write_off_journal(start_collections
             if c["customer_name"] == "Birch company"
         ]
         birch = await svc.journal(await svc.write_off(customer_account=birch_row["customer_account"]))
-        assert rows(birch) == [
-            ("Customer", BIRCH, "0.00", "500.00"),
-            ("Ledger", "618900", "500.00", "0.00"),
-            ("Customer", BIRCH, "0.00", "150.00"),
-            ("Ledger", "618900", "150.00", "0.00"),
-        ]
-        assert settles(birch) == [[("CIV-000500", "500.00")], [], [("CIV-000501", "150.00")], []]
+        assert rows(birch) == [("Customer", BIRCH, "0.00", "650.00"), ("Ledger", "618900", "650.00", "0.00")]
+        assert settles(birch) == [[("CIV-000500", "500.00"), ("CIV-000501", "150.00")], []]
         assert sum(l.credit for l in birch.lines if l.account_type == "Customer") == Decimal(birch_row["balance"])
 
         # 3. Open customer invoices: one invoice, with another reason code than the default.
@@ -176,17 +162,12 @@ async def test_each_entry_point_proposes_its_write_off_journal(start_collections
         assert settles(single)[0] == [("CIV-000667", "499.00")]
         assert {l.reason_code for l in single.lines} == {"SmallBal"}
 
-        # 4. All customers: Contoso's whole balance; the open credit note is reversed with a debit.
+        # 4. All customers: Contoso's whole balance, net of the open credit note, which is settled on its side.
         contoso = await svc.journal(
             await svc.write_off(customer_account=CONTOSO, reason_code="Bankrupt", reason_comment="Customer bankrupt")
         )
-        assert rows(contoso) == [
-            ("Customer", CONTOSO, "0.00", "2000.00"),
-            ("Ledger", "618900", "2000.00", "0.00"),
-            ("Customer", CONTOSO, "250.00", "0.00"),
-            ("Ledger", "618900", "0.00", "250.00"),
-        ]
-        assert settles(contoso) == [[("CIV-000600", "2000.00")], [], [("CCN-000010", "-250.00")], []]
+        assert rows(contoso) == [("Customer", CONTOSO, "0.00", "1750.00"), ("Ledger", "618900", "1750.00", "0.00")]
+        assert settles(contoso) == [[("CIV-000600", "2000.00"), ("CCN-000010", "-250.00")], []]
         assert {(l.reason_code, l.reason_comment) for l in contoso.lines} == {("Bankrupt", "Customer bankrupt")}
 
         # Separate sales tax on: the tax share goes back to 222200, only the net hits 618900.
@@ -202,7 +183,7 @@ async def test_each_entry_point_proposes_its_write_off_journal(start_collections
 
         for journal in (birch, single, contoso, taxed):
             assert journal.journal_name == "WriteOff"
-            assert_one_balanced_voucher_per_transaction(journal)
+            assert_one_customer_line_and_one_balanced_voucher(journal)
 
 
 async def test_refused_write_offs_answer_4xx_and_emit_nothing(start_collections):
@@ -341,3 +322,46 @@ async def test_a_cancel_that_loses_the_race_with_the_posting_ends_posted_and_kee
         assert (await svc.client.post(f"/api/v1/write-offs/{rejected}/cancel", json={"why": "x"})).status_code == 422
         await svc.cancels(raced, count=1)
         await svc.cancels(rejected, count=0)
+
+
+async def test_a_posted_journal_that_is_not_the_requested_one_is_dead_lettered_and_not_applied(start_collections):
+    async with start_collections() as svc:
+        dlq_topic = svc.settings.topic(dead_letter_topic(GL_JOURNAL_EVENTS))
+        async with TopicProbe(svc.settings.kafka_bootstrap_servers, [dlq_topic]) as dlq:
+            await svc.post_transaction("CIV-1", "Invoice", "120.00", on="2016-01-01", account=CAVE, invoice_id="1")
+            await svc.post_transaction("CIV-2", "Invoice", "80.00", on="2016-01-01", account=CAVE, invoice_id="2")
+            await svc.until_balances(CAVE, {"CIV-1": "120.00", "CIV-2": "80.00"})
+            write_off_id = await svc.write_off(customer_account=CAVE, vouchers=["CIV-1"])
+            journal = await svc.journal(write_off_id)
+
+            # The posted lines settle another invoice than the one requested: reported, not applied.
+            changed = journal.model_copy(
+                update={
+                    "lines": [
+                        l.model_copy(update={"settles": [s.model_copy(update={"voucher": "CIV-2"}) for s in l.settles]})
+                        for l in journal.lines
+                    ]
+                }
+            )
+            await svc.journal_posted(changed, "WOJ-000001")
+            [letter] = await dlq.wait_for(lambda r: True)
+            reason = letter.headers["x-dlq-reason"]
+            assert f"its lines differ from write-off {write_off_id}'s journal" in reason and "CIV-2" in reason
+
+            # A write-off journal collections never requested.
+            forged = journal.model_copy(update={"request_id": "never-requested"})
+            await svc.journal_posted(forged, "WOJ-000002")
+            await dlq.wait_for(lambda r: "collections never requested it" in r.headers["x-dlq-reason"])
+            assert (await svc.get(f"/write-offs/{write_off_id}"))["status"] == "requested"
+
+            # The journal as requested moves the write-off along; a ledger-only journal of others is ignored.
+            await svc.journal_posted(journal, "WOJ-000001")
+            await svc.until_status(write_off_id, "posted")
+            ledger_only = journal.model_copy(
+                update={
+                    "request_id": "general-journal",
+                    "lines": [l for l in journal.lines if l.account_type == "Ledger"],
+                }
+            )
+            await svc.journal_posted(ledger_only, "GNJ-000001")
+            assert len(await dlq.settle(0.5)) == 2

@@ -406,34 +406,31 @@ def test_spec_000_two_selected_transactions_of_cave_wholesales_with_comment_bad_
     journal = write_off(items, reason_comment="Bad debt")
     assert journal.journal_name == "WriteOff"
     assert journal.description == "Write off transactions for US-004 Cave Wholesales"
-    # spec 000 / [concepts]: a line reverses the customer balance, one or more post to the write-off account;
-    # one Customer line per written-off transaction, each naming the transaction it settles.
-    assert rows(journal) == [
-        ("Customer", CAVE, D(0), D("1200.00")),
-        ("Ledger", "618900", D("1200.00"), D(0)),
-        ("Customer", CAVE, D(0), D("345.67")),
-        ("Ledger", "618900", D("345.67"), D(0)),
-    ]
+    # spec 000 / [concepts]: one line reverses the customer balance (per customer, currency and posting
+    # profile), one or more post to the write-off account; the customer line names each item it settles.
+    assert rows(journal) == [("Customer", CAVE, D(0), D("1545.67")), ("Ledger", "618900", D("1545.67"), D(0))]
     assert [[(s.voucher, s.invoice_id, s.amount) for s in l.settles] for l in journal.lines] == [
-        [("CIV-000101", "000101", D("1200.00"))],
-        [],
-        [("CIV-000102", "000102", D("345.67"))],
+        [("CIV-000101", "000101", D("1200.00")), ("CIV-000102", "000102", D("345.67"))],
         [],
     ]
-    assert [l.text for l in journal.lines] == ["Write-off CIV-000101"] * 2 + ["Write-off CIV-000102"] * 2
+    assert [l.text for l in journal.lines] == ["Write off transactions for US-004 Cave Wholesales"] * 2
     assert {(l.reason_code, l.reason_comment, l.currency, l.transaction_date) for l in journal.lines} == {
         ("BadDebt", "Bad debt", "USD", date(2016, 3, 1))
     }
     assert totals(journal) == (D("1545.67"), D("1545.67"))
 
 
-def test_each_written_off_transaction_is_its_own_balanced_voucher_group():
+def test_issue_18_two_invoices_of_120_and_80_give_one_customer_line_of_200_and_one_write_off_line():
+    items = is_open((tx("FTI-1", "120.00", invoice_id="1"), "120.00"), (tx("FTI-2", "80.00", invoice_id="2"), "80.00"))
+    journal = write_off(items)
+    assert rows(journal) == [("Customer", "4027", D(0), D("200.00")), ("Ledger", "618900", D("200.00"), D(0))]
+    assert [(s.voucher, s.amount) for s in journal.lines[0].settles] == [("FTI-1", D("120.00")), ("FTI-2", D("80.00"))]
+
+
+def test_the_whole_write_off_is_one_balanced_voucher():
     journal = write_off(select_for_write_off(CAVE, CAVE_TXS, vouchers=["CIV-000101", "CIV-000102"]), WITH_TAX)
-    assert [l.voucher_group for l in journal.lines] == ["CIV-000101"] * 2 + ["CIV-000102"] * 2
-    assert totals_by_group(journal) == {
-        "CIV-000101": (D("1200.00"), D("1200.00")),
-        "CIV-000102": (D("345.67"), D("345.67")),
-    }
+    assert {l.voucher_group for l in journal.lines} == {None}  # no group: the whole journal is one voucher
+    assert totals_by_group(journal) == {None: (D("1545.67"), D("1545.67"))}
 
 
 def test_the_reason_code_can_be_overridden_but_must_exist():
@@ -443,30 +440,10 @@ def test_the_reason_code_can_be_overridden_but_must_exist():
         write_off(items, reason_code="Lost")
 
 
-def test_the_whole_balance_settles_debit_and_credit_items_each_on_its_own_side():
-    # [defaults]: a debit open amount is reversed with a credit, a credit open amount with a debit.
-    journal = write_off(select_for_write_off(CAVE, CAVE_TXS))
-    assert rows(journal) == [
-        ("Customer", CAVE, D("120.00"), D(0)),
-        ("Ledger", "618900", D(0), D("120.00")),
-        ("Customer", CAVE, D("100.00"), D(0)),
-        ("Ledger", "618900", D(0), D("100.00")),
-        ("Customer", CAVE, D(0), D("1200.00")),
-        ("Ledger", "618900", D("1200.00"), D(0)),
-        ("Customer", CAVE, D(0), D("345.67")),
-        ("Ledger", "618900", D("345.67"), D(0)),
-    ]
-    assert [(s.voucher, s.amount) for l in journal.lines for s in l.settles] == [
-        ("ARP-000050", D("-120.00")),
-        ("CCN-000007", D("-100.00")),
-        ("CIV-000101", D("1200.00")),
-        ("CIV-000102", D("345.67")),
-    ]
-
-
-def test_without_line_per_transaction_one_customer_line_reverses_the_net_as_one_voucher():
+def test_the_whole_balance_reverses_the_net_of_debit_and_credit_items_in_one_customer_line():
     # [defaults]: the customer line carries the total of the open transactions; a debit total gives a credit.
-    journal = write_off(select_for_write_off(CAVE, CAVE_TXS), line_per_transaction=False)
+    # Each item is named with its own signed amount, so settlement settles each on its own side.
+    journal = write_off(select_for_write_off(CAVE, CAVE_TXS))
     assert rows(journal) == [("Customer", CAVE, D(0), D("1325.67")), ("Ledger", "618900", D("1325.67"), D(0))]
     assert [(s.voucher, s.amount) for s in journal.lines[0].settles] == [
         ("ARP-000050", D("-120.00")),
@@ -474,7 +451,6 @@ def test_without_line_per_transaction_one_customer_line_reverses_the_net_as_one_
         ("CIV-000101", D("1200.00")),
         ("CIV-000102", D("345.67")),
     ]
-    assert {l.voucher_group for l in journal.lines} == {None}  # no group: the whole journal is one voucher
 
 
 def test_an_open_credit_balance_is_reversed_with_a_debit():
@@ -486,14 +462,25 @@ def test_an_open_credit_balance_is_reversed_with_a_debit():
 
 def test_a_net_zero_write_off_settles_item_by_item_because_zero_lines_are_refused():
     journal = write_off(
-        is_open((tx("FTI-1", "100.00"), "100.00"), (tx("CN-1", "-100.00", type="CreditNote"), "-100.00")),
-        line_per_transaction=False,
+        is_open((tx("FTI-1", "100.00"), "100.00"), (tx("CN-1", "-100.00", type="CreditNote"), "-100.00"))
     )
     assert rows(journal) == [
         ("Customer", "4027", D(0), D("100.00")),
         ("Ledger", "618900", D("100.00"), D(0)),
         ("Customer", "4027", D("100.00"), D(0)),
         ("Ledger", "618900", D(0), D("100.00")),
+    ]
+    assert [l.voucher_group for l in journal.lines] == ["FTI-1", "FTI-1", "CN-1", "CN-1"]
+    assert all(debit == credit for debit, credit in totals_by_group(journal).values())
+
+
+def test_separate_sales_tax_posts_one_tax_line_for_all_items():
+    # 1,100.00 incl. 100.00 tax and 220.00 incl. 20.00 tax, both open in full: one line per ledger account.
+    items = is_open((tx("FTI-1", "1100.00", tax="100.00"), "1100.00"), (tx("FTI-2", "220.00", tax="20.00"), "220.00"))
+    assert rows(write_off(items, WITH_TAX)) == [
+        ("Customer", "4027", D(0), D("1320.00")),
+        ("Ledger", "618900", D("1200.00"), D(0)),
+        ("Ledger", "222200", D("120.00"), D(0)),
     ]
 
 
@@ -555,10 +542,10 @@ def open_items(draw) -> list[TransactionBalance]:
     return items
 
 
-@given(open_items(), st.booleans(), st.booleans())
-def test_every_write_off_journal_balances(items, separate_tax, per_transaction):
+@given(open_items(), st.booleans())
+def test_every_write_off_journal_balances(items, separate_tax):
     settings = WITH_TAX if separate_tax else SETTINGS
-    journal = write_off(items, settings, line_per_transaction=per_transaction)
+    journal = write_off(items, settings)
     debit, credit = totals(journal)
     assert debit == credit
     customer = [l for l in journal.lines if l.account_type == "Customer"]
@@ -568,7 +555,10 @@ def test_every_write_off_journal_balances(items, separate_tax, per_transaction):
     assert sum((s.amount for l in customer for s in l.settles), D(0)) == written_off
     assert all(bool(l.debit) != bool(l.credit) for l in journal.lines)  # never zero, never both sides
     assert all(debit == credit for debit, credit in totals_by_group(journal).values())
-    if per_transaction:
+    if written_off:  # one customer line, one line per ledger account, one voucher
+        assert len(customer) == 1 and len(journal.lines) <= 3
+        assert {l.voucher_group for l in journal.lines} == {None}
+    else:  # item by item, each a voucher of its own
         assert [l.voucher_group for l in customer] == [s.voucher for l in customer for s in l.settles]
     assert {l.reason_code for l in journal.lines} == {"BadDebt"}
 

@@ -26,6 +26,21 @@ from kredit_shared.money import ZERO, round_money
 
 INVOICE_VOUCHER_PREFIX = "FTI-"  # as in the source: invoice 10020 is voucher FTI-10020
 CREDIT_NOTE_VOUCHER_PREFIX = "CCN-"  # our choice: credit note 10021 is voucher CCN-10021
+# Our choice for the other documents (ARCHITECTURE.md, "Contract extensions": document_type).
+VOUCHER_PREFIXES = {
+    "Invoice": INVOICE_VOUCHER_PREFIX,
+    "CreditNote": CREDIT_NOTE_VOUCHER_PREFIX,
+    "InterestNote": "INT-",
+    "CollectionLetterFee": "CLF-",
+    "PaymentFee": "PFE-",
+}
+LABELS = {
+    "Invoice": "Invoice",
+    "CreditNote": "Credit note",
+    "InterestNote": "Interest note",
+    "CollectionLetterFee": "Collection letter fee",
+    "PaymentFee": "Payment fee",
+}
 SOURCE = "invoicing"
 _MESSAGE_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "invoicing.kredit")
 
@@ -128,10 +143,11 @@ def compute_cash_discounts(
 
 def invoice_fingerprint(message: CustomerInvoiceIssued) -> str:
     """A digest of the invoice's content without its message_id: equal digests mean the same invoice."""
-    # An omitted document_type is left out, so invoices posted before the field existed keep their digest.
-    content = message.model_dump(
-        mode="python", exclude={"message_id"} | ({"document_type"} if message.document_type is None else set())
-    )
+    # A document_type that only says what the total's sign says anyway (or none) leaves the digest as it
+    # was before the field existed, so an invoice posted then and sent again is still the same invoice.
+    total = sum((line.amount + line.sales_tax_amount for line in message.lines), Decimal(0))
+    implied = message.document_type in (None, "Invoice" if total > 0 else "CreditNote")
+    content = message.model_dump(mode="python", exclude={"message_id"} | ({"document_type"} if implied else set()))
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=_canonical_scalar)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -156,15 +172,6 @@ def _sign(value: Decimal) -> int:
     return (value > 0) - (value < 0)
 
 
-_LABELS = {
-    "Invoice": "Invoice",
-    "CreditNote": "Credit note",
-    "InterestNote": "Interest note",
-    "CollectionLetterFee": "Collection letter fee",
-    "PaymentFee": "Payment fee",
-}
-
-
 def document_transaction_type(document_type: str | None, total: Decimal) -> TransactionType:
     """The customer transaction's type: the document type, or by the sign of the total when none is given.
 
@@ -172,7 +179,7 @@ def document_transaction_type(document_type: str | None, total: Decimal) -> Tran
     if document_type in (None, "Invoice"):
         return "Invoice" if total > 0 else "CreditNote"
     if (document_type == "CreditNote") != (total < 0):
-        raise InvoiceRejected(f"a {_LABELS[document_type].lower()} cannot have the total {total}")
+        raise InvoiceRejected(f"a {LABELS[document_type].lower()} cannot have the total {total}")
     return document_type  # type: ignore[return-value]
 
 
@@ -201,9 +208,8 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup) -> PostedInvoice:
         raise InvoiceRejected(f"net amount {net} and total {total} have different signs")
 
     kind = document_transaction_type(message.document_type, total)
-    is_invoice = total > 0
-    voucher = (INVOICE_VOUCHER_PREFIX if is_invoice else CREDIT_NOTE_VOUCHER_PREFIX) + message.invoice_id
-    label = f"{_LABELS[kind]} {message.invoice_id}"
+    voucher = VOUCHER_PREFIXES[kind] + message.invoice_id
+    label = f"{LABELS[kind]} {message.invoice_id}"
     due = compute_due_date(message.invoice_date, message.payment_terms, message.due_date, setup)
     tiers = compute_cash_discounts(
         message.invoice_date, total, message.cash_discount_code, message.cash_discounts, setup

@@ -301,6 +301,41 @@ def test_a_credit_note_posts_the_mirror_image_under_its_own_voucher():
     assert tiers_of(posted) == [("1.00", "2015-07-09", "-12.50")]
 
 
+def test_an_interest_note_posts_as_its_own_document_type_with_its_own_voucher():
+    note = invoice(
+        invoice_id="IN-000001",
+        payment_terms=None,
+        cash_discount_code=None,
+        due_date="2015-08-10",
+        invoice_date="2015-08-10",
+        document_type="InterestNote",
+        lines=[{"description": "Interest", "amount": "22.19", "revenue_account": "801100"}],
+    )
+    posted = post_invoice(note, DEMO)
+    assert (posted.voucher, posted.transaction_type, posted.transaction.transaction_type) == (
+        "INT-IN-000001",
+        "InterestNote",
+        "InterestNote",
+    )
+    assert lines_of(posted) == [("130100", "22.19", "0.00"), ("801100", "0.00", "22.19")]
+    fee = invoice(invoice_id="CL-000001", document_type="CollectionLetterFee", cash_discount_code=None)
+    assert post_invoice(fee, DEMO).voucher == "CLF-CL-000001"
+
+
+@pytest.mark.parametrize(
+    ("document_type", "amount", "why"),
+    [("CreditNote", "10.00", "negative"), ("InterestNote", "-10.00", "positive"), ("Invoice", "-10.00", "positive")],
+)
+def test_a_document_type_against_the_sign_of_the_total_is_rejected(document_type, amount, why):
+    with pytest.raises(InvoiceRejected, match=f"a {document_type} must have a {why} total"):
+        post_invoice(invoice(document_type=document_type, lines=[{"amount": amount}], cash_discount_code=None), DEMO)
+
+
+def test_a_document_type_the_sign_implies_keeps_the_fingerprint_of_before_the_field():
+    assert invoice_fingerprint(invoice()) == invoice_fingerprint(invoice(document_type="Invoice"))
+    assert invoice_fingerprint(invoice()) != invoice_fingerprint(invoice(document_type="InterestNote"))
+
+
 def test_mixed_sign_lines_post_when_the_total_is_not_zero():
     lines = [{"description": "Goods", "amount": "1000.00"}, {"description": "Rebate", "amount": "-200.00"}]
     posted = post_invoice(invoice(lines=lines), DEMO)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
@@ -440,6 +441,7 @@ async def settle_write_offs(postings: Postings, tx: Transaction, event: JournalE
     known = await store.known_vouchers(vouchers)
     for account in sorted({line.account for line, v in zip(lines, vouchers) if v not in known}):
         await lock_customer(tx.session, account)  # in one order, so two journals never wait on each other
+    todo = []
     for line, voucher in zip(lines, vouchers):
         if voucher in known:
             continue
@@ -448,8 +450,27 @@ async def settle_write_offs(postings: Postings, tx: Transaction, event: JournalE
         write_off = OpenTransaction(
             voucher, line.account, "WriteOff", line.transaction_date, line.currency, amount, amount, auto_settle=False
         )
-        transactions = await store.of_customer(line.account, vouchers=[ref.voucher for ref in line.settles])
-        outcome = domain.settle_write_off(write_off, [(ref.voucher, ref.amount) for ref in line.settles], transactions)
+        refs = [(ref.voucher, ref.amount) for ref in line.settles]
+        todo.append(
+            (line, voucher, write_off, refs, await store.of_customer(line.account, vouchers=[v for v, _ in refs]))
+        )
+    lines_naming = Counter(v for *_, refs, _ in todo for v in {v for v, _ in refs})
+    problems = [f"{v} is named by {n} lines" for v, n in lines_naming.items() if n > 1]
+    problems += [
+        f"{voucher}: {problem}"
+        for _, voucher, write_off, refs, transactions in todo
+        for problem in domain.write_off_problems(write_off, refs, transactions)
+    ]
+    if problems:
+        tx.dead_letter(
+            GL_JOURNAL_EVENTS,
+            event,
+            f"journal {event.batch_number} was posted, but it names transactions settlement cannot settle as "
+            f"stated, so none of it was applied: " + "; ".join(problems),
+        )
+        return
+    for line, voucher, write_off, refs, transactions in todo:
+        outcome = domain.settle_write_off(write_off, refs, transactions)
         await store.save([outcome.write_off, *outcome.settled])
         for named, held in outcome.pending:  # settlement lags behind collections: settled when it arrives
             tx.session.add(

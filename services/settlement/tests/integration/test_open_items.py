@@ -177,6 +177,44 @@ async def test_a_posted_write_off_settles_what_it_names(start_settlement):
         assert len(await service.published(GL_JOURNAL_EVENTS + ".dlq", 0)) == 1
 
 
+async def test_a_posted_journal_naming_what_cannot_be_settled_as_stated_is_dead_lettered_and_not_applied(
+    start_settlement,
+):
+    # Defence in depth: a forged or corrupted JournalPosted changes nothing in settlement.
+    async with start_settlement() as service:
+        await service.invoice("4811-1", customer="4811")
+        await service.invoice("4812-1", customer="4812")
+        forged = journal_posted(
+            "WOJ-F1",
+            # Writes off another customer's invoice ...
+            customer_line("WOV-F1", "4811", credit="1000.00", settles=[("FTI-4812-1", "1000.00")]),
+            ledger_line("WOV-F1", debit="1000.00"),
+            # ... and names more than the line reverses.
+            customer_line("WOV-F2", "4811", credit="10.00", settles=[("FTI-4811-1", "1000.00")]),
+            ledger_line("WOV-F2", debit="10.00"),
+        )
+        await service.publish(GL_JOURNAL_EVENTS, forged, key="WOJ-F1")
+        [report] = await service.dead_letters(GL_JOURNAL_EVENTS)
+        reason = report.headers["x-dlq-reason"]
+        assert "journal WOJ-F1 was posted, but it names transactions settlement cannot settle as stated" in reason
+        assert "WOV-F1: FTI-4812-1 belongs to customer 4812, not 4811" in reason
+        assert "WOV-F2: names 1000.00 in all, but the line reverses 10.00" in reason
+        assert await service.balance("FTI-4811-1", "4811") == D("1000.00")
+        assert await service.balance("FTI-4812-1", "4812") == D("1000.00")
+        assert "WOV-F1" not in await service.open_transactions("4811", include_settled=True)
+        assert not [s for s in await service.published(AR_SETTLEMENTS, 0.5) if s["settlement_id"].startswith("WOV-F")]
+
+        # The same journal stated correctly settles (a new batch: the first was not applied).
+        fixed = journal_posted(
+            "WOJ-F2",
+            customer_line("WOV-F3", "4811", credit="1000.00", settles=[("FTI-4811-1", "1000.00")]),
+            ledger_line("WOV-F3", debit="1000.00"),
+        )
+        await service.publish(GL_JOURNAL_EVENTS, fixed, key="WOJ-F2")
+        await service.settlements(credit_voucher="WOV-F3")
+        assert await service.balance("FTI-4811-1", "4811") == D("0.00")
+
+
 async def test_a_payment_that_overtakes_its_invoice_settles_its_marks_when_the_invoice_arrives(start_settlement):
     """The ERP's payment goes straight to settlement while its invoice goes through invoicing first."""
     async with start_settlement() as service:

@@ -11,6 +11,7 @@ from kredit_settlement.domain import (
     cash_discount_vouchers,
     settle_new_transaction,
     settle_write_off,
+    write_off_problems,
 )
 
 D = Decimal
@@ -84,6 +85,38 @@ def test_what_is_no_longer_open_is_reported_and_stays_open_on_the_write_off():
     assert "only 700.00 was open: 700.00 settled, 300.00 left open on WOV-1" in outcome.shortfalls[0]
     assert "belongs to customer other" in outcome.shortfalls[2] and "is in EUR" in outcome.shortfalls[3]
     assert outcome.pending == (("FTI-9", D("100.00")),), "not known yet is not a shortfall: it waits"
+
+
+def test_a_write_off_named_as_it_can_be_settled_has_no_problems_even_if_not_all_is_open_or_known():
+    items = [txn("FTI-1", "Invoice", "120.00", "20.00"), txn("ARP-1", "Payment", "-50.00")]
+    named = [("FTI-1", D("120.00")), ("FTI-2", D("80.00")), ("ARP-1", D("-50.00"))]
+    assert write_off_problems(write_off("WOV-1", "-150.00"), named, items) == []
+
+
+def test_a_write_off_that_cannot_be_settled_as_stated_says_each_reason():
+    items = [
+        txn("FTI-1", "Invoice", "100.00"),
+        txn("FTI-3", "Invoice", "100.00", customer="other"),
+        txn("FTI-4", "Invoice", "100.00", currency="EUR"),
+        txn("ARP-1", "Payment", "-50.00"),
+    ]
+    named = [
+        ("FTI-1", D("150.00")),  # more than the invoice ever was
+        ("FTI-1", D("10.00")),  # twice
+        ("FTI-3", D("100.00")),
+        ("FTI-4", D("100.00")),
+        ("ARP-1", D("50.00")),  # a credit named as a debit
+        ("FTI-9", D("0.00")),
+    ]
+    assert write_off_problems(write_off("WOV-1", "-400.00"), named, items) == [
+        "names 410.00 in all, but the line reverses 400.00",
+        "FTI-1 of 100.00 is named for more, 150.00",
+        "names FTI-1 twice",
+        "FTI-3 belongs to customer other, not 4027",
+        "FTI-4 is in EUR, the write-off in USD",
+        "ARP-1 of -50.00 is named for 50.00, on the other side",
+        "names FTI-9 for 0.00",
+    ]
 
 
 def test_cash_discount_vouchers_follow_the_payment_and_skip_taken_ones():

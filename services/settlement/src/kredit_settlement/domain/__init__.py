@@ -63,7 +63,7 @@ from kredit_settlement.domain.settling import (
     settle_new_transaction,
     settle_payment,
 )
-from kredit_settlement.domain.write_offs import PairSettled, WriteOffSettlement, settle_write_off
+from kredit_settlement.domain.write_offs import PairSettled, WriteOffSettlement, settle_write_off, write_off_problems
 
 __all__ = [
     "DEBIT_TYPES",
@@ -122,6 +122,7 @@ __all__ = [
     "settle_new_transaction",
     "settle_payment",
     "settle_write_off",
+    "write_off_problems",
     "split",
     "vouchers_needed",
     "waiting_credits",

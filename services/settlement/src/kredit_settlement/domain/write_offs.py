@@ -79,3 +79,38 @@ def settle_write_off(
     return WriteOffSettlement(
         replace(write_off, open_amount=left), tuple(settled.values()), tuple(pairs), tuple(shortfalls), tuple(pending)
     )
+
+
+def write_off_problems(
+    write_off: OpenTransaction, named: Sequence[tuple[str, Decimal]], transactions: Iterable[OpenTransaction]
+) -> list[str]:
+    """Why a posted write-off line cannot be settled as it states (empty: it can), checked before
+    anything is applied, so a forged or corrupted JournalPosted changes nothing (defence in depth).
+
+    The named amounts must add up to what the line reverses, each voucher be named once and not for
+    zero, and every named transaction settlement knows be the line's customer's, in its currency, on
+    the side and within the size of its original amount. A transaction not known yet, or no longer
+    fully open because a payment came first, is no problem here (docs/ordering.md)."""
+    problems = []
+    if named and sum((amount for _, amount in named), ZERO) != -write_off.original_amount:
+        total = sum((amount for _, amount in named), ZERO)
+        problems.append(f"names {total} in all, but the line reverses {-write_off.original_amount}")
+    by_voucher = {t.voucher: t for t in transactions}
+    seen: set[str] = set()
+    for voucher, wanted in named:
+        if voucher in seen:
+            problems.append(f"names {voucher} twice")
+        seen.add(voucher)
+        if wanted == 0:
+            problems.append(f"names {voucher} for 0.00")
+        if (t := by_voucher.get(voucher)) is None:
+            continue
+        if t.customer_account != write_off.customer_account:
+            problems.append(f"{voucher} belongs to customer {t.customer_account}, not {write_off.customer_account}")
+        if t.currency != write_off.currency:
+            problems.append(f"{voucher} is in {t.currency}, the write-off in {write_off.currency}")
+        if wanted and (t.original_amount > 0) != (wanted > 0):
+            problems.append(f"{voucher} of {t.original_amount} is named for {wanted}, on the other side")
+        elif abs(wanted) > abs(t.original_amount):
+            problems.append(f"{voucher} of {t.original_amount} is named for more, {wanted}")
+    return problems
