@@ -1,7 +1,7 @@
 """The credit and collections management HTTP API: credit groups and limits, credit checks, collection
 letters, interest notes, collection activities and disputes (docs/credit-and-collections.md).
 
-Names of the credit endpoints and fields are fixed by ARCHITECTURE.md, "Contract extensions"."""
+Names of the credit endpoints and fields are fixed by the contract (docs/contract.md)."""
 
 from __future__ import annotations
 

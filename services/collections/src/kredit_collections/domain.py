@@ -30,7 +30,7 @@ from kredit_shared.money import ZERO, round_money
 # --- read model: transactions and their open balances ----------------------------------------
 
 
-# The documents an invoice message posts (ARCHITECTURE.md, document_type): what the open invoices page lists.
+# The documents an invoice message posts (contract field document_type): what the open invoices page lists.
 INVOICE_TYPES = ("Invoice", "CreditNote", "InterestNote", "CollectionLetterFee", "PaymentFee")
 
 

@@ -26,7 +26,7 @@ from kredit_shared.money import ZERO, round_money
 
 INVOICE_VOUCHER_PREFIX = "FTI-"  # as in the source: invoice 10020 is voucher FTI-10020
 CREDIT_NOTE_VOUCHER_PREFIX = "CCN-"  # our choice: credit note 10021 is voucher CCN-10021
-# Our choice for the other documents (ARCHITECTURE.md, "Contract extensions": document_type).
+# Our choice for the other documents (contract field document_type).
 VOUCHER_PREFIXES = {
     "Invoice": INVOICE_VOUCHER_PREFIX,
     "CreditNote": CREDIT_NOTE_VOUCHER_PREFIX,
@@ -175,12 +175,14 @@ def _sign(value: Decimal) -> int:
 def document_transaction_type(document_type: str | None, total: Decimal) -> TransactionType:
     """The customer transaction's type: the document type, or by the sign of the total when none is given.
 
-    A credit note credits the customer and every other document debits it, so the sign must agree."""
-    if document_type in (None, "Invoice"):
-        return "Invoice" if total > 0 else "CreditNote"
-    if (document_type == "CreditNote") != (total < 0):
-        raise InvoiceRejected(f"a {LABELS[document_type].lower()} cannot have the total {total}")
-    return document_type  # type: ignore[return-value]
+    A credit note credits the customer and every other document debits it, so a type the ERP states must
+    agree with the sign of the total."""
+    kind = document_type or ("Invoice" if total > 0 else "CreditNote")
+    if (kind == "CreditNote") != (total < 0):
+        raise InvoiceRejected(
+            f"document_type {kind} needs a {'negative' if kind == 'CreditNote' else 'positive'} total, not {total}"
+        )
+    return kind  # type: ignore[return-value]
 
 
 def _post(message: CustomerInvoiceIssued, setup: CompanySetup) -> PostedInvoice:
