@@ -73,7 +73,7 @@ def running_stack(kafka, tmp_path_factory) -> Iterator[RunningStack]:
                 "LEDGER_POSTING_URL": f"http://127.0.0.1:{ports['ledger']}",
             }
             process = processes.enter_context(service_process(package, env, str(folder / f"{name}.log")))
-            wait_until_healthy(ports[name], timeout=60, process=process)
+            wait_until_healthy(ports[name], process=process)
         stack = RunningStack(ports)
 
         invoices, payments = demo_messages()

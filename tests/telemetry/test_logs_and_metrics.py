@@ -105,7 +105,7 @@ async def test_json_logs_are_one_object_per_line_from_every_library_with_the_mes
             [sys.executable, "-m", "kredit_invoicing"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        wait_until_healthy(port, timeout=60, process=process)
+        wait_until_healthy(port, process=process)
         bad = invoice("L-BAD", payment_terms="Net999")
         await publish(kafka.bootstrap_servers, settings["topic_prefix"] + ERP_CUSTOMER_INVOICES, bad, key="C-77")
         with pytest.raises(urllib.error.HTTPError):

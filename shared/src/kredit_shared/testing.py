@@ -294,7 +294,9 @@ async def eventually(check: Callable[[], Any], timeout: float = 15, interval: fl
         await asyncio.sleep(interval)
 
 
-def wait_until_healthy(port: int, timeout: float = 30, process: subprocess.Popen | None = None) -> None:
+def wait_until_healthy(port: int, timeout: float = 90, process: subprocess.Popen | None = None) -> None:
+    # Generous: a service process spends most of its start importing, which takes 20 s and more on a
+    # loaded 2-core machine; a process that dies is reported at once.
     import urllib.request
 
     deadline = time.monotonic() + timeout
