@@ -40,7 +40,7 @@ from sqlalchemy import Table
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kredit_shared import failpoints, inbox, metrics, outbox
+from kredit_shared import audit, auth, failpoints, inbox, metrics, outbox
 from kredit_shared.company_setup import SetupError
 from kredit_shared.contracts.messages import ContractMessage
 from kredit_shared.contracts.topics import ALL_TOPICS, dead_letter_topic
@@ -186,7 +186,12 @@ class ServiceRuntime:
         self.settings = settings
         self.engine = create_engine(settings.database_url)
         self.sessions = create_session_factory(self.engine)
-        self.tables = [*tables, outbox.OutboxMessage.__table__, inbox.ProcessedMessage.__table__]
+        self.tables = [
+            *tables,
+            outbox.OutboxMessage.__table__,
+            inbox.ProcessedMessage.__table__,
+            audit.AuditEntry.__table__,
+        ]
         # Per-message "Received/Processed" logs go to DEBUG; outcomes are in /metrics.
         self.broker = KafkaBroker(settings.kafka_bootstrap_servers, log_level=logging.DEBUG, graceful_timeout=10)
         self.producer: AIOKafkaProducer | None = None
@@ -453,8 +458,12 @@ class ServiceRuntime:
         return checks
 
     def http_app(self, title: str, routers: Sequence[APIRouter] = ()) -> FastAPI:
+        """The service's FastAPI app: probes, metrics, the audit trail, and `routers`. Raises
+        AuthConfigError when tokens cannot be verified; refuses to start while a route has no access rule."""
+
         @asynccontextmanager
-        async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            auth.check_rules(app)
             await self.start()
             try:
                 yield
@@ -463,12 +472,20 @@ class ServiceRuntime:
 
         app = FastAPI(title=title, lifespan=lifespan)
         app.state.runtime = self
+        app.state.auth = auth.TokenVerifier(self.settings)
+        app.state.rate_limiter = auth.RateLimiter.from_settings(self.settings)
+        app.add_middleware(audit.AuditTrail)
         if self.settings.cors_origins:  # none by default: only the service's own pages call it
+            # Bearer tokens in a header, no cookies: a configured origin's page sends its own token.
             app.add_middleware(
-                CORSMiddleware, allow_origins=self.settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
+                CORSMiddleware,
+                allow_origins=self.settings.cors_origins,
+                allow_methods=["GET", "POST", "PUT"],
+                allow_headers=["Authorization", "Content-Type"],
+                expose_headers=["Retry-After"],
             )
 
-        @app.get("/healthz", tags=["operations"])
+        @app.get("/healthz", tags=["operations"], dependencies=[auth.PUBLIC])
         async def healthz() -> JSONResponse:
             """200 while the database and the broker answer."""
             checks = await self.health()
@@ -477,7 +494,7 @@ class ServiceRuntime:
                 {"status": "ok" if healthy else "unavailable", "checks": checks}, 200 if healthy else 503
             )
 
-        @app.get("/readyz", tags=["operations"])
+        @app.get("/readyz", tags=["operations"], dependencies=[auth.PUBLIC])
         async def readyz() -> JSONResponse:
             """503 while a consumer has been stuck on one message, or the outbox relay failing, for longer
             than `STUCK_AFTER_SECONDS`, or while /healthz fails."""
@@ -485,12 +502,12 @@ class ServiceRuntime:
             ready = all(v == "ok" for v in checks.values())
             return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503)
 
-        @app.get("/metrics", tags=["operations"])
+        @app.get("/metrics", tags=["operations"], dependencies=[auth.PUBLIC])
         async def prometheus_metrics() -> Response:
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
         install_http_hardening(app, self.settings.http_max_body_bytes)
-        for router in routers:
+        for router in [*routers, audit.router]:
             app.include_router(router)
         return app
 
@@ -551,6 +568,6 @@ def run_service(create_app: Callable[[S], FastAPI], settings_class: type[S]) -> 
         )
     try:
         app = create_app(settings)
-    except SetupError as e:
-        sys.exit(str(e))
+    except (SetupError, auth.AuthConfigError) as e:
+        sys.exit(f"{settings.service_name}: {e}" if isinstance(e, auth.AuthConfigError) else str(e))
     uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="info")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -46,12 +47,45 @@ class ServiceSettings(BaseSettings):
     consumer_batch_size: int = Field(default=500, ge=1)
 
     # Browser origins allowed to call the HTTP API (CORS), e.g. "https://ar.example.com,http://localhost:5173".
+    # Exact origins only: "*" is refused, a wildcard would let any web page drive the API with a stolen token.
     cors_origins: Annotated[list[str], NoDecode] = []
 
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         return [o.strip() for o in value.split(",") if o.strip()] if isinstance(value, str) else value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if not re.fullmatch(r"https?://[^/*\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin like https://ar.example.com (no path, no wildcard)")
+        return origins
+
+    # --- authentication (kredit_shared.auth) ---------------------------------------------------
+    # Production: the issuer's JWKS (RS256/ES256/EdDSA keys), its `iss` and the `aud` the tokens name.
+    auth_jwks_url: str | None = None
+    auth_issuer: str | None = None  # required with AUTH_JWKS_URL; the local key's tokens say "kredit-local"
+    auth_audience: str = "kredit"
+    auth_algorithms: Annotated[list[str], NoDecode] = ["RS256", "ES256", "EdDSA"]
+    auth_roles_claim: str = "roles"  # a dotted path for issuers that nest it, e.g. "realm_access.roles"
+    # Local run and tests: an HS256 key that `make run` generates under the data folder (used only
+    # when AUTH_JWKS_URL is not set); the workspace then also offers one-click local sign-in.
+    auth_signing_key_file: Path | None = Path("data/auth/signing.key")
+    auth_leeway_seconds: int = Field(default=30, ge=0)
+
+    @field_validator("auth_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        return [a.strip() for a in value.split(",") if a.strip()] if isinstance(value, str) else value
+
+    # Per client (token subject, else address) and per process: a token bucket of `burst` requests
+    # refilled at `per_minute`; 0 per minute turns a limit off. Over it: 429 with Retry-After.
+    rate_limit_writes_per_minute: int = Field(default=120, ge=0)
+    rate_limit_writes_burst: int = Field(default=60, ge=1)
+    rate_limit_expensive_reads_per_minute: int = Field(default=30, ge=0)
+    rate_limit_expensive_reads_burst: int = Field(default=10, ge=1)
 
     # Crash points for failure tests only (e.g. "relay-before-publish,consumer-after-commit").
     failpoints: Annotated[frozenset[str], NoDecode] = frozenset()

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from kredit_collections import api, handlers, ui
 from kredit_collections.settings import CollectionsSettings
 from kredit_collections.tables import TABLES
+from kredit_shared import auth
 from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
@@ -29,6 +30,8 @@ def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
     runtime.subscribe(AR_SETTLEMENTS, OpenItemsSettled.model_validate_json, handlers.record_settlement)
     runtime.subscribe(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, handlers.record_journal_event)
     app = runtime.http_app("Kredit collections", routers=[api.router, ui.csv_router, ui.router])
+    for error in (auth.Unauthorized, auth.Forbidden, auth.TooManyRequests):
+        app.add_exception_handler(error, ui.auth_error)  # pages: to the sign-in page; the API: problem+json
     app.state.setup = setup
     return app
 

@@ -159,6 +159,8 @@ class WriteOffOut(BaseModel):
     journal_name: str
     journal_batch_number: str | None
     lines: list[GeneralJournalLine] = Field(description="The proposed journal lines.")
+    requested_by: str | None = Field(default=None, description="The token subject that requested the write-off.")
+    posted_by: str | None = Field(default=None, description="The token subject that posted its journal.")
 
     @classmethod
     def of(cls, row: WriteOffRequestRow) -> WriteOffOut:
@@ -170,6 +172,8 @@ class WriteOffOut(BaseModel):
             journal_name=row.journal_name,
             journal_batch_number=row.journal_batch_number,
             lines=row.journal_lines,
+            requested_by=row.requested_by,
+            posted_by=row.posted_by,
         )
 
 
@@ -183,7 +187,7 @@ class WriteOffParametersIO(_In):
 
     @classmethod
     def of(cls, parameters: WriteOffParameters) -> WriteOffParametersIO:
-        return cls(**parameters.model_dump())
+        return cls(**parameters.model_dump(exclude={"four_eyes_write_off"}))  # the setup's, not a parameter
 
     def to_setup(self) -> WriteOffParameters:
         return WriteOffParameters(**self.model_dump())

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from kredit_settlement import handlers
 from kredit_settlement.domain import Mark, MarkRejected, OpenTransaction
 from kredit_settlement.handlers import Postings
+from kredit_shared.audit import AuditDep
+from kredit_shared.auth import Role, require
 from kredit_shared.contracts import MAX_LIST_LENGTH, Code, Id, IsoDate
 from kredit_shared.money import Amount
 from kredit_shared.service import RuntimeDep
@@ -138,23 +140,34 @@ class ReleasedOut(BaseModel):
 # --- routes -----------------------------------------------------------------------------------
 
 
-@router.get("/parameters")
+def _parameters(row: handlers.ParametersRow) -> Parameters:
+    return Parameters(calculate_cash_discounts_for_partial_payments=row.calculate_cash_discounts_for_partial_payments)
+
+
+@router.get("/parameters", dependencies=[require(Role.viewer)])
 async def get_parameters(runtime: RuntimeDep, postings: PostingsDep) -> Parameters:
     async with runtime.transaction() as tx:
-        row = await handlers.get_parameters(postings, tx.session)
-    return Parameters(calculate_cash_discounts_for_partial_payments=row.calculate_cash_discounts_for_partial_payments)
+        return _parameters(await handlers.get_parameters(postings, tx.session))
 
 
-@router.put("/parameters")
-async def put_parameters(body: Parameters, runtime: RuntimeDep, postings: PostingsDep) -> Parameters:
+@router.put("/parameters", dependencies=[require(Role.admin)])
+async def put_parameters(body: Parameters, runtime: RuntimeDep, postings: PostingsDep, audit: AuditDep) -> Parameters:
     async with runtime.transaction() as tx:
-        row = await handlers.update_parameters(postings, tx.session, **body.model_dump())
-    return Parameters(calculate_cash_discounts_for_partial_payments=row.calculate_cash_discounts_for_partial_payments)
+        before = _parameters(await handlers.get_parameters(postings, tx.session))
+        after = _parameters(await handlers.update_parameters(postings, tx.session, **body.model_dump()))
+        audit.record(
+            tx.session,
+            "settlement parameters changed",
+            before=before.model_dump(mode="json"),
+            after=after.model_dump(mode="json"),
+        )
+    return after
 
 
 @router.post(
     "/settlement-preview",
     responses={404: {"description": "unknown invoice"}, 422: {"description": "a mark that cannot be settled"}},
+    dependencies=[require(Role.viewer, audited=False)],  # a POST that changes nothing
 )
 async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, postings: PostingsDep) -> PreviewOut:
     marks = [Mark(m.invoice_id, m.amount_to_settle, m.use_cash_discount) for m in body.marks]
@@ -185,7 +198,7 @@ async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, postings: Pos
     )
 
 
-@router.get("/customers/{account}/open-transactions")
+@router.get("/customers/{account}/open-transactions", dependencies=[require(Role.viewer)])
 async def get_open_transactions(account: Id, runtime: RuntimeDep, include_settled: bool = False) -> OpenTransactionsOut:
     """The customer's transactions with a balance still open (all of them with `include_settled=true`)."""
     async with runtime.sessions() as session:
@@ -193,7 +206,7 @@ async def get_open_transactions(account: Id, runtime: RuntimeDep, include_settle
     return OpenTransactionsOut(customer_account=account, transactions=[OpenTransactionOut.of(t) for t in transactions])
 
 
-@router.get("/pending-marks")
+@router.get("/pending-marks", dependencies=[require(Role.viewer)])
 async def get_pending(runtime: RuntimeDep, customer_account: str | None = None) -> PendingOut:
     """What waits for a transaction settlement has not seen yet: payment marks on unknown invoices (their
     money is reserved) and posted write-offs naming unknown transactions. State, not errors (docs/ordering.md)."""
@@ -218,13 +231,23 @@ async def get_pending(runtime: RuntimeDep, customer_account: str | None = None) 
 @router.post(
     "/pending-marks/{payment_id}/release",
     responses={404: {"description": "unknown payment"}, 409: {"description": "the payment holds nothing"}},
+    dependencies=[require(Role.accountant)],
 )
-async def release_pending_marks(payment_id: str, runtime: RuntimeDep, postings: PostingsDep) -> ReleasedOut:
+async def release_pending_marks(
+    payment_id: str, runtime: RuntimeDep, postings: PostingsDep, audit: AuditDep
+) -> ReleasedOut:
     """Give up waiting: drop the payment's pending marks and turn what is open of it into an ordinary
     automatic credit, applied now to the customer's open invoices and later to new ones."""
     try:
         async with runtime.transaction() as tx:
             result = await handlers.release_payment(postings, tx, payment_id)
+            audit.record(
+                tx.session,
+                "pending marks released",
+                payment_id=payment_id,
+                settled=[s.debit_voucher for s in result.settlements],
+                open_amount=str(-result.unused_amount),
+            )
     except LookupError as e:
         raise HTTPException(404, str(e)) from None
     except handlers.NothingToRelease as e:
