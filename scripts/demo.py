@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import uuid
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
@@ -91,14 +92,30 @@ async def main() -> None:
     finally:
         await producer.stop()
     print(f"published {len(INVOICES)} invoices and {len(PAYMENTS)} payments to {bootstrap}. Try:")
-    print("  curl -s localhost:8080/api/v1/customers/4027/transactions")
-    print("  curl -s 'localhost:8080/api/v1/aged-balances?as_of=2015-09-30'")
-    print(
-        "  curl -s -XPOST localhost:8080/api/v1/write-offs -H 'content-type: application/json' "
-        '-d \'{"customer_account": "US-004", "reason_comment": "Bad debt"}\''
-    )
-    print("  curl -s 'localhost:8083/api/v1/journals?journal_name=WriteOff&status=open'")
-    print("  curl -s 'localhost:8083/api/v1/trial-balance?as_of=2015-12-31'")
+    for line in try_commands(Path(os.environ.get("DATA_DIR", "data"))):
+        print(line)
+
+
+def try_commands(data_dir: Path) -> list[str]:
+    """curl commands against the running stack, each with the token of the role it needs (the local
+    run writes them to <data folder>/tokens/). The write-off is requested by local-collector and its
+    journal posted by local-accountant: with four-eyes on, the requester may not post it."""
+    tokens = data_dir / "tokens"
+
+    def auth(role: str) -> str:
+        return f'-H "Authorization: Bearer $(cat {tokens / role}.token)"'
+
+    return [
+        f"  curl -s {auth('viewer')} localhost:8080/api/v1/customers/4027/transactions",
+        f"  curl -s {auth('viewer')} 'localhost:8080/api/v1/aged-balances?as_of=2015-09-30'",
+        f"  curl -s {auth('collector')} -XPOST localhost:8080/api/v1/write-offs -H 'content-type: application/json' "
+        '-d \'{"customer_account": "US-004", "reason_comment": "Bad debt"}\'',
+        f"  curl -s {auth('viewer')} 'localhost:8083/api/v1/journals?journal_name=WriteOff&status=open'",
+        f"  curl -s {auth('accountant')} -XPOST localhost:8083/api/v1/journals/WOJ-000001/post",
+        f"  curl -s {auth('viewer')} 'localhost:8083/api/v1/trial-balance?as_of=2015-12-31'",
+        f"  curl -s {auth('admin')} localhost:8083/api/v1/audit",
+        f"tokens for other people: .venv/bin/kredit token --role collector --subject ann --data-dir {data_dir}",
+    ]
 
 
 if __name__ == "__main__":

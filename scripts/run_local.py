@@ -1,6 +1,10 @@
 """Run the whole stack locally: the Tansu broker (unless KAFKA_BOOTSTRAP_SERVERS names one) and the
 four services on SQLite under ./data. Ctrl-C or SIGTERM stops everything; no process is left behind.
 
+Authentication: the data folder gets a signing key (`auth/signing.key`, kept across runs) and one
+token per role (`tokens/<role>.token`, subject `local-<role>`, rewritten at every start); the
+services verify tokens with that key unless AUTH_JWKS_URL names an identity provider.
+
 Environment: KAFKA_BOOTSTRAP_SERVERS (external broker), KAFKA_PORT (default 9092), DATA_DIR
 (default ./data), COLLECTIONS_PORT / INVOICING_PORT / SETTLEMENT_PORT / LEDGER_POSTING_PORT.
 """
@@ -16,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from kredit_shared.auth import local_key_file, write_local_tokens
 from kredit_shared.service import port_is_free
 from kredit_shared.testing import stop_process, tansu_binary
 
@@ -96,6 +101,7 @@ def main() -> None:
                 f"(see the README: KAFKA_PORT, COLLECTIONS_PORT, ...)"
             )
 
+    tokens = None if os.environ.get("AUTH_JWKS_URL") else write_local_tokens(data_dir)
     stack = Stack()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -135,6 +141,7 @@ def main() -> None:
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "KAFKA_SESSION_TIMEOUT_MS": os.environ.get("KAFKA_SESSION_TIMEOUT_MS", "1000"),
                 "KAFKA_HEARTBEAT_INTERVAL_MS": os.environ.get("KAFKA_HEARTBEAT_INTERVAL_MS", "200"),
+                "AUTH_SIGNING_KEY_FILE": str(local_key_file(data_dir)),
             }
             stack.spawn(
                 service.name,
@@ -162,6 +169,16 @@ def main() -> None:
         for service in SERVICES:
             print(f"  {service.name:<15} http://{HOST}:{service.port}   (API docs: /docs, health: /healthz)")
         print(f"kredit: the collections workspace: http://{HOST}:{SERVICES[0].port}/")
+        if tokens is not None:
+            print(f"kredit: the APIs take a bearer token; one per role is in {tokens}/<role>.token, e.g.")
+            print(
+                f'  curl -H "Authorization: Bearer $(cat {tokens}/viewer.token)" '
+                f"http://{HOST}:{SERVICES[0].port}/api/v1/aged-balances"
+            )
+            print(
+                f"kredit: mint others with `.venv/bin/kredit token --role collector --subject ann"
+                f"{'' if data_dir == Path('data').resolve() else f' --data-dir {data_dir}'}`"
+            )
         print("kredit: `make demo` publishes the source scenarios; Ctrl-C stops everything.", flush=True)
 
         while True:

@@ -29,7 +29,7 @@ from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kredit_shared.auth import SAFE_METHODS, Principal, Role, Rule, client_address, require
+from kredit_shared.auth import SAFE_METHODS, Principal, Role, Rule, client_address, context, require
 from kredit_shared.outbox import utcnow
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ class AuditEntry(SQLModel, table=True):
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
-def _entry(scope_state: dict[str, Any], method: str, path: str, client: str, action: str, status: int, **detail: Any):
-    principal: Principal = scope_state["principal"]
+def _entry(known: dict[str, Any], method: str, path: str, client: str, action: str, status: int, **detail: Any):
+    principal: Principal = known["principal"]
     return AuditEntry(
         subject=principal.subject,
         roles=",".join(sorted(principal.roles)),
@@ -72,9 +72,9 @@ class Audit:
 
     def record(self, session: AsyncSession, action: str, status: int = 200, **detail: Any) -> None:
         """Add the row to `session`'s transaction. `detail` must be JSON (ids, before/after dicts)."""
-        state = self.request.scope.setdefault("state", {})
+        known = context(self.request)
         entry = _entry(
-            state,
+            known,
             self.request.method,
             self.request.url.path,
             client_address(self.request),
@@ -83,7 +83,7 @@ class Audit:
             **detail,
         )
         session.add(entry)
-        state["audited"] = True
+        known["audited"] = True
 
 
 def _audit_of(request: Request) -> Audit:
@@ -112,12 +112,12 @@ class AuditTrail:
             await send(message)
 
         await self.app(scope, receive, send_status)
-        state = scope.get("state", {})
-        if "principal" not in state or state.get("audited"):
+        known = context(scope)
+        if "principal" not in known or known.get("audited"):
             return
-        rule: Rule | None = state.get("rule")
+        rule: Rule | None = known.get("rule")
         if status == 403:
-            action = f"refused: {state.get('refusal', 'forbidden')}"
+            action = f"refused: {known.get('refusal', 'forbidden')}"
         elif scope["method"] not in SAFE_METHODS and status < 400 and (rule is None or rule.audited):
             action = f"{scope['method']} {scope['path']}"
         else:
@@ -126,7 +126,7 @@ class AuditTrail:
         runtime = scope["app"].state.runtime
         try:
             async with runtime.transaction() as tx:
-                tx.session.add(_entry(state, scope["method"], scope["path"], client, action, status))
+                tx.session.add(_entry(known, scope["method"], scope["path"], client, action, status))
         except Exception:  # noqa: BLE001 - the answer is sent; a lost row is logged, loudly
             log.exception("could not record the audit entry %s %s (%s)", scope["method"], scope["path"], action)
 

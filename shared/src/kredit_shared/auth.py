@@ -92,6 +92,18 @@ class Principal:
         return role in self.granted
 
 
+def context(request: Any) -> dict[str, Any]:
+    """What this request knows about its caller: `principal`, `rule`, `refusal`, `audited`. Kept in
+    the request's own ASGI scope: `request.state` may be one dict shared by every request (it is the
+    lifespan state under some servers and test harnesses)."""
+    scope = getattr(request, "scope", request)
+    return scope.setdefault("kredit", {})
+
+
+def principal_of(request: Any) -> Principal | None:
+    return context(request).get("principal")
+
+
 # --- errors (answered as problem+json by kredit_shared.http) -----------------------------------
 
 
@@ -353,7 +365,7 @@ async def _check_cookie_request(request: Request, token: str) -> None:
 
 async def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
     """The verified caller, from the Authorization header or else the workspace's session cookie."""
-    if (principal := getattr(request.state, "principal", None)) is not None:
+    if (principal := principal_of(request)) is not None:
         return principal
     token = credentials.credentials if credentials is not None else request.cookies.get(SESSION_COOKIE)
     if not token:
@@ -365,7 +377,7 @@ async def authenticate(request: Request, credentials: HTTPAuthorizationCredentia
     principal = await verifier.verify(token)
     if credentials is None and request.method not in SAFE_METHODS:
         await _check_cookie_request(request, token)
-    request.state.principal = principal
+    context(request)["principal"] = principal
     return principal
 
 
@@ -379,7 +391,7 @@ def require(role: Role, *, expensive: bool = False, audited: bool = True) -> Dep
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
     ) -> Principal:
         principal = await authenticate(request, credentials)
-        request.state.rule = rule
+        context(request)["rule"] = rule
         if not principal.may(rule.role):
             has = ", ".join(sorted(principal.roles)) or "no role"
             raise Forbidden(
@@ -409,7 +421,7 @@ PUBLIC = public()
 
 
 def _current_principal(request: Request) -> Principal:
-    principal = getattr(request.state, "principal", None)
+    principal = principal_of(request)
     if principal is None:  # a route that asks who is calling must also declare require(...)
         raise RuntimeError(f"{request.method} {request.url.path} reads the principal but declares no require(role)")
     return principal

@@ -83,7 +83,7 @@ async def http_error(request: Request, error: Exception) -> ProblemResponse:
     detail = error.detail if isinstance(error.detail, str) else HTTPStatus(error.status_code).phrase
     response = problem(error.status_code, detail)
     if error.status_code == 403:  # the audit trail records the refusal with its reason
-        request.state.refusal = detail
+        request.scope.setdefault("kredit", {})["refusal"] = detail  # kredit_shared.auth.context
     if error.headers:
         response.headers.update(error.headers)
     if error.status_code == 405:

@@ -20,16 +20,16 @@ import io
 import math
 from dataclasses import dataclass
 from decimal import Decimal
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Annotated, Any
-from ipaddress import ip_address
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kredit_collections import handlers
 from kredit_collections.domain import (
@@ -77,7 +77,7 @@ SetupDep = Annotated[CompanySetup, Depends(_setup)]
 
 
 def _page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    principal: auth.Principal | None = getattr(request.state, "principal", None)
+    principal = auth.principal_of(request)
     context.setdefault("principal", principal)
     context.setdefault("csrf", auth.csrf_token(principal.token) if principal else "")
     return templates.TemplateResponse(request, template, context, status_code=status_code)
@@ -138,12 +138,12 @@ async def sign_in(request: Request, runtime: RuntimeDep, audit: AuditDep) -> Res
     else:
         token = form.get("token", "").strip()
         if not token:
-            return _sign_in_page(request, next_path, "paste a token first", 401)
+            return _sign_in_page(request, next_path, "paste a token first", 422)
     try:
         principal = await verifier.verify(token)
     except HTTPException as e:
         return _sign_in_page(request, next_path, str(e.detail), e.status_code)
-    request.state.principal = principal
+    auth.context(request)["principal"] = principal
     async with runtime.transaction() as tx:
         audit.record(tx.session, "signed in to the workspace", 303)
     response = RedirectResponse(_local_path(next_path), status_code=303)
@@ -177,7 +177,7 @@ async def auth_error(request: Request, error: Exception) -> Response:
             target = referer.path if referer.netloc == request.headers.get("host") else "/"
         return RedirectResponse("/signin?" + urlencode({"next": target}), status_code=303)
     if error.status_code == 403:
-        request.state.refusal = error.detail  # the audit trail records it
+        auth.context(request)["refusal"] = error.detail  # the audit trail records it
     response = _page(request, "message.html", error.status_code, title="Not allowed", message=error.detail)
     if error.headers:
         response.headers.update(error.headers)
@@ -511,7 +511,8 @@ def written_off(row) -> Decimal:
 async def _write_off_page(
     request: Request, runtime, write_off_id: str, error: str | None = None, status_code: int = 200
 ) -> HTMLResponse:
-    principal: auth.Principal = request.state.principal
+    principal = auth.principal_of(request)
+    assert principal is not None  # every page declares require(...)
     async with runtime.sessions() as session:
         row = await handlers.write_off_request(session, write_off_id)
     if row is None:
@@ -563,7 +564,7 @@ async def post_journal(
     answer = await _ledger(runtime, principal, "POST", f"/api/v1/journals/{row.journal_batch_number}/post")
     if answer.error:
         if answer.status == 403:
-            request.state.refusal = answer.error  # the audit trail records the refusal
+            auth.context(request)["refusal"] = answer.error  # the audit trail records the refusal
         return await _write_off_page(request, runtime, write_off_id, answer.error, answer.status)
     async with runtime.transaction() as tx:
         audit.record(tx.session, "journal posted", 303, write_off_id=write_off_id, batch=row.journal_batch_number)
