@@ -1,8 +1,10 @@
 """Fuzz every service's HTTP API from its OpenAPI with schemathesis (`make fuzz`).
 
 Starts a Tansu broker and the four services on SQLite in a temporary folder (free ports, nothing
-shared with `make run`), runs schemathesis against each, prints one row per service and exits 1 if
-any answer was a 5xx. Other findings (e.g. a schema detail) are counted and listed, not fatal.
+shared with `make run`), runs schemathesis against each with a valid token (every role, subject
+`fuzz`; the services verify it with a key generated in that folder; rate limits off), prints one row
+per service and exits 1 if any answer was a 5xx. Other findings (e.g. a schema detail) are counted
+and listed, not fatal. tests/http/test_openapi_fuzz.py runs the same, bounded, in the test suite.
 
     python scripts/fuzz_http.py [--max-examples 300] [--service settlement] [--seed 1]
 """
@@ -21,6 +23,7 @@ import xml.etree.ElementTree as ET
 from contextlib import ExitStack
 from pathlib import Path
 
+from kredit_shared.auth import Role, ensure_local_key, local_key_file, mint_token, read_local_key
 from kredit_shared.testing import free_port, stop_process, tansu_broker
 
 HOST = "127.0.0.1"
@@ -54,6 +57,9 @@ def start_service(stack: ExitStack, name: str, package: str, bootstrap: str, fol
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_SESSION_TIMEOUT_MS": "1000",
         "KAFKA_HEARTBEAT_INTERVAL_MS": "200",
+        "AUTH_SIGNING_KEY_FILE": str(ensure_local_key(local_key_file(folder))),
+        "RATE_LIMIT_WRITES_PER_MINUTE": "0",  # schemathesis sends thousands; the limits have tests of their own
+        "RATE_LIMIT_EXPENSIVE_READS_PER_MINUTE": "0",
     }
     with open(folder / f"{name}.log", "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", package], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -62,8 +68,9 @@ def start_service(stack: ExitStack, name: str, package: str, bootstrap: str, fol
     return port
 
 
-def fuzz(name: str, port: int, folder: Path, max_examples: int, seed: int | None) -> dict:
+def fuzz(name: str, port: int, folder: Path, max_examples: int, seed: int | None, workers: int = 2) -> dict:
     har, junit = folder / f"{name}.har", folder / f"{name}.junit.xml"
+    token = mint_token(read_local_key(local_key_file(folder)), "fuzz", list(Role))
     command = [
         sys.executable,
         "-m",
@@ -75,7 +82,9 @@ def fuzz(name: str, port: int, folder: Path, max_examples: int, seed: int | None
         "--checks",
         "all",
         "--workers",
-        "2",
+        str(workers),
+        "--header",
+        f"Authorization: Bearer {token}",
         "--no-color",
         "--request-timeout",
         "10",

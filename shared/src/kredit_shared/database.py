@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl as ssl_module
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -29,7 +30,9 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, ssl_mode: str = "prefer", ssl_root_cert: Path | None = None) -> AsyncEngine:
+    """`ssl_mode` as libpq's sslmode (PostgreSQL only); verify-ca/verify-full check the server's
+    certificate against `ssl_root_cert` (the system's CAs when None)."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
         database = make_url(url).database
@@ -47,7 +50,11 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    ssl: str | ssl_module.SSLContext = ssl_mode
+    if ssl_mode in ("verify-ca", "verify-full"):
+        ssl = ssl_module.create_default_context(cafile=ssl_root_cert)
+        ssl.check_hostname = ssl_mode == "verify-full"
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args={"ssl": ssl})
 
 
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:

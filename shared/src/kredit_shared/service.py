@@ -28,12 +28,15 @@ import uvicorn
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
+from aiokafka.helpers import create_ssl_context
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.security import parse_security
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from sqlalchemy import Table
@@ -184,7 +187,7 @@ def _no_decoding(message: Any) -> None:
 class ServiceRuntime:
     def __init__(self, settings: ServiceSettings, tables: Sequence[Table]) -> None:
         self.settings = settings
-        self.engine = create_engine(settings.database_url)
+        self.engine = create_engine(settings.database_url, settings.database_ssl_mode, settings.database_ssl_root_cert)
         self.sessions = create_session_factory(self.engine)
         self.tables = [
             *tables,
@@ -193,7 +196,12 @@ class ServiceRuntime:
             audit.AuditEntry.__table__,
         ]
         # Per-message "Received/Processed" logs go to DEBUG; outcomes are in /metrics.
-        self.broker = KafkaBroker(settings.kafka_bootstrap_servers, log_level=logging.DEBUG, graceful_timeout=10)
+        self.broker = KafkaBroker(
+            settings.kafka_bootstrap_servers,
+            security=kafka_security(settings),
+            log_level=logging.DEBUG,
+            graceful_timeout=10,
+        )
         self.producer: AIOKafkaProducer | None = None
         self.relay: outbox.OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
@@ -413,9 +421,7 @@ class ServiceRuntime:
     async def start(self) -> None:
         await ensure_topics(self.settings)
         await create_tables(self.engine, self.tables)
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all", linger_ms=2
-        )
+        self.producer = AIOKafkaProducer(**kafka_options(self.settings), acks="all", linger_ms=2)
         await self.producer.start()
         self.relay = outbox.OutboxRelay(self.settings, self.sessions, self.producer)
         if self.settings.outbox_relay_enabled:
@@ -529,11 +535,16 @@ SessionDep = Annotated[AsyncSession, Depends(_session_of)]
 async def ensure_topics(settings: ServiceSettings) -> None:
     """Create every contract topic and its dead-letter topic if missing (memory brokers forget them)."""
     names = [settings.topic(t) for topic in ALL_TOPICS for t in (topic, dead_letter_topic(topic))]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [NewTopic(n, settings.topic_partitions, 1) for n in names if n not in existing]
+        if missing and not settings.kafka_create_topics:
+            raise RuntimeError(
+                f"missing topics {', '.join(t.name for t in missing)}: create them on the broker "
+                f"(KAFKA_CREATE_TOPICS is off)"
+            )
         if missing:
             response = await admin.create_topics(missing)
             for topic, code, message in getattr(response, "topic_errors", []):
@@ -541,6 +552,30 @@ async def ensure_topics(settings: ServiceSettings) -> None:
                     raise RuntimeError(f"cannot create topic {topic}: {message}")
     finally:
         await admin.close()
+
+
+def kafka_security(settings: ServiceSettings) -> BaseSecurity | None:
+    """The broker credentials of the settings, as FastStream takes them (aiokafka's via kafka_options)."""
+    protocol = settings.kafka_security_protocol
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile, certfile=settings.kafka_ssl_certfile, keyfile=settings.kafka_ssl_keyfile
+        )
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    sasl = {"SCRAM-SHA-512": SASLScram512, "SCRAM-SHA-256": SASLScram256, "PLAIN": SASLPlaintext}
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    return sasl[settings.kafka_sasl_mechanism](
+        settings.kafka_sasl_username or "", password, ssl_context=context, use_ssl=protocol == "SASL_SSL"
+    )
+
+
+def kafka_options(settings: ServiceSettings) -> dict[str, Any]:
+    """Keyword arguments for an aiokafka client: the bootstrap servers and the same credentials."""
+    return {"bootstrap_servers": settings.kafka_bootstrap_servers, **parse_security(kafka_security(settings))}
 
 
 def port_is_free(host: str, port: int) -> bool:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -19,9 +19,25 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int
     database_url: str
+    # PostgreSQL over TLS: "require" encrypts, "verify-full" also checks the server's certificate
+    # against DATABASE_SSL_ROOT_CERT and its host name. Ignored for SQLite.
+    database_ssl_mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    database_ssl_root_cert: Path | None = None
     # Larger request bodies are answered 413 before they are read (the largest valid one is ~200 kB).
     http_max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    # The broker is a trust boundary (docs/security.md): production authenticates each service as its
+    # own principal with SASL/SCRAM over TLS (or mTLS) and the broker's ACLs limit it to its topics.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None  # the broker's CA (SSL, SASL_SSL)
+    kafka_ssl_certfile: Path | None = None  # mTLS: this service's certificate and key
+    kafka_ssl_keyfile: Path | None = None
+    # In production the topics (and their ACLs) are made by whoever runs the broker; a service then
+    # needs no CREATE right and only checks that its topics exist.
+    kafka_create_topics: bool = True
     company_setup_file: Path | None = None  # None = the packaged demo company
 
     # Names every topic `<topic_prefix><contract name>`; only test runs sharing a broker set it.
@@ -96,6 +112,18 @@ class ServiceSettings(BaseSettings):
         if isinstance(value, str):
             return frozenset(p.strip() for p in value.split(",") if p.strip())
         return value
+
+    @model_validator(mode="after")
+    def _kafka_credentials_complete(self) -> ServiceSettings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL {self.kafka_security_protocol} needs KAFKA_SASL_USERNAME and _PASSWORD"
+            )
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together (mTLS)")
+        return self
 
     @property
     def group_id(self) -> str:
