@@ -35,7 +35,7 @@ SERVICES = {
 }
 
 
-def wait_healthy(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+def wait_healthy(port: int, process: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -49,23 +49,38 @@ def wait_healthy(port: int, process: subprocess.Popen, timeout: float = 60) -> N
     sys.exit(f"fuzz: nothing healthy on port {port} after {timeout}s")
 
 
-def start_service(stack: ExitStack, name: str, package: str, bootstrap: str, folder: Path) -> int:
+def start_services(
+    stack: ExitStack, names: list[str], bootstrap: str, folder: Path, extra_env: dict[str, str] | None = None
+) -> dict[str, int]:
+    """Start the services at once (each stopped when `stack` closes); their ports once all are healthy."""
+    started = {name: start_service(stack, name, SERVICES[name], bootstrap, folder, extra_env) for name in names}
+    for port, process in started.values():
+        wait_healthy(port, process)
+    return {name: port for name, (port, _) in started.items()}
+
+
+def start_service(
+    stack: ExitStack, name: str, package: str, bootstrap: str, folder: Path, extra_env: dict[str, str] | None = None
+) -> tuple[int, subprocess.Popen]:
     port = free_port()
-    env = os.environ | {
-        "HTTP_PORT": str(port),
-        "DATABASE_URL": f"sqlite+aiosqlite:///{folder / name}.db",
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "KAFKA_SESSION_TIMEOUT_MS": "1000",
-        "KAFKA_HEARTBEAT_INTERVAL_MS": "200",
-        "AUTH_SIGNING_KEY_FILE": str(ensure_local_key(local_key_file(folder))),
-        "RATE_LIMIT_WRITES_PER_MINUTE": "0",  # schemathesis sends thousands; the limits have tests of their own
-        "RATE_LIMIT_EXPENSIVE_READS_PER_MINUTE": "0",
-    }
+    env = (
+        os.environ
+        | {
+            "HTTP_PORT": str(port),
+            "DATABASE_URL": f"sqlite+aiosqlite:///{folder / name}.db",
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKA_SESSION_TIMEOUT_MS": "1000",
+            "KAFKA_HEARTBEAT_INTERVAL_MS": "200",
+            "AUTH_SIGNING_KEY_FILE": str(ensure_local_key(local_key_file(folder))),
+            "RATE_LIMIT_WRITES_PER_MINUTE": "0",  # schemathesis sends thousands; the limits have tests of their own
+            "RATE_LIMIT_EXPENSIVE_READS_PER_MINUTE": "0",
+        }
+        | (extra_env or {})
+    )
     with open(folder / f"{name}.log", "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", package], env=env, stdout=log, stderr=subprocess.STDOUT)
     stack.callback(stop_process, process)
-    wait_healthy(port, process)
-    return port
+    return port, process
 
 
 def fuzz(name: str, port: int, folder: Path, max_examples: int, seed: int | None, workers: int = 2) -> dict:
@@ -136,9 +151,7 @@ def main() -> None:
     with ExitStack() as stack:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(tansu_broker())
         bootstrap = bootstrap.removeprefix("tcp://")
-        ports = {
-            name: start_service(stack, name, SERVICES[name], bootstrap, folder) for name in args.service or SERVICES
-        }
+        ports = start_services(stack, args.service or list(SERVICES), bootstrap, folder)
         for name, port in ports.items():
             print(f"fuzzing {name} on port {port} ...", flush=True)
             results.append(fuzz(name, port, folder, args.max_examples, args.seed))

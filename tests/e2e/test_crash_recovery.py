@@ -12,8 +12,17 @@ import uuid
 import httpx
 import pytest
 
+from kredit_shared.auth import Role
 from kredit_shared.contracts import GL_GENERAL_JOURNALS, GL_JOURNAL_EVENTS
-from kredit_shared.testing import TopicProbe, free_port, isolated_kafka, publish, service_process, wait_until_healthy
+from kredit_shared.testing import (
+    TopicProbe,
+    free_port,
+    isolated_kafka,
+    publish,
+    service_process,
+    token_header,
+    wait_until_healthy,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +51,11 @@ def ledger_env(kafka, tmp_path) -> dict[str, str]:
 
 
 def journals(env: dict[str, str]) -> list[str]:
-    response = httpx.get(f"http://127.0.0.1:{env['HTTP_PORT']}/api/v1/journals", params={"journal_name": "WriteOff"})
+    response = httpx.get(
+        f"http://127.0.0.1:{env['HTTP_PORT']}/api/v1/journals",
+        params={"journal_name": "WriteOff"},
+        headers=token_header(Role.viewer),
+    )
     return [j["batch_number"] for j in response.json()["journals"]]
 
 

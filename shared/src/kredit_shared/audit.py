@@ -23,7 +23,7 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 from sqlalchemy import JSON, Column, select
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -152,6 +152,12 @@ class AuditList(BaseModel):
     next_before_id: int | None  # pass as `before_id` for the next (older) page; null on the last
 
 
+def _iso_datetime(value: object) -> object:
+    # Pydantic would also take a number of seconds ("0.5") as a time; the parameter says ISO 8601.
+    return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+IsoDateTime = Annotated[dt.datetime, BeforeValidator(_iso_datetime)]
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 
 
@@ -159,7 +165,7 @@ router = APIRouter(prefix="/api/v1", tags=["audit"])
 async def read_audit_trail(
     request: Request,
     subject: Annotated[str | None, Query(max_length=200, description="only this token subject")] = None,
-    since: Annotated[dt.datetime | None, Query(description="only entries at or after this time (ISO 8601)")] = None,
+    since: Annotated[IsoDateTime | None, Query(description="only entries at or after this time (ISO 8601)")] = None,
     before_id: Annotated[int | None, Query(ge=1, description="only entries older than this id (paging)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditList:

@@ -375,9 +375,9 @@ async def authenticate(request: Request, credentials: HTTPAuthorizationCredentia
         )
     verifier: TokenVerifier = request.app.state.auth
     principal = await verifier.verify(token)
+    context(request)["principal"] = principal  # before the CSRF check: the audit trail records its refusal
     if credentials is None and request.method not in SAFE_METHODS:
         await _check_cookie_request(request, token)
-    context(request)["principal"] = principal
     return principal
 
 
