@@ -83,7 +83,15 @@ def start_service(
     return port, process
 
 
-def fuzz(name: str, port: int, folder: Path, max_examples: int, seed: int | None, workers: int = 2) -> dict:
+def fuzz(
+    name: str,
+    port: int,
+    folder: Path,
+    max_examples: int,
+    seed: int | None,
+    workers: int = 2,
+    phases: str = "examples,coverage,fuzzing,stateful",
+) -> dict:
     har, junit = folder / f"{name}.har", folder / f"{name}.junit.xml"
     token = mint_token(read_local_key(local_key_file(folder)), "fuzz", list(Role))
     command = [
@@ -98,6 +106,8 @@ def fuzz(name: str, port: int, folder: Path, max_examples: int, seed: int | None
         "all",
         "--workers",
         str(workers),
+        "--phases",
+        phases,
         "--header",
         f"Authorization: Bearer {token}",
         "--no-color",

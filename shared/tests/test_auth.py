@@ -322,3 +322,29 @@ async def test_refusals_and_unrecorded_changes_are_in_the_audit_trail(served):
     assert (newest["subject"], newest["path"]) == ("vera", "/api/v1/audit")
     page = await client.get("/api/v1/audit", params={"limit": 1}, headers=auth_header(app, Role.admin))
     assert page.json()["next_before_id"] == page.json()["entries"][0]["id"]
+
+
+# --- the `kredit token` command ----------------------------------------------------------------
+
+
+def test_kredit_token_mints_a_token_the_services_accept_and_says_what_is_wrong(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from kredit_shared.cli import app as cli
+
+    monkeypatch.delenv("AUTH_SIGNING_KEY_FILE", raising=False)
+    auth.write_local_tokens(tmp_path)
+    runner = CliRunner()
+    minted = runner.invoke(
+        cli, ["token", "--role", "collector", "--role", "admin", "--subject", "ann", "--data-dir", str(tmp_path)]
+    )
+    assert minted.exit_code == 0, minted.output
+    key = auth.read_local_key(auth.local_key_file(tmp_path))
+    claims = jwt.decode(minted.output.strip(), key, algorithms=["HS256"], audience="kredit")
+    assert (claims["sub"], claims["roles"], claims["iss"]) == ("ann", ["collector", "admin"], "kredit-local")
+    assert claims["exp"] - claims["iat"] == 12 * 3600
+
+    unknown = runner.invoke(cli, ["token", "--role", "boss", "--subject", "ann", "--data-dir", str(tmp_path)])
+    assert unknown.exit_code == 2 and "unknown role boss" in unknown.output
+    no_key = runner.invoke(cli, ["token", "--role", "viewer", "--subject", "ann", "--data-dir", str(tmp_path / "x")])
+    assert no_key.exit_code == 1 and "cannot read the token signing key" in no_key.output

@@ -83,7 +83,7 @@ def running_stack(kafka, tmp_path_factory) -> Iterator[RunningStack]:
                 "RATE_LIMIT_EXPENSIVE_READS_PER_MINUTE": "0",
             }
             process = processes.enter_context(service_process(package, env, str(folder / f"{name}.log")))
-            wait_until_healthy(ports[name], timeout=60, process=process)
+            wait_until_healthy(ports[name], timeout=180, process=process)  # a loaded machine starts slowly
         stack = RunningStack(ports)
 
         invoices, payments = demo_messages()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from kredit_collections.domain import AgedBalance, TransactionBalance
 from kredit_collections.tables import WriteOffRequestRow
@@ -183,7 +183,7 @@ class WriteOffOut(BaseModel):
 class WriteOffParametersIO(_In):
     journal_name: Id
     reason_code: Code
-    separate_sales_tax: bool
+    separate_sales_tax: StrictBool  # true or false, not "yes" or 1
 
     @classmethod
     def of(cls, parameters: WriteOffParameters) -> WriteOffParametersIO:

@@ -46,6 +46,7 @@ from kredit_shared import auth
 from kredit_shared.audit import AuditDep
 from kredit_shared.auth import PUBLIC, PrincipalDep, Role, require
 from kredit_shared.company_setup import CompanySetup
+from kredit_shared.contracts import IsoDate
 from kredit_shared.http import http_error
 from kredit_shared.money import ZERO
 from kredit_shared.service import RuntimeDep, SessionDep
@@ -266,7 +267,7 @@ def bucket_chart(view: AgedView) -> list[dict[str, Any]]:
     return charts
 
 
-AsOf = Annotated[dt.date | None, Query(description="YYYY-MM-DD; default today")]
+AsOf = Annotated[IsoDate | None, Query(description="YYYY-MM-DD; default today")]
 Search = Annotated[str, Query(description="part of the customer account or name")]
 Sort = Annotated[str, Query(description="account, name, currency, balance or a bucket label")]
 Size = Annotated[int, Query(ge=1, le=1000)]
