@@ -393,6 +393,7 @@ def require(role: Role, *, expensive: bool = False, audited: bool = True) -> Dep
         principal = await authenticate(request, credentials)
         context(request)["rule"] = rule
         if not principal.may(rule.role):
+            limit(request, "write", principal.subject)  # each refusal is an audit row: bounded like a write
             has = ", ".join(sorted(principal.roles)) or "no role"
             raise Forbidden(
                 f"this needs the role {rule.role.value} (or one that includes it); the token of "
