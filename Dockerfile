@@ -47,8 +47,11 @@ ENV HTTP_HOST=0.0.0.0 \
     PATH="/app/.venv/bin:${PATH}"
 
 # Numeric non-root user, so Kubernetes' runAsNonRoot can verify it without resolving a name.
+# /var/lib/kredit: where docker-compose mounts the token signing key (a named volume takes the owner
+# of the directory it is mounted on), the only data the services read besides the setup.
 RUN groupadd --system --gid 10001 kredit \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent kredit
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent kredit \
+    && mkdir -p /var/lib/kredit && chown 10001:10001 /var/lib/kredit
 USER 10001:10001
 
 # collections 8080, invoicing 8081, settlement 8082, ledger-posting 8083 (docs/contract.md).

@@ -7,7 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from kredit_shared.auth import ensure_local_key
 from kredit_shared.testing import BrokerUnderTest, broker_under_test, fresh_postgres_database, postgres_server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every service of the session (in-process or a process) verifies tokens with this local key;
+    `kredit_shared.testing.auth_header` / `token_header` mint them."""
+    key = ensure_local_key(tmp_path_factory.mktemp("auth") / "signing.key")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AUTH_SIGNING_KEY_FILE", str(key))
+        patch.delenv("AUTH_JWKS_URL", raising=False)
+        yield key
 
 
 @pytest.fixture(scope="session")

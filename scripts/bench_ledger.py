@@ -41,6 +41,7 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from kredit_shared.auth import Role, ensure_local_key, mint_token, read_local_key
 from kredit_shared.contracts import GL_JOURNAL_LINES
 from kredit_shared.testing import (
     free_port,
@@ -133,7 +134,9 @@ async def bench_database(
 ) -> tuple[list[dict], str]:
     port, log = free_port(), workdir / f"ledger-{name}.log"
     topic_prefix = f"bench-{uuid.uuid4().hex[:8]}."  # own topics and consumer group per service
+    key_file = ensure_local_key(workdir / "auth" / "signing.key")
     env = {
+        "AUTH_SIGNING_KEY_FILE": str(key_file),
         "HTTP_PORT": str(port),
         "DATABASE_URL": db_url,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -179,9 +182,12 @@ async def bench_database(
                 for _ in range(args.repeats):
                     results.append(await run("throughput", args.vouchers, None, fast))
                     results.append(await run("latency", max(1, args.vouchers // 2), args.rate, paced))
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/api/v1/trial-balance?as_of=2100-01-01", timeout=30
-            ) as r:
+            token = mint_token(read_local_key(key_file), "bench", [Role.viewer])
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/v1/trial-balance?as_of=2100-01-01",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as r:
                 tb = json.load(r)
         debit, credit = Decimal(str(tb["total_debit"])), Decimal(str(tb["total_credit"]))
         ok = debit == credit == total_sent

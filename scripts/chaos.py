@@ -499,6 +499,7 @@ async def write_off(run: Run, client: httpx.AsyncClient, step: WriteOff) -> None
         client,
         "POST",
         f"{stack.url('collections')}/api/v1/write-offs",
+        headers=stack.auth("collector"),
         json={
             "customer_account": step.customer_account,
             "invoice_id": step.invoice_id,
@@ -515,8 +516,12 @@ async def write_off(run: Run, client: httpx.AsyncClient, step: WriteOff) -> None
         body = await _http(client, "GET", f"{stack.url('collections')}/api/v1/write-offs/{write_off_id}")
         status = body.json() if body is not None and body.status_code == 200 else {}
         if status.get("journal_batch_number"):
+            # Another person than the requester (four-eyes): local-accountant.
             posted = await _http(
-                client, "POST", f"{stack.url('ledger-posting')}/api/v1/journals/{status['journal_batch_number']}/post"
+                client,
+                "POST",
+                f"{stack.url('ledger-posting')}/api/v1/journals/{status['journal_batch_number']}/post",
+                headers=stack.auth("accountant"),
             )
             run.write_offs[
                 "posted"
@@ -537,7 +542,7 @@ async def drive(run: Run, rate: float) -> None:
     futures = []
     started = time.monotonic()
     try:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(timeout=10, headers=run.stack.auth("viewer")) as client:
             for n, step in enumerate(run.workload.steps):
                 if isinstance(step, WriteOff):
                     tasks.append(asyncio.create_task(write_off(run, client, step)))
@@ -617,7 +622,7 @@ async def converge(run: Run, timeout: float) -> tuple[float | None, dict[str, in
                 raise
     deadline = time.monotonic() + timeout
     previous, still_since, lag = None, time.monotonic(), {}
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, headers=stack.auth("viewer")) as client:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
                 lag = await stack.lag()
@@ -632,7 +637,7 @@ async def converge(run: Run, timeout: float) -> tuple[float | None, dict[str, in
 
 async def observe(run: Run) -> Observed:
     stack = run.stack
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, headers=stack.auth("viewer")) as client:
         ledger = stack.url("ledger-posting")
         tb = (await client.get(f"{ledger}/api/v1/trial-balance", params={"as_of": "2100-01-01"})).json()
 

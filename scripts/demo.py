@@ -18,6 +18,7 @@ import logging
 import sys
 import urllib.request
 import uuid
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
@@ -108,7 +109,7 @@ async def publish_scenarios(bootstrap: str) -> None:
 def main() -> int:
     logging.getLogger("aiokafka").disabled = True  # its connection errors would repeat our one line
     settings = LocalStackSettings()
-    collections, ledger = settings.port("collections"), settings.port("ledger-posting")
+    collections = settings.port("collections")
     if not stack_answers(collections):
         print(
             f"kredit: no Kredit stack answers on http://127.0.0.1:{collections} (start it with `make run`; "
@@ -122,15 +123,31 @@ def main() -> int:
         print(f"kredit: cannot reach the Kafka broker at {settings.bootstrap}; is `make run` up?", file=sys.stderr)
         return 1
     print(f"published {len(INVOICES)} invoices and {len(PAYMENTS)} payments to {settings.bootstrap}. Try:")
-    print(f"  curl -s localhost:{collections}/api/v1/customers/4027/transactions")
-    print(f"  curl -s 'localhost:{collections}/api/v1/aged-balances?as_of=2015-09-30'")
-    print(
-        f"  curl -s -XPOST localhost:{collections}/api/v1/write-offs -H 'content-type: application/json' "
-        '-d \'{"customer_account": "US-004", "reason_comment": "Bad debt"}\''
-    )
-    print(f"  curl -s 'localhost:{ledger}/api/v1/journals?journal_name=WriteOff&status=open'")
-    print(f"  curl -s 'localhost:{ledger}/api/v1/trial-balance?as_of=2015-12-31'")
+    for line in try_commands(settings.data_dir, collections, settings.port("ledger-posting")):
+        print(line)
     return 0
+
+
+def try_commands(data_dir: Path, collections: int, ledger: int) -> list[str]:
+    """curl commands against the running stack, each with the token of the role it needs (the local
+    run writes them to <data folder>/tokens/). The write-off is requested by local-collector and its
+    journal posted by local-accountant: with four-eyes on, the requester may not post it."""
+    tokens = data_dir / "tokens"
+
+    def auth(role: str) -> str:
+        return f'-H "Authorization: Bearer $(cat {tokens / role}.token)"'
+
+    return [
+        f"  curl -s {auth('viewer')} localhost:{collections}/api/v1/customers/4027/transactions",
+        f"  curl -s {auth('viewer')} 'localhost:{collections}/api/v1/aged-balances?as_of=2015-09-30'",
+        f"  curl -s {auth('collector')} -XPOST localhost:{collections}/api/v1/write-offs "
+        '-H \'content-type: application/json\' -d \'{"customer_account": "US-004", "reason_comment": "Bad debt"}\'',
+        f"  curl -s {auth('viewer')} 'localhost:{ledger}/api/v1/journals?journal_name=WriteOff&status=open'",
+        f"  curl -s {auth('accountant')} -XPOST localhost:{ledger}/api/v1/journals/WOJ-000001/post",
+        f"  curl -s {auth('viewer')} 'localhost:{ledger}/api/v1/trial-balance?as_of=2015-12-31'",
+        f"  curl -s {auth('admin')} localhost:{ledger}/api/v1/audit",
+        f"tokens for other people: .venv/bin/kredit token --role collector --subject ann --data-dir {data_dir}",
+    ]
 
 
 if __name__ == "__main__":

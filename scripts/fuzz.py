@@ -625,7 +625,10 @@ async def main(args: argparse.Namespace) -> int:
     print(f"fuzz: data and logs in {data_dir}", flush=True)
     results: list[Sent] = []
     rss_peak: Counter = Counter()
-    async with LocalStack(data_dir, postgres=args.postgres) as stack, httpx.AsyncClient(timeout=30) as client:
+    async with (
+        LocalStack(data_dir, postgres=args.postgres) as stack,
+        httpx.AsyncClient(timeout=30, headers=stack.auth("viewer")) as client,
+    ):
         print(
             f"fuzz: stack healthy (broker {stack.bootstrap}, {'PostgreSQL' if args.postgres else 'SQLite'})", flush=True
         )

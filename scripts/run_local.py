@@ -5,6 +5,10 @@ Settings (environment variables or `.env`, read by kredit_shared.settings.LocalS
 KAFKA_BOOTSTRAP_SERVERS (external broker), KAFKA_PORT (default 9092), DATA_DIR (default ./data),
 COLLECTIONS_PORT / INVOICING_PORT / SETTLEMENT_PORT / LEDGER_POSTING_PORT. Every service upgrades its
 database to the newest schema revision at start (kredit_shared.migrations).
+
+Authentication: the data folder gets a signing key (`auth/signing.key`, kept across runs) and one
+token per role (`tokens/<role>.token`, subject `local-<role>`, rewritten at every start); the
+services verify tokens with that key unless AUTH_JWKS_URL names an identity provider.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 from pydantic import ValidationError
 
+from kredit_shared.auth import local_key_file, write_local_tokens
 from kredit_shared.errors import describe_validation_error
 from kredit_shared.service import port_is_free
 from kredit_shared.settings import LocalStackSettings
@@ -127,6 +132,7 @@ def main() -> None:
                 f"(see the README: KAFKA_PORT, COLLECTIONS_PORT, ...)"
             )
 
+    tokens = None if os.environ.get("AUTH_JWKS_URL") else write_local_tokens(data_dir)
     stack = Stack()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -166,6 +172,7 @@ def main() -> None:
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
                 "KAFKA_HEARTBEAT_INTERVAL_MS": str(settings.kafka_heartbeat_interval_ms),
+                "AUTH_SIGNING_KEY_FILE": str(local_key_file(data_dir)),
             }
             stack.spawn(
                 service.name,
@@ -193,6 +200,16 @@ def main() -> None:
         for service in stack_services:
             print(f"  {service.name:<15} http://{HOST}:{service.port}   (API docs: /docs, probes: /livez /readyz)")
         print(f"kredit: the collections workspace: http://{HOST}:{stack_services[0].port}/")
+        if tokens is not None:
+            print(f"kredit: the APIs take a bearer token; one per role is in {tokens}/<role>.token, e.g.")
+            print(
+                f'  curl -H "Authorization: Bearer $(cat {tokens}/viewer.token)" '
+                f"http://{HOST}:{stack_services[0].port}/api/v1/aged-balances"
+            )
+            print(
+                f"kredit: mint others with `.venv/bin/kredit token --role collector --subject ann"
+                f"{'' if data_dir == Path('data').resolve() else f' --data-dir {data_dir}'}`"
+            )
         print("kredit: `make demo` publishes the source scenarios; Ctrl-C stops everything.", flush=True)
 
         while True:

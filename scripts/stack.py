@@ -26,6 +26,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from kredit_shared.auth import local_key_file, local_tokens_dir, write_local_tokens
 from kredit_shared.contracts import topics
 from kredit_shared.testing import LOCAL_POSTGRES, free_port, stop_process, tansu_binary
 
@@ -153,6 +154,7 @@ class LocalStack:
 
     async def _start(self) -> None:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        write_local_tokens(self.data_dir)  # the services verify with its key; the tools use its tokens
         port = free_port()
         address = f"tcp://{HOST}:{port}"
         with open(self.data_dir / "logs" / "broker.log", "ab") as log:
@@ -183,6 +185,10 @@ class LocalStack:
                     "KAFKA_SESSION_TIMEOUT_MS": str(self.session_timeout_ms),
                     "KAFKA_HEARTBEAT_INTERVAL_MS": str(self.heartbeat_interval_ms),
                     "PYTHONUNBUFFERED": "1",
+                    "AUTH_SIGNING_KEY_FILE": str(local_key_file(self.data_dir)),
+                    # The tools check the books, not the rate limits (tests/http and shared/tests do).
+                    "RATE_LIMIT_WRITES_PER_MINUTE": "0",
+                    "RATE_LIMIT_EXPENSIVE_READS_PER_MINUTE": "0",
                 }
                 p = ServiceProcess(
                     service, replica, free_port(), env, self.data_dir / "logs" / f"{service}-{replica}.log"
@@ -233,6 +239,11 @@ class LocalStack:
 
     def replicas_of(self, service: str) -> list[ServiceProcess]:
         return [p for p in self.processes if p.service == service]
+
+    def auth(self, role: str = "viewer") -> dict[str, str]:
+        """The Authorization header of the local token for `role` (subject local-<role>)."""
+        token = (local_tokens_dir(self.data_dir) / f"{role}.token").read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
 
     def url(self, service: str) -> str:
         """Base URL of a running replica of `service` (the first one that is up)."""

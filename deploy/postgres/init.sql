@@ -2,8 +2,9 @@
 -- another's database"). The postgres image runs this once, on an empty data volume, from
 -- /docker-entrypoint-initdb.d (see docker-compose.yml).
 --
--- The passwords are for the docker-compose stack only and match the DATABASE_URLs there. Real
--- deployments (deploy/base) take each DATABASE_URL from a Kubernetes Secret instead.
+-- LOCAL DEVELOPMENT ONLY: the passwords are for a docker-compose trial on one machine and match the
+-- DATABASE_URLs in deploy/compose/*.local-dev.env. Replace them before anyone else can reach the
+-- stack. Real deployments (deploy/base) take each DATABASE_URL from a Kubernetes Secret instead.
 -- Names use underscores: a hyphen would need quoting everywhere.
 
 CREATE ROLE invoicing LOGIN PASSWORD 'invoicing-dev';

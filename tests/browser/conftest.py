@@ -19,8 +19,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kredit_shared.auth import Role
 from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, ERP_CUSTOMER_PAYMENTS
-from kredit_shared.testing import free_port, isolated_kafka, publish, service_process, wait_until_healthy
+from kredit_shared.testing import (
+    free_port,
+    isolated_kafka,
+    publish,
+    service_process,
+    token_header,
+    wait_until_healthy,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 DEMO = Path(__file__).parents[2] / "scripts" / "demo.py"
@@ -71,6 +79,8 @@ def running_stack(kafka, tmp_path_factory) -> Iterator[RunningStack]:
                 "HTTP_PORT": str(ports[name]),
                 "DATABASE_URL": f"sqlite+aiosqlite:///{folder / name}.db",
                 "LEDGER_POSTING_URL": f"http://127.0.0.1:{ports['ledger']}",
+                # The pages reload until messages have arrived; the limits have tests of their own.
+                "RATE_LIMIT_EXPENSIVE_READS_PER_MINUTE": "0",
             }
             process = processes.enter_context(service_process(package, env, str(folder / f"{name}.log")))
             wait_until_healthy(ports[name], process=process)
@@ -87,7 +97,10 @@ def running_stack(kafka, tmp_path_factory) -> Iterator[RunningStack]:
         def all_open_in_settlement() -> bool:  # payments settle only invoices settlement already holds
             for message in invoices:
                 account = message["customer_account"]
-                response = httpx.get(stack.url(f"/api/v1/customers/{account}/open-transactions", "settlement"))
+                response = httpx.get(
+                    stack.url(f"/api/v1/customers/{account}/open-transactions", "settlement"),
+                    headers=token_header(Role.viewer),
+                )
                 if response.status_code != 200 or message["invoice_id"] not in response.text:
                     return False
             return True
@@ -129,6 +142,18 @@ def shoot(page, tmp_path: Path, name: str) -> Path:
         Path(folder).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(folder) / shot.name)
     return shot
+
+
+def sign_in(page, stack: RunningStack, role: str) -> None:
+    """The one-click sign-in of the local run (the services verify with the locally generated key)."""
+    page.goto(stack.url("/signin"))
+    page.click(f"#as-{role}")
+    page.wait_for_selector("#signed-in-as")
+
+
+def sign_out(page) -> None:
+    page.click("#sign-out")
+    page.wait_for_selector("#token-form")
 
 
 @pytest.fixture

@@ -1,13 +1,18 @@
 """Issue 15: the collections workspace in headless Chromium against the whole stack as real processes,
-fed with the source scenario (scripts/demo.py). A collector finds customer 4027 and its transactions,
-writes off a demo customer's whole balance, reviews and posts the journal, and cancels another request."""
+fed with the source scenario (scripts/demo.py). A viewer finds customer 4027 and its transactions, a
+collector writes off a demo customer's whole balance and an accountant reviews and posts the journal,
+a collector cancels another request. Issue 14: signing in (one click on the local run, or a pasted
+token), four-eyes in the pages, and a role's limits shown as a page."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
-from tests.browser.conftest import shoot, wait_for
+from tests.browser.conftest import shoot, sign_in, sign_out, wait_for
+
+from kredit_shared.auth import Role
+from kredit_shared.testing import token_header
 
 pytestmark = pytest.mark.slow
 expect = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed").expect
@@ -29,6 +34,11 @@ def reload_until(page, check, what: str, timeout: float = 30):
 
 def test_find_customer_4027_by_search_and_see_the_source_tables_balances(running_stack, page, tmp_path):
     page.goto(running_stack.url("/?as_of=2015-07-05"))
+    expect(page).to_have_url(re.compile(r"/signin\?next=%2F%3Fas_of%3D2015-07-05$"))  # not signed in yet
+    shoot(page, tmp_path, "sign-in")
+    page.click("#as-viewer")
+    expect(page).to_have_url(re.compile(r"/\?as_of=2015-07-05$"))  # back where the person was going
+    expect(page.locator("#signed-in-as")).to_have_text("local-viewer")
     page.fill("input[name=q]", "4027")
     page.press("input[name=q]", "Enter")
     # Between the two payments: 1,000.00 - 297.00 paid - 3.00 cash discount.
@@ -66,6 +76,7 @@ def test_find_customer_4027_by_search_and_see_the_source_tables_balances(running
 
 
 def test_write_off_a_whole_balance_review_and_post_the_journal_and_the_customer_leaves(running_stack, page, tmp_path):
+    sign_in(page, running_stack, "collector")
     page.goto(running_stack.url("/?as_of=2015-12-31"))
     page.fill("input[name=q]", "cave")
     page.press("input[name=q]", "Enter")
@@ -88,12 +99,19 @@ def test_write_off_a_whole_balance_review_and_post_the_journal_and_the_customer_
     credits = [c for c in column(page, "lines", 5) if c != "0.00"]
     assert credits == ["650.00"]
     expect(page.locator("#lines tfoot")).to_contain_text("650.00")
+    expect(page.locator("#requested-by")).to_have_text("local-collector")
+    expect(page.locator("#post")).to_have_count(0)  # a collector requests; an accountant posts
     shoot(page, tmp_path, "write-off-journal-review")
 
+    write_off_url = page.url
+    sign_out(page)
+    sign_in(page, running_stack, "accountant")
+    page.goto(write_off_url)
     page.click("#post")
     expect(page.locator("#status")).to_have_text("posted")
     expect(page.locator("#journal-status")).to_have_text("posted")
     expect(page.locator("#post")).to_have_count(0)
+    expect(page.locator("#posted-by")).to_have_text("local-accountant")
     shoot(page, tmp_path, "write-off-posted")
 
     page.click("text=US-004")
@@ -114,6 +132,7 @@ def test_write_off_a_whole_balance_review_and_post_the_journal_and_the_customer_
 
 
 def test_a_refused_write_off_reads_as_text_and_a_cancelled_request_frees_its_invoice(running_stack, page, tmp_path):
+    sign_in(page, running_stack, "collector")
     page.goto(running_stack.url("/customers/US-010"))
     reload_until(page, lambda: "BI-3001" in page.inner_text("#transactions"), "Birch company's invoice")
     page.check("input[name=scope][value=invoice]")
@@ -149,3 +168,33 @@ def test_a_refused_write_off_reads_as_text_and_a_cancelled_request_frees_its_inv
     expect(page.locator("#write-off-amount")).to_have_text("75.00")
     page.goto(running_stack.url("/write-offs?status=cancelled"))
     expect(page.locator("#write-offs tbody")).to_contain_text("US-010")
+
+
+def test_four_eyes_the_accountant_who_requested_a_write_off_sees_why_there_is_no_post(running_stack, page, tmp_path):
+    sign_in(page, running_stack, "accountant")
+    page.goto(running_stack.url("/customers/US-002"))
+    reload_until(page, lambda: "CIV-000667" in page.inner_text("#transactions"), "Contoso Los Angeles' invoice")
+    page.check("input[name=scope][value=all]")
+    page.click("#write-off-form button[type=submit]")
+    expect(page.locator("#status")).to_have_text("journal-created")
+    expect(page.locator("#requested-by")).to_have_text("local-accountant")
+    expect(page.locator("#post")).to_have_count(0)
+    expect(page.locator("#four-eyes")).to_contain_text("another accountant posts its journal")
+    shoot(page, tmp_path, "four-eyes")
+
+
+def test_a_pasted_token_signs_in_and_a_viewer_sees_the_limits_of_the_role_as_a_page(running_stack, page, tmp_path):
+    page.goto(running_stack.url("/signin"))
+    token = token_header(Role.viewer, subject="vera")["Authorization"].removeprefix("Bearer ")
+    page.fill("#token", token)
+    page.click("#sign-in")
+    expect(page.locator("#signed-in-as")).to_have_text("vera")
+    page.goto(running_stack.url("/customers/4027"))
+    page.click("#write-off-form button[type=submit]")  # the form is shown; the server refuses it
+    expect(page.locator("main")).to_contain_text("this needs the role collector")
+    shoot(page, tmp_path, "viewer-refused")
+
+    page.goto(running_stack.url("/signin"))
+    page.fill("#token", token[:-4] + "AAAA")  # a forged signature
+    page.click("#sign-in")
+    expect(page.locator("#signin-error")).to_contain_text("Signature verification failed")

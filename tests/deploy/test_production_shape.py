@@ -55,6 +55,18 @@ def as_env(environment: dict[str, Any] | list[str] | None) -> dict[str, str]:
     return dict(item.split("=", 1) if "=" in item else (item, "") for item in environment)
 
 
+def service_env(service: dict[str, Any]) -> dict[str, str]:
+    """A compose service's environment: its env files (in order), then `environment`, which wins."""
+    files = service.get("env_file", [])
+    env: dict[str, str] = {}
+    for name in [files] if isinstance(files, str) else files:
+        for line in (COMPOSE_FILE.parent / name).read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                env[key.strip()] = value.strip()
+    return env | as_env(service.get("environment"))
+
+
 def host_and_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host, int(port)
@@ -74,7 +86,11 @@ def compose_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def compose_kafka(compose_services: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    found = [(n, s) for n, s in compose_services.items() if "kafka" in str(s.get("image", ""))]
+    found = [
+        (n, s)
+        for n, s in compose_services.items()
+        if "kafka" in str(s.get("image", "")) and s.get("restart") != "no"  # not the one-shot kafka-init
+    ]
     assert len(found) == 1, f"expected one Kafka service, found {[n for n, _ in found]}"
     return found[0]
 
@@ -129,7 +145,7 @@ def test_compose_services_each_use_their_own_postgres_database(compose_services)
 
     databases = {}
     for service in SERVICES:
-        url = urlsplit(as_env(compose_services[service].get("environment"))["DATABASE_URL"])
+        url = urlsplit(service_env(compose_services[service])["DATABASE_URL"])
         assert url.scheme in ("postgresql", "postgres", "postgresql+asyncpg"), url.geturl()
         assert url.hostname == postgres_name and (url.port or 5432) == 5432, url.geturl()
         databases[service] = url.path.lstrip("/")
@@ -141,7 +157,7 @@ def test_compose_services_each_use_their_own_postgres_database(compose_services)
 @service_names
 def test_compose_service_talks_to_the_kafka_broker(compose_services, service):
     kafka_name, kafka = compose_kafka(compose_services)
-    env = as_env(compose_services[service].get("environment"))
+    env = service_env(compose_services[service])
     host, port = host_and_port(env["KAFKA_BOOTSTRAP_SERVERS"])
     assert host == kafka_name
     kafka_env = as_env(kafka.get("environment"))
@@ -581,3 +597,181 @@ def test_the_keda_component_replaces_the_hpas_in_the_production_overlay():
     assert find(objects, "HorizontalPodAutoscaler") == []
     minimum = {o["metadata"]["name"]: o["spec"]["minReplicaCount"] for o in find(objects, "ScaledObject")}
     assert minimum == {"collections": 1, "invoicing": 1, "settlement": 2, "ledger-posting": 2}
+
+
+# --- security (issue 14): the broker as a trust boundary, secrets, containers, network ---------
+
+KAFKA_DIR = ROOT / "deploy" / "kafka"
+# Who may do what on Kafka: each service consumes its inputs (and dead-letters to their .dlq topics)
+# and produces its outputs; the ERP only writes erp.*.
+CONSUMES = {
+    "invoicing": {"erp.customer-invoices"},
+    "settlement": {"erp.customer-payments", "ar.customer-transactions", "gl.journal-events"},
+    "collections": {"ar.customer-transactions", "ar.settlements", "gl.journal-events"},
+    "ledger-posting": {"gl.journal-lines", "gl.general-journals"},
+    "erp": set(),
+}
+PRODUCES = {
+    "invoicing": {"ar.customer-transactions", "gl.journal-lines"},
+    "settlement": {"ar.customer-transactions", "ar.settlements", "gl.journal-lines"},
+    "collections": {"gl.general-journals", "erp.customer-invoices"},  # interest notes and fees through invoicing
+    "ledger-posting": {"gl.journal-events"},
+    "erp": {"erp.customer-invoices", "erp.customer-payments"},
+}
+
+
+@service_names
+def test_the_acl_matrix_matches_what_each_service_subscribes_to_and_publishes(service, tmp_path):
+    from importlib import import_module
+
+    package, _ = SERVICES[service]
+    app_module, settings_module = import_module(f"{package}.app"), import_module(f"{package}.settings")
+    settings_class = next(
+        v for k, v in vars(settings_module).items() if k.endswith("Settings") and k != "ServiceSettings"
+    )
+    app = app_module.create_app(settings_class(database_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"))
+    subscribed = {subscription.topic for subscription in app.state.runtime._subscriptions.values()}  # noqa: SLF001
+    assert subscribed == CONSUMES[service]
+    assert set(app.state.runtime.publications) == PRODUCES[service]
+
+
+def test_compose_kafka_gives_each_principal_exactly_its_topics():
+    script = (KAFKA_DIR / "init-kafka.sh").read_text()
+    consumes: dict[str, set[str]] = {p: set() for p in CONSUMES}
+    produces: dict[str, set[str]] = {p: set() for p in PRODUCES}
+    for verb, principal, topic in re.findall(r"^(consumes|produces) (\S+) (\S+)$", script, re.M):
+        (consumes if verb == "consumes" else produces)[principal].add(topic)
+    assert (consumes, produces) == (CONSUMES, PRODUCES)
+    for principal in CONSUMES:
+        assert re.search(rf"^principal {principal} ", script, re.M), f"no SCRAM credential for {principal}"
+
+
+def test_strimzi_users_get_exactly_their_topics():
+    documents = load_documents(KAFKA_DIR / "strimzi.yaml")
+    users = {d["metadata"]["name"]: d["spec"] for d in documents if d["kind"] == "KafkaUser"}
+    assert set(users) == {f"kredit-{p}" for p in CONSUMES}
+    for principal in CONSUMES:
+        spec = users[f"kredit-{principal}"]
+        assert spec["authentication"]["type"] == "scram-sha-512" and spec["authorization"]["type"] == "simple"
+        granted = {
+            (acl["resource"]["type"], acl["resource"]["name"], operation)
+            for acl in spec["authorization"]["acls"]
+            for operation in acl["operations"]
+        }
+        expected = {("topic", t, op) for t in CONSUMES[principal] for op in ("Read", "Describe")}
+        expected |= {("topic", f"{t}.dlq", op) for t in CONSUMES[principal] for op in ("Write", "Describe")}
+        expected |= {("topic", t, op) for t in PRODUCES[principal] for op in ("Write", "Describe")}
+        expected |= {("group", f"kredit-{principal}", "Read")} if CONSUMES[principal] else set()
+        assert granted == expected, principal
+    topics = {d["spec"]["topicName"] for d in documents if d["kind"] == "KafkaTopic"}
+    contract = set().union(*CONSUMES.values(), *PRODUCES.values())
+    assert topics == contract | {f"{t}.dlq" for t in contract}
+
+
+def test_compose_kafka_authenticates_every_client_and_denies_what_no_acl_allows(compose_services):
+    _, kafka = compose_kafka(compose_services)
+    env = as_env(kafka.get("environment"))
+    protocols = dict(pair.split(":") for pair in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert {name: p for name, p in protocols.items() if name != "CONTROLLER"} == {
+        "INTERNAL": "SASL_PLAINTEXT",
+        "EXTERNAL": "SASL_PLAINTEXT",
+    }
+    assert "CONTROLLER://localhost:" in env["KAFKA_LISTENERS"]  # the unauthenticated one stays inside
+    start = (KAFKA_DIR / "start-kafka.sh").read_text()
+    for setting in (
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found=false",
+        "auto.create.topics.enable=false",
+        "sasl.enabled.mechanisms=SCRAM-SHA-512",
+    ):
+        assert setting in start
+    assert "start-kafka.sh" in " ".join(as_argv(kafka.get("entrypoint")))
+
+
+@service_names
+def test_compose_service_is_its_own_kafka_principal_with_settings_the_service_accepts(compose_services, service):
+    from kredit_shared.settings import ServiceSettings
+
+    env = service_env(compose_services[service])
+    assert env["KAFKA_SECURITY_PROTOCOL"].startswith("SASL_") and env["KAFKA_SASL_USERNAME"] == service
+    assert env["KAFKA_SASL_PASSWORD"] and env["KAFKA_CREATE_TOPICS"] == "false"
+    settings = ServiceSettings(
+        service_name=service,
+        http_port=SERVICES[service][1],
+        **{k.lower(): v for k, v in env.items() if k.startswith(("KAFKA_", "DATABASE_"))},
+    )
+    assert settings.kafka_sasl_password.get_secret_value() == env["KAFKA_SASL_PASSWORD"]
+
+
+def test_passwords_live_only_in_the_marked_local_dev_files():
+    compose_text = COMPOSE_FILE.read_text()
+    assert not re.search(r"(?i)password\s*[:=]\s*\S", compose_text.replace("KAFKA_ADMIN_PASSWORD (", ""))
+    assert not re.search(r"://[^/\s:]+:[^@\s]+@", compose_text), "a URL with a password in docker-compose.yml"
+    for env_file in (ROOT / "deploy" / "compose").glob("*"):
+        assert env_file.name.endswith(".local-dev.env"), env_file
+        assert env_file.read_text().startswith("# LOCAL DEVELOPMENT ONLY"), env_file
+    assert "LOCAL DEVELOPMENT ONLY" in (ROOT / "deploy" / "postgres" / "init.sql").read_text()
+    for path in BASE.rglob("*.y*ml"):
+        text = path.read_text()
+        assert not re.search(r"://[^/\s:]+:(?!\.\.\.@)[^@\s]+@", text), path  # "user:...@" is a placeholder
+        for doc in load_documents(path):
+            for var in (
+                (doc or {})
+                .get("spec", {})
+                .get("template", {})
+                .get("spec", {})
+                .get("containers", [{}])[0]
+                .get("env", [])
+            ):
+                if "PASSWORD" in var["name"] or var["name"] == "DATABASE_URL":
+                    assert "secretKeyRef" in var.get("valueFrom", {}), (path, var["name"])
+
+
+@service_names
+def test_compose_service_runs_as_non_root_on_a_read_only_filesystem_without_capabilities(compose_services, service):
+    spec = compose_services[service]
+    assert spec["read_only"] is True and "/tmp" in spec["tmpfs"]
+    assert spec["user"].split(":")[0] not in ("0", "root")
+    assert spec["cap_drop"] == ["ALL"] and "no-new-privileges:true" in spec["security_opt"]
+
+
+@service_names
+def test_k8s_pod_runs_as_non_root_on_a_read_only_filesystem_without_capabilities(k8s_objects, service):
+    deployment = deployment_for(k8s_objects, service)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    context = main_container(deployment)["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+
+
+@service_names
+def test_k8s_service_reaches_kafka_and_postgres_over_tls_and_verifies_tokens_of_an_issuer(k8s_objects, service):
+    deployment = deployment_for(k8s_objects, service)
+    container = main_container(deployment)
+    env = container_env(k8s_objects, container)
+    assert env["KAFKA_SECURITY_PROTOCOL"][1] == "SASL_SSL" and env["KAFKA_SASL_MECHANISM"][1].startswith("SCRAM")
+    assert env["KAFKA_SASL_USERNAME"] == ("value", f"kredit-{service}")
+    assert env["KAFKA_SASL_PASSWORD"] == ("Secret", f"kredit-{service}/password")
+    assert env["DATABASE_SSL_MODE"][1] == "verify-full"
+    mounted = {m["mountPath"] for m in container["volumeMounts"]}
+    for setting in ("KAFKA_SSL_CAFILE", "DATABASE_SSL_ROOT_CERT"):
+        assert str(Path(env[setting][1]).parent) in mounted, setting
+    assert env["AUTH_JWKS_URL"][1].startswith("https://") and env["AUTH_ISSUER"][1].startswith("https://")
+
+
+def test_k8s_network_policies_deny_by_default_and_open_only_what_each_service_needs(k8s_objects):
+    policies = {p["metadata"]["name"]: p["spec"] for p in find(k8s_objects, "NetworkPolicy")}
+    deny = policies["kredit-default-deny"]
+    assert deny["podSelector"]["matchLabels"] == {"app.kubernetes.io/part-of": "kredit"}
+    assert set(deny["policyTypes"]) == {"Ingress", "Egress"} and not deny.get("ingress") and not deny.get("egress")
+    for service, (_, port) in SERVICES.items():
+        spec = policies[service]
+        assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": service}
+        assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+        assert [p["port"] for rule in spec["ingress"] for p in rule["ports"]] == [port]
+        egress_ports = {p["port"] for rule in spec["egress"] for p in rule["ports"]}
+        assert {53, 9093, 5432, 443} <= egress_ports
+        assert egress_ports - {53, 9093, 5432, 443} == ({8083} if service == "collections" else set())
+    ledger_sources = [s for rule in policies["ledger-posting"]["ingress"] for s in rule["from"]]
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "collections"}}} in ledger_sources

@@ -22,7 +22,7 @@ from kredit_ledger_posting.settings import LedgerPostingSettings
 from kredit_settlement.app import create_app as create_settlement
 from kredit_settlement.settings import SettlementSettings
 from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, ERP_CUSTOMER_PAYMENTS
-from kredit_shared.testing import eventually, fresh_postgres_database, isolated_kafka, publish, serve
+from kredit_shared.testing import auth_header, eventually, fresh_postgres_database, isolated_kafka, publish, serve
 
 
 @dataclass
@@ -89,5 +89,9 @@ async def stack(kafka, postgres_admin_url, tmp_path_factory) -> AsyncIterator[St
             ("collections", CollectionsSettings, create_collections),
         ]:
             settings = settings_class(database_url=await database(name), **kafka_settings)
-            clients[name] = await resources.enter_async_context(serve(create(settings)))
+            app = create(settings)
+            clients[name] = await resources.enter_async_context(serve(app))
+            # A subject per client: the write-off requested through collections is posted on the ledger
+            # by someone else, as four-eyes wants (test_write_off_four_eyes.py tests the refusal).
+            clients[name].headers.update(auth_header(app, subject=f"e2e-{name}"))
         yield Stack(kafka.bootstrap_servers, kafka_settings["topic_prefix"], **clients)

@@ -12,6 +12,7 @@ import uuid
 import httpx
 import pytest
 
+from kredit_shared.auth import Role
 from kredit_shared.contracts import (
     ERP_CUSTOMER_INVOICES,
     GL_GENERAL_JOURNALS,
@@ -26,6 +27,7 @@ from kredit_shared.testing import (
     publish,
     publish_many,
     service_process,
+    token_header,
     wait_until_healthy,
 )
 
@@ -56,7 +58,11 @@ def ledger_env(kafka, tmp_path) -> dict[str, str]:
 
 
 def journals(env: dict[str, str]) -> list[str]:
-    response = httpx.get(f"http://127.0.0.1:{env['HTTP_PORT']}/api/v1/journals", params={"journal_name": "WriteOff"})
+    response = httpx.get(
+        f"http://127.0.0.1:{env['HTTP_PORT']}/api/v1/journals",
+        params={"journal_name": "WriteOff"},
+        headers=token_header(Role.viewer),
+    )
     return [j["batch_number"] for j in response.json()["journals"]]
 
 

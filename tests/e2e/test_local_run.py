@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -52,6 +53,15 @@ def status(port: int) -> int | None:
         return None
 
 
+def api_status(url: str, token: str | None = None) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def test_the_local_stack_takes_its_ports_from_dotenv_is_healthy_within_a_minute_and_stops_without_orphans(
     ports, tmp_path
 ):
@@ -64,6 +74,19 @@ def test_the_local_stack_takes_its_ports_from_dotenv_is_healthy_within_a_minute_
         elapsed = time.monotonic() - started
         assert elapsed < 60, f"took {elapsed:.0f}s"
         assert [status(ports[f"{name}_PORT"]) for name in SERVICES] == [200, 200, 200, 200]
+        printed = []
+        for line in stack.stdout:
+            printed.append(line)
+            if "make demo" in line:
+                break
+        # The authentication contract: one token per role under <data folder>/tokens, said where.
+        assert f"{tmp_path / 'tokens'}/<role>.token" in "".join(printed)
+        assert "kredit token --role collector --subject ann" in "".join(printed)
+        url = f"http://127.0.0.1:{ports['COLLECTIONS_PORT']}/api/v1/aged-balances"
+        assert api_status(url) == 401
+        for role in ("viewer", "collector", "accountant", "admin"):
+            token = (tmp_path / "tokens" / f"{role}.token").read_text().strip()
+            assert api_status(url, token) == 200, role
         assert {p.name for p in tmp_path.glob("*.db")} == {
             "collections.db",
             "invoicing.db",

@@ -20,6 +20,7 @@ from kredit_ledger_posting.app import create_app as ledger_app
 from kredit_ledger_posting.settings import LedgerPostingSettings
 from kredit_settlement.app import create_app as settlement_app
 from kredit_settlement.settings import SettlementSettings
+from kredit_shared.testing import auth_header
 
 APPS = {
     "collections": (collections_app, CollectionsSettings),
@@ -38,7 +39,13 @@ PREVIEW = {
 def client_of(service: str, tmp_path, **settings) -> httpx.AsyncClient:
     create_app, settings_class = APPS[service]
     app = create_app(settings_class(database_url=f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}", **settings))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://test")
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+        base_url="http://test",
+        headers=auth_header(
+            app
+        ),  # every role: these tests are about the input, tests/http/test_access_rules about roles
+    )
 
 
 @pytest.fixture

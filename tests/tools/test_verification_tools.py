@@ -189,3 +189,17 @@ def test_path_helpers_reach_into_lists():
     changed = copy.deepcopy(message)
     fuzz._set(changed, "lines.1.amount", "9.00")
     assert fuzz._get(changed, "lines.1.amount") == "9.00" and message["lines"][1]["amount"] == "2.00"
+
+
+def test_the_demo_prints_each_curl_with_the_token_of_the_role_it_needs():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kredit_demo", Path(__file__).parents[2] / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    lines = [line for line in demo.try_commands(Path("data"), 8080, 8083) if "curl" in line]
+    assert lines and all('-H "Authorization: Bearer $(cat data/tokens/' in line for line in lines)
+    by_call = {line.split("localhost:")[1].split()[0].strip("'"): line for line in lines}
+    assert "collector.token" in by_call["8080/api/v1/write-offs"]
+    assert "accountant.token" in by_call["8083/api/v1/journals/WOJ-000001/post"]  # not the requester: four-eyes
+    assert "admin.token" in by_call["8083/api/v1/audit"]

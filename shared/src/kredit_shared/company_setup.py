@@ -87,6 +87,9 @@ class WriteOffParameters(_Strict):
     journal_name: str
     reason_code: str
     separate_sales_tax: bool = False
+    # Separation of duties: whoever requested a write-off may not post its journal (ledger-posting
+    # answers 403). Set in the setup file only, not over the parameters API.
+    four_eyes_write_off: bool = True
 
 
 class AgingBucket(_Strict):

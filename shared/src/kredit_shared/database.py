@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl as ssl_module
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -33,9 +34,13 @@ def normalise_url(url: str) -> str:
 STATEMENT_TIMEOUT_SECONDS = 60
 
 
-def create_engine(url: str, *, pooled: bool = True) -> AsyncEngine:
-    """`pooled=False` gives an engine that opens a connection per use: for probes, so a probe that
-    times out can never leave a broken connection in the pool the consumer and the API use."""
+def create_engine(
+    url: str, ssl_mode: str = "prefer", ssl_root_cert: Path | None = None, *, pooled: bool = True
+) -> AsyncEngine:
+    """`ssl_mode` as libpq's sslmode (PostgreSQL only); verify-ca/verify-full check the server's
+    certificate against `ssl_root_cert` (the system's CAs when None). `pooled=False` gives an engine
+    that opens a connection per use: for probes, so a probe that times out can never leave a broken
+    connection in the pool the consumer and the API use."""
     url = normalise_url(url)
     pool = {} if pooled else {"poolclass": NullPool}
     if url.startswith("sqlite"):
@@ -56,7 +61,11 @@ def create_engine(url: str, *, pooled: bool = True) -> AsyncEngine:
         return engine
     if pooled:
         pool = {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}
-    return create_async_engine(url, connect_args={"command_timeout": STATEMENT_TIMEOUT_SECONDS}, **pool)
+    ssl: str | ssl_module.SSLContext = ssl_mode
+    if ssl_mode in ("verify-ca", "verify-full"):
+        ssl = ssl_module.create_default_context(cafile=ssl_root_cert)
+        ssl.check_hostname = ssl_mode == "verify-full"
+    return create_async_engine(url, connect_args={"command_timeout": STATEMENT_TIMEOUT_SECONDS, "ssl": ssl}, **pool)
 
 
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:

@@ -78,15 +78,17 @@ class BodySizeLimit:
 # --- one error shape --------------------------------------------------------------------------
 
 
-async def _http_error(_request: Request, error: Exception) -> ProblemResponse:
+async def http_error(request: Request, error: Exception) -> ProblemResponse:
     assert isinstance(error, StarletteHTTPException)
     detail = error.detail if isinstance(error.detail, str) else HTTPStatus(error.status_code).phrase
     response = problem(error.status_code, detail)
+    if error.status_code == 403:  # the audit trail records the refusal with its reason
+        request.scope.setdefault("kredit", {})["refusal"] = detail  # kredit_shared.auth.context
     if error.headers:
         response.headers.update(error.headers)
     if error.status_code == 405:
         # Starlette names only the first route of the path; a path may have a route per method.
-        response.headers["Allow"] = ", ".join(_documented_methods(_request.app, _request.url.path))
+        response.headers["Allow"] = ", ".join(_documented_methods(request.app, request.url.path))
     return response
 
 
@@ -145,10 +147,13 @@ _PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Prob
 _DEFAULT_DESCRIPTIONS = {
     400: "The body could not be read",
     404: "Unknown resource",
+    401: "No bearer token, or an invalid or expired one",
+    403: "The token's roles do not include the role this needs, or a rule refuses this caller",
     413: "The request body is too large",
+    429: "Too many requests from this client: wait for the seconds in Retry-After",
     422: "Invalid input: the errors name each bad field",
     500: "Internal error",
-    503: "The database or the broker is unreachable",
+    503: "The database or the broker is unreachable (probes), or the token issuer's keys cannot be fetched",
 }
 
 
@@ -162,8 +167,10 @@ def _document_errors(path: str, operation: dict[str, Any]) -> None:
         codes |= {404, 422}
     if "query" in where:
         codes.add(422)
-    if path == "/healthz":
+    if path in ("/healthz", "/readyz"):
         codes.add(503)
+    if operation.get("security"):  # kredit_shared.auth: a token, its role, the rate limit, the issuer's keys
+        codes |= {401, 403, 429, 503}
     responses = operation.setdefault("responses", {})
     for code in codes:
         responses.setdefault(str(code), {"description": _DEFAULT_DESCRIPTIONS[code]})
@@ -200,7 +207,7 @@ def _install_openapi(app: FastAPI) -> None:
 def install_http_hardening(app: FastAPI, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
     """Call once on a new app, before or after its routes are added."""
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
     _install_openapi(app)

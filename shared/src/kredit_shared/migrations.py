@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import import_module
 
 from alembic import command
 from alembic.config import Config
@@ -28,11 +29,15 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, Table, create_engine, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kredit_shared import audit, inbox, outbox
 from kredit_shared.database import SCHEMA_LOCK_KEY
 
 log = logging.getLogger(__name__)
 
 INITIAL_REVISION = "0001"
+
+# The tables every service has besides its own: the outbox, the inbox and the audit trail.
+SHARED_TABLES = [outbox.OutboxMessage.__table__, inbox.ProcessedMessage.__table__, audit.AuditEntry.__table__]
 
 
 class SchemaError(Exception):
@@ -71,16 +76,8 @@ class Migrations:
 
 def of_package(service: str, package: str) -> Migrations:
     """A service's history by convention: `<package>/migrations`, for the tables in `<package>.tables.TABLES`
-    plus the outbox and inbox every service has."""
-    from importlib import import_module
-
-    from kredit_shared import inbox, outbox
-
-    tables = [
-        *import_module(f"{package}.tables").TABLES,
-        outbox.OutboxMessage.__table__,
-        inbox.ProcessedMessage.__table__,
-    ]
+    plus the ones every service has (SHARED_TABLES)."""
+    tables = [*import_module(f"{package}.tables").TABLES, *SHARED_TABLES]
     return Migrations(service, f"{package}:migrations", tables)
 
 

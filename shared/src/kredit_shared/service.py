@@ -30,12 +30,15 @@ import uvicorn
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import IncompatibleBrokerVersion, InvalidPartitionsError, KafkaConnectionError
+from aiokafka.helpers import create_ssl_context
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.security import parse_security
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from sqlalchemy import Table, event, insert
@@ -44,14 +47,14 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kredit_shared import asyncapi, failpoints, inbox, logs, metrics, outbox, retention, telemetry
+from kredit_shared import asyncapi, audit, auth, failpoints, inbox, logs, metrics, outbox, retention, telemetry
 from kredit_shared.company_setup import SetupError
 from kredit_shared.contracts.messages import ContractMessage
 from kredit_shared.contracts.topics import ALL_TOPICS, dead_letter_topic
 from kredit_shared.database import create_engine, create_session_factory, create_tables, ping
 from kredit_shared.errors import describe_validation_error
 from kredit_shared.http import install_http_hardening
-from kredit_shared.migrations import Migrations, SchemaError, upgrade
+from kredit_shared.migrations import SHARED_TABLES, Migrations, SchemaError, upgrade
 from kredit_shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -240,18 +243,21 @@ class ServiceRuntime:
         """`migrations`: the service's schema history, applied at start (`upgrade head`). Without one
         (test-only runtimes) the tables are created as they are."""
         self.settings = settings
-        self.engine = create_engine(settings.database_url)
+        self.engine = create_engine(settings.database_url, settings.database_ssl_mode, settings.database_ssl_root_cert)
         self.sessions = create_session_factory(self.engine)
         # Probes get their own connections and are never cancelled mid-query: a cancelled asyncpg
         # query can leave its connection unusable, and in the shared pool it once stalled the
         # consumer for good (found by the chaos run on PostgreSQL under load).
-        self._probe_engine = create_engine(settings.database_url, pooled=False)
+        self._probe_engine = create_engine(
+            settings.database_url, settings.database_ssl_mode, settings.database_ssl_root_cert, pooled=False
+        )
         self._database_probe: asyncio.Task[None] | None = None
-        self.tables = [*tables, outbox.OutboxMessage.__table__, inbox.ProcessedMessage.__table__]
+        self.tables = [*tables, *SHARED_TABLES]
         self.migrations = migrations
         # Per-message "Received/Processed" logs go to DEBUG; outcomes are in /metrics.
         self.broker = KafkaBroker(
             settings.kafka_bootstrap_servers,
+            security=kafka_security(settings),
             log_level=logging.DEBUG,
             graceful_timeout=10,
             logger=logging.getLogger("faststream.access.kafka"),  # a plain logger: the process's one format
@@ -551,7 +557,7 @@ class ServiceRuntime:
             await self.prepare()
         self.producer = AIOKafkaProducer(
             # Larger batches per partition than the default 16 KiB: the relay sends thousands of rows at once.
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **kafka_options(self.settings),
             acks="all",
             linger_ms=2,
             max_batch_size=256 * 1024,
@@ -630,8 +636,12 @@ class ServiceRuntime:
         return checks
 
     def http_app(self, title: str, routers: Sequence[APIRouter] = ()) -> FastAPI:
+        """The service's FastAPI app: probes, metrics, the audit trail, and `routers`. Raises
+        AuthConfigError when tokens cannot be verified; refuses to start while a route has no access rule."""
+
         @asynccontextmanager
-        async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            auth.check_rules(app)
             await self.start()
             try:
                 yield
@@ -640,18 +650,26 @@ class ServiceRuntime:
 
         app = FastAPI(title=title, lifespan=lifespan)
         app.state.runtime = self
+        app.state.auth = auth.TokenVerifier(self.settings)
+        app.state.rate_limiter = auth.RateLimiter.from_settings(self.settings)
+        app.add_middleware(audit.AuditTrail)
         if self.settings.cors_origins:  # none by default: only the service's own pages call it
+            # Bearer tokens in a header, no cookies: a configured origin's page sends its own token.
             app.add_middleware(
-                CORSMiddleware, allow_origins=self.settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
+                CORSMiddleware,
+                allow_origins=self.settings.cors_origins,
+                allow_methods=["GET", "POST", "PUT"],
+                allow_headers=["Authorization", "Content-Type"],
+                expose_headers=["Retry-After"],
             )
 
-        @app.get("/livez", tags=["operations"])
+        @app.get("/livez", tags=["operations"], dependencies=[auth.PUBLIC])
         async def livez() -> JSONResponse:
             """200 while the process serves requests: liveness checks nothing outside it, so an outage of the
             broker or the database never restarts the pods (they wait; /readyz tells)."""
             return JSONResponse({"status": "ok"})
 
-        @app.get("/healthz", tags=["operations"])
+        @app.get("/healthz", tags=["operations"], dependencies=[auth.PUBLIC])
         async def healthz() -> JSONResponse:
             """200 while the database and the broker answer."""
             checks = await self.health()
@@ -660,7 +678,7 @@ class ServiceRuntime:
                 {"status": "ok" if healthy else "unavailable", "checks": checks}, 200 if healthy else 503
             )
 
-        @app.get("/readyz", tags=["operations"])
+        @app.get("/readyz", tags=["operations"], dependencies=[auth.PUBLIC])
         async def readyz() -> JSONResponse:
             """503 while a consumer has been stuck on one message, or the outbox relay failing, for longer
             than `STUCK_AFTER_SECONDS`, or while /healthz fails."""
@@ -668,15 +686,16 @@ class ServiceRuntime:
             ready = all(v == "ok" for v in checks.values())
             return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503)
 
-        @app.get("/metrics", tags=["operations"])
+        @app.get("/metrics", tags=["operations"], dependencies=[auth.PUBLIC])
         async def prometheus_metrics() -> Response:
             await self.report_lag()
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-        app.include_router(asyncapi.router(self.asyncapi))
+        # The contract's document, public like /docs and /openapi.json.
+        app.include_router(asyncapi.router(self.asyncapi), dependencies=[auth.PUBLIC])
         install_http_hardening(app, self.settings.http_max_body_bytes)
         app.add_middleware(telemetry.HttpTelemetry, service=self.settings.service_name)  # outermost: sees every answer
-        for router in routers:
+        for router in [*routers, audit.router]:
             app.include_router(router)
         return app
 
@@ -698,7 +717,11 @@ SessionDep = Annotated[AsyncSession, Depends(_session_of)]
 async def ensure_topics(settings: ServiceSettings) -> None:
     """Create every contract topic and its dead-letter topic if missing (memory brokers forget them)."""
     names = [settings.topic(t) for topic in ALL_TOPICS for t in (topic, dead_letter_topic(topic))]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    if not settings.kafka_create_topics:
+        # The operator made them (with ACLs a service sees only the topics it may use, so it cannot
+        # even check the others); a missing one shows as a consumer or relay error naming it.
+        return
+    admin = AIOKafkaAdminClient(**kafka_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -754,6 +777,30 @@ async def _raise_partitions(admin: AIOKafkaAdminClient, settings: ServiceSetting
     )
 
 
+def kafka_security(settings: ServiceSettings) -> BaseSecurity | None:
+    """The broker credentials of the settings, as FastStream takes them (aiokafka's via kafka_options)."""
+    protocol = settings.kafka_security_protocol
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile, certfile=settings.kafka_ssl_certfile, keyfile=settings.kafka_ssl_keyfile
+        )
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    sasl = {"SCRAM-SHA-512": SASLScram512, "SCRAM-SHA-256": SASLScram256, "PLAIN": SASLPlaintext}
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    return sasl[settings.kafka_sasl_mechanism](
+        settings.kafka_sasl_username or "", password, ssl_context=context, use_ssl=protocol == "SASL_SSL"
+    )
+
+
+def kafka_options(settings: ServiceSettings) -> dict[str, Any]:
+    """Keyword arguments for an aiokafka client: the bootstrap servers and the same credentials."""
+    return {"bootstrap_servers": settings.kafka_bootstrap_servers, **parse_security(kafka_security(settings))}
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -780,8 +827,8 @@ def run_service(create_app: Callable[[S], FastAPI], settings_class: type[S]) -> 
         )
     try:
         app = create_app(settings)
-    except SetupError as e:
-        sys.exit(str(e))
+    except (SetupError, auth.AuthConfigError) as e:
+        sys.exit(f"{settings.service_name}: {e}" if isinstance(e, auth.AuthConfigError) else str(e))
     if problem := _prepare(app.state.runtime):
         sys.exit(problem)
     # log_config=None: uvicorn's loggers keep the format configured above.

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -18,9 +19,25 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int
     database_url: str
+    # PostgreSQL over TLS: "require" encrypts, "verify-full" also checks the server's certificate
+    # against DATABASE_SSL_ROOT_CERT and its host name. Ignored for SQLite.
+    database_ssl_mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    database_ssl_root_cert: Path | None = None
     # Larger request bodies are answered 413 before they are read (the largest valid one is ~200 kB).
     http_max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    # The broker is a trust boundary (docs/security.md): production authenticates each service as its
+    # own principal with SASL/SCRAM over TLS (or mTLS) and the broker's ACLs limit it to its topics.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None  # the broker's CA (SSL, SASL_SSL)
+    kafka_ssl_certfile: Path | None = None  # mTLS: this service's certificate and key
+    kafka_ssl_keyfile: Path | None = None
+    # In production the topics (and their ACLs) are made by whoever runs the broker; a service then
+    # needs no CREATE right and only checks that its topics exist.
+    kafka_create_topics: bool = True
     company_setup_file: Path | None = None  # None = the packaged demo company
 
     # Names every topic `<topic_prefix><contract name>`; only test runs sharing a broker set it.
@@ -63,12 +80,45 @@ class ServiceSettings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     # Browser origins allowed to call the HTTP API (CORS), e.g. "https://ar.example.com,http://localhost:5173".
+    # Exact origins only: "*" is refused, a wildcard would let any web page drive the API with a stolen token.
     cors_origins: Annotated[list[str], NoDecode] = []
 
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         return [o.strip() for o in value.split(",") if o.strip()] if isinstance(value, str) else value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if not re.fullmatch(r"https?://[^/*\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin like https://ar.example.com (no path, no wildcard)")
+        return origins
+
+    # --- authentication (kredit_shared.auth) ---------------------------------------------------
+    # Production: the issuer's JWKS (RS256/ES256/EdDSA keys), its `iss` and the `aud` the tokens name.
+    auth_jwks_url: str | None = None
+    auth_issuer: str | None = None  # required with AUTH_JWKS_URL; the local key's tokens say "kredit-local"
+    auth_audience: str = "kredit"
+    auth_algorithms: Annotated[list[str], NoDecode] = ["RS256", "ES256", "EdDSA"]
+    auth_roles_claim: str = "roles"  # a dotted path for issuers that nest it, e.g. "realm_access.roles"
+    # Local run and tests: an HS256 key that `make run` generates under the data folder (used only
+    # when AUTH_JWKS_URL is not set); the workspace then also offers one-click local sign-in.
+    auth_signing_key_file: Path | None = Path("data/auth/signing.key")
+    auth_leeway_seconds: int = Field(default=30, ge=0)
+
+    @field_validator("auth_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        return [a.strip() for a in value.split(",") if a.strip()] if isinstance(value, str) else value
+
+    # Per client (token subject, else address) and per process: a token bucket of `burst` requests
+    # refilled at `per_minute`; 0 per minute turns a limit off. Over it: 429 with Retry-After.
+    rate_limit_writes_per_minute: int = Field(default=120, ge=0)
+    rate_limit_writes_burst: int = Field(default=60, ge=1)
+    rate_limit_expensive_reads_per_minute: int = Field(default=30, ge=0)
+    rate_limit_expensive_reads_burst: int = Field(default=10, ge=1)
 
     # Crash points for failure tests only (e.g. "relay-before-publish,consumer-after-commit").
     failpoints: Annotated[frozenset[str], NoDecode] = frozenset()
@@ -79,6 +129,18 @@ class ServiceSettings(BaseSettings):
         if isinstance(value, str):
             return frozenset(p.strip() for p in value.split(",") if p.strip())
         return value
+
+    @model_validator(mode="after")
+    def _kafka_credentials_complete(self) -> ServiceSettings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL {self.kafka_security_protocol} needs KAFKA_SASL_USERNAME and _PASSWORD"
+            )
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together (mTLS)")
+        return self
 
     @property
     def group_id(self) -> str:

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -164,15 +165,43 @@ def isolated_kafka(kafka: BrokerUnderTest) -> dict[str, Any]:
     }
 
 
+TEST_SUBJECT = "test-user"
+
+
+def auth_header(app: Any, *roles: Any, subject: str = TEST_SUBJECT) -> dict[str, str]:
+    """An Authorization header for an in-process app (signed with its local key); all roles by default."""
+    from kredit_shared.auth import Role
+
+    token = app.state.auth.mint_local(subject, roles or tuple(Role))
+    return {"Authorization": f"Bearer {token}"}
+
+
+def signing_key_file() -> Path:
+    """The key the test session's services verify tokens with (the root conftest sets it up)."""
+    return Path(os.environ["AUTH_SIGNING_KEY_FILE"])
+
+
+def token_header(*roles: Any, subject: str = TEST_SUBJECT) -> dict[str, str]:
+    """An Authorization header for services running as processes with the test session's key."""
+    from kredit_shared.auth import Role, mint_token, read_local_key
+
+    token = mint_token(read_local_key(signing_key_file()), subject, roles or tuple(Role))
+    return {"Authorization": f"Bearer {token}"}
+
+
 @contextlib.asynccontextmanager
 async def serve(app: Any) -> AsyncIterator[Any]:
-    """Run a service's app in-process (lifespan: broker, consumer, relay) and yield an HTTP client."""
+    """Run a service's app in-process (lifespan: broker, consumer, relay) and yield an HTTP client.
+    The client sends a token of TEST_SUBJECT with every role; pass `headers=auth_header(...)` on a
+    request to act as someone else (a test of the roles, four-eyes)."""
     import httpx
     from asgi_lifespan import LifespanManager
 
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://service", headers=auth_header(app)
+        ) as client:
             yield client
 
 

@@ -26,6 +26,8 @@ from kredit_collections.schemas import (
     WriteOffOut,
     WriteOffParametersIO,
 )
+from kredit_shared.audit import AuditDep
+from kredit_shared.auth import PrincipalDep, Role, require
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import Id, IsoDate
 from kredit_shared.service import RuntimeDep, SessionDep
@@ -43,7 +45,11 @@ router = APIRouter(prefix="/api/v1", tags=["collections"])
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
 
 
-@router.get("/customers/{account}/transactions", responses={404: {"description": "No transactions of this customer"}})
+@router.get(
+    "/customers/{account}/transactions",
+    responses={404: {"description": "No transactions of this customer"}},
+    dependencies=[require(Role.viewer)],
+)
 async def get_customer_transactions(account: Id, session: SessionDep) -> CustomerTransactionsOut:
     """The customer's transactions, oldest first. `debit` and `credit` show the original amount in its
     column and null in the other; `balance` is what is still open (0.00 once settled)."""
@@ -55,7 +61,7 @@ async def get_customer_transactions(account: Id, session: SessionDep) -> Custome
     )
 
 
-@router.get("/aged-balances")
+@router.get("/aged-balances", dependencies=[require(Role.viewer, expensive=True)])
 async def get_aged_balances(
     session: SessionDep,
     setup: SetupDep,
@@ -82,7 +88,7 @@ async def get_aged_balances(
     )
 
 
-@router.get("/open-invoices")
+@router.get("/open-invoices", dependencies=[require(Role.viewer, expensive=True)])
 async def get_open_invoices(session: SessionDep, customer_account: Id | None = None) -> OpenInvoicesOut:
     """Invoices and credit notes with a remaining balance, by due date; all customers unless filtered."""
     rows = await handlers.open_customer_invoices(session, customer_account)
@@ -101,9 +107,13 @@ async def get_open_invoices(session: SessionDep, customer_account: Id | None = N
             "code, or mixed currencies"
         },
     },
+    dependencies=[require(Role.collector)],
 )
-async def post_write_off(body: WriteOffIn, runtime: RuntimeDep, setup: SetupDep) -> WriteOffAccepted:
-    """Propose a write-off journal to ledger-posting (the journal name of the write-off parameters)."""
+async def post_write_off(
+    body: WriteOffIn, runtime: RuntimeDep, setup: SetupDep, principal: PrincipalDep, audit: AuditDep
+) -> WriteOffAccepted:
+    """Propose a write-off journal to ledger-posting (the journal name of the write-off parameters).
+    The caller is its requester: with four-eyes on (the setup), someone else must post the journal."""
     with _refusals_as_http_errors():
         async with runtime.transaction() as tx:
             write_off_id = await handlers.request_write_off(
@@ -115,11 +125,23 @@ async def post_write_off(body: WriteOffIn, runtime: RuntimeDep, setup: SetupDep)
                 reason_code=body.reason_code,
                 reason_comment=body.reason_comment,
                 on=body.date,
+                requested_by=principal.subject,
+            )
+            audit.record(
+                tx.session,
+                "write-off requested",
+                202,
+                write_off_id=write_off_id,
+                request=body.model_dump(mode="json", exclude_none=True),
             )
     return WriteOffAccepted(write_off_id=write_off_id)
 
 
-@router.get("/write-offs/{write_off_id}", responses={404: {"description": "Unknown write-off"}})
+@router.get(
+    "/write-offs/{write_off_id}",
+    responses={404: {"description": "Unknown write-off"}},
+    dependencies=[require(Role.viewer)],
+)
 async def get_write_off(write_off_id: Id, session: SessionDep) -> WriteOffOut:
     if (row := await handlers.write_off_request(session, write_off_id)) is None:
         raise HTTPException(404, f"no write-off {write_off_id!r}")
@@ -134,11 +156,13 @@ async def get_write_off(write_off_id: Id, session: SessionDep) -> WriteOffOut:
         404: {"description": "Unknown write-off"},
         409: {"description": "Already posted or rejected: nothing to cancel (the reason says which)"},
     },
+    dependencies=[require(Role.collector)],
 )
 async def cancel_write_off(
     write_off_id: Id,
     runtime: RuntimeDep,
     response: Response,
+    audit: AuditDep,
     body: Annotated[WriteOffCancelIn | None, Body()] = None,
 ) -> WriteOffOut:
     """Withdraw a write-off that is not posted yet (status requested or journal-created).
@@ -151,6 +175,14 @@ async def cancel_write_off(
     with _refusals_as_http_errors():
         async with runtime.transaction() as tx:
             row = await handlers.cancel_write_off(tx, write_off_id, body.reason if body else None)
+            if row is not None:
+                audit.record(
+                    tx.session,
+                    "write-off cancel requested",
+                    200 if row.status == CANCELLED else 202,
+                    write_off_id=write_off_id,
+                    write_off_status=row.status,
+                )
     if row is None:
         raise HTTPException(404, f"no write-off {write_off_id!r}")
     if row.status == CANCELLED:
@@ -158,22 +190,31 @@ async def cancel_write_off(
     return WriteOffOut.of(row)
 
 
-@router.get("/parameters/write-off")
+@router.get("/parameters/write-off", dependencies=[require(Role.viewer)])
 async def get_write_off_parameters(runtime: RuntimeDep, setup: SetupDep) -> WriteOffParametersIO:
     async with runtime.transaction() as tx:  # the first read seeds the parameters from the setup
         return WriteOffParametersIO.of(await handlers.write_off_parameters(tx.session, setup))
 
 
-@router.put("/parameters/write-off", responses={422: {"description": "Unknown journal name or reason code"}})
+@router.put(
+    "/parameters/write-off",
+    responses={422: {"description": "Unknown journal name or reason code"}},
+    dependencies=[require(Role.admin)],
+)
 async def put_write_off_parameters(
-    body: WriteOffParametersIO, runtime: RuntimeDep, setup: SetupDep
+    body: WriteOffParametersIO, runtime: RuntimeDep, setup: SetupDep, audit: AuditDep
 ) -> WriteOffParametersIO:
     with _refusals_as_http_errors():
         async with runtime.transaction() as tx:
-            return WriteOffParametersIO.of(await handlers.change_write_off_parameters(tx, setup, body.to_setup()))
+            before = WriteOffParametersIO.of(await handlers.write_off_parameters(tx.session, setup))
+            after = WriteOffParametersIO.of(await handlers.change_write_off_parameters(tx, setup, body.to_setup()))
+            audit.record(
+                tx.session, "write-off parameters changed", before=before.model_dump(), after=after.model_dump()
+            )
+            return after
 
 
-@router.get("/reason-codes")
+@router.get("/reason-codes", dependencies=[require(Role.viewer)])
 async def get_reason_codes(setup: SetupDep) -> ReasonCodesOut:
     return ReasonCodesOut(reason_codes=[ReasonCodeOut(code=c, description=d) for c, d in setup.reason_codes.items()])
 

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from kredit_collections import api, credit_api, handlers, ui
 from kredit_collections.settings import CollectionsSettings
 from kredit_collections.tables import TABLES
+from kredit_shared import auth
 from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
@@ -34,6 +35,8 @@ def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
     # Write-off journals and their cancels; interest notes and letter fees, posted through invoicing.
     runtime.publishes(GL_GENERAL_JOURNALS, ERP_CUSTOMER_INVOICES)
     app = runtime.http_app("Kredit collections", routers=[api.router, credit_api.router, ui.csv_router, ui.router])
+    for error in (auth.Unauthorized, auth.Forbidden, auth.TooManyRequests):
+        app.add_exception_handler(error, ui.auth_error)  # pages: to the sign-in page; the API: problem+json
     app.state.setup = setup
     return app
 

@@ -33,6 +33,7 @@ from kredit_collections.credit_tables import (
     InterestNoteLineRow,
     InterestNoteRow,
 )
+from kredit_shared.auth import Role, require
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import Code, Id, IsoDate, Name, Text, Voucher
 from kredit_shared.money import MAX_AMOUNT, Amount, Total, format_amount, parse_amount
@@ -100,7 +101,7 @@ class CreditGroupOut(BaseModel):
     balance: Total = Field(description="What the group's customers owe together now.")
 
 
-@router.put("/credit-groups/{group}")
+@router.put("/credit-groups/{group}", dependencies=[require(Role.admin)])
 async def put_credit_group(group: Id, body: CreditGroupIn, runtime: RuntimeDep, setup: SetupDep) -> CreditGroupOut:
     """Create or change a customer credit group and its shared credit limit."""
     async with runtime.transaction() as tx:
@@ -110,7 +111,11 @@ async def put_credit_group(group: Id, body: CreditGroupIn, runtime: RuntimeDep, 
     return CreditGroupOut(credit_group=group, credit_limit=limit, customers=members, balance=balance)
 
 
-@router.get("/credit-groups/{group}", responses={404: {"description": "No such credit group"}})
+@router.get(
+    "/credit-groups/{group}",
+    responses={404: {"description": "No such credit group"}},
+    dependencies=[require(Role.viewer)],
+)
 async def get_credit_group(group: Id, session: SessionDep, setup: SetupDep) -> CreditGroupOut:
     with _refusals_as_http_errors():
         limit, members, balance = await handlers.credit_group(session, setup, group)
@@ -155,7 +160,11 @@ class CustomerCreditOut(BaseModel):
         )
 
 
-@router.put("/customers/{account}/credit", responses={422: {"description": "Unknown credit group, negative limit"}})
+@router.put(
+    "/customers/{account}/credit",
+    responses={422: {"description": "Unknown credit group, negative limit"}},
+    dependencies=[require(Role.admin)],
+)
 async def put_customer_credit(
     account: Id, body: CustomerCreditIn, runtime: RuntimeDep, setup: SetupDep
 ) -> CustomerCreditOut:
@@ -168,7 +177,7 @@ async def put_customer_credit(
         return CustomerCreditOut.of(await handlers.customer_credit_status(session, setup, account))
 
 
-@router.get("/customers/{account}/credit")
+@router.get("/customers/{account}/credit", dependencies=[require(Role.viewer)])
 async def get_customer_credit(account: Id, session: SessionDep, setup: SetupDep) -> CustomerCreditOut:
     """The customer's credit settings with the effective limit (D365's rules), balance and available credit."""
     return CustomerCreditOut.of(await handlers.customer_credit_status(session, setup, account))
@@ -192,7 +201,7 @@ class CreditCheckOut(BaseModel):
     reason: str
 
 
-@router.post("/credit-checks")
+@router.post("/credit-checks", dependencies=[require(Role.viewer, audited=False)])
 async def post_credit_check(body: CreditCheckIn, session: SessionDep, setup: SetupDep) -> CreditCheckOut:
     """What the upstream ERP asks before confirming an order: balance + open orders + the order against
     the effective credit limit (and the group's shared limit). At the limit passes; a cent over is blocked."""
@@ -257,7 +266,11 @@ class LettersOut(BaseModel):
     letters: list[LetterOut]
 
 
-@router.post("/collection-letter-runs", responses={422: {"description": "No collection letter sequence set up"}})
+@router.post(
+    "/collection-letter-runs",
+    responses={422: {"description": "No collection letter sequence set up"}},
+    dependencies=[require(Role.collector)],
+)
 async def run_collection_letters(
     runtime: RuntimeDep, setup: SetupDep, body: Annotated[RunIn | None, Body()] = None
 ) -> LettersOut:
@@ -272,14 +285,18 @@ async def run_collection_letters(
         return LettersOut(as_of=as_of, letters=[LetterOut.of(*await handlers.letter(session, i)) for i in ids])
 
 
-@router.get("/customers/{account}/collection-letters")
+@router.get("/customers/{account}/collection-letters", dependencies=[require(Role.viewer)])
 async def get_customer_letters(account: Id, session: SessionDep) -> LettersOut:
     """The customer's collection letters, oldest first."""
     rows = await handlers.letters(session, account)
     return LettersOut(customer_account=account, letters=[LetterOut.of(r, items) for r, items in rows])
 
 
-@router.get("/collection-letters/{letter_id}", responses={404: {"description": "No such letter"}})
+@router.get(
+    "/collection-letters/{letter_id}",
+    responses={404: {"description": "No such letter"}},
+    dependencies=[require(Role.viewer)],
+)
 async def get_letter(letter_id: Voucher, session: SessionDep) -> LetterOut:
     with _refusals_as_http_errors():
         return LetterOut.of(*await handlers.letter(session, letter_id))
@@ -289,6 +306,7 @@ async def get_letter(letter_id: Voucher, session: SessionDep) -> LetterOut:
     "/collection-letters/{letter_id}/document",
     response_class=HTMLResponse,
     responses={200: {"content": {"text/html": {}}}, 404: {"description": "No such letter"}},
+    dependencies=[require(Role.viewer)],
 )
 async def get_letter_document(letter_id: Voucher, session: SessionDep) -> HTMLResponse:
     """The letter as sent (HTML, printable)."""
@@ -341,7 +359,11 @@ class InterestNotesOut(BaseModel):
     interest_notes: list[InterestNoteOut]
 
 
-@router.post("/interest-note-runs", responses={422: {"description": "No interest set up, or an unknown code"}})
+@router.post(
+    "/interest-note-runs",
+    responses={422: {"description": "No interest set up, or an unknown code"}},
+    dependencies=[require(Role.collector)],
+)
 async def run_interest_notes(
     runtime: RuntimeDep, setup: SetupDep, body: Annotated[InterestRunIn | None, Body()] = None
 ) -> InterestNotesOut:
@@ -357,13 +379,17 @@ async def run_interest_notes(
     return InterestNotesOut(as_of=as_of, interest_notes=notes)
 
 
-@router.get("/customers/{account}/interest-notes")
+@router.get("/customers/{account}/interest-notes", dependencies=[require(Role.viewer)])
 async def get_customer_interest_notes(account: Id, session: SessionDep) -> InterestNotesOut:
     rows = await handlers.interest_notes(session, account)
     return InterestNotesOut(customer_account=account, interest_notes=[InterestNoteOut.of(r, ls) for r, ls in rows])
 
 
-@router.get("/interest-notes/{note_id}", responses={404: {"description": "No such interest note"}})
+@router.get(
+    "/interest-notes/{note_id}",
+    responses={404: {"description": "No such interest note"}},
+    dependencies=[require(Role.viewer)],
+)
 async def get_interest_note(note_id: Voucher, session: SessionDep) -> InterestNoteOut:
     with _refusals_as_http_errors():
         return InterestNoteOut.of(*await handlers.interest_note(session, note_id))
@@ -379,7 +405,7 @@ class InterestCodeOut(BaseModel):
     default: bool
 
 
-@router.get("/interest-codes")
+@router.get("/interest-codes", dependencies=[require(Role.viewer)])
 async def get_interest_codes(setup: SetupDep) -> list[InterestCodeOut]:
     """The setup's interest codes (day count: docs/credit-and-collections.md)."""
     if setup.interest is None:
@@ -433,7 +459,12 @@ class ActivitiesOut(BaseModel):
     activities: list[ActivityOut]
 
 
-@router.post("/activities", status_code=201, responses={422: {"description": "A promise without amount or date"}})
+@router.post(
+    "/activities",
+    status_code=201,
+    responses={422: {"description": "A promise without amount or date"}},
+    dependencies=[require(Role.collector)],
+)
 async def post_activity(body: ActivityIn, runtime: RuntimeDep) -> ActivityOut:
     """Record a note, a call or a promise to pay for a customer, with a follow-up date and an owner."""
     today = dt.date.today()
@@ -445,7 +476,7 @@ async def post_activity(body: ActivityIn, runtime: RuntimeDep) -> ActivityOut:
     return ActivityOut.of(activity, "open" if activity.activity_type == "PromiseToPay" else None)
 
 
-@router.get("/activities")
+@router.get("/activities", dependencies=[require(Role.viewer)])
 async def get_activities(
     session: SessionDep,
     due_before: Annotated[IsoDate | None, Query(description="Follow-up date before this date (the worklist).")] = None,
@@ -466,7 +497,11 @@ async def get_activities(
     return ActivitiesOut(activities=[ActivityOut.of(a, status) for a, status in rows])
 
 
-@router.post("/activities/{activity_id}/close", responses={404: {"description": "No such activity"}})
+@router.post(
+    "/activities/{activity_id}/close",
+    responses={404: {"description": "No such activity"}},
+    dependencies=[require(Role.collector)],
+)
 async def close_activity(activity_id: Id, runtime: RuntimeDep) -> ActivityOut:
     with _refusals_as_http_errors():
         async with runtime.transaction() as tx:
@@ -516,6 +551,7 @@ class DisputesOut(BaseModel):
         409: {"description": "Already disputed"},
         422: {"description": "Settled, or neither/both of invoice_id and voucher"},
     },
+    dependencies=[require(Role.collector)],
 )
 async def post_dispute(body: DisputeIn, runtime: RuntimeDep) -> DisputeOut:
     """Mark an open invoice disputed: it is left out of collection letters and interest notes and shown
@@ -533,7 +569,7 @@ async def post_dispute(body: DisputeIn, runtime: RuntimeDep) -> DisputeOut:
     return DisputeOut.of(row)
 
 
-@router.get("/disputes")
+@router.get("/disputes", dependencies=[require(Role.viewer)])
 async def get_disputes(
     session: SessionDep, customer_account: Id | None = None, status: Literal["open", "resolved"] | None = None
 ) -> DisputesOut:
@@ -542,7 +578,11 @@ async def get_disputes(
     )
 
 
-@router.post("/disputes/{dispute_id}/resolve", responses={404: {"description": "No such dispute"}})
+@router.post(
+    "/disputes/{dispute_id}/resolve",
+    responses={404: {"description": "No such dispute"}},
+    dependencies=[require(Role.collector)],
+)
 async def resolve_dispute(
     dispute_id: Id, runtime: RuntimeDep, body: Annotated[DisputeResolveIn | None, Body()] = None
 ) -> DisputeOut:

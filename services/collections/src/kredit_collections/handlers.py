@@ -57,6 +57,8 @@ async def record_journal_event(tx: Transaction, event: JournalEvent) -> None:
         return
     if request is None:
         return  # a journal that is not one of our write-offs
+    if isinstance(event, JournalPosted) and event.posted_by and request.posted_by is None:
+        request.posted_by = event.posted_by
     await tables.save_progress(tx.session, request, request.progress.after(event))
 
 
@@ -83,8 +85,10 @@ async def request_write_off(
     reason_code: str | None = None,
     reason_comment: str | None = None,
     on: date | None = None,
+    requested_by: str | None = None,
 ) -> str:
-    """Propose the write-off journal to ledger-posting; returns the write-off id (the request id)."""
+    """Propose the write-off journal to ledger-posting; returns the write-off id (the request id).
+    `requested_by` (the caller's token subject) travels with the journal request (four-eyes)."""
     settings = WriteOffSettings.from_setup(setup, await write_off_parameters(tx.session, setup))
     items = select_for_write_off(
         customer_account,
@@ -100,7 +104,7 @@ async def request_write_off(
         transaction_date=on or date.today(),
         reason_code=reason_code,
         reason_comment=reason_comment,
-    )
+    ).model_copy(update={"requested_by": requested_by})
     tables.add_write_off(tx.session, journal, customer_account, items)
     try:
         await tx.session.flush()

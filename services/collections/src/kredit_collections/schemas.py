@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Collection, Mapping
 from decimal import Decimal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from kredit_collections.domain import AgedBalance, TransactionBalance
 from kredit_collections.tables import WriteOffRequestRow
@@ -177,6 +177,8 @@ class WriteOffOut(BaseModel):
     journal_name: str
     journal_batch_number: str | None
     lines: list[GeneralJournalLine] = Field(description="The proposed journal lines.")
+    requested_by: str | None = Field(default=None, description="The token subject that requested the write-off.")
+    posted_by: str | None = Field(default=None, description="The token subject that posted its journal.")
 
     @classmethod
     def of(cls, row: WriteOffRequestRow) -> WriteOffOut:
@@ -188,6 +190,8 @@ class WriteOffOut(BaseModel):
             journal_name=row.journal_name,
             journal_batch_number=row.journal_batch_number,
             lines=row.journal_lines,
+            requested_by=row.requested_by,
+            posted_by=row.posted_by,
         )
 
 
@@ -197,11 +201,11 @@ class WriteOffOut(BaseModel):
 class WriteOffParametersIO(_In):
     journal_name: Id
     reason_code: Code
-    separate_sales_tax: bool
+    separate_sales_tax: StrictBool  # true or false, not "yes" or 1
 
     @classmethod
     def of(cls, parameters: WriteOffParameters) -> WriteOffParametersIO:
-        return cls(**parameters.model_dump())
+        return cls(**parameters.model_dump(exclude={"four_eyes_write_off"}))  # the setup's, not a parameter
 
     def to_setup(self) -> WriteOffParameters:
         return WriteOffParameters(**self.model_dump())

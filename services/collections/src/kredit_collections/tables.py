@@ -138,7 +138,9 @@ class WriteOffParametersRow(SQLModel, table=True):
 
 async def load_write_off_parameters(session: AsyncSession, defaults: WriteOffParameters) -> WriteOffParametersRow:
     """The stored parameters; the first caller seeds them from the setup's `defaults`."""
-    await insert_new(session, WriteOffParametersRow, [{"id": 1, **defaults.model_dump()}])
+    await insert_new(
+        session, WriteOffParametersRow, [{"id": 1, **defaults.model_dump(exclude={"four_eyes_write_off"})}]
+    )
     row = await session.get(WriteOffParametersRow, 1)
     assert row is not None
     return row
@@ -160,6 +162,8 @@ class WriteOffRequestRow(SQLModel, table=True):
     journal_batch_number: str | None = None
     lines: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))  # the proposed journal lines
     created_at: datetime = Field(default_factory=utcnow)
+    requested_by: str | None = None  # token subjects (kredit_shared.auth)
+    posted_by: str | None = None
 
     @property
     def progress(self) -> WriteOffProgress:
@@ -203,6 +207,7 @@ def add_write_off(
         transaction_date=journal.lines[0].transaction_date,
         status=progress.status,
         lines=[line.model_dump(mode="json") for line in journal.lines],
+        requested_by=journal.requested_by,
     )
     session.add(request)
     session.add_all(

@@ -1,8 +1,15 @@
 """The collections workspace: server-rendered pages (Jinja2, plain forms, a little vanilla JS) at `/`.
 
 The pages call the same handlers as the JSON API. Journal review and posting go through
-ledger-posting's HTTP API (LEDGER_POSTING_URL): services never import each other's code.
-Refusals are shown next to the action that caused them, as the domain's sentence.
+ledger-posting's HTTP API (LEDGER_POSTING_URL) with the signed-in user's own token: services never
+import each other's code, and ledger-posting sees who posts (four-eyes). Refusals are shown next to
+the action that caused them, as the domain's sentence.
+
+Signing in (/signin) puts the user's token in a cookie (HttpOnly, SameSite=Strict): the pages are
+plain forms and links, which cannot send an Authorization header. Every form that changes state
+carries the CSRF token derived from the session (kredit_shared.auth), so a foreign page cannot post
+them even in a browser that ignores SameSite. With the locally generated key (the local run), the
+sign-in page also offers one click per role, to callers on this machine only.
 """
 
 from __future__ import annotations
@@ -13,14 +20,16 @@ import io
 import math
 from dataclasses import dataclass
 from decimal import Decimal
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kredit_collections import credit_handlers, handlers
 from kredit_collections.domain import (
@@ -33,7 +42,12 @@ from kredit_collections.domain import (
     days_past_due,
 )
 from kredit_collections.settings import CollectionsSettings
+from kredit_shared import auth
+from kredit_shared.audit import AuditDep
+from kredit_shared.auth import PUBLIC, PrincipalDep, Role, require
 from kredit_shared.company_setup import CompanySetup
+from kredit_shared.contracts import IsoDate
+from kredit_shared.http import http_error
 from kredit_shared.money import ZERO
 from kredit_shared.service import RuntimeDep, SessionDep
 
@@ -64,10 +78,114 @@ SetupDep = Annotated[CompanySetup, Depends(_setup)]
 
 
 def _page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    principal = auth.principal_of(request)
+    context.setdefault("principal", principal)
+    context.setdefault("csrf", auth.csrf_token(principal.token) if principal else "")
     return templates.TemplateResponse(request, template, context, status_code=status_code)
 
 
-@router.get("/static/{name}")
+# --- signing in ------------------------------------------------------------------------------
+
+
+def _is_local_caller(request: Request) -> bool:
+    try:
+        return request.client is not None and ip_address(request.client.host).is_loopback
+    except ValueError:
+        return False
+
+
+def _offers_local_sign_in(request: Request) -> bool:
+    """One-click sign-in mints a token: only with the local key, and only for callers on this machine."""
+    return request.app.state.auth.local and _is_local_caller(request)
+
+
+def _local_path(target: str | None) -> str:
+    """Where to go after signing in: a path on this site only (never another host)."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+def _sign_in_page(request: Request, next_path: str, error: str | None = None, status_code: int = 200) -> HTMLResponse:
+    return _page(
+        request,
+        "signin.html",
+        status_code,
+        next_path=_local_path(next_path),
+        error=error,
+        local_roles=list(Role) if _offers_local_sign_in(request) else [],
+        principal=None,
+    )
+
+
+@router.get("/signin", response_class=HTMLResponse, dependencies=[PUBLIC])
+async def sign_in_page(request: Request, next: str = "/") -> HTMLResponse:
+    return _sign_in_page(request, next)
+
+
+@router.post("/signin", response_class=HTMLResponse, dependencies=[auth.public(rate_limited=True)])
+async def sign_in(request: Request, runtime: RuntimeDep, audit: AuditDep) -> Response:
+    """Paste a token (from the identity provider or `kredit token`), or with the local key pick a role."""
+    form = {k: v[0] for k, v in (await _form(request)).items() if v}
+    next_path = form.get("next", "/")
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        return _sign_in_page(request, next_path, "sign in from this site's own page", 403)
+    verifier: auth.TokenVerifier = request.app.state.auth
+    if local_role := form.get("local_role"):
+        if not _offers_local_sign_in(request) or local_role not in Role.__members__:
+            return _sign_in_page(request, next_path, "one-click sign-in is for the local run only", 403)
+        token = verifier.mint_local(f"local-{local_role}", [Role(local_role)])
+    else:
+        token = form.get("token", "").strip()
+        if not token:
+            return _sign_in_page(request, next_path, "paste a token first", 422)
+    try:
+        principal = await verifier.verify(token)
+    except HTTPException as e:
+        return _sign_in_page(request, next_path, str(e.detail), e.status_code)
+    auth.context(request)["principal"] = principal
+    async with runtime.transaction() as tx:
+        audit.record(tx.session, "signed in to the workspace", 303)
+    response = RedirectResponse(_local_path(next_path), status_code=303)
+    response.set_cookie(
+        auth.SESSION_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/signout", dependencies=[PUBLIC])
+async def sign_out() -> Response:
+    response = RedirectResponse("/signin", status_code=303)
+    response.delete_cookie(auth.SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+async def auth_error(request: Request, error: Exception) -> Response:
+    """401/403/429 on a page: to the sign-in page, or the reason as a page. The API keeps problem+json."""
+    assert isinstance(error, StarletteHTTPException)
+    if request.url.path.startswith("/api/"):
+        return await http_error(request, error)
+    if error.status_code == 401:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if request.method != "GET":  # a form sent with an expired session: back to the page it came from
+            referer = urlsplit(request.headers.get("referer", ""))
+            target = referer.path if referer.netloc == request.headers.get("host") else "/"
+        return RedirectResponse("/signin?" + urlencode({"next": target}), status_code=303)
+    if error.status_code == 403:
+        auth.context(request)["refusal"] = error.detail  # the audit trail records it
+    response = _page(request, "message.html", error.status_code, title="Not allowed", message=error.detail)
+    if error.headers:
+        response.headers.update(error.headers)
+    return response
+
+
+@router.get("/static/{name}", dependencies=[PUBLIC])
 async def static(name: str) -> FileResponse:
     if name not in STATIC:
         raise HTTPException(404, f"no static file {name!r}")
@@ -149,13 +267,13 @@ def bucket_chart(view: AgedView) -> list[dict[str, Any]]:
     return charts
 
 
-AsOf = Annotated[dt.date | None, Query(description="YYYY-MM-DD; default today")]
+AsOf = Annotated[IsoDate | None, Query(description="YYYY-MM-DD; default today")]
 Search = Annotated[str, Query(description="part of the customer account or name")]
 Sort = Annotated[str, Query(description="account, name, currency, balance or a bucket label")]
 Size = Annotated[int, Query(ge=1, le=1000)]
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, dependencies=[require(Role.viewer, expensive=True)])
 async def aged_balances_page(
     request: Request,
     session: SessionDep,
@@ -195,6 +313,7 @@ async def aged_balances_page(
     "/aged-balances.csv",
     response_class=Response,
     responses={200: {"content": {"text/csv": {}}, "description": "The rows of the page, then totals"}},
+    dependencies=[require(Role.viewer, expensive=True)],
 )
 async def aged_balances_csv(
     session: SessionDep,
@@ -286,7 +405,7 @@ async def _customer_page(
     )
 
 
-@router.get("/customers/{account}", response_class=HTMLResponse)
+@router.get("/customers/{account}", response_class=HTMLResponse, dependencies=[require(Role.viewer)])
 async def customer_page(
     request: Request, account: str, session: SessionDep, setup: SetupDep, show: str = "open", type: str = ""
 ) -> HTMLResponse:
@@ -298,8 +417,10 @@ async def _form(request: Request) -> dict[str, list[str]]:
     return parse_qs((await request.body()).decode(), keep_blank_values=True)
 
 
-@router.post("/customers/{account}/write-off", response_class=HTMLResponse)
-async def write_off_from_page(request: Request, account: str, runtime: RuntimeDep, setup: SetupDep) -> Response:
+@router.post("/customers/{account}/write-off", response_class=HTMLResponse, dependencies=[require(Role.collector)])
+async def write_off_from_page(
+    request: Request, account: str, runtime: RuntimeDep, setup: SetupDep, principal: PrincipalDep, audit: AuditDep
+) -> Response:
     """The write-off dialog: scope `all` (whole balance), `marked` (the ticked vouchers) or `invoice`."""
     form = await _form(request)
     first = {k: v[0] for k, v in form.items() if v}
@@ -320,6 +441,17 @@ async def write_off_from_page(request: Request, account: str, runtime: RuntimeDe
                 reason_code=first.get("reason_code") or None,
                 reason_comment=first.get("reason_comment") or None,
                 on=on,
+                requested_by=principal.subject,
+            )
+            audit.record(
+                tx.session,
+                "write-off requested",
+                303,
+                write_off_id=write_off_id,
+                customer_account=account,
+                scope=scope,
+                vouchers=vouchers,
+                invoice_id=invoice_id,
             )
     except (WriteOffError, ValueError) as e:
         async with runtime.sessions() as session:
@@ -342,24 +474,31 @@ def _settings(runtime) -> CollectionsSettings:
     return runtime.settings
 
 
-async def _ledger(runtime, method: str, path: str) -> tuple[dict | None, str | None]:
-    """Ledger-posting's answer as JSON, or the sentence to show when it refused or could not be reached."""
+@dataclass(frozen=True)
+class LedgerAnswer:
+    body: dict | None
+    error: str | None = None  # the sentence to show when ledger-posting refused or could not be reached
+    status: int = 200
+
+
+async def _ledger(runtime, principal: auth.Principal, method: str, path: str) -> LedgerAnswer:
+    """Ledger-posting's answer, asked with the signed-in user's token (so it knows who posts)."""
     url = _settings(runtime).ledger_posting_url.rstrip("/") + path
     try:
         async with httpx.AsyncClient(timeout=10) as client:
-            response = await client.request(method, url)
+            response = await client.request(method, url, headers={"Authorization": f"Bearer {principal.token}"})
     except httpx.HTTPError as e:
-        return None, f"ledger-posting at {url} did not answer ({type(e).__name__})"
+        return LedgerAnswer(None, f"ledger-posting at {url} did not answer ({type(e).__name__})", 502)
     if response.status_code >= 400:
         try:
             detail = response.json().get("detail")
         except ValueError:
             detail = response.text[:300]
-        return None, f"ledger-posting refused: {detail}"
-    return response.json(), None
+        return LedgerAnswer(None, f"ledger-posting refused: {detail}", response.status_code)
+    return LedgerAnswer(response.json())
 
 
-@router.get("/write-offs", response_class=HTMLResponse)
+@router.get("/write-offs", response_class=HTMLResponse, dependencies=[require(Role.viewer)])
 async def write_offs_page(request: Request, session: SessionDep, status: str = "") -> HTMLResponse:
     rows = await handlers.write_off_requests(session)
     statuses = sorted({r.status for r in rows})
@@ -376,13 +515,19 @@ def written_off(row) -> Decimal:
 async def _write_off_page(
     request: Request, runtime, write_off_id: str, error: str | None = None, status_code: int = 200
 ) -> HTMLResponse:
+    principal = auth.principal_of(request)
+    assert principal is not None  # every page declares require(...)
     async with runtime.sessions() as session:
         row = await handlers.write_off_request(session, write_off_id)
     if row is None:
         return _page(request, "message.html", 404, title="Write-off", message=f"no write-off {write_off_id!r}")
     journal, ledger_error = (None, None)
     if row.journal_batch_number:
-        journal, ledger_error = await _ledger(runtime, "GET", f"/api/v1/journals/{row.journal_batch_number}")
+        answer = await _ledger(runtime, principal, "GET", f"/api/v1/journals/{row.journal_batch_number}")
+        journal, ledger_error = answer.body, answer.error
+    setup: CompanySetup = request.app.state.setup
+    # Four-eyes (the setup): the requester sees why there is no Post button; ledger-posting refuses anyway.
+    own_request = setup.write_off.four_eyes_write_off and row.requested_by == principal.subject
     # Reload until ledger-posting's answer has come back (a posted journal whose event is on its way too).
     moving = row.status in MOVING or bool(journal and journal["status"] == "posted" and row.status != "posted")
     return _page(
@@ -395,36 +540,49 @@ async def _write_off_page(
         error=error,
         moving=moving,
         amount=written_off(row),
-        can_post=row.status == JOURNAL_CREATED and bool(journal and journal["status"] == "open"),
-        can_cancel=row.status in (REQUESTED, JOURNAL_CREATED),
+        can_post=row.status == JOURNAL_CREATED
+        and bool(journal and journal["status"] == "open")
+        and principal.may(Role.accountant)
+        and not own_request,
+        own_request=own_request and row.status == JOURNAL_CREATED,
+        can_cancel=row.status in (REQUESTED, JOURNAL_CREATED) and principal.may(Role.collector),
         cancelled=row.status == CANCELLED,
     )
 
 
-@router.get("/write-offs/{write_off_id}", response_class=HTMLResponse)
+@router.get("/write-offs/{write_off_id}", response_class=HTMLResponse, dependencies=[require(Role.viewer)])
 async def write_off_page(request: Request, write_off_id: str, runtime: RuntimeDep) -> HTMLResponse:
     return await _write_off_page(request, runtime, write_off_id)
 
 
-@router.post("/write-offs/{write_off_id}/post", response_class=HTMLResponse)
-async def post_journal(request: Request, write_off_id: str, runtime: RuntimeDep) -> Response:
-    """The accountant's Post: collections asks ledger-posting to post the write-off's journal."""
+@router.post("/write-offs/{write_off_id}/post", response_class=HTMLResponse, dependencies=[require(Role.accountant)])
+async def post_journal(
+    request: Request, write_off_id: str, runtime: RuntimeDep, principal: PrincipalDep, audit: AuditDep
+) -> Response:
+    """The accountant's Post: collections asks ledger-posting to post the write-off's journal, as the
+    signed-in user (ledger-posting records who posted, and refuses the requester under four-eyes)."""
     async with runtime.sessions() as session:
         row = await handlers.write_off_request(session, write_off_id)
     if row is None or not row.journal_batch_number:
         return await _write_off_page(request, runtime, write_off_id, "there is no journal to post yet", 409)
-    _, error = await _ledger(runtime, "POST", f"/api/v1/journals/{row.journal_batch_number}/post")
-    if error:
-        return await _write_off_page(request, runtime, write_off_id, error, 409)
+    answer = await _ledger(runtime, principal, "POST", f"/api/v1/journals/{row.journal_batch_number}/post")
+    if answer.error:
+        if answer.status == 403:
+            auth.context(request)["refusal"] = answer.error  # the audit trail records the refusal
+        return await _write_off_page(request, runtime, write_off_id, answer.error, answer.status)
+    async with runtime.transaction() as tx:
+        audit.record(tx.session, "journal posted", 303, write_off_id=write_off_id, batch=row.journal_batch_number)
     return RedirectResponse(f"/write-offs/{write_off_id}", status_code=303)
 
 
-@router.post("/write-offs/{write_off_id}/cancel", response_class=HTMLResponse)
-async def cancel_from_page(request: Request, write_off_id: str, runtime: RuntimeDep) -> Response:
+@router.post("/write-offs/{write_off_id}/cancel", response_class=HTMLResponse, dependencies=[require(Role.collector)])
+async def cancel_from_page(request: Request, write_off_id: str, runtime: RuntimeDep, audit: AuditDep) -> Response:
     reason = {k: v[0] for k, v in (await _form(request)).items() if v}.get("reason") or None
     try:
         async with runtime.transaction() as tx:
             row = await handlers.cancel_write_off(tx, write_off_id, reason)
+            if row is not None:
+                audit.record(tx.session, "write-off cancel requested", 303, write_off_id=write_off_id)
     except WriteOffError as e:
         return await _write_off_page(request, runtime, write_off_id, str(e), 409)
     if row is None:

@@ -214,3 +214,61 @@ async def test_cors_preflight_answers_only_configured_origins(tmp_path):
     assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
     default = await options("https://ar.example.test")  # none by default
     assert default.status_code == 405 and "access-control-allow-origin" not in default.headers
+
+
+async def test_the_pages_need_a_signed_in_user_and_their_forms_the_csrf_token(start_collections):
+    """Issue 14: a page without a session goes to the sign-in page and back; the local run's one-click
+    sign-in sets an HttpOnly, SameSite=Strict cookie; a form sent with that cookie needs its CSRF token."""
+    from kredit_shared.auth import SESSION_COOKIE, Role, csrf_token
+    from kredit_shared.testing import eventually, token_header
+
+    async with start_collections() as svc:
+        await customers(svc)
+        app = svc.client._transport.app  # noqa: SLF001 - the same app, as a browser would see it
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as browser:
+            first = await browser.get("/customers/US-004")
+            assert first.status_code == 303 and first.headers["location"] == "/signin?next=%2Fcustomers%2FUS-004"
+            sign_in = await browser.get(first.headers["location"])
+            assert 'id="as-collector"' in sign_in.text and 'value="/customers/US-004"' in sign_in.text
+
+            foreign = await browser.post(
+                "/signin", data={"local_role": "collector"}, headers={"Origin": "https://evil.example"}
+            )
+            assert foreign.status_code == 403 and SESSION_COOKIE not in foreign.cookies
+            forged = await browser.post("/signin", data={"token": "not.a.token", "next": "/"})
+            assert forged.status_code == 401 and "not valid" in forged.text
+            signed = await browser.post("/signin", data={"local_role": "collector", "next": "/customers/US-004"})
+            assert signed.status_code == 303 and signed.headers["location"] == "/customers/US-004"
+            cookie = signed.headers["set-cookie"]
+            assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+            token = browser.cookies[SESSION_COOKIE]
+
+            page = await browser.get("/customers/US-004")
+            assert page.status_code == 200 and ">local-collector<" in page.text
+            assert f'name="csrf_token" value="{csrf_token(token)}"' in page.text
+            without = await browser.post("/customers/US-004/write-off", data={"scope": "all"})
+            assert without.status_code == 403 and "CSRF token" in without.text
+            sent = await browser.post(
+                "/customers/US-004/write-off", data={"scope": "all", "csrf_token": csrf_token(token)}
+            )
+            assert sent.status_code == 303 and sent.headers["location"].startswith("/write-offs/")
+            write_off = (
+                await svc.client.get(sent.headers["location"].replace("/write-offs/", "/api/v1/write-offs/"))
+            ).json()
+            assert write_off["requested_by"] == "local-collector"
+
+            post = await browser.post(f"{sent.headers['location']}/post", data={"csrf_token": csrf_token(token)})
+            assert post.status_code == 403 and "this needs the role accountant" in post.text
+
+            signed_out = await browser.post("/signout")
+            assert signed_out.status_code == 303 and SESSION_COOKIE not in browser.cookies
+
+        async def trail() -> list[str]:
+            entries = (await svc.client.get("/api/v1/audit", headers=token_header(Role.admin))).json()["entries"]
+            actions = [e["action"] for e in entries if e["subject"] == "local-collector"]
+            assert len(actions) == 4, actions
+            return actions
+
+        refused_post, requested, refused_csrf, signed_in = await eventually(trail)
+        assert signed_in == "signed in to the workspace" and requested == "write-off requested"
+        assert refused_csrf.startswith("refused: the form's CSRF token") and "accountant" in refused_post

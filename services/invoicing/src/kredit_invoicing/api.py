@@ -14,11 +14,13 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_invoicing.tables import DiscountTierRow, InvoiceLineRow, InvoiceRow, VoucherLineRow
+from kredit_shared.auth import Role, require
 from kredit_shared.contracts import Id
 from kredit_shared.money import CENT, Amount
 from kredit_shared.service import SessionDep
 
-router = APIRouter(prefix="/api/v1/invoices", tags=["invoices"])
+# Read-only: every route is a viewer's.
+router = APIRouter(prefix="/api/v1/invoices", tags=["invoices"], dependencies=[require(Role.viewer)])
 
 
 class LineOut(BaseModel):

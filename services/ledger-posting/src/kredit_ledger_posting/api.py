@@ -12,6 +12,8 @@ from sqlalchemy import select
 
 from kredit_ledger_posting import domain, handlers
 from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow
+from kredit_shared.audit import AuditDep
+from kredit_shared.auth import PrincipalDep, Role, require
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import Id, IsoDate, PostedJournalLine, Voucher
 from kredit_shared.money import Amount, Total
@@ -39,6 +41,8 @@ class JournalSummary(BaseModel):
         description="open (awaiting review), posted, or voided (cancelled by its requester: kept, never postable)"
     )
     request_id: str | None
+    requested_by: str | None = Field(default=None, description="the token subject that requested the journal")
+    posted_by: str | None = Field(default=None, description="the token subject that posted it")
     created_at: datetime
     posted_at: datetime | None
     posting_date: date | None
@@ -54,6 +58,8 @@ class JournalSummary(BaseModel):
             description=row.description,
             status=row.status,
             request_id=row.request_id,
+            requested_by=row.requested_by,
+            posted_by=row.posted_by,
             created_at=row.created_at,
             posted_at=row.posted_at,
             posting_date=row.posting_date,
@@ -113,7 +119,7 @@ class AccountOut(BaseModel):
     type: str
 
 
-@router.get("/journals", response_model=JournalList)
+@router.get("/journals", response_model=JournalList, dependencies=[require(Role.viewer, expensive=True)])
 async def list_journals(
     session: SessionDep,
     journal_name: Id | None = None,
@@ -128,7 +134,12 @@ async def list_journals(
     return JournalList(journals=[JournalSummary.of(row) for row in rows])
 
 
-@router.get("/journals/{batch_number}", response_model=JournalDetail, responses={404: {"description": "unknown batch"}})
+@router.get(
+    "/journals/{batch_number}",
+    response_model=JournalDetail,
+    responses={404: {"description": "unknown batch"}},
+    dependencies=[require(Role.viewer)],
+)
 async def get_journal(batch_number: Voucher, session: SessionDep) -> JournalDetail:
     row = await session.get(JournalRow, batch_number)
     if row is None:
@@ -142,14 +153,29 @@ async def get_journal(batch_number: Voucher, session: SessionDep) -> JournalDeta
     responses={
         404: {"description": "unknown batch"},
         409: {"description": "already posted, voided (its request was cancelled) or unbalanced"},
+        403: {"description": "the caller requested this write-off, and four-eyes (the setup) is on"},
     },
+    dependencies=[require(Role.accountant)],
 )
-async def post_journal(batch_number: Voucher, runtime: RuntimeDep, setup: SetupDep) -> JournalDetail:
+async def post_journal(
+    batch_number: Voucher, runtime: RuntimeDep, setup: SetupDep, principal: PrincipalDep, audit: AuditDep
+) -> JournalDetail:
+    """Post the journal to the ledger. With the setup's `four_eyes_write_off`, whoever requested the
+    write-off may not post it (403): another accountant does."""
     try:
         async with runtime.transaction() as tx:
-            row = await handlers.post_general_journal(tx, batch_number, setup)
+            row = await handlers.post_general_journal(tx, batch_number, setup, posted_by=principal.subject)
             if row is None:
                 raise HTTPException(404, f"no journal with batch number {batch_number!r}")
+            audit.record(
+                tx.session,
+                "journal posted",
+                batch_number=batch_number,
+                journal_name=row.journal_name,
+                requested_by=row.requested_by,
+            )
+    except domain.FourEyesViolation as e:
+        raise HTTPException(403, str(e)) from None
     except domain.JournalNotPostable as e:
         raise HTTPException(409, str(e)) from None
     return JournalDetail.of(row)
@@ -159,6 +185,7 @@ async def post_journal(batch_number: Voucher, runtime: RuntimeDep, setup: SetupD
     "/ledger-entries",
     response_model=LedgerEntryList,
     responses={422: {"description": "neither an account nor a voucher given, or an invalid one"}},
+    dependencies=[require(Role.viewer, expensive=True)],
 )
 async def ledger_entries(
     session: SessionDep, account: Id | None = None, voucher: Voucher | None = None
@@ -174,7 +201,7 @@ async def ledger_entries(
     return LedgerEntryList(entries=[LedgerEntryOut.model_validate(row, from_attributes=True) for row in rows])
 
 
-@router.get("/trial-balance", response_model=TrialBalanceOut)
+@router.get("/trial-balance", response_model=TrialBalanceOut, dependencies=[require(Role.viewer, expensive=True)])
 async def get_trial_balance(
     session: SessionDep,
     setup: SetupDep,
@@ -190,6 +217,6 @@ async def get_trial_balance(
     )
 
 
-@router.get("/accounts", response_model=list[AccountOut])
+@router.get("/accounts", response_model=list[AccountOut], dependencies=[require(Role.viewer)])
 async def chart_of_accounts(setup: SetupDep) -> list[AccountOut]:
     return [AccountOut(account=number, name=a.name, type=a.type) for number, a in sorted(setup.main_accounts.items())]

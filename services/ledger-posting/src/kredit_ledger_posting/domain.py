@@ -54,6 +54,10 @@ class UnbalancedJournal(JournalNotPostable):
     pass
 
 
+class FourEyesViolation(LedgerError):
+    """The poster requested the journal, and the setup wants two people (write_off.four_eyes_write_off)."""
+
+
 class VoidedJournal(JournalNotPostable):
     """Its requester cancelled it: kept for audit, never postable."""
 
@@ -169,6 +173,8 @@ class Journal:
     request_id: str | None = None
     status: JournalStatus = "open"
     posting_date: date | None = None
+    requested_by: str | None = None  # token subjects (kredit_shared.auth)
+    posted_by: str | None = None
 
     @property
     def vouchers(self) -> list[str]:
@@ -225,16 +231,25 @@ def open_journal(
             PostedJournalLine(**line.model_dump(), voucher=voucher_of[line.voucher_group]) for line in request.lines
         ),
         request_id=request.request_id,
+        requested_by=request.requested_by,
     )
 
 
-def post_journal(journal: Journal, setup: CompanySetup) -> tuple[Journal, tuple[LedgerEntry, ...]]:
-    """The posted journal and its ledger entries, or a JournalNotPostable saying why not."""
+def post_journal(
+    journal: Journal, setup: CompanySetup, posted_by: str | None = None
+) -> tuple[Journal, tuple[LedgerEntry, ...]]:
+    """The posted journal and its ledger entries, or a JournalNotPostable saying why not, or a
+    FourEyesViolation when `posted_by` requested it and the setup wants a second person."""
     where = f"journal {journal.batch_number}"
     if journal.status == "posted":
         raise JournalAlreadyPosted(f"{where} is already posted (posting date {journal.posting_date})")
     if journal.status == "voided":
         raise VoidedJournal(f"{where} is voided: its request {journal.request_id} was cancelled")
+    if setup.write_off.four_eyes_write_off and journal.requested_by is not None and journal.requested_by == posted_by:
+        raise FourEyesViolation(
+            f"{posted_by} requested {where} and may not also post it (four-eyes: the setup's "
+            "write_off.four_eyes_write_off); another accountant must post it"
+        )
     _check_journal_lines(where, journal.lines, setup, JournalNotPostable)
     # Balanced per voucher and date, not only overall: otherwise a trial balance as of a date
     # between the voucher's dates would not balance.
@@ -259,7 +274,7 @@ def post_journal(journal: Journal, setup: CompanySetup) -> tuple[Journal, tuple[
         for line in journal.lines
     )
     posting_date = max(day for _, day in by_voucher_date)
-    return replace(journal, status="posted", posting_date=posting_date), entries
+    return replace(journal, status="posted", posting_date=posting_date, posted_by=posted_by), entries
 
 
 def void_journal(journal: Journal) -> Journal:
@@ -283,6 +298,8 @@ def journal_posted_event(journal: Journal) -> JournalPosted:
         batch_number=journal.batch_number,
         posting_date=journal.posting_date,
         lines=list(journal.lines),
+        requested_by=journal.requested_by,
+        posted_by=journal.posted_by,
     )
 
 

@@ -147,8 +147,11 @@ async def _journal_of_request(session: AsyncSession, request_id: str, for_update
     return (await session.exec(query.with_for_update() if for_update else query)).scalars().first()
 
 
-async def post_general_journal(tx: Transaction, batch_number: str, setup: CompanySetup) -> JournalRow | None:
-    """Post an open journal; None if there is no such batch, JournalNotPostable if it cannot post."""
+async def post_general_journal(
+    tx: Transaction, batch_number: str, setup: CompanySetup, posted_by: str | None = None
+) -> JournalRow | None:
+    """Post an open journal; None if there is no such batch, JournalNotPostable if it cannot post,
+    FourEyesViolation if `posted_by` requested it (with the setup's four-eyes on)."""
     row = (
         (await tx.session.exec(select(JournalRow).where(JournalRow.batch_number == batch_number).with_for_update()))
         .scalars()
@@ -156,9 +159,10 @@ async def post_general_journal(tx: Transaction, batch_number: str, setup: Compan
     )
     if row is None:
         return None
-    journal, entries = domain.post_journal(row.to_domain(), setup)
+    journal, entries = domain.post_journal(row.to_domain(), setup, posted_by)
     await _insert_entries(tx.session, entries)
     row.status, row.posting_date, row.posted_at = journal.status, journal.posting_date, utcnow()
+    row.posted_by = journal.posted_by
     tx.session.add(row)
     tx.emit(domain.journal_posted_event(journal))
     return row

@@ -69,6 +69,8 @@ class JournalRow(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     posted_at: datetime | None = None
     lines: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    requested_by: str | None = None  # token subjects (kredit_shared.auth)
+    posted_by: str | None = None
 
     def to_domain(self) -> Journal:
         return Journal(
@@ -79,6 +81,8 @@ class JournalRow(SQLModel, table=True):
             request_id=self.request_id,
             status=self.status,  # only the domain's statuses are ever stored
             posting_date=self.posting_date,
+            requested_by=self.requested_by,
+            posted_by=self.posted_by,
         )
 
     @classmethod
@@ -91,6 +95,8 @@ class JournalRow(SQLModel, table=True):
             status=journal.status,
             posting_date=journal.posting_date,
             lines=[line.model_dump(mode="json") for line in journal.lines],
+            requested_by=journal.requested_by,
+            posted_by=journal.posted_by,
         )
 
 

@@ -297,3 +297,70 @@ async def test_a_cancelled_journal_is_voided_once_kept_and_never_posts_and_a_pos
             if r.topic == events and r.json()["event_type"] == "JournalVoided"
         ]
         assert sorted(voids) == ["wo-1", "wo-3"], "each journal is voided once, however often it is cancelled"
+
+
+async def test_four_eyes_the_requester_may_not_post_the_write_off_another_accountant_does(kafka, settings):
+    """The setup's write_off.four_eyes_write_off (on in the demo company): 403 with the reason for the
+    requester; another accountant posts; JournalPosted, the journal and the audit trail name both."""
+    from kredit_shared.auth import Role
+    from kredit_shared.testing import auth_header
+
+    events = settings.topic(GL_JOURNAL_EVENTS)
+    app = create_app(settings)
+    async with serve(app) as client, TopicProbe(kafka.bootstrap_servers, [events]) as probe:
+        request = write_off_request("wo-4e") | {"requested_by": "ann"}
+        await publish(kafka.bootstrap_servers, settings.topic(GL_GENERAL_JOURNALS), request, key="wo-4e")
+        [created] = await probe.wait_for(lambda r: r.json()["event_type"] == "JournalCreated")
+        batch = created.json()["batch_number"]
+
+        ann, bob = (auth_header(app, Role.accountant, subject=who) for who in ("ann", "bob"))
+        refused = await client.post(f"/api/v1/journals/{batch}/post", headers=ann)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["detail"] == (
+            f"ann requested journal {batch} and may not also post it (four-eyes: the setup's "
+            "write_off.four_eyes_write_off); another accountant must post it"
+        )
+        assert (await client.get(f"/api/v1/journals/{batch}")).json()["status"] == "open"
+
+        posted = await client.post(f"/api/v1/journals/{batch}/post", headers=bob)
+        assert posted.status_code == 200, posted.text
+        assert (posted.json()["requested_by"], posted.json()["posted_by"]) == ("ann", "bob")
+        journal = (await client.get(f"/api/v1/journals/{batch}")).json()
+        assert (journal["status"], journal["requested_by"], journal["posted_by"]) == ("posted", "ann", "bob")
+        [event] = await probe.wait_for(lambda r: r.json()["event_type"] == "JournalPosted")
+        assert (event.json()["requested_by"], event.json()["posted_by"]) == ("ann", "bob")
+
+        async def trail() -> list[dict]:
+            entries = (await client.get("/api/v1/audit", headers=auth_header(app, Role.admin))).json()["entries"]
+            assert len(entries) == 2, entries
+            return entries
+
+        post, refusal = await eventually(trail)
+        assert (refusal["subject"], refusal["status"], refusal["path"]) == (
+            "ann",
+            403,
+            f"/api/v1/journals/{batch}/post",
+        )
+        assert refusal["action"].startswith("refused: ann requested journal")
+        assert (post["subject"], post["action"], post["detail"]["requested_by"]) == ("bob", "journal posted", "ann")
+
+
+async def test_without_four_eyes_the_requester_may_post_it(kafka, tmp_path):
+    from kredit_shared.auth import Role
+    from kredit_shared.company_setup import DEMO_SETUP_FILE
+    from kredit_shared.testing import auth_header
+
+    setup = tmp_path / "company.yaml"
+    setup.write_text(DEMO_SETUP_FILE.read_text().replace("four_eyes_write_off: true", "four_eyes_write_off: false"))
+    settings = LedgerPostingSettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", company_setup_file=setup, **isolated_kafka(kafka)
+    )
+    events = settings.topic(GL_JOURNAL_EVENTS)
+    app = create_app(settings)
+    async with serve(app) as client, TopicProbe(kafka.bootstrap_servers, [events]) as probe:
+        request = write_off_request("wo-1e") | {"requested_by": "ann"}
+        await publish(kafka.bootstrap_servers, settings.topic(GL_GENERAL_JOURNALS), request, key="wo-1e")
+        [created] = await probe.wait_for(lambda r: r.json()["event_type"] == "JournalCreated")
+        ann = auth_header(app, Role.accountant, subject="ann")
+        posted = await client.post(f"/api/v1/journals/{created.json()['batch_number']}/post", headers=ann)
+        assert posted.status_code == 200 and posted.json()["posted_by"] == "ann"

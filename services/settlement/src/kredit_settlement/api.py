@@ -25,6 +25,8 @@ from kredit_settlement.domain import (
     priority_rule,
 )
 from kredit_settlement.handlers import Postings
+from kredit_shared.audit import AuditDep
+from kredit_shared.auth import Role, require
 from kredit_shared.contracts import MAX_LIST_LENGTH, Code, Id, IsoDate, Voucher
 from kredit_shared.money import Amount
 from kredit_shared.service import RuntimeDep
@@ -318,20 +320,28 @@ class ReleasedOut(BaseModel):
 # --- routes -----------------------------------------------------------------------------------
 
 
-@router.get("/parameters", response_model_exclude_unset=True)
+@router.get("/parameters", response_model_exclude_unset=True, dependencies=[require(Role.viewer)])
 async def get_parameters(runtime: RuntimeDep, postings: PostingsDep, include_defaults: bool = False) -> Parameters:
     async with runtime.transaction() as tx:
         row = await handlers.get_parameters(postings, tx.session)
     return Parameters.of(row, include_defaults)
 
 
-@router.put("/parameters", response_model_exclude_unset=True)
-async def put_parameters(body: Parameters, runtime: RuntimeDep, postings: PostingsDep) -> Parameters:
+@router.put("/parameters", response_model_exclude_unset=True, dependencies=[require(Role.admin)])
+async def put_parameters(body: Parameters, runtime: RuntimeDep, postings: PostingsDep, audit: AuditDep) -> Parameters:
     """Change the parameters sent; the others keep their values. 422 for unknown fields, or values that
     contradict each other or the setup (a tolerance without an account to post it to)."""
     try:
         async with runtime.transaction() as tx:
+            before = Parameters.of(await handlers.get_parameters(postings, tx.session), include_defaults=True)
             row = await handlers.update_parameters(postings, tx.session, body.changes())
+            after = Parameters.of(row, include_defaults=True)
+            audit.record(
+                tx.session,
+                "settlement parameters changed",
+                before=before.model_dump(mode="json"),
+                after=after.model_dump(mode="json"),
+            )
     except InvalidParameters as e:
         raise RequestValidationError(
             [{"loc": ("body", *e.field.split(".")), "msg": str(e), "type": "value_error"}]
@@ -342,6 +352,7 @@ async def put_parameters(body: Parameters, runtime: RuntimeDep, postings: Postin
 @router.post(
     "/settlement-preview",
     responses={404: {"description": "unknown invoice"}, 422: {"description": "a mark that cannot be settled"}},
+    dependencies=[require(Role.viewer, audited=False)],  # a POST that changes nothing
 )
 async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, postings: PostingsDep) -> PreviewOut:
     """The *Settle open transactions* page: what each mark would take if settled on `payment_date`, each on its
@@ -386,6 +397,7 @@ async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, postings: Pos
         404: {"description": "a marked transaction is unknown"},
         422: {"description": "marks that cannot be settled"},
     },
+    dependencies=[require(Role.accountant)],
 )
 async def post_settlement(body: SettleIn, runtime: RuntimeDep, postings: PostingsDep) -> SettlementOut:
     """Settle posted transactions of one customer against each other (D365 *Settle transactions*): open payments
@@ -407,7 +419,7 @@ async def post_settlement(body: SettleIn, runtime: RuntimeDep, postings: Posting
     return SettlementOut.of_settled(settled)
 
 
-@router.get("/settlements")
+@router.get("/settlements", dependencies=[require(Role.viewer)])
 async def get_settlements(customer_account: Id, runtime: RuntimeDep) -> SettlementsOut:
     """A customer's settlements, oldest first: payments', credit notes', people's, and reversals."""
     async with runtime.sessions() as session:
@@ -418,7 +430,11 @@ async def get_settlements(customer_account: Id, runtime: RuntimeDep) -> Settleme
     )
 
 
-@router.get("/settlements/{settlement_id}", responses={404: {"description": "unknown settlement"}})
+@router.get(
+    "/settlements/{settlement_id}",
+    responses={404: {"description": "unknown settlement"}},
+    dependencies=[require(Role.viewer)],
+)
 async def get_settlement(settlement_id: Voucher, runtime: RuntimeDep) -> SettlementOut:
     async with runtime.sessions() as session:
         rows = await handlers.settlement(session, settlement_id)
@@ -433,6 +449,7 @@ async def get_settlement(settlement_id: Voucher, runtime: RuntimeDep) -> Settlem
         404: {"description": "unknown settlement"},
         409: {"description": "already reversed, a reversal, or a write-off's settlement"},
     },
+    dependencies=[require(Role.accountant)],
 )
 async def reverse_settlement(
     settlement_id: Voucher, runtime: RuntimeDep, postings: PostingsDep, body: ReverseIn | None = None
@@ -450,7 +467,7 @@ async def reverse_settlement(
     return SettlementOut.of_settled(reversed_, reversal_of=settlement_id)
 
 
-@router.get("/customers/{account}/open-transactions")
+@router.get("/customers/{account}/open-transactions", dependencies=[require(Role.viewer)])
 async def get_open_transactions(account: Id, runtime: RuntimeDep, include_settled: bool = False) -> OpenTransactionsOut:
     """The customer's transactions with a balance still open (all of them with `include_settled=true`)."""
     async with runtime.sessions() as session:
@@ -458,7 +475,7 @@ async def get_open_transactions(account: Id, runtime: RuntimeDep, include_settle
     return OpenTransactionsOut(customer_account=account, transactions=[OpenTransactionOut.of(t) for t in transactions])
 
 
-@router.get("/pending-marks")
+@router.get("/pending-marks", dependencies=[require(Role.viewer)])
 async def get_pending(runtime: RuntimeDep, customer_account: str | None = None) -> PendingOut:
     """What waits for a transaction settlement has not seen yet: payment marks on unknown invoices (their
     money is reserved) and posted write-offs naming unknown transactions. State, not errors (docs/ordering.md)."""
@@ -483,13 +500,23 @@ async def get_pending(runtime: RuntimeDep, customer_account: str | None = None) 
 @router.post(
     "/pending-marks/{payment_id}/release",
     responses={404: {"description": "unknown payment"}, 409: {"description": "the payment holds nothing"}},
+    dependencies=[require(Role.accountant)],
 )
-async def release_pending_marks(payment_id: str, runtime: RuntimeDep, postings: PostingsDep) -> ReleasedOut:
+async def release_pending_marks(
+    payment_id: str, runtime: RuntimeDep, postings: PostingsDep, audit: AuditDep
+) -> ReleasedOut:
     """Give up waiting: drop the payment's pending marks and turn what is open of it into an ordinary
     automatic credit, applied now to the customer's open invoices and later to new ones."""
     try:
         async with runtime.transaction() as tx:
             result = await handlers.release_payment(postings, tx, payment_id)
+            audit.record(
+                tx.session,
+                "pending marks released",
+                payment_id=payment_id,
+                settled=[s.debit_voucher for s in result.settlements],
+                open_amount=str(-result.unused_amount),
+            )
     except LookupError as e:
         raise HTTPException(404, str(e)) from None
     except handlers.NothingToRelease as e:

@@ -73,6 +73,7 @@ __all__ = [
     "Percent",
     "SettleMark",
     "SettledTransactionRef",
+    "Subject",
     "Text",
     "TransactionType",
     "Voucher",
@@ -170,6 +171,8 @@ Voucher = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern
 Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NO_CONTROLS)]
 Name = Annotated[str, StringConstraints(max_length=200, pattern=_NO_CONTROLS)]
 Text = Annotated[str, StringConstraints(max_length=1000, pattern=_TEXT)]
+# Who did it: the subject (`sub`) of the caller's token (kredit_shared.auth).
+Subject = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NO_CONTROLS)]
 
 # What an ERP document is (contract extension `document_type`); the customer transaction carries it as its type.
 DocumentType = Literal["Invoice", "CreditNote", "InterestNote", "CollectionLetterFee", "PaymentFee"]
@@ -420,6 +423,8 @@ class GeneralJournalRequested(ContractMessage):
     journal_name: Id
     description: Text = ""
     lines: list[GeneralJournalLine] = Field(min_length=1, max_length=MAX_LIST_LENGTH)
+    # Who asked for the journal: with the setup's `four_eyes_write_off`, not the one who may post it.
+    requested_by: Subject | None = None
 
     def key(self) -> str:
         return self.request_id
@@ -451,6 +456,8 @@ class JournalPosted(_JournalEvent):
     event_type: Literal["JournalPosted"] = "JournalPosted"
     posting_date: IsoDate
     lines: list[PostedJournalLine] = Field(max_length=MAX_LIST_LENGTH)
+    requested_by: Subject | None = None  # as on the GeneralJournalRequested
+    posted_by: Subject | None = None  # who posted it
 
 
 class JournalRejected(ContractMessage):
