@@ -18,7 +18,8 @@ from kredit_collections.app import create_app as collections_app
 from kredit_collections.settings import CollectionsSettings
 from kredit_invoicing.app import create_app as invoicing_app
 from kredit_invoicing.settings import InvoicingSettings
-from kredit_shared.testing import eventually, free_port, isolated_kafka, serve
+from kredit_shared.auth import Role
+from kredit_shared.testing import eventually, free_port, isolated_kafka, serve, token_header
 
 pytestmark = pytest.mark.slow  # runs the `kredit` CLI as processes
 
@@ -74,6 +75,7 @@ async def test_opening_balances_are_imported_once_with_their_rejects_listed_and_
             "KAFKA_BOOTSTRAP_SERVERS": k["kafka_bootstrap_servers"],
             "TOPIC_PREFIX": k["topic_prefix"],
             "COLLECTIONS_URL": collections_url,
+            "KREDIT_TOKEN": token_header(Role.viewer)["Authorization"].removeprefix("Bearer "),
         }
         code, output = await kredit(env, tmp_path, "import", "invoices", str(balances))
         assert code == 1, output  # some rows were rejected
@@ -86,7 +88,10 @@ async def test_opening_balances_are_imported_once_with_their_rejects_listed_and_
         out = tmp_path / "aged.csv"
 
         async def exported() -> list[dict]:
-            code, output = await kredit(env, tmp_path, "export", "aged-balances", "--as-of", "2015-03-31", str(out))
+            # One customer per page: the export follows the pages to the end.
+            code, output = await kredit(
+                env, tmp_path, "export", "aged-balances", "--as-of", "2015-03-31", "--page-size", "1", str(out)
+            )
             assert code == 0, output
             rows = list(csv.DictReader(out.open()))
             return rows if len(rows) == 2 else []
@@ -138,3 +143,14 @@ async def test_the_export_says_so_when_collections_does_not_answer(tmp_path):
     assert code == 2
     assert "collections does not answer" in output
     assert "Traceback" not in output
+
+
+async def test_the_export_without_a_token_says_how_to_get_one(kafka, tmp_path):
+    collections = CollectionsSettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'collections.db'}", **isolated_kafka(kafka)
+    )
+    async with on_a_port(collections_app(collections)) as collections_url:
+        env = {"COLLECTIONS_URL": collections_url, "DATA_DIR": str(tmp_path / "no-data")}
+        code, output = await kredit(env, tmp_path, "export", "aged-balances", "--as-of", "2015-03-31", "-")
+    assert code == 1
+    assert "answered 401" in output and "KREDIT_TOKEN" in output

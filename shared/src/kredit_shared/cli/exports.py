@@ -22,19 +22,39 @@ app = typer.Typer(no_args_is_help=True, help="Take data out, as files.")
 console = Console(stderr=True)  # the CSV may go to stdout
 
 
-def fetch_aged_balances(settings: CliSettings, as_of: dt.date) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {settings.kredit_token}"} if settings.kredit_token else {}
+def fetch_aged_balances(settings: CliSettings, as_of: dt.date, page_size: int = 1000) -> dict[str, Any]:
+    """Every customer's row: the API answers a page at a time, so follow `next_cursor` to the end."""
+    token = settings.token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     url = f"{settings.collections}/api/v1/aged-balances"
-    try:
-        response = httpx.get(url, params={"as_of": as_of.isoformat()}, headers=headers, timeout=60)
-    except httpx.TransportError as e:
-        console.print(f"[red]collections does not answer at {settings.collections} ({e}); set COLLECTIONS_URL[/red]")
-        raise typer.Exit(2) from None
-    if response.status_code != 200:
-        detail = response.json().get("detail") if "json" in response.headers.get("content-type", "") else response.text
-        console.print(f"[red]{url} answered {response.status_code}: {detail}[/red]")
-        raise typer.Exit(1)
-    return response.json()
+    params: dict[str, Any] = {"as_of": as_of.isoformat(), "limit": page_size}
+    body: dict[str, Any] | None = None
+    while True:
+        try:
+            response = httpx.get(url, params=params, headers=headers, timeout=60)
+        except httpx.TransportError as e:
+            console.print(
+                f"[red]collections does not answer at {settings.collections} ({e}); set COLLECTIONS_URL[/red]"
+            )
+            raise typer.Exit(2) from None
+        if response.status_code != 200:
+            is_json = "json" in response.headers.get("content-type", "")
+            detail = response.json().get("detail") if is_json else response.text
+            hint = (
+                " (set KREDIT_TOKEN, or run `make run` for data/tokens/viewer.token)"
+                if response.status_code == 401
+                else ""
+            )
+            console.print(f"[red]{url} answered {response.status_code}: {detail}{hint}[/red]")
+            raise typer.Exit(1)
+        page = response.json()
+        if body is None:
+            body = page
+        else:
+            body["customers"].extend(page["customers"])
+        if not page.get("next_cursor"):
+            return body
+        params["cursor"] = page["next_cursor"]
 
 
 def write_csv(body: dict[str, Any], out: Any) -> None:
@@ -52,9 +72,10 @@ def write_csv(body: dict[str, Any], out: Any) -> None:
 def aged_balances(
     file: Annotated[str, typer.Argument(metavar="FILE.csv", help="Where to write; - for standard output")],
     as_of: Annotated[dt.datetime, typer.Option("--as-of", formats=["%Y-%m-%d"], help="YYYY-MM-DD")],
+    page_size: Annotated[int, typer.Option(hidden=True, min=1, max=1000)] = 1000,  # tests force paging
 ) -> None:
     """Aged balances of every customer as of a date, by due date into the setup's buckets."""
-    body = fetch_aged_balances(CliSettings(), as_of.date())
+    body = fetch_aged_balances(CliSettings(), as_of.date(), page_size)
     if file == "-":
         write_csv(body, sys.stdout)
     else:
