@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 
+from kredit_invoicing.domain import VOUCHER_PREFIXES
 from kredit_shared.testing import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -49,7 +50,8 @@ async def invoice(stack, customer: str, invoice_id: str, amount: str, on: str, *
         lines=goods(amount),
         **more,
     )
-    voucher = ("CCN-" if amount.startswith("-") else "FTI-") + invoice_id
+    kind = more.get("document_type") or ("CreditNote" if amount.startswith("-") else "Invoice")
+    voucher = VOUCHER_PREFIXES[kind] + invoice_id
     await stack.wait_until_open_in_settlement(customer, voucher)
     return voucher
 
@@ -248,7 +250,7 @@ async def test_a_700_00_payment_pays_the_interest_note_first_by_priority_and_inv
     await invoice(stack, "2050", "10001", "100.00", "2015-08-15", ("2015-08-29", "2.00"), **terms)
     await invoice(stack, "2050", "10002", "250.00", "2015-09-01", ("2015-09-15", "2.00"), **terms)
     await invoice(stack, "2050", "10003", "500.00", "2015-10-15", ("2015-10-29", "2.00"), **terms)
-    await invoice(stack, "2050", "INT-2050", "7.00", "2015-10-15", document_type="InterestNote", **terms)
+    await invoice(stack, "2050", "IN-2050", "7.00", "2015-10-15", document_type="InterestNote", **terms)
     await stack.erp_payment(payment_id="ARP-2050", customer_account="2050", payment_date="2015-10-25", amount="700.00")
 
     rows = await rows_when(stack, "2050", lambda r: "ARP-2050" in r and r["ARP-2050"]["balance"] == "0.00")
@@ -256,14 +258,14 @@ async def test_a_700_00_payment_pays_the_interest_note_first_by_priority_and_inv
         "FTI-10001": ("Invoice", "0.00"),
         "FTI-10002": ("Invoice", "0.00"),
         "FTI-10003": ("Invoice", "157.00"),
-        "FTI-INT-2050": ("InterestNote", "0.00"),
+        "INT-IN-2050": ("InterestNote", "0.00"),
         "ARP-2050": ("Payment", "0.00"),
     }
     [settlement] = (await stack.settlement.get("/api/v1/settlements", params={"customer_account": "2050"})).json()[
         "settlements"
     ]
     assert [(p["debit_voucher"], p["amount_settled"]) for p in settlement["pairs"]] == [
-        ("FTI-INT-2050", "7.00"),
+        ("INT-IN-2050", "7.00"),
         ("FTI-10001", "100.00"),
         ("FTI-10002", "250.00"),
         ("FTI-10003", "343.00"),

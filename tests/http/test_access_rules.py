@@ -55,6 +55,26 @@ POLICY: dict[str, dict[str, Any]] = {
         "GET /write-offs/{write_off_id}": V,
         "POST /write-offs/{write_off_id}/post": A,
         "POST /write-offs/{write_off_id}/cancel": C,
+        # credit and collections management
+        "PUT /api/v1/credit-groups/{group}": ADM,
+        "GET /api/v1/credit-groups/{group}": V,
+        "PUT /api/v1/customers/{account}/credit": ADM,
+        "GET /api/v1/customers/{account}/credit": V,
+        "POST /api/v1/credit-checks": V,  # the ERP's question before an order: changes nothing
+        "POST /api/v1/collection-letter-runs": C,
+        "GET /api/v1/customers/{account}/collection-letters": V,
+        "GET /api/v1/collection-letters/{letter_id}": V,
+        "GET /api/v1/collection-letters/{letter_id}/document": V,
+        "POST /api/v1/interest-note-runs": C,
+        "GET /api/v1/customers/{account}/interest-notes": V,
+        "GET /api/v1/interest-notes/{note_id}": V,
+        "GET /api/v1/interest-codes": V,
+        "POST /api/v1/activities": C,
+        "GET /api/v1/activities": V,
+        "POST /api/v1/activities/{activity_id}/close": C,
+        "POST /api/v1/disputes": C,
+        "GET /api/v1/disputes": V,
+        "POST /api/v1/disputes/{dispute_id}/resolve": C,
         "GET /signin": PUBLIC,
         "POST /signin": PUBLIC,
         "POST /signout": PUBLIC,
@@ -71,6 +91,10 @@ POLICY: dict[str, dict[str, Any]] = {
         "GET /api/v1/customers/{account}/open-transactions": V,
         "GET /api/v1/pending-marks": V,
         "POST /api/v1/pending-marks/{payment_id}/release": A,
+        "POST /api/v1/settlements": A,  # settling posted transactions by hand moves money
+        "GET /api/v1/settlements": V,
+        "GET /api/v1/settlements/{settlement_id}": V,
+        "POST /api/v1/settlements/{settlement_id}/reverse": A,
     },
     "ledger-posting": {
         "GET /api/v1/journals": (V, EXPENSIVE),
@@ -83,7 +107,12 @@ POLICY: dict[str, dict[str, Any]] = {
 }
 EVERY_SERVICE = {
     "GET /healthz": PUBLIC,
+    "GET /livez": PUBLIC,
     "GET /readyz": PUBLIC,
+    # the contract's AsyncAPI document, public like /docs and /openapi.json
+    "GET /asyncapi": PUBLIC,
+    "GET /asyncapi.json": PUBLIC,
+    "GET /asyncapi.yaml": PUBLIC,
     "GET /metrics": PUBLIC,
     "GET /api/v1/audit": ADM,
 }
@@ -101,6 +130,7 @@ BODIES: dict[str, dict[str, Any]] = {
         "json": {"customer_account": "X1", "payment_date": "2015-07-01", "marks": [{"invoice_id": "X1"}]}
     },
     "GET /api/v1/invoices": {"params": {"customer_account": "X1"}},
+    "GET /api/v1/settlements": {"params": {"customer_account": "X1"}},
     "GET /api/v1/ledger-entries": {"params": {"account": "130100"}},
     "POST /customers/{account}/write-off": {"data": {"scope": "all"}},
 }
