@@ -480,10 +480,12 @@ class Run:
 
 
 async def _http(
-    client: httpx.AsyncClient, method: str, url: str, attempts: int = 30, **kwargs: Any
+    client: httpx.AsyncClient, method: str, url: str, patience: float = 180, **kwargs: Any
 ) -> httpx.Response | None:
-    """Retries while the service is down (it may be restarting after a kill)."""
-    for _ in range(attempts):
+    """Retries while the service is down: a restart after a kill takes up to a minute on a loaded
+    machine, so a write-off is not given up while its service is merely starting."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
             response = await client.request(method, url, **kwargs)
             if response.status_code < 500:
