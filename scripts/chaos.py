@@ -480,10 +480,12 @@ class Run:
 
 
 async def _http(
-    client: httpx.AsyncClient, method: str, url: str, attempts: int = 30, **kwargs: Any
+    client: httpx.AsyncClient, method: str, url: str, patience: float = 180, **kwargs: Any
 ) -> httpx.Response | None:
-    """Retries while the service is down (it may be restarting after a kill)."""
-    for _ in range(attempts):
+    """Retries while the service is down: a restart after a kill takes up to a minute on a loaded
+    machine, so a write-off is not given up while its service is merely starting."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
             response = await client.request(method, url, **kwargs)
             if response.status_code < 500:
@@ -604,10 +606,32 @@ async def snapshot(stack: LocalStack, client: httpx.AsyncClient) -> tuple:
     )
 
 
+@dataclass
+class Stillness:
+    """When the stack has converged: every consumer group's lag is 0 and neither the state nor the lag
+    changed for `quiet` seconds. Lag above 0 that does not move is work still pending (a consumer
+    rejoining its group, starting after a kill, or retrying a batch), never convergence; if nothing at
+    all moves for `stuck` seconds with lag left, the run stops waiting and reports it."""
+
+    quiet: float = 10
+    stuck: float = 180
+    previous: tuple | None = None
+    still_since: float = 0
+
+    def observe(self, now: float, state: tuple, lag: dict[str, int]) -> tuple[bool, float] | None:
+        """(True, start of the still state) once converged, (False, its start) once stuck, else None."""
+        current = (state, tuple(sorted(lag.items())))
+        if current != self.previous:
+            self.previous, self.still_since = current, now
+            return None
+        if not any(lag.values()):
+            return (True, self.still_since) if now - self.still_since >= self.quiet else None
+        return (False, self.still_since) if now - self.still_since >= self.stuck else None
+
+
 async def converge(run: Run, timeout: float) -> tuple[float | None, dict[str, int]]:
-    """Seconds from the end of the load until the state and the consumer lag have not changed for
-    10 s (None if that never happens), and the lag then. Lag that stays above 0 is reported, not
-    waited for: records a consumer skipped without committing stay behind until something follows."""
+    """Seconds from the end of the load until the stack is still with every lag 0 (see Stillness;
+    None if that does not happen within `timeout`), and the lag at the end."""
     stack = run.stack
     for attempt in (1, 2):  # a process restarted by the last kill may itself die at start-up: once more
         for p in stack.processes:
@@ -621,16 +645,21 @@ async def converge(run: Run, timeout: float) -> tuple[float | None, dict[str, in
             if attempt == 2:
                 raise
     deadline = time.monotonic() + timeout
-    previous, still_since, lag = None, time.monotonic(), {}
+    stillness, lag, reported = Stillness(), {}, time.monotonic()
     async with httpx.AsyncClient(timeout=10, headers=stack.auth("viewer")) as client:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
                 lag = await stack.lag()
-                state = (await snapshot(stack, client), tuple(sorted(lag.items())))
-                if state != previous:
-                    previous, still_since = state, time.monotonic()
-                elif time.monotonic() - still_since >= 10:
-                    return still_since - run.last_send, lag
+                now = time.monotonic()
+                if now - reported >= 30:  # the trend shows a slow consumer from a stuck one
+                    print(f"chaos: {now - run.last_send:.0f}s after the last record, lag {lag}", flush=True)
+                    reported = now
+                outcome = stillness.observe(now, await snapshot(stack, client), lag)
+                if outcome is not None:
+                    converged, since = outcome
+                    if not converged:
+                        print(f"chaos: nothing moved for {stillness.stuck:.0f}s with lag {lag}", flush=True)
+                    return (since - run.last_send if converged else None), lag
             await asyncio.sleep(1)
     return None, lag
 

@@ -136,6 +136,27 @@ def test_each_kind_of_fault_is_caught():
     assert "DLQs hold only rejects (no pending mark)" in failed(chaos.check(w, pending)[0])
 
 
+def test_chaos_converges_only_once_every_lag_is_zero_and_nothing_moved():
+    state = ("tb", "aged")
+    watch = chaos.Stillness(quiet=10, stuck=180)
+    # A consumer rejoining its group or restarting: its lag stands still, work is pending.
+    assert all(watch.observe(t, state, {"collections": 751, "settlement": 0}) is None for t in range(0, 60))
+    # It catches up; the stack is converged 10 s after the last change, not before.
+    assert watch.observe(60, state, {"collections": 0, "settlement": 0}) is None
+    assert watch.observe(69, state, {"collections": 0, "settlement": 0}) is None
+    assert watch.observe(70, state, {"collections": 0, "settlement": 0}) == (True, 60)
+    # A change of state alone (an outbox published late) restarts the quiet period.
+    assert watch.observe(71, ("tb2", "aged"), {"collections": 0, "settlement": 0}) is None
+    assert watch.observe(80, ("tb2", "aged"), {"collections": 0, "settlement": 0}) is None
+
+
+def test_chaos_stops_waiting_when_lag_is_left_and_nothing_moves():
+    watch = chaos.Stillness(quiet=10, stuck=180)
+    assert watch.observe(0, ("s",), {"settlement": 3}) is None
+    assert watch.observe(179, ("s",), {"settlement": 3}) is None
+    assert watch.observe(180, ("s",), {"settlement": 3}) == (False, 0)
+
+
 def test_the_chaos_workload_is_reproducible_and_mixed():
     first, again = chaos.generate(3000, seed=7), chaos.generate(3000, seed=7)
     assert [s.value for s in first.sends()] == [s.value for s in again.sends()]
