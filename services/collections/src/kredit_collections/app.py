@@ -29,7 +29,7 @@ def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
         AR_CUSTOMER_TRANSACTIONS, CustomerTransactionPosted.model_validate_json, handlers.record_customer_transactions
     )
     runtime.subscribe_batch(AR_SETTLEMENTS, OpenItemsSettled.model_validate_json, handlers.record_settlements)
-    runtime.subscribe(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, handlers.record_journal_event)
+    runtime.subscribe_batch(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, handlers.record_journal_events)
     runtime.publishes(GL_GENERAL_JOURNALS)  # write-off journals and their cancels, from the HTTP API
     app = runtime.http_app("Kredit collections", routers=[api.router, ui.csv_router, ui.router])
     app.state.setup = setup

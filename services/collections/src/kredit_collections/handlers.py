@@ -45,11 +45,12 @@ async def record_settlements(tx: Transaction, events: list[OpenItemsSettled]) ->
     await tables.add_settlement_deltas(tx.session, [d for event in events for d in settlement_deltas(event)])
 
 
-async def record_journal_event(tx: Transaction, event: JournalEvent) -> None:
-    request = await tables.lock_write_off(tx.session, event.request_id) if event.request_id else None
-    if request is None:
-        return  # a journal that is not one of our write-offs
-    await tables.save_progress(tx.session, request, request.progress.after(event))
+async def record_journal_events(tx: Transaction, events: list[JournalEvent]) -> None:
+    """Move the write-off requests the journal events are about, in event order; other journals are not ours."""
+    requests = await tables.lock_write_offs(tx.session, [e.request_id for e in events if e.request_id])
+    for event in events:
+        if request := requests.get(event.request_id or ""):
+            await tables.save_progress(tx.session, request, request.progress.after(event))
 
 
 # --- commands --------------------------------------------------------------------------------
