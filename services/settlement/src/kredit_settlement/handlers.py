@@ -160,15 +160,18 @@ async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -
     """Keep a new debit (invoice, interest note, fee) or credit note as an open item and settle it with what
     waits for it."""
     postings, tx, store, parameters = batch.postings, batch.tx, batch.store, batch.parameters
-    transaction = _open_transaction(event)
-    others = await store.of_customer(
-        event.customer_account,
-        invoice_ids=[event.invoice_id] if event.invoice_id else (),
-        scope="credits" if transaction.is_debit else "all",
-    )
+    transaction, known = _open_transaction(event), store.held(event.voucher)
+    # A known voucher (settlement's own postings come back on this topic) needs none of the customer's items.
+    others: list[OpenTransaction] = []
+    if known is None:
+        others = await store.of_customer(
+            event.customer_account,
+            invoice_ids=[event.invoice_id] if event.invoice_id else (),
+            scope="credits" if transaction.is_debit else "all",
+        )
     taken = bool(event.invoice_id) and any(t.invoice_id == event.invoice_id for t in others)
     try:
-        new = domain.admit_transaction(transaction, store.held(event.voucher), taken, parameters)
+        new = domain.admit_transaction(transaction, known, taken, parameters)
     except domain.TransactionRejected as e:
         raise Rejected(str(e)) from None
     if new is None:
