@@ -14,7 +14,10 @@ import pytest
 
 from kredit_shared.auth import Role
 from kredit_shared.contracts import (
+    AR_CUSTOMER_TRANSACTIONS,
+    AR_SETTLEMENTS,
     ERP_CUSTOMER_INVOICES,
+    ERP_CUSTOMER_PAYMENTS,
     GL_GENERAL_JOURNALS,
     GL_JOURNAL_EVENTS,
     GL_JOURNAL_LINES,
@@ -22,6 +25,7 @@ from kredit_shared.contracts import (
 )
 from kredit_shared.testing import (
     TopicProbe,
+    eventually,
     free_port,
     isolated_kafka,
     publish,
@@ -150,3 +154,78 @@ async def test_a_service_killed_mid_batch_posts_every_invoice_of_the_fetch_exact
         assert [r.headers["x-dlq-reason"] for r in probe.records if r.topic == dlq] == [
             "invoice K-BAD: unknown payment terms 'Net999'"
         ], "the rejected invoice dead-lettered once"
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    ["relay-before-publish", "consumer-after-commit"],
+    ids=["killed-after-commit-before-publish", "killed-after-commit-before-offset-commit"],
+)
+async def test_settlement_killed_mid_batch_settles_every_payment_of_the_fetch_exactly_once(kafka, tmp_path, failpoint):
+    """Settlement commits a fetch of payments in one transaction: a SIGKILL after it loses and doubles nothing."""
+    isolated = isolated_kafka(kafka)
+    env = {
+        "HTTP_PORT": str(free_port()),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'settlement.db'}",
+        **{key.upper(): str(value) for key, value in isolated.items()},
+    }
+    prefix, log, port = env["TOPIC_PREFIX"], str(tmp_path / "settlement.log"), int(env["HTTP_PORT"])
+    customers = [f"K{n}" for n in range(4)]
+    invoices = [
+        {
+            "message_id": str(uuid.uuid4()),
+            "voucher": f"FTI-{c}-{n}",
+            "transaction_type": "Invoice",
+            "customer_account": c,
+            "transaction_date": "2015-07-01",
+            "invoice_id": f"{c}-{n}",
+            "amount": "100.00",
+            "currency": "USD",
+            "due_date": f"2015-07-0{n + 1}",
+            "cash_discounts": [],
+        }
+        for c in customers
+        for n in range(2)
+    ]
+    # Per customer: an automatic payment (the oldest invoice first), then a marked one for the other invoice.
+    payments = [
+        {
+            "message_id": str(uuid.uuid4()),
+            "payment_id": f"P-{c}-{n}",
+            "customer_account": c,
+            "payment_date": "2015-08-01",
+            "amount": "100.00",
+            "currency": "USD",
+        }
+        | ({"settle": [{"invoice_id": f"{c}-1", "use_cash_discount": "Never"}]} if n else {})
+        for c in customers
+        for n in range(2)
+    ]
+    topics = [prefix + t for t in (AR_SETTLEMENTS, GL_JOURNAL_LINES)]
+    async with TopicProbe(kafka.bootstrap_servers, topics) as probe:
+        with service_process("kredit_settlement", env, log) as first:
+            wait_until_healthy(port, process=first)
+            await publish_many(kafka.bootstrap_servers, prefix + AR_CUSTOMER_TRANSACTIONS, invoices)
+            for c in customers:
+                await eventually(lambda c=c: len(open_transactions(port, c)) == 2)
+        await publish_many(kafka.bootstrap_servers, prefix + ERP_CUSTOMER_PAYMENTS, payments)
+        with service_process("kredit_settlement", env | {"FAILPOINTS": failpoint}, log) as doomed:
+            assert doomed.wait(30) == -signal.SIGKILL
+        with service_process("kredit_settlement", env, log) as restarted:
+            wait_until_healthy(port, process=restarted)
+            await probe.wait_for(lambda r: r.topic == prefix + AR_SETTLEMENTS, count=8)
+            await probe.settle(1.0)
+            assert all(open_transactions(port, c) == {} for c in customers), "every invoice and payment used up"
+        settled = sorted(
+            (r.json()["credit_voucher"], r.json()["debit_voucher"])
+            for r in probe.records
+            if r.topic == prefix + AR_SETTLEMENTS
+        )
+        assert settled == sorted((f"P-{c}-{n}", f"FTI-{c}-{n}") for c in customers for n in range(2)), "each once"
+        vouchers = sorted(r.key for r in probe.records if r.topic == prefix + GL_JOURNAL_LINES)
+        assert vouchers == sorted(p["payment_id"] for p in payments), "each payment's voucher once"
+
+
+def open_transactions(port: int, customer: str) -> dict:
+    response = httpx.get(f"http://127.0.0.1:{port}/api/v1/customers/{customer}/open-transactions")
+    return {t["voucher"]: t["open_amount"] for t in response.json()["transactions"]}

@@ -31,7 +31,7 @@ def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
         AR_CUSTOMER_TRANSACTIONS, CustomerTransactionPosted.model_validate_json, handlers.record_customer_transactions
     )
     runtime.subscribe_batch(AR_SETTLEMENTS, OpenItemsSettled.model_validate_json, handlers.record_settlements)
-    runtime.subscribe(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, handlers.record_journal_event)
+    runtime.subscribe_batch(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, handlers.record_journal_events)
     # Write-off journals and their cancels; interest notes and letter fees, posted through invoicing.
     runtime.publishes(GL_GENERAL_JOURNALS, ERP_CUSTOMER_INVOICES)
     app = runtime.http_app("Kredit collections", routers=[api.router, credit_api.router, ui.csv_router, ui.router])

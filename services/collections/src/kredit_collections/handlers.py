@@ -48,18 +48,21 @@ async def record_settlements(tx: Transaction, events: list[OpenItemsSettled]) ->
     await tables.add_settlement_deltas(tx.session, [d for event in events for d in settlement_deltas(event)])
 
 
-async def record_journal_event(tx: Transaction, event: JournalEvent) -> None:
-    request = await tables.lock_write_off(tx.session, event.request_id) if event.request_id else None
-    if isinstance(event, JournalPosted) and (problem := _not_as_requested(event, request)):
-        # Defence in depth (issue 14): only collections requests journals that move customer balances,
-        # so a posting it cannot match to its request is reported, never applied.
-        tx.dead_letter(GL_JOURNAL_EVENTS, event, f"journal {event.batch_number} was posted, but {problem}")
-        return
-    if request is None:
-        return  # a journal that is not one of our write-offs
-    if isinstance(event, JournalPosted) and event.posted_by and request.posted_by is None:
-        request.posted_by = event.posted_by
-    await tables.save_progress(tx.session, request, request.progress.after(event))
+async def record_journal_events(tx: Transaction, events: list[JournalEvent]) -> None:
+    """Move the write-off requests the journal events are about, in event order; other journals are not ours."""
+    requests = await tables.lock_write_offs(tx.session, [e.request_id for e in events if e.request_id])
+    for event in events:
+        request = requests.get(event.request_id or "")
+        if isinstance(event, JournalPosted) and (problem := _not_as_requested(event, request)):
+            # Defence in depth (issue 14): only collections requests journals that move customer balances,
+            # so a posting it cannot match to its request is reported, never applied.
+            tx.reject(GL_JOURNAL_EVENTS, event, f"journal {event.batch_number} was posted, but {problem}")
+            continue
+        if request is None:
+            continue  # a journal that is not one of our write-offs
+        if isinstance(event, JournalPosted) and event.posted_by and request.posted_by is None:
+            request.posted_by = event.posted_by
+        await tables.save_progress(tx.session, request, request.progress.after(event))
 
 
 def _not_as_requested(event: JournalPosted, request: tables.WriteOffRequestRow | None) -> str | None:

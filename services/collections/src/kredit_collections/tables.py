@@ -250,6 +250,17 @@ async def lock_write_off(session: AsyncSession, write_off_id: str) -> WriteOffRe
     return await session.get(WriteOffRequestRow, write_off_id, with_for_update=True)
 
 
+async def lock_write_offs(session: AsyncSession, write_off_ids: Iterable[str]) -> dict[str, WriteOffRequestRow]:
+    """The requests among `write_off_ids`, locked until the transaction ends (lock_write_off), in one query."""
+    query = (
+        select(WriteOffRequestRow)
+        .where(WriteOffRequestRow.id.in_(sorted(set(write_off_ids))))
+        .order_by(WriteOffRequestRow.id)
+        .with_for_update()
+    )
+    return {row.id: row for row in (await session.exec(query)).all()}
+
+
 async def save_progress(session: AsyncSession, request: WriteOffRequestRow, progress: WriteOffProgress) -> None:
     request.status, request.journal_batch_number, request.reason = (
         progress.status,

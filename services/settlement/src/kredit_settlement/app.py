@@ -31,16 +31,17 @@ def create_app(settings: SettlementSettings | None = None) -> FastAPI:
     postings = Postings.from_setup(load_company_setup(settings.company_setup_file))
 
     runtime = ServiceRuntime(settings, tables=tables.TABLES, migrations=of_package("settlement", "kredit_settlement"))
-    runtime.subscribe(
+    # Each fetch in one transaction (ServiceRuntime.subscribe_batch), messages in fetch order.
+    runtime.subscribe_batch(
         AR_CUSTOMER_TRANSACTIONS,
         CustomerTransactionPosted.model_validate_json,
-        partial(handlers.record_customer_transaction, postings),
+        partial(handlers.record_customer_transactions, postings),
     )
-    runtime.subscribe(
-        ERP_CUSTOMER_PAYMENTS, CustomerPaymentReceived.model_validate_json, partial(handlers.receive_payment, postings)
+    runtime.subscribe_batch(
+        ERP_CUSTOMER_PAYMENTS, CustomerPaymentReceived.model_validate_json, partial(handlers.receive_payments, postings)
     )
-    runtime.subscribe(
-        GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, partial(handlers.settle_write_offs, postings)
+    runtime.subscribe_batch(
+        GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, partial(handlers.settle_write_off_journals, postings)
     )
     runtime.publishes(AR_CUSTOMER_TRANSACTIONS, AR_SETTLEMENTS, GL_JOURNAL_LINES)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -18,6 +18,7 @@ from kredit_settlement import domain, metrics
 from kredit_settlement.domain import Mark, MarkPreview, OpenTransaction, SettledPair, SettlementResult
 from kredit_settlement.tables import (
     OpenItems,
+    OpenScope,
     ParametersRow,
     PaymentRow,
     PendingMarkRow,
@@ -25,6 +26,7 @@ from kredit_settlement.tables import (
     SettlementRow,
     load_parameters,
     lock_customer,
+    lock_customers,
 )
 from kredit_shared.company_setup import CompanySetup, SetupError
 from kredit_shared.contracts import (
@@ -44,6 +46,8 @@ from kredit_shared.contracts import (
 )
 from kredit_shared.money import ZERO
 from kredit_shared.service import Rejected, Transaction
+
+M = TypeVar("M", CustomerTransactionPosted, CustomerPaymentReceived, JournalPosted)
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,6 @@ class Postings:
     @classmethod
     def from_setup(cls, setup: CompanySetup) -> Postings:
         seed = setup.settlement
-        # Without a default of its own, a discount posts to the account the setup's discount codes share, if one.
-        code_accounts = {code.account for code in setup.cash_discount_codes.values()}
         parameters = domain.SettlementParameters(
             seed.calculate_cash_discounts_for_partial_payments,
             seed.calculate_cash_discounts_for_credit_notes,
@@ -86,8 +88,9 @@ class Postings:
             main_accounts=frozenset(setup.main_accounts),
             bank_account=setup.default_bank_account,
             summary_account=setup.customer_posting_profile.summary_account,
-            cash_discount_account=seed.accounts.cash_discount
-            or (code_accounts.pop() if len(code_accounts) == 1 else None),
+            cash_discount_account=domain.default_discount_account(
+                seed.accounts.cash_discount, (code.account for code in setup.cash_discount_codes.values())
+            ),
             parameters=parameters,
             penny_difference_account=seed.accounts.penny_difference,
             overpayment_underpayment_account=seed.accounts.customer_overpayment_underpayment,
@@ -103,19 +106,73 @@ async def _parameters(session: AsyncSession, postings: Postings) -> domain.Settl
     return (await load_parameters(session, postings.parameters)).to_domain()
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """What the messages of one fetch share: one transaction, the customers' locks, the open items read once."""
+
+    postings: Postings
+    tx: Transaction
+    store: OpenItems
+    parameters: domain.SettlementParameters
+
+
+async def _batch(
+    postings: Postings, tx: Transaction, customers: Iterable[str], scope: OpenScope, vouchers: Iterable[str] = ()
+) -> _Batch:
+    """Lock the customers, read their open items (`scope`) and the transactions `vouchers` names at once."""
+    await lock_customers(tx.session, customers)
+    store = OpenItems(tx.session)
+    await store.load_customers(customers, scope)
+    if vouchers := list(vouchers):
+        await store.find_all(vouchers)
+    return _Batch(postings, tx, store, await _parameters(tx.session, postings))
+
+
+async def _each(
+    batch: _Batch, topic: str, messages: Sequence[M], handle: Callable[[_Batch, M], Awaitable[None]]
+) -> None:
+    """Handle the messages in fetch order (so each customer's in order). One the domain rejects changed nothing
+    (every check comes before the first write): it alone goes to the dead-letter topic, the rest commit."""
+    for message in messages:
+        try:
+            await handle(batch, message)
+        except Rejected as e:
+            batch.tx.reject(topic, message, str(e))
+
+
 # --- ar.customer-transactions ---------------------------------------------------------------
 
 
+async def record_customer_transactions(
+    postings: Postings, tx: Transaction, events: list[CustomerTransactionPosted]
+) -> None:
+    # A new invoice is settled with the customer's open credits; a credit note reads the open debits itself.
+    customers, vouchers = [e.customer_account for e in events], [e.voucher for e in events]
+    batch = await _batch(postings, tx, customers, "credits", vouchers)
+    await _each(batch, AR_CUSTOMER_TRANSACTIONS, events, _record_transaction)
+
+
 async def record_customer_transaction(postings: Postings, tx: Transaction, event: CustomerTransactionPosted) -> None:
+    """One transaction on its own; Rejected if it cannot be taken."""
+    await _record_transaction(await _batch(postings, tx, [event.customer_account], "credits", [event.voucher]), event)
+
+
+async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -> None:
     """Keep a new debit (invoice, interest note, fee) or credit note as an open item and settle it with what
     waits for it."""
-    store = OpenItems(tx.session)
-    await lock_customer(tx.session, event.customer_account)
-    parameters = await _parameters(tx.session, postings)
-    others = await store.of_customer(event.customer_account, invoice_ids=[event.invoice_id] if event.invoice_id else ())
+    postings, tx, store, parameters = batch.postings, batch.tx, batch.store, batch.parameters
+    transaction, known = _open_transaction(event), store.held(event.voucher)
+    # A known voucher (settlement's own postings come back on this topic) needs none of the customer's items.
+    others: list[OpenTransaction] = []
+    if known is None:
+        others = await store.of_customer(
+            event.customer_account,
+            invoice_ids=[event.invoice_id] if event.invoice_id else (),
+            scope="credits" if transaction.is_debit else "all",
+        )
     taken = bool(event.invoice_id) and any(t.invoice_id == event.invoice_id for t in others)
     try:
-        new = domain.admit_transaction(_open_transaction(event), await store.find(event.voucher), taken, parameters)
+        new = domain.admit_transaction(transaction, known, taken, parameters)
     except domain.TransactionRejected as e:
         raise Rejected(str(e)) from None
     if new is None:
@@ -154,13 +211,11 @@ async def _settle_waiting_credits(
     for row in pending:
         await tx.session.delete(row)
     metrics.count_on_commit(tx.session, "resolved", len(pending))
-    if not new.is_debit:  # a payment's mark on a credit note settles nothing by itself
-        return [
-            f"pending mark of payment {row.payment_voucher}: {new.voucher} is a credit note; settle them "
-            f"together with POST /api/v1/settlements"
-            for row in pending
-        ]
-    payments = await store.of_customer(new.customer_account, vouchers=[row.payment_voucher for row in pending])
+    if not new.is_debit:
+        return domain.refused_pending_marks(new, [row.payment_voucher for row in pending])
+    payments = await store.of_customer(
+        new.customer_account, vouchers=[row.payment_voucher for row in pending], scope="none"
+    )
     by_voucher = {t.voucher: t for t in [*others, *payments]}
     marked = [
         (by_voucher[row.payment_voucher], row.to_domain()) for row in pending if row.payment_voucher in by_voucher
@@ -227,9 +282,28 @@ def mark_of(mark: SettleMark) -> Mark:
     )
 
 
+async def receive_payments(postings: Postings, tx: Transaction, payments: list[CustomerPaymentReceived]) -> None:
+    batch = await _payments_batch(postings, tx, payments)
+    await _each(batch, ERP_CUSTOMER_PAYMENTS, payments, _receive_payment)
+
+
 async def receive_payment(postings: Postings, tx: Transaction, payment: CustomerPaymentReceived) -> None:
+    """One payment on its own; Rejected if it cannot be taken."""
+    await _receive_payment(await _payments_batch(postings, tx, [payment]), payment)
+
+
+async def _payments_batch(postings: Postings, tx: Transaction, payments: list[CustomerPaymentReceived]) -> _Batch:
+    # Only an unmarked payment settles with the customer's open debits; a marked one reads what it names.
+    batch = await _batch(postings, tx, [p.customer_account for p in payments], "none")
+    await batch.store.load_customers([p.customer_account for p in payments if not p.settle], "all")
+    return batch
+
+
+async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> None:
     """Post the payment (money arrived), settle it per its marks or automatically, post what that takes."""
+    postings, tx, store, parameters = batch.postings, batch.tx, batch.store, batch.parameters
     bank_account = payment.bank_account or postings.bank_account
+    marks = [mark_of(m) for m in payment.settle] if payment.settle else None
     try:
         domain.admit_payment(
             payment.payment_id, payment.currency, bank_account, postings.accounting_currency, postings.main_accounts
@@ -240,24 +314,22 @@ async def receive_payment(postings: Postings, tx: Transaction, payment: Customer
             payment.payment_date,
             payment.amount,
             payment.currency,
+            marked=marks is not None,
             discount_date=payment.date_to_use_for_calculating_discounts,
+            automatic_settlement=parameters.automatic_settlement,
         )
     except (domain.TransactionRejected, domain.InvalidPayment) as e:
         raise Rejected(str(e)) from None
-    await lock_customer(tx.session, payment.customer_account)
     if await _already_received(tx.session, payment):
         return
-    store = OpenItems(tx.session)
     if await store.known_vouchers([payment.payment_id]):
         raise Rejected(
             f"payment {payment.payment_id}: voucher {payment.payment_id} is already used by another transaction"
         )
-    parameters = await _parameters(tx.session, postings)
-    marks = [mark_of(m) for m in payment.settle] if payment.settle else None
-    # A marked payment, or one posted while automatic settlement is off, is never applied automatically.
-    credit = replace(credit, auto_settle=marks is None and parameters.automatic_settlement)
     named = [m.invoice_id for m in marks or []]
-    transactions = await store.of_customer(payment.customer_account, invoice_ids=named, vouchers=named)
+    transactions = await store.of_customer(
+        payment.customer_account, invoice_ids=named, vouchers=named, scope="none" if marks else "all"
+    )
     tx.session.add(PaymentRow.of(payment, bank_account, _fingerprint(payment)))
     tx.emit(_transaction_posted(credit, payment_id=payment.payment_id))
     tx.emit(_voucher(credit, bank_account, postings.summary_account, f"Payment {payment.payment_id}"))
@@ -429,18 +501,30 @@ def _settled(pair: SettledPair) -> OpenItemsSettled:
 # --- gl.journal-events ----------------------------------------------------------------------
 
 
+async def settle_write_off_journals(postings: Postings, tx: Transaction, events: list[JournalEvent]) -> None:
+    journals = [e for e in events if isinstance(e, JournalPosted)]
+    batch = await _batch(postings, tx, _customers_of(journals), "none")
+    await _each(batch, GL_JOURNAL_EVENTS, journals, _settle_write_offs)
+
+
 async def settle_write_offs(postings: Postings, tx: Transaction, event: JournalEvent) -> None:
+    """One journal event on its own."""
+    if isinstance(event, JournalPosted):
+        await _settle_write_offs(await _batch(postings, tx, _customers_of([event]), "none"), event)
+
+
+def _customers_of(journals: Iterable[JournalPosted]) -> list[str]:
+    return [line.account for e in journals for line in e.lines if line.account_type == "Customer"]
+
+
+async def _settle_write_offs(batch: _Batch, event: JournalPosted) -> None:
     """Post each Customer line of a posted journal as a WriteOff transaction and settle what it names.
 
     The ledger voucher is ledger-posting's; nothing named can stop the posting, so differences are reported."""
-    if not isinstance(event, JournalPosted):
-        return
+    tx, store = batch.tx, batch.store
     lines = [line for line in event.lines if line.account_type == "Customer"]
-    store = OpenItems(tx.session)
     vouchers = _line_vouchers(lines)
     known = await store.known_vouchers(vouchers)
-    for account in sorted({line.account for line, v in zip(lines, vouchers) if v not in known}):
-        await lock_customer(tx.session, account)  # in one order, so two journals never wait on each other
     todo = []
     for line, voucher in zip(lines, vouchers):
         if voucher in known:
@@ -462,7 +546,7 @@ async def settle_write_offs(postings: Postings, tx: Transaction, event: JournalE
         for problem in domain.write_off_problems(write_off, refs, transactions)
     ]
     if problems:
-        tx.dead_letter(
+        tx.reject(
             GL_JOURNAL_EVENTS,
             event,
             f"journal {event.batch_number} was posted, but it names transactions settlement cannot settle as "

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import JSON, Column, Integer, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -305,6 +305,12 @@ TABLES = [
 # --- loading and saving ---------------------------------------------------------------------
 
 
+async def lock_customers(session: AsyncSession, customer_accounts: Iterable[str]) -> None:
+    """Lock the customers a batch touches, in one order, so two replicas' batches never wait on each other."""
+    for account in sorted(set(customer_accounts)):
+        await lock_customer(session, account)
+
+
 async def lock_customer(session: AsyncSession, customer_account: str) -> None:
     """Serialise every settlement of one customer's items (see CustomerRow)."""
     result = await session.exec(
@@ -332,12 +338,22 @@ async def load_parameters(session: AsyncSession, defaults: SettlementParameters)
         return await session.get(ParametersRow, 1, populate_existing=True)  # type: ignore[return-value]
 
 
+# Which of a customer's open items `OpenItems.of_customer` returns besides the named ones: all of them,
+# the open credits only (what a new invoice is settled with), or none (a marked payment settles only the named).
+OpenScope = Literal["all", "credits", "none"]
+
+
 class OpenItems:
-    """The customer transactions one database transaction reads and writes back, version-checked."""
+    """The customer transactions one database transaction reads and writes back, version-checked.
+
+    A batch reads each customer's open items once and answers later questions from what it holds: every
+    change goes through `save`, under the customer's lock, so what it holds is what the database has."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
         self._loaded: dict[str, tuple[int, int, OpenTransaction]] = {}
+        self._by_customer: dict[str, dict[str, None]] = {}  # loaded vouchers per customer, an ordered set
+        self._scope: dict[str, OpenScope] = {}  # what of each customer's open items is loaded
 
     async def known_vouchers(self, vouchers: Collection[str]) -> set[str]:
         rows = await self.session.exec(
@@ -352,6 +368,18 @@ class OpenItems:
     async def find_all(self, vouchers: Collection[str]) -> list[OpenTransaction]:
         return await self._select(OpenTransactionRow.voucher.in_(vouchers))
 
+    async def load_customers(self, customer_accounts: Iterable[str], scope: OpenScope = "all") -> None:
+        """Read the open items (`scope`) of many customers in one query, for of_customer to answer from."""
+        wanted = {a for a in customer_accounts if not _covers(self._scope.get(a, "none"), scope)}
+        if not wanted:
+            return
+        condition = (
+            OpenTransactionRow.open_amount < ZERO if scope == "credits" else OpenTransactionRow.open_amount != ZERO
+        )
+        for chunk in _chunks(sorted(wanted), 500):  # SQLite's bound-parameter limit
+            await self._select(OpenTransactionRow.customer_account.in_(chunk) & condition)
+        self._scope |= dict.fromkeys(wanted, scope)
+
     async def of_customer(
         self,
         customer_account: str,
@@ -359,17 +387,29 @@ class OpenItems:
         invoice_ids: Collection[str] = (),
         vouchers: Collection[str] = (),
         include_settled: bool = False,
+        scope: OpenScope = "all",
     ) -> list[OpenTransaction]:
-        """The customer's open transactions, plus any transaction (of anyone, open or not) with one of
-        `invoice_ids` or `vouchers`, so a mark on a closed or foreign invoice can be told from an unknown one."""
-        condition = OpenTransactionRow.customer_account == customer_account
-        if not include_settled:
-            condition = condition & (OpenTransactionRow.open_amount != ZERO)
-        if invoice_ids:
-            condition = or_(condition, OpenTransactionRow.invoice_id.in_(invoice_ids))
-        if vouchers:
-            condition = or_(condition, OpenTransactionRow.voucher.in_(vouchers))
-        return await self._select(condition)
+        """The customer's open transactions (`scope`), plus any transaction (of anyone, open or not) with one of
+        `invoice_ids` or `vouchers`, so a mark on a closed or foreign invoice can be told from an unknown one.
+        In the order they were posted (transaction date, then arrival)."""
+        if include_settled:
+            return await self._select(OpenTransactionRow.customer_account == customer_account)
+        await self.load_customers([customer_account], scope)
+        named = []
+        if invoice_ids or vouchers:
+            named = await self._select(
+                or_(OpenTransactionRow.invoice_id.in_(invoice_ids), OpenTransactionRow.voucher.in_(vouchers))
+            )
+        found = {t.voucher: t for t in named}
+        for voucher in self._by_customer.get(customer_account, ()) if scope != "none" else ():
+            t = self._loaded[voucher][2]
+            if t.open_amount < 0 or (t.open_amount > 0 and scope == "all"):
+                found.setdefault(voucher, t)
+        return sorted(found.values(), key=lambda t: (t.transaction_date, self.arrival(t.voucher)))
+
+    def held(self, voucher: str) -> OpenTransaction | None:
+        """A transaction read or saved in this database transaction, as it is now."""
+        return self._loaded[voucher][2] if voucher in self._loaded else None
 
     async def _select(self, condition: Any) -> list[OpenTransaction]:
         rows = (
@@ -385,8 +425,12 @@ class OpenItems:
             .all()
         )
         for row in rows:
-            self._loaded[row.voucher] = (row.id, row.version, row.to_domain())  # type: ignore[assignment]
+            self._hold(row.id, row.version, row.to_domain())  # type: ignore[arg-type]
         return [self._loaded[row.voucher][2] for row in rows]
+
+    def _hold(self, row_id: int, version: int, t: OpenTransaction) -> None:
+        self._loaded[t.voucher] = (row_id, version, t)
+        self._by_customer.setdefault(t.customer_account, {})[t.voucher] = None
 
     def arrival(self, voucher: str) -> int:
         """The order a loaded transaction arrived in (its row id): one customer's rows are written one
@@ -395,12 +439,10 @@ class OpenItems:
 
     async def save(self, transactions: Iterable[OpenTransaction]) -> None:
         """Insert new transactions; update changed ones if nobody changed them since they were loaded."""
+        new: list[tuple[OpenTransactionRow, OpenTransaction]] = []
         for t in transactions:
             if t.voucher not in self._loaded:
-                row = OpenTransactionRow.from_domain(t)
-                self.session.add(row)
-                await self.session.flush()
-                self._loaded[t.voucher] = (row.id, row.version, t)  # type: ignore[assignment]
+                new.append((OpenTransactionRow.from_domain(t), t))
                 continue
             row_id, version, before = self._loaded[t.voucher]
             if t == before:
@@ -418,3 +460,17 @@ class OpenItems:
             if result.rowcount != 1:
                 raise ConcurrentUpdate(f"{t.voucher} changed since it was read (version {version})")
             self._loaded[t.voucher] = (row_id, version + 1, t)
+        if new:
+            self.session.add_all([row for row, _ in new])
+            await self.session.flush()  # one insert for them all; their ids are their order of arrival
+            for row, t in new:
+                self._hold(row.id, row.version, t)  # type: ignore[arg-type]
+
+
+def _covers(loaded: OpenScope, wanted: OpenScope) -> bool:
+    return loaded == "all" or wanted == "none" or loaded == wanted
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -19,7 +19,7 @@ from kredit_settlement.domain.booking import (
     vouchers_needed,
 )
 from kredit_settlement.domain.discounts import Terms, available_discount, mark_terms, preview_mark, split
-from kredit_settlement.domain.intake import admit_payment, admit_transaction, waiting_credits
+from kredit_settlement.domain.intake import admit_payment, admit_transaction, refused_pending_marks, waiting_credits
 from kredit_settlement.domain.model import (
     DEBIT_TYPES,
     MARK_FIELDS,
@@ -45,6 +45,7 @@ from kredit_settlement.domain.model import (
     UnknownInvoice,
     UseCashDiscount,
     check_parameters,
+    default_discount_account,
     priority_rule,
 )
 from kredit_settlement.domain.settling import (
@@ -106,6 +107,7 @@ __all__ = [
     "book",
     "cash_discount_vouchers",
     "check_parameters",
+    "default_discount_account",
     "find_marked_invoice",
     "mark_terms",
     "marked_order",
@@ -115,6 +117,7 @@ __all__ = [
     "priority_rule",
     "reservations",
     "resolve_marks",
+    "refused_pending_marks",
     "reverse",
     "settle_credit",
     "settle_marked",

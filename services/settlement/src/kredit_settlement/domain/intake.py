@@ -61,6 +61,16 @@ def admit_payment(
         raise TransactionRejected(f"payment {payment_id}: bank account {bank_account!r} is not a main account")
 
 
+def refused_pending_marks(credit_note: OpenTransaction, payment_vouchers: Sequence[str]) -> list[str]:
+    """Why the payments' pending marks on a newly arrived credit note cannot be settled with it: a mark on what
+    turns out to be a credit note settles nothing by itself (two credits are settled together by a person)."""
+    return [
+        f"pending mark of payment {voucher}: {credit_note.voucher} is a credit note; settle them together with "
+        f"POST /api/v1/settlements"
+        for voucher in payment_vouchers
+    ]
+
+
 def waiting_credits(
     pending: Sequence[tuple[OpenTransaction, Mark]],
     others: Sequence[OpenTransaction],

@@ -6,6 +6,7 @@ on transactions, positive on the settlement results that name their side.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -152,6 +153,13 @@ class Accounts:
         if account is None:
             raise SettlementError(f"the setup names no account for a {kind}")
         return account
+
+
+def default_discount_account(configured: str | None, code_accounts: Iterable[str]) -> str | None:
+    """The account for discounts of transactions that name none: the configured one, else the account the
+    setup's discount codes share, if they share one."""
+    shared = set(code_accounts)
+    return configured or (shared.pop() if len(shared) == 1 else None)
 
 
 def check_parameters(parameters: SettlementParameters, accounts: Accounts) -> None:

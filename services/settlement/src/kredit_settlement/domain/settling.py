@@ -51,8 +51,10 @@ def new_payment(
     currency: str,
     marked: bool = False,
     discount_date: date | None = None,
+    automatic_settlement: bool = True,
 ) -> OpenTransaction:
-    """A received payment as an open credit; a marked one is never applied automatically."""
+    """A received payment as an open credit. A marked one, or one received while automatic settlement is off,
+    is never applied automatically."""
     if amount <= 0:
         raise InvalidPayment(f"payment {voucher}: the amount must be positive, got {amount}")
     amount = round_money(amount)
@@ -64,7 +66,7 @@ def new_payment(
         currency=currency,
         original_amount=-amount,
         open_amount=-amount,
-        auto_settle=not marked,
+        auto_settle=automatic_settlement and not marked,
         discount_date=discount_date,
     )
 
