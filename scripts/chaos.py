@@ -303,6 +303,21 @@ def _count(rows: list[dict], voucher: str, kinds: tuple[str, ...]) -> int:
     return sum(1 for row in rows if row["voucher"] == voucher and row["type"] in kinds)
 
 
+def unique_letters(records: list[Any]) -> list[Any]:
+    """Dead letters without the relay's copies: it publishes at least once, so a service killed between
+    publishing a letter and marking it sent publishes it again, with the same `message-id` header (the
+    letter's own id, the relay's last header; `kredit dlq list` drops copies the same way). A record
+    dead-lettered twice by a consumer would carry two ids."""
+    seen: set[str] = set()
+    unique = []
+    for record in records:
+        letter = next((v.decode() for k, v in reversed(record.headers or ()) if k == "message-id" and v), None)
+        if letter is None or letter not in seen:
+            seen.add(letter or "")
+            unique.append(record)
+    return unique
+
+
 def _examples(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" … (+{len(items) - n})" if len(items) > n else "")
 
@@ -695,7 +710,8 @@ async def observe(run: Run) -> Observed:
         for topic in (topics.ERP_CUSTOMER_INVOICES, topics.ERP_CUSTOMER_PAYMENTS):
             records = await stack.read_topic(topics.dead_letter_topic(topic))
             dlq[topic] = [
-                (header(r, CHAOS_ID), json_field(r.value, "message_id"), header(r, "x-dlq-reason")) for r in records
+                (header(r, CHAOS_ID), json_field(r.value, "message_id"), header(r, "x-dlq-reason"))
+                for r in unique_letters(records)
             ]
         republished = {}
         for topic in (

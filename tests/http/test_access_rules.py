@@ -60,7 +60,7 @@ POLICY: dict[str, dict[str, Any]] = {
         "GET /api/v1/credit-groups/{group}": V,
         "PUT /api/v1/customers/{account}/credit": ADM,
         "GET /api/v1/customers/{account}/credit": V,
-        "POST /api/v1/credit-checks": V,  # the ERP's question before an order: changes nothing
+        "POST /api/v1/credit-checks": C,  # the ERP's question before an order (issue 14: a collector's right)
         "POST /api/v1/collection-letter-runs": C,
         "GET /api/v1/customers/{account}/collection-letters": V,
         "GET /api/v1/collection-letters/{letter_id}": V,

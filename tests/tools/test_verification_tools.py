@@ -224,3 +224,14 @@ def test_the_demo_prints_each_curl_with_the_token_of_the_role_it_needs():
     assert "collector.token" in by_call["8080/api/v1/write-offs"]
     assert "accountant.token" in by_call["8083/api/v1/journals/WOJ-000001/post"]  # not the requester: four-eyes
     assert "admin.token" in by_call["8083/api/v1/audit"]
+
+
+def test_a_dead_letter_the_relay_published_twice_counts_once_but_two_letters_of_one_record_count_twice():
+    class Record:
+        def __init__(self, letter_id: str) -> None:
+            self.headers = [("x-chaos-id", b"poison-1"), ("message-id", letter_id.encode())]
+
+    relay_copy = [Record("letter-a"), Record("letter-a")]
+    assert len(chaos.unique_letters(relay_copy)) == 1
+    dead_lettered_twice = [Record("letter-a"), Record("letter-b")]
+    assert len(chaos.unique_letters(dead_lettered_twice)) == 2

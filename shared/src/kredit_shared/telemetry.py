@@ -117,6 +117,8 @@ def consuming(service: str, topic: str, records: Sequence[ConsumerRecord]) -> It
                 yield
         finally:
             _single_record.reset(single)
+            # note_message bound these for this record only: the next record's logs must not show them.
+            structlog.contextvars.unbind_contextvars("message_id", "customer_account")
 
 
 def note_message(message: Any) -> None:

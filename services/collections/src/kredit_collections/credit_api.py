@@ -201,7 +201,7 @@ class CreditCheckOut(BaseModel):
     reason: str
 
 
-@router.post("/credit-checks", dependencies=[require(Role.viewer, audited=False)])
+@router.post("/credit-checks", dependencies=[require(Role.collector, audited=False)])
 async def post_credit_check(body: CreditCheckIn, session: SessionDep, setup: SetupDep) -> CreditCheckOut:
     """What the upstream ERP asks before confirming an order: balance + open orders + the order against
     the effective credit limit (and the group's shared limit). At the limit passes; a cent over is blocked."""
