@@ -26,6 +26,7 @@ def reload_until(page, check, what: str, timeout: float = 30):
     """Messages are on their way between services: reload the page until it shows their effect."""
 
     def shown():
+        page.wait_for_load_state()  # a navigation still under way (a form just sent) is not reloaded over
         page.reload()
         return check()
 

@@ -227,5 +227,8 @@ async def test_settlement_killed_mid_batch_settles_every_payment_of_the_fetch_ex
 
 
 def open_transactions(port: int, customer: str) -> dict:
-    response = httpx.get(f"http://127.0.0.1:{port}/api/v1/customers/{customer}/open-transactions")
+    response = httpx.get(
+        f"http://127.0.0.1:{port}/api/v1/customers/{customer}/open-transactions", headers=token_header(Role.viewer)
+    )
+    assert response.status_code == 200, response.text
     return {t["voucher"]: t["open_amount"] for t in response.json()["transactions"]}
