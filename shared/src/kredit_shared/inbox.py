@@ -12,6 +12,7 @@ from sqlalchemy import delete, insert, select
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from kredit_shared.database import table_of
 from kredit_shared.outbox import utcnow
 
 
@@ -84,7 +85,7 @@ async def claim(session: AsyncSession, consumer: str, topic: str, messages: Sequ
         elif seen[message.message_id] not in (content, None):  # None: recorded before fingerprints were kept
             reused.append(message)
     if rows:  # one Core insert for the batch: ORM adds cost more than the handlers on a hot topic
-        await (await session.connection()).execute(insert(ProcessedMessage.__table__), rows)
+        await (await session.connection()).execute(insert(table_of(ProcessedMessage)), rows)
     return Claimed(fresh, reused)
 
 

@@ -30,14 +30,14 @@ from sqlalchemy import Connection, MetaData, Table, create_engine, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kredit_shared import audit, inbox, outbox
-from kredit_shared.database import SCHEMA_LOCK_KEY
+from kredit_shared.database import SCHEMA_LOCK_KEY, table_of
 
 log = logging.getLogger(__name__)
 
 INITIAL_REVISION = "0001"
 
 # The tables every service has besides its own: the outbox, the inbox and the audit trail.
-SHARED_TABLES = [outbox.OutboxMessage.__table__, inbox.ProcessedMessage.__table__, audit.AuditEntry.__table__]
+SHARED_TABLES = [table_of(outbox.OutboxMessage), table_of(inbox.ProcessedMessage), table_of(audit.AuditEntry)]
 
 
 class SchemaError(Exception):

@@ -51,7 +51,7 @@ from kredit_shared import asyncapi, audit, auth, failpoints, inbox, logs, metric
 from kredit_shared.company_setup import SetupError
 from kredit_shared.contracts.messages import ContractMessage
 from kredit_shared.contracts.topics import ALL_TOPICS, dead_letter_topic
-from kredit_shared.database import create_engine, create_session_factory, create_tables, ping
+from kredit_shared.database import create_engine, create_session_factory, create_tables, ping, table_of
 from kredit_shared.errors import describe_validation_error
 from kredit_shared.http import install_http_hardening
 from kredit_shared.migrations import SHARED_TABLES, Migrations, SchemaError, upgrade
@@ -92,7 +92,7 @@ class Transaction:
     def _write_outbox(self, session: Session) -> None:
         if self._outbox:
             # Runs inside the async commit, so the sync API is the right one here.
-            session.connection().execute(insert(outbox.OutboxMessage.__table__), self._outbox)
+            session.connection().execute(insert(table_of(outbox.OutboxMessage)), self._outbox)
             self._outbox.clear()
 
     def emit(self, message: ContractMessage) -> None:

@@ -13,7 +13,7 @@ from sqlmodel import Field, SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_collections.credit_domain import Activity, CustomerCredit
-from kredit_shared.database import ExactDecimal, insert_new, money_field
+from kredit_shared.database import ExactDecimal, insert_new, money_field, table_of
 from kredit_shared.outbox import utcnow
 
 
@@ -325,13 +325,13 @@ async def disputed_vouchers(session: AsyncSession, customer_account: str | None 
 
 
 TABLES = [
-    CreditGroupRow.__table__,
-    CustomerCreditRow.__table__,
-    NumberSequenceRow.__table__,
-    CollectionLetterRow.__table__,
-    CollectionLetterItemRow.__table__,
-    InterestNoteRow.__table__,
-    InterestNoteLineRow.__table__,
-    ActivityRow.__table__,
-    DisputeRow.__table__,
+    table_of(CreditGroupRow),
+    table_of(CustomerCreditRow),
+    table_of(NumberSequenceRow),
+    table_of(CollectionLetterRow),
+    table_of(CollectionLetterItemRow),
+    table_of(InterestNoteRow),
+    table_of(InterestNoteLineRow),
+    table_of(ActivityRow),
+    table_of(DisputeRow),
 ]

@@ -24,7 +24,7 @@ from kredit_collections.domain import (
 )
 from kredit_shared.company_setup import WriteOffParameters
 from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested
-from kredit_shared.database import insert_new, money_field
+from kredit_shared.database import insert_new, money_field, table_of
 from kredit_shared.outbox import utcnow
 
 # --- read model ------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ async def load_read_model(
 
 
 def _columns(model: type[SQLModel], value: type) -> list[Any]:
-    return [model.__table__.c[f.name] for f in fields(value)]
+    return [table_of(model).c[f.name] for f in fields(value)]
 
 
 async def customers_after(session: AsyncSession, after: str | None, limit: int) -> list[str]:
@@ -276,10 +276,10 @@ async def save_progress(session: AsyncSession, request: WriteOffRequestRow, prog
 
 # Every table of the service, the credit-management ones included (the schema migrations' target).
 TABLES = [
-    CustomerTransactionRow.__table__,
-    SettlementDeltaRow.__table__,
-    WriteOffParametersRow.__table__,
-    WriteOffRequestRow.__table__,
-    WriteOffVoucherRow.__table__,
+    table_of(CustomerTransactionRow),
+    table_of(SettlementDeltaRow),
+    table_of(WriteOffParametersRow),
+    table_of(WriteOffRequestRow),
+    table_of(WriteOffVoucherRow),
     *credit_tables.TABLES,
 ]

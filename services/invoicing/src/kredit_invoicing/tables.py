@@ -13,7 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_invoicing.domain import PostedInvoice
 from kredit_shared.contracts import CustomerInvoiceIssued
-from kredit_shared.database import ExactDecimal, money_field
+from kredit_shared.database import ExactDecimal, money_field, table_of
 from kredit_shared.outbox import utcnow
 
 _INVOICE_FK = "invoicing_invoice.invoice_id"
@@ -80,7 +80,7 @@ class VoucherLineRow(SQLModel, table=True):
     customer_account: str | None = None
 
 
-TABLES = [InvoiceRow.__table__, InvoiceLineRow.__table__, DiscountTierRow.__table__, VoucherLineRow.__table__]
+TABLES = [table_of(InvoiceRow), table_of(InvoiceLineRow), table_of(DiscountTierRow), table_of(VoucherLineRow)]
 
 
 async def posted_fingerprints(session: AsyncSession, invoice_ids: Iterable[str]) -> dict[str, str]:
@@ -105,7 +105,7 @@ async def add_invoices(session: AsyncSession, posted: Sequence[tuple[CustomerInv
 def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> Iterator[tuple[Table, dict[str, Any]]]:
     """The rows that record a posted invoice: the invoice, its lines, tiers and voucher lines."""
     yield (
-        InvoiceRow.__table__,
+        table_of(InvoiceRow),
         {
             "invoice_id": posted.invoice_id,
             "customer_account": posted.customer_account,
@@ -128,7 +128,7 @@ def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> Itera
     )
     for n, line in enumerate(message.lines, 1):
         yield (
-            InvoiceLineRow.__table__,
+            table_of(InvoiceLineRow),
             {
                 "invoice_id": posted.invoice_id,
                 "line_number": n,
@@ -140,7 +140,7 @@ def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> Itera
         )
     for n, tier in enumerate(posted.cash_discounts, 1):
         yield (
-            DiscountTierRow.__table__,
+            table_of(DiscountTierRow),
             {
                 "invoice_id": posted.invoice_id,
                 "tier_number": n,
@@ -151,7 +151,7 @@ def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> Itera
         )
     for n, line in enumerate(posted.ledger_voucher.lines, 1):
         yield (
-            VoucherLineRow.__table__,
+            table_of(VoucherLineRow),
             {
                 "invoice_id": posted.invoice_id,
                 "line_number": n,

@@ -12,7 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_ledger_posting.domain import Journal, LedgerEntry
 from kredit_shared.contracts import PostedJournalLine
-from kredit_shared.database import money_field
+from kredit_shared.database import money_field, table_of
 from kredit_shared.outbox import utcnow
 
 
@@ -160,9 +160,9 @@ async def account_totals(session: AsyncSession, as_of: date) -> dict[str, tuple[
 
 
 TABLES = [
-    LedgerEntryRow.__table__,
-    PostedVoucherRow.__table__,
-    JournalRow.__table__,
-    JournalCancellationRow.__table__,
-    NumberSequenceRow.__table__,
+    table_of(LedgerEntryRow),
+    table_of(PostedVoucherRow),
+    table_of(JournalRow),
+    table_of(JournalCancellationRow),
+    table_of(NumberSequenceRow),
 ]

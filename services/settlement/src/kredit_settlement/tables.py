@@ -23,7 +23,7 @@ from kredit_settlement.domain import (
     priority_rule,
 )
 from kredit_shared.contracts import CustomerPaymentReceived
-from kredit_shared.database import ExactDecimal, money_field
+from kredit_shared.database import ExactDecimal, money_field, table_of
 from kredit_shared.money import ZERO
 from kredit_shared.outbox import utcnow
 
@@ -289,7 +289,7 @@ def _rule_json(rule: PriorityRule) -> dict[str, Any]:
 
 
 TABLES = [
-    t.__table__
+    table_of(t)
     for t in (
         CustomerRow,
         OpenTransactionRow,
