@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import delete, insert, select
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_shared.database import table_of
@@ -58,8 +58,8 @@ async def claim(session: AsyncSession, consumer: str, topic: str, messages: Sequ
     seen = dict(
         (
             await session.exec(
-                select(ProcessedMessage.message_id, ProcessedMessage.fingerprint).where(
-                    ProcessedMessage.consumer == consumer, ProcessedMessage.message_id.in_(ids)
+                select(col(ProcessedMessage.message_id), col(ProcessedMessage.fingerprint)).where(
+                    col(ProcessedMessage.consumer) == consumer, col(ProcessedMessage.message_id).in_(ids)
                 )
             )
         ).all()
@@ -103,6 +103,6 @@ async def release(session: AsyncSession, consumer: str, message_ids: Sequence[st
     if message_ids:
         await session.exec(
             delete(ProcessedMessage).where(
-                ProcessedMessage.consumer == consumer, ProcessedMessage.message_id.in_(message_ids)
+                col(ProcessedMessage.consumer) == consumer, col(ProcessedMessage.message_id).in_(message_ids)
             )
         )

@@ -23,7 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 from sqlalchemy import JSON, Column, LargeBinary, func, make_url, select, update
-from sqlmodel import Field, SQLModel, text
+from sqlmodel import Field, SQLModel, col, text
 
 from kredit_shared import failpoints, metrics, telemetry
 from kredit_shared.contracts.messages import ContractMessage
@@ -247,7 +247,7 @@ class OutboxRelay:
             rows = (
                 await session.exec(
                     select(*_RELAYED)
-                    .where(OutboxMessage.published_at.is_(None))
+                    .where(col(OutboxMessage.published_at).is_(None))
                     .order_by(OutboxMessage.id)
                     .limit(self._settings.outbox_batch_size)
                 )
@@ -274,7 +274,7 @@ class OutboxRelay:
             if sent:
                 await session.exec(
                     update(OutboxMessage)
-                    .where(OutboxMessage.id.in_([r.id for r in sent]))
+                    .where(col(OutboxMessage.id).in_([r.id for r in sent]))
                     .values(published_at=utcnow())
                 )
             await session.commit()

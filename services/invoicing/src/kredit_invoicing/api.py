@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_invoicing.tables import DiscountTierRow, InvoiceLineRow, InvoiceRow, VoucherLineRow
@@ -86,7 +86,7 @@ async def list_invoices(customer_account: Annotated[Id, Query()], session: Sessi
     query = (
         select(InvoiceRow)
         .where(InvoiceRow.customer_account == customer_account)
-        .order_by(InvoiceRow.invoice_date, InvoiceRow.invoice_id)
+        .order_by(col(InvoiceRow.invoice_date), col(InvoiceRow.invoice_id))
     )
     invoices = (await session.exec(query)).all()
     return InvoiceListOut(customer_account=customer_account, invoices=await _with_details(session, invoices))

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Table, insert
-from sqlmodel import Field, SQLModel, select
+from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_invoicing.domain import PostedInvoice
@@ -85,7 +85,9 @@ TABLES = [table_of(InvoiceRow), table_of(InvoiceLineRow), table_of(DiscountTierR
 
 async def posted_fingerprints(session: AsyncSession, invoice_ids: Iterable[str]) -> dict[str, str]:
     """invoice_id -> fingerprint of those already posted."""
-    query = select(InvoiceRow.invoice_id, InvoiceRow.fingerprint).where(InvoiceRow.invoice_id.in_(set(invoice_ids)))
+    query = select(InvoiceRow.invoice_id, col(InvoiceRow.fingerprint)).where(
+        col(InvoiceRow.invoice_id).in_(set(invoice_ids))
+    )
     return dict((await session.exec(query)).all())
 
 

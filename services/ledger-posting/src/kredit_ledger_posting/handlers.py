@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import date
 
 from sqlalchemy import insert, select
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_ledger_posting import domain
@@ -41,8 +42,8 @@ async def post_vouchers(tx: Transaction, vouchers: list[VoucherPosted], setup: C
     posted = dict(
         (
             await tx.session.exec(
-                select(PostedVoucherRow.voucher, PostedVoucherRow.fingerprint).where(
-                    PostedVoucherRow.voucher.in_({v.voucher for v in vouchers})
+                select(col(PostedVoucherRow.voucher), col(PostedVoucherRow.fingerprint)).where(
+                    col(PostedVoucherRow.voucher).in_({v.voucher for v in vouchers})
                 )
             )
         ).all()
@@ -142,7 +143,7 @@ def _void(tx: Transaction, row: JournalRow, voided: domain.Journal, reason: str)
 
 
 async def _journal_of_request(session: AsyncSession, request_id: str, for_update: bool = False) -> JournalRow | None:
-    query = select(JournalRow).where(JournalRow.request_id == request_id)
+    query = select(JournalRow).where(col(JournalRow.request_id) == request_id)
     # Locked like a posting (post_general_journal), so a cancel and a post of one journal take turns.
     return (await session.exec(query.with_for_update() if for_update else query)).scalars().first()
 
@@ -153,7 +154,11 @@ async def post_general_journal(
     """Post an open journal; None if there is no such batch, JournalNotPostable if it cannot post,
     FourEyesViolation if `posted_by` requested it (with the setup's four-eyes on)."""
     row = (
-        (await tx.session.exec(select(JournalRow).where(JournalRow.batch_number == batch_number).with_for_update()))
+        (
+            await tx.session.exec(
+                select(JournalRow).where(col(JournalRow.batch_number) == batch_number).with_for_update()
+            )
+        )
         .scalars()
         .first()
     )
@@ -182,7 +187,7 @@ async def _next_values(session: AsyncSession, journal_name: str, kind: str, coun
     row = (
         await session.exec(
             select(NumberSequenceRow)
-            .where(NumberSequenceRow.journal_name == journal_name, NumberSequenceRow.kind == kind)
+            .where(col(NumberSequenceRow.journal_name) == journal_name, col(NumberSequenceRow.kind) == kind)
             .with_for_update()
         )
     ).scalars().first() or NumberSequenceRow(journal_name=journal_name, kind=kind)

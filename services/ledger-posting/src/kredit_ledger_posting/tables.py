@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, func, select, type_coerce
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_ledger_posting.domain import Journal, LedgerEntry
@@ -138,7 +138,9 @@ async def account_totals(session: AsyncSession, as_of: date) -> dict[str, tuple[
     if session.bind is None or session.bind.dialect.name != "sqlite":
         # NUMERIC sums are exact and unbounded on PostgreSQL.
         totals = await session.exec(
-            select(LedgerEntryRow.account, func.sum(LedgerEntryRow.debit), func.sum(LedgerEntryRow.credit))
+            select(
+                col(LedgerEntryRow.account), func.sum(col(LedgerEntryRow.debit)), func.sum(col(LedgerEntryRow.credit))
+            )
             .where(query_filter)
             .group_by(LedgerEntryRow.account)
         )
@@ -148,7 +150,7 @@ async def account_totals(session: AsyncSession, as_of: date) -> dict[str, tuple[
         cents = type_coerce(column, BigInteger)
         parts += [func.sum(cents.op("/")(_SPLIT)), func.sum(cents.op("%")(_SPLIT))]
     totals = await session.exec(
-        select(LedgerEntryRow.account, *parts).where(query_filter).group_by(LedgerEntryRow.account)
+        select(col(LedgerEntryRow.account), *parts).where(query_filter).group_by(col(LedgerEntryRow.account))
     )
     return {
         account: (
