@@ -57,7 +57,7 @@ async def claim(session: AsyncSession, consumer: str, topic: str, messages: Sequ
     ids = {m.message_id for m in messages}
     seen = dict(
         (
-            await session.exec(
+            await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
                 select(col(ProcessedMessage.message_id), col(ProcessedMessage.fingerprint)).where(
                     col(ProcessedMessage.consumer) == consumer, col(ProcessedMessage.message_id).in_(ids)
                 )

@@ -241,7 +241,7 @@ class OutboxRelay:
     async def _publish_batch(self) -> int:
         async with self._sessions() as session:
             if self._postgres:  # the transaction-scoped lock lasts until the batch is marked sent
-                locked = await session.exec(text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK_KEY})"))
+                locked = await session.exec(text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK_KEY})"))  # type: ignore[call-overload]  # a text() statement: SQLModel's exec types only its own selects
                 if not locked.scalar():
                     return 0
             rows = (
@@ -254,7 +254,7 @@ class OutboxRelay:
             ).all()
             # The backlog without a COUNT(*) over the table: the rows behind this batch (max(id) is one
             # index lookup) and the failed ones. An upper bound: ids skipped by rolled-back inserts count.
-            newest = (await session.exec(select(func.max(OutboxMessage.id)))).scalar_one()
+            newest = (await session.exec(select(func.max(OutboxMessage.id)))).scalar_one()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
             if not rows:
                 metrics.OUTBOX_PENDING.labels(self._settings.service_name).set(0)
                 return 0

@@ -131,7 +131,7 @@ async def list_journals(
         query = query.where(col(JournalRow.journal_name) == journal_name)
     if status is not None:
         query = query.where(col(JournalRow.status) == status)
-    rows = (await session.exec(query)).scalars().all()
+    rows = (await session.exec(query)).scalars().all()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
     return JournalList(journals=[JournalSummary.of(row) for row in rows])
 
 
@@ -198,7 +198,7 @@ async def ledger_entries(
         query = query.where(col(LedgerEntryRow.account) == account)
     if voucher is not None:
         query = query.where(col(LedgerEntryRow.voucher) == voucher)
-    rows = (await session.exec(query)).scalars().all()
+    rows = (await session.exec(query)).scalars().all()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
     return LedgerEntryList(entries=[LedgerEntryOut.model_validate(row, from_attributes=True) for row in rows])
 
 

@@ -41,7 +41,7 @@ async def post_vouchers(tx: Transaction, vouchers: list[VoucherPosted], setup: C
     A voucher that must not post goes to the dead-letter topic with its reason; the others post."""
     posted = dict(
         (
-            await tx.session.exec(
+            await tx.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
                 select(col(PostedVoucherRow.voucher), col(PostedVoucherRow.fingerprint)).where(
                     col(PostedVoucherRow.voucher).in_({v.voucher for v in vouchers})
                 )
@@ -145,7 +145,7 @@ def _void(tx: Transaction, row: JournalRow, voided: domain.Journal, reason: str)
 async def _journal_of_request(session: AsyncSession, request_id: str, for_update: bool = False) -> JournalRow | None:
     query = select(JournalRow).where(col(JournalRow.request_id) == request_id)
     # Locked like a posting (post_general_journal), so a cancel and a post of one journal take turns.
-    return (await session.exec(query.with_for_update() if for_update else query)).scalars().first()
+    return (await session.exec(query.with_for_update() if for_update else query)).scalars().first()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
 
 
 async def post_general_journal(
@@ -155,7 +155,7 @@ async def post_general_journal(
     FourEyesViolation if `posted_by` requested it (with the setup's four-eyes on)."""
     row = (
         (
-            await tx.session.exec(
+            await tx.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
                 select(JournalRow).where(col(JournalRow.batch_number) == batch_number).with_for_update()
             )
         )
@@ -185,7 +185,7 @@ async def _insert_entries(session: AsyncSession, entries: Sequence[domain.Ledger
 async def _next_values(session: AsyncSession, journal_name: str, kind: str, count: int) -> int:
     """Reserve `count` values of a journal name's sequence in the caller's transaction; returns the first."""
     row = (
-        await session.exec(
+        await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
             select(NumberSequenceRow)
             .where(col(NumberSequenceRow.journal_name) == journal_name, col(NumberSequenceRow.kind) == kind)
             .with_for_update()

@@ -137,7 +137,7 @@ async def account_totals(session: AsyncSession, as_of: date) -> dict[str, tuple[
     query_filter = LedgerEntryRow.posting_date <= as_of
     if session.bind is None or session.bind.dialect.name != "sqlite":
         # NUMERIC sums are exact and unbounded on PostgreSQL.
-        totals = await session.exec(
+        totals = await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
             select(
                 col(LedgerEntryRow.account), func.sum(col(LedgerEntryRow.debit)), func.sum(col(LedgerEntryRow.credit))
             )
@@ -149,7 +149,7 @@ async def account_totals(session: AsyncSession, as_of: date) -> dict[str, tuple[
     for column in (LedgerEntryRow.debit, LedgerEntryRow.credit):
         cents = type_coerce(column, BigInteger)
         parts += [func.sum(cents.op("/")(_SPLIT)), func.sum(cents.op("%")(_SPLIT))]
-    totals = await session.exec(
+    totals = await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
         select(col(LedgerEntryRow.account), *parts).where(query_filter).group_by(col(LedgerEntryRow.account))
     )
     return {

@@ -356,7 +356,7 @@ class OpenItems:
         self._scope: dict[str, OpenScope] = {}  # what of each customer's open items is loaded
 
     async def known_vouchers(self, vouchers: Collection[str]) -> set[str]:
-        rows = await self.session.exec(
+        rows = await self.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
             select(col(OpenTransactionRow.voucher)).where(col(OpenTransactionRow.voucher).in_(vouchers))
         )
         return set(rows.scalars().all())
@@ -414,7 +414,7 @@ class OpenItems:
     async def _select(self, condition: Any) -> list[OpenTransaction]:
         rows = (
             (
-                await self.session.exec(
+                await self.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
                     select(OpenTransactionRow)
                     .where(condition)
                     .execution_options(populate_existing=True)
