@@ -42,7 +42,7 @@ def create_engine(
     that opens a connection per use: for probes, so a probe that times out can never leave a broken
     connection in the pool the consumer and the API use."""
     url = normalise_url(url)
-    pool = {} if pooled else {"poolclass": NullPool}
+    pool: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":

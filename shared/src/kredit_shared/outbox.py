@@ -156,12 +156,12 @@ def dead_letter_row(letter: DeadLetter, message_id: str) -> dict[str, Any]:
 
 # What the relay reads of a row: plain tuples, not ORM objects (thousands per batch).
 _RELAYED = (
-    OutboxMessage.id,
-    OutboxMessage.message_id,
-    OutboxMessage.topic,
-    OutboxMessage.key,
-    OutboxMessage.payload,
-    OutboxMessage.headers,
+    col(OutboxMessage.id),
+    col(OutboxMessage.message_id),
+    col(OutboxMessage.topic),
+    col(OutboxMessage.key),
+    col(OutboxMessage.payload),
+    col(OutboxMessage.headers),
 )
 
 

@@ -32,7 +32,7 @@ async def delete_expired(settings: ServiceSettings, sessions: SessionFactory) ->
     limit = settings.retention_batch_size
     published = select(col(OutboxMessage.id)).where(col(OutboxMessage.published_at) < cutoff).limit(limit)
     processed = select(col(ProcessedMessage.consumer), col(ProcessedMessage.message_id)).where(
-        ProcessedMessage.processed_at < cutoff
+        col(ProcessedMessage.processed_at) < cutoff
     )
     inbox_key = tuple_(ProcessedMessage.consumer, ProcessedMessage.message_id)
     return {

@@ -151,16 +151,16 @@ def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> Itera
                 "amount": tier.amount,
             },
         )
-    for n, line in enumerate(posted.ledger_voucher.lines, 1):
+    for n, voucher_line in enumerate(posted.ledger_voucher.lines, 1):
         yield (
             table_of(VoucherLineRow),
             {
                 "invoice_id": posted.invoice_id,
                 "line_number": n,
-                "account": line.account,
-                "debit": line.debit,
-                "credit": line.credit,
-                "text": line.text,
-                "customer_account": line.customer_account,
+                "account": voucher_line.account,
+                "debit": voucher_line.debit,
+                "credit": voucher_line.credit,
+                "text": voucher_line.text,
+                "customer_account": voucher_line.customer_account,
             },
         )
