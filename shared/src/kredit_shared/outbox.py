@@ -245,10 +245,10 @@ class OutboxRelay:
                 if not locked.scalar():
                     return 0
             rows = (
-                await session.exec(
+                await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
                     select(*_RELAYED)
                     .where(col(OutboxMessage.published_at).is_(None))
-                    .order_by(OutboxMessage.id)
+                    .order_by(col(OutboxMessage.id))
                     .limit(self._settings.outbox_batch_size)
                 )
             ).all()

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import delete, select, tuple_
 from sqlalchemy.sql import Select
-from sqlmodel import col
+from sqlmodel import SQLModel, col
 
 from kredit_shared import metrics
 from kredit_shared.database import SessionFactory
@@ -42,7 +42,7 @@ async def delete_expired(settings: ServiceSettings, sessions: SessionFactory) ->
 
 
 async def _delete_in_batches(
-    settings: ServiceSettings, sessions: SessionFactory, model: type, key: Any, batch: Select
+    settings: ServiceSettings, sessions: SessionFactory, model: type[SQLModel], key: Any, batch: Select
 ) -> int:
     """Delete the rows whose `key` is in `batch` (a select of at most retention_batch_size keys) until
     none are left; returns how many."""

@@ -196,7 +196,8 @@ def is_transient(error: BaseException) -> bool:
         sqlstate = getattr(error.orig, "sqlstate", None)
         if sqlstate:
             return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08")
-        if isinstance(error, InterfaceError) or isinstance(error.orig.__cause__ or error.orig, OSError):
+        # SQLAlchemy always sets `orig` on a DBAPIError: the driver's exception it wraps.
+        if isinstance(error, InterfaceError) or isinstance(error.orig.__cause__ or error.orig, OSError):  # type: ignore[union-attr]
             return True  # the connection itself failed
         # SQLite (no SQLSTATE): only a busy/locked database or a file it cannot open heals.
         text = str(error.orig).lower()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
+from typing import Any
 
 from sqlalchemy import insert, select
 from sqlmodel import col
@@ -48,7 +49,8 @@ async def post_vouchers(tx: Transaction, vouchers: list[VoucherPosted], setup: C
             )
         ).all()
     )
-    new_vouchers, entries = [], []
+    new_vouchers: list[dict[str, Any]] = []
+    entries: list[domain.LedgerEntry] = []
     for voucher in vouchers:
         try:
             if not domain.is_new_voucher(voucher, posted.get(voucher.voucher)):

@@ -435,8 +435,8 @@ async def _free_vouchers(session: AsyncSession, store: OpenItems, prefix: str, c
     while True:
         vouchers = domain.numbered_vouchers(prefix, credit, count, taken)
         clash = await store.known_vouchers(vouchers)
-        column = SettlementRow.difference_voucher
-        clash |= set((await session.exec(select(column).where(column.in_(vouchers)))).all())  # type: ignore[union-attr]
+        column = col(SettlementRow.difference_voucher)
+        clash |= {v for v in (await session.exec(select(column).where(column.in_(vouchers)))).all() if v is not None}
         if not clash:
             return vouchers
         taken |= clash
