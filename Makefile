@@ -16,9 +16,10 @@ run: setup  ## broker + four services on SQLite under ./data; Ctrl-C stops every
 demo: setup  ## publish the source scenarios into the running stack
 	@$(UV) run --frozen python scripts/demo.py
 
-lint: setup  ## ruff check and format, and the architecture rules: pure domains, independent services
+lint: setup  ## ruff check and format, mypy (strict on domains, money, contracts), and the architecture rules: pure domains, independent services
 	@$(UV) run --frozen ruff check .
 	@$(UV) run --frozen ruff format --check .
+	@$(UV) run --frozen mypy
 	@$(UV) run --frozen lint-imports
 
 test: setup lint browser  ## the whole suite, against a real broker and real databases

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, BeforeValidator
 from sqlalchemy import JSON, Column, select
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -171,13 +171,13 @@ async def read_audit_trail(
 ) -> AuditList:
     """The audit trail of this service, newest first: every state change made over HTTP (who, when,
     from where, what; before and after for parameters) and every refused attempt."""
-    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit + 1)
+    query = select(AuditEntry).order_by(col(AuditEntry.id).desc()).limit(limit + 1)
     if subject is not None:
-        query = query.where(AuditEntry.subject == subject)
+        query = query.where(col(AuditEntry.subject) == subject)
     if since is not None:
-        query = query.where(AuditEntry.at >= (since if since.tzinfo else since.replace(tzinfo=dt.UTC)))
+        query = query.where(col(AuditEntry.at) >= (since if since.tzinfo else since.replace(tzinfo=dt.UTC)))
     if before_id is not None:
-        query = query.where(AuditEntry.id < before_id)
+        query = query.where(col(AuditEntry.id) < before_id)
     async with request.app.state.runtime.sessions() as session:
         rows = list((await session.exec(query)).scalars().all())
     more = len(rows) > limit

@@ -358,7 +358,7 @@ async def _check_cookie_request(request: Request, token: str) -> None:
         raise Forbidden(f"a request from the page of another origin ({origin}) is refused")
     sent = request.headers.get(CSRF_HEADER)
     if sent is None and request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        sent = (parse_qs((await request.body()).decode(errors="replace")).get(CSRF_FIELD) or [None])[0]
+        sent = next(iter(parse_qs((await request.body()).decode(errors="replace")).get(CSRF_FIELD, [])), None)
     if sent is None or not hmac.compare_digest(sent, csrf_token(token)):
         raise Forbidden("the form's CSRF token is missing or stale: reload the page and try again")
 
@@ -452,7 +452,7 @@ def rules_of(app: FastAPI) -> dict[str, Rule | Literal["public"] | None]:
         f"{method} {route.path}": rule_of(route)
         for route in iter_route_contexts(app.routes)
         if isinstance(route.original_route, APIRoute)
-        for method in sorted(route.methods)
+        for method in sorted(route.methods or ())  # an APIRoute always has its methods
     }
 
 

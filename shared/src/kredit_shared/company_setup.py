@@ -189,7 +189,8 @@ class CompanySetup(_Strict):
         bounds = [b.max_days for b in self.aging_buckets]
         if bounds[-1] is not None or any(b is None for b in bounds[:-1]):
             raise ValueError("aging_buckets: only the last bucket may be open-ended, and it must be")
-        if bounds[:-1] != sorted(set(bounds[:-1])):
+        inner = [b for b in bounds[:-1] if b is not None]  # all of them: checked just above
+        if inner != sorted(set(inner)):
             raise ValueError("aging_buckets: max_days must increase from bucket to bucket")
         return self
 

@@ -42,7 +42,7 @@ def create_engine(
     that opens a connection per use: for probes, so a probe that times out can never leave a broken
     connection in the pool the consumer and the API use."""
     url = normalise_url(url)
-    pool = {} if pooled else {"poolclass": NullPool}
+    pool: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":
@@ -137,6 +137,11 @@ def money_field(**kwargs: Any) -> Any:
     return Field(sa_type=ExactDecimal(2), nullable=False, **kwargs)
 
 
+def table_of(model: type[SQLModel]) -> Table:
+    """A table model's table: SQLModel's metaclass sets `__table__`, its type hints do not declare it."""
+    return model.__table__  # type: ignore[attr-defined]
+
+
 async def insert_new(session: AsyncSession, model: type[SQLModel], rows: Sequence[dict[str, Any]]) -> None:
     """INSERT … ON CONFLICT DO NOTHING: a row whose key is already stored (or comes earlier in `rows`)
     is ignored, also when a concurrent transaction stores it at the same moment. One executemany,
@@ -145,4 +150,4 @@ async def insert_new(session: AsyncSession, model: type[SQLModel], rows: Sequenc
         return
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    await (await session.connection()).execute(insert(model.__table__).on_conflict_do_nothing(), list(rows))
+    await (await session.connection()).execute(insert(table_of(model)).on_conflict_do_nothing(), list(rows))

@@ -9,9 +9,10 @@ from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import delete, insert, select
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from kredit_shared.database import table_of
 from kredit_shared.outbox import utcnow
 
 
@@ -56,9 +57,9 @@ async def claim(session: AsyncSession, consumer: str, topic: str, messages: Sequ
     ids = {m.message_id for m in messages}
     seen = dict(
         (
-            await session.exec(
-                select(ProcessedMessage.message_id, ProcessedMessage.fingerprint).where(
-                    ProcessedMessage.consumer == consumer, ProcessedMessage.message_id.in_(ids)
+            await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+                select(col(ProcessedMessage.message_id), col(ProcessedMessage.fingerprint)).where(
+                    col(ProcessedMessage.consumer) == consumer, col(ProcessedMessage.message_id).in_(ids)
                 )
             )
         ).all()
@@ -84,7 +85,7 @@ async def claim(session: AsyncSession, consumer: str, topic: str, messages: Sequ
         elif seen[message.message_id] not in (content, None):  # None: recorded before fingerprints were kept
             reused.append(message)
     if rows:  # one Core insert for the batch: ORM adds cost more than the handlers on a hot topic
-        await (await session.connection()).execute(insert(ProcessedMessage.__table__), rows)
+        await (await session.connection()).execute(insert(table_of(ProcessedMessage)), rows)
     return Claimed(fresh, reused)
 
 
@@ -102,6 +103,6 @@ async def release(session: AsyncSession, consumer: str, message_ids: Sequence[st
     if message_ids:
         await session.exec(
             delete(ProcessedMessage).where(
-                ProcessedMessage.consumer == consumer, ProcessedMessage.message_id.in_(message_ids)
+                col(ProcessedMessage.consumer) == consumer, col(ProcessedMessage.message_id).in_(message_ids)
             )
         )

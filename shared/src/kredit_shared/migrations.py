@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from importlib import import_module
 
@@ -30,14 +31,14 @@ from sqlalchemy import Connection, MetaData, Table, create_engine, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kredit_shared import audit, inbox, outbox
-from kredit_shared.database import SCHEMA_LOCK_KEY
+from kredit_shared.database import SCHEMA_LOCK_KEY, table_of
 
 log = logging.getLogger(__name__)
 
 INITIAL_REVISION = "0001"
 
 # The tables every service has besides its own: the outbox, the inbox and the audit trail.
-SHARED_TABLES = [outbox.OutboxMessage.__table__, inbox.ProcessedMessage.__table__, audit.AuditEntry.__table__]
+SHARED_TABLES = [table_of(outbox.OutboxMessage), table_of(inbox.ProcessedMessage), table_of(audit.AuditEntry)]
 
 
 class SchemaError(Exception):
@@ -183,13 +184,17 @@ def _initial_schema(migrations: Migrations) -> Schema:
         scratch.dispose()
 
 
-def _schema_of(connection: Connection, exclude: set[str] = frozenset()) -> Schema:
+def _schema_of(connection: Connection, exclude: AbstractSet[str] = frozenset()) -> Schema:
     inspector = inspect(connection)
     return {
         table: (
             {c["name"] for c in inspector.get_columns(table)},
             # PostgreSQL lists the index behind a unique constraint too; SQLite does not.
-            {i["name"] for i in inspector.get_indexes(table) if i.get("name") and not i.get("duplicates_constraint")},
+            {
+                name
+                for i in inspector.get_indexes(table)
+                if (name := i.get("name")) and not i.get("duplicates_constraint")
+            },
         )
         for table in inspector.get_table_names()
         if table not in exclude

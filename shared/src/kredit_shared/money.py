@@ -58,7 +58,9 @@ def parse_amount(value: Any) -> Decimal:
     if not value.is_finite():
         raise ValueError("amount must be a finite number")
     check_amount_bound(value)
-    if value.as_tuple().exponent < -2:
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # the letters 'n', 'N', 'F' mark the non-finite values refused above
+    if exponent < -2:
         raise ValueError(f"amount {value} has more than two decimals")
     return round_money(value)
 

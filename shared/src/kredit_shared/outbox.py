@@ -23,7 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 from sqlalchemy import JSON, Column, LargeBinary, func, make_url, select, update
-from sqlmodel import Field, SQLModel, text
+from sqlmodel import Field, SQLModel, col, text
 
 from kredit_shared import failpoints, metrics, telemetry
 from kredit_shared.contracts.messages import ContractMessage
@@ -156,12 +156,12 @@ def dead_letter_row(letter: DeadLetter, message_id: str) -> dict[str, Any]:
 
 # What the relay reads of a row: plain tuples, not ORM objects (thousands per batch).
 _RELAYED = (
-    OutboxMessage.id,
-    OutboxMessage.message_id,
-    OutboxMessage.topic,
-    OutboxMessage.key,
-    OutboxMessage.payload,
-    OutboxMessage.headers,
+    col(OutboxMessage.id),
+    col(OutboxMessage.message_id),
+    col(OutboxMessage.topic),
+    col(OutboxMessage.key),
+    col(OutboxMessage.payload),
+    col(OutboxMessage.headers),
 )
 
 
@@ -241,20 +241,20 @@ class OutboxRelay:
     async def _publish_batch(self) -> int:
         async with self._sessions() as session:
             if self._postgres:  # the transaction-scoped lock lasts until the batch is marked sent
-                locked = await session.exec(text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK_KEY})"))
+                locked = await session.exec(text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK_KEY})"))  # type: ignore[call-overload]  # a text() statement: SQLModel's exec types only its own selects
                 if not locked.scalar():
                     return 0
             rows = (
-                await session.exec(
+                await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
                     select(*_RELAYED)
-                    .where(OutboxMessage.published_at.is_(None))
-                    .order_by(OutboxMessage.id)
+                    .where(col(OutboxMessage.published_at).is_(None))
+                    .order_by(col(OutboxMessage.id))
                     .limit(self._settings.outbox_batch_size)
                 )
             ).all()
             # The backlog without a COUNT(*) over the table: the rows behind this batch (max(id) is one
             # index lookup) and the failed ones. An upper bound: ids skipped by rolled-back inserts count.
-            newest = (await session.exec(select(func.max(OutboxMessage.id)))).scalar_one()
+            newest = (await session.exec(select(func.max(OutboxMessage.id)))).scalar_one()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
             if not rows:
                 metrics.OUTBOX_PENDING.labels(self._settings.service_name).set(0)
                 return 0
@@ -274,7 +274,7 @@ class OutboxRelay:
             if sent:
                 await session.exec(
                     update(OutboxMessage)
-                    .where(OutboxMessage.id.in_([r.id for r in sent]))
+                    .where(col(OutboxMessage.id).in_([r.id for r in sent]))
                     .values(published_at=utcnow())
                 )
             await session.commit()

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import delete, select, tuple_
 from sqlalchemy.sql import Select
+from sqlmodel import SQLModel, col
 
 from kredit_shared import metrics
 from kredit_shared.database import SessionFactory
@@ -29,9 +30,9 @@ async def delete_expired(settings: ServiceSettings, sessions: SessionFactory) ->
     returns how many of each."""
     cutoff = utcnow() - timedelta(days=settings.retention_days)
     limit = settings.retention_batch_size
-    published = select(OutboxMessage.id).where(OutboxMessage.published_at < cutoff).limit(limit)
-    processed = select(ProcessedMessage.consumer, ProcessedMessage.message_id).where(
-        ProcessedMessage.processed_at < cutoff
+    published = select(col(OutboxMessage.id)).where(col(OutboxMessage.published_at) < cutoff).limit(limit)
+    processed = select(col(ProcessedMessage.consumer), col(ProcessedMessage.message_id)).where(
+        col(ProcessedMessage.processed_at) < cutoff
     )
     inbox_key = tuple_(ProcessedMessage.consumer, ProcessedMessage.message_id)
     return {
@@ -41,7 +42,7 @@ async def delete_expired(settings: ServiceSettings, sessions: SessionFactory) ->
 
 
 async def _delete_in_batches(
-    settings: ServiceSettings, sessions: SessionFactory, model: type, key: Any, batch: Select
+    settings: ServiceSettings, sessions: SessionFactory, model: type[SQLModel], key: Any, batch: Select
 ) -> int:
     """Delete the rows whose `key` is in `batch` (a select of at most retention_batch_size keys) until
     none are left; returns how many."""

@@ -51,7 +51,7 @@ from kredit_shared import asyncapi, audit, auth, failpoints, inbox, logs, metric
 from kredit_shared.company_setup import SetupError
 from kredit_shared.contracts.messages import ContractMessage
 from kredit_shared.contracts.topics import ALL_TOPICS, dead_letter_topic
-from kredit_shared.database import create_engine, create_session_factory, create_tables, ping
+from kredit_shared.database import create_engine, create_session_factory, create_tables, ping, table_of
 from kredit_shared.errors import describe_validation_error
 from kredit_shared.http import install_http_hardening
 from kredit_shared.migrations import SHARED_TABLES, Migrations, SchemaError, upgrade
@@ -92,7 +92,7 @@ class Transaction:
     def _write_outbox(self, session: Session) -> None:
         if self._outbox:
             # Runs inside the async commit, so the sync API is the right one here.
-            session.connection().execute(insert(outbox.OutboxMessage.__table__), self._outbox)
+            session.connection().execute(insert(table_of(outbox.OutboxMessage)), self._outbox)
             self._outbox.clear()
 
     def emit(self, message: ContractMessage) -> None:
@@ -196,7 +196,8 @@ def is_transient(error: BaseException) -> bool:
         sqlstate = getattr(error.orig, "sqlstate", None)
         if sqlstate:
             return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08")
-        if isinstance(error, InterfaceError) or isinstance(error.orig.__cause__ or error.orig, OSError):
+        # SQLAlchemy always sets `orig` on a DBAPIError: the driver's exception it wraps.
+        if isinstance(error, InterfaceError) or isinstance(error.orig.__cause__ or error.orig, OSError):  # type: ignore[union-attr]
             return True  # the connection itself failed
         # SQLite (no SQLSTATE): only a busy/locked database or a file it cannot open heals.
         text = str(error.orig).lower()

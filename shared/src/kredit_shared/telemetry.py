@@ -80,7 +80,7 @@ def _context_of(headers: Sequence[Header]) -> Any:
 def consuming(service: str, topic: str, records: Sequence[ConsumerRecord]) -> Iterator[None]:
     """Around the handling of one record, or of several in one transaction (a batch): a CONSUMER span
     continuing the producer's trace (a batch's span links to each), and the log context."""
-    bound = {"topic": topic}
+    bound: dict[str, str | int] = {"topic": topic}
     if len(records) == 1:
         bound |= {"partition": records[0].partition, "offset": records[0].offset}
     else:
@@ -91,7 +91,7 @@ def consuming(service: str, topic: str, records: Sequence[ConsumerRecord]) -> It
             if _tracer is None:
                 yield
                 return
-            attributes = {
+            attributes: dict[str, str | int] = {
                 "kredit.service": service,
                 "messaging.system": "kafka",
                 "messaging.operation.type": "process",

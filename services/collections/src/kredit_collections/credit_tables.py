@@ -9,11 +9,11 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Column, Index, Text, func, text
-from sqlmodel import Field, SQLModel, select
+from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_collections.credit_domain import Activity, CustomerCredit
-from kredit_shared.database import ExactDecimal, insert_new, money_field
+from kredit_shared.database import ExactDecimal, insert_new, money_field, table_of
 from kredit_shared.outbox import utcnow
 
 
@@ -141,7 +141,7 @@ async def letters_of(session: AsyncSession, account: str) -> list[CollectionLett
     query = (
         select(CollectionLetterRow)
         .where(CollectionLetterRow.customer_account == account)
-        .order_by(CollectionLetterRow.letter_date, CollectionLetterRow.letter_id)
+        .order_by(col(CollectionLetterRow.letter_date), col(CollectionLetterRow.letter_id))
     )
     return list((await session.exec(query)).all())
 
@@ -150,8 +150,8 @@ async def letter_items(session: AsyncSession, letter_ids: Iterable[str]) -> dict
     items: dict[str, list[CollectionLetterItemRow]] = {}
     query = (
         select(CollectionLetterItemRow)
-        .where(CollectionLetterItemRow.letter_id.in_(list(letter_ids)))
-        .order_by(CollectionLetterItemRow.due_date, CollectionLetterItemRow.voucher)
+        .where(col(CollectionLetterItemRow.letter_id).in_(list(letter_ids)))
+        .order_by(col(CollectionLetterItemRow.due_date), col(CollectionLetterItemRow.voucher))
     )
     for row in (await session.exec(query)).all():
         items.setdefault(row.letter_id, []).append(row)
@@ -204,7 +204,7 @@ async def interest_notes_of(session: AsyncSession, account: str) -> list[Interes
     query = (
         select(InterestNoteRow)
         .where(InterestNoteRow.customer_account == account)
-        .order_by(InterestNoteRow.note_date, InterestNoteRow.note_id)
+        .order_by(col(InterestNoteRow.note_date), col(InterestNoteRow.note_id))
     )
     return list((await session.exec(query)).all())
 
@@ -213,8 +213,8 @@ async def interest_lines(session: AsyncSession, note_ids: Iterable[str]) -> dict
     lines: dict[str, list[InterestNoteLineRow]] = {}
     query = (
         select(InterestNoteLineRow)
-        .where(InterestNoteLineRow.note_id.in_(list(note_ids)))
-        .order_by(InterestNoteLineRow.due_date, InterestNoteLineRow.voucher)
+        .where(col(InterestNoteLineRow.note_id).in_(list(note_ids)))
+        .order_by(col(InterestNoteLineRow.due_date), col(InterestNoteLineRow.voucher))
     )
     for row in (await session.exec(query)).all():
         lines.setdefault(row.note_id, []).append(row)
@@ -267,12 +267,14 @@ async def activities(
     if customer_account is not None:
         query = query.where(ActivityRow.customer_account == customer_account)
     if due_before is not None:
-        query = query.where(ActivityRow.follow_up_date < due_before)
+        query = query.where(col(ActivityRow.follow_up_date) < due_before)
     if owner is not None:
         query = query.where(ActivityRow.owner == owner)
     if not include_closed:
         query = query.where(ActivityRow.closed == False)  # noqa: E712 (SQL, not Python)
-    query = query.order_by(ActivityRow.follow_up_date.is_(None), ActivityRow.follow_up_date, ActivityRow.created_at)
+    query = query.order_by(
+        col(ActivityRow.follow_up_date).is_(None), col(ActivityRow.follow_up_date), col(ActivityRow.created_at)
+    )
     return list((await session.exec(query)).all())
 
 
@@ -308,7 +310,7 @@ class DisputeRow(SQLModel, table=True):
 async def disputes(
     session: AsyncSession, customer_account: str | None = None, status: str | None = None
 ) -> list[DisputeRow]:
-    query = select(DisputeRow).order_by(DisputeRow.created_at)
+    query = select(DisputeRow).order_by(col(DisputeRow.created_at))
     if customer_account is not None:
         query = query.where(DisputeRow.customer_account == customer_account)
     if status is not None:
@@ -325,13 +327,13 @@ async def disputed_vouchers(session: AsyncSession, customer_account: str | None 
 
 
 TABLES = [
-    CreditGroupRow.__table__,
-    CustomerCreditRow.__table__,
-    NumberSequenceRow.__table__,
-    CollectionLetterRow.__table__,
-    CollectionLetterItemRow.__table__,
-    InterestNoteRow.__table__,
-    InterestNoteLineRow.__table__,
-    ActivityRow.__table__,
-    DisputeRow.__table__,
+    table_of(CreditGroupRow),
+    table_of(CustomerCreditRow),
+    table_of(NumberSequenceRow),
+    table_of(CollectionLetterRow),
+    table_of(CollectionLetterItemRow),
+    table_of(InterestNoteRow),
+    table_of(InterestNoteLineRow),
+    table_of(ActivityRow),
+    table_of(DisputeRow),
 ]

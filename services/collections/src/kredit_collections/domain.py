@@ -329,7 +329,7 @@ def build_write_off_journal(
     name = customer_name or next((i.transaction.customer_name for i in items if i.transaction.customer_name), "")
     description = f"Write off transactions for {account} {name}".strip()
 
-    def line(account_type: str, to: str, amount: Decimal, text: str, **extra) -> GeneralJournalLine:
+    def line(account_type: str, to: str, amount: Decimal, text: str, **extra: object) -> GeneralJournalLine:
         # `amount` is signed from the ledger's side: positive is a debit.
         return GeneralJournalLine(
             account_type=account_type,
@@ -373,7 +373,7 @@ def build_write_off_journal(
 _MONEY_FIELDS = ("account_type", "account", "debit", "credit", "currency", "transaction_date")
 
 
-def _money_of(line: GeneralJournalLine) -> tuple:
+def _money_of(line: GeneralJournalLine) -> tuple[object, ...]:
     return (*(getattr(line, f) for f in _MONEY_FIELDS), tuple((s.voucher, s.amount) for s in line.settles))
 
 

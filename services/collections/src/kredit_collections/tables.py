@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, text
-from sqlmodel import Field, SQLModel, select
+from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_collections import credit_tables
@@ -24,7 +24,7 @@ from kredit_collections.domain import (
 )
 from kredit_shared.company_setup import WriteOffParameters
 from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested
-from kredit_shared.database import insert_new, money_field
+from kredit_shared.database import insert_new, money_field, table_of
 from kredit_shared.outbox import utcnow
 
 # --- read model ------------------------------------------------------------------------------
@@ -87,10 +87,10 @@ async def load_read_model(
     if customer_account is not None:
         customers = [customer_account]
     if customers is not None:
-        of_customers = CustomerTransactionRow.customer_account.in_(customers)
+        of_customers = col(CustomerTransactionRow.customer_account).in_(customers)
         transactions = transactions.where(of_customers)
         deltas = deltas.where(
-            SettlementDeltaRow.voucher.in_(select(CustomerTransactionRow.voucher).where(of_customers))
+            col(SettlementDeltaRow.voucher).in_(select(CustomerTransactionRow.voucher).where(of_customers))
         )
     connection = await session.connection()
     return (
@@ -100,7 +100,7 @@ async def load_read_model(
 
 
 def _columns(model: type[SQLModel], value: type) -> list[Any]:
-    return [model.__table__.c[f.name] for f in fields(value)]
+    return [table_of(model).c[f.name] for f in fields(value)]
 
 
 async def customers_after(session: AsyncSession, after: str | None, limit: int) -> list[str]:
@@ -226,7 +226,7 @@ async def claimed_vouchers(session: AsyncSession, customer_account: str) -> set[
 
 async def write_off_requests(session: AsyncSession, customer_account: str | None = None) -> list[WriteOffRequestRow]:
     """Write-off requests, newest first; all customers unless filtered."""
-    query = select(WriteOffRequestRow).order_by(WriteOffRequestRow.created_at.desc())
+    query = select(WriteOffRequestRow).order_by(col(WriteOffRequestRow.created_at).desc())
     if customer_account is not None:
         query = query.where(WriteOffRequestRow.customer_account == customer_account)
     return list((await session.exec(query)).all())
@@ -254,7 +254,7 @@ async def lock_write_offs(session: AsyncSession, write_off_ids: Iterable[str]) -
     """The requests among `write_off_ids`, locked until the transaction ends (lock_write_off), in one query."""
     query = (
         select(WriteOffRequestRow)
-        .where(WriteOffRequestRow.id.in_(sorted(set(write_off_ids))))
+        .where(col(WriteOffRequestRow.id).in_(sorted(set(write_off_ids))))
         .order_by(WriteOffRequestRow.id)
         .with_for_update()
     )
@@ -276,10 +276,10 @@ async def save_progress(session: AsyncSession, request: WriteOffRequestRow, prog
 
 # Every table of the service, the credit-management ones included (the schema migrations' target).
 TABLES = [
-    CustomerTransactionRow.__table__,
-    SettlementDeltaRow.__table__,
-    WriteOffParametersRow.__table__,
-    WriteOffRequestRow.__table__,
-    WriteOffVoucherRow.__table__,
+    table_of(CustomerTransactionRow),
+    table_of(SettlementDeltaRow),
+    table_of(WriteOffParametersRow),
+    table_of(WriteOffRequestRow),
+    table_of(WriteOffVoucherRow),
     *credit_tables.TABLES,
 ]

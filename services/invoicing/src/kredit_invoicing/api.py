@@ -6,11 +6,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_invoicing.tables import DiscountTierRow, InvoiceLineRow, InvoiceRow, VoucherLineRow
@@ -86,23 +86,30 @@ async def list_invoices(customer_account: Annotated[Id, Query()], session: Sessi
     query = (
         select(InvoiceRow)
         .where(InvoiceRow.customer_account == customer_account)
-        .order_by(InvoiceRow.invoice_date, InvoiceRow.invoice_id)
+        .order_by(col(InvoiceRow.invoice_date), col(InvoiceRow.invoice_id))
     )
     invoices = (await session.exec(query)).all()
     return InvoiceListOut(customer_account=customer_account, invoices=await _with_details(session, invoices))
 
 
+_DetailRow = InvoiceLineRow | DiscountTierRow | VoucherLineRow
+
+
 async def _with_details(session: AsyncSession, invoices: Sequence[InvoiceRow]) -> list[InvoiceOut]:
     """Load the lines, tiers and voucher lines of all `invoices` with one query per table."""
     ids = [i.invoice_id for i in invoices]
-    lines, tiers, voucher = defaultdict(list), defaultdict(list), defaultdict(list)
-    for table, number, into in (
+    lines: defaultdict[str, list[Any]] = defaultdict(list)
+    tiers: defaultdict[str, list[Any]] = defaultdict(list)
+    voucher: defaultdict[str, list[Any]] = defaultdict(list)
+    details: list[tuple[type[_DetailRow], int, defaultdict[str, list[Any]]]] = [
         (InvoiceLineRow, InvoiceLineRow.line_number, lines),
         (DiscountTierRow, DiscountTierRow.tier_number, tiers),
         (VoucherLineRow, VoucherLineRow.line_number, voucher),
-    ):
-        for row in (await session.exec(select(table).where(table.invoice_id.in_(ids)).order_by(number))).all():
-            into[row.invoice_id].append(row)
+    ]
+    for table, number, into in details:
+        query = select(table).where(col(table.invoice_id).in_(ids)).order_by(col(number))
+        for row in (await session.exec(query)).all():
+            into[row.invoice_id].append(row)  # type: ignore[attr-defined]  # a row of one of the three detail tables
     return [
         InvoiceOut(
             **i.model_dump(exclude={"transaction_type", "fingerprint", "message_id", "posted_at"}),

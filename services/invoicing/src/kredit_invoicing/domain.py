@@ -188,7 +188,9 @@ def document_transaction_type(document_type: str | None, total: Decimal) -> Tran
 def _post(message: CustomerInvoiceIssued, setup: CompanySetup) -> PostedInvoice:
     if message.currency != setup.accounting_currency:
         raise InvoiceRejected(f"currency {message.currency} is not the accounting currency {setup.accounting_currency}")
-    revenue = []  # (account, signed amount, text, customer) per line, debit positive
+    revenue: list[
+        tuple[str, Decimal, str, str | None]
+    ] = []  # (account, signed amount, text, customer) per line, debit positive
     for n, line in enumerate(message.lines, 1):
         account = line.revenue_account or setup.default_revenue_account
         if account not in setup.main_accounts:
@@ -221,7 +223,9 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup) -> PostedInvoice:
     discount_account = setup.cash_discount_codes[code].account if code is not None else None
 
     # Signed postings (debit positive); a credit note's negative total yields the mirror image by itself.
-    postings = [(setup.customer_posting_profile.summary_account, total, label, message.customer_account)]
+    postings: list[tuple[str, Decimal, str, str | None]] = [
+        (setup.customer_posting_profile.summary_account, total, label, message.customer_account)
+    ]
     postings += revenue + [(setup.sales_tax_account, -tax, f"Sales tax, {label.lower()}", None)]
     voucher_lines = [
         VoucherLine(

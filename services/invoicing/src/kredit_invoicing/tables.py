@@ -8,12 +8,12 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Table, insert
-from sqlmodel import Field, SQLModel, select
+from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_invoicing.domain import PostedInvoice
 from kredit_shared.contracts import CustomerInvoiceIssued
-from kredit_shared.database import ExactDecimal, money_field
+from kredit_shared.database import ExactDecimal, money_field, table_of
 from kredit_shared.outbox import utcnow
 
 _INVOICE_FK = "invoicing_invoice.invoice_id"
@@ -80,12 +80,14 @@ class VoucherLineRow(SQLModel, table=True):
     customer_account: str | None = None
 
 
-TABLES = [InvoiceRow.__table__, InvoiceLineRow.__table__, DiscountTierRow.__table__, VoucherLineRow.__table__]
+TABLES = [table_of(InvoiceRow), table_of(InvoiceLineRow), table_of(DiscountTierRow), table_of(VoucherLineRow)]
 
 
 async def posted_fingerprints(session: AsyncSession, invoice_ids: Iterable[str]) -> dict[str, str]:
     """invoice_id -> fingerprint of those already posted."""
-    query = select(InvoiceRow.invoice_id, InvoiceRow.fingerprint).where(InvoiceRow.invoice_id.in_(set(invoice_ids)))
+    query = select(InvoiceRow.invoice_id, col(InvoiceRow.fingerprint)).where(
+        col(InvoiceRow.invoice_id).in_(set(invoice_ids))
+    )
     return dict((await session.exec(query)).all())
 
 
@@ -105,7 +107,7 @@ async def add_invoices(session: AsyncSession, posted: Sequence[tuple[CustomerInv
 def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> Iterator[tuple[Table, dict[str, Any]]]:
     """The rows that record a posted invoice: the invoice, its lines, tiers and voucher lines."""
     yield (
-        InvoiceRow.__table__,
+        table_of(InvoiceRow),
         {
             "invoice_id": posted.invoice_id,
             "customer_account": posted.customer_account,
@@ -128,7 +130,7 @@ def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> Itera
     )
     for n, line in enumerate(message.lines, 1):
         yield (
-            InvoiceLineRow.__table__,
+            table_of(InvoiceLineRow),
             {
                 "invoice_id": posted.invoice_id,
                 "line_number": n,
@@ -140,7 +142,7 @@ def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> Itera
         )
     for n, tier in enumerate(posted.cash_discounts, 1):
         yield (
-            DiscountTierRow.__table__,
+            table_of(DiscountTierRow),
             {
                 "invoice_id": posted.invoice_id,
                 "tier_number": n,
@@ -149,16 +151,16 @@ def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> Itera
                 "amount": tier.amount,
             },
         )
-    for n, line in enumerate(posted.ledger_voucher.lines, 1):
+    for n, voucher_line in enumerate(posted.ledger_voucher.lines, 1):
         yield (
-            VoucherLineRow.__table__,
+            table_of(VoucherLineRow),
             {
                 "invoice_id": posted.invoice_id,
                 "line_number": n,
-                "account": line.account,
-                "debit": line.debit,
-                "credit": line.credit,
-                "text": line.text,
-                "customer_account": line.customer_account,
+                "account": voucher_line.account,
+                "debit": voucher_line.debit,
+                "credit": voucher_line.credit,
+                "text": voucher_line.text,
+                "customer_account": voucher_line.customer_account,
             },
         )

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlmodel import col
 
 from kredit_ledger_posting import domain, handlers
 from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow
@@ -125,12 +126,12 @@ async def list_journals(
     journal_name: Id | None = None,
     status: domain.JournalStatus | None = None,
 ) -> JournalList:
-    query = select(JournalRow).order_by(JournalRow.created_at, JournalRow.batch_number)
+    query = select(JournalRow).order_by(col(JournalRow.created_at), col(JournalRow.batch_number))
     if journal_name is not None:
-        query = query.where(JournalRow.journal_name == journal_name)
+        query = query.where(col(JournalRow.journal_name) == journal_name)
     if status is not None:
-        query = query.where(JournalRow.status == status)
-    rows = (await session.exec(query)).scalars().all()
+        query = query.where(col(JournalRow.status) == status)
+    rows = (await session.exec(query)).scalars().all()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
     return JournalList(journals=[JournalSummary.of(row) for row in rows])
 
 
@@ -192,12 +193,12 @@ async def ledger_entries(
 ) -> LedgerEntryList:
     if account is None and voucher is None:
         raise HTTPException(422, "give an account or a voucher")
-    query = select(LedgerEntryRow).order_by(LedgerEntryRow.id)
+    query = select(LedgerEntryRow).order_by(col(LedgerEntryRow.id))
     if account is not None:
-        query = query.where(LedgerEntryRow.account == account)
+        query = query.where(col(LedgerEntryRow.account) == account)
     if voucher is not None:
-        query = query.where(LedgerEntryRow.voucher == voucher)
-    rows = (await session.exec(query)).scalars().all()
+        query = query.where(col(LedgerEntryRow.voucher) == voucher)
+    rows = (await session.exec(query)).scalars().all()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
     return LedgerEntryList(entries=[LedgerEntryOut.model_validate(row, from_attributes=True) for row in rows])
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
+from typing import Any
 
 from sqlalchemy import insert, select
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_ledger_posting import domain
@@ -40,14 +42,15 @@ async def post_vouchers(tx: Transaction, vouchers: list[VoucherPosted], setup: C
     A voucher that must not post goes to the dead-letter topic with its reason; the others post."""
     posted = dict(
         (
-            await tx.session.exec(
-                select(PostedVoucherRow.voucher, PostedVoucherRow.fingerprint).where(
-                    PostedVoucherRow.voucher.in_({v.voucher for v in vouchers})
+            await tx.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+                select(col(PostedVoucherRow.voucher), col(PostedVoucherRow.fingerprint)).where(
+                    col(PostedVoucherRow.voucher).in_({v.voucher for v in vouchers})
                 )
             )
         ).all()
     )
-    new_vouchers, entries = [], []
+    new_vouchers: list[dict[str, Any]] = []
+    entries: list[domain.LedgerEntry] = []
     for voucher in vouchers:
         try:
             if not domain.is_new_voucher(voucher, posted.get(voucher.voucher)):
@@ -142,9 +145,9 @@ def _void(tx: Transaction, row: JournalRow, voided: domain.Journal, reason: str)
 
 
 async def _journal_of_request(session: AsyncSession, request_id: str, for_update: bool = False) -> JournalRow | None:
-    query = select(JournalRow).where(JournalRow.request_id == request_id)
+    query = select(JournalRow).where(col(JournalRow.request_id) == request_id)
     # Locked like a posting (post_general_journal), so a cancel and a post of one journal take turns.
-    return (await session.exec(query.with_for_update() if for_update else query)).scalars().first()
+    return (await session.exec(query.with_for_update() if for_update else query)).scalars().first()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
 
 
 async def post_general_journal(
@@ -153,7 +156,11 @@ async def post_general_journal(
     """Post an open journal; None if there is no such batch, JournalNotPostable if it cannot post,
     FourEyesViolation if `posted_by` requested it (with the setup's four-eyes on)."""
     row = (
-        (await tx.session.exec(select(JournalRow).where(JournalRow.batch_number == batch_number).with_for_update()))
+        (
+            await tx.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+                select(JournalRow).where(col(JournalRow.batch_number) == batch_number).with_for_update()
+            )
+        )
         .scalars()
         .first()
     )
@@ -180,9 +187,9 @@ async def _insert_entries(session: AsyncSession, entries: Sequence[domain.Ledger
 async def _next_values(session: AsyncSession, journal_name: str, kind: str, count: int) -> int:
     """Reserve `count` values of a journal name's sequence in the caller's transaction; returns the first."""
     row = (
-        await session.exec(
+        await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
             select(NumberSequenceRow)
-            .where(NumberSequenceRow.journal_name == journal_name, NumberSequenceRow.kind == kind)
+            .where(col(NumberSequenceRow.journal_name) == journal_name, col(NumberSequenceRow.kind) == kind)
             .with_for_update()
         )
     ).scalars().first() or NumberSequenceRow(journal_name=journal_name, kind=kind)

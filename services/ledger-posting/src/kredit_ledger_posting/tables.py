@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, func, select, type_coerce
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kredit_ledger_posting.domain import Journal, LedgerEntry
+from kredit_ledger_posting.domain import Journal, JournalStatus, LedgerEntry
 from kredit_shared.contracts import PostedJournalLine
-from kredit_shared.database import money_field
+from kredit_shared.database import money_field, table_of
 from kredit_shared.outbox import utcnow
 
 
@@ -79,7 +79,7 @@ class JournalRow(SQLModel, table=True):
             description=self.description,
             lines=tuple(PostedJournalLine.model_validate(line) for line in self.lines),
             request_id=self.request_id,
-            status=self.status,  # only the domain's statuses are ever stored
+            status=cast(JournalStatus, self.status),  # only the domain's statuses are ever stored
             posting_date=self.posting_date,
             requested_by=self.requested_by,
             posted_by=self.posted_by,
@@ -134,11 +134,13 @@ _SPLIT = 10**9
 
 async def account_totals(session: AsyncSession, as_of: date) -> dict[str, tuple[Decimal, Decimal]]:
     """Debit and credit totals per account of the entries posted up to `as_of`, exact on every database."""
-    query_filter = LedgerEntryRow.posting_date <= as_of
+    query_filter = col(LedgerEntryRow.posting_date) <= as_of
     if session.bind is None or session.bind.dialect.name != "sqlite":
         # NUMERIC sums are exact and unbounded on PostgreSQL.
-        totals = await session.exec(
-            select(LedgerEntryRow.account, func.sum(LedgerEntryRow.debit), func.sum(LedgerEntryRow.credit))
+        totals = await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+            select(
+                col(LedgerEntryRow.account), func.sum(col(LedgerEntryRow.debit)), func.sum(col(LedgerEntryRow.credit))
+            )
             .where(query_filter)
             .group_by(LedgerEntryRow.account)
         )
@@ -147,8 +149,8 @@ async def account_totals(session: AsyncSession, as_of: date) -> dict[str, tuple[
     for column in (LedgerEntryRow.debit, LedgerEntryRow.credit):
         cents = type_coerce(column, BigInteger)
         parts += [func.sum(cents.op("/")(_SPLIT)), func.sum(cents.op("%")(_SPLIT))]
-    totals = await session.exec(
-        select(LedgerEntryRow.account, *parts).where(query_filter).group_by(LedgerEntryRow.account)
+    totals = await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+        select(col(LedgerEntryRow.account), *parts).where(query_filter).group_by(col(LedgerEntryRow.account))
     )
     return {
         account: (
@@ -160,9 +162,9 @@ async def account_totals(session: AsyncSession, as_of: date) -> dict[str, tuple[
 
 
 TABLES = [
-    LedgerEntryRow.__table__,
-    PostedVoucherRow.__table__,
-    JournalRow.__table__,
-    JournalCancellationRow.__table__,
-    NumberSequenceRow.__table__,
+    table_of(LedgerEntryRow),
+    table_of(PostedVoucherRow),
+    table_of(JournalRow),
+    table_of(JournalCancellationRow),
+    table_of(NumberSequenceRow),
 ]

@@ -11,7 +11,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_settlement import domain, metrics
@@ -233,7 +233,9 @@ async def _settle_pending_write_offs(tx: Transaction, store: OpenItems, voucher:
     they were posted. Returns what could not be settled (it stays open on the write-off)."""
     pending = (
         await tx.session.exec(
-            select(PendingWriteOffRow).where(PendingWriteOffRow.voucher == voucher).order_by(PendingWriteOffRow.id)
+            select(PendingWriteOffRow)
+            .where(col(PendingWriteOffRow.voucher) == voucher)
+            .order_by(col(PendingWriteOffRow.id))
         )
     ).all()
     problems: list[str] = []
@@ -433,8 +435,8 @@ async def _free_vouchers(session: AsyncSession, store: OpenItems, prefix: str, c
     while True:
         vouchers = domain.numbered_vouchers(prefix, credit, count, taken)
         clash = await store.known_vouchers(vouchers)
-        column = SettlementRow.difference_voucher
-        clash |= set((await session.exec(select(column).where(column.in_(vouchers)))).all())  # type: ignore[union-attr]
+        column = col(SettlementRow.difference_voucher)
+        clash |= {v for v in (await session.exec(select(column).where(column.in_(vouchers)))).all() if v is not None}
         if not clash:
             return vouchers
         taken |= clash
@@ -779,7 +781,9 @@ async def _settlement_rows(session: AsyncSession, settlement_id: str) -> list[Se
     for condition in (SettlementRow.group_id == settlement_id, SettlementRow.settlement_id == settlement_id):
         rows = (
             await session.exec(
-                select(SettlementRow).where(condition).order_by(SettlementRow.settled_at, SettlementRow.settlement_id)
+                select(SettlementRow)
+                .where(condition)
+                .order_by(col(SettlementRow.settled_at), col(SettlementRow.settlement_id))
             )
         ).all()
         if rows:
@@ -796,7 +800,7 @@ async def settlements(session: AsyncSession, customer_account: str) -> dict[str,
     query = (
         select(SettlementRow)
         .where(SettlementRow.customer_account == customer_account)
-        .order_by(SettlementRow.settled_at, SettlementRow.settlement_id)
+        .order_by(col(SettlementRow.settled_at), col(SettlementRow.settlement_id))
     )
     groups: dict[str, list[SettlementRow]] = {}
     for row in (await session.exec(query)).all():
@@ -853,7 +857,7 @@ async def pending_marks(session: AsyncSession, customer_account: str | None = No
 
 
 async def pending_write_offs(session: AsyncSession, customer_account: str | None = None) -> list[PendingWriteOffRow]:
-    query = select(PendingWriteOffRow).order_by(PendingWriteOffRow.id)
+    query = select(PendingWriteOffRow).order_by(col(PendingWriteOffRow.id))
     if customer_account is not None:
         query = query.where(PendingWriteOffRow.customer_account == customer_account)
     return list((await session.exec(query)).all())

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from sqlalchemy import JSON, Column, Integer, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_settlement.domain import (
@@ -23,7 +23,7 @@ from kredit_settlement.domain import (
     priority_rule,
 )
 from kredit_shared.contracts import CustomerPaymentReceived
-from kredit_shared.database import ExactDecimal, money_field
+from kredit_shared.database import ExactDecimal, money_field, table_of
 from kredit_shared.money import ZERO
 from kredit_shared.outbox import utcnow
 
@@ -289,7 +289,7 @@ def _rule_json(rule: PriorityRule) -> dict[str, Any]:
 
 
 TABLES = [
-    t.__table__
+    table_of(t)
     for t in (
         CustomerRow,
         OpenTransactionRow,
@@ -315,7 +315,7 @@ async def lock_customer(session: AsyncSession, customer_account: str) -> None:
     """Serialise every settlement of one customer's items (see CustomerRow)."""
     result = await session.exec(
         update(CustomerRow)
-        .where(CustomerRow.customer_account == customer_account)
+        .where(col(CustomerRow.customer_account) == customer_account)
         .values(version=CustomerRow.version + 1)
     )
     if result.rowcount == 0:
@@ -356,8 +356,8 @@ class OpenItems:
         self._scope: dict[str, OpenScope] = {}  # what of each customer's open items is loaded
 
     async def known_vouchers(self, vouchers: Collection[str]) -> set[str]:
-        rows = await self.session.exec(
-            select(OpenTransactionRow.voucher).where(OpenTransactionRow.voucher.in_(vouchers))
+        rows = await self.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+            select(col(OpenTransactionRow.voucher)).where(col(OpenTransactionRow.voucher).in_(vouchers))
         )
         return set(rows.scalars().all())
 
@@ -366,7 +366,7 @@ class OpenItems:
         return found[0] if found else None
 
     async def find_all(self, vouchers: Collection[str]) -> list[OpenTransaction]:
-        return await self._select(OpenTransactionRow.voucher.in_(vouchers))
+        return await self._select(col(OpenTransactionRow.voucher).in_(vouchers))
 
     async def load_customers(self, customer_accounts: Iterable[str], scope: OpenScope = "all") -> None:
         """Read the open items (`scope`) of many customers in one query, for of_customer to answer from."""
@@ -377,7 +377,7 @@ class OpenItems:
             OpenTransactionRow.open_amount < ZERO if scope == "credits" else OpenTransactionRow.open_amount != ZERO
         )
         for chunk in _chunks(sorted(wanted), 500):  # SQLite's bound-parameter limit
-            await self._select(OpenTransactionRow.customer_account.in_(chunk) & condition)
+            await self._select(col(OpenTransactionRow.customer_account).in_(chunk) & condition)
         self._scope |= dict.fromkeys(wanted, scope)
 
     async def of_customer(
@@ -398,7 +398,7 @@ class OpenItems:
         named = []
         if invoice_ids or vouchers:
             named = await self._select(
-                or_(OpenTransactionRow.invoice_id.in_(invoice_ids), OpenTransactionRow.voucher.in_(vouchers))
+                or_(col(OpenTransactionRow.invoice_id).in_(invoice_ids), col(OpenTransactionRow.voucher).in_(vouchers))
             )
         found = {t.voucher: t for t in named}
         for voucher in self._by_customer.get(customer_account, ()) if scope != "none" else ():
@@ -414,11 +414,11 @@ class OpenItems:
     async def _select(self, condition: Any) -> list[OpenTransaction]:
         rows = (
             (
-                await self.session.exec(
+                await self.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
                     select(OpenTransactionRow)
                     .where(condition)
                     .execution_options(populate_existing=True)
-                    .order_by(OpenTransactionRow.transaction_date, OpenTransactionRow.id)
+                    .order_by(col(OpenTransactionRow.transaction_date), col(OpenTransactionRow.id))
                 )
             )
             .scalars()
@@ -449,7 +449,7 @@ class OpenItems:
                 continue
             result = await self.session.exec(
                 update(OpenTransactionRow)
-                .where(OpenTransactionRow.id == row_id, OpenTransactionRow.version == version)
+                .where(col(OpenTransactionRow.id) == row_id, col(OpenTransactionRow.version) == version)
                 .values(
                     open_amount=t.open_amount,
                     discount_taken=t.discount_taken,

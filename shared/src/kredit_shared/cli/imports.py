@@ -72,7 +72,7 @@ def invoice_of(row: dict[str, str]) -> CustomerInvoiceIssued:
     """The contract message of one CSV row (an empty cell is an absent field); raises ValidationError."""
     cell = {k: v.strip() for k, v in row.items() if k and v is not None and v.strip()}
     line = {"description": "Opening balance"} | {k: cell[k] for k in LINE_FIELDS if k in cell}
-    body = {k: cell[k] for k in (*REQUIRED, *OPTIONAL) if k in cell and k not in LINE_FIELDS}
+    body: dict[str, object] = {k: cell[k] for k in (*REQUIRED, *OPTIONAL) if k in cell and k not in LINE_FIELDS}
     body |= {"message_id": opening_balance_id(cell.get("invoice_id", "")), "lines": [line]}
     # As JSON, the way invoicing will read it: every cell is parsed by the contract's own rules.
     return CustomerInvoiceIssued.model_validate_json(json.dumps(body))

@@ -351,7 +351,7 @@ class OpenItemsSettled(ContractMessage):
     @model_serializer(mode="wrap")
     def _without_a_zero_difference(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """A settlement without a difference is published exactly as before the field existed."""
-        data = handler(self)
+        data: dict[str, Any] = handler(self)
         if not self.difference_amount:
             data.pop("difference_amount", None)
         return data

@@ -8,7 +8,7 @@ Create Date: 2026-11-22 09:18:47.675259
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes  # the submodule the generated column types name
 from alembic import op
 
 import kredit_shared.database
