@@ -322,6 +322,10 @@ async def test_refusals_and_unrecorded_changes_are_in_the_audit_trail(served):
     assert (newest["subject"], newest["path"]) == ("vera", "/api/v1/audit")
     page = await client.get("/api/v1/audit", params={"limit": 1}, headers=auth_header(app, Role.admin))
     assert page.json()["next_before_id"] == page.json()["entries"][0]["id"]
+    too_big = await client.get(
+        "/api/v1/audit", params={"before_id": 2223287213463189323776}, headers=auth_header(app, Role.admin)
+    )
+    assert too_big.status_code == 422 and "before_id" in too_big.text
 
 
 # --- the `kredit token` command ----------------------------------------------------------------
