@@ -299,6 +299,18 @@ def test_dockerignore_keeps_the_host_virtualenv_out():
     assert excludes_everything_first or any(p.rstrip("/").endswith(".venv") for p in patterns)
 
 
+def test_the_image_carries_no_test_support_code_and_nothing_in_it_needs_any():
+    patterns = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "shared/src/kredit_shared/testing.py" in patterns
+    shipped = [*ROOT.glob("services/*/src/**/*.py"), *ROOT.glob("shared/src/**/*.py")]
+    importers = [
+        str(path.relative_to(ROOT))
+        for path in shipped
+        if path.name != "testing.py" and re.search(r"kredit_shared(\.| import )testing\b", path.read_text())
+    ]
+    assert importers == []
+
+
 # --- deploy/ (Kubernetes, kustomize) -----------------------------------------------------------
 
 
