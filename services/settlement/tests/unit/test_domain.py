@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kredit_settlement.domain import (
+    CashDiscountAdministration,
     DiscountTier,
     InvalidPayment,
     Mark,
@@ -19,7 +20,6 @@ from kredit_settlement.domain import (
     SettlementError,
     SettlementParameters,
     UseCashDiscount,
-    CashDiscountAdministration,
     apply_settlement,
     automatic_order,
     available_discount,
@@ -29,8 +29,8 @@ from kredit_settlement.domain import (
     reaches_beyond,
     reservations,
     settle_credit,
-    settle_payment,
     settle_new_invoice,
+    settle_payment,
 )
 from kredit_shared.money import round_money
 
