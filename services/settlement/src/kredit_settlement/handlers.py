@@ -295,10 +295,8 @@ async def receive_payment(postings: Postings, tx: Transaction, payment: Customer
 
 
 async def _payments_batch(postings: Postings, tx: Transaction, payments: list[CustomerPaymentReceived]) -> _Batch:
-    # Only an unmarked payment settles with the customer's open debits; a marked one reads what it names.
-    batch = await _batch(postings, tx, [p.customer_account for p in payments], "none")
-    await batch.store.load_customers([p.customer_account for p in payments if not p.settle], "all")
-    return batch
+    # A marked payment reads what it names, an unmarked one the open debits it can reach (_reachable_debits).
+    return await _batch(postings, tx, [p.customer_account for p in payments], "none")
 
 
 async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> None:
@@ -328,10 +326,13 @@ async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> N
         raise Rejected(
             f"payment {payment.payment_id}: voucher {payment.payment_id} is already used by another transaction"
         )
-    named = [m.invoice_id for m in marks or []]
-    transactions = await store.of_customer(
-        payment.customer_account, invoice_ids=named, vouchers=named, scope="none" if marks else "all"
-    )
+    if marks:
+        named = [m.invoice_id for m in marks]
+        transactions = await store.of_customer(
+            payment.customer_account, invoice_ids=named, vouchers=named, scope="none"
+        )
+    else:
+        transactions = await _reachable_debits(store, credit, parameters)
     tx.session.add(PaymentRow.of(payment, bank_account, _fingerprint(payment)))
     tx.emit(_transaction_posted(credit, payment_id=payment.payment_id))
     tx.emit(_voucher(credit, bank_account, postings.summary_account, f"Payment {payment.payment_id}"))
@@ -352,6 +353,22 @@ async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> N
             f"posted; {result.unused_amount} of it is open as a credit"
             + (f", {waiting} mark(s) wait for their invoice" if waiting else ""),
         )
+
+
+async def _reachable_debits(
+    store: OpenItems, credit: OpenTransaction, parameters: domain.SettlementParameters
+) -> list[OpenTransaction]:
+    """The open debits automatic settlement of `credit` can reach: the first ones in settlement order, more
+    each round until its cash runs out on them, not all of a customer's 10,000 open invoices. With priority
+    rules, all of the customer's open items: the database cannot sort by those."""
+    if parameters.automatic_priority:
+        return await store.of_customer(credit.customer_account)
+    limit = 64
+    while True:
+        debits = await store.open_debits(credit.customer_account, credit.currency, limit)
+        if len(debits) < limit or not domain.reaches_beyond(credit, debits, parameters=parameters):
+            return debits
+        limit *= 8
 
 
 def _keep_pending_marks(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import JSON, Column, Integer, or_, select, update
+from sqlalchemy import JSON, Column, Integer, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -68,29 +68,7 @@ class OpenTransactionRow(SQLModel, table=True):
     version: int = Field(default=1, sa_column=Column(Integer, nullable=False))
 
     def to_domain(self) -> OpenTransaction:
-        return OpenTransaction(
-            voucher=self.voucher,
-            customer_account=self.customer_account,
-            transaction_type=self.transaction_type,
-            transaction_date=self.transaction_date,
-            currency=self.currency,
-            original_amount=self.original_amount,
-            open_amount=self.open_amount,
-            invoice_id=self.invoice_id,
-            due_date=self.due_date,
-            cash_discounts=tuple(
-                DiscountTier(
-                    date.fromisoformat(t["date"]),
-                    Decimal(t["percent"]),
-                    Decimal(t["amount"]) if t.get("amount") is not None else None,
-                )
-                for t in self.cash_discounts
-            ),
-            discount_taken=self.discount_taken,
-            cash_discount_account=self.cash_discount_account,
-            auto_settle=self.auto_settle,
-            discount_date=self.discount_date,
-        )
+        return open_transaction_of(self)
 
     @classmethod
     def from_domain(cls, t: OpenTransaction) -> OpenTransactionRow:
@@ -117,6 +95,33 @@ class OpenTransactionRow(SQLModel, table=True):
             auto_settle=t.auto_settle,
             discount_date=t.discount_date,
         )
+
+
+def open_transaction_of(row: Any) -> OpenTransaction:
+    """The domain's transaction of an OpenTransactionRow or of a plain row of its table (read with Core)."""
+    return OpenTransaction(
+        voucher=row.voucher,
+        customer_account=row.customer_account,
+        transaction_type=row.transaction_type,
+        transaction_date=row.transaction_date,
+        currency=row.currency,
+        original_amount=row.original_amount,
+        open_amount=row.open_amount,
+        invoice_id=row.invoice_id,
+        due_date=row.due_date,
+        cash_discounts=tuple(
+            DiscountTier(
+                date.fromisoformat(t["date"]),
+                Decimal(t["percent"]),
+                Decimal(t["amount"]) if t.get("amount") is not None else None,
+            )
+            for t in row.cash_discounts
+        ),
+        discount_taken=row.discount_taken,
+        cash_discount_account=row.cash_discount_account,
+        auto_settle=row.auto_settle,
+        discount_date=row.discount_date,
+    )
 
 
 class PaymentRow(SQLModel, table=True):
@@ -411,21 +416,35 @@ class OpenItems:
         """A transaction read or saved in this database transaction, as it is now."""
         return self._loaded[voucher][2] if voucher in self._loaded else None
 
-    async def _select(self, condition: Any) -> list[OpenTransaction]:
-        rows = (
-            (
-                await self.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
-                    select(OpenTransactionRow)
-                    .where(condition)
-                    .execution_options(populate_existing=True)
-                    .order_by(col(OpenTransactionRow.transaction_date), col(OpenTransactionRow.id))
-                )
-            )
-            .scalars()
-            .all()
+    async def open_debits(self, customer_account: str, currency: str, limit: int) -> list[OpenTransaction]:
+        """The first `limit` of the customer's open amounts owed in `currency` that settle automatically, in
+        automatic settlement's default order (domain.automatic_order without priority rules: due date, then
+        transaction date, then voucher), so an automatic payment reads only the debits it can reach."""
+        # The voucher tie-break compares code points, as Python's str does: not the database's locale.
+        binary = "C" if self.session.get_bind().dialect.name == "postgresql" else "BINARY"
+        table = OpenTransactionRow.__table__.c  # type: ignore[attr-defined]
+        return await self._select(
+            (table.customer_account == customer_account)
+            & (table.currency == currency)
+            & (table.open_amount > ZERO)
+            & table.auto_settle,
+            order_by=(
+                func.coalesce(table.due_date, table.transaction_date),
+                table.transaction_date,
+                table.voucher.collate(binary),
+            ),
+            limit=limit,
         )
+
+    async def _select(
+        self, condition: Any, order_by: Sequence[Any] = (), limit: int | None = None
+    ) -> list[OpenTransaction]:
+        """Read rows with Core (plain rows, no ORM objects: a customer may have 10,000 open items)."""
+        table = OpenTransactionRow.__table__  # type: ignore[attr-defined]
+        query = select(table).where(condition).order_by(*(order_by or (table.c.transaction_date, table.c.id)))
+        rows = (await self.session.exec(query.limit(limit))).all()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
         for row in rows:
-            self._hold(row.id, row.version, row.to_domain())  # type: ignore[arg-type]
+            self._hold(row.id, row.version, open_transaction_of(row))
         return [self._loaded[row.voucher][2] for row in rows]
 
     def _hold(self, row_id: int, version: int, t: OpenTransaction) -> None:

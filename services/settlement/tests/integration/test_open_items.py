@@ -245,3 +245,24 @@ async def test_a_payment_that_overtakes_its_invoice_settles_its_marks_when_the_i
 
 async def _is(value, expected) -> bool:
     return (await value) == expected
+
+
+async def test_an_automatic_payment_pays_the_oldest_due_of_many_open_invoices(start_settlement, database_url):
+    """More open invoices than the first read takes (64): the payment still pays them in automatic
+    settlement's order (due date, then voucher by code point: 'B' before 'a'), as far as its money goes."""
+    async with start_settlement(database_url) as service:
+        invoices = [
+            (f"FTI-{'a' if i % 2 else 'B'}{i:02d}", "2015-07-20" if i % 5 == 0 else "2015-07-25") for i in range(90)
+        ]
+        for i, (voucher, due) in enumerate(invoices):
+            await service.invoice(f"MANY-{i}", "10.00", customer="4750", due=due, tiers=[], voucher=voucher, wait=False)
+        await eventually(lambda: service.balance(invoices[-1][0], customer="4750"))
+
+        await service.pay("ARP-4750-1", "705.00", "2015-08-01", customer="4750")
+        settled = await service.settlements(71, credit_voucher="ARP-4750-1")
+        in_order = sorted(invoices, key=lambda v: (v[1], v[0]))
+        assert [(s["debit_voucher"], s["amount_settled"]) for s in settled] == [
+            *((voucher, "10.00") for voucher, _ in in_order[:70]),
+            (in_order[70][0], "5.00"),
+        ]
+        assert (await service.open_transactions("4750"))[in_order[70][0]]["open_amount"] == "5.00"

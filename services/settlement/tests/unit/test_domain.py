@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kredit_settlement.domain import (
+    CashDiscountAdministration,
     DiscountTier,
     InvalidPayment,
     Mark,
@@ -20,13 +21,16 @@ from kredit_settlement.domain import (
     SettlementParameters,
     UseCashDiscount,
     apply_settlement,
+    automatic_order,
     available_discount,
     find_marked_invoice,
     new_payment,
     preview_mark,
+    reaches_beyond,
     reservations,
     settle_credit,
     settle_new_invoice,
+    settle_payment,
 )
 from kredit_shared.money import round_money
 
@@ -692,3 +696,26 @@ def test_a_new_invoice_never_takes_more_than_its_balance_or_the_credits(data):
     assert 0 <= left <= inv.open_amount
     assert all(t.open_amount <= 0 for t in txns[1:])
     assert inv.open_amount - left >= -sum(c.open_amount for c in credits) + sum(t.open_amount for t in txns[1:])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_automatic_settlement_over_the_debits_it_reaches_is_settlement_over_all(data):
+    """The handler reads an automatic payment's debits page by page in automatic_order and stops once
+    reaches_beyond says no: the first debits must then settle exactly as all of them would."""
+    invoices = [data.draw(open_invoices(i)) for i in range(data.draw(st.integers(1, 8)))]
+    pay = new_payment("P", "C1", START + timedelta(days=data.draw(st.integers(0, 50))), data.draw(cents), "USD")
+    parameters = SettlementParameters(
+        calculate_cash_discounts_for_partial_payments=data.draw(st.booleans()),
+        maximum_penny_difference=data.draw(st.sampled_from([D("0.00"), D("0.05")])),
+        maximum_overpayment_or_underpayment=data.draw(st.sampled_from([D("0.00"), D("5.00"), D("500.00")])),
+        cash_discount_administration=data.draw(st.sampled_from(list(CashDiscountAdministration))),
+    )
+    ordered = automatic_order(invoices, parameters, START)
+    everything = settle_payment(pay, invoices, parameters=parameters)
+    stops = [n for n in range(len(ordered) + 1) if not reaches_beyond(pay, ordered[:n], parameters=parameters)]
+    for n in stops:
+        assert settle_payment(pay, ordered[:n], parameters=parameters) == everything
+    if stops:  # and it does not stop before the last debit the payment touches
+        paid = {s.debit_voucher for r in everything for s in r.settlements}
+        assert all(t.voucher not in paid for t in ordered[stops[0] :])

@@ -399,21 +399,9 @@ def settle_payment(
     transactions = list(transactions)
     primary = _credit(credit, NORMAL, parameters, on)
     if marks is None:
-        takes_discounts = credit.transaction_type == "Payment" or parameters.calculate_cash_discounts_for_credit_notes
-        debits = [
-            t
-            for t in transactions
-            if t.is_debit
-            and t.open_amount > 0
-            and t.auto_settle
-            and t.customer_account == credit.customer_account
-            and t.currency == credit.currency
-            and credit.auto_settle  # a credit posted while automatic settlement was off waits for a person
-        ]
-        plan = [
-            (t, NORMAL if takes_discounts else NEVER) for t in automatic_order(debits, parameters, primary.discount_on)
-        ]
-        return _run([primary], plan, on, parameters, keep=[credit.voucher])
+        return _run(
+            [primary], _automatic_plan(primary, transactions, parameters), on, parameters, keep=[credit.voucher]
+        )
     resolved = resolve_marks(
         marks, transactions, credit.customer_account, credit.currency, settling=credit, credits_allowed=credits_allowed
     )
@@ -421,6 +409,43 @@ def settle_payment(
     credits = [*(_credit(t, terms, parameters, t.transaction_date) for t, terms in others), primary]
     plan = marked_order(resolved.debits, parameters, primary.discount_on)
     return _run(credits, plan, on, parameters, resolved.rejected, keep=[credit.voucher])
+
+
+def _automatic_plan(
+    primary: _Credit, transactions: Iterable[OpenTransaction], parameters: SettlementParameters
+) -> list[tuple[OpenTransaction, Terms]]:
+    """The debits automatic settlement offers a credit, in the order it pays them, with the terms it takes."""
+    credit = primary.txn
+    takes_discounts = credit.transaction_type == "Payment" or parameters.calculate_cash_discounts_for_credit_notes
+    debits = [
+        t
+        for t in transactions
+        if t.is_debit
+        and t.open_amount > 0
+        and t.auto_settle
+        and t.customer_account == credit.customer_account
+        and t.currency == credit.currency
+        and credit.auto_settle  # a credit posted while automatic settlement was off waits for a person
+    ]
+    return [(t, NORMAL if takes_discounts else NEVER) for t in automatic_order(debits, parameters, primary.discount_on)]
+
+
+def reaches_beyond(
+    credit: OpenTransaction,
+    first: Iterable[OpenTransaction],
+    settlement_date: date | None = None,
+    parameters: SettlementParameters = DEFAULTS,
+) -> bool:
+    """Whether automatic settlement of `credit` could pay a debit after `first`, the first of the customer's open
+    debits in `automatic_order`: True while its cash is not used up on them. Once it is, the debits after them
+    change nothing (a credit stops where its cash ends, and the over/underpayment rules look only at what it
+    paid), so settle_payment over `first` gives what it gives over all of them."""
+    if not credit.auto_settle:
+        return False  # it pays nothing automatically
+    primary = _credit(credit, NORMAL, parameters, settlement_date or credit.transaction_date)
+    plan = _automatic_plan(primary, first, parameters)
+    _pay(primary, [_Debit(t, terms, t.open_amount, terms.amount_to_settle) for t, terms in plan], parameters)
+    return primary.cash_cap() - primary.used > 0
 
 
 def settle_credit(
