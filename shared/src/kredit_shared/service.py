@@ -484,11 +484,12 @@ class ServiceRuntime:
                 )
             if claimed.fresh:
                 await sub.run(tx, claimed.fresh)
+            rejected = len(tx.rejected)  # not processed, also when redelivered (then _release drops them)
             if tx.rejected:
                 await self._release(tx, sub.topic)
         for rejection in tx.rejected:
             self._log_rejection(sub.topic, rejection)
-        return len(claimed.fresh) - len(tx.rejected)
+        return len(claimed.fresh) - rejected
 
     async def _release(self, tx: Transaction, topic: str) -> None:
         """The messages the handler rejected whole are not processed: their inbox entries go, so a replay
