@@ -31,6 +31,7 @@ import httpx
 from stack import LocalStack, ServiceProcess, header, json_field, render_table, run_tool
 
 from kredit_shared.contracts import topics
+from kredit_shared.outbox import relayed_id
 
 D = Decimal
 ZERO = D("0.00")
@@ -311,7 +312,7 @@ def unique_letters(records: list[Any]) -> list[Any]:
     seen: set[str] = set()
     unique = []
     for record in records:
-        letter = next((v.decode() for k, v in reversed(record.headers or ()) if k == "message-id" and v), None)
+        letter = relayed_id(record.headers)
         if letter is None or letter not in seen:
             seen.add(letter or "")
             unique.append(record)

@@ -83,6 +83,16 @@ def decode_headers(encoded: list[list[Any]]) -> list[Header]:
     return decoded
 
 
+# The relay appends the row's message_id as the record's last header of this name.
+RELAYED_ID_HEADER = "message-id"
+
+
+def relayed_id(headers: Sequence[tuple[str, bytes | None]] | None) -> str | None:
+    """The id the relay published a record under: its last `message-id` header (a dead letter keeps the
+    original record's headers before it). Copies the at-least-once relay sent again share it."""
+    return next((v.decode() for k, v in reversed(headers or ()) if k == RELAYED_ID_HEADER and v), None)
+
+
 def message_row(message: ContractMessage) -> dict[str, Any]:
     """The outbox row of a contract message (a transaction inserts its rows in one statement)."""
     return {
@@ -299,7 +309,7 @@ class OutboxRelay:
         """Enqueue one row. A row the producer can never send (over its size limit) is replaced by a
         truncated dead letter of itself, so one oversized message cannot stop everything behind it."""
         topic = self._settings.topic(row.topic)
-        headers = decode_headers(row.headers) + [("message-id", row.message_id.encode())]
+        headers = decode_headers(row.headers) + [(RELAYED_ID_HEADER, row.message_id.encode())]
         key = row.key.encode() if row.key is not None else None
         try:
             with telemetry.publishing(self._settings.service_name, row.topic, headers) as traced:

@@ -33,6 +33,7 @@ from rich.table import Table
 from kredit_shared.cli.settings import CliSettings
 from kredit_shared.contracts.catalog import REPLAY_HEADER, TOPICS
 from kredit_shared.contracts.topics import dead_letter_topic
+from kredit_shared.outbox import relayed_id
 
 REPLAYS_TOPIC = "kredit.dlq-replays"
 T = TypeVar("T")
@@ -160,7 +161,7 @@ def _once_each(entries: Iterable[Entry]) -> list[Entry]:
     seen: set[tuple[str | None, ...]] = set()
     unique = []
     for entry in entries:
-        letter_id = next((v.decode() for k, v in reversed(entry.headers) if k == "message-id" and v), None)
+        letter_id = relayed_id(entry.headers)
         identity = (letter_id, *(entry.header(f"x-dlq-{h}") for h in ("consumer", "source-partition", "source-offset")))
         if letter_id is None or identity not in seen:
             seen.add(identity)
