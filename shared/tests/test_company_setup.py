@@ -8,13 +8,17 @@ def test_the_demo_company_matches_the_contract():
     setup = load_company_setup()
     assert setup.accounting_currency == "USD"
     # The contract's six accounts; the penny difference and over/underpayment accounts settlement posts to;
-    # interest income and letter fees (credit and collections).
+    # interest income and letter fees (credit and collections); realized exchange gain and loss.
     assert set(setup.main_accounts) == {"110110", "130100", "222200", "401100", "520100", "618900"} | {
         "520200",
         "520300",
         "801100",
         "801200",
+        "710100",
+        "810100",
     }
+    assert setup.exchange_accounts is not None
+    assert (setup.exchange_accounts.realized_gain, setup.exchange_accounts.realized_loss) == ("710100", "810100")
     assert setup.settlement.accounts.model_dump() == {
         "cash_discount": "520100",
         "penny_difference": "520200",

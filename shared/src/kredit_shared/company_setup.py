@@ -6,6 +6,7 @@ message naming the bad field.
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from importlib.resources import files
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kredit_shared.contracts.messages import Percent
+from kredit_shared.currencies import ExchangeRate, rate_on, unsupported_reason
 from kredit_shared.errors import describe_validation_error
 from kredit_shared.money import Amount, Currency
 
@@ -127,6 +129,21 @@ class InterestSetup(_Strict):
     codes: dict[str, InterestCode] = Field(min_length=1)
 
 
+class ExchangeRatePeriod(_Strict):
+    """A rate (accounting-currency units per one unit of the currency) from a date until the next one."""
+
+    from_date: date
+    rate: ExchangeRate
+
+
+class ExchangeAccounts(_Strict):
+    """Where settlement and write-offs post the exchange difference between two rates (D365's
+    *Currency revaluation accounts*, realized)."""
+
+    realized_gain: str
+    realized_loss: str
+
+
 class CompanySetup(_Strict):
     company: str
     accounting_currency: Currency
@@ -145,6 +162,10 @@ class CompanySetup(_Strict):
     # Credit and collections management (collections): optional, the features answer "not set up" without.
     collection_letters: CollectionLetterSetup | None = None
     interest: InterestSetup | None = None
+    # Foreign currencies (docs/currencies.md): the rates a document that states none is booked at, and
+    # where realized exchange differences go. Without the accounts, foreign documents are refused.
+    exchange_rates: dict[Currency, list[ExchangeRatePeriod]] = {}
+    exchange_accounts: ExchangeAccounts | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self) -> CompanySetup:
@@ -186,6 +207,17 @@ class CompanySetup(_Strict):
             account("interest.income_account", interest.income_account)
             if interest.default_code not in interest.codes:
                 raise ValueError(f"interest.default_code: unknown interest code {interest.default_code!r}")
+        if self.exchange_accounts is not None:
+            account("exchange_accounts.realized_gain", self.exchange_accounts.realized_gain)
+            account("exchange_accounts.realized_loss", self.exchange_accounts.realized_loss)
+        for currency, periods in self.exchange_rates.items():
+            if (reason := unsupported_reason(currency)) is not None:
+                raise ValueError(f"exchange_rates.{currency}: {reason}")
+            if currency == self.accounting_currency:
+                raise ValueError(f"exchange_rates.{currency}: the accounting currency is always at rate 1")
+            starts = [p.from_date for p in periods]
+            if len(set(starts)) != len(starts):
+                raise ValueError(f"exchange_rates.{currency}: two rates from the same date")
         bounds = [b.max_days for b in self.aging_buckets]
         if bounds[-1] is not None or any(b is None for b in bounds[:-1]):
             raise ValueError("aging_buckets: only the last bucket may be open-ended, and it must be")
@@ -193,6 +225,12 @@ class CompanySetup(_Strict):
         if inner != sorted(set(inner)):
             raise ValueError("aging_buckets: max_days must increase from bucket to bucket")
         return self
+
+    def exchange_rate(self, currency: str, on: date) -> Decimal | None:
+        """The setup's rate for `currency` on a date (1 for the accounting currency); None: none set up."""
+        if currency == self.accounting_currency:
+            return Decimal(1)
+        return rate_on(self.exchange_rates.get(currency, []), on)
 
     def discount_chain(self, code: str) -> list[CashDiscountCode]:
         """The code followed by its chain of next codes (e.g. 2%5D then 1%14D)."""

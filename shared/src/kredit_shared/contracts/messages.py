@@ -41,6 +41,7 @@ from pydantic import (
 )
 
 from kredit_shared.contracts import topics
+from kredit_shared.currencies import ExchangeRate, check_precision, unsupported_reason
 from kredit_shared.money import Amount, Currency, check_amount_bound
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "CustomerPaymentReceived",
     "CustomerTransactionPosted",
     "DocumentType",
+    "ExchangeRate",
     "GeneralJournalCancelRequested",
     "GeneralJournalLine",
     "GeneralJournalMessage",
@@ -212,6 +214,24 @@ class ContractMessage(BaseModel):
         raise NotImplementedError
 
 
+def _check_document_currency(currency: str, amounts: list[tuple[str, Decimal]]) -> None:
+    """A document from the ERP: its currency can be booked, and no amount has more decimals than it
+    (JPY has none)."""
+    if (reason := unsupported_reason(currency)) is not None:
+        raise ValueError(reason)
+    for what, amount in amounts:
+        check_precision(amount, currency, what)
+
+
+def _without_unset(data: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """Drop the foreign-currency fields while they are unset, so a document in the accounting currency is
+    published exactly as before they existed."""
+    for name in fields:
+        if data.get(name) is None:
+            data.pop(name, None)
+    return data
+
+
 # --- upstream ERP -> invoicing ---------------------------------------------------------------
 
 
@@ -248,6 +268,8 @@ class CustomerInvoiceIssued(ContractMessage):
     cash_discounts: list[CashDiscountTier] | None = Field(default=None, max_length=MAX_LIST_LENGTH)
     lines: list[InvoiceLine] = Field(min_length=1, max_length=MAX_LIST_LENGTH)
     document_type: DocumentType | None = None  # None: Invoice, or CreditNote for a negative total
+    # Accounting-currency units per one unit of `currency`; None: the setup's rate for the invoice date.
+    exchange_rate: ExchangeRate | None = None
 
     @model_validator(mode="after")
     def _totals_within_bounds(self) -> CustomerInvoiceIssued:
@@ -257,7 +279,23 @@ class CustomerInvoiceIssued(ContractMessage):
         check_amount_bound(net, "the invoice's net amount")
         check_amount_bound(tax, "the invoice's sales tax amount")
         check_amount_bound(net + tax, "the invoice's total")
+        _check_document_currency(
+            self.currency,
+            [
+                *((f"lines.{n}.amount", line.amount) for n, line in enumerate(self.lines)),
+                *((f"lines.{n}.sales_tax_amount", line.sales_tax_amount) for n, line in enumerate(self.lines)),
+                *(
+                    (f"cash_discounts.{n}.amount", tier.amount)
+                    for n, tier in enumerate(self.cash_discounts or [])
+                    if tier.amount is not None
+                ),
+            ],
+        )
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_rate(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_unset(handler(self), ("exchange_rate",))
 
     def key(self) -> str:
         return self.customer_account
@@ -292,6 +330,31 @@ class CustomerPaymentReceived(ContractMessage):
     bank_account: Id | None = None  # default from the company setup (110110)
     settle: list[SettleMark] | None = Field(default=None, max_length=MAX_LIST_LENGTH)
     date_to_use_for_calculating_discounts: IsoDate | None = None  # D365's "Selected date"; None: the payment date
+    # Accounting-currency units per one unit of `currency`; None: the setup's rate for the payment date.
+    exchange_rate: ExchangeRate | None = None
+
+    @model_validator(mode="after")
+    def _amounts_fit_the_currency(self) -> CustomerPaymentReceived:
+        _check_document_currency(
+            self.currency,
+            [
+                ("amount", self.amount),
+                *(
+                    (f"settle.{n}.{field}", value)
+                    for n, mark in enumerate(self.settle or [])
+                    for field, value in (
+                        ("amount_to_settle", mark.amount_to_settle),
+                        ("cash_discount_amount", mark.cash_discount_amount),
+                    )
+                    if value is not None
+                ),
+            ],
+        )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_rate(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_unset(handler(self), ("exchange_rate",))
 
     def key(self) -> str:
         return self.customer_account
@@ -301,7 +364,10 @@ class CustomerPaymentReceived(ContractMessage):
 
 
 class CustomerTransactionPosted(ContractMessage):
-    """A posted customer (subledger) transaction. `amount` is signed: debit positive, credit negative."""
+    """A posted customer (subledger) transaction. `amount` is signed: debit positive, credit negative.
+
+    In a foreign currency it also carries the rate it was booked at and its value in the accounting
+    currency (signed like `amount`); both are absent in the accounting currency."""
 
     topic: ClassVar[str] = topics.AR_CUSTOMER_TRANSACTIONS
 
@@ -318,6 +384,17 @@ class CustomerTransactionPosted(ContractMessage):
     cash_discount_account: Id | None = None
     sales_tax_amount: Amount = Decimal("0.00")
     payment_id: Id | None = None
+    exchange_rate: ExchangeRate | None = None
+    accounting_currency_amount: Amount | None = None
+
+    @property
+    def accounting_amount(self) -> Decimal:
+        """The amount in the accounting currency (the amount itself when booked in it)."""
+        return self.amount if self.accounting_currency_amount is None else self.accounting_currency_amount
+
+    @model_serializer(mode="wrap")
+    def _without_unset_rate(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_unset(handler(self), ("exchange_rate", "accounting_currency_amount"))
 
     def key(self) -> str:
         return self.customer_account
@@ -329,7 +406,14 @@ class OpenItemsSettled(ContractMessage):
     The debit's open balance falls by `amount_settled + cash_discount_amount + difference_amount`,
     the credit's rises (towards zero) by `amount_settled`, and the cash discount transaction (if
     any) rises by `cash_discount_amount` (it is settled in full against the debit). Deltas commute,
-    so readers converge in any order. A reversal is the same message with every amount negated."""
+    so readers converge in any order. A reversal is the same message with every amount negated.
+
+    In a foreign currency, the `*_accounting_amount` fields say the same in the accounting currency: the
+    debit's accounting balance falls by `debit_accounting_amount` (at the debit's rate; the rest of it when
+    the debit closes), the credit's rises by `credit_accounting_amount` (at the credit's rate), the cash
+    discount and difference are converted at the credit's rate, and `realized_exchange_loss` (negative: a
+    gain) is what makes them balance: debit = credit + discount + difference + realized loss. All absent
+    in the accounting currency (each then equals its transaction-currency amount, and the loss is 0)."""
 
     topic: ClassVar[str] = topics.AR_SETTLEMENTS
 
@@ -347,14 +431,47 @@ class OpenItemsSettled(ContractMessage):
     # debit was underpaid (it falls by this too), negative when the credit overpaid it (the credit's
     # `amount_settled` includes the overpayment). Posted to the setup's difference account.
     difference_amount: Amount = Decimal("0.00")
+    debit_accounting_amount: Amount | None = None
+    credit_accounting_amount: Amount | None = None
+    cash_discount_accounting_amount: Amount | None = None
+    difference_accounting_amount: Amount | None = None
+    realized_exchange_loss: Amount | None = None
+
+    @property
+    def debit_accounting(self) -> Decimal:
+        """How much the debit's accounting-currency balance falls."""
+        if self.debit_accounting_amount is None:
+            return self.amount_settled + self.cash_discount_amount + self.difference_amount
+        return self.debit_accounting_amount
+
+    @property
+    def credit_accounting(self) -> Decimal:
+        """How much the credit's accounting-currency balance rises."""
+        return self.amount_settled if self.credit_accounting_amount is None else self.credit_accounting_amount
+
+    @property
+    def cash_discount_accounting(self) -> Decimal:
+        if self.cash_discount_accounting_amount is None:
+            return self.cash_discount_amount
+        return self.cash_discount_accounting_amount
 
     @model_serializer(mode="wrap")
     def _without_a_zero_difference(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """A settlement without a difference is published exactly as before the field existed."""
+        """A settlement without a difference, in the accounting currency, is published exactly as before
+        these fields existed."""
         data: dict[str, Any] = handler(self)
         if not self.difference_amount:
             data.pop("difference_amount", None)
-        return data
+        return _without_unset(
+            data,
+            (
+                "debit_accounting_amount",
+                "credit_accounting_amount",
+                "cash_discount_accounting_amount",
+                "difference_accounting_amount",
+                "realized_exchange_loss",
+            ),
+        )
 
     def key(self) -> str:
         return self.customer_account
@@ -364,12 +481,22 @@ class OpenItemsSettled(ContractMessage):
 
 
 class VoucherLine(BaseModel):
+    """`debit` and `credit` are in the voucher's currency (the accounting currency). A line that books a
+    foreign-currency amount also carries it: `transaction_currency` and `transaction_currency_amount`
+    (signed: debit positive), absent in the accounting currency."""
+
     model_config = ConfigDict(extra="ignore", frozen=True)
     account: Id
     debit: Amount = Decimal("0.00")
     credit: Amount = Decimal("0.00")
     text: Text = ""
     customer_account: Id | None = None
+    transaction_currency: Currency | None = None
+    transaction_currency_amount: Amount | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_currency(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_unset(handler(self), ("transaction_currency", "transaction_currency_amount"))
 
 
 class VoucherPosted(ContractMessage):
@@ -395,7 +522,17 @@ class SettledTransactionRef(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     voucher: Voucher
     invoice_id: Id | None = None
-    amount: Amount  # signed like the transaction's open balance it removes
+    amount: Amount  # signed like the transaction's open balance it removes, in the transaction's currency
+    # In a foreign currency: what it removes from the transaction's accounting-currency balance (signed the same).
+    accounting_currency_amount: Amount | None = None
+
+    @property
+    def accounting_amount(self) -> Decimal:
+        return self.amount if self.accounting_currency_amount is None else self.accounting_currency_amount
+
+    @model_serializer(mode="wrap")
+    def _without_unset_currency(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_unset(handler(self), ("accounting_currency_amount",))
 
 
 class GeneralJournalLine(BaseModel):
@@ -414,6 +551,13 @@ class GeneralJournalLine(BaseModel):
     # anywhere = the whole journal is one voucher. A write-off groups each customer line with its
     # write-off account lines, so every written-off transaction gets a voucher of its own.
     voucher_group: Voucher | None = None
+    # `debit`/`credit` are in `currency`; ledger-posting books them in the accounting currency at this rate
+    # (None: 1 in the accounting currency, else the setup's rate for the transaction date).
+    exchange_rate: ExchangeRate | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_rate(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_unset(handler(self), ("exchange_rate",))
 
 
 class GeneralJournalRequested(ContractMessage):
