@@ -44,17 +44,19 @@ principal ledger-posting "${KAFKA_LEDGER_POSTING_PASSWORD:?}"
 principal erp "${KAFKA_ERP_PASSWORD:?}"
 
 for name in erp.customer-invoices erp.customer-payments ar.customer-transactions ar.settlements \
-    gl.journal-lines gl.general-journals gl.journal-events; do
+    gl.journal-lines gl.general-journals gl.journal-events gl.exchange-rates; do
   topic "$name"
 done
 
 consumes invoicing erp.customer-invoices
+consumes invoicing gl.exchange-rates
 produces invoicing ar.customer-transactions
 produces invoicing gl.journal-lines
 
 consumes settlement erp.customer-payments
 consumes settlement ar.customer-transactions
 consumes settlement gl.journal-events
+consumes settlement gl.exchange-rates
 produces settlement ar.customer-transactions
 produces settlement ar.settlements
 produces settlement gl.journal-lines
@@ -62,12 +64,14 @@ produces settlement gl.journal-lines
 consumes collections ar.customer-transactions
 consumes collections ar.settlements
 consumes collections gl.journal-events
+consumes collections gl.exchange-rates
 produces collections gl.general-journals
 produces collections erp.customer-invoices
 
 consumes ledger-posting gl.journal-lines
 consumes ledger-posting gl.general-journals
 produces ledger-posting gl.journal-events
+produces ledger-posting gl.exchange-rates
 
 produces erp erp.customer-invoices
 produces erp erp.customer-payments

@@ -617,9 +617,10 @@ KAFKA_DIR = ROOT / "deploy" / "kafka"
 # Who may do what on Kafka: each service consumes its inputs (and dead-letters to their .dlq topics)
 # and produces its outputs; the ERP only writes erp.*.
 CONSUMES = {
-    "invoicing": {"erp.customer-invoices"},
-    "settlement": {"erp.customer-payments", "ar.customer-transactions", "gl.journal-events"},
-    "collections": {"ar.customer-transactions", "ar.settlements", "gl.journal-events"},
+    # every service but the ledger keeps the exchange rates set over ledger-posting's API
+    "invoicing": {"erp.customer-invoices", "gl.exchange-rates"},
+    "settlement": {"erp.customer-payments", "ar.customer-transactions", "gl.journal-events", "gl.exchange-rates"},
+    "collections": {"ar.customer-transactions", "ar.settlements", "gl.journal-events", "gl.exchange-rates"},
     "ledger-posting": {"gl.journal-lines", "gl.general-journals"},
     "erp": set(),
 }
@@ -627,7 +628,7 @@ PRODUCES = {
     "invoicing": {"ar.customer-transactions", "gl.journal-lines"},
     "settlement": {"ar.customer-transactions", "ar.settlements", "gl.journal-lines"},
     "collections": {"gl.general-journals", "erp.customer-invoices"},  # interest notes and fees through invoicing
-    "ledger-posting": {"gl.journal-events"},
+    "ledger-posting": {"gl.journal-events", "gl.exchange-rates"},
     "erp": {"erp.customer-invoices", "erp.customer-payments"},
 }
 

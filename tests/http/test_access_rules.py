@@ -103,6 +103,8 @@ POLICY: dict[str, dict[str, Any]] = {
         "GET /api/v1/ledger-entries": (V, EXPENSIVE),
         "GET /api/v1/trial-balance": (V, EXPENSIVE),
         "GET /api/v1/accounts": V,
+        "GET /api/v1/exchange-rates": V,
+        "PUT /api/v1/exchange-rates/{currency}/{from_date}": A,  # the rates foreign documents are booked at
     },
 }
 EVERY_SERVICE = {
@@ -132,9 +134,10 @@ BODIES: dict[str, dict[str, Any]] = {
     "GET /api/v1/invoices": {"params": {"customer_account": "X1"}},
     "GET /api/v1/settlements": {"params": {"customer_account": "X1"}},
     "GET /api/v1/ledger-entries": {"params": {"account": "130100"}},
+    "PUT /api/v1/exchange-rates/{currency}/{from_date}": {"json": {"rate": "1.10"}},
     "POST /customers/{account}/write-off": {"data": {"scope": "all"}},
 }
-PATH_VALUES = {"name": "app.css"}  # any other path parameter gets "X1"
+PATH_VALUES = {"name": "app.css", "currency": "EUR", "from_date": "2026-01-01"}  # any other path parameter gets "X1"
 
 CREATE = {
     "collections": (create_collections, CollectionsSettings),

@@ -30,15 +30,20 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, Table, create_engine, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kredit_shared import audit, inbox, outbox
+from kredit_shared import audit, exchange_rates, inbox, outbox
 from kredit_shared.database import SCHEMA_LOCK_KEY, table_of
 
 log = logging.getLogger(__name__)
 
 INITIAL_REVISION = "0001"
 
-# The tables every service has besides its own: the outbox, the inbox and the audit trail.
-SHARED_TABLES = [table_of(outbox.OutboxMessage), table_of(inbox.ProcessedMessage), table_of(audit.AuditEntry)]
+# The tables every service has besides its own: the outbox, the inbox, the audit trail and the exchange rates.
+SHARED_TABLES = [
+    table_of(outbox.OutboxMessage),
+    table_of(inbox.ProcessedMessage),
+    table_of(audit.AuditEntry),
+    table_of(exchange_rates.ExchangeRateRow),
+]
 
 
 class SchemaError(Exception):

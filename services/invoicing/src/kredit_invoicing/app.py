@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from kredit_invoicing import api, handlers
 from kredit_invoicing.settings import InvoicingSettings
 from kredit_invoicing.tables import TABLES
+from kredit_shared import exchange_rates
 from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
@@ -29,6 +30,7 @@ def create_app(settings: InvoicingSettings | None = None) -> FastAPI:
         ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued.model_validate_json, partial(handlers.issue_invoices, setup=setup)
     )
     runtime.publishes(AR_CUSTOMER_TRANSACTIONS, GL_JOURNAL_LINES)
+    exchange_rates.subscribe(runtime)  # rates set over ledger-posting's API
     return runtime.http_app("Kredit invoicing", routers=[api.router])
 
 

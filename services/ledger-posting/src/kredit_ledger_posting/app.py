@@ -6,11 +6,12 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from kredit_ledger_posting import api, handlers
+from kredit_ledger_posting import api, exchange_rates_api, handlers
 from kredit_ledger_posting.settings import LedgerPostingSettings
 from kredit_ledger_posting.tables import TABLES
 from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import (
+    GL_EXCHANGE_RATES,
     GL_GENERAL_JOURNALS,
     GL_JOURNAL_EVENTS,
     GL_JOURNAL_LINES,
@@ -33,8 +34,9 @@ def create_app(settings: LedgerPostingSettings | None = None) -> FastAPI:
         general_journal_adapter.validate_json,
         partial(handlers.on_general_journal_message, setup=setup),
     )
-    runtime.publishes(GL_JOURNAL_EVENTS)
-    app = runtime.http_app("Kredit ledger-posting", routers=[api.router])
+    # Exchange rates set over HTTP: kept in its own table by the route itself, published for the others.
+    runtime.publishes(GL_JOURNAL_EVENTS, GL_EXCHANGE_RATES)
+    app = runtime.http_app("Kredit ledger-posting", routers=[api.router, exchange_rates_api.router])
     app.state.setup = setup
     return app
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, Response
 from kredit_settlement import api, handlers, tables
 from kredit_settlement.handlers import Postings
 from kredit_settlement.settings import SettlementSettings
+from kredit_shared import exchange_rates
 from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
@@ -45,6 +46,7 @@ def create_app(settings: SettlementSettings | None = None) -> FastAPI:
     )
     runtime.publishes(AR_CUSTOMER_TRANSACTIONS, AR_SETTLEMENTS, GL_JOURNAL_LINES)
 
+    exchange_rates.subscribe(runtime)  # rates set over ledger-posting's API
     app = runtime.http_app("Kredit settlement", routers=[api.router])
 
     @app.middleware("http")

@@ -79,6 +79,12 @@ TOPICS: dict[str, TopicContract] = {
             },
             m.JournalEvent,
         ),
+        TopicContract(
+            topics.GL_EXCHANGE_RATES,
+            "Exchange rates set over ledger-posting's HTTP API; every service books foreign documents at them.",
+            {m.ExchangeRateSet: "currency"},
+            m.ExchangeRateSet,
+        ),
     )
 }
 

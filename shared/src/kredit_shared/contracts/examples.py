@@ -160,5 +160,12 @@ EXAMPLES: dict[type[m.ContractMessage], m.ContractMessage] = {
             batch_number="WOJ-000001",
             reason="journal WOJ-000001 is already posted (posting date 2015-09-30)",
         ),
+        m.ExchangeRateSet(
+            message_id=_id("ExchangeRateSet"),
+            currency="EUR",
+            from_date=date(2015, 6, 1),
+            rate=Decimal("1.10"),
+            set_by="local-accountant",
+        ),
     )
 }

@@ -54,6 +54,7 @@ __all__ = [
     "CustomerTransactionPosted",
     "DocumentType",
     "ExchangeRate",
+    "ExchangeRateSet",
     "GeneralJournalCancelRequested",
     "GeneralJournalLine",
     "GeneralJournalMessage",
@@ -668,3 +669,22 @@ JournalEvent = Annotated[
     Field(discriminator="event_type"),
 ]
 journal_event_adapter: TypeAdapter[JournalEvent] = TypeAdapter(JournalEvent)
+
+
+# --- ledger-posting -> every service: exchange rates set over HTTP (docs/currencies.md) ---------------
+
+
+class ExchangeRateSet(ContractMessage):
+    """A rate for `currency` from `from_date` on (until the next rate of the currency starts), set over
+    ledger-posting's HTTP API. It wins over the company setup's rate for the same currency and date.
+    Keyed by currency, so a currency's changes arrive in the order they were made."""
+
+    topic: ClassVar[str] = topics.GL_EXCHANGE_RATES
+
+    currency: Currency
+    from_date: IsoDate
+    rate: ExchangeRate
+    set_by: Subject | None = None
+
+    def key(self) -> str:
+        return self.currency

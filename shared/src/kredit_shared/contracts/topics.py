@@ -7,6 +7,7 @@ AR_SETTLEMENTS = "ar.settlements"
 GL_JOURNAL_LINES = "gl.journal-lines"
 GL_GENERAL_JOURNALS = "gl.general-journals"
 GL_JOURNAL_EVENTS = "gl.journal-events"
+GL_EXCHANGE_RATES = "gl.exchange-rates"
 
 ALL_TOPICS = (
     ERP_CUSTOMER_INVOICES,
@@ -16,6 +17,7 @@ ALL_TOPICS = (
     GL_JOURNAL_LINES,
     GL_GENERAL_JOURNALS,
     GL_JOURNAL_EVENTS,
+    GL_EXCHANGE_RATES,
 )
 
 
