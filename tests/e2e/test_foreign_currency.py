@@ -1,0 +1,150 @@
+"""Foreign currencies end to end through the contract (docs/currencies.md): ERP messages in, HTTP out, the four
+services on the real broker.
+
+The worked example is Dynamics 365's *Cash discounts*, "Example: Exchange rates for cash discounts": the company
+books in USD; an invoice of EUR 1,000.00 at 1.10 (D365: 110 per 100) with a 2 % discount, paid with EUR 980.00
+at 0.80 inside the discount period. The discount is EUR 20.00, converted at the payment's rate: USD 16.00."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, dead_letter_topic
+from kredit_shared.testing import TopicProbe, eventually
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+D = Decimal
+
+
+async def balances(stack) -> dict[str, Decimal]:
+    return {account: D(row["balance"]) for account, row in (await stack.trial_balance()).items()}
+
+
+def moved(before: dict[str, Decimal], after: dict[str, Decimal]) -> dict[str, Decimal]:
+    """What each account moved by between two trial balances (accounts that did not move left out)."""
+    return {a: after.get(a, D(0)) - before.get(a, D(0)) for a in after if after.get(a, D(0)) != before.get(a, D(0))}
+
+
+async def settled_in_ledger(stack, before: dict[str, Decimal], expected: dict[str, Decimal]) -> dict[str, Decimal]:
+    async def reached():
+        now = moved(before, await balances(stack))
+        return now if now == expected else None
+
+    try:
+        return await eventually(reached, timeout=30)
+    except TimeoutError:  # say what the ledger holds instead
+        assert moved(before, await balances(stack)) == expected
+        raise
+
+
+async def test_the_d365_example_books_the_discount_at_the_payments_rate_and_the_realized_loss(stack):
+    before = await balances(stack)
+    await stack.erp_invoice(
+        invoice_id="FX-1001",
+        customer_account="FX-4001",
+        invoice_date="2026-03-02",
+        currency="EUR",
+        exchange_rate="1.10",
+        payment_terms="Net30",
+        cash_discounts=[{"percent": "2.00", "date": "2026-03-12"}],
+        lines=[{"description": "Goods", "amount": "1000.00"}],
+    )
+    await settled_in_ledger(stack, before, {"130100": D("1100.00"), "401100": D("-1100.00")})
+    await stack.wait_until_open_in_settlement("FX-4001", "FTI-FX-1001")
+
+    after_invoice = await balances(stack)
+    await stack.erp_payment(
+        payment_id="FX-P-1001",
+        customer_account="FX-4001",
+        payment_date="2026-03-06",
+        amount="980.00",
+        currency="EUR",
+        exchange_rate="0.80",
+        settle=[{"invoice_id": "FX-1001"}],
+    )
+    # bank +784.00, cash discount 16.00, realized loss 300.00; the receivable is cleared.
+    await settled_in_ledger(
+        stack,
+        after_invoice,
+        {"110110": D("784.00"), "520100": D("16.00"), "810100": D("300.00"), "130100": D("-1100.00")},
+    )
+
+    # The customer page: the transaction currency as the contract has it, and the accounting currency beside it.
+    rows = await stack.wait_for_transactions(
+        "FX-4001", lambda rows: len(rows) >= 3 and all(D(r["balance"]) == 0 for r in rows)
+    )
+    by_type = {r["type"]: r for r in rows}
+    invoice = by_type["Invoice"]
+    assert (invoice["currency"], D(invoice["debit"]), D(invoice["accounting_currency_amount"])) == (
+        "EUR",
+        D("1000.00"),
+        D("1100.00"),
+    )
+    assert D(by_type["Payment"]["credit"]) == D("980.00")
+    assert D(by_type["Payment"]["accounting_currency_amount"]) == D("-784.00")
+    assert D(by_type["CashDiscount"]["credit"]) == D("20.00")
+    assert D(by_type["CashDiscount"]["accounting_currency_amount"]) == D("-16.00")
+    assert all(D(r["accounting_currency_balance"]) == 0 for r in rows)
+
+
+async def test_a_rate_set_over_http_books_a_document_that_states_none(stack):
+    answer = await stack.ledger.put("/api/v1/exchange-rates/GBP/2026-01-01", json={"rate": "1.25"})
+    assert answer.status_code == 200, answer.text
+    listed = (await stack.ledger.get("/api/v1/exchange-rates", params={"currency": "GBP"})).json()
+    assert [(r["currency"], r["from_date"], r["rate"], r["source"]) for r in listed["rates"]] == [
+        ("GBP", "2026-01-01", "1.25", "api")
+    ]
+
+    # The rate reaches invoicing on gl.exchange-rates; an invoice that overtakes it is dead-lettered (and
+    # could be replayed), so the test sends a new one until one is booked.
+    dlq = stack.topic_prefix + dead_letter_topic(ERP_CUSTOMER_INVOICES)
+    async with TopicProbe(stack.bootstrap_servers, [dlq]) as probe:
+        for attempt in range(20):
+            before = await balances(stack)
+            invoice_id = f"FX-GBP-{attempt}"
+            await stack.erp_invoice(
+                invoice_id=invoice_id,
+                customer_account="FX-4002",
+                invoice_date="2026-02-01",
+                currency="GBP",
+                lines=[{"amount": "200.00"}],
+            )
+
+            async def booked_or_refused(invoice_id=invoice_id, before=before):
+                if moved(before, await balances(stack)):
+                    return "booked"
+                await probe.settle(0.1)  # read what has arrived on the dead-letter topic
+                refused = any(json.loads(r.value).get("invoice_id") == invoice_id for r in probe.records)
+                return "refused" if refused else None
+
+            if await eventually(booked_or_refused, timeout=20) == "booked":
+                break
+        else:
+            raise AssertionError("invoicing never booked a GBP invoice at the rate set over HTTP")
+    assert moved(before, await balances(stack)) == {"130100": D("250.00"), "401100": D("-250.00")}
+
+
+async def test_a_rate_for_the_accounting_currency_is_refused(stack):
+    answer = await stack.ledger.put("/api/v1/exchange-rates/USD/2026-01-01", json={"rate": "1.25"})
+    assert answer.status_code == 422 and "accounting currency" in answer.text
+    answer = await stack.ledger.put("/api/v1/exchange-rates/KWD/2026-01-01", json={"rate": "3.25"})
+    assert answer.status_code == 422 and "3 decimal places" in answer.text
+
+
+async def test_a_foreign_invoice_without_any_rate_is_dead_lettered_with_the_reason(stack):
+    dlq = stack.topic_prefix + dead_letter_topic(ERP_CUSTOMER_INVOICES)
+    async with TopicProbe(stack.bootstrap_servers, [dlq]) as probe:
+        await stack.erp_invoice(
+            invoice_id="FX-CHF-1",
+            customer_account="FX-4003",
+            invoice_date="2026-02-01",
+            currency="CHF",
+            lines=[{"amount": "100.00"}],
+        )
+        [letter] = await probe.wait_for(lambda r: json.loads(r.value).get("invoice_id") == "FX-CHF-1", timeout=20)
+    assert "states no exchange_rate" in letter.headers["x-dlq-reason"]
+    assert "CHF" in letter.headers["x-dlq-reason"]
