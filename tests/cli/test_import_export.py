@@ -154,3 +154,18 @@ async def test_the_export_without_a_token_says_how_to_get_one(kafka, tmp_path):
         code, output = await kredit(env, tmp_path, "export", "aged-balances", "--as-of", "2015-03-31", "-")
     assert code == 1
     assert "answered 401" in output and "KREDIT_TOKEN" in output
+
+
+def test_an_opening_balance_in_a_foreign_currency_keeps_the_rate_the_old_system_booked_it_at():
+    from decimal import Decimal
+
+    import pytest
+    from pydantic import ValidationError
+
+    from kredit_shared.cli.imports import invoice_of
+
+    row = {"invoice_id": "OB-7", "customer_account": "DE-1", "invoice_date": "2026-01-31", "currency": "EUR"}
+    assert invoice_of(row | {"amount": "100.00", "exchange_rate": "1.10"}).exchange_rate == Decimal("1.10")
+    assert invoice_of(row | {"amount": "100.00", "exchange_rate": ""}).exchange_rate is None
+    with pytest.raises(ValidationError, match="exchange_rate"):
+        invoice_of(row | {"amount": "100.00", "exchange_rate": "1,10"})

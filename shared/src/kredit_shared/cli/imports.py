@@ -5,11 +5,13 @@ One row per open invoice; the header row names the columns (any order):
 
     invoice_id, customer_account, invoice_date, currency, amount          required
     customer_name, due_date, payment_terms, sales_tax_amount, description,
-    revenue_account                                                       optional
+    revenue_account, exchange_rate                                        optional
 
 `amount` is what is open (net of sales tax; negative for an open credit note). The ledger side of
 each invoice goes to `revenue_account` (default: the setup's revenue account): at go-live, name
-your opening-balance account there, so the old system's revenue is not booked twice.
+your opening-balance account there, so the old system's revenue is not booked twice. An invoice in
+a foreign currency is booked at its `exchange_rate` (accounting-currency units per unit; empty: the
+rate set for its date), so give the rate the old system booked it at (docs/currencies.md).
 
 A row the contract refuses is listed with its reason and not published; the others are. Each
 message_id is derived from the invoice id, so importing a file again changes nothing. What the
@@ -51,6 +53,7 @@ OPTIONAL = (
     "sales_tax_amount",
     "description",
     "revenue_account",
+    "exchange_rate",
 )
 LINE_FIELDS = ("amount", "sales_tax_amount", "description", "revenue_account")  # the invoice's one line
 _NAMESPACE = uuid.UUID("6b726564-6974-4f70-656e-696e67000000")
