@@ -9,16 +9,19 @@ import csv
 import os
 import sys
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import uvicorn
+from pydantic import ValidationError
 
 from kredit_collections.app import create_app as collections_app
 from kredit_collections.settings import CollectionsSettings
 from kredit_invoicing.app import create_app as invoicing_app
 from kredit_invoicing.settings import InvoicingSettings
 from kredit_shared.auth import Role
+from kredit_shared.cli.imports import invoice_of
 from kredit_shared.testing import eventually, free_port, isolated_kafka, serve, token_header
 
 pytestmark = pytest.mark.slow  # runs the `kredit` CLI as processes
@@ -157,13 +160,6 @@ async def test_the_export_without_a_token_says_how_to_get_one(kafka, tmp_path):
 
 
 def test_an_opening_balance_in_a_foreign_currency_keeps_the_rate_the_old_system_booked_it_at():
-    from decimal import Decimal
-
-    import pytest
-    from pydantic import ValidationError
-
-    from kredit_shared.cli.imports import invoice_of
-
     row = {"invoice_id": "OB-7", "customer_account": "DE-1", "invoice_date": "2026-01-31", "currency": "EUR"}
     assert invoice_of(row | {"amount": "100.00", "exchange_rate": "1.10"}).exchange_rate == Decimal("1.10")
     assert invoice_of(row | {"amount": "100.00", "exchange_rate": ""}).exchange_rate is None
