@@ -244,7 +244,11 @@ BAD_INVOICES = {  # what the ERP sends -> the reason in the dead letter's x-dlq-
         {"invoice_date": "25/06/2015"},
         "invalid message: invoice_date: '25/06/2015' is not an ISO date YYYY-MM-DD",
     ),
-    "B10": ({"currency": "EUR"}, "invoice B10: currency EUR is not the accounting currency USD"),
+    "B10": (
+        {"currency": "EUR"},
+        "invoice B10 is in EUR and states no exchange_rate, and there is no EUR rate for 2015-06-25 "
+        "(send exchange_rate, or set a rate: docs/currencies.md)",
+    ),
 }
 
 
