@@ -27,7 +27,7 @@ from kredit_shared.currencies import (
     to_accounting,
     unsupported_reason,
 )
-from kredit_shared.money import ZERO, check_amount_bound, round_money
+from kredit_shared.money import MAX_AMOUNT, ZERO, round_money
 
 SEQUENCE_DIGITS = 6  # "WOJ-000001"
 UNKNOWN_ACCOUNT_NAME = "(not in the chart of accounts)"
@@ -254,10 +254,11 @@ def _check_journal_lines(
                 raise error(
                     f"{where} line {n}: {amount} {line.currency} at the exchange rate {rate:f} is 0.00 {accounting}"
                 )
-            try:
-                check_amount_bound(debit or credit, f"{amount} {line.currency} at the exchange rate {rate:f}")
-            except ValueError as e:
-                raise error(f"{where} line {n}: {e}") from None
+            if (value := debit or credit) > MAX_AMOUNT:
+                raise error(
+                    f"{where} line {n}: {amount} {line.currency} at the exchange rate {rate:f} is {value} "
+                    f"{accounting}, more than the largest amount {MAX_AMOUNT}"
+                )
         booked.append(_Booked(rate=rate, debit=debit, credit=credit, foreign=foreign))
     return booked
 
