@@ -216,7 +216,9 @@ def test_a_jpy_invoice_with_decimals_is_a_validation_error():
 def test_a_total_worth_nothing_or_too_much_in_the_accounting_currency_is_rejected():
     with pytest.raises(InvoiceRejected, match=r"the total 1(\.00)? JPY at the exchange rate 0\.001 is 0\.00 USD"):
         post_invoice(invoice(currency="JPY", exchange_rate="0.001", lines=[{"description": "x", "amount": "1"}]), SETUP)
-    with pytest.raises(InvoiceRejected, match="at the exchange rate 10, 9999999999999990.00 USD is more than the largest amount"):
+    with pytest.raises(
+        InvoiceRejected, match="at the exchange rate 10, 9999999999999990.00 USD is more than the largest amount"
+    ):
         post_invoice(invoice(exchange_rate="10", lines=[{"description": "x", "amount": "999999999999999.00"}]), SETUP)
 
 
@@ -231,9 +233,7 @@ def foreign_invoices(draw: st.DrawFn) -> tuple[CustomerInvoiceIssued, Decimal]:
     currency = draw(CURRENCIES)
     places = 0 if currency == "JPY" else 2
     sign = draw(st.sampled_from([1, -1]))
-    amounts = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("100000"), places=places).filter(
-        lambda a: a > 0
-    )
+    amounts = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("100000"), places=places).filter(lambda a: a > 0)
     lines = []
     for _ in range(draw(st.integers(1, 6))):
         amount = draw(amounts)
@@ -271,7 +271,11 @@ def test_every_foreign_invoice_voucher_balances_in_the_accounting_currency(case)
     assert all(line.debit >= 0 and line.credit >= 0 and (line.debit == 0 or line.credit == 0) for line in lines)
     assert all(line.debit or line.credit for line in lines)
     # each line's accounting amount is its own conversion, but for the one that absorbed the rounding
-    off = [line for line in lines if line.debit - line.credit != to_accounting(line.transaction_currency_amount, rate, "USD")]
+    off = [
+        line
+        for line in lines
+        if line.debit - line.credit != to_accounting(line.transaction_currency_amount, rate, "USD")
+    ]
     assert len(off) <= 1 and all(line.account in ("401100", "402100") for line in off)
 
 

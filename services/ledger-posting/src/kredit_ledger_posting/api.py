@@ -66,7 +66,9 @@ class JournalSummary(BaseModel):
 
     @classmethod
     def of(cls, row: JournalRow, accounting_currency: str) -> JournalSummary:
-        lines = [_in_accounting_currency(PostedJournalLine.model_validate(line), accounting_currency) for line in row.lines]
+        lines = [
+            _in_accounting_currency(PostedJournalLine.model_validate(line), accounting_currency) for line in row.lines
+        ]
         return cls(
             batch_number=row.batch_number,
             journal_name=row.journal_name,

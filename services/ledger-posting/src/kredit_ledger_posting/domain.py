@@ -17,7 +17,6 @@ from kredit_shared.contracts import (
     GeneralJournalRequested,
     JournalPosted,
     PostedJournalLine,
-    VoucherLine,
     VoucherPosted,
 )
 from kredit_shared.currencies import (

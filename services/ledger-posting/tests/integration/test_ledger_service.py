@@ -377,8 +377,18 @@ async def test_foreign_currency_lines_keep_their_currency_and_a_eur_journal_post
     async with serve(create_app(settings)) as client, TopicProbe(kafka.bootstrap_servers, [events, dlq]) as probe:
         invoice = voucher("FTI-E1", *INVOICE) | {
             "lines": [
-                {"account": "130100", "debit": "1100.00", "transaction_currency": "EUR", "transaction_currency_amount": "1000.00"},
-                {"account": "401100", "credit": "1100.00", "transaction_currency": "EUR", "transaction_currency_amount": "-1000.00"},
+                {
+                    "account": "130100",
+                    "debit": "1100.00",
+                    "transaction_currency": "EUR",
+                    "transaction_currency_amount": "1000.00",
+                },
+                {
+                    "account": "401100",
+                    "credit": "1100.00",
+                    "transaction_currency": "EUR",
+                    "transaction_currency_amount": "-1000.00",
+                },
             ]
         }
         await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), invoice)

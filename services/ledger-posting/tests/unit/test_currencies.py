@@ -48,7 +48,12 @@ def voucher(*lines: dict, currency: str = "USD") -> VoucherPosted:
 
 EUR_INVOICE = (
     {"account": "130100", "debit": "1100.00", "transaction_currency": "EUR", "transaction_currency_amount": "1000.00"},
-    {"account": "401100", "credit": "1100.00", "transaction_currency": "EUR", "transaction_currency_amount": "-1000.00"},
+    {
+        "account": "401100",
+        "credit": "1100.00",
+        "transaction_currency": "EUR",
+        "transaction_currency_amount": "-1000.00",
+    },
 )
 
 
@@ -82,7 +87,9 @@ def test_voucher_lines_keep_their_transaction_currency_and_amount():
         ("130100", "1100.00", "0.00", "USD", "EUR", Decimal("1000.00")),
         ("401100", "0.00", "1100.00", "USD", "EUR", Decimal("-1000.00")),
     ]
-    plain = entries_for_voucher(voucher({"account": "130100", "debit": "1"}, {"account": "401100", "credit": "1"}), DEMO)
+    plain = entries_for_voucher(
+        voucher({"account": "130100", "debit": "1"}, {"account": "401100", "credit": "1"}), DEMO
+    )
     assert [(e.transaction_currency, e.transaction_currency_amount) for e in plain] == [(None, None)] * 2
 
 
@@ -97,7 +104,10 @@ def test_a_voucher_is_still_in_the_accounting_currency_and_its_line_currency_com
 def test_an_accounting_currency_voucher_has_the_fingerprint_it_had_before():
     # the new line fields are absent from its content, so a voucher posted before them is the same voucher
     usd = voucher({"account": "130100", "debit": "1"}, {"account": "401100", "credit": "1"})
-    assert all(set(line) == {"account", "debit", "credit", "text", "customer_account"} for line in usd.model_dump(mode="json")["lines"])
+    assert all(
+        set(line) == {"account", "debit", "credit", "text", "customer_account"}
+        for line in usd.model_dump(mode="json")["lines"]
+    )
     assert voucher_fingerprint(usd) != voucher_fingerprint(voucher(*EUR_INVOICE))
 
 
@@ -127,7 +137,10 @@ def test_a_line_without_a_rate_takes_the_rate_for_its_date_when_the_journal_open
     assert [line.exchange_rate for line in opened.lines] == [Decimal("1.25")] * 2
     # posted later at that rate, whatever the rates are by then
     _, entries = post_journal(opened, EUR_SETUP, rates=Rates("USD", {}))
-    assert [(e.debit, e.credit) for e in entries] == [(Decimal("0.00"), Decimal("875.00")), (Decimal("875.00"), Decimal("0.00"))]
+    assert [(e.debit, e.credit) for e in entries] == [
+        (Decimal("0.00"), Decimal("875.00")),
+        (Decimal("875.00"), Decimal("0.00")),
+    ]
     # rates loaded by the handler (e.g. set over HTTP) are used as given
     later = Rates("USD", {"EUR": EUR_SETUP.exchange_rates["EUR"] + []})
     assert open_journal(write_off(), DEMO, 1, 1, later).lines[0].exchange_rate == Decimal("1.25")
@@ -148,14 +161,33 @@ def test_accounting_currency_lines_post_exactly_as_before_and_may_not_state_anot
     usd = journal(*({**line.model_dump(mode="json"), "currency": "USD"} for line in usd.lines))
     opened = open_journal(usd, DEMO, 1, 1)
     assert all(line.exchange_rate is None for line in opened.lines)
-    assert all("exchange_rate" not in line for line in journal_posted_event(post_journal(opened, DEMO)[0]).model_dump(mode="json")["lines"])
+    assert all(
+        "exchange_rate" not in line
+        for line in journal_posted_event(post_journal(opened, DEMO)[0]).model_dump(mode="json")["lines"]
+    )
     _, entries = post_journal(opened, DEMO)
     assert booked(entries) == [
         ("130100", "0.00", "700.00", "USD", None, None),
         ("618900", "700.00", "0.00", "USD", None, None),
     ]
-    with pytest.raises(InvalidJournalRequest, match="line 1: the line is in the accounting currency USD; its exchange_rate must be 1, not 1.10"):
-        open_journal(journal({"account_type": "Ledger", "account": "618900", "debit": "1", "currency": "USD", "exchange_rate": "1.10"}), DEMO, 1, 1)
+    with pytest.raises(
+        InvalidJournalRequest,
+        match="line 1: the line is in the accounting currency USD; its exchange_rate must be 1, not 1.10",
+    ):
+        open_journal(
+            journal(
+                {
+                    "account_type": "Ledger",
+                    "account": "618900",
+                    "debit": "1",
+                    "currency": "USD",
+                    "exchange_rate": "1.10",
+                }
+            ),
+            DEMO,
+            1,
+            1,
+        )
 
 
 def test_a_journal_balanced_in_eur_must_also_balance_in_usd():
@@ -191,7 +223,10 @@ def test_a_foreign_line_may_balance_against_accounting_currency_lines():
     [
         ({"currency": "JPY", "debit": "10.50"}, "line 1: debit 10.50 JPY: the currency has no decimals"),
         ({"currency": "KWD", "debit": "10.00"}, "line 1: currency KWD has 3 decimal places"),
-        ({"currency": "JPY", "debit": "1", "exchange_rate": "0.001"}, "line 1: 1.00 JPY at the exchange rate 0.001 is 0.00 USD"),
+        (
+            {"currency": "JPY", "debit": "1", "exchange_rate": "0.001"},
+            "line 1: 1.00 JPY at the exchange rate 0.001 is 0.00 USD",
+        ),
         (
             {"debit": "999999999999999.00", "exchange_rate": "10"},
             "line 1: 999999999999999.00 EUR at the exchange rate 10 is 9999999999999990.00 USD, more than the largest",
@@ -200,7 +235,9 @@ def test_a_foreign_line_may_balance_against_accounting_currency_lines():
 )
 def test_a_foreign_line_that_cannot_be_booked_is_refused(line, reason):
     with pytest.raises(InvalidJournalRequest, match=reason):
-        open_journal(journal({"account_type": "Ledger", "account": "618900", "exchange_rate": "1.10"} | line), DEMO, 1, 1)
+        open_journal(
+            journal({"account_type": "Ledger", "account": "618900", "exchange_rate": "1.10"} | line), DEMO, 1, 1
+        )
 
 
 @given(
