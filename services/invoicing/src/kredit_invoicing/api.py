@@ -9,13 +9,13 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_invoicing.tables import DiscountTierRow, InvoiceLineRow, InvoiceRow, VoucherLineRow
 from kredit_shared.auth import Role, require
-from kredit_shared.contracts import Id
+from kredit_shared.contracts import ExchangeRate, Id
 from kredit_shared.money import CENT, Amount
 from kredit_shared.service import SessionDep
 
@@ -36,12 +36,27 @@ class DiscountTierOut(BaseModel):
     amount: Amount
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+# Foreign-currency fields are left out in the accounting currency: those responses stay as they were.
+def _foreign(description: str) -> Any:
+    return Field(default=None, exclude_if=_is_none, description=description)
+
+
 class VoucherLineOut(BaseModel):
+    """A line of the invoice voucher; `debit` and `credit` are in the accounting currency."""
+
     account: str
     debit: Amount
     credit: Amount
     text: str
     customer_account: str | None
+    transaction_currency: str | None = _foreign("the invoice's currency, when it is not the accounting currency")
+    transaction_currency_amount: Amount | None = _foreign(
+        "the line in the invoice's currency, signed (debit positive); only in a foreign currency"
+    )
 
 
 class InvoiceOut(BaseModel):
@@ -62,6 +77,10 @@ class InvoiceOut(BaseModel):
     net_amount: Amount
     sales_tax_amount: Amount
     total: Amount
+    exchange_rate: ExchangeRate | None = _foreign(
+        "accounting-currency units per one unit of `currency` the invoice is booked at; only in a foreign currency"
+    )
+    accounting_total: Amount | None = _foreign("the total in the accounting currency; only in a foreign currency")
     lines: list[LineOut]
     voucher_lines: list[VoucherLineOut]
 
@@ -112,8 +131,9 @@ async def _with_details(session: AsyncSession, invoices: Sequence[InvoiceRow]) -
             into[row.invoice_id].append(row)  # type: ignore[attr-defined]  # a row of one of the three detail tables
     return [
         InvoiceOut(
-            **i.model_dump(exclude={"transaction_type", "fingerprint", "message_id", "posted_at"}),
+            **i.model_dump(exclude={"transaction_type", "fingerprint", "message_id", "posted_at", "exchange_rate"}),
             type=i.transaction_type,
+            exchange_rate=None if i.exchange_rate is None else _percent(i.exchange_rate),
             cash_discounts=[
                 DiscountTierOut(percent=_percent(t.percent), date=t.until, amount=t.amount) for t in tiers[i.invoice_id]
             ],
@@ -125,5 +145,6 @@ async def _with_details(session: AsyncSession, invoices: Sequence[InvoiceRow]) -
 
 
 def _percent(value: Decimal) -> str:
-    """Two decimals like the setup's "1.00", more only where the percent has them ("1.125")."""
+    """Two decimals like the setup's "1.00", more only where the value has them ("1.125"); for percents
+    and exchange rates (stored with ten places)."""
     return format(value.quantize(CENT) if value == value.quantize(CENT) else value.normalize(), "f")

@@ -22,7 +22,8 @@ from kredit_shared.contracts import (
     VoucherLine,
     VoucherPosted,
 )
-from kredit_shared.money import ZERO, round_money
+from kredit_shared.currencies import NoExchangeRate, Rates, round_to, to_accounting
+from kredit_shared.money import MAX_AMOUNT, ZERO
 
 INVOICE_VOUCHER_PREFIX = "FTI-"  # as in the source: invoice 10020 is voucher FTI-10020
 CREDIT_NOTE_VOUCHER_PREFIX = "CCN-"  # our choice: credit note 10021 is voucher CCN-10021
@@ -70,6 +71,10 @@ class PostedInvoice:
     cash_discounts: tuple[CashDiscountTier, ...]  # in date order, amounts filled in
     cash_discount_account: str | None
     fingerprint: str
+    # In a foreign currency: the rate it is booked at and the total in the accounting currency
+    # (None in the accounting currency, where the rate is 1 and the total is the accounting total).
+    exchange_rate: Decimal | None
+    accounting_total: Decimal | None
     transaction: CustomerTransactionPosted  # -> ar.customer-transactions
     ledger_voucher: VoucherPosted  # -> gl.journal-lines
 
@@ -78,10 +83,20 @@ class PostedInvoice:
         return (self.transaction, self.ledger_voucher)
 
 
-def post_invoice(message: CustomerInvoiceIssued, setup: CompanySetup) -> PostedInvoice:
-    """Post an invoice (positive total) or credit note (negative total); raise InvoiceRejected if it is not valid."""
+def post_invoice(message: CustomerInvoiceIssued, setup: CompanySetup, rates: Rates | None = None) -> PostedInvoice:
+    """Post an invoice (positive total) or credit note (negative total); raise InvoiceRejected if it is not valid.
+
+    A foreign-currency invoice is booked at the rate it states, else at `rates`' rate for its date
+    (default: the setup's rates); with neither it is rejected (docs/currencies.md)."""
+    rates = rates if rates is not None else Rates(setup.accounting_currency, setup.exchange_rates)
     try:
-        return _post(message, setup)
+        rate = rates.resolve(
+            message.currency, message.invoice_date, message.exchange_rate, document=f"invoice {message.invoice_id}"
+        )
+    except NoExchangeRate as e:
+        raise InvoiceRejected(str(e)) from None  # the reason names the invoice already
+    try:
+        return _post(message, setup, rate)
     except InvoiceRejected as e:
         raise InvoiceRejected(f"invoice {message.invoice_id}: {e.reason}") from None
 
@@ -102,10 +117,11 @@ def compute_due_date(
     return invoice_date + timedelta(days=setup.payment_terms[payment_terms].days)
 
 
-def discount_amount(total: Decimal, percent: Decimal) -> Decimal:
-    """percent × total, half-up to the cent, signed like the total (a credit note's discount is negative)."""
+def discount_amount(total: Decimal, percent: Decimal, currency: str = "USD") -> Decimal:
+    """percent × total, half-up to the currency's minor unit (JPY: whole yen), signed like the total
+    (a credit note's discount is negative)."""
     # The base is the total including sales tax: D365's default (no "discount on net amount" parameter here).
-    return round_money(total * percent / 100) + ZERO  # + ZERO turns -0.00 into 0.00
+    return round_to(total * percent / 100, currency) + ZERO  # + ZERO turns -0.00 into 0.00
 
 
 def compute_cash_discounts(
@@ -114,8 +130,11 @@ def compute_cash_discounts(
     cash_discount_code: str | None,
     explicit_tiers: list[CashDiscountTier] | None,
     setup: CompanySetup,
+    currency: str = "USD",
 ) -> tuple[CashDiscountTier, ...]:
-    """Explicit tiers win (an empty list means no discount), else the code and its chain of next codes."""
+    """Explicit tiers win (an empty list means no discount), else the code and its chain of next codes.
+
+    Amounts are in the transaction currency, rounded to its minor unit."""
     if cash_discount_code is not None and cash_discount_code not in setup.cash_discount_codes:
         raise InvoiceRejected(f"unknown cash discount code {cash_discount_code!r}")
     if explicit_tiers is not None:
@@ -127,7 +146,7 @@ def compute_cash_discounts(
         return ()
     tiers: list[CashDiscountTier] = []
     for percent, until, given in sorted(raw, key=lambda t: t[1]):
-        amount = discount_amount(total, percent)
+        amount = discount_amount(total, percent, currency)
         if until < invoice_date:
             raise InvoiceRejected(f"cash discount date {until} is before the invoice date {invoice_date}")
         if tiers and tiers[-1].date == until:
@@ -185,9 +204,8 @@ def document_transaction_type(document_type: str | None, total: Decimal) -> Tran
     return kind  # type: ignore[return-value]
 
 
-def _post(message: CustomerInvoiceIssued, setup: CompanySetup) -> PostedInvoice:
-    if message.currency != setup.accounting_currency:
-        raise InvoiceRejected(f"currency {message.currency} is not the accounting currency {setup.accounting_currency}")
+def _post(message: CustomerInvoiceIssued, setup: CompanySetup, rate: Decimal) -> PostedInvoice:
+    foreign = message.currency != setup.accounting_currency
     revenue: list[
         tuple[str, Decimal, str, str | None]
     ] = []  # (account, signed amount, text, customer) per line, debit positive
@@ -216,7 +234,7 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup) -> PostedInvoice:
     label = f"{LABELS[kind]} {message.invoice_id}"
     due = compute_due_date(message.invoice_date, message.payment_terms, message.due_date, setup)
     tiers = compute_cash_discounts(
-        message.invoice_date, total, message.cash_discount_code, message.cash_discounts, setup
+        message.invoice_date, total, message.cash_discount_code, message.cash_discounts, setup, message.currency
     )
     code = message.cash_discount_code
     # Explicit tiers without a code carry no account: settlement then uses its own default.
@@ -227,13 +245,42 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup) -> PostedInvoice:
         (setup.customer_posting_profile.summary_account, total, label, message.customer_account)
     ]
     postings += revenue + [(setup.sales_tax_account, -tax, f"Sales tax, {label.lower()}", None)]
-    voucher_lines = [
-        VoucherLine(
-            account=acc, debit=max(amt, ZERO), credit=max(-amt, ZERO), text=text or label, customer_account=cust
-        )
-        for acc, amt, text, cust in postings
-        if amt != 0
-    ]
+    if foreign:
+        accounting = convert_postings([amt for _, amt, _, _ in postings], rate, setup.accounting_currency)
+        accounting_total = accounting[0]
+        if accounting_total == 0:
+            raise InvoiceRejected(
+                f"the total {total} {message.currency} at the exchange rate {rate:f} is 0.00 "
+                f"{setup.accounting_currency}: nothing to post"
+            )
+        # a large total at a rate above 1, or a large line of a small total
+        if (largest := max(accounting, key=abs)) and abs(largest) > MAX_AMOUNT:
+            raise InvoiceRejected(
+                f"at the exchange rate {rate:f}, {abs(largest)} {setup.accounting_currency} is more than the "
+                f"largest amount {MAX_AMOUNT}"
+            )
+        voucher_lines = [
+            VoucherLine(
+                account=acc,
+                debit=max(acc_amt, ZERO),
+                credit=max(-acc_amt, ZERO),
+                text=text or label,
+                customer_account=cust,
+                transaction_currency=message.currency,
+                transaction_currency_amount=amt,
+            )
+            for (acc, amt, text, cust), acc_amt in zip(postings, accounting, strict=True)
+            if acc_amt != 0  # a tiny amount can be worth 0.00 in the accounting currency: the ledger refuses 0 lines
+        ]
+    else:
+        accounting_total = total
+        voucher_lines = [
+            VoucherLine(
+                account=acc, debit=max(amt, ZERO), credit=max(-amt, ZERO), text=text or label, customer_account=cust
+            )
+            for acc, amt, text, cust in postings
+            if amt != 0
+        ]
 
     transaction = CustomerTransactionPosted(
         message_id=_message_id(setup, voucher, CustomerTransactionPosted.topic),
@@ -249,12 +296,14 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup) -> PostedInvoice:
         cash_discounts=list(tiers),
         cash_discount_account=discount_account,
         sales_tax_amount=tax,
+        exchange_rate=rate if foreign else None,
+        accounting_currency_amount=accounting_total if foreign else None,
     )
     ledger_voucher = VoucherPosted(
         message_id=_message_id(setup, voucher, VoucherPosted.topic),
         voucher=voucher,
         posting_date=message.invoice_date,
-        currency=message.currency,
+        currency=setup.accounting_currency,
         source=SOURCE,
         description=f"{label}, customer {message.customer_account}",
         lines=voucher_lines,
@@ -273,9 +322,26 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup) -> PostedInvoice:
         cash_discounts=tiers,
         cash_discount_account=discount_account,
         fingerprint=invoice_fingerprint(message),
+        exchange_rate=rate if foreign else None,
+        accounting_total=accounting_total if foreign else None,
         transaction=transaction,
         ledger_voucher=ledger_voucher,
     )
+
+
+def convert_postings(amounts: list[Decimal], rate: Decimal, accounting_currency: str) -> list[Decimal]:
+    """The accounting-currency values of an invoice voucher's signed postings (debit positive): the
+    customer's total first, then the revenue lines, then sales tax (docs/currencies.md).
+
+    The customer line is `to_accounting(total, rate)`; every other line is converted on its own, and the
+    rounding difference, if any, goes to the largest revenue line, so the values sum to zero."""
+    converted = [to_accounting(amount, rate, accounting_currency) for amount in amounts]
+    difference = sum(converted, ZERO)
+    if difference:
+        revenue = range(1, len(amounts) - 1)  # between the customer line and the sales tax line
+        largest = max(revenue, key=lambda n: abs(amounts[n]))  # the first of equals
+        converted[largest] -= difference
+    return [value + ZERO for value in converted]
 
 
 def _message_id(setup: CompanySetup, voucher: str, topic: str) -> str:

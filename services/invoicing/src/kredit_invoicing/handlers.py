@@ -6,6 +6,7 @@ from kredit_invoicing import tables
 from kredit_invoicing.domain import InvoiceRejected, ensure_same_invoice, post_invoice
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued
+from kredit_shared.exchange_rates import load_rates
 from kredit_shared.service import Transaction
 
 
@@ -16,13 +17,14 @@ async def issue_invoices(tx: Transaction, messages: list[CustomerInvoiceIssued],
     different content goes to the dead-letter topic (a posted invoice is corrected with a credit note),
     as does an invoice that cannot be posted; the others post."""
     fingerprints = await tables.posted_fingerprints(tx.session, (m.invoice_id for m in messages))
+    rates = await load_rates(tx.session, setup)  # for invoices in a foreign currency that state no rate
     posted = []
     for message in messages:
         try:
             if (fingerprint := fingerprints.get(message.invoice_id)) is not None:
                 ensure_same_invoice(fingerprint, message)
                 continue
-            invoice = post_invoice(message, setup)
+            invoice = post_invoice(message, setup, rates)
         except InvoiceRejected as e:
             tx.reject(ERP_CUSTOMER_INVOICES, message, e.reason)
             continue

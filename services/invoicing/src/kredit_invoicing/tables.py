@@ -40,6 +40,10 @@ class InvoiceRow(SQLModel, table=True):
     net_amount: Decimal = money_field()
     sales_tax_amount: Decimal = money_field()
     total: Decimal = money_field()
+    # In a foreign currency (docs/currencies.md): the rate it is booked at (accounting-currency units per
+    # one unit of `currency`) and its total in the accounting currency; None in the accounting currency.
+    exchange_rate: Decimal | None = Field(default=None, sa_type=ExactDecimal(10), nullable=True)
+    accounting_total: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
     fingerprint: str  # of the message content, to tell a repeat from a conflicting second message
     message_id: str  # of the message that posted it
     posted_at: datetime = Field(default_factory=utcnow)
@@ -78,6 +82,10 @@ class VoucherLineRow(SQLModel, table=True):
     credit: Decimal = money_field()
     text: str
     customer_account: str | None = None
+    # The line's amount in the invoice's currency (signed, debit positive) when that is not the
+    # accounting currency; `debit`/`credit` are always in the accounting currency.
+    transaction_currency: str | None = None
+    transaction_currency_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
 
 
 TABLES = [table_of(InvoiceRow), table_of(InvoiceLineRow), table_of(DiscountTierRow), table_of(VoucherLineRow)]
@@ -123,6 +131,8 @@ def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> Itera
             "net_amount": posted.net_amount,
             "sales_tax_amount": posted.sales_tax_amount,
             "total": posted.total,
+            "exchange_rate": posted.exchange_rate,
+            "accounting_total": posted.accounting_total,
             "fingerprint": posted.fingerprint,
             "message_id": message.message_id,
             "posted_at": utcnow(),
@@ -162,5 +172,7 @@ def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> Itera
                 "credit": voucher_line.credit,
                 "text": voucher_line.text,
                 "customer_account": voucher_line.customer_account,
+                "transaction_currency": voucher_line.transaction_currency,
+                "transaction_currency_amount": voucher_line.transaction_currency_amount,
             },
         )

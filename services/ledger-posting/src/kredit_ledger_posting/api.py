@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
@@ -30,8 +30,22 @@ def _setup(request: Request) -> CompanySetup:
 SetupDep = Annotated[CompanySetup, Depends(_setup)]
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+# Foreign-currency fields are left out in the accounting currency: those responses stay as they were.
+def _foreign(description: str) -> Any:
+    return Field(default=None, exclude_if=_is_none, description=description)
+
+
 class JournalLineOut(PostedJournalLine):
+    """A journal line: `debit`/`credit` in its `currency`; in a foreign currency also in the accounting
+    currency at its `exchange_rate`."""
+
     line_number: int
+    accounting_debit: Total | None = _foreign("the debit in the accounting currency; only in a foreign currency")
+    accounting_credit: Total | None = _foreign("the credit in the accounting currency; only in a foreign currency")
 
 
 class JournalSummary(BaseModel):
@@ -47,12 +61,14 @@ class JournalSummary(BaseModel):
     created_at: datetime
     posted_at: datetime | None
     posting_date: date | None
-    total_debit: Total
-    total_credit: Total
+    total_debit: Total = Field(description="in the accounting currency")
+    total_credit: Total = Field(description="in the accounting currency")
 
     @classmethod
-    def of(cls, row: JournalRow) -> JournalSummary:
-        lines = [PostedJournalLine.model_validate(line) for line in row.lines]
+    def of(cls, row: JournalRow, accounting_currency: str) -> JournalSummary:
+        lines = [
+            _in_accounting_currency(PostedJournalLine.model_validate(line), accounting_currency) for line in row.lines
+        ]
         return cls(
             batch_number=row.batch_number,
             journal_name=row.journal_name,
@@ -64,18 +80,28 @@ class JournalSummary(BaseModel):
             created_at=row.created_at,
             posted_at=row.posted_at,
             posting_date=row.posting_date,
-            total_debit=sum((line.debit for line in lines), Decimal(0)),
-            total_credit=sum((line.credit for line in lines), Decimal(0)),
+            total_debit=sum((debit for debit, _ in lines), Decimal(0)),
+            total_credit=sum((credit for _, credit in lines), Decimal(0)),
         )
+
+
+def _in_accounting_currency(line: PostedJournalLine, accounting_currency: str) -> tuple[Decimal, Decimal]:
+    converted = domain.journal_line_accounting(line, accounting_currency)
+    return (line.debit, line.credit) if converted is None else converted
 
 
 class JournalDetail(JournalSummary):
     lines: list[JournalLineOut]
 
     @classmethod
-    def of(cls, row: JournalRow) -> JournalDetail:
-        lines = [JournalLineOut(**line, line_number=n) for n, line in enumerate(row.lines, 1)]
-        return cls(**JournalSummary.of(row).model_dump(), lines=lines)
+    def of(cls, row: JournalRow, accounting_currency: str) -> JournalDetail:
+        lines = []
+        for n, raw in enumerate(row.lines, 1):
+            line = JournalLineOut(**raw, line_number=n)
+            if (converted := domain.journal_line_accounting(line, accounting_currency)) is not None:
+                line = line.model_copy(update={"accounting_debit": converted[0], "accounting_credit": converted[1]})
+            lines.append(line)
+        return cls(**JournalSummary.of(row, accounting_currency).model_dump(), lines=lines)
 
 
 class JournalList(BaseModel):
@@ -92,6 +118,10 @@ class LedgerEntryOut(BaseModel):
     text: str
     source: str
     customer_account: str | None
+    transaction_currency: str | None = _foreign("the currency the entry books, when not the accounting currency")
+    transaction_currency_amount: Amount | None = _foreign(
+        "the amount in that currency, signed (debit positive); `debit`/`credit` are in the accounting currency"
+    )
 
 
 class LedgerEntryList(BaseModel):
@@ -123,6 +153,7 @@ class AccountOut(BaseModel):
 @router.get("/journals", response_model=JournalList, dependencies=[require(Role.viewer, expensive=True)])
 async def list_journals(
     session: SessionDep,
+    setup: SetupDep,
     journal_name: Id | None = None,
     status: domain.JournalStatus | None = None,
 ) -> JournalList:
@@ -132,7 +163,7 @@ async def list_journals(
     if status is not None:
         query = query.where(col(JournalRow.status) == status)
     rows = (await session.exec(query)).scalars().all()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
-    return JournalList(journals=[JournalSummary.of(row) for row in rows])
+    return JournalList(journals=[JournalSummary.of(row, setup.accounting_currency) for row in rows])
 
 
 @router.get(
@@ -141,11 +172,11 @@ async def list_journals(
     responses={404: {"description": "unknown batch"}},
     dependencies=[require(Role.viewer)],
 )
-async def get_journal(batch_number: Voucher, session: SessionDep) -> JournalDetail:
+async def get_journal(batch_number: Voucher, session: SessionDep, setup: SetupDep) -> JournalDetail:
     row = await session.get(JournalRow, batch_number)
     if row is None:
         raise HTTPException(404, f"no journal with batch number {batch_number!r}")
-    return JournalDetail.of(row)
+    return JournalDetail.of(row, setup.accounting_currency)
 
 
 @router.post(
@@ -179,7 +210,7 @@ async def post_journal(
         raise HTTPException(403, str(e)) from None
     except domain.JournalNotPostable as e:
         raise HTTPException(409, str(e)) from None
-    return JournalDetail.of(row)
+    return JournalDetail.of(row, setup.accounting_currency)
 
 
 @router.get(

@@ -17,10 +17,16 @@ from kredit_shared.contracts import (
     GeneralJournalRequested,
     JournalPosted,
     PostedJournalLine,
-    VoucherLine,
     VoucherPosted,
 )
-from kredit_shared.money import ZERO, round_money
+from kredit_shared.currencies import (
+    NoExchangeRate,
+    Rates,
+    check_precision,
+    to_accounting,
+    unsupported_reason,
+)
+from kredit_shared.money import MAX_AMOUNT, ZERO, round_money
 
 SEQUENCE_DIGITS = 6  # "WOJ-000001"
 UNKNOWN_ACCOUNT_NAME = "(not in the chart of accounts)"
@@ -71,8 +77,11 @@ class LedgerEntry:
     posting_date: date
     text: str
     source: str
-    currency: str
+    currency: str  # the accounting currency: `debit` and `credit` are in it
     customer_account: str | None = None  # dimension of entries on the customer summary account
+    # What the entry books in a foreign currency (signed, debit positive); None in the accounting currency.
+    transaction_currency: str | None = None
+    transaction_currency_amount: Decimal | None = None
 
 
 def _line_problem(debit: Decimal, credit: Decimal) -> str | None:
@@ -89,14 +98,15 @@ def _check_currency(where: str, currency: str, setup: CompanySetup, error: type[
     if currency != setup.accounting_currency:
         raise error(
             f"{where}: currency {currency} is not the accounting currency {setup.accounting_currency}"
-            " (multi-currency posting is not supported yet)"
+            " (a voucher is in the accounting currency; its lines may carry a transaction currency)"
         )
 
 
-def _check_balanced(where: str, lines: Iterable[VoucherLine | GeneralJournalLine], error: type[LedgerError]) -> None:
-    lines = list(lines)
-    debit = round_money(sum((line.debit for line in lines), ZERO))
-    credit = round_money(sum((line.credit for line in lines), ZERO))
+def _check_balanced(where: str, amounts: Iterable[tuple[Decimal, Decimal]], error: type[LedgerError]) -> None:
+    """`amounts`: (debit, credit) per line, in the accounting currency."""
+    amounts = list(amounts)
+    debit = round_money(sum((d for d, _ in amounts), ZERO))
+    credit = round_money(sum((c for _, c in amounts), ZERO))
     if debit != credit:
         raise error(f"{where} does not balance: debits total {debit}, credits total {credit}")
 
@@ -115,7 +125,11 @@ def entries_for_voucher(voucher: VoucherPosted, setup: CompanySetup) -> tuple[Le
             raise InvalidVoucher(f"{where} line {n} {problem}")
         if line.account not in setup.main_accounts:
             raise InvalidVoucher(f"{where} line {n}: unknown main account {line.account!r}")
-    _check_balanced(where, voucher.lines, InvalidVoucher)
+        if (line.transaction_currency is None) != (line.transaction_currency_amount is None):
+            raise InvalidVoucher(
+                f"{where} line {n}: transaction_currency and transaction_currency_amount come together or not at all"
+            )
+    _check_balanced(where, ((line.debit, line.credit) for line in voucher.lines), InvalidVoucher)
     return tuple(
         LedgerEntry(
             account=line.account,
@@ -127,6 +141,8 @@ def entries_for_voucher(voucher: VoucherPosted, setup: CompanySetup) -> tuple[Le
             source=voucher.source,
             currency=voucher.currency,
             customer_account=line.customer_account,
+            transaction_currency=line.transaction_currency,
+            transaction_currency_amount=line.transaction_currency_amount,
         )
         for line in voucher.lines
     )
@@ -188,16 +204,83 @@ def sequence_number(prefix: str, value: int) -> str:
     return f"{prefix}{value:0{SEQUENCE_DIGITS}d}"
 
 
+@dataclass(frozen=True)
+class _Booked:
+    """A journal line's rate and amounts in the accounting currency."""
+
+    rate: Decimal
+    debit: Decimal
+    credit: Decimal
+    foreign: bool
+
+
+def _setup_rates(setup: CompanySetup) -> Rates:
+    return Rates(setup.accounting_currency, setup.exchange_rates)
+
+
 def _check_journal_lines(
-    where: str, lines: Sequence[GeneralJournalLine], setup: CompanySetup, error: type[LedgerError]
-) -> None:
+    where: str,
+    lines: Sequence[GeneralJournalLine],
+    setup: CompanySetup,
+    error: type[LedgerError],
+    rates: Rates | None = None,
+) -> list[_Booked]:
+    """Each line's rate and accounting-currency amounts, or `error` naming the first line that cannot post.
+
+    A line in a foreign currency is converted at its exchange_rate, else at `rates`' rate for its
+    transaction date (docs/currencies.md); a line in the accounting currency is at 1, exactly as before."""
+    rates = rates if rates is not None else _setup_rates(setup)
+    accounting = setup.accounting_currency
+    booked = []
     # Customer accounts are not checked: customers live in the AR services, not in this one.
     for n, line in enumerate(lines, 1):
         if problem := _line_problem(line.debit, line.credit):
             raise error(f"{where} line {n} {problem}")
-        _check_currency(f"{where} line {n}", line.currency, setup, error)
+        foreign = line.currency != accounting
+        if foreign:
+            _check_foreign_amounts(f"{where} line {n}", line, error)
         if line.account_type == "Ledger" and line.account not in setup.main_accounts:
             raise error(f"{where} line {n}: unknown main account {line.account!r}")
+        try:
+            rate = rates.resolve(line.currency, line.transaction_date, line.exchange_rate, document="the line")
+        except NoExchangeRate as e:
+            why = f"currency {line.currency} is not the accounting currency {accounting}; " if foreign else ""
+            raise error(f"{where} line {n}: {why}{e}") from None
+        debit, credit = to_accounting(line.debit, rate, accounting), to_accounting(line.credit, rate, accounting)
+        if foreign:
+            amount = line.debit or line.credit
+            if not debit and not credit:
+                raise error(
+                    f"{where} line {n}: {amount} {line.currency} at the exchange rate {rate:f} is 0.00 {accounting}"
+                )
+            if (value := debit or credit) > MAX_AMOUNT:
+                raise error(
+                    f"{where} line {n}: {amount} {line.currency} at the exchange rate {rate:f} is {value} "
+                    f"{accounting}, more than the largest amount {MAX_AMOUNT}"
+                )
+        booked.append(_Booked(rate=rate, debit=debit, credit=credit, foreign=foreign))
+    return booked
+
+
+def _check_foreign_amounts(where: str, line: GeneralJournalLine, error: type[LedgerError]) -> None:
+    if (reason := unsupported_reason(line.currency)) is not None:
+        raise error(f"{where}: {reason}")
+    for what, value in (("debit", line.debit), ("credit", line.credit)):
+        try:
+            check_precision(value, line.currency, what)
+        except ValueError as e:
+            raise error(f"{where}: {e}") from None
+
+
+def journal_line_accounting(line: GeneralJournalLine, accounting_currency: str) -> tuple[Decimal, Decimal] | None:
+    """An opened journal line's debit and credit in the accounting currency at the rate it was opened with;
+    None for a line in the accounting currency (its amounts are those already)."""
+    if line.currency == accounting_currency or line.exchange_rate is None:
+        return None
+    return (
+        to_accounting(line.debit, line.exchange_rate, accounting_currency),
+        to_accounting(line.credit, line.exchange_rate, accounting_currency),
+    )
 
 
 def voucher_count(request: GeneralJournalRequested) -> int:
@@ -205,21 +288,35 @@ def voucher_count(request: GeneralJournalRequested) -> int:
     return len({line.voucher_group for line in request.lines})
 
 
-def check_journal_request(request: GeneralJournalRequested, setup: CompanySetup) -> None:
-    """InvalidJournalRequest if the request cannot become a journal (checked before numbers are taken)."""
+def check_journal_request(request: GeneralJournalRequested, setup: CompanySetup, rates: Rates | None = None) -> None:
+    """InvalidJournalRequest if the request cannot become a journal (checked before numbers are taken),
+    e.g. a line in a foreign currency without a rate (`rates`: default the setup's)."""
+    _check_request(request, setup, rates)
+
+
+def _check_request(request: GeneralJournalRequested, setup: CompanySetup, rates: Rates | None) -> list[_Booked]:
     if request.journal_name not in setup.journal_names:
         known = ", ".join(sorted(setup.journal_names))
         raise InvalidJournalRequest(f"unknown journal name {request.journal_name!r} (known: {known})")
-    _check_journal_lines(f"journal request {request.request_id}", request.lines, setup, InvalidJournalRequest)
+    return _check_journal_lines(
+        f"journal request {request.request_id}", request.lines, setup, InvalidJournalRequest, rates
+    )
 
 
 def open_journal(
-    request: GeneralJournalRequested, setup: CompanySetup, batch_sequence: int, first_voucher_sequence: int
+    request: GeneralJournalRequested,
+    setup: CompanySetup,
+    batch_sequence: int,
+    first_voucher_sequence: int,
+    rates: Rates | None = None,
 ) -> Journal:
     """Build an open journal; the caller supplies the next value of this journal name's own batch
     sequence and the first of `voucher_count(request)` values of its voucher sequence. Unbalanced
-    journals are accepted here: a user reviews them before posting."""
-    check_journal_request(request, setup)
+    journals are accepted here: a user reviews them before posting.
+
+    A foreign-currency line that states no exchange_rate gets the one it is booked at (the rate for its
+    date as the journal opens), so the journal is reviewed and posted at one rate."""
+    booked = _check_request(request, setup, rates)
     name = setup.journal_names[request.journal_name]
     groups = list(dict.fromkeys(line.voucher_group for line in request.lines))
     voucher_of = {g: sequence_number(name.voucher_prefix, first_voucher_sequence + i) for i, g in enumerate(groups)}
@@ -228,7 +325,12 @@ def open_journal(
         journal_name=request.journal_name,
         description=request.description,
         lines=tuple(
-            PostedJournalLine(**line.model_dump(), voucher=voucher_of[line.voucher_group]) for line in request.lines
+            PostedJournalLine(
+                **line.model_dump()
+                | {"voucher": voucher_of[line.voucher_group]}
+                | ({"exchange_rate": b.rate} if b.foreign else {})
+            )
+            for line, b in zip(request.lines, booked, strict=True)
         ),
         request_id=request.request_id,
         requested_by=request.requested_by,
@@ -236,10 +338,13 @@ def open_journal(
 
 
 def post_journal(
-    journal: Journal, setup: CompanySetup, posted_by: str | None = None
+    journal: Journal, setup: CompanySetup, posted_by: str | None = None, rates: Rates | None = None
 ) -> tuple[Journal, tuple[LedgerEntry, ...]]:
     """The posted journal and its ledger entries, or a JournalNotPostable saying why not, or a
-    FourEyesViolation when `posted_by` requested it and the setup wants a second person."""
+    FourEyesViolation when `posted_by` requested it and the setup wants a second person.
+
+    Entries are in the accounting currency; each voucher must balance there (foreign-currency lines
+    converted at their rate), and its entries keep the lines' transaction currency and amount."""
     where = f"journal {journal.batch_number}"
     if journal.status == "posted":
         raise JournalAlreadyPosted(f"{where} is already posted (posting date {journal.posting_date})")
@@ -250,28 +355,30 @@ def post_journal(
             f"{posted_by} requested {where} and may not also post it (four-eyes: the setup's "
             "write_off.four_eyes_write_off); another accountant must post it"
         )
-    _check_journal_lines(where, journal.lines, setup, JournalNotPostable)
+    booked = _check_journal_lines(where, journal.lines, setup, JournalNotPostable, rates)
     # Balanced per voucher and date, not only overall: otherwise a trial balance as of a date
     # between the voucher's dates would not balance.
-    by_voucher_date: dict[tuple[str, date], list[GeneralJournalLine]] = defaultdict(list)
-    for line in journal.lines:
-        by_voucher_date[(line.voucher, line.transaction_date)].append(line)
-    for (voucher, day), lines in sorted(by_voucher_date.items()):
-        _check_balanced(f"{where}: voucher {voucher} on {day}", lines, UnbalancedJournal)
+    by_voucher_date: dict[tuple[str, date], list[tuple[Decimal, Decimal]]] = defaultdict(list)
+    for line, b in zip(journal.lines, booked, strict=True):
+        by_voucher_date[(line.voucher, line.transaction_date)].append((b.debit, b.credit))
+    for (voucher, day), amounts in sorted(by_voucher_date.items()):
+        _check_balanced(f"{where}: voucher {voucher} on {day}", amounts, UnbalancedJournal)
     summary = setup.customer_posting_profile.summary_account
     entries = tuple(
         LedgerEntry(
             account=summary if line.account_type == "Customer" else line.account,
-            debit=round_money(line.debit),
-            credit=round_money(line.credit),
+            debit=b.debit,
+            credit=b.credit,
             voucher=line.voucher,
             posting_date=line.transaction_date,
             text=line.text or journal.description,
             source=f"{journal.journal_name} {journal.batch_number}",
-            currency=line.currency,
+            currency=setup.accounting_currency,
             customer_account=line.account if line.account_type == "Customer" else None,
+            transaction_currency=line.currency if b.foreign else None,
+            transaction_currency_amount=line.debit - line.credit if b.foreign else None,
         )
-        for line in journal.lines
+        for line, b in zip(journal.lines, booked, strict=True)
     )
     posting_date = max(day for _, day in by_voucher_date)
     return replace(journal, status="posted", posting_date=posting_date, posted_by=posted_by), entries

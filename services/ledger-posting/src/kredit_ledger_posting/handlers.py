@@ -32,6 +32,7 @@ from kredit_shared.contracts import (
     JournalVoided,
     VoucherPosted,
 )
+from kredit_shared.exchange_rates import load_rates
 from kredit_shared.outbox import utcnow
 from kredit_shared.service import Transaction
 
@@ -85,8 +86,9 @@ async def on_general_journal_message(tx: Transaction, message: GeneralJournalMes
 async def open_general_journal(tx: Transaction, request: GeneralJournalRequested, setup: CompanySetup) -> None:
     if await _journal_of_request(tx.session, request.request_id) is not None:
         return
+    rates = await load_rates(tx.session, setup)  # for lines in a foreign currency that state no rate
     try:
-        domain.check_journal_request(request, setup)
+        domain.check_journal_request(request, setup, rates)
     except domain.InvalidJournalRequest as e:
         # The requester is told (so a write-off shows "rejected") and operations see it on the DLQ.
         tx.emit(JournalRejected(request_id=request.request_id, journal_name=request.journal_name, reason=str(e)))
@@ -94,7 +96,7 @@ async def open_general_journal(tx: Transaction, request: GeneralJournalRequested
         return
     batch = await _next_values(tx.session, request.journal_name, "batch", 1)
     first_voucher = await _next_values(tx.session, request.journal_name, "voucher", domain.voucher_count(request))
-    journal = domain.open_journal(request, setup, batch, first_voucher)
+    journal = domain.open_journal(request, setup, batch, first_voucher, rates)
     row = JournalRow.from_domain(journal)
     tx.session.add(row)
     tx.emit(
@@ -166,7 +168,8 @@ async def post_general_journal(
     )
     if row is None:
         return None
-    journal, entries = domain.post_journal(row.to_domain(), setup, posted_by)
+    # Its foreign-currency lines carry the rate they were opened at; the rates only matter for a line without.
+    journal, entries = domain.post_journal(row.to_domain(), setup, posted_by, await load_rates(tx.session, setup))
     await _insert_entries(tx.session, entries)
     row.status, row.posting_date, row.posted_at = journal.status, journal.posting_date, utcnow()
     row.posted_by = journal.posted_by

@@ -12,7 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_ledger_posting.domain import Journal, JournalStatus, LedgerEntry
 from kredit_shared.contracts import PostedJournalLine
-from kredit_shared.database import money_field, table_of
+from kredit_shared.database import ExactDecimal, money_field, table_of
 from kredit_shared.outbox import utcnow
 
 
@@ -29,6 +29,10 @@ class LedgerEntryRow(SQLModel, table=True):
     text: str = ""
     source: str = ""
     customer_account: str | None = None
+    # What the entry books in a foreign currency (signed, debit positive); None in the accounting currency,
+    # which `currency`, `debit` and `credit` are always in.
+    transaction_currency: str | None = None
+    transaction_currency_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
 
     @classmethod
     def from_entry(cls, entry: LedgerEntry) -> dict[str, Any]:
@@ -43,6 +47,8 @@ class LedgerEntryRow(SQLModel, table=True):
             "text": entry.text,
             "source": entry.source,
             "customer_account": entry.customer_account,
+            "transaction_currency": entry.transaction_currency,
+            "transaction_currency_amount": entry.transaction_currency_amount,
         }
 
 

@@ -364,3 +364,80 @@ async def test_without_four_eyes_the_requester_may_post_it(kafka, tmp_path):
         ann = auth_header(app, Role.accountant, subject="ann")
         posted = await client.post(f"/api/v1/journals/{created.json()['batch_number']}/post", headers=ann)
         assert posted.status_code == 200 and posted.json()["posted_by"] == "ann"
+
+
+# --- foreign currencies (docs/currencies.md) --------------------------------------------------
+
+
+async def test_foreign_currency_lines_keep_their_currency_and_a_eur_journal_posts_at_its_rate(kafka, database_url):
+    settings = LedgerPostingSettings(database_url=database_url, **isolated_kafka(kafka))
+    events = settings.topic(GL_JOURNAL_EVENTS)
+    dlq = settings.topic(dead_letter_topic(GL_GENERAL_JOURNALS))
+    eur = {"currency": "EUR", "exchange_rate": "1.10"}
+    async with serve(create_app(settings)) as client, TopicProbe(kafka.bootstrap_servers, [events, dlq]) as probe:
+        invoice = voucher("FTI-E1", *INVOICE) | {
+            "lines": [
+                {
+                    "account": "130100",
+                    "debit": "1100.00",
+                    "transaction_currency": "EUR",
+                    "transaction_currency_amount": "1000.00",
+                },
+                {
+                    "account": "401100",
+                    "credit": "1100.00",
+                    "transaction_currency": "EUR",
+                    "transaction_currency_amount": "-1000.00",
+                },
+            ]
+        }
+        await publish(kafka.bootstrap_servers, settings.topic(GL_JOURNAL_LINES), invoice)
+        request = write_off_request("wo-eur", **eur)
+        request["lines"][0] |= eur
+        await publish(kafka.bootstrap_servers, settings.topic(GL_GENERAL_JOURNALS), request, key="wo-eur")
+        no_rate = write_off_request("wo-norate", currency="EUR")
+        no_rate["lines"][0]["currency"] = "EUR"
+        await publish(kafka.bootstrap_servers, settings.topic(GL_GENERAL_JOURNALS), no_rate, key="wo-norate")
+
+        await probe.wait_for(lambda r: r.topic == events, count=2)
+        by_request = {r.json()["request_id"]: r.json() for r in probe.records if r.topic == events}
+        assert by_request["wo-norate"] == {
+            "event_type": "JournalRejected",
+            "request_id": "wo-norate",
+            "journal_name": "WriteOff",
+            "message_id": by_request["wo-norate"]["message_id"],
+            "reason": "journal request wo-norate line 1: currency EUR is not the accounting currency USD; the line "
+            "is in EUR and states no exchange_rate, and there is no EUR rate for 2015-08-31 (send exchange_rate, "
+            "or set a rate: docs/currencies.md)",
+        }
+        [dead] = await probe.wait_for(lambda r: r.topic == dlq)
+        assert dead.json()["request_id"] == "wo-norate"
+
+        batch = by_request["wo-eur"]["batch_number"]
+        journal = (await client.get(f"/api/v1/journals/{batch}")).json()
+        assert (journal["total_debit"], journal["total_credit"]) == ("770.00", "770.00")
+        assert [
+            (l["currency"], l["debit"], l["credit"], l["exchange_rate"], l["accounting_debit"], l["accounting_credit"])
+            for l in journal["lines"]
+        ] == [("EUR", "0.00", "700.00", "1.10", "0.00", "770.00"), ("EUR", "700.00", "0.00", "1.10", "770.00", "0.00")]
+        posted = await client.post(f"/api/v1/journals/{batch}/post")
+        assert posted.status_code == 200, posted.text
+
+        [event] = await probe.wait_for(lambda r: r.json().get("event_type") == "JournalPosted")
+        assert [(l["currency"], l["debit"], l["credit"], l["exchange_rate"]) for l in event.json()["lines"]] == [
+            ("EUR", "0.00", "700.00", "1.10"),
+            ("EUR", "700.00", "0.00", "1.10"),
+        ]
+        voucher_of_journal = event.json()["lines"][0]["voucher"]
+        for number, expected in (
+            ("FTI-E1", [("130100", "1100.00", "0.00", "1000.00"), ("401100", "0.00", "1100.00", "-1000.00")]),
+            (voucher_of_journal, [("130100", "0.00", "770.00", "-700.00"), ("618900", "770.00", "0.00", "700.00")]),
+        ):
+            entries = (await client.get("/api/v1/ledger-entries", params={"voucher": number})).json()["entries"]
+            assert [
+                (e["account"], e["debit"], e["credit"], e["transaction_currency_amount"]) for e in entries
+            ] == expected
+            assert {(e["currency"], e["transaction_currency"]) for e in entries} == {("USD", "EUR")}
+        tb = await trial_balance(client)
+        assert tb["currency"] == "USD"
+        assert balances(tb) == {"130100": "330.00", "401100": "-1100.00", "618900": "770.00"}

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:35:00.434737
+Create Date: 2026-11-22 11:47:32.690933
 """
 
 from collections.abc import Sequence
@@ -76,6 +76,8 @@ def upgrade() -> None:
         sa.Column("net_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("sales_tax_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("total", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("exchange_rate", kredit_shared.database.ExactDecimal(10), nullable=True),
+        sa.Column("accounting_total", kredit_shared.database.ExactDecimal(2), nullable=True),
         sa.Column("fingerprint", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("message_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("posted_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -137,6 +139,8 @@ def upgrade() -> None:
         sa.Column("credit", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("text", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("customer_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("transaction_currency", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("transaction_currency_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
         sa.ForeignKeyConstraint(
             ["invoice_id"],
             ["invoicing_invoice.invoice_id"],
