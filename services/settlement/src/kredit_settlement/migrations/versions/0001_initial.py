@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 09:18:47.564838
+Create Date: 2026-11-22 11:41:26.646456
 """
 
 from collections.abc import Sequence
@@ -88,6 +88,13 @@ def upgrade() -> None:
         sa.Column("difference_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("difference_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("difference_voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("debit_accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
+        sa.Column("credit_accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
+        sa.Column("cash_discount_accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
+        sa.Column("difference_accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
+        sa.Column("realized_exchange_loss", kredit_shared.database.ExactDecimal(2), nullable=True),
+        sa.Column("exchange_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("exchange_voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("reversed_by", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("reversal_of", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("settled_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -100,6 +107,7 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_settlement_history_difference_voucher"), ["difference_voucher"], unique=False
         )
+        batch_op.create_index(batch_op.f("ix_settlement_history_exchange_voucher"), ["exchange_voucher"], unique=False)
         batch_op.create_index(batch_op.f("ix_settlement_history_group_id"), ["group_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_settlement_history_reversal_of"), ["reversal_of"], unique=False)
 
@@ -120,6 +128,9 @@ def upgrade() -> None:
         sa.Column("cash_discount_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("auto_settle", sa.Boolean(), nullable=False),
         sa.Column("discount_date", sa.Date(), nullable=True),
+        sa.Column("exchange_rate", kredit_shared.database.ExactDecimal(10), nullable=False),
+        sa.Column("accounting_original_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("accounting_open_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("voucher"),
@@ -154,6 +165,7 @@ def upgrade() -> None:
         sa.Column("payment_date", sa.Date(), nullable=False),
         sa.Column("amount", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("exchange_rate", kredit_shared.database.ExactDecimal(10), nullable=False),
         sa.Column("bank_account", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("fingerprint", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("received_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -187,6 +199,7 @@ def upgrade() -> None:
         sa.Column("voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("customer_account", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
         sa.Column("journal_batch_number", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
@@ -228,6 +241,7 @@ def downgrade() -> None:
     with op.batch_alter_table("settlement_history", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_settlement_history_reversal_of"))
         batch_op.drop_index(batch_op.f("ix_settlement_history_group_id"))
+        batch_op.drop_index(batch_op.f("ix_settlement_history_exchange_voucher"))
         batch_op.drop_index(batch_op.f("ix_settlement_history_difference_voucher"))
         batch_op.drop_index(batch_op.f("ix_settlement_history_debit_voucher"))
         batch_op.drop_index(batch_op.f("ix_settlement_history_customer_account"))
