@@ -107,9 +107,11 @@ class OpenTransactionRow(SQLModel, table=True):
 
 
 def plain_rate(rate: Decimal) -> Decimal:
-    """A rate as stored (ten places) without its trailing zeros: 1.1000000000 -> 1.1, 1.0000000000 -> 1."""
+    """A rate as stored (ten places) without the trailing zeros beyond two places: 1.1000000000 -> 1.10,
+    0.0067000000 -> 0.0067, 1.0000000000 -> 1.00."""
     normalized = rate.normalize()
-    return normalized.quantize(Decimal(1)) if normalized == normalized.to_integral_value() else normalized
+    exponent = normalized.as_tuple().exponent
+    return rate.quantize(Decimal("0.01")) if isinstance(exponent, int) and exponent > -2 else normalized
 
 
 def open_transaction_of(row: Any) -> OpenTransaction:
