@@ -22,7 +22,6 @@ from kredit_settlement.domain import (
     TransactionRejected,
     account_settlement,
     admit_transaction,
-    apply_settlement,
     book,
     new_payment,
     payment_rate,
