@@ -20,6 +20,7 @@ from kredit_settlement.domain import (
     OpenTransaction,
     ReversalRefused,
     SettledPair,
+    SettlementError,
     SettlementParameters,
     UnknownInvoice,
     priority_rule,
@@ -28,6 +29,7 @@ from kredit_settlement.handlers import Postings
 from kredit_shared.audit import AuditDep
 from kredit_shared.auth import Role, require
 from kredit_shared.contracts import MAX_LIST_LENGTH, Code, Id, IsoDate, Voucher
+from kredit_shared.currencies import ExchangeRate
 from kredit_shared.money import Amount
 from kredit_shared.service import RuntimeDep
 
@@ -204,6 +206,10 @@ class OpenTransactionOut(BaseModel):
     cash_discounts: list[DiscountTierOut]
     cash_discount_taken: Amount
     cash_discount_account: str | None
+    # The rate it was booked at (1 in the accounting currency) and its amounts in the accounting currency.
+    exchange_rate: ExchangeRate
+    accounting_original_amount: Amount
+    accounting_open_amount: Amount
 
     @classmethod
     def of(cls, t: OpenTransaction) -> OpenTransactionOut:
@@ -219,6 +225,9 @@ class OpenTransactionOut(BaseModel):
             cash_discounts=[DiscountTierOut(date=d.date, percent=d.percent, amount=d.amount) for d in t.cash_discounts],
             cash_discount_taken=t.discount_taken,
             cash_discount_account=t.cash_discount_account,
+            exchange_rate=t.exchange_rate,
+            accounting_original_amount=t.accounting_original_amount,
+            accounting_open_amount=t.accounting_open_amount,
         )
 
 
@@ -259,6 +268,15 @@ class SettledPairOut(BaseModel):
     cash_discount_voucher: str | None
     difference_amount: Amount  # + an underpayment written off, − an overpayment written off
     difference_account: str | None
+    # In the accounting currency (equal to the amounts above in it): what the debit's balance fell by, the
+    # credit's rose by, the discount and difference, and the realized exchange loss (negative: a gain)
+    # posted on exchange_voucher (docs/currencies.md).
+    debit_accounting_amount: Amount
+    credit_accounting_amount: Amount
+    cash_discount_accounting_amount: Amount
+    difference_accounting_amount: Amount
+    realized_exchange_loss: Amount
+    exchange_voucher: str | None
 
     @classmethod
     def of(cls, p: SettledPair) -> SettledPairOut:
@@ -271,6 +289,12 @@ class SettledPairOut(BaseModel):
             cash_discount_voucher=p.cash_discount_voucher,
             difference_amount=p.difference_amount,
             difference_account=p.difference_account,
+            debit_accounting_amount=p.debit_accounting,
+            credit_accounting_amount=p.credit_accounting,
+            cash_discount_accounting_amount=p.cash_discount_accounting,
+            difference_accounting_amount=p.difference_accounting,
+            realized_exchange_loss=p.realized_loss,
+            exchange_voucher=p.exchange_voucher,
         )
 
 
@@ -416,6 +440,8 @@ async def post_settlement(body: SettleIn, runtime: RuntimeDep, postings: Posting
             )
     except MarksRejected as e:
         raise HTTPException(404 if e.all_unknown else 422, str(e)) from None
+    except SettlementError as e:  # e.g. a realized exchange difference without exchange_accounts
+        raise HTTPException(422, str(e)) from None
     return SettlementOut.of_settled(settled)
 
 

@@ -44,6 +44,8 @@ from kredit_shared.contracts import (
     VoucherLine,
     VoucherPosted,
 )
+from kredit_shared.currencies import Rates
+from kredit_shared.exchange_rates import load_rates
 from kredit_shared.money import ZERO
 from kredit_shared.service import Rejected, Transaction
 
@@ -62,12 +64,27 @@ class Postings:
     parameters: domain.SettlementParameters  # the seed of the parameters row
     penny_difference_account: str | None = None
     overpayment_underpayment_account: str | None = None
+    realized_gain_account: str | None = None  # the setup's exchange_accounts (docs/currencies.md)
+    realized_loss_account: str | None = None
+    setup: CompanySetup | None = None  # for the exchange rates (load_rates); None: no rates set up
 
     @property
     def accounts(self) -> domain.Accounts:
         return domain.Accounts(
-            self.cash_discount_account, self.penny_difference_account, self.overpayment_underpayment_account
+            self.cash_discount_account,
+            self.penny_difference_account,
+            self.overpayment_underpayment_account,
+            self.accounting_currency,
+            self.realized_gain_account,
+            self.realized_loss_account,
         )
+
+    @property
+    def books_exchange_differences(self) -> bool:
+        return self.realized_gain_account is not None and self.realized_loss_account is not None
+
+    def foreign(self, currency: str) -> bool:
+        return currency != self.accounting_currency
 
     @classmethod
     def from_setup(cls, setup: CompanySetup) -> Postings:
@@ -94,6 +111,9 @@ class Postings:
             parameters=parameters,
             penny_difference_account=seed.accounts.penny_difference,
             overpayment_underpayment_account=seed.accounts.customer_overpayment_underpayment,
+            realized_gain_account=setup.exchange_accounts.realized_gain if setup.exchange_accounts else None,
+            realized_loss_account=setup.exchange_accounts.realized_loss if setup.exchange_accounts else None,
+            setup=setup,
         )
         try:
             domain.check_parameters(parameters, postings.accounts)
@@ -106,6 +126,24 @@ async def _parameters(session: AsyncSession, postings: Postings) -> domain.Settl
     return (await load_parameters(session, postings.parameters)).to_domain()
 
 
+async def _rates(session: AsyncSession, postings: Postings) -> Rates:
+    """The exchange rates documents that state none are booked at: read once per batch."""
+    if postings.setup is None:
+        return Rates(postings.accounting_currency)
+    return await load_rates(session, postings.setup)
+
+
+def _foreign_problem(postings: Postings, what: str, currency: str) -> str | None:
+    """Why a document in `currency` cannot be taken: in a foreign currency its settlement may realize an
+    exchange difference, which needs the setup's exchange_accounts."""
+    if postings.foreign(currency) and not postings.books_exchange_differences:
+        return (
+            f"{what} is in {currency}, not the accounting currency {postings.accounting_currency}, and the company "
+            f"setup names no exchange_accounts for the realized exchange differences its settlement may post"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class _Batch:
     """What the messages of one fetch share: one transaction, the customers' locks, the open items read once."""
@@ -114,6 +152,7 @@ class _Batch:
     tx: Transaction
     store: OpenItems
     parameters: domain.SettlementParameters
+    rates: Rates
 
 
 async def _batch(
@@ -125,7 +164,7 @@ async def _batch(
     await store.load_customers(customers, scope)
     if vouchers := list(vouchers):
         await store.find_all(vouchers)
-    return _Batch(postings, tx, store, await _parameters(tx.session, postings))
+    return _Batch(postings, tx, store, await _parameters(tx.session, postings), await _rates(tx.session, postings))
 
 
 async def _each(
@@ -162,6 +201,10 @@ async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -
     waits for it."""
     postings, tx, store, parameters = batch.postings, batch.tx, batch.store, batch.parameters
     transaction, known = _open_transaction(event), store.held(event.voucher)
+    if known is None and (
+        problem := _foreign_problem(postings, f"{event.transaction_type} {event.voucher}", event.currency)
+    ):
+        raise Rejected(problem)
     # A known voucher (settlement's own postings come back on this topic) needs none of the customer's items.
     others: list[OpenTransaction] = []
     if known is None:
@@ -172,7 +215,7 @@ async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -
         )
     taken = bool(event.invoice_id) and any(t.invoice_id == event.invoice_id for t in others)
     try:
-        new = domain.admit_transaction(transaction, known, taken, parameters)
+        new = domain.admit_transaction(transaction, known, taken, parameters, postings.accounting_currency)
     except domain.TransactionRejected as e:
         raise Rejected(str(e)) from None
     if new is None:
@@ -182,7 +225,7 @@ async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -
     if not new.is_debit:
         results = domain.settle_new_transaction(new, others, parameters)
         await _post(postings, tx, store, results, [new, *others], settlement_id=event.voucher)
-    problems += await _settle_pending_write_offs(tx, store, event.voucher)
+    problems += await _settle_pending_write_offs(postings, tx, store, event.voucher)
     if problems:
         tx.dead_letter(
             AR_CUSTOMER_TRANSACTIONS,
@@ -228,7 +271,7 @@ async def _settle_waiting_credits(
     return [f"pending mark of payment {r.credit_voucher}: {m.reason}" for r in results for m in r.rejected_marks]
 
 
-async def _settle_pending_write_offs(tx: Transaction, store: OpenItems, voucher: str) -> list[str]:
+async def _settle_pending_write_offs(postings: Postings, tx: Transaction, store: OpenItems, voucher: str) -> list[str]:
     """Settle the posted write-offs that named this transaction before settlement knew it, in the order
     they were posted. Returns what could not be settled (it stays open on the write-off)."""
     pending = (
@@ -245,9 +288,12 @@ async def _settle_pending_write_offs(tx: Transaction, store: OpenItems, voucher:
         if write_off is None:
             continue
         named = await store.of_customer(write_off.customer_account, vouchers=[voucher])
-        outcome = domain.settle_write_off(write_off, [(voucher, row.amount)], named)
+        accounting = {voucher: row.accounting_amount} if row.accounting_amount is not None else None
+        outcome = domain.settle_write_off(write_off, [(voucher, row.amount)], named, accounting)
         await store.save([outcome.write_off, *outcome.settled])
-        _record_write_off_pairs(tx, write_off, outcome.pairs, f"{write_off.voucher}:{voucher}", numbered=False)
+        _record_write_off_pairs(
+            postings, tx, write_off, outcome.pairs, f"{write_off.voucher}:{voucher}", numbered=False
+        )
         problems += [
             f"write-off {write_off.voucher} (journal {row.journal_batch_number}): {s}" for s in outcome.shortfalls
         ]
@@ -267,6 +313,10 @@ def _open_transaction(event: CustomerTransactionPosted) -> OpenTransaction:
         due_date=event.due_date,
         cash_discounts=tuple(domain.DiscountTier(t.date, t.percent, t.amount) for t in event.cash_discounts),
         cash_discount_account=event.cash_discount_account,
+        # Invoicing states the rate and accounting amount of a foreign-currency transaction; absent: rate 1.
+        exchange_rate=event.exchange_rate if event.exchange_rate is not None else domain.model.ONE,
+        accounting_original_amount=event.accounting_amount,
+        accounting_open_amount=event.accounting_amount,
     )
 
 
@@ -308,6 +358,11 @@ async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> N
         domain.admit_payment(
             payment.payment_id, payment.currency, bank_account, postings.accounting_currency, postings.main_accounts
         )
+        if problem := _foreign_problem(postings, f"payment {payment.payment_id}", payment.currency):
+            raise domain.TransactionRejected(problem)
+        rate = domain.payment_rate(
+            payment.payment_id, payment.currency, payment.payment_date, payment.exchange_rate, batch.rates
+        )
         credit = domain.new_payment(
             payment.payment_id,
             payment.customer_account,
@@ -317,6 +372,8 @@ async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> N
             marked=marks is not None,
             discount_date=payment.date_to_use_for_calculating_discounts,
             automatic_settlement=parameters.automatic_settlement,
+            exchange_rate=rate,
+            accounting_currency=postings.accounting_currency,
         )
     except (domain.TransactionRejected, domain.InvalidPayment) as e:
         raise Rejected(str(e)) from None
@@ -333,14 +390,14 @@ async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> N
         )
     else:
         transactions = await _reachable_debits(store, credit, parameters)
-    tx.session.add(PaymentRow.of(payment, bank_account, _fingerprint(payment)))
-    tx.emit(_transaction_posted(credit, payment_id=payment.payment_id))
-    tx.emit(_voucher(credit, bank_account, postings.summary_account, f"Payment {payment.payment_id}"))
+    tx.session.add(PaymentRow.of(payment, bank_account, _fingerprint(payment), rate))
+    tx.emit(_transaction_posted(postings, credit, payment_id=payment.payment_id))
+    tx.emit(_voucher(postings, credit, bank_account, f"Payment {payment.payment_id}"))
     await store.save([credit])
     results = domain.settle_payment(credit, transactions, marks=marks, parameters=parameters)
     await _post(postings, tx, store, results, [credit, *transactions], settlement_id=payment.payment_id)
     result = next(r for r in results if r.credit_voucher == payment.payment_id)
-    problems = await _settle_pending_write_offs(tx, store, payment.payment_id)
+    problems = await _settle_pending_write_offs(postings, tx, store, payment.payment_id)
     waiting = _keep_pending_marks(tx, payment, marks or [], result)
     problems = [
         f"invoice {r.invoice_id!r}: {r.reason}" for r in result.rejected_marks if not r.invoice_unknown
@@ -427,19 +484,19 @@ async def _post(
     Returns `transactions` after them."""
     vouchers = {
         key: await _free_vouchers(tx.session, store, *key, count)
-        for key, count in domain.vouchers_needed(results).items()
+        for key, count in domain.vouchers_needed(results, transactions, postings.accounts).items()
     }
     booking = domain.book(results, transactions, settlement_id, vouchers, postings.accounts)
     await store.save([*booking.transactions, *booking.discounts])
     credit_of = {p.cash_discount_voucher or p.debit_voucher: p.credit_voucher for p in booking.pairs}
     for discount in booking.discounts:
         credit = credit_of[discount.voucher]
-        tx.emit(_transaction_posted(discount, payment_id=credit))
+        tx.emit(_transaction_posted(postings, discount, payment_id=credit))
         tx.emit(
             _voucher(
+                postings,
                 discount,
                 postings.accounts.for_discount(discount.cash_discount_account),
-                postings.summary_account,
                 f"Cash discount settling {credit}",
             )
         )
@@ -452,8 +509,9 @@ async def _free_vouchers(session: AsyncSession, store: OpenItems, prefix: str, c
     while True:
         vouchers = domain.numbered_vouchers(prefix, credit, count, taken)
         clash = await store.known_vouchers(vouchers)
-        column = col(SettlementRow.difference_voucher)
-        clash |= {v for v in (await session.exec(select(column).where(column.in_(vouchers)))).all() if v is not None}
+        for column in (col(SettlementRow.difference_voucher), col(SettlementRow.exchange_voucher)):
+            found = (await session.exec(select(column).where(column.in_(vouchers)))).all()
+            clash |= {v for v in found if v is not None}
         if not clash:
             return vouchers
         taken |= clash
@@ -469,26 +527,59 @@ def _record(
     """Keep and publish settled pairs, and post the differences they wrote off."""
     for pair in pairs:
         tx.session.add(SettlementRow.from_domain(pair, group_id, reversal_of))
-        tx.emit(_settled(pair))
+        tx.emit(_settled(postings, pair))
+        again = "reversed " if reversal_of else ""
         if pair.difference_amount and pair.difference_voucher and pair.difference_account:
             tx.emit(
                 _ledger(
+                    postings,
                     pair.difference_voucher,
                     pair.settlement_date,
                     pair.currency,
                     pair.customer_account,
                     -pair.difference_amount,  # an underpayment written off credits the customer
+                    -pair.difference_accounting,
                     pair.difference_account,
-                    postings.summary_account,
-                    f"Settlement {pair.settlement_id}: {'reversed ' if reversal_of else ''}difference written off",
+                    f"Settlement {pair.settlement_id}: {again}difference written off",
+                )
+            )
+        if pair.realized_loss and pair.exchange_voucher and pair.exchange_account:
+            # A loss credits the customer's summary account in the accounting currency only (EUR 0.00).
+            tx.emit(
+                _ledger(
+                    postings,
+                    pair.exchange_voucher,
+                    pair.settlement_date,
+                    pair.currency,
+                    pair.customer_account,
+                    ZERO,
+                    -pair.realized_loss,
+                    pair.exchange_account,
+                    f"Settlement {pair.settlement_id}: {again}realized exchange "
+                    + ("loss" if pair.realized_loss > 0 else "gain"),
                 )
             )
 
 
 def _record_write_off_pairs(
-    tx: Transaction, write_off: OpenTransaction, pairs: Iterable[domain.PairSettled], source: str, numbered: bool
+    postings: Postings,
+    tx: Transaction,
+    write_off: OpenTransaction,
+    pairs: Iterable[domain.PairSettled],
+    source: str,
+    numbered: bool,
 ) -> None:
     for n, pair in enumerate(pairs, 1):
+        accounting = pair.amount if pair.accounting_amount is None else pair.accounting_amount
+        fx: dict[str, Any] = {}
+        if postings.foreign(write_off.currency):
+            fx = {
+                "debit_accounting_amount": accounting,
+                "credit_accounting_amount": accounting,
+                "cash_discount_accounting_amount": ZERO,
+                "difference_accounting_amount": ZERO,
+                "realized_exchange_loss": ZERO,
+            }
         settled = SettledPair(
             f"{source}:{n}" if numbered else source,
             write_off.customer_account,
@@ -497,13 +588,25 @@ def _record_write_off_pairs(
             pair.debit_voucher,
             pair.credit_voucher,
             pair.amount,
+            **fx,
         )
         tx.session.add(SettlementRow.from_domain(settled, group_id=source))
-        tx.emit(_settled(settled))
+        tx.emit(_settled(postings, settled))
 
 
-def _settled(pair: SettledPair) -> OpenItemsSettled:
+def _settled(postings: Postings, pair: SettledPair) -> OpenItemsSettled:
+    """OpenItemsSettled of a pair; the accounting-currency amounts only in a foreign currency."""
+    fx: dict[str, Any] = {}
+    if postings.foreign(pair.currency):
+        fx = {
+            "debit_accounting_amount": pair.debit_accounting,
+            "credit_accounting_amount": pair.credit_accounting,
+            "cash_discount_accounting_amount": pair.cash_discount_accounting,
+            "difference_accounting_amount": pair.difference_accounting,
+            "realized_exchange_loss": pair.realized_loss,
+        }
     return OpenItemsSettled(
+        **fx,
         settlement_id=pair.settlement_id,
         customer_account=pair.customer_account,
         settlement_date=pair.settlement_date,
@@ -540,7 +643,7 @@ async def _settle_write_offs(batch: _Batch, event: JournalPosted) -> None:
     """Post each Customer line of a posted journal as a WriteOff transaction and settle what it names.
 
     The ledger voucher is ledger-posting's; nothing named can stop the posting, so differences are reported."""
-    tx, store = batch.tx, batch.store
+    postings, tx, store = batch.postings, batch.tx, batch.store
     lines = [line for line in event.lines if line.account_type == "Customer"]
     vouchers = _line_vouchers(lines)
     known = await store.known_vouchers(vouchers)
@@ -549,9 +652,21 @@ async def _settle_write_offs(batch: _Batch, event: JournalPosted) -> None:
         if voucher in known:
             continue
         amount = line.debit - line.credit
+        # What it removes from the named transactions' accounting balances is its own (docs/currencies.md).
+        accounting = -sum((ref.accounting_amount for ref in line.settles), ZERO) if line.settles else amount
         # Never applied automatically: what it could not settle is a discrepancy for a person to look at.
         write_off = OpenTransaction(
-            voucher, line.account, "WriteOff", line.transaction_date, line.currency, amount, amount, auto_settle=False
+            voucher,
+            line.account,
+            "WriteOff",
+            line.transaction_date,
+            line.currency,
+            amount,
+            amount,
+            auto_settle=False,
+            exchange_rate=line.exchange_rate if line.exchange_rate is not None else domain.model.ONE,
+            accounting_original_amount=accounting,
+            accounting_open_amount=accounting,
         )
         refs = [(ref.voucher, ref.amount) for ref in line.settles]
         todo.append(
@@ -573,7 +688,8 @@ async def _settle_write_offs(batch: _Batch, event: JournalPosted) -> None:
         )
         return
     for line, voucher, write_off, refs, transactions in todo:
-        outcome = domain.settle_write_off(write_off, refs, transactions)
+        accounting_of = {ref.voucher: ref.accounting_amount for ref in line.settles}
+        outcome = domain.settle_write_off(write_off, refs, transactions, accounting_of)
         await store.save([outcome.write_off, *outcome.settled])
         for named, held in outcome.pending:  # settlement lags behind collections: settled when it arrives
             tx.session.add(
@@ -582,11 +698,12 @@ async def _settle_write_offs(batch: _Batch, event: JournalPosted) -> None:
                     voucher=named,
                     customer_account=line.account,
                     amount=held,
+                    accounting_amount=accounting_of[named] if accounting_of[named] != held else None,
                     journal_batch_number=event.batch_number,
                 )
             )
-        tx.emit(_transaction_posted(write_off))
-        _record_write_off_pairs(tx, write_off, outcome.pairs, voucher, numbered=True)
+        tx.emit(_transaction_posted(postings, write_off))
+        _record_write_off_pairs(postings, tx, write_off, outcome.pairs, voucher, numbered=True)
         if outcome.shortfalls:
             tx.dead_letter(
                 GL_JOURNAL_EVENTS,
@@ -609,7 +726,13 @@ def _line_vouchers(lines: Sequence[PostedJournalLine]) -> list[str]:
 # --- emitting -------------------------------------------------------------------------------
 
 
-def _transaction_posted(t: OpenTransaction, payment_id: str | None = None) -> CustomerTransactionPosted:
+def _transaction_posted(
+    postings: Postings, t: OpenTransaction, payment_id: str | None = None
+) -> CustomerTransactionPosted:
+    """A transaction settlement posts; in a foreign currency with the rate and accounting amount it is booked at."""
+    fx: dict[str, Any] = {}
+    if postings.foreign(t.currency):
+        fx = {"exchange_rate": t.exchange_rate, "accounting_currency_amount": t.accounting_original_amount}
     return CustomerTransactionPosted(
         voucher=t.voucher,
         transaction_type=t.transaction_type,  # type: ignore[arg-type]
@@ -621,35 +744,55 @@ def _transaction_posted(t: OpenTransaction, payment_id: str | None = None) -> Cu
         due_date=t.due_date,
         payment_id=payment_id,
         cash_discounts=[CashDiscountTier(percent=d.percent, date=d.date, amount=d.amount) for d in t.cash_discounts],
+        **fx,
     )
 
 
-def _voucher(t: OpenTransaction, account: str, summary_account: str, text: str) -> VoucherPosted:
+def _voucher(postings: Postings, t: OpenTransaction, account: str, text: str) -> VoucherPosted:
     """The ledger voucher of a customer transaction settlement posts: the customer's summary account by its
-    amount (debit +, credit −), `account` (bank, discount) the other way."""
+    amount (debit +, credit −), `account` (bank, discount) the other way; in the accounting currency."""
     return _ledger(
-        t.voucher, t.transaction_date, t.currency, t.customer_account, t.original_amount, account, summary_account, text
+        postings,
+        t.voucher,
+        t.transaction_date,
+        t.currency,
+        t.customer_account,
+        t.original_amount,
+        t.accounting_original_amount,
+        account,
+        text,
     )
 
 
 def _ledger(
+    postings: Postings,
     voucher: str,
     on: date,
     currency: str,
     customer_account: str,
     to_customer: Decimal,
+    to_customer_accounting: Decimal,
     account: str,
-    summary_account: str,
     text: str,
 ) -> VoucherPosted:
-    customer = {"account": summary_account, "text": text, "customer_account": customer_account}
-    other = {"account": account, "text": text}
-    debit, credit = (customer, other) if to_customer > 0 else (other, customer)
-    amount = abs(to_customer)
+    """A two-line voucher in the accounting currency: the customer's summary account by `to_customer_accounting`
+    (debit +), `account` the other way. In a foreign currency both lines also carry the transaction currency
+    and amount (`to_customer` on the customer's line, its opposite on the other)."""
+    customer: dict[str, Any] = {
+        "account": postings.summary_account,
+        "text": text,
+        "customer_account": customer_account,
+    }
+    other: dict[str, Any] = {"account": account, "text": text}
+    if postings.foreign(currency):
+        customer |= {"transaction_currency": currency, "transaction_currency_amount": to_customer}
+        other |= {"transaction_currency": currency, "transaction_currency_amount": -to_customer + ZERO}
+    debit, credit = (customer, other) if to_customer_accounting > 0 else (other, customer)
+    amount = abs(to_customer_accounting)
     return VoucherPosted(
         voucher=voucher,
         posting_date=on,
-        currency=currency,
+        currency=postings.accounting_currency if postings.foreign(currency) else currency,
         source="settlement",
         description=text,
         lines=[VoucherLine(**debit, debit=amount), VoucherLine(**credit, credit=amount)],
@@ -774,12 +917,12 @@ async def reverse_settlement(
         raise domain.ReversalRefused(f"voucher(s) {', '.join(sorted(clash))} are taken")
     await store.save([*reversal.transactions, *reversal.discounts])
     for discount in reversal.discounts:
-        tx.emit(_transaction_posted(discount))
+        tx.emit(_transaction_posted(postings, discount))
         tx.emit(
             _voucher(
+                postings,
                 discount,
                 postings.accounts.for_discount(discount.cash_discount_account),
-                postings.summary_account,
                 f"Reversed cash discount, settlement {settlement_id}",
             )
         )

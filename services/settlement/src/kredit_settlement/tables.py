@@ -64,6 +64,12 @@ class OpenTransactionRow(SQLModel, table=True):
     cash_discount_account: str | None = None
     auto_settle: bool = True  # see OpenTransaction.auto_settle
     discount_date: date | None = None  # a payment's selected date for its discounts
+    # The rate it was booked at (accounting-currency units per unit of `currency`; 1 in the accounting currency)
+    # and its amounts in the accounting currency (docs/currencies.md). Ten places: a rate is below 1e8, so
+    # the scaled integer SQLite stores stays below 1e18.
+    exchange_rate: Decimal = Field(default=Decimal(1), sa_type=ExactDecimal(10), nullable=False)
+    accounting_original_amount: Decimal = money_field()
+    accounting_open_amount: Decimal = money_field()
     # Optimistic check on top of the customer lock: an update names the version it read.
     version: int = Field(default=1, sa_column=Column(Integer, nullable=False))
 
@@ -94,7 +100,18 @@ class OpenTransactionRow(SQLModel, table=True):
             cash_discount_account=t.cash_discount_account,
             auto_settle=t.auto_settle,
             discount_date=t.discount_date,
+            exchange_rate=t.exchange_rate,
+            accounting_original_amount=t.accounting_original_amount,
+            accounting_open_amount=t.accounting_open_amount,
         )
+
+
+def plain_rate(rate: Decimal) -> Decimal:
+    """A rate as stored (ten places) without the trailing zeros beyond two places: 1.1000000000 -> 1.10,
+    0.0067000000 -> 0.0067, 1.0000000000 -> 1.00."""
+    normalized = rate.normalize()
+    exponent = normalized.as_tuple().exponent
+    return rate.quantize(Decimal("0.01")) if isinstance(exponent, int) and exponent > -2 else normalized
 
 
 def open_transaction_of(row: Any) -> OpenTransaction:
@@ -121,6 +138,9 @@ def open_transaction_of(row: Any) -> OpenTransaction:
         cash_discount_account=row.cash_discount_account,
         auto_settle=row.auto_settle,
         discount_date=row.discount_date,
+        exchange_rate=plain_rate(row.exchange_rate),
+        accounting_original_amount=row.accounting_original_amount,
+        accounting_open_amount=row.accounting_open_amount,
     )
 
 
@@ -135,13 +155,17 @@ class PaymentRow(SQLModel, table=True):
     payment_date: date
     amount: Decimal = money_field()
     currency: str
+    exchange_rate: Decimal = Field(default=Decimal(1), sa_type=ExactDecimal(10), nullable=False)  # booked at
     bank_account: str
     fingerprint: str
     received_at: datetime = Field(default_factory=utcnow)
 
     @classmethod
-    def of(cls, payment: CustomerPaymentReceived, bank_account: str, fingerprint: str) -> PaymentRow:
+    def of(
+        cls, payment: CustomerPaymentReceived, bank_account: str, fingerprint: str, exchange_rate: Decimal = Decimal(1)
+    ) -> PaymentRow:
         return cls(
+            exchange_rate=exchange_rate,
             payment_id=payment.payment_id,
             message_id=payment.message_id,
             customer_account=payment.customer_account,
@@ -190,6 +214,8 @@ class PendingWriteOffRow(SQLModel, table=True):
     voucher: str = Field(index=True)  # the named transaction
     customer_account: str = Field(index=True)
     amount: Decimal = money_field()
+    # What it removes from the transaction's accounting-currency balance (SettledTransactionRef.accounting_amount).
+    accounting_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
     journal_batch_number: str
 
 
@@ -214,6 +240,15 @@ class SettlementRow(SQLModel, table=True):
     difference_amount: Decimal = money_field(default=Decimal("0.00"))
     difference_account: str | None = None
     difference_voucher: str | None = Field(default=None, index=True)
+    # In a foreign currency (None in the accounting currency): the pair in the accounting currency and the
+    # realized exchange loss (negative: gain) posted on exchange_voucher (SettledPair, docs/currencies.md).
+    debit_accounting_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
+    credit_accounting_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
+    cash_discount_accounting_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
+    difference_accounting_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
+    realized_exchange_loss: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
+    exchange_account: str | None = None
+    exchange_voucher: str | None = Field(default=None, index=True)
     reversed_by: str | None = None  # the group that reversed this pair
     reversal_of: str | None = Field(default=None, index=True)  # the group this row reverses
     settled_at: datetime = Field(default_factory=utcnow)
@@ -232,6 +267,13 @@ class SettlementRow(SQLModel, table=True):
             self.difference_amount,
             self.difference_account,
             self.difference_voucher,
+            self.debit_accounting_amount,
+            self.credit_accounting_amount,
+            self.cash_discount_accounting_amount,
+            self.difference_accounting_amount,
+            self.realized_exchange_loss,
+            self.exchange_account,
+            self.exchange_voucher,
         )
 
     @classmethod
@@ -471,6 +513,7 @@ class OpenItems:
                 .where(col(OpenTransactionRow.id) == row_id, col(OpenTransactionRow.version) == version)
                 .values(
                     open_amount=t.open_amount,
+                    accounting_open_amount=t.accounting_open_amount,
                     discount_taken=t.discount_taken,
                     auto_settle=t.auto_settle,
                     version=version + 1,

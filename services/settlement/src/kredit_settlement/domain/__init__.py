@@ -7,6 +7,7 @@ to the cent. Modules: model (values, parameters), discounts (discount arithmetic
 accepted, the order what waits is settled in), write_offs.
 """
 
+from kredit_settlement.domain.accounting import PairAccounting, ResultAccounting, account_settlement, convert
 from kredit_settlement.domain.booking import (
     Booking,
     Reversal,
@@ -19,7 +20,13 @@ from kredit_settlement.domain.booking import (
     vouchers_needed,
 )
 from kredit_settlement.domain.discounts import Terms, available_discount, mark_terms, preview_mark, split
-from kredit_settlement.domain.intake import admit_payment, admit_transaction, refused_pending_marks, waiting_credits
+from kredit_settlement.domain.intake import (
+    admit_payment,
+    admit_transaction,
+    payment_rate,
+    refused_pending_marks,
+    waiting_credits,
+)
 from kredit_settlement.domain.model import (
     DEBIT_TYPES,
     MARK_FIELDS,
@@ -83,11 +90,13 @@ __all__ = [
     "MarkRejected",
     "MarksRejected",
     "OpenTransaction",
+    "PairAccounting",
     "PairSettled",
     "PriorityCriterion",
     "PriorityRule",
     "RejectedMark",
     "ResolvedMarks",
+    "ResultAccounting",
     "Reversal",
     "ReversalRefused",
     "SettledPair",
@@ -99,6 +108,7 @@ __all__ = [
     "UnknownInvoice",
     "UseCashDiscount",
     "WriteOffSettlement",
+    "account_settlement",
     "admit_payment",
     "admit_transaction",
     "apply_pairs",
@@ -109,12 +119,14 @@ __all__ = [
     "book",
     "cash_discount_vouchers",
     "check_parameters",
+    "convert",
     "default_discount_account",
     "find_marked_invoice",
     "mark_terms",
     "marked_order",
     "new_payment",
     "numbered_vouchers",
+    "payment_rate",
     "preview_mark",
     "priority_rule",
     "reservations",

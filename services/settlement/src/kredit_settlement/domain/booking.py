@@ -10,6 +10,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from kredit_settlement.domain.accounting import account_settlement
 from kredit_settlement.domain.model import (
     Accounts,
     OpenTransaction,
@@ -22,6 +23,7 @@ from kredit_shared.money import ZERO
 
 DISCOUNT = "DISC-"
 DIFFERENCE = "DIFF-"
+EXCHANGE = "EXCH-"  # a realized exchange loss or gain (docs/currencies.md)
 REVERSAL = "REV-"
 
 
@@ -45,13 +47,25 @@ def cash_discount_vouchers(payment_id: str, count: int, taken: Collection[str] =
     return numbered_vouchers(DISCOUNT, payment_id, count, taken)
 
 
-def vouchers_needed(results: Iterable[SettlementResult]) -> dict[tuple[str, str], int]:
-    """How many discount and difference vouchers each credit's results post: {(prefix, credit voucher): count}."""
+def vouchers_needed(
+    results: Iterable[SettlementResult],
+    transactions: Sequence[OpenTransaction] | None = None,
+    accounts: Accounts | None = None,
+) -> dict[tuple[str, str], int]:
+    """How many discount, difference and (given the transactions) exchange vouchers each credit's results post:
+    {(prefix, credit voucher): count}."""
     needed: dict[tuple[str, str], int] = {}
+    after = list(transactions or ())
     for r in results:
         discounts = sum(1 for s in r.settlements if s.cash_discount) + (1 if r.credit_discount else 0)
         differences = sum(1 for s in r.settlements if s.difference)
-        for prefix, count in ((DISCOUNT, discounts), (DIFFERENCE, differences)):
+        exchanges = 0
+        if transactions is not None and accounts is not None:
+            accounting = account_settlement(r, after, accounts.accounting_currency)
+            if r.currency != accounts.accounting_currency:
+                exchanges = sum(1 for line in accounting.lines if line.realized_loss)
+            after = apply_settlement(after, r, accounting=accounting)
+        for prefix, count in ((DISCOUNT, discounts), (DIFFERENCE, differences), (EXCHANGE, exchanges)):
             if count:
                 needed[(prefix, r.credit_voucher)] = needed.get((prefix, r.credit_voucher), 0) + count
     return needed
@@ -74,27 +88,47 @@ def book(
     """The postings of `results` (applied in order to `transactions`); `vouchers` as vouchers_needed asked.
 
     An invoice's discount is a customer credit (DISC, negative) settled against the invoice; a credit note's own
-    discount a customer debit (positive) settled against the credit note: the offsetting pair D365 shows."""
+    discount a customer debit (positive) settled against the credit note: the offsetting pair D365 shows. In a
+    foreign currency each pair also carries its accounting-currency amounts (account_settlement) and a realized
+    exchange loss or gain is posted on an exchange voucher of its own (EXCH-, docs/currencies.md). Raises
+    SettlementError when an account it needs is missing from the setup."""
     left = {key: list(names) for key, names in vouchers.items()}
     after = list(transactions)
     pairs: list[SettledPair] = []
     discounts: list[OpenTransaction] = []
     for result in results:
         credit = next(t for t in after if t.voucher == result.credit_voucher)
-        for s in result.settlements:
+        accounting = account_settlement(result, after, accounts.accounting_currency)
+        foreign = result.currency != accounts.accounting_currency
+        for s, line in zip(result.settlements, accounting.lines):
             disc = (
-                _discount(result, -s.cash_discount, s.cash_discount_account, left, accounts)
+                _discount(
+                    result, credit, -s.cash_discount, -line.cash_discount, s.cash_discount_account, left, accounts
+                )
                 if s.cash_discount
                 else None
             )
-            difference = {}
+            more: dict[str, Any] = {}
             if s.difference:
                 assert s.difference_kind is not None
-                difference = {
+                more = {
                     "difference_amount": s.difference,
                     "difference_account": accounts.for_difference(s.difference_kind),
                     "difference_voucher": left[(DIFFERENCE, result.credit_voucher)].pop(0),
                 }
+            if foreign:
+                more |= {
+                    "debit_accounting_amount": line.debit,
+                    "credit_accounting_amount": line.credit,
+                    "cash_discount_accounting_amount": line.cash_discount,
+                    "difference_accounting_amount": line.difference,
+                    "realized_exchange_loss": line.realized_loss,
+                }
+                if line.realized_loss:
+                    more |= {
+                        "exchange_account": accounts.for_exchange(line.realized_loss),
+                        "exchange_voucher": left[(EXCHANGE, result.credit_voucher)].pop(0),
+                    }
             pairs.append(
                 _pair(
                     result,
@@ -103,16 +137,26 @@ def book(
                     s.cash_applied,
                     cash_discount_amount=s.cash_discount,
                     cash_discount_voucher=disc.voucher if disc else None,
-                    **difference,
+                    **more,
                 )
             )
             discounts += [disc] if disc else []
         if result.credit_discount:
             account = result.credit_discount_account or credit.cash_discount_account
-            own = _discount(result, result.credit_discount, account, left, accounts)
+            own_accounting = accounting.credit_discount
+            own = _discount(result, credit, result.credit_discount, own_accounting, account, left, accounts)
             discounts.append(own)
-            pairs.append(_pair(result, f"{settlement_id}:{len(pairs) + 1}", own.voucher, result.credit_discount))
-        after = apply_settlement(after, result)
+            fx: dict[str, Any] = {}
+            if foreign:
+                fx = {
+                    "debit_accounting_amount": own_accounting,
+                    "credit_accounting_amount": own_accounting,
+                    "cash_discount_accounting_amount": ZERO,
+                    "difference_accounting_amount": ZERO,
+                    "realized_exchange_loss": ZERO,
+                }
+            pairs.append(_pair(result, f"{settlement_id}:{len(pairs) + 1}", own.voucher, result.credit_discount, **fx))
+        after = apply_settlement(after, result, accounting=accounting)
     return Booking(tuple(pairs), tuple(discounts), tuple(after))
 
 
@@ -131,12 +175,14 @@ def _pair(result: SettlementResult, settlement_id: str, debit: str, amount: Deci
 
 def _discount(
     result: SettlementResult,
+    credit: OpenTransaction,
     amount: Decimal,
+    accounting_amount: Decimal,
     account: str | None,
     vouchers: dict[tuple[str, str], list[str]],
     accounts: Accounts,
 ) -> OpenTransaction:
-    """A cash discount as a customer transaction (signed), settled at once."""
+    """A cash discount as a customer transaction (signed), settled at once; booked at the credit's rate."""
     return OpenTransaction(
         vouchers[(DISCOUNT, result.credit_voucher)].pop(0),
         result.customer_account,
@@ -146,6 +192,9 @@ def _discount(
         amount,
         ZERO,
         cash_discount_account=accounts.for_discount(account),
+        exchange_rate=credit.exchange_rate,
+        accounting_original_amount=accounting_amount,
+        accounting_open_amount=ZERO,
     )
 
 
@@ -158,16 +207,20 @@ class ReversalRefused(SettlementError):
 
 def apply_pairs(transactions: Sequence[OpenTransaction], pairs: Iterable[SettledPair]) -> list[OpenTransaction]:
     """The transactions after the settled pairs: the debit falls by cash + discount + difference, the credit
-    rises by the cash. Cash discount transactions are settled when they are made and are left as they are.
-    Raises SettlementError if a balance would leave the range between zero and the original amount."""
+    rises by the cash (in the accounting currency by the pair's accounting amounts). Cash discount transactions
+    are settled when they are made and are left as they are. Raises SettlementError if a balance would leave
+    the range between zero and the original amount."""
     change: dict[str, Decimal] = {}
+    accounting: dict[str, Decimal] = {}
     taken: dict[str, Decimal] = {}
     for p in pairs:
         change[p.debit_voucher] = change.get(p.debit_voucher, ZERO) - (
             p.amount_settled + p.cash_discount_amount + p.difference_amount
         )
+        accounting[p.debit_voucher] = accounting.get(p.debit_voucher, ZERO) - p.debit_accounting
         taken[p.debit_voucher] = taken.get(p.debit_voucher, ZERO) + p.cash_discount_amount
         change[p.credit_voucher] = change.get(p.credit_voucher, ZERO) + p.amount_settled
+        accounting[p.credit_voucher] = accounting.get(p.credit_voucher, ZERO) + p.credit_accounting
     updated = []
     for t in transactions:
         if t.voucher not in change or t.transaction_type == "CashDiscount":
@@ -176,7 +229,14 @@ def apply_pairs(transactions: Sequence[OpenTransaction], pairs: Iterable[Settled
         new_open = t.open_amount + change[t.voucher]
         if not (min(ZERO, t.original_amount) <= new_open <= max(ZERO, t.original_amount)):
             raise SettlementError(f"{t.voucher}: the open balance {t.open_amount} would become {new_open}")
-        updated.append(replace(t, open_amount=new_open, discount_taken=t.discount_taken + taken.get(t.voucher, ZERO)))
+        updated.append(
+            replace(
+                t,
+                open_amount=new_open,
+                accounting_open_amount=t.accounting_open_amount + accounting[t.voucher],
+                discount_taken=t.discount_taken + taken.get(t.voucher, ZERO),
+            )
+        )
     return updated
 
 
@@ -185,6 +245,10 @@ class Reversal:
     pairs: tuple[SettledPair, ...]  # the opposite pairs, to keep and publish
     discounts: tuple[OpenTransaction, ...]  # new CashDiscount transactions that undo the discounts taken
     transactions: tuple[OpenTransaction, ...]  # the given transactions after the reversal
+
+
+def _negated(amount: Decimal | None) -> Decimal | None:
+    return None if amount is None else -amount
 
 
 def reversal_voucher(voucher: str) -> str:
@@ -217,6 +281,8 @@ def reverse(pairs: Sequence[SettledPair], transactions: Sequence[OpenTransaction
             transaction_date=on,
             original_amount=-discount.original_amount,
             open_amount=ZERO,
+            accounting_original_amount=-discount.accounting_original_amount,
+            accounting_open_amount=ZERO,
         )
         discounts.append(made)
         return made
@@ -233,6 +299,12 @@ def reverse(pairs: Sequence[SettledPair], transactions: Sequence[OpenTransaction
                 cash_discount_voucher=undone.voucher if undone else None,
                 difference_amount=-p.difference_amount,
                 difference_voucher=reversal_voucher(p.difference_voucher) if p.difference_voucher else None,
+                debit_accounting_amount=_negated(p.debit_accounting_amount),
+                credit_accounting_amount=_negated(p.credit_accounting_amount),
+                cash_discount_accounting_amount=_negated(p.cash_discount_accounting_amount),
+                difference_accounting_amount=_negated(p.difference_accounting_amount),
+                realized_exchange_loss=_negated(p.realized_exchange_loss),
+                exchange_voucher=reversal_voucher(p.exchange_voucher) if p.exchange_voucher else None,
             )
         )
         debit = by_voucher[p.debit_voucher]
@@ -247,6 +319,11 @@ def reverse(pairs: Sequence[SettledPair], transactions: Sequence[OpenTransaction
                     debit.voucher,
                     own.voucher,
                     p.amount_settled,
+                    debit_accounting_amount=p.credit_accounting_amount,
+                    credit_accounting_amount=p.credit_accounting_amount,
+                    cash_discount_accounting_amount=p.cash_discount_accounting_amount,
+                    difference_accounting_amount=p.difference_accounting_amount,
+                    realized_exchange_loss=p.realized_exchange_loss,
                 )
             )
     after = apply_pairs(transactions, opposite)

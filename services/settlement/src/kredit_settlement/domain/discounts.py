@@ -18,7 +18,8 @@ from kredit_settlement.domain.model import (
     SettlementParameters,
     UseCashDiscount,
 )
-from kredit_shared.money import ZERO, round_money
+from kredit_shared.currencies import round_to
+from kredit_shared.money import ZERO
 
 _HUNDRED = Decimal(100)
 
@@ -70,7 +71,8 @@ def available_discount(
     applies = tier(transaction, on, terms.use)
     if applies is None or open_amount == 0:
         return ZERO
-    return round_money(open_amount * applies.percent / _HUNDRED)
+    # Half-up to the currency's minor unit: 2 % of JPY 1,055 is JPY 21 (docs/currencies.md).
+    return round_to(open_amount * applies.percent / _HUNDRED, transaction.currency)
 
 
 def split(
@@ -96,7 +98,7 @@ def split(
     else:
         return offered, ZERO
     # The cash is the (1 − p) share of what it settles: 297.00 at 1 % settles 300.00, a 3.00 discount.
-    return offered, min(round_money(offered * rate / (1 - rate)), full_discount)
+    return offered, min(round_to(offered * rate / (1 - rate), transaction.currency), full_discount)
 
 
 def credit_note_terms(terms: Terms, parameters: SettlementParameters) -> Terms:

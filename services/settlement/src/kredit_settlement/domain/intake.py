@@ -5,21 +5,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
+from datetime import date
+from decimal import Decimal
 
 from kredit_settlement.domain.model import (
+    ONE,
     POSTED_ELSEWHERE,
     Mark,
     OpenTransaction,
     SettlementParameters,
     TransactionRejected,
 )
+from kredit_shared.currencies import NoExchangeRate, Rates
 
 
 def admit_transaction(
-    new: OpenTransaction, known: OpenTransaction | None, invoice_id_taken: bool, parameters: SettlementParameters
+    new: OpenTransaction,
+    known: OpenTransaction | None,
+    invoice_id_taken: bool,
+    parameters: SettlementParameters,
+    accounting_currency: str | None = None,
 ) -> OpenTransaction | None:
     """The transaction to keep as an open item, None for a re-send of one already kept (settlement's own postings
-    come back on the topic too), or TransactionRejected saying why it cannot be taken."""
+    come back on the topic too), or TransactionRejected saying why it cannot be taken. In the accounting
+    currency it must be at rate 1; in a foreign currency its accounting amount must be on the amount's side."""
     if known is not None:
         if (known.transaction_type, known.customer_account, known.original_amount) != (
             new.transaction_type,
@@ -40,6 +49,8 @@ def admit_transaction(
         raise TransactionRejected(
             f"{new.transaction_type} {new.voucher} has the wrong sign: amount {new.original_amount}"
         )
+    if accounting_currency is not None and (problem := _accounting_problem(new, accounting_currency)):
+        raise TransactionRejected(f"{new.transaction_type} {new.voucher} {problem}")
     if invoice_id_taken:
         raise TransactionRejected(
             f"invoice id {new.invoice_id} of {new.voucher} is already used by another transaction"
@@ -48,17 +59,42 @@ def admit_transaction(
     return new if parameters.automatic_settlement else replace(new, auto_settle=False)
 
 
+def _accounting_problem(t: OpenTransaction, accounting_currency: str) -> str | None:
+    if t.currency == accounting_currency:
+        if t.exchange_rate != ONE or t.accounting_original_amount != t.original_amount:
+            return (
+                f"is in the accounting currency {accounting_currency}; its exchange_rate must be 1 and its "
+                f"accounting_currency_amount its amount, not {t.exchange_rate:f} and {t.accounting_original_amount}"
+            )
+        return None
+    if t.accounting_original_amount * t.original_amount < 0:
+        return (
+            f"has the wrong sign in the accounting currency: amount {t.original_amount} {t.currency}, "
+            f"accounting_currency_amount {t.accounting_original_amount} {accounting_currency}"
+        )
+    return None
+
+
 def admit_payment(
     payment_id: str, currency: str, bank_account: str, accounting_currency: str, main_accounts: Collection[str]
 ) -> None:
-    """TransactionRejected for a payment settlement cannot post."""
-    if currency != accounting_currency:
-        raise TransactionRejected(
-            f"payment {payment_id} is in {currency}; payments are accepted in the accounting currency "
-            f"{accounting_currency} only"
-        )
+    """TransactionRejected for a payment settlement cannot post. A payment in another currency than the
+    accounting currency is booked at its rate (payment_rate)."""
+    del currency, accounting_currency  # any currency with a rate (payment_rate)
     if bank_account not in main_accounts:
         raise TransactionRejected(f"payment {payment_id}: bank account {bank_account!r} is not a main account")
+
+
+def payment_rate(payment_id: str, currency: str, on: date, given: Decimal | None, rates: Rates) -> Decimal:
+    """The rate a payment is booked at: the one it states, else the rate set for its currency on its date
+    (Rates.resolve); TransactionRejected saying why when there is none."""
+    try:
+        return rates.resolve(currency, on, given, document=f"payment {payment_id}")
+    except NoExchangeRate as e:
+        raise TransactionRejected(
+            f"payment {payment_id} is in {currency}; payments are accepted in the accounting currency "
+            f"{rates.accounting_currency} only, or in another currency at a known exchange rate: {e}"
+        ) from None
 
 
 def refused_pending_marks(credit_note: OpenTransaction, payment_vouchers: Sequence[str]) -> list[str]:

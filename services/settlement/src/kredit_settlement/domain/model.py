@@ -7,12 +7,14 @@ on transactions, positive on the settlement results that name their side.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 
-from kredit_shared.money import ZERO
+from kredit_shared.money import ZERO, round_money
+
+ONE = Decimal(1)
 
 # Transactions that debit the customer (what a credit settles); the document types of the contract extensions.
 DEBIT_TYPES = ("Invoice", "InterestNote", "CollectionLetterFee", "PaymentFee")
@@ -136,11 +138,26 @@ DEFAULTS = SettlementParameters()
 
 @dataclass(frozen=True)
 class Accounts:
-    """The ledger accounts settlement posts to besides the customer's (D365 *Accounts for automatic transactions*)."""
+    """The ledger accounts settlement posts to besides the customer's (D365 *Accounts for automatic transactions*),
+    and the accounting currency with the accounts of realized exchange differences (docs/currencies.md)."""
 
     cash_discount: str | None = None  # for discounts of transactions whose discount code named no account
     penny_difference: str | None = None
     overpayment_underpayment: str | None = None
+    # Compared by the three accounts above only: these came later and every setup has them (docs/currencies.md).
+    accounting_currency: str = field(default="USD", compare=False)
+    realized_gain: str | None = field(default=None, compare=False)
+    realized_loss: str | None = field(default=None, compare=False)
+
+    def for_exchange(self, loss: Decimal) -> str:
+        """The account of a realized exchange loss (positive) or gain (negative)."""
+        account = self.realized_loss if loss > 0 else self.realized_gain
+        if account is None:
+            raise SettlementError(
+                f"the settlement realizes an exchange {'loss' if loss > 0 else 'gain'} of {abs(loss)} "
+                f"{self.accounting_currency}, and the company setup names no exchange_accounts to post it to"
+            )
+        return account
 
     def for_discount(self, named: str | None) -> str:
         account = named or self.cash_discount
@@ -231,6 +248,28 @@ class OpenTransaction:
     auto_settle: bool = True
     # A payment's *selected date* (date_to_use_for_calculating_discounts): its discounts are taken as of this day.
     discount_date: date | None = None
+    # Accounting-currency units per unit of `currency` it was booked at, and its amounts in the accounting
+    # currency (docs/currencies.md). Left out: rate 1, the accounting amounts are the amounts themselves.
+    exchange_rate: Decimal = ONE
+    accounting_original_amount: Decimal = None  # type: ignore[assignment]  # filled in by __post_init__
+    accounting_open_amount: Decimal = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.accounting_original_amount is None:
+            original = (
+                self.original_amount
+                if self.exchange_rate == ONE
+                else round_money(self.original_amount * self.exchange_rate)
+            )
+            object.__setattr__(self, "accounting_original_amount", original)
+        if self.accounting_open_amount is None:
+            if self.open_amount == self.original_amount:
+                accounting_open = self.accounting_original_amount
+            elif self.exchange_rate == ONE:
+                accounting_open = self.open_amount
+            else:
+                accounting_open = round_money(self.open_amount * self.exchange_rate)
+            object.__setattr__(self, "accounting_open_amount", accounting_open)
 
     @property
     def is_debit(self) -> bool:
@@ -341,3 +380,40 @@ class SettledPair:
     difference_amount: Decimal = ZERO
     difference_account: str | None = None
     difference_voucher: str | None = None  # the ledger voucher that posted the difference
+    # In a foreign currency (None in the accounting currency, where each equals its transaction amount): what
+    # the pair moves in the accounting currency (docs/currencies.md). The debit's accounting balance falls by
+    # debit_accounting_amount, the credit's rises by credit_accounting_amount; the realized exchange loss
+    # (negative: a gain) is debit - credit - discount - difference, posted on `exchange_voucher`.
+    debit_accounting_amount: Decimal | None = None
+    credit_accounting_amount: Decimal | None = None
+    cash_discount_accounting_amount: Decimal | None = None
+    difference_accounting_amount: Decimal | None = None
+    realized_exchange_loss: Decimal | None = None
+    exchange_account: str | None = None
+    exchange_voucher: str | None = None
+
+    @property
+    def debit_accounting(self) -> Decimal:
+        if self.debit_accounting_amount is None:
+            return self.amount_settled + self.cash_discount_amount + self.difference_amount
+        return self.debit_accounting_amount
+
+    @property
+    def credit_accounting(self) -> Decimal:
+        return self.amount_settled if self.credit_accounting_amount is None else self.credit_accounting_amount
+
+    @property
+    def cash_discount_accounting(self) -> Decimal:
+        if self.cash_discount_accounting_amount is None:
+            return self.cash_discount_amount
+        return self.cash_discount_accounting_amount
+
+    @property
+    def difference_accounting(self) -> Decimal:
+        if self.difference_accounting_amount is None:
+            return self.difference_amount
+        return self.difference_accounting_amount
+
+    @property
+    def realized_loss(self) -> Decimal:
+        return ZERO if self.realized_exchange_loss is None else self.realized_exchange_loss

@@ -11,6 +11,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from kredit_settlement.domain.accounting import ResultAccounting, account_settlement, convert
 from kredit_settlement.domain.discounts import (
     NEVER,
     NORMAL,
@@ -25,6 +26,7 @@ from kredit_settlement.domain.discounts import (
 )
 from kredit_settlement.domain.model import (
     DEFAULTS,
+    ONE,
     CashDiscountAdministration,
     InvalidPayment,
     InvoiceSettlement,
@@ -52,12 +54,16 @@ def new_payment(
     marked: bool = False,
     discount_date: date | None = None,
     automatic_settlement: bool = True,
+    exchange_rate: Decimal = ONE,
+    accounting_currency: str | None = None,
 ) -> OpenTransaction:
-    """A received payment as an open credit. A marked one, or one received while automatic settlement is off,
-    is never applied automatically."""
+    """A received payment as an open credit, booked at `exchange_rate` (its accounting amount rounded to the
+    accounting currency's minor unit). A marked one, or one received while automatic settlement is off, is
+    never applied automatically."""
     if amount <= 0:
         raise InvalidPayment(f"payment {voucher}: the amount must be positive, got {amount}")
     amount = round_money(amount)
+    accounting = convert(amount, exchange_rate, accounting_currency)
     return OpenTransaction(
         voucher=voucher,
         customer_account=customer_account,
@@ -68,6 +74,9 @@ def new_payment(
         open_amount=-amount,
         auto_settle=automatic_settlement and not marked,
         discount_date=discount_date,
+        exchange_rate=exchange_rate,
+        accounting_original_amount=-accounting,
+        accounting_open_amount=-accounting,
     )
 
 
@@ -584,17 +593,27 @@ def reservations(open_credit: Decimal, marks: Sequence[Mark]) -> list[Decimal]:
 # --- applying -------------------------------------------------------------------------------
 
 
-def apply_settlement(transactions: Sequence[OpenTransaction], result: SettlementResult) -> list[OpenTransaction]:
+def apply_settlement(
+    transactions: Sequence[OpenTransaction],
+    result: SettlementResult,
+    accounting_currency: str | None = None,
+    accounting: ResultAccounting | None = None,
+) -> list[OpenTransaction]:
     """The transactions after the settlement, in the same order; the ones it does not touch are unchanged.
 
     Each debit's open balance falls by cash + discount + difference (its discount taken grows by the discount),
-    the credit's rises by the cash applied and its own discount. Raises SettlementError if the settlement no
-    longer fits the balances (a stale result): a debit would go below zero or the credit above it.
+    the credit's rises by the cash applied and its own discount; their accounting-currency balances move as
+    `accounting` (account_settlement's, computed here when not given) says. Raises SettlementError if the
+    settlement no longer fits the balances (a stale result): a debit would go below zero or the credit above it.
     """
+    if accounting is None:
+        accounting = account_settlement(result, transactions, accounting_currency)
     open_change: dict[str, Decimal] = {result.credit_voucher: result.cash_applied + result.credit_discount}
+    accounting_change: dict[str, Decimal] = {result.credit_voucher: accounting.credit_rise}
     discount_change: dict[str, Decimal] = {result.credit_voucher: result.credit_discount}
-    for s in result.settlements:
+    for s, line in zip(result.settlements, accounting.lines):
         open_change[s.debit_voucher] = open_change.get(s.debit_voucher, ZERO) - s.total_settled
+        accounting_change[s.debit_voucher] = accounting_change.get(s.debit_voucher, ZERO) - line.debit
         discount_change[s.debit_voucher] = discount_change.get(s.debit_voucher, ZERO) + s.cash_discount
     missing = set(open_change) - {t.voucher for t in transactions}
     if missing:
@@ -608,6 +627,11 @@ def apply_settlement(transactions: Sequence[OpenTransaction], result: Settlement
         if (t.open_amount > 0 and new_open < 0) or (t.open_amount < 0 and new_open > 0) or t.open_amount == 0:
             raise SettlementError(f"{t.voucher}: settling would take the open balance {t.open_amount} to {new_open}")
         updated.append(
-            replace(t, open_amount=new_open, discount_taken=t.discount_taken + discount_change.get(t.voucher, ZERO))
+            replace(
+                t,
+                open_amount=new_open,
+                accounting_open_amount=t.accounting_open_amount + accounting_change[t.voucher],
+                discount_taken=t.discount_taken + discount_change.get(t.voucher, ZERO),
+            )
         )
     return updated

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from kredit_settlement.domain.model import OpenTransaction
-from kredit_shared.money import ZERO
+from kredit_shared.money import ZERO, round_money
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class PairSettled:
     debit_voucher: str
     credit_voucher: str
     amount: Decimal
+    accounting_amount: Decimal | None = None  # in the accounting currency; None: the amount itself
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,10 @@ class WriteOffSettlement:
 
 
 def settle_write_off(
-    write_off: OpenTransaction, named: Sequence[tuple[str, Decimal]], transactions: Iterable[OpenTransaction]
+    write_off: OpenTransaction,
+    named: Sequence[tuple[str, Decimal]],
+    transactions: Iterable[OpenTransaction],
+    accounting: Mapping[str, Decimal] | None = None,
 ) -> WriteOffSettlement:
     """Settle the transactions a posted write-off names, each by the (signed) amount named.
 
@@ -38,9 +42,16 @@ def settle_write_off(
     The journal is posted already, so a transaction that is no longer open for the amount named is settled
     for what is open and the difference is reported, never refused: it stays open on the write-off. A
     transaction settlement does not know yet is `pending`: the write-off holds that amount for it.
+
+    `accounting` names what each write-off removes from the named transaction's accounting-currency balance
+    (signed like the amount; SettledTransactionRef.accounting_amount); not named: the amount itself. A
+    transaction the write-off closes loses all that is left of its accounting balance, and the write-off's
+    own accounting balance moves by the same.
     """
+    accounting = accounting or {}
     by_voucher = {t.voucher: t for t in transactions}
     left = write_off.open_amount
+    left_accounting = write_off.accounting_open_amount
     pairs: list[PairSettled] = []
     shortfalls: list[str] = []
     pending: list[tuple[str, Decimal]] = []
@@ -68,16 +79,34 @@ def settle_write_off(
             )
         if amount == 0:
             continue
-        if t.open_amount > 0:
-            pairs.append(PairSettled(t.voucher, write_off.voucher, amount))
-            settled[voucher] = replace(t, open_amount=t.open_amount - amount)
-            left += amount
+        named_accounting = abs(accounting.get(voucher, wanted))
+        if amount == abs(t.open_amount):
+            moved = abs(t.accounting_open_amount)
+        elif amount == abs(wanted):
+            moved = named_accounting
         else:
-            pairs.append(PairSettled(write_off.voucher, t.voucher, amount))
-            settled[voucher] = replace(t, open_amount=t.open_amount + amount)
+            moved = round_money(named_accounting * amount / abs(wanted))
+        moved_pair = None if moved == amount else moved  # None: the amount itself
+        if t.open_amount > 0:
+            pairs.append(PairSettled(t.voucher, write_off.voucher, amount, moved_pair))
+            settled[voucher] = replace(
+                t, open_amount=t.open_amount - amount, accounting_open_amount=t.accounting_open_amount - moved
+            )
+            left += amount
+            left_accounting += moved
+        else:
+            pairs.append(PairSettled(write_off.voucher, t.voucher, amount, moved_pair))
+            settled[voucher] = replace(
+                t, open_amount=t.open_amount + amount, accounting_open_amount=t.accounting_open_amount + moved
+            )
             left -= amount
+            left_accounting -= moved
     return WriteOffSettlement(
-        replace(write_off, open_amount=left), tuple(settled.values()), tuple(pairs), tuple(shortfalls), tuple(pending)
+        replace(write_off, open_amount=left, accounting_open_amount=left_accounting),
+        tuple(settled.values()),
+        tuple(pairs),
+        tuple(shortfalls),
+        tuple(pending),
     )
 
 

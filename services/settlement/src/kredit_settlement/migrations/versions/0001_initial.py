@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:35:00.541771
+Create Date: 2026-11-22 11:41:26.646456
 """
 
 from collections.abc import Sequence
@@ -39,15 +39,6 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_audit_log_at"), ["at"], unique=False)
         batch_op.create_index(batch_op.f("ix_audit_log_subject"), ["subject"], unique=False)
 
-    op.create_table(
-        "exchange_rate",
-        sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-        sa.Column("from_date", sa.Date(), nullable=False),
-        sa.Column("rate", kredit_shared.database.ExactDecimal(10), nullable=False),
-        sa.Column("set_by", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("recorded_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("currency", "from_date"),
-    )
     op.create_table(
         "inbox_processed_message",
         sa.Column("consumer", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -97,6 +88,13 @@ def upgrade() -> None:
         sa.Column("difference_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("difference_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("difference_voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("debit_accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
+        sa.Column("credit_accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
+        sa.Column("cash_discount_accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
+        sa.Column("difference_accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
+        sa.Column("realized_exchange_loss", kredit_shared.database.ExactDecimal(2), nullable=True),
+        sa.Column("exchange_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("exchange_voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("reversed_by", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("reversal_of", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("settled_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -109,6 +107,7 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_settlement_history_difference_voucher"), ["difference_voucher"], unique=False
         )
+        batch_op.create_index(batch_op.f("ix_settlement_history_exchange_voucher"), ["exchange_voucher"], unique=False)
         batch_op.create_index(batch_op.f("ix_settlement_history_group_id"), ["group_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_settlement_history_reversal_of"), ["reversal_of"], unique=False)
 
@@ -129,6 +128,9 @@ def upgrade() -> None:
         sa.Column("cash_discount_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("auto_settle", sa.Boolean(), nullable=False),
         sa.Column("discount_date", sa.Date(), nullable=True),
+        sa.Column("exchange_rate", kredit_shared.database.ExactDecimal(10), nullable=False),
+        sa.Column("accounting_original_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("accounting_open_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("voucher"),
@@ -163,6 +165,7 @@ def upgrade() -> None:
         sa.Column("payment_date", sa.Date(), nullable=False),
         sa.Column("amount", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("exchange_rate", kredit_shared.database.ExactDecimal(10), nullable=False),
         sa.Column("bank_account", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("fingerprint", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("received_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -196,6 +199,7 @@ def upgrade() -> None:
         sa.Column("voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("customer_account", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
         sa.Column("journal_batch_number", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
@@ -237,6 +241,7 @@ def downgrade() -> None:
     with op.batch_alter_table("settlement_history", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_settlement_history_reversal_of"))
         batch_op.drop_index(batch_op.f("ix_settlement_history_group_id"))
+        batch_op.drop_index(batch_op.f("ix_settlement_history_exchange_voucher"))
         batch_op.drop_index(batch_op.f("ix_settlement_history_difference_voucher"))
         batch_op.drop_index(batch_op.f("ix_settlement_history_debit_voucher"))
         batch_op.drop_index(batch_op.f("ix_settlement_history_customer_account"))
@@ -253,7 +258,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_inbox_processed_message_processed_at"))
 
     op.drop_table("inbox_processed_message")
-    op.drop_table("exchange_rate")
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_audit_log_subject"))
         batch_op.drop_index(batch_op.f("ix_audit_log_at"))
