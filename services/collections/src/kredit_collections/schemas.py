@@ -14,6 +14,7 @@ from kredit_shared.company_setup import WriteOffParameters
 from kredit_shared.contracts import (
     MAX_LIST_LENGTH,
     Code,
+    ExchangeRate,
     GeneralJournalLine,
     Id,
     IsoDate,
@@ -42,6 +43,17 @@ class CustomerTransactionOut(BaseModel):
     currency: str
     due_date: dt.date | None
     disputed: bool = Field(default=False, description="An open dispute holds it out of letters and interest.")
+    exchange_rate: ExchangeRate | None = Field(
+        default=None,
+        description="Accounting-currency units per unit of `currency` the transaction was booked at; "
+        "null in the accounting currency.",
+    )
+    accounting_currency_amount: Total = Field(
+        description="The original amount in the accounting currency, signed: debit positive."
+    )
+    accounting_currency_balance: Total = Field(
+        description="What is still open in the accounting currency, signed: debit positive."
+    )
 
     @classmethod
     def of(cls, row: TransactionBalance, disputed: Collection[str] = ()) -> CustomerTransactionOut:
@@ -57,6 +69,9 @@ class CustomerTransactionOut(BaseModel):
             currency=t.currency,
             due_date=t.due_date,
             disputed=t.voucher in disputed,
+            exchange_rate=t.exchange_rate,
+            accounting_currency_amount=t.accounting_amount,
+            accounting_currency_balance=row.accounting,
         )
 
 
