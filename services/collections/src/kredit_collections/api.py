@@ -49,10 +49,13 @@ DEFAULT_PAGE, MAX_PAGE = 100, 1000
     "/customers/{account}/transactions",
     responses={404: {"description": "No transactions of this customer"}},
     dependencies=[require(Role.viewer)],
+    response_model_exclude_unset=True,  # the accounting-currency fields of a foreign transaction only
 )
 async def get_customer_transactions(account: Id, session: SessionDep) -> CustomerTransactionsOut:
     """The customer's transactions, oldest first. `debit` and `credit` show the original amount in its
-    column and null in the other; `balance` is what is still open (0.00 once settled)."""
+    column and null in the other; `balance` is what is still open (0.00 once settled), all in the
+    transaction's `currency`. A transaction in a foreign currency also has `exchange_rate`,
+    `accounting_currency_amount` and `accounting_currency_balance` (docs/currencies.md)."""
     with _refusals_as_http_errors():
         rows = await handlers.customer_transactions(session, account)
     disputed = await credit_handlers.store.disputed_vouchers(session, account)

@@ -43,16 +43,19 @@ class CustomerTransactionOut(BaseModel):
     currency: str
     due_date: dt.date | None
     disputed: bool = Field(default=False, description="An open dispute holds it out of letters and interest.")
+    # Foreign currencies (docs/currencies.md): only on a transaction in a foreign currency (left out in the
+    # accounting currency, where they equal the amounts above), so such answers are exactly as before.
     exchange_rate: ExchangeRate | None = Field(
         default=None,
-        description="Accounting-currency units per unit of `currency` the transaction was booked at; "
-        "null in the accounting currency.",
+        description="Foreign currency only: accounting-currency units per unit of `currency` it was booked at.",
     )
-    accounting_currency_amount: Total = Field(
-        description="The original amount in the accounting currency, signed: debit positive."
+    accounting_currency_amount: Total | None = Field(
+        default=None,
+        description="Foreign currency only: the original amount in the accounting currency, signed (debit +).",
     )
-    accounting_currency_balance: Total = Field(
-        description="What is still open in the accounting currency, signed: debit positive."
+    accounting_currency_balance: Total | None = Field(
+        default=None,
+        description="Foreign currency only: what is still open in the accounting currency, signed (debit +).",
     )
 
     @classmethod
@@ -69,9 +72,15 @@ class CustomerTransactionOut(BaseModel):
             currency=t.currency,
             due_date=t.due_date,
             disputed=t.voucher in disputed,
-            exchange_rate=t.exchange_rate,
-            accounting_currency_amount=t.accounting_amount,
-            accounting_currency_balance=row.accounting,
+            **(
+                {
+                    "exchange_rate": t.exchange_rate,
+                    "accounting_currency_amount": t.accounting_amount,
+                    "accounting_currency_balance": row.accounting,
+                }
+                if t.accounting_currency_amount is not None
+                else {}
+            ),
         )
 
 
