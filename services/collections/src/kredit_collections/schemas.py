@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from kredit_collections.domain import AgedBalance, TransactionBalance
+from kredit_collections.domain import AgedBalance, TransactionBalance, plain_rate
 from kredit_collections.tables import WriteOffRequestRow
 from kredit_shared.company_setup import WriteOffParameters
 from kredit_shared.contracts import (
@@ -74,7 +74,7 @@ class CustomerTransactionOut(BaseModel):
             disputed=t.voucher in disputed,
             **(
                 {
-                    "exchange_rate": t.exchange_rate,
+                    "exchange_rate": plain_rate(t.exchange_rate) if t.exchange_rate is not None else None,
                     "accounting_currency_amount": t.accounting_amount,
                     "accounting_currency_balance": row.accounting,
                 }

@@ -40,6 +40,7 @@ from kredit_collections.domain import (
     AgedBalance,
     WriteOffError,
     days_past_due,
+    plain_rate,
 )
 from kredit_collections.settings import CollectionsSettings
 from kredit_shared import auth
@@ -67,6 +68,7 @@ def money(value: Decimal | None) -> str:
 
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["money"] = money
+templates.env.filters["rate"] = lambda value: "" if value is None else format(plain_rate(value), "f")
 templates.env.filters["dec"] = lambda value: Decimal(str(value))  # amounts in ledger-posting's JSON are strings
 
 
