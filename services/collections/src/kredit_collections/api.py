@@ -49,10 +49,13 @@ DEFAULT_PAGE, MAX_PAGE = 100, 1000
     "/customers/{account}/transactions",
     responses={404: {"description": "No transactions of this customer"}},
     dependencies=[require(Role.viewer)],
+    response_model_exclude_unset=True,  # the accounting-currency fields of a foreign transaction only
 )
 async def get_customer_transactions(account: Id, session: SessionDep) -> CustomerTransactionsOut:
     """The customer's transactions, oldest first. `debit` and `credit` show the original amount in its
-    column and null in the other; `balance` is what is still open (0.00 once settled)."""
+    column and null in the other; `balance` is what is still open (0.00 once settled), all in the
+    transaction's `currency`. A transaction in a foreign currency also has `exchange_rate`,
+    `accounting_currency_amount` and `accounting_currency_balance` (docs/currencies.md)."""
     with _refusals_as_http_errors():
         rows = await handlers.customer_transactions(session, account)
     disputed = await credit_handlers.store.disputed_vouchers(session, account)
@@ -73,7 +76,8 @@ async def get_aged_balances(
     """Open balances per customer (and currency) as of a date, aged by due date into the setup's buckets,
     in customer account order, one page at a time: `next_cursor` (null on the last page) is passed back
     as `cursor` for the next. A page holds up to `limit` customers (a customer with balances in two
-    currencies has two rows); customers with nothing open are left out."""
+    currencies has two rows); customers with nothing open are left out. Transactions in a foreign currency
+    count in the accounting currency, at their accounting-currency balances (docs/currencies.md)."""
     as_of = as_of or dt.date.today()
     if customer_account is not None:
         rows, next_cursor = await handlers.customer_aged_balances(session, setup, customer_account, as_of), None
@@ -113,7 +117,10 @@ async def post_write_off(
     body: WriteOffIn, runtime: RuntimeDep, setup: SetupDep, principal: PrincipalDep, audit: AuditDep
 ) -> WriteOffAccepted:
     """Propose a write-off journal to ledger-posting (the journal name of the write-off parameters).
-    The caller is its requester: with four-eyes on (the setup), someone else must post the journal."""
+    The caller is its requester: with four-eyes on (the setup), someone else must post the journal.
+    Open items in a foreign currency are written off at the rate of the write-off date, the difference to
+    their accounting-currency balance as realized gain or loss; with no rate for that date the write-off is
+    recorded as `rejected` with the reason (docs/currencies.md)."""
     with _refusals_as_http_errors():
         async with runtime.transaction() as tx:
             write_off_id = await handlers.request_write_off(

@@ -124,8 +124,11 @@ def check_credit(
 
 
 def credit_balance(balances: Iterable[TransactionBalance], currency: str) -> Decimal:
-    """What the customer owes in `currency` (the accounting currency): the sum of the open balances."""
-    return round_money(sum((b.balance for b in balances if b.transaction.currency == currency), ZERO))
+    """What the customer owes in `currency` (the accounting currency): the sum of the open balances in it,
+    foreign-currency transactions at their accounting balances (docs/currencies.md)."""
+    return round_money(
+        sum((b.accounting for b in balances if b.transaction.balance_currency(currency) == currency), ZERO)
+    )
 
 
 # --- collection letters ---------------------------------------------------------------------
@@ -359,11 +362,13 @@ def promise_status(activity: Activity, transactions: Iterable[CustomerTransactio
 
 
 def disputed_amounts(
-    balances: Iterable[TransactionBalance], disputed: Collection[str]
+    balances: Iterable[TransactionBalance], disputed: Collection[str], accounting_currency: str | None = None
 ) -> dict[tuple[str, str], Decimal]:
-    """(customer, currency) -> the open balance of its disputed transactions (shown in the aging)."""
+    """(customer, currency) -> the open balance of its disputed transactions (shown in the aging, whose rows
+    are in the accounting currency for foreign-currency transactions: age_balances)."""
     amounts: dict[tuple[str, str], Decimal] = defaultdict(lambda: ZERO)
     for b in balances:
         if b.voucher in disputed and b.is_open:
-            amounts[(b.transaction.customer_account, b.transaction.currency)] += b.balance
+            t = b.transaction
+            amounts[(t.customer_account, t.balance_currency(accounting_currency))] += b.accounting
     return dict(amounts)

@@ -135,7 +135,9 @@ async def aging_flags(
 ) -> tuple[set[str], dict[tuple[str, str], Decimal]]:
     """What the aged balances add to each row: the customers over their credit limit, and the open
     amount of disputed invoices per (customer, currency)."""
-    return await over_credit_limit(session, setup, rows), await disputed_in_aging(session, as_of)
+    return await over_credit_limit(session, setup, rows), await disputed_in_aging(
+        session, as_of, setup.accounting_currency
+    )
 
 
 async def over_credit_limit(session: AsyncSession, setup: CompanySetup, rows: list[AgedBalance]) -> set[str]:
@@ -151,13 +153,16 @@ async def over_credit_limit(session: AsyncSession, setup: CompanySetup, rows: li
     return over
 
 
-async def disputed_in_aging(session: AsyncSession, as_of: date) -> dict[tuple[str, str], Decimal]:
-    """(customer, currency) -> open balance of the customer's disputed invoices as of `as_of`."""
+async def disputed_in_aging(
+    session: AsyncSession, as_of: date, accounting_currency: str | None = None
+) -> dict[tuple[str, str], Decimal]:
+    """(customer, currency) -> open balance of the customer's disputed invoices as of `as_of` (foreign ones
+    in the accounting currency, as the aged balances show them)."""
     disputed = await store.disputed_vouchers(session)
     amounts: dict[tuple[str, str], Decimal] = {}
     for account in sorted(set(disputed.values())):
         rows = transaction_balances(*await tables.load_read_model(session, account, as_of=as_of), as_of)
-        amounts |= disputed_amounts(rows, disputed)
+        amounts |= disputed_amounts(rows, disputed, accounting_currency)
     return amounts
 
 

@@ -10,6 +10,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 from kredit_shared.company_setup import AgingBucket, CompanySetup, WriteOffParameters
 from kredit_shared.contracts import (
@@ -25,6 +26,7 @@ from kredit_shared.contracts import (
     OpenItemsSettled,
     SettledTransactionRef,
 )
+from kredit_shared.currencies import to_accounting
 from kredit_shared.money import ZERO, round_money
 
 # --- read model: transactions and their open balances ----------------------------------------
@@ -46,10 +48,34 @@ class CustomerTransaction:
     due_date: date | None = None
     sales_tax_amount: Decimal = ZERO  # carries the sign of the transaction (negative on a credit note)
     customer_name: str | None = None
+    # In a foreign currency (docs/currencies.md): the rate it was booked at and its value in the accounting
+    # currency, signed like `amount`. Both None in the accounting currency.
+    exchange_rate: Decimal | None = None
+    accounting_currency_amount: Decimal | None = None
 
     @classmethod
     def from_event(cls, event: CustomerTransactionPosted) -> CustomerTransaction:
         return cls(**{f.name: getattr(event, f.name) for f in fields(cls)})  # same names as the contract
+
+    @property
+    def accounting_amount(self) -> Decimal:
+        """The original amount in the accounting currency (the amount itself when booked in it)."""
+        return self.amount if self.accounting_currency_amount is None else self.accounting_currency_amount
+
+    def balance_currency(self, accounting_currency: str | None) -> str:
+        """The currency the transaction's balance counts in (aged balances, credit): the accounting currency
+        when it carries an accounting amount, else its own (a transaction without one is in the accounting
+        currency by the contract; one in another currency, from before foreign currencies, stays apart)."""
+        if accounting_currency is not None and self.accounting_currency_amount is not None:
+            return accounting_currency
+        return self.currency
+
+
+def plain_rate(rate: Decimal) -> Decimal:
+    """A rate as stored (ten places) as it was given: 1.1000000000 -> 1.10, 1.2345000000 -> 1.2345."""
+    normal = rate.normalize()
+    exponent = normal.as_tuple().exponent
+    return rate.quantize(Decimal("0.01")) if isinstance(exponent, int) and exponent > -2 else normal
 
 
 @dataclass(frozen=True)
@@ -63,28 +89,58 @@ class SettlementDelta:
     voucher: str
     amount: Decimal
     settlement_date: date
+    accounting_amount: Decimal | None = None  # the same move in the accounting currency; None: `amount`
+
+    @property
+    def accounting(self) -> Decimal:
+        return self.amount if self.accounting_amount is None else self.accounting_amount
 
 
 def settlement_deltas(event: OpenItemsSettled) -> list[SettlementDelta]:
-    def delta(voucher: str, amount: Decimal) -> SettlementDelta:
-        return SettlementDelta(event.settlement_id, voucher, amount, event.settlement_date)
+    """The debit falls, the credit and the discount transaction rise; in the accounting currency each by
+    the settlement's accounting amount for it (at the debit's rate, the credit's rate: docs/currencies.md)."""
+
+    def delta(voucher: str, amount: Decimal, accounting: Decimal) -> SettlementDelta:
+        return SettlementDelta(event.settlement_id, voucher, amount, event.settlement_date, accounting)
 
     # A written-off penny difference or over/underpayment moves the debit beyond cash and discount.
     deltas = [
-        delta(event.debit_voucher, -(event.amount_settled + event.cash_discount_amount + event.difference_amount)),
-        delta(event.credit_voucher, event.amount_settled),
+        delta(
+            event.debit_voucher,
+            -(event.amount_settled + event.cash_discount_amount + event.difference_amount),
+            -event.debit_accounting,
+        ),
+        delta(event.credit_voucher, event.amount_settled, event.credit_accounting),
     ]
-    if event.cash_discount_voucher and event.cash_discount_amount:
-        deltas.append(delta(event.cash_discount_voucher, event.cash_discount_amount))
+    if event.cash_discount_voucher and (event.cash_discount_amount or event.cash_discount_accounting):
+        deltas.append(delta(event.cash_discount_voucher, event.cash_discount_amount, event.cash_discount_accounting))
     return deltas
 
 
 @dataclass(frozen=True)
 class TransactionBalance:
-    """A transaction as the collections pages show it: `balance` is what is still open, signed."""
+    """A transaction as the collections pages show it: `balance` is what is still open, signed, in the
+    transaction's currency; `accounting_balance` the same in the accounting currency."""
 
     transaction: CustomerTransaction
     balance: Decimal
+    # None (a value built by hand): the balance itself in the accounting currency, else its share of the
+    # accounting amount.
+    accounting_balance: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        if self.accounting_balance is None:
+            t = self.transaction
+            share = self.balance if t.accounting_currency_amount is None or not t.amount else None
+            if share is None:
+                share = round_money(t.accounting_amount * self.balance / t.amount)
+            object.__setattr__(self, "accounting_balance", share)
+
+    @property
+    def accounting(self) -> Decimal:
+        """The open balance in the accounting currency."""
+        assert self.accounting_balance is not None  # filled in __post_init__
+        return self.accounting_balance
 
     @property
     def voucher(self) -> str:
@@ -108,11 +164,17 @@ def transaction_balances(
 ) -> list[TransactionBalance]:
     """Open balances, oldest first. With `as_of`, later transactions and later settlements don't count."""
     moved: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    moved_accounting: dict[str, Decimal] = defaultdict(lambda: ZERO)
     for d in deltas:
         if as_of is None or d.settlement_date <= as_of:
             moved[d.voucher] += d.amount
+            moved_accounting[d.voucher] += d.accounting
     rows = [
-        TransactionBalance(t, round_money(t.amount + moved[t.voucher]))
+        TransactionBalance(
+            t,
+            round_money(t.amount + moved[t.voucher]),
+            round_money(t.accounting_amount + moved_accounting[t.voucher]),
+        )
         for t in transactions
         if as_of is None or t.transaction_date <= as_of
     ]
@@ -132,7 +194,9 @@ def open_invoices(balances: Iterable[TransactionBalance]) -> list[TransactionBal
 class AgedBalance:
     customer_account: str
     customer_name: str | None
-    currency: str  # one row per customer and currency: amounts of two currencies never add up
+    # One row per customer and currency: amounts of two currencies never add up. A transaction in a foreign
+    # currency counts in the accounting currency, at its accounting balance (docs/currencies.md).
+    currency: str
     balance: Decimal
     buckets: Mapping[str, Decimal]  # bucket label -> amount, in the order of the setup
 
@@ -154,15 +218,18 @@ def age_balances(
     deltas: Iterable[SettlementDelta],
     as_of: date,
     buckets: Sequence[AgingBucket],
+    accounting_currency: str | None = None,
 ) -> list[AgedBalance]:
-    """Per customer (and currency): open balance as of `as_of`, split into aging buckets by due date."""
+    """Per customer (and currency): open balance as of `as_of`, split into aging buckets by due date.
+
+    Foreign-currency transactions count in `accounting_currency`, at their accounting balances."""
     amounts: dict[tuple[str, str], dict[str, Decimal]] = {}
     names: dict[tuple[str, str], str | None] = {}
     for item in transaction_balances(transactions, deltas, as_of):
         t = item.transaction
-        key = (t.customer_account, t.currency)
+        key = (t.customer_account, t.balance_currency(accounting_currency))
         row = amounts.setdefault(key, {b.label: ZERO for b in buckets})
-        row[bucket_for(days_past_due(t, as_of), buckets)] += item.balance
+        row[bucket_for(days_past_due(t, as_of), buckets)] += item.accounting
         names[key] = t.customer_name or names.get(key)  # the newest name wins
     return [
         AgedBalance(account, names[(account, currency)], currency, round_money(sum(row.values(), ZERO)), row)
@@ -198,6 +265,11 @@ class MixedCurrencies(WriteOffError):
     """Open items of two currencies in one write-off."""
 
 
+class NoWriteOffRate(WriteOffError):
+    """A write-off in a foreign currency with no exchange rate for its date, or no exchange accounts in the
+    setup to post the difference to: the request is recorded as rejected with this reason."""
+
+
 class WriteOffConflict(WriteOffError):
     """An item is already in a write-off journal that is not posted yet (the API answers 409)."""
 
@@ -231,6 +303,35 @@ class WriteOffSettings:
             setup.sales_tax_account,
             dict(setup.reason_codes),
         )
+
+
+@dataclass(frozen=True)
+class WriteOffExchange:
+    """How a write-off in a foreign currency is booked (docs/currencies.md): at the rate of its date, and
+    the difference between that value and the accounting balance written off to realized gain or loss."""
+
+    accounting_currency: str
+    rate: Decimal
+    realized_gain_account: str
+    realized_loss_account: str
+
+
+def write_off_exchange(setup: CompanySetup, currency: str, rate: Decimal | None, on: date) -> WriteOffExchange | None:
+    """None for a write-off in the accounting currency (booked exactly as before currencies); else the
+    rate `rate` of its date (None: there is none) and the setup's exchange accounts, or NoWriteOffRate."""
+    if currency == setup.accounting_currency:
+        return None
+    if rate is None:
+        raise NoWriteOffRate(
+            f"the write-off is in {currency} and there is no {currency} rate for {on.isoformat()} "
+            "(set a rate: docs/currencies.md)"
+        )
+    if (accounts := setup.exchange_accounts) is None:
+        raise NoWriteOffRate(
+            f"the write-off is in {currency}, but the company setup has no exchange_accounts to post "
+            "its exchange difference to (docs/currencies.md)"
+        )
+    return WriteOffExchange(setup.accounting_currency, rate, accounts.realized_gain, accounts.realized_loss)
 
 
 def _check_reason_code(code: str, known: Mapping[str, str]) -> None:
@@ -303,6 +404,7 @@ def build_write_off_journal(
     reason_code: str | None = None,
     reason_comment: str | None = None,
     customer_name: str | None = None,
+    exchange: WriteOffExchange | None = None,
 ) -> GeneralJournalRequested:
     """The general journal that writes off `items` (open items of one customer, one currency).
 
@@ -314,7 +416,13 @@ def build_write_off_journal(
     the same posting profile, so that is one Customer line and one voucher for the whole journal.
 
     A net of zero cannot be one line (a journal line is never zero on both sides): then each item
-    gets its own Customer line and write-off line, grouped as a voucher of its own."""
+    gets its own Customer line and write-off line, grouped as a voucher of its own.
+
+    In a foreign currency (docs/currencies.md, `exchange`) those lines are in that currency at the rate of
+    the write-off date, and each settled item also names the accounting balance it removes. Ledger-posting
+    books each line at `round(amount × rate)`; what that differs from the accounting balance written off is
+    posted in the accounting currency, per voucher: a Customer line (no settles) so that receivables fall by
+    exactly the accounting balance, and a Ledger line to realized gain or loss so that the voucher balances."""
     if not items:
         raise NothingToWriteOff("nothing selected to write off")
     code = reason_code or settings.reason_code
@@ -326,21 +434,26 @@ def build_write_off_journal(
     if settled := [i.voucher for i in items if not i.is_open]:
         raise InvalidSelection(f"not open (already settled): {', '.join(settled)}")
     account, currency = accounts.pop(), currencies.pop()
+    rate = exchange.rate if exchange is not None else None
     name = customer_name or next((i.transaction.customer_name for i in items if i.transaction.customer_name), "")
     description = f"Write off transactions for {account} {name}".strip()
 
-    def line(account_type: str, to: str, amount: Decimal, text: str, **extra: object) -> GeneralJournalLine:
-        # `amount` is signed from the ledger's side: positive is a debit.
+    def line(
+        account_type: str, to: str, amount: Decimal, text: str, *, accounting: bool = False, **extra: Any
+    ) -> GeneralJournalLine:
+        # `amount` is signed from the ledger's side: positive is a debit. `accounting`: an exchange
+        # difference line, in the accounting currency.
         return GeneralJournalLine(
             account_type=account_type,
             account=to,
             debit=max(amount, ZERO),
             credit=max(-amount, ZERO),
-            currency=currency,
+            currency=exchange.accounting_currency if exchange is not None and accounting else currency,
             transaction_date=transaction_date,
             text=text,
             reason_code=code,
             reason_comment=reason_comment or None,
+            exchange_rate=None if accounting else rate,
             **extra,
         )
 
@@ -354,17 +467,55 @@ def build_write_off_journal(
         total = sum((i.balance for i in group), ZERO)
         tax = sum((sales_tax_share(i) for i in group), ZERO) if settings.separate_sales_tax else ZERO
         settles = [
-            SettledTransactionRef(voucher=i.voucher, invoice_id=i.transaction.invoice_id, amount=i.balance)
+            SettledTransactionRef(
+                voucher=i.voucher,
+                invoice_id=i.transaction.invoice_id,
+                amount=i.balance,
+                accounting_currency_amount=i.accounting if exchange is not None else None,
+            )
             for i in group
         ]
         lines.append(line("Customer", account, -total, text, settles=settles, voucher_group=group_id))
         # The tax share is rounded on its own, so the write-off line takes the rounding difference.
-        for ledger_account, amount in ((settings.write_off_account, total - tax), (settings.sales_tax_account, tax)):
-            if amount:
-                lines.append(line("Ledger", ledger_account, amount, text, voucher_group=group_id))
+        ledger = [
+            (ledger_account, amount)
+            for ledger_account, amount in ((settings.write_off_account, total - tax), (settings.sales_tax_account, tax))
+            if amount
+        ]
+        lines += [line("Ledger", to, amount, text, voucher_group=group_id) for to, amount in ledger]
+        if exchange is not None:
+            customer, difference = exchange_difference(
+                total, [amount for _, amount in ledger], sum((i.accounting for i in group), ZERO), exchange
+            )
+            difference_text = f"{text}: exchange difference"
+            if customer:
+                lines.append(
+                    line("Customer", account, customer, difference_text, accounting=True, voucher_group=group_id)
+                )
+            if difference:
+                to = exchange.realized_loss_account if difference > 0 else exchange.realized_gain_account
+                lines.append(line("Ledger", to, difference, difference_text, accounting=True, voucher_group=group_id))
     return GeneralJournalRequested(
         request_id=request_id, journal_name=settings.journal_name, description=description, lines=lines
     )
+
+
+def exchange_difference(
+    total: Decimal, ledger: Sequence[Decimal], written_off: Decimal, exchange: WriteOffExchange
+) -> tuple[Decimal, Decimal]:
+    """The exchange difference lines of a foreign write-off voucher, signed from the ledger's side (debit +),
+    in the accounting currency: (Customer line, realized gain/loss line).
+
+    `total` is the balance written off in the transaction currency (the Customer line reverses it),
+    `ledger` the amounts of its write-off account lines, `written_off` the accounting balance of the items.
+    Ledger-posting converts each line on its own, `round(amount × rate)`, so receivables move by
+    `-round(total × rate)`: the Customer line makes that `-written_off`. The gain/loss line balances the
+    voucher: positive (a debit) is a realized loss, negative a gain."""
+    currency, rate = exchange.accounting_currency, exchange.rate
+    customer_value = -to_accounting(total, rate, currency)
+    ledger_value = sum((to_accounting(amount, rate, currency) for amount in ledger), ZERO)
+    customer = -written_off - customer_value
+    return customer, -(customer_value + ledger_value + customer)
 
 
 # --- defence in depth: a posted journal must be the one requested ----------------------------
@@ -373,8 +524,19 @@ def build_write_off_journal(
 _MONEY_FIELDS = ("account_type", "account", "debit", "credit", "currency", "transaction_date")
 
 
-def _money_of(line: GeneralJournalLine) -> tuple[object, ...]:
-    return (*(getattr(line, f) for f in _MONEY_FIELDS), tuple((s.voucher, s.amount) for s in line.settles))
+def _money_of(line: GeneralJournalLine, requested: GeneralJournalLine | None = None) -> tuple[object, ...]:
+    """What moves money on `line`. A foreign-currency line's rate and the accounting amounts it settles count
+    too, when the requested line states them (`requested`: that line; itself when None)."""
+    requested = requested or line
+    money: tuple[object, ...] = (
+        *(getattr(line, f) for f in _MONEY_FIELDS),
+        tuple((s.voucher, s.amount) for s in line.settles),
+    )
+    if requested.exchange_rate is not None:
+        money += (line.exchange_rate,)
+    if any(s.accounting_currency_amount is not None for s in requested.settles):
+        money += (tuple(s.accounting_currency_amount for s in line.settles),)
+    return money
 
 
 def posted_journal_differences(
@@ -388,9 +550,9 @@ def posted_journal_differences(
     if len(requested) != len(posted):
         return [f"{len(posted)} lines posted, {len(requested)} requested"]
     return [
-        f"line {n}: posted {_money_of(p)}, requested {_money_of(r)}"
+        f"line {n}: posted {_money_of(p, r)}, requested {_money_of(r)}"
         for n, (r, p) in enumerate(zip(requested, posted), 1)
-        if _money_of(r) != _money_of(p)
+        if _money_of(r) != _money_of(p, r)
     ]
 
 

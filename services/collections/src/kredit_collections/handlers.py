@@ -13,9 +13,11 @@ from kredit_collections import tables
 from kredit_collections.domain import (
     AgedBalance,
     CustomerTransaction,
+    NoWriteOffRate,
     TransactionBalance,
     UnknownCustomer,
     WriteOffConflict,
+    WriteOffExchange,
     WriteOffSettings,
     age_balances,
     build_write_off_journal,
@@ -24,6 +26,7 @@ from kredit_collections.domain import (
     select_for_write_off,
     settlement_deltas,
     transaction_balances,
+    write_off_exchange,
 )
 from kredit_shared.company_setup import CompanySetup, WriteOffParameters
 from kredit_shared.contracts import (
@@ -34,6 +37,8 @@ from kredit_shared.contracts import (
     JournalPosted,
     OpenItemsSettled,
 )
+from kredit_shared.currencies import NoExchangeRate
+from kredit_shared.exchange_rates import load_rates
 from kredit_shared.service import Transaction
 
 # --- messages --------------------------------------------------------------------------------
@@ -93,6 +98,7 @@ async def request_write_off(
     """Propose the write-off journal to ledger-posting; returns the write-off id (the request id).
     `requested_by` (the caller's token subject) travels with the journal request (four-eyes)."""
     settings = WriteOffSettings.from_setup(setup, await write_off_parameters(tx.session, setup))
+    on = on or date.today()
     items = select_for_write_off(
         customer_account,
         await balances(tx.session, customer_account),
@@ -100,14 +106,23 @@ async def request_write_off(
         invoice_id=invoice_id,
         pending_vouchers=await tables.claimed_vouchers(tx.session, customer_account),
     )
-    journal = build_write_off_journal(
-        items,
-        settings,
-        request_id=str(uuid.uuid4()),
-        transaction_date=on or date.today(),
-        reason_code=reason_code,
-        reason_comment=reason_comment,
-    ).model_copy(update={"requested_by": requested_by})
+    request_id = str(uuid.uuid4())
+    try:
+        journal = build_write_off_journal(
+            items,
+            settings,
+            request_id=request_id,
+            transaction_date=on,
+            reason_code=reason_code,
+            reason_comment=reason_comment,
+            exchange=await _write_off_exchange(tx.session, setup, customer_account, items, on),
+        ).model_copy(update={"requested_by": requested_by})
+    except NoWriteOffRate as e:
+        # Not the caller's mistake but the setup's: the request is kept, rejected with the reason (its status).
+        tables.add_rejected_write_off(
+            tx.session, request_id, settings.journal_name, customer_account, items, on, str(e), requested_by
+        )
+        return request_id
     tables.add_write_off(tx.session, journal, customer_account, items)
     try:
         await tx.session.flush()
@@ -115,6 +130,22 @@ async def request_write_off(
         raise WriteOffConflict("another write-off of the same vouchers was requested at the same time") from None
     tx.emit(journal)
     return journal.request_id
+
+
+async def _write_off_exchange(
+    session: AsyncSession, setup: CompanySetup, customer_account: str, items: Sequence[TransactionBalance], on: date
+) -> WriteOffExchange | None:
+    """How a write-off of `items` is booked: None in the accounting currency, else at the rate of their
+    currency on the write-off date (docs/currencies.md), or NoWriteOffRate."""
+    currency = items[0].transaction.currency
+    if currency == setup.accounting_currency:
+        return None
+    rates = await load_rates(session, setup)
+    try:
+        rate = rates.resolve(currency, on, None, document=f"the write-off of customer {customer_account}")
+    except NoExchangeRate as e:
+        raise NoWriteOffRate(str(e)) from None
+    return write_off_exchange(setup, currency, rate, on)
 
 
 async def cancel_write_off(tx: Transaction, write_off_id: str, reason: str | None) -> tables.WriteOffRequestRow | None:
@@ -169,7 +200,8 @@ async def customer_transactions(session: AsyncSession, customer_account: str) ->
 
 
 async def aged_balances(session: AsyncSession, setup: CompanySetup, as_of: date) -> list[AgedBalance]:
-    return age_balances(*await tables.load_read_model(session, as_of=as_of), as_of, setup.aging_buckets)
+    model = await tables.load_read_model(session, as_of=as_of)
+    return age_balances(*model, as_of, setup.aging_buckets, setup.accounting_currency)
 
 
 async def aged_balances_page(
@@ -185,7 +217,7 @@ async def aged_balances_page(
         chunk = customers[:wanted]
         if chunk:
             model = await tables.load_read_model(session, as_of=as_of, customers=chunk)
-            rows += age_balances(*model, as_of, setup.aging_buckets)
+            rows += age_balances(*model, as_of, setup.aging_buckets, setup.accounting_currency)
             after = chunk[-1]
         if len(customers) <= wanted:
             return rows, None  # no customer after this page
@@ -196,9 +228,8 @@ async def aged_balances_page(
 async def customer_aged_balances(
     session: AsyncSession, setup: CompanySetup, customer_account: str, as_of: date
 ) -> list[AgedBalance]:
-    return age_balances(
-        *await tables.load_read_model(session, customer_account, as_of=as_of), as_of, setup.aging_buckets
-    )
+    model = await tables.load_read_model(session, customer_account, as_of=as_of)
+    return age_balances(*model, as_of, setup.aging_buckets, setup.accounting_currency)
 
 
 async def open_customer_invoices(session: AsyncSession, customer_account: str | None) -> list[TransactionBalance]:

@@ -8,12 +8,13 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from kredit_collections.domain import AgedBalance, TransactionBalance
+from kredit_collections.domain import AgedBalance, TransactionBalance, plain_rate
 from kredit_collections.tables import WriteOffRequestRow
 from kredit_shared.company_setup import WriteOffParameters
 from kredit_shared.contracts import (
     MAX_LIST_LENGTH,
     Code,
+    ExchangeRate,
     GeneralJournalLine,
     Id,
     IsoDate,
@@ -42,6 +43,20 @@ class CustomerTransactionOut(BaseModel):
     currency: str
     due_date: dt.date | None
     disputed: bool = Field(default=False, description="An open dispute holds it out of letters and interest.")
+    # Foreign currencies (docs/currencies.md): only on a transaction in a foreign currency (left out in the
+    # accounting currency, where they equal the amounts above), so such answers are exactly as before.
+    exchange_rate: ExchangeRate | None = Field(
+        default=None,
+        description="Foreign currency only: accounting-currency units per unit of `currency` it was booked at.",
+    )
+    accounting_currency_amount: Total | None = Field(
+        default=None,
+        description="Foreign currency only: the original amount in the accounting currency, signed (debit +).",
+    )
+    accounting_currency_balance: Total | None = Field(
+        default=None,
+        description="Foreign currency only: what is still open in the accounting currency, signed (debit +).",
+    )
 
     @classmethod
     def of(cls, row: TransactionBalance, disputed: Collection[str] = ()) -> CustomerTransactionOut:
@@ -57,6 +72,15 @@ class CustomerTransactionOut(BaseModel):
             currency=t.currency,
             due_date=t.due_date,
             disputed=t.voucher in disputed,
+            **(
+                {
+                    "exchange_rate": plain_rate(t.exchange_rate) if t.exchange_rate is not None else None,
+                    "accounting_currency_amount": t.accounting_amount,
+                    "accounting_currency_balance": row.accounting,
+                }
+                if t.accounting_currency_amount is not None
+                else {}
+            ),
         )
 
 

@@ -17,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_collections import credit_tables
 from kredit_collections.domain import (
+    REJECTED,
     CustomerTransaction,
     SettlementDelta,
     TransactionBalance,
@@ -24,7 +25,7 @@ from kredit_collections.domain import (
 )
 from kredit_shared.company_setup import WriteOffParameters
 from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested
-from kredit_shared.database import insert_new, money_field, table_of
+from kredit_shared.database import ExactDecimal, insert_new, money_field, table_of
 from kredit_shared.outbox import utcnow
 
 # --- read model ------------------------------------------------------------------------------
@@ -43,6 +44,10 @@ class CustomerTransactionRow(SQLModel, table=True):
     currency: str = Field(max_length=3)
     due_date: date | None = None
     sales_tax_amount: Decimal = money_field()
+    # Foreign currencies (docs/currencies.md): the rate it was booked at and its original amount in the
+    # accounting currency; both null in the accounting currency.
+    exchange_rate: Decimal | None = Field(default=None, sa_type=ExactDecimal(10), nullable=True)
+    accounting_currency_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
 
 
 class SettlementDeltaRow(SQLModel, table=True):
@@ -55,9 +60,12 @@ class SettlementDeltaRow(SQLModel, table=True):
     voucher: str = Field(primary_key=True, index=True)
     amount: Decimal = money_field()
     settlement_date: date
+    accounting_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)  # null: amount
 
     def to_domain(self) -> SettlementDelta:
-        return SettlementDelta(self.settlement_id, self.voucher, self.amount, self.settlement_date)
+        return SettlementDelta(
+            self.settlement_id, self.voucher, self.amount, self.settlement_date, self.accounting_amount
+        )
 
 
 async def add_transactions(session: AsyncSession, transactions: Iterable[CustomerTransaction]) -> None:
@@ -212,6 +220,39 @@ def add_write_off(
     session.add(request)
     session.add_all(
         WriteOffVoucherRow(write_off_id=request.id, voucher=item.voucher, customer_account=customer_account)
+        for item in items
+    )
+    return request
+
+
+def add_rejected_write_off(
+    session: AsyncSession,
+    request_id: str,
+    journal_name: str,
+    customer_account: str,
+    items: Sequence[TransactionBalance],
+    on: date,
+    reason: str,
+    requested_by: str | None,
+) -> WriteOffRequestRow:
+    """A write-off that could not be proposed (no exchange rate for its date): kept as rejected with the
+    reason, without a journal, its vouchers not claimed."""
+    request = WriteOffRequestRow(
+        id=request_id,
+        customer_account=customer_account,
+        journal_name=journal_name,
+        currency=items[0].transaction.currency,
+        transaction_date=on,
+        status=REJECTED,
+        reason=reason,
+        lines=[],
+        requested_by=requested_by,
+    )
+    session.add(request)
+    session.add_all(
+        WriteOffVoucherRow(
+            write_off_id=request.id, voucher=item.voucher, customer_account=customer_account, claimed=False
+        )
         for item in items
     )
     return request

@@ -40,6 +40,7 @@ from kredit_collections.domain import (
     AgedBalance,
     WriteOffError,
     days_past_due,
+    plain_rate,
 )
 from kredit_collections.settings import CollectionsSettings
 from kredit_shared import auth
@@ -67,6 +68,7 @@ def money(value: Decimal | None) -> str:
 
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["money"] = money
+templates.env.filters["rate"] = lambda value: "" if value is None else format(plain_rate(value), "f")
 templates.env.filters["dec"] = lambda value: Decimal(str(value))  # amounts in ledger-posting's JSON are strings
 
 
@@ -369,10 +371,11 @@ async def _customer_page(
         return _page(request, "message.html", 404, title=f"Customer {account}", message=str(e))
     aged = await handlers.customer_aged_balances(session, setup, account, today)
     name = next((r.transaction.customer_name for r in reversed(rows) if r.transaction.customer_name), "")
-    overdue: dict[str, Decimal] = {}
+    overdue: dict[str, Decimal] = {}  # in the currencies of the aged balances (foreign: the accounting currency)
     for r in rows:
         if r.is_open and days_past_due(r.transaction, today) > 0:
-            overdue[r.transaction.currency] = overdue.get(r.transaction.currency, ZERO) + r.balance
+            currency = r.transaction.balance_currency(setup.accounting_currency)
+            overdue[currency] = overdue.get(currency, ZERO) + r.accounting
     types = sorted({r.transaction.transaction_type for r in rows})
     shown = [r for r in rows if (show == "all" or r.is_open) and (not type_ or r.transaction.transaction_type == type_)]
     parameters = await handlers.write_off_parameters(session, setup)
@@ -402,6 +405,9 @@ async def _customer_page(
         error=error,
         form=form or {},
         open_rows=[r for r in rows if r.is_open],
+        # With a foreign-currency transaction, the accounting-currency columns beside the transaction currency.
+        accounting_currency=setup.accounting_currency,
+        foreign=any(r.transaction.currency != setup.accounting_currency for r in rows),
     )
 
 
@@ -508,8 +514,16 @@ async def write_offs_page(request: Request, session: SessionDep, status: str = "
 
 
 def written_off(row) -> Decimal:
-    """The amount a write-off request takes off the customer: its Customer lines, credit minus debit."""
-    return sum((line.credit - line.debit for line in row.journal_lines if line.account_type == "Customer"), ZERO)
+    """The amount a write-off request takes off the customer: its Customer lines, credit minus debit, in the
+    write-off's currency (the exchange difference lines of a foreign write-off settle nothing: not counted)."""
+    return sum(
+        (
+            line.credit - line.debit
+            for line in row.journal_lines
+            if line.account_type == "Customer" and line.currency == row.currency
+        ),
+        ZERO,
+    )
 
 
 async def _write_off_page(

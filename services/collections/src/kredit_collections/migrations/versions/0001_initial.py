@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:35:00.660175
+Create Date: 2026-11-22 11:47:43.729406
 """
 
 from collections.abc import Sequence
@@ -111,6 +111,8 @@ def upgrade() -> None:
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
         sa.Column("due_date", sa.Date(), nullable=True),
         sa.Column("sales_tax_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("exchange_rate", kredit_shared.database.ExactDecimal(10), nullable=True),
+        sa.Column("accounting_currency_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
         sa.PrimaryKeyConstraint("voucher"),
     )
     with op.batch_alter_table("collections_customer_transaction", schema=None) as batch_op:
@@ -171,6 +173,7 @@ def upgrade() -> None:
         sa.Column("voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("amount", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("settlement_date", sa.Date(), nullable=False),
+        sa.Column("accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
         sa.PrimaryKeyConstraint("settlement_id", "voucher"),
     )
     with op.batch_alter_table("collections_settlement_delta", schema=None) as batch_op:

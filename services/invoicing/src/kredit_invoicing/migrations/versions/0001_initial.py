@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:47:32.690933
+Create Date: 2026-11-22 11:47:43.495312
 """
 
 from collections.abc import Sequence

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:47:32.996713
+Create Date: 2026-11-22 11:47:43.798614
 """
 
 from collections.abc import Sequence

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:41:26.646456
+Create Date: 2026-11-22 11:47:43.608121
 """
 
 from collections.abc import Sequence
@@ -39,6 +39,15 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_audit_log_at"), ["at"], unique=False)
         batch_op.create_index(batch_op.f("ix_audit_log_subject"), ["subject"], unique=False)
 
+    op.create_table(
+        "exchange_rate",
+        sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
+        sa.Column("from_date", sa.Date(), nullable=False),
+        sa.Column("rate", kredit_shared.database.ExactDecimal(10), nullable=False),
+        sa.Column("set_by", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("recorded_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("currency", "from_date"),
+    )
     op.create_table(
         "inbox_processed_message",
         sa.Column("consumer", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -258,6 +267,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_inbox_processed_message_processed_at"))
 
     op.drop_table("inbox_processed_message")
+    op.drop_table("exchange_rate")
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_audit_log_subject"))
         batch_op.drop_index(batch_op.f("ix_audit_log_at"))
