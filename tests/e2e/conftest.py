@@ -88,7 +88,11 @@ async def stack(kafka, postgres_admin_url, tmp_path_factory) -> AsyncIterator[St
             ("settlement", SettlementSettings, create_settlement),
             ("collections", CollectionsSettings, create_collections),
         ]:
-            settings = settings_class(database_url=await database(name), **kafka_settings)
+            # The tests poll the ledger's trial balance until what they sent is booked: unlimited expensive reads
+            # (tests/http checks the limits).
+            settings = settings_class(
+                database_url=await database(name), rate_limit_expensive_reads_per_minute=0, **kafka_settings
+            )
             app = create(settings)
             clients[name] = await resources.enter_async_context(serve(app))
             # A subject per client: the write-off requested through collections is posted on the ledger

@@ -148,3 +148,47 @@ async def test_a_foreign_invoice_without_any_rate_is_dead_lettered_with_the_reas
         [letter] = await probe.wait_for(lambda r: json.loads(r.value).get("invoice_id") == "FX-CHF-1", timeout=20)
     assert "states no exchange_rate" in letter.headers["x-dlq-reason"]
     assert "CHF" in letter.headers["x-dlq-reason"]
+
+
+async def test_a_foreign_balance_is_written_off_at_the_write_off_dates_rate_with_the_difference_realized(stack):
+    """EUR 500.00 booked at 1.10 (USD 550.00) is written off when EUR is at 1.20: the bad debt is USD 600.00, the
+    receivable falls by the 550.00 it was booked at, and the 50.00 between them is a realized exchange gain."""
+    await stack.erp_invoice(
+        invoice_id="FX-WO-1",
+        customer_account="FX-4004",
+        invoice_date="2026-04-01",
+        currency="EUR",
+        exchange_rate="1.10",
+        lines=[{"amount": "500.00"}],
+    )
+    await stack.wait_until_open_in_settlement("FX-4004", "FTI-FX-WO-1")
+    await stack.wait_for_transactions("FX-4004", lambda rows: len(rows) == 1)
+    assert (await stack.ledger.put("/api/v1/exchange-rates/EUR/2026-06-01", json={"rate": "1.20"})).status_code == 200
+
+    async def journal_created():  # the rate reaches collections on gl.exchange-rates; until then it refuses
+        answer = await stack.collections.post(
+            "/api/v1/write-offs", json={"customer_account": "FX-4004", "date": "2026-06-30"}
+        )
+        assert answer.status_code == 202, answer.text
+        write_off_id = answer.json()["write_off_id"]
+
+        async def decided():
+            current = (await stack.collections.get(f"/api/v1/write-offs/{write_off_id}")).json()
+            return current if current["status"] in ("journal-created", "rejected") else None
+
+        current = await eventually(decided, timeout=20)
+        return current if current["status"] == "journal-created" else None
+
+    created = await eventually(journal_created, timeout=60, interval=0.5)
+    before = await balances(stack)
+    posted = await stack.ledger.post(f"/api/v1/journals/{created['journal_batch_number']}/post")
+    assert posted.status_code == 200, posted.text
+    await settled_in_ledger(stack, before, {"130100": D("-550.00"), "618900": D("600.00"), "710100": D("-50.00")})
+
+    # Written off in both currencies, and no open item left over from the exchange difference.
+    rows = await stack.wait_for_transactions(
+        "FX-4004", lambda rows: any(r["type"] == "WriteOff" for r in rows) and all(D(r["balance"]) == 0 for r in rows)
+    )
+    assert all(D(r.get("accounting_currency_balance", r["balance"])) == 0 for r in rows)
+    open_items = (await stack.settlement.get("/api/v1/customers/FX-4004/open-transactions")).json()
+    assert [t for t in open_items["transactions"] if D(t["open_amount"]) != 0] == []

@@ -102,8 +102,16 @@ def parse_rate(value: Any) -> Decimal:
     return parsed
 
 
+def plain_rate(rate: Decimal) -> Decimal:
+    """A rate as it was given, whatever places it is stored with: 1.1000000000 -> 1.10, 0.0067000000 -> 0.0067,
+    1.0000000000 -> 1.00 (at least two decimals, like the setup's "1.10")."""
+    normalized = rate.normalize()
+    exponent = normalized.as_tuple().exponent
+    return rate.quantize(Decimal("0.01")) if isinstance(exponent, int) and exponent > -2 else normalized
+
+
 def format_rate(value: Decimal) -> str:
-    return format(value, "f")
+    return format(plain_rate(value), "f")
 
 
 ExchangeRate = Annotated[

@@ -71,13 +71,6 @@ class CustomerTransaction:
         return self.currency
 
 
-def plain_rate(rate: Decimal) -> Decimal:
-    """A rate as stored (ten places) as it was given: 1.1000000000 -> 1.10, 1.2345000000 -> 1.2345."""
-    normal = rate.normalize()
-    exponent = normal.as_tuple().exponent
-    return rate.quantize(Decimal("0.01")) if isinstance(exponent, int) and exponent > -2 else normal
-
-
 @dataclass(frozen=True)
 class SettlementDelta:
     """How one settlement moves one transaction's open balance.

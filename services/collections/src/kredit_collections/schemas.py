@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from kredit_collections.domain import AgedBalance, TransactionBalance, plain_rate
+from kredit_collections.domain import AgedBalance, TransactionBalance
 from kredit_collections.tables import WriteOffRequestRow
 from kredit_shared.company_setup import WriteOffParameters
 from kredit_shared.contracts import (
@@ -22,6 +22,7 @@ from kredit_shared.contracts import (
     TransactionType,
     Voucher,
 )
+from kredit_shared.currencies import plain_rate
 from kredit_shared.money import Amount, Total
 
 

@@ -40,7 +40,6 @@ from kredit_collections.domain import (
     AgedBalance,
     WriteOffError,
     days_past_due,
-    plain_rate,
 )
 from kredit_collections.settings import CollectionsSettings
 from kredit_shared import auth
@@ -48,6 +47,7 @@ from kredit_shared.audit import AuditDep
 from kredit_shared.auth import PUBLIC, PrincipalDep, Role, require
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import IsoDate
+from kredit_shared.currencies import format_rate
 from kredit_shared.http import http_error
 from kredit_shared.money import ZERO
 from kredit_shared.service import RuntimeDep, SessionDep
@@ -68,7 +68,7 @@ def money(value: Decimal | None) -> str:
 
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["money"] = money
-templates.env.filters["rate"] = lambda value: "" if value is None else format(plain_rate(value), "f")
+templates.env.filters["rate"] = lambda value: "" if value is None else format_rate(value)
 templates.env.filters["dec"] = lambda value: Decimal(str(value))  # amounts in ledger-posting's JSON are strings
 
 

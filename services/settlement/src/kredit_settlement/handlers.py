@@ -645,6 +645,8 @@ async def _settle_write_offs(batch: _Batch, event: JournalPosted) -> None:
     The ledger voucher is ledger-posting's; nothing named can stop the posting, so differences are reported."""
     postings, tx, store = batch.postings, batch.tx, batch.store
     lines = [line for line in event.lines if line.account_type == "Customer"]
+    differences = domain.exchange_difference_lines(lines, postings.accounting_currency)
+    lines = [line for n, line in enumerate(lines) if n not in differences]
     vouchers = _line_vouchers(lines)
     known = await store.known_vouchers(vouchers)
     todo = []

@@ -23,6 +23,7 @@ from kredit_settlement.domain import (
     priority_rule,
 )
 from kredit_shared.contracts import CustomerPaymentReceived
+from kredit_shared.currencies import plain_rate
 from kredit_shared.database import ExactDecimal, money_field, table_of
 from kredit_shared.money import ZERO
 from kredit_shared.outbox import utcnow
@@ -104,14 +105,6 @@ class OpenTransactionRow(SQLModel, table=True):
             accounting_original_amount=t.accounting_original_amount,
             accounting_open_amount=t.accounting_open_amount,
         )
-
-
-def plain_rate(rate: Decimal) -> Decimal:
-    """A rate as stored (ten places) without the trailing zeros beyond two places: 1.1000000000 -> 1.10,
-    0.0067000000 -> 0.0067, 1.0000000000 -> 1.00."""
-    normalized = rate.normalize()
-    exponent = normalized.as_tuple().exponent
-    return rate.quantize(Decimal("0.01")) if isinstance(exponent, int) and exponent > -2 else normalized
 
 
 def open_transaction_of(row: Any) -> OpenTransaction:

@@ -72,7 +72,13 @@ from kredit_settlement.domain.settling import (
     settle_new_transaction,
     settle_payment,
 )
-from kredit_settlement.domain.write_offs import PairSettled, WriteOffSettlement, settle_write_off, write_off_problems
+from kredit_settlement.domain.write_offs import (
+    PairSettled,
+    WriteOffSettlement,
+    exchange_difference_lines,
+    settle_write_off,
+    write_off_problems,
+)
 
 __all__ = [
     "DEBIT_TYPES",
@@ -121,6 +127,7 @@ __all__ = [
     "check_parameters",
     "convert",
     "default_discount_account",
+    "exchange_difference_lines",
     "find_marked_invoice",
     "mark_terms",
     "marked_order",

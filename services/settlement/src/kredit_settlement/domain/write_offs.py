@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from typing import Protocol
 
 from kredit_settlement.domain.model import OpenTransaction
 from kredit_shared.money import ZERO, round_money
@@ -143,3 +144,29 @@ def write_off_problems(
         elif abs(wanted) > abs(t.original_amount):
             problems.append(f"{voucher} of {t.original_amount} is named for more, {wanted}")
     return problems
+
+
+class CustomerLine(Protocol):
+    """What tells a write-off journal's Customer lines apart (a posted journal line has it)."""
+
+    @property
+    def voucher(self) -> str: ...
+
+    @property
+    def currency(self) -> str: ...
+
+    @property
+    def settles(self) -> Sequence[object]: ...
+
+
+def exchange_difference_lines(lines: Sequence[CustomerLine], accounting_currency: str) -> set[int]:
+    """The positions of the Customer lines that carry a foreign write-off's exchange difference (docs/currencies.md):
+    in the accounting currency, naming nothing, in the voucher of a foreign-currency line that names what it writes
+    off. The written-off transactions' accounting balances already fall by what that line names, so such a line
+    is no customer transaction of its own: it only makes the ledger's receivables fall by the same."""
+    foreign_vouchers = {line.voucher for line in lines if line.currency != accounting_currency and line.settles}
+    return {
+        n
+        for n, line in enumerate(lines)
+        if not line.settles and line.currency == accounting_currency and line.voucher in foreign_vouchers
+    }
