@@ -42,7 +42,7 @@ def invoice(invoice_id: str, account: str, name: str, date: str, amount: str, ta
     } | extra
 
 
-def payment(payment_id: str, account: str, date: str, amount: str, settle: list[dict] | None = None) -> dict:
+def payment(payment_id: str, account: str, date: str, amount: str, settle: list[dict] | None = None, **extra) -> dict:
     return {
         "message_id": str(uuid.uuid5(NAMESPACE, f"payment/{payment_id}")),
         "payment_id": payment_id,
@@ -51,7 +51,12 @@ def payment(payment_id: str, account: str, date: str, amount: str, settle: list[
         "amount": amount,
         "currency": "USD",
         **({"settle": settle} if settle else {}),
-    }
+    } | extra
+
+
+# A customer billed in EUR (docs/currencies.md): Dynamics 365's exchange-rate example (invoice at 1.10, paid at
+# 0.80 with the 2 % discount: a realized loss of 300.00 USD), and an invoice still open, aged in USD.
+EUR = {"currency": "EUR"}
 
 
 INVOICES = [
@@ -61,6 +66,17 @@ INVOICES = [
     invoice("CR-2001", "US-001", "Contoso Retail San Diego", "2015-05-15", "1200.00", "100.00"),
     invoice("BI-3001", "US-010", "Birch company", "2015-02-01", "75.00"),
     invoice("CIV-000667", "US-002", "Contoso Retail Los Angeles", "2015-01-20", "320.00"),
+    invoice(
+        "EU-1001",
+        "DE-001",
+        "Fabrikam Deutschland",
+        "2015-06-25",
+        "1000.00",
+        **EUR,
+        exchange_rate="1.10",
+        cash_discount_code="2%10D",
+    ),
+    invoice("EU-1002", "DE-001", "Fabrikam Deutschland", "2015-07-10", "500.00", **EUR, exchange_rate="1.12"),
 ]
 PAYMENTS = [
     payment(
@@ -77,6 +93,7 @@ PAYMENTS = [
         "700.00",
         [{"invoice_id": "10020", "amount_to_settle": "700.00", "use_cash_discount": "Normal"}],
     ),
+    payment("EUP-1001", "DE-001", "2015-07-01", "980.00", [{"invoice_id": "EU-1001"}], **EUR, exchange_rate="0.80"),
 ]
 
 
@@ -140,6 +157,7 @@ def try_commands(data_dir: Path, collections: int, ledger: int) -> list[str]:
     return [
         f"  curl -s {auth('viewer')} localhost:{collections}/api/v1/customers/4027/transactions",
         f"  curl -s {auth('viewer')} 'localhost:{collections}/api/v1/aged-balances?as_of=2015-09-30'",
+        f"  curl -s {auth('viewer')} localhost:{collections}/api/v1/customers/DE-001/transactions  # EUR and USD",
         f"  curl -s {auth('collector')} -XPOST localhost:{collections}/api/v1/write-offs "
         '-H \'content-type: application/json\' -d \'{"customer_account": "US-004", "reason_comment": "Bad debt"}\'',
         f"  curl -s {auth('viewer')} 'localhost:{ledger}/api/v1/journals?journal_name=WriteOff&status=open'",

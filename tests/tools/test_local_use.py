@@ -85,8 +85,8 @@ def test_the_demo_publishes_to_the_configured_broker_and_prints_curls_for_the_co
         )
         result = run_demo(tmp_path)
         assert result.returncode == 0, result.stderr
-        assert asyncio.run(records_on(bootstrap, ERP_CUSTOMER_INVOICES)) == 6
-        assert asyncio.run(records_on(bootstrap, ERP_CUSTOMER_PAYMENTS)) == 2
+        assert asyncio.run(records_on(bootstrap, ERP_CUSTOMER_INVOICES)) == 8
+        assert asyncio.run(records_on(bootstrap, ERP_CUSTOMER_PAYMENTS)) == 3
     curls = [line for line in result.stdout.splitlines() if "curl" in line]
     assert curls and all(f"localhost:{collections_port}/" in c or f"localhost:{ledger_port}/" in c for c in curls)
     assert any(f"localhost:{ledger_port}/api/v1/trial-balance" in c for c in curls)
