@@ -38,7 +38,7 @@ def _docker_available() -> bool:
 
         docker.from_env().ping()
         return True
-    except Exception:  # noqa: BLE001 - no engine, no client config, no permission: all mean "no"
+    except Exception:  # no engine, no client config, no permission: all mean "no"
         return False
 
 

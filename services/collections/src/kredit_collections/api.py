@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, HTTPException, Query, Response
 
 from kredit_collections import credit_handlers, handlers
 from kredit_collections.domain import CANCELLED, UnknownCustomer, WriteOffConflict, WriteOffError
@@ -28,16 +28,8 @@ from kredit_collections.schemas import (
 )
 from kredit_shared.audit import AuditDep
 from kredit_shared.auth import PrincipalDep, Role, require
-from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import Id, IsoDate
-from kredit_shared.service import RuntimeDep, SessionDep
-
-
-def _setup(request: Request) -> CompanySetup:
-    return request.app.state.setup
-
-
-SetupDep = Annotated[CompanySetup, Depends(_setup)]
+from kredit_shared.service import RuntimeDep, SessionDep, SetupDep
 
 router = APIRouter(prefix="/api/v1", tags=["collections"])
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, HTTPException, Query
 from fastapi.responses import HTMLResponse
 from pydantic import (
     AfterValidator,
@@ -34,17 +34,10 @@ from kredit_collections.credit_tables import (
     InterestNoteRow,
 )
 from kredit_shared.auth import Role, require
-from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import Code, Id, IsoDate, Name, Text, Voucher
 from kredit_shared.money import MAX_AMOUNT, Amount, Total, format_amount, parse_amount
-from kredit_shared.service import RuntimeDep, SessionDep
+from kredit_shared.service import RuntimeDep, SessionDep, SetupDep
 
-
-def _setup(request: Request) -> CompanySetup:
-    return request.app.state.setup
-
-
-SetupDep = Annotated[CompanySetup, Depends(_setup)]
 router = APIRouter(prefix="/api/v1", tags=["credit and collections"])
 
 
