@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Query, Response
@@ -29,6 +28,7 @@ from kredit_collections.schemas import (
 from kredit_shared.audit import AuditDep
 from kredit_shared.auth import PrincipalDep, Role, require
 from kredit_shared.contracts import Id, IsoDate
+from kredit_shared.http import refusals_as_problems
 from kredit_shared.service import RuntimeDep, SessionDep, SetupDep
 
 router = APIRouter(prefix="/api/v1", tags=["collections"])
@@ -218,11 +218,6 @@ async def get_reason_codes(setup: SetupDep) -> ReasonCodesOut:
     return ReasonCodesOut(reason_codes=[ReasonCodeOut(code=c, description=d) for c, d in setup.reason_codes.items()])
 
 
-@contextmanager
-def _refusals_as_http_errors() -> Iterator[None]:
+def _refusals_as_http_errors() -> AbstractContextManager[None]:
     """A refused write-off (or parameter change, or an unknown customer) answers 4xx with the domain's message."""
-    try:
-        yield
-    except WriteOffError as e:
-        status = 404 if isinstance(e, UnknownCustomer) else 409 if isinstance(e, WriteOffConflict) else 422
-        raise HTTPException(status, str(e)) from None
+    return refusals_as_problems(WriteOffError, {UnknownCustomer: 404, WriteOffConflict: 409})
