@@ -4,7 +4,7 @@ PYTHON ?= python3
 # pip refuses system installs, PEP 668). Worked out once, on first use.
 UV = $(eval UV := $(shell PYTHON="$(PYTHON)" sh scripts/ensure_uv.sh))$(UV)
 
-.PHONY: setup run demo test unit e2e lint browser bench chaos fuzz docs migration clean
+.PHONY: setup run demo test unit handlers e2e lint browser bench chaos fuzz docs migration clean
 
 setup:  ## install uv (if missing) and the locked workspace into .venv
 	@PYTHON="$(PYTHON)" sh scripts/ensure_uv.sh >/dev/null
@@ -28,6 +28,11 @@ test: setup lint browser  ## the whole suite, against a real broker and real dat
 unit: setup  ## the pure domain tests alone (no broker, no database; property tests included, about a minute)
 	@$(UV) run --frozen pytest services/invoicing/tests/unit services/settlement/tests/unit \
 		services/collections/tests/unit services/ledger-posting/tests/unit $(PYTEST_ARGS)
+
+handlers: setup  ## every service's handlers on an in-memory SQLite database, no broker (a few seconds)
+	@$(UV) run --frozen pytest services/invoicing/tests/handlers services/settlement/tests/handlers \
+		services/collections/tests/handlers services/ledger-posting/tests/handlers \
+		shared/tests/test_handler_database.py $(PYTEST_ARGS)
 
 e2e: setup browser  ## the tests that start whole stacks as processes (end to end, crash recovery, the browser)
 	@$(UV) run --frozen pytest tests/e2e tests/browser $(PYTEST_ARGS)

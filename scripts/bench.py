@@ -173,7 +173,7 @@ async def group_lag(bootstrap: str, group: str, names: tuple[str, ...]) -> int:
     try:
         partitions = [TopicPartition(t, p) for t in names for p in consumer.partitions_for_topic(t) or ()]
         if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+            await consumer._client.force_metadata_update()  # aiokafka has no public refresh
             partitions = [TopicPartition(t, p) for t in names for p in consumer.partitions_for_topic(t) or ()]
         ends = await consumer.end_offsets(partitions)
         lag = 0
@@ -188,7 +188,7 @@ async def topic_size(bootstrap: str, names: tuple[str, ...]) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()  # noqa: SLF001
+        await consumer._client.force_metadata_update()
         partitions = [TopicPartition(t, p) for t in names for p in consumer.partitions_for_topic(t) or ()]
         return sum((await consumer.end_offsets(partitions)).values())
     finally:

@@ -84,7 +84,7 @@ class Stack:
         self.stopping = False
 
     def spawn(self, name: str, command: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> None:
-        output = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
+        output = open(log, "ab") if log else subprocess.DEVNULL  # closed with the process
         # A session of its own: only our SIGTERM reaches it, so shutdown order is ours to decide.
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append((name, process))

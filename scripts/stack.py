@@ -332,7 +332,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
         found = consumer.partitions_for_topic(topic)
         if found:
             return found
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+        await consumer._client.force_metadata_update()  # aiokafka has no public refresh
         await asyncio.sleep(0.1)
     return set()
 

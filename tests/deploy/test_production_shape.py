@@ -643,7 +643,7 @@ def test_the_acl_matrix_matches_what_each_service_subscribes_to_and_publishes(se
         v for k, v in vars(settings_module).items() if k.endswith("Settings") and k != "ServiceSettings"
     )
     app = app_module.create_app(settings_class(database_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"))
-    subscribed = {subscription.topic for subscription in app.state.runtime._subscriptions.values()}  # noqa: SLF001
+    subscribed = {subscription.topic for subscription in app.state.runtime._subscriptions.values()}
     assert subscribed == CONSUMES[service]
     assert set(app.state.runtime.publications) == PRODUCES[service]
 

@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-import fuzz_http  # noqa: E402
+import fuzz_http
 
 pytestmark = pytest.mark.slow
 EXAMPLES = int(os.environ.get("FUZZ_HTTP_EXAMPLES", "5"))

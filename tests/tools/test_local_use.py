@@ -33,7 +33,7 @@ def answering_livez() -> Iterator[int]:
     """A stand-in for a running stack's collections service: /livez answers 200."""
 
     class Livez(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        def do_GET(self) -> None:  # the http.server API
             self.send_response(200 if self.path == "/livez" else 404)
             self.end_headers()
 

@@ -15,10 +15,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-import chaos  # noqa: E402
-import fuzz  # noqa: E402
+import chaos
+import fuzz
 
-from kredit_shared.contracts import (  # noqa: E402
+from kredit_shared.contracts import (
     CustomerInvoiceIssued,
     CustomerPaymentReceived,
     CustomerTransactionPosted,

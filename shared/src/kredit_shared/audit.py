@@ -127,7 +127,7 @@ class AuditTrail:
         try:
             async with runtime.transaction() as tx:
                 tx.session.add(_entry(known, scope["method"], scope["path"], client, action, status))
-        except Exception:  # noqa: BLE001 - the answer is sent; a lost row is logged, loudly
+        except Exception:  # the answer is sent; a lost row is logged, loudly
             log.exception("could not record the audit entry %s %s (%s)", scope["method"], scope["path"], action)
 
 

@@ -1,7 +1,8 @@
 """HTTP hardening every service shares: a request size limit, one error shape (RFC 9457
 problem+json) for every 4xx and 5xx, and those answers documented in the OpenAPI.
 
-Routes report a refusal with `HTTPException(status, "what is wrong")`; everything else (validation,
+Routes report a refusal with `HTTPException(status, "what is wrong")`, or let the domain's refusals
+through `refusals_as_problems` (the domain's message as the detail); everything else (validation,
 unknown paths, oversized bodies, crashes) is answered here in the same shape:
 
     {"type": "about:blank", "title": "Unprocessable Content", "status": 422,
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from http import HTTPStatus
 from typing import Any
 
@@ -76,6 +79,21 @@ class BodySizeLimit:
 
 
 # --- one error shape --------------------------------------------------------------------------
+
+
+@contextmanager
+def refusals_as_problems(
+    refused: type[Exception] | tuple[type[Exception], ...],
+    statuses: Mapping[type[Exception], int] | None = None,
+    default: int = 422,
+) -> Iterator[None]:
+    """A domain refusal (`refused`) raised inside the block answers with its message as the problem's
+    detail: the status of the first class of `statuses` it is an instance of, else `default`."""
+    try:
+        yield
+    except refused as e:
+        status = next((s for kind, s in (statuses or {}).items() if isinstance(e, kind)), default)
+        raise HTTPException(status, str(e)) from None
 
 
 async def http_error(request: Request, error: Exception) -> ProblemResponse:

@@ -170,7 +170,7 @@ def _upgrade(connection: Connection, migrations: Migrations) -> None:
 def _known(script: ScriptDirectory, revision: str) -> bool:
     try:
         return script.get_revision(revision) is not None
-    except Exception:  # noqa: BLE001 - alembic raises several kinds for an unknown id
+    except Exception:  # alembic raises several kinds for an unknown id
         return False
 
 

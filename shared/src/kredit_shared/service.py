@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_shared import asyncapi, audit, auth, failpoints, inbox, logs, metrics, outbox, retention, telemetry
-from kredit_shared.company_setup import SetupError
+from kredit_shared.company_setup import CompanySetup, SetupError
 from kredit_shared.contracts.messages import ContractMessage
 from kredit_shared.contracts.topics import ALL_TOPICS, dead_letter_topic
 from kredit_shared.database import create_engine, create_session_factory, create_tables, ping, table_of
@@ -466,7 +466,7 @@ class ServiceRuntime:
             message = sub.parse(record.value)
             telemetry.note_message(message)
             return message
-        except Exception as e:  # noqa: BLE001 - see above: nothing may escape with the fetch behind it
+        except Exception as e:  # see above: nothing may escape with the fetch behind it
             await self._dead_letter(sub.topic, record, f"invalid message: {_describe_parse_error(e)}", "invalid")
             return None
 
@@ -597,7 +597,7 @@ class ServiceRuntime:
         try:  # a probe that outlasts the timeout goes on in the background; the next call waits for it
             await asyncio.wait_for(asyncio.shield(self._database_probe), 2)
             checks["database"] = "ok"
-        except Exception as e:  # noqa: BLE001 - any failure means unhealthy
+        except Exception as e:  # any failure means unhealthy
             log.warning("%s: database unreachable: %r", self.settings.service_name, e)
             checks["database"] = "unreachable"
         checks["broker"] = "ok" if await self.broker.ping(timeout=2) else "unreachable"
@@ -617,7 +617,7 @@ class ServiceRuntime:
                     continue
                 try:
                     position = await asyncio.wait_for(consumer.position(tp), 1)
-                except Exception:  # noqa: BLE001 - a rebalance in progress: report it next scrape
+                except Exception:  # a rebalance in progress: report it next scrape
                     continue
                 labels = (name, self.settings.logical_topic(tp.topic), str(tp.partition))
                 metrics.CONSUMER_LAG.labels(*labels).set(max(highwater - position, 0))
@@ -711,9 +711,16 @@ async def _session_of(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+def _setup_of(request: Request) -> CompanySetup:
+    """The company setup a service's `create_app` keeps on `app.state.setup`."""
+    setup: CompanySetup = request.app.state.setup
+    return setup
+
+
 # FastAPI dependencies for a service's routes (the app comes from `ServiceRuntime.http_app`).
 RuntimeDep = Annotated[ServiceRuntime, Depends(_runtime_of)]
 SessionDep = Annotated[AsyncSession, Depends(_session_of)]
+SetupDep = Annotated[CompanySetup, Depends(_setup_of)]
 
 
 async def ensure_topics(settings: ServiceSettings) -> None:

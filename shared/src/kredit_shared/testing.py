@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ def _docker_available() -> bool:
 
         docker.from_env().ping()
         return True
-    except Exception:  # noqa: BLE001 - no engine, no client config, no permission: all mean "no"
+    except Exception:  # no engine, no client config, no permission: all mean "no"
         return False
 
 
@@ -355,3 +355,141 @@ def service_process(package: str, env: dict[str, str], log_path: str) -> Iterato
         yield process
     finally:
         stop_process(process)
+
+
+# --- handlers without a broker -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """One outbox row, as the relay would publish it (a message, or a dead letter on `<topic>.dlq`)."""
+
+    topic: str
+    key: str | None
+    value: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.value)
+
+    @property
+    def message_type(self) -> str | None:
+        return self.headers.get("message-type")
+
+    @property
+    def reason(self) -> str | None:
+        """A dead letter's reason (`x-dlq-reason`); None for a message."""
+        return self.headers.get("x-dlq-reason")
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What one transaction of a handler did: its return value, the outbox rows it committed (messages and
+    dead letters, in order) and the reasons of the messages it rejected whole (`tx.reject`)."""
+
+    result: Any
+    emitted: list[Emitted]
+    rejected: list[str]
+
+    def on(self, topic: str) -> list[Emitted]:
+        return [e for e in self.emitted if e.topic == topic]
+
+
+HANDLER_TEST_GROUP = "handler-test"
+
+
+class HandlerDatabase:
+    """A service's tables (and the shared ones: outbox, inbox, exchange rates, audit) in an in-memory
+    SQLite database, to run its handlers without a broker: `transaction()` is the runtime's
+    `Transaction` around a session, committed when the block ends (rolled back if it raises);
+    `handle(...)` runs a handler in one and reads back what it emitted from the outbox rows;
+    `deliver(...)` puts the inbox in front, as the consumer does. Build it with `handler_database`."""
+
+    def __init__(self, engine: Any, publishes: Sequence[str] | None) -> None:
+        from kredit_shared.database import create_session_factory
+
+        self.engine = engine
+        self.sessions = create_session_factory(engine)
+        self.publishes = frozenset(publishes) if publishes is not None else None
+        self._read_up_to = 0  # the last outbox row `handle` has reported
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        from kredit_shared.service import Transaction
+
+        async with self.sessions() as session, session.begin():
+            yield Transaction(session, group_id=HANDLER_TEST_GROUP, publishes=self.publishes)
+
+    async def handle(self, handler: Callable[[Any], Awaitable[Any]]) -> Handled:
+        """`await db.handle(lambda tx: handlers.x(tx, messages, setup))`: one transaction, as the runtime
+        runs a handler; an exception (`Rejected`, a bug) rolls it back and propagates."""
+        async with self.transaction() as tx:
+            result = await handler(tx)
+        return Handled(result, await self._new_rows(), [r.reason for r in tx.rejected])
+
+    async def deliver(
+        self, topic: str, messages: Sequence[Any], handler: Callable[[Any, list[Any]], Awaitable[Any]]
+    ) -> Handled:
+        """As the consumer handles a fetch of `topic`: the inbox skips messages processed before (a
+        redelivery), dead-letters a message_id reused with other content, and the handler gets the
+        fresh ones; the messages it rejects whole are released from the inbox (a replay is processed)."""
+        from kredit_shared import inbox
+
+        async with self.transaction() as tx:
+            claimed = await inbox.claim(tx.session, HANDLER_TEST_GROUP, topic, list(messages))
+            for message in claimed.reused:
+                tx.dead_letter(topic, message, f"message_id {message.message_id} was already processed")
+            result = await handler(tx, claimed.fresh) if claimed.fresh else None
+            await inbox.release(tx.session, HANDLER_TEST_GROUP, [r.message.message_id for r in tx.rejected])
+        return Handled(result, await self._new_rows(), [r.reason for r in tx.rejected])
+
+    async def emitted(self, topic: str | None = None) -> list[Emitted]:
+        """Every outbox row committed so far (on `topic`), in commit order."""
+        return [e for e in await self._rows(0) if topic is None or e.topic == topic]
+
+    async def _new_rows(self) -> list[Emitted]:
+        """The outbox rows committed since the last call."""
+        return await self._rows(self._read_up_to, advance=True)
+
+    async def _rows(self, after: int, advance: bool = False) -> list[Emitted]:
+        from sqlmodel import col, select
+
+        from kredit_shared.outbox import OutboxMessage, decode_headers
+
+        async with self.sessions() as session:
+            query = select(OutboxMessage).where(col(OutboxMessage.id) > after).order_by(col(OutboxMessage.id))
+            rows = (await session.exec(query)).all()
+        if advance and rows:
+            self._read_up_to = rows[-1].id or after
+        return [
+            Emitted(
+                row.topic,
+                row.key,
+                row.payload,
+                {k: v.decode(errors="replace") if v is not None else "" for k, v in decode_headers(row.headers)},
+            )
+            for row in rows
+        ]
+
+    async def all(self, query: Any) -> list[Any]:
+        """The rows of a select, in a session of their own: `await db.all(select(InvoiceRow))`."""
+        async with self.sessions() as session:
+            return list((await session.exec(query)).all())
+
+
+@contextlib.asynccontextmanager
+async def handler_database(
+    tables: Sequence[Any], publishes: Sequence[str] | None = None
+) -> AsyncIterator[HandlerDatabase]:
+    """A fresh in-memory SQLite database with `tables` and the shared tables created (`create_tables`, as a
+    runtime without migrations does). `publishes`: the topics the service declares (`runtime.publishes`),
+    so emitting elsewhere fails as in the service; None does not check."""
+    from kredit_shared.database import create_engine, create_tables
+    from kredit_shared.migrations import SHARED_TABLES
+
+    engine = create_engine("sqlite+aiosqlite:///:memory:")  # one connection (StaticPool): one database
+    try:
+        await create_tables(engine, [*tables, *SHARED_TABLES])
+        yield HandlerDatabase(engine, publishes)
+    finally:
+        await engine.dispose()

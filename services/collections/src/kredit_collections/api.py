@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, HTTPException, Query, Response
 
 from kredit_collections import credit_handlers, handlers
 from kredit_collections.domain import CANCELLED, UnknownCustomer, WriteOffConflict, WriteOffError
@@ -28,16 +27,9 @@ from kredit_collections.schemas import (
 )
 from kredit_shared.audit import AuditDep
 from kredit_shared.auth import PrincipalDep, Role, require
-from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import Id, IsoDate
-from kredit_shared.service import RuntimeDep, SessionDep
-
-
-def _setup(request: Request) -> CompanySetup:
-    return request.app.state.setup
-
-
-SetupDep = Annotated[CompanySetup, Depends(_setup)]
+from kredit_shared.http import refusals_as_problems
+from kredit_shared.service import RuntimeDep, SessionDep, SetupDep
 
 router = APIRouter(prefix="/api/v1", tags=["collections"])
 
@@ -226,11 +218,6 @@ async def get_reason_codes(setup: SetupDep) -> ReasonCodesOut:
     return ReasonCodesOut(reason_codes=[ReasonCodeOut(code=c, description=d) for c, d in setup.reason_codes.items()])
 
 
-@contextmanager
-def _refusals_as_http_errors() -> Iterator[None]:
+def _refusals_as_http_errors() -> AbstractContextManager[None]:
     """A refused write-off (or parameter change, or an unknown customer) answers 4xx with the domain's message."""
-    try:
-        yield
-    except WriteOffError as e:
-        status = 404 if isinstance(e, UnknownCustomer) else 409 if isinstance(e, WriteOffConflict) else 422
-        raise HTTPException(status, str(e)) from None
+    return refusals_as_problems(WriteOffError, {UnknownCustomer: 404, WriteOffConflict: 409})

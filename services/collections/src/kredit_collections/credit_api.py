@@ -6,12 +6,11 @@ Names of the credit endpoints and fields are fixed by the contract (docs/contrac
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Query
 from fastapi.responses import HTMLResponse
 from pydantic import (
     AfterValidator,
@@ -34,17 +33,11 @@ from kredit_collections.credit_tables import (
     InterestNoteRow,
 )
 from kredit_shared.auth import Role, require
-from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import Code, Id, IsoDate, Name, Text, Voucher
+from kredit_shared.http import refusals_as_problems
 from kredit_shared.money import MAX_AMOUNT, Amount, Total, format_amount, parse_amount
-from kredit_shared.service import RuntimeDep, SessionDep
+from kredit_shared.service import RuntimeDep, SessionDep, SetupDep
 
-
-def _setup(request: Request) -> CompanySetup:
-    return request.app.state.setup
-
-
-SetupDep = Annotated[CompanySetup, Depends(_setup)]
 router = APIRouter(prefix="/api/v1", tags=["credit and collections"])
 
 
@@ -77,14 +70,8 @@ PlainAmount = Annotated[
 ]
 
 
-@contextmanager
-def _refusals_as_http_errors() -> Iterator[None]:
-    try:
-        yield
-    except CreditManagementError as e:
-        raise HTTPException(
-            404 if isinstance(e, NotFound) else 409 if isinstance(e, Conflict) else 422, str(e)
-        ) from None
+def _refusals_as_http_errors() -> AbstractContextManager[None]:
+    return refusals_as_problems(CreditManagementError, {NotFound: 404, Conflict: 409})
 
 
 # --- credit groups and limits ---------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -50,7 +50,7 @@ from kredit_shared.contracts import IsoDate
 from kredit_shared.currencies import format_rate
 from kredit_shared.http import http_error
 from kredit_shared.money import ZERO
-from kredit_shared.service import RuntimeDep, SessionDep
+from kredit_shared.service import RuntimeDep, SessionDep, SetupDep
 
 HERE = Path(__file__).parent
 STATIC = {"app.css": "text/css", "app.js": "text/javascript"}
@@ -70,13 +70,6 @@ templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["money"] = money
 templates.env.filters["rate"] = lambda value: "" if value is None else format_rate(value)
 templates.env.filters["dec"] = lambda value: Decimal(str(value))  # amounts in ledger-posting's JSON are strings
-
-
-def _setup(request: Request) -> CompanySetup:
-    return request.app.state.setup
-
-
-SetupDep = Annotated[CompanySetup, Depends(_setup)]
 
 
 def _page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:

@@ -224,7 +224,7 @@ async def test_the_pages_need_a_signed_in_user_and_their_forms_the_csrf_token(st
 
     async with start_collections() as svc:
         await customers(svc)
-        app = svc.client._transport.app  # noqa: SLF001 - the same app, as a browser would see it
+        app = svc.client._transport.app  # the same app, as a browser would see it
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as browser:
             first = await browser.get("/customers/US-004")
             assert first.status_code == 303 and first.headers["location"] == "/signin?next=%2Fcustomers%2FUS-004"

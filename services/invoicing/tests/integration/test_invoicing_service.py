@@ -16,6 +16,7 @@ import yaml
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from kredit_invoicing import tables
 from kredit_invoicing.app import create_app, main
 from kredit_invoicing.handlers import issue_invoices
 from kredit_invoicing.settings import InvoicingSettings
@@ -299,10 +300,19 @@ async def test_a_redelivered_message_and_a_resent_identical_invoice_post_it_only
         assert service.on(DLQ) == []
 
 
-async def test_of_two_replicas_posting_one_invoice_at_once_the_second_fails_and_its_retry_is_a_no_op(database_url):
+async def test_of_two_replicas_posting_one_invoice_at_once_the_second_fails_and_its_retry_is_a_no_op(
+    database_url, monkeypatch
+):
     runtime = ServiceRuntime(InvoicingSettings(database_url=database_url), tables=TABLES)
     await create_tables(runtime.engine, runtime.tables)
     message = CustomerInvoiceIssued.model_validate(invoice())
+    looked_up = asyncio.Event()  # the second replica has looked for the invoice (and found none)
+    lookup = tables.posted_fingerprints
+
+    async def posted_fingerprints(*args, **kwargs):
+        found = await lookup(*args, **kwargs)
+        looked_up.set()
+        return found
 
     async def replica() -> None:
         async with runtime.transaction() as tx:
@@ -311,8 +321,9 @@ async def test_of_two_replicas_posting_one_invoice_at_once_the_second_fails_and_
     try:
         async with runtime.transaction() as first:
             await issue_invoices(first, [message], DEMO)
+            monkeypatch.setattr(tables, "posted_fingerprints", posted_fingerprints)
             second = asyncio.create_task(replica())  # finds no invoice yet; its insert waits for our commit
-            await asyncio.sleep(0.5)  # ample for its one lookup query
+            await asyncio.wait_for(looked_up.wait(), 10)  # commit only once it has looked
         with pytest.raises((IntegrityError, OperationalError)):  # both make the runtime retry the message
             await second
         await replica()  # the retry finds the first replica's invoice

@@ -6,7 +6,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlmodel import col
@@ -15,19 +15,12 @@ from kredit_ledger_posting import domain, handlers
 from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow
 from kredit_shared.audit import AuditDep
 from kredit_shared.auth import PrincipalDep, Role, require
-from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import Id, IsoDate, PostedJournalLine, Voucher
+from kredit_shared.http import refusals_as_problems
 from kredit_shared.money import Amount, Total
-from kredit_shared.service import RuntimeDep, SessionDep
+from kredit_shared.service import RuntimeDep, SessionDep, SetupDep
 
 router = APIRouter(prefix="/api/v1", tags=["ledger"])
-
-
-def _setup(request: Request) -> CompanySetup:
-    return request.app.state.setup
-
-
-SetupDep = Annotated[CompanySetup, Depends(_setup)]
 
 
 def _is_none(value: object) -> bool:
@@ -194,7 +187,8 @@ async def post_journal(
 ) -> JournalDetail:
     """Post the journal to the ledger. With the setup's `four_eyes_write_off`, whoever requested the
     write-off may not post it (403): another accountant does."""
-    try:
+    refused: dict[type[Exception], int] = {domain.FourEyesViolation: 403, domain.JournalNotPostable: 409}
+    with refusals_as_problems(tuple(refused), refused):
         async with runtime.transaction() as tx:
             row = await handlers.post_general_journal(tx, batch_number, setup, posted_by=principal.subject)
             if row is None:
@@ -206,10 +200,6 @@ async def post_journal(
                 journal_name=row.journal_name,
                 requested_by=row.requested_by,
             )
-    except domain.FourEyesViolation as e:
-        raise HTTPException(403, str(e)) from None
-    except domain.JournalNotPostable as e:
-        raise HTTPException(409, str(e)) from None
     return JournalDetail.of(row, setup.accounting_currency)
 
 

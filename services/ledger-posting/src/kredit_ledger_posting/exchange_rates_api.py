@@ -8,29 +8,21 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 from sqlmodel import select
 
 from kredit_shared.audit import AuditDep
 from kredit_shared.auth import PrincipalDep, Role, require
-from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import ExchangeRateSet
 from kredit_shared.currencies import ExchangeRate, unsupported_reason
 from kredit_shared.exchange_rates import ExchangeRateRow
 from kredit_shared.money import Currency
-from kredit_shared.service import RuntimeDep, SessionDep
+from kredit_shared.service import RuntimeDep, SessionDep, SetupDep
 
 router = APIRouter(prefix="/api/v1", tags=["exchange rates"])
-
-
-def _setup(request: Request) -> CompanySetup:
-    return request.app.state.setup
-
-
-SetupDep = Annotated[CompanySetup, Depends(_setup)]
 
 
 class ExchangeRateIn(BaseModel):

@@ -1,0 +1,130 @@
+"""Settlement's simplest paths against an in-memory database, without a broker: an invoice and its
+payment with the cash discount, a redelivery, a payment that cannot post, a mark waiting for its invoice."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from kredit_settlement import handlers
+from kredit_settlement.handlers import Postings
+from kredit_shared.company_setup import load_company_setup
+from kredit_shared.contracts import (
+    AR_CUSTOMER_TRANSACTIONS,
+    AR_SETTLEMENTS,
+    ERP_CUSTOMER_PAYMENTS,
+    GL_JOURNAL_LINES,
+    CustomerPaymentReceived,
+    CustomerTransactionPosted,
+    dead_letter_topic,
+)
+from kredit_shared.testing import HandlerDatabase
+
+POSTINGS = Postings.from_setup(load_company_setup())
+
+
+def invoice(invoice_id: str = "10020", amount: str = "1000.00") -> CustomerTransactionPosted:
+    """FTI-10020 as invoicing posts it: 1 % cash discount until 9 July 2015."""
+    return CustomerTransactionPosted.model_validate(
+        {
+            "voucher": f"FTI-{invoice_id}",
+            "transaction_type": "Invoice",
+            "customer_account": "4027",
+            "transaction_date": "2015-06-25",
+            "invoice_id": invoice_id,
+            "amount": amount,
+            "currency": "USD",
+            "due_date": "2015-07-25",
+            "cash_discounts": [{"date": "2015-07-09", "percent": "1.00", "amount": "10.00"}],
+            "cash_discount_account": "520100",
+        }
+    )
+
+
+def payment(payment_id: str, amount: str, marks: list[tuple[str, str | None, str]] | None = None, **changes):
+    body = {
+        "message_id": str(uuid.uuid4()),
+        "payment_id": payment_id,
+        "customer_account": "4027",
+        "payment_date": "2015-07-01",
+        "amount": amount,
+        "currency": "USD",
+    } | changes
+    if marks is not None:
+        body["settle"] = [
+            {"invoice_id": i, "use_cash_discount": u} | ({"amount_to_settle": a} if a else {}) for i, a, u in marks
+        ]
+    return CustomerPaymentReceived.model_validate(body)
+
+
+async def post_invoices(db: HandlerDatabase, *events: CustomerTransactionPosted):
+    return await db.deliver(
+        AR_CUSTOMER_TRANSACTIONS, events, lambda tx, fresh: handlers.record_customer_transactions(POSTINGS, tx, fresh)
+    )
+
+
+async def pay(db: HandlerDatabase, *payments: CustomerPaymentReceived):
+    return await db.deliver(
+        ERP_CUSTOMER_PAYMENTS, payments, lambda tx, fresh: handlers.receive_payments(POSTINGS, tx, fresh)
+    )
+
+
+async def open_amounts(db: HandlerDatabase) -> dict[str, Decimal]:
+    async with db.sessions() as session:
+        return {t.voucher: t.open_amount for t in await handlers.open_transactions(session, "4027")}
+
+
+async def test_a_partial_payment_before_the_discount_date_settles_with_its_cash_discount(db):
+    await post_invoices(db, invoice())
+
+    handled = await pay(db, payment("ARP-10020", "297.00", marks=[("10020", None, "Normal")]))
+
+    [settled] = handled.on(AR_SETTLEMENTS)
+    body = settled.json()
+    assert (body["debit_voucher"], body["credit_voucher"]) == ("FTI-10020", "ARP-10020")
+    assert (body["amount_settled"], body["cash_discount_amount"], body["cash_discount_voucher"]) == (
+        "297.00",
+        "3.00",
+        "DISC-10020",
+    )
+    assert {v.key for v in handled.on(GL_JOURNAL_LINES)} == {"ARP-10020", "DISC-10020"}
+    assert {t.json()["voucher"] for t in handled.on(AR_CUSTOMER_TRANSACTIONS)} == {"ARP-10020", "DISC-10020"}
+    assert await open_amounts(db) == {"FTI-10020": Decimal("700.00")}
+
+
+async def test_a_redelivered_payment_and_invoice_change_nothing(db):
+    the_invoice, the_payment = invoice(), payment("ARP-10020", "297.00")
+    await post_invoices(db, the_invoice)
+    await pay(db, the_payment)
+
+    assert (await post_invoices(db, the_invoice)).emitted == []
+    assert (await pay(db, the_payment)).emitted == []
+    assert await open_amounts(db) == {"FTI-10020": Decimal("700.00")}
+
+
+async def test_a_payment_that_cannot_post_is_rejected_with_its_reason_and_the_next_one_posts(db):
+    await post_invoices(db, invoice())
+
+    handled = await pay(db, payment("P-ZERO", "0.00"), payment("ARP-1", "297.00"))
+
+    [reason] = handled.rejected
+    assert "must be positive, got 0.00" in reason
+    [dead] = handled.on(dead_letter_topic(ERP_CUSTOMER_PAYMENTS))
+    assert (dead.reason, dead.json()["payment_id"]) == (reason, "P-ZERO")
+    assert [s.json()["credit_voucher"] for s in handled.on(AR_SETTLEMENTS)] == ["ARP-1"]
+
+
+async def test_a_mark_for_an_invoice_not_yet_posted_waits_and_settles_when_the_invoice_arrives(db):
+    waiting = await pay(db, payment("ARP-1", "297.00", marks=[("10020", None, "Normal")]))
+    assert waiting.on(AR_SETTLEMENTS) == [] and waiting.rejected == []
+    async with db.sessions() as session:
+        [mark] = await handlers.pending_marks(session, "4027")
+    assert (mark.payment_id, mark.invoice_id, mark.reserved) == ("ARP-1", "10020", Decimal("297.00"))
+
+    arrived = await post_invoices(db, invoice())
+
+    [settled] = arrived.on(AR_SETTLEMENTS)
+    assert (settled.json()["amount_settled"], settled.json()["cash_discount_amount"]) == ("297.00", "3.00")
+    async with db.sessions() as session:
+        assert await handlers.pending_marks(session, "4027") == []
+    assert await open_amounts(db) == {"FTI-10020": Decimal("700.00")}
