@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:47:43.729406
+Create Date: 2026-11-22 11:53:00.564788
 """
 
 from collections.abc import Sequence
@@ -107,10 +107,10 @@ def upgrade() -> None:
         sa.Column("customer_name", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("transaction_date", sa.Date(), nullable=False),
         sa.Column("invoice_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("amount", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
         sa.Column("due_date", sa.Date(), nullable=True),
-        sa.Column("sales_tax_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("sales_tax_amount", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("exchange_rate", kredit_shared.database.ExactDecimal(10), nullable=True),
         sa.Column("accounting_currency_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
         sa.PrimaryKeyConstraint("voucher"),
@@ -171,7 +171,7 @@ def upgrade() -> None:
         "collections_settlement_delta",
         sa.Column("settlement_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("amount", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("settlement_date", sa.Date(), nullable=False),
         sa.Column("accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
         sa.PrimaryKeyConstraint("settlement_id", "voucher"),
