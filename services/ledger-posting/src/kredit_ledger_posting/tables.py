@@ -12,7 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_ledger_posting.domain import Journal, JournalStatus, LedgerEntry
 from kredit_shared.contracts import PostedJournalLine
-from kredit_shared.database import ExactDecimal, money_field, optional_transaction_money_field, table_of
+from kredit_shared.database import money_field, optional_transaction_money_field, table_of
 from kredit_shared.outbox import utcnow
 
 
