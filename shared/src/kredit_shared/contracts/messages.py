@@ -620,20 +620,9 @@ class GeneralJournalLine(BaseModel):
     exchange_rate: ExchangeRate | None = None
 
     # The line's amounts and the amounts it settles are in `currency` (a write-off settles transactions of its
-    # line's currency only).
+    # line's currency only). Their precision in the currency (JPY "10.50") is checked by ledger-posting, which
+    # rejects the journal with the reason (JournalRejected) rather than dead-lettering the request.
     _amounts_in_currency = _decimals_from("currency")
-
-    @model_validator(mode="after")
-    def _amounts_fit_the_currency(self) -> GeneralJournalLine:
-        _check_precision(
-            self.currency,
-            [
-                ("debit", self.debit),
-                ("credit", self.credit),
-                *((f"settles.{n}.amount", ref.amount) for n, ref in enumerate(self.settles)),
-            ],
-        )
-        return self
 
     @model_serializer(mode="wrap")
     def _without_unset_rate(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
