@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:53:00.564788
+Create Date: 2026-11-22 12:06:44.890973
 """
 
 from collections.abc import Sequence
@@ -69,7 +69,7 @@ def upgrade() -> None:
         sa.Column("level", sa.Integer(), nullable=False),
         sa.Column("code", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-        sa.Column("total", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("total", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("fee", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("fee_invoice_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("document", sa.Text(), nullable=False),
@@ -152,7 +152,7 @@ def upgrade() -> None:
         sa.Column("note_date", sa.Date(), nullable=False),
         sa.Column("interest_code", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-        sa.Column("total", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("total", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("note_id"),
     )
@@ -254,7 +254,7 @@ def upgrade() -> None:
         sa.Column("invoice_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("due_date", sa.Date(), nullable=False),
         sa.Column("days_overdue", sa.Integer(), nullable=False),
-        sa.Column("balance", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("balance", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
         sa.ForeignKeyConstraint(
             ["letter_id"],
@@ -278,8 +278,8 @@ def upgrade() -> None:
         sa.Column("from_date", sa.Date(), nullable=False),
         sa.Column("to_date", sa.Date(), nullable=False),
         sa.Column("days", sa.Integer(), nullable=False),
-        sa.Column("balance", kredit_shared.database.ExactDecimal(2), nullable=False),
-        sa.Column("interest", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("balance", kredit_shared.database.ExactDecimal(3), nullable=False),
+        sa.Column("interest", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.ForeignKeyConstraint(
             ["note_id"],
             ["collections_interest_note.note_id"],
