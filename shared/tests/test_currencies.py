@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from kredit_shared.company_setup import ExchangeRatePeriod
-from kredit_shared.contracts import CustomerInvoiceIssued, CustomerPaymentReceived, CustomerTransactionPosted
+from kredit_shared.contracts import (
+    CustomerInvoiceIssued,
+    CustomerPaymentReceived,
+    CustomerTransactionPosted,
+    GeneralJournalLine,
+    OpenItemsSettled,
+    SettledTransactionRef,
+    VoucherLine,
+)
 from kredit_shared.currencies import (
     NoExchangeRate,
     Rates,
@@ -48,10 +56,36 @@ def test_an_amount_with_more_decimals_than_its_currency_is_refused():
         check_precision(D("1000.50"), "JPY")
 
 
-def test_three_decimal_currencies_are_refused_with_the_reason():
-    reason = unsupported_reason("KWD")
-    assert reason is not None and "3 decimal places" in reason
+def test_three_decimal_currencies_are_booked():
+    for currency in ("KWD", "BHD", "JOD", "OMR", "TND", "IQD", "LYD"):
+        assert unsupported_reason(currency) is None
     assert unsupported_reason("JPY") is None and unsupported_reason("EUR") is None
+
+
+def test_a_currency_with_more_than_three_decimals_is_refused_with_the_reason():
+    reason = unsupported_reason("CLF")  # ISO 4217: four decimals
+    assert reason is not None and "4 decimal places" in reason
+
+
+def test_kwd_rounds_to_the_fils_and_keeps_two_places_otherwise():
+    assert round_to(D("1.234") * D("0.02"), "KWD") == D("0.025")  # 0.02468
+    assert str(round_to(D("1.234") * D("0.02"), "KWD")) == "0.025"
+    assert str(round_to(D("1.2300"), "KWD")) == "1.23"  # as a USD amount: two places unless the third is set
+    assert str(round_to(D("0.0245"), "USD")) == "0.02"
+    assert str(round_to(D("1055.4"), "JPY")) == "1055.00"
+    assert to_accounting(D("1000.125"), D("3.25"), "USD") == D("3250.41")  # 3250.40625
+    assert check_precision(D("1.234"), "KWD") == D("1.234")
+    with pytest.raises(ValueError, match="KWD: the currency has 3 decimals"):
+        check_precision(D("1.2345"), "KWD")
+    with pytest.raises(ValueError, match="1.005 USD: the currency has 2 decimals"):
+        check_precision(D("1.005"), "USD")
+
+
+@given(st.decimals(min_value=-(10**6), max_value=10**6, places=6, allow_nan=False, allow_infinity=False))
+def test_round_to_keeps_every_two_decimal_currency_as_before(value):
+    assert str(round_to(value, "USD")) == str(value.quantize(D("0.01"), rounding="ROUND_HALF_UP"))
+    kwd = round_to(value, "KWD")
+    assert abs(kwd - value) <= D("0.0005") and -kwd.as_tuple().exponent in (2, 3)
 
 
 @pytest.mark.parametrize("text", ["0", "-1.10", "1e2", "1.10000000001", "123456789", "", " 1.1", "NaN"])
@@ -138,7 +172,9 @@ def test_an_invoice_carries_its_rate_and_is_published_without_one_when_it_has_no
             {"currency": "JPY", "lines": [{"amount": "1000.50"}]},
             "lines.0.amount 1000.50 JPY: the currency has no decimals",
         ),
-        ({"currency": "KWD"}, "KWD has 3 decimal places"),
+        ({"currency": "CLF"}, "CLF has 4 decimal places"),
+        ({"currency": "KWD", "lines": [{"amount": "1.2345"}]}, "amount 1.2345 has more than three decimals"),
+        ({"currency": "USD", "lines": [{"amount": "1.005"}]}, "amount 1.005 has more than two decimals"),
         ({"exchange_rate": "-1"}, "exchange_rate"),
         ({"exchange_rate": 1.1}, "exchange_rate"),
     ],
@@ -146,6 +182,67 @@ def test_an_invoice_carries_its_rate_and_is_published_without_one_when_it_has_no
 def test_an_invoice_kredit_cannot_book_is_a_validation_error(fields, reason):
     with pytest.raises(ValidationError, match=reason):
         CustomerInvoiceIssued.model_validate_json(json.dumps(_invoice(**fields)))
+
+
+def test_a_kwd_invoice_carries_its_three_decimals_and_a_usd_one_prints_as_before():
+    kwd = CustomerInvoiceIssued.model_validate_json(
+        json.dumps(_invoice(currency="KWD", lines=[{"amount": "1000.125", "sales_tax_amount": "0.5"}]))
+    )
+    assert kwd.lines[0].amount == D("1000.125")
+    assert json.loads(kwd.model_dump_json())["lines"][0] | {} == {
+        "description": "",
+        "amount": "1000.125",
+        "sales_tax_amount": "0.50",
+        "revenue_account": None,
+    }
+    usd = CustomerInvoiceIssued.model_validate_json(json.dumps(_invoice(currency="USD", lines=[{"amount": "7.5"}])))
+    assert json.loads(usd.model_dump_json())["lines"][0]["amount"] == "7.50"
+
+
+def test_a_usd_amount_with_three_decimals_is_refused_in_every_document_of_the_currency():
+    with pytest.raises(ValidationError, match="amount 1.005 has more than two decimals"):
+        OpenItemsSettled(
+            settlement_id="S",
+            customer_account="C1",
+            settlement_date=date(2026, 1, 1),
+            currency="USD",
+            debit_voucher="D",
+            credit_voucher="C",
+            amount_settled=D("1.005"),  # a Python value: the document checks it against its currency
+        )
+    with pytest.raises(ValidationError, match="amount 1.005 has more than two decimals"):
+        VoucherLine(account="130100", debit=D("1"), transaction_currency="USD", transaction_currency_amount=D("1.005"))
+    line = VoucherLine(
+        account="130100", debit=D("3.25"), transaction_currency="KWD", transaction_currency_amount=D("1")
+    )
+    assert json.loads(line.model_dump_json())["transaction_currency_amount"] == "1.00"
+    journal = GeneralJournalLine(
+        account_type="Customer",
+        account="C1",
+        credit=D("0.025"),
+        currency="KWD",
+        transaction_date=date(2026, 1, 1),
+        settles=[SettledTransactionRef(voucher="V", amount=D("0.025"))],
+    )
+    assert json.loads(journal.model_dump_json())["settles"][0]["amount"] == "0.025"
+    with pytest.raises(ValidationError, match="more than two decimals"):
+        GeneralJournalLine.model_validate(
+            {
+                "account_type": "Ledger",
+                "account": "1",
+                "debit": "0.025",
+                "currency": "USD",
+                "transaction_date": "2026-01-01",
+            }
+        )
+
+
+def test_an_accounting_currency_with_three_decimals_is_refused():
+    from kredit_shared.company_setup import load_company_setup
+
+    setup = load_company_setup()
+    with pytest.raises(ValidationError, match="accounting_currency: KWD has 3 decimal places"):
+        type(setup).model_validate(setup.model_dump() | {"accounting_currency": "KWD", "exchange_rates": {}})
 
 
 def test_a_jpy_payment_mark_with_decimals_is_refused():

@@ -91,6 +91,55 @@ async def test_the_d365_example_books_the_discount_at_the_payments_rate_and_the_
     assert all(D(r["accounting_currency_balance"]) == 0 for r in rows)
 
 
+async def test_a_kwd_invoice_and_its_discounted_payment_are_settled_to_the_fils_and_booked_to_the_cent(stack):
+    """KWD has three decimals: KWD 1,000.125 at 3.25 (USD 3,250.41) with 2 % (KWD 20.0025 -> 20.003), paid with
+    KWD 980.122 at 3.20 inside the discount period: bank 3,136.39, discount 64.01 (20.003 x 3.20 = 64.0096), and the
+    realized loss 3,250.41 - 3,136.39 - 64.01 = 50.01."""
+    before = await balances(stack)
+    await stack.erp_invoice(
+        invoice_id="FX-KWD-1",
+        customer_account="FX-4005",
+        invoice_date="2026-03-02",
+        currency="KWD",
+        exchange_rate="3.25",
+        payment_terms="Net30",
+        cash_discounts=[{"percent": "2.00", "date": "2026-03-12"}],
+        lines=[{"description": "Goods", "amount": "1000.125"}],
+    )
+    await settled_in_ledger(stack, before, {"130100": D("3250.41"), "401100": D("-3250.41")})
+    await stack.wait_until_open_in_settlement("FX-4005", "FTI-FX-KWD-1")
+
+    after_invoice = await balances(stack)
+    await stack.erp_payment(
+        payment_id="FX-P-KWD-1",
+        customer_account="FX-4005",
+        payment_date="2026-03-06",
+        amount="980.122",
+        currency="KWD",
+        exchange_rate="3.20",
+        settle=[{"invoice_id": "FX-KWD-1"}],
+    )
+    await settled_in_ledger(
+        stack,
+        after_invoice,
+        {"110110": D("3136.39"), "520100": D("64.01"), "810100": D("50.01"), "130100": D("-3250.41")},
+    )
+
+    rows = await stack.wait_for_transactions(
+        "FX-4005", lambda rows: len(rows) >= 3 and all(D(r["balance"]) == 0 for r in rows)
+    )
+    by_type = {r["type"]: r for r in rows}
+    # the answers carry the fils as they are ("1000.125"), and the accounting currency to the cent
+    assert (by_type["Invoice"]["currency"], by_type["Invoice"]["debit"]) == ("KWD", "1000.125")
+    assert by_type["Invoice"]["accounting_currency_amount"] == "3250.41"
+    assert (by_type["Payment"]["credit"], by_type["Payment"]["accounting_currency_amount"]) == ("980.122", "-3136.39")
+    assert (by_type["CashDiscount"]["credit"], by_type["CashDiscount"]["accounting_currency_amount"]) == (
+        "20.003",
+        "-64.01",
+    )
+    assert all(D(r["accounting_currency_balance"]) == 0 for r in rows)
+
+
 async def test_a_rate_set_over_http_books_a_document_that_states_none(stack):
     answer = await stack.ledger.put("/api/v1/exchange-rates/GBP/2026-01-01", json={"rate": "1.25"})
     assert answer.status_code == 200, answer.text
@@ -131,8 +180,9 @@ async def test_a_rate_set_over_http_books_a_document_that_states_none(stack):
 async def test_a_rate_for_the_accounting_currency_is_refused(stack):
     answer = await stack.ledger.put("/api/v1/exchange-rates/USD/2026-01-01", json={"rate": "1.25"})
     assert answer.status_code == 422 and "accounting currency" in answer.text
+    # A currency with three decimals is booked (issue 17): its rate is accepted like any other.
     answer = await stack.ledger.put("/api/v1/exchange-rates/KWD/2026-01-01", json={"rate": "3.25"})
-    assert answer.status_code == 422 and "3 decimal places" in answer.text
+    assert answer.status_code == 200, answer.text
 
 
 async def test_a_foreign_invoice_without_any_rate_is_dead_lettered_with_the_reason(stack):

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kredit_shared.contracts.messages import Percent
-from kredit_shared.currencies import ExchangeRate, rate_on, unsupported_reason
+from kredit_shared.currencies import ExchangeRate, minor_units, rate_on, unsupported_reason
 from kredit_shared.errors import describe_validation_error
 from kredit_shared.money import Amount, Currency
 
@@ -210,6 +210,11 @@ class CompanySetup(_Strict):
         if self.exchange_accounts is not None:
             account("exchange_accounts.realized_gain", self.exchange_accounts.realized_gain)
             account("exchange_accounts.realized_loss", self.exchange_accounts.realized_loss)
+        if (units := minor_units(self.accounting_currency)) > 2:
+            raise ValueError(
+                f"accounting_currency: {self.accounting_currency} has {units} decimal places; accounting-currency "
+                "amounts are kept with two (docs/currencies.md)"
+            )
         for currency, periods in self.exchange_rates.items():
             if (reason := unsupported_reason(currency)) is not None:
                 raise ValueError(f"exchange_rates.{currency}: {reason}")

@@ -20,10 +20,13 @@ from typing import Annotated, Any, Protocol
 import iso4217
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
+from kredit_shared.money import tidy
+
 ONE = Decimal(1)
 
-# The most decimals an amount may carry anywhere: money columns and the wire format hold two.
-SUPPORTED_MINOR_UNITS = 2
+# The most decimals a transaction-currency amount may carry: its columns and the wire format hold three
+# (money.TransactionAmount, ExactDecimal(3)); accounting-currency amounts keep two.
+SUPPORTED_MINOR_UNITS = 3
 
 
 @cache
@@ -39,7 +42,8 @@ def minor_units(currency: str) -> int:
 
 
 def unsupported_reason(currency: str) -> str | None:
-    """Why documents in `currency` cannot be booked, or None. Amounts are stored with two decimals."""
+    """Why documents in `currency` cannot be booked, or None. Transaction amounts are stored with three
+    decimals (KWD, BHD, JOD, ... are booked); a currency with more (none in use today) is refused."""
     units = minor_units(currency)
     if units > SUPPORTED_MINOR_UNITS:
         return (
@@ -50,9 +54,10 @@ def unsupported_reason(currency: str) -> str | None:
 
 
 def round_to(value: Decimal, currency: str) -> Decimal:
-    """Half-up to the currency's minor unit, kept with two places (JPY 1055.4 -> 1055.00)."""
-    rounded = value.quantize(ONE.scaleb(-minor_units(currency)), rounding=ROUND_HALF_UP)
-    return rounded.quantize(Decimal("0.01"))
+    """Half-up to the currency's minor unit, kept with two places unless it has three (JPY 1055.4 -> 1055.00,
+    USD 0.025 -> 0.03, KWD 0.0246 -> 0.025, KWD 1.2300 -> 1.23): money.tidy's form."""
+    rounded = value.quantize(ONE.scaleb(-min(minor_units(currency), SUPPORTED_MINOR_UNITS)), rounding=ROUND_HALF_UP)
+    return tidy(rounded)
 
 
 def check_precision(value: Decimal, currency: str, what: str = "amount") -> Decimal:

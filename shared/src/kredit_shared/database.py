@@ -16,7 +16,12 @@ from sqlalchemy.types import TypeEngine
 from sqlmodel import Field, SQLModel, text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from kredit_shared.money import tidy
+
 SessionFactory = async_sessionmaker[AsyncSession]
+
+# Places of a transaction-currency amount column: the most decimals a currency we book has (KWD, BHD, ...).
+TRANSACTION_PLACES = 3
 
 
 def normalise_url(url: str) -> str:
@@ -94,7 +99,15 @@ async def ping(engine: AsyncEngine) -> None:
 
 class ExactDecimal(TypeDecorator[Decimal]):
     """NUMERIC on PostgreSQL. SQLite has no decimal type and would round-trip through a float, so
-    there the value is stored as a scaled integer (cents for money): comparisons and SUM() stay exact."""
+    there the value is stored as a scaled integer (cents for money): comparisons and SUM() stay exact.
+
+    Places: 2 for accounting-currency amounts; TRANSACTION_PLACES (3) for amounts in a transaction currency
+    (KWD has three decimals), read back in money.tidy's form (two places unless the third is not zero), so a
+    USD amount comes back exactly as from a two-place column. Headroom: NUMERIC(18, 3) holds the largest amount
+    (15 integer digits, money.MAX_AMOUNT) with its three decimals; on SQLite that amount is 10^18 thousandths
+    and int64 ends at 9.2 × 10^18, so a value always fits but a SQL SUM() of a three-place column would overflow
+    past ~9 maximal amounts (two places: ~92). No service sums a transaction-currency column in SQL (totals
+    are added in Python, exactly); ledger-posting's trial balance sums only the two-place accounting columns."""
 
     impl = Numeric
     cache_ok = True
@@ -128,13 +141,25 @@ class ExactDecimal(TypeDecorator[Decimal]):
         if value is None:
             return None
         if dialect.name == "sqlite":
-            return Decimal(int(value)).scaleb(-self.places).quantize(self._quantum)
-        return Decimal(value).quantize(self._quantum)
+            result = Decimal(int(value)).scaleb(-self.places).quantize(self._quantum)
+        else:
+            result = Decimal(value).quantize(self._quantum)
+        return tidy(result) if self.places == TRANSACTION_PLACES else result
 
 
 def money_field(**kwargs: Any) -> Any:
-    """A SQLModel field holding an amount (Decimal, two places) exactly on every database."""
+    """A SQLModel field holding an accounting-currency amount (Decimal, two places) exactly on every database."""
     return Field(sa_type=ExactDecimal(2), nullable=False, **kwargs)
+
+
+def transaction_money_field(**kwargs: Any) -> Any:
+    """A SQLModel field holding an amount in a transaction currency (up to three places: KWD) exactly."""
+    return Field(sa_type=ExactDecimal(TRANSACTION_PLACES), nullable=False, **kwargs)
+
+
+def optional_transaction_money_field(**kwargs: Any) -> Any:
+    """Like transaction_money_field, nullable (default None)."""
+    return Field(default=None, sa_type=ExactDecimal(TRANSACTION_PLACES), nullable=True, **kwargs)
 
 
 def table_of(model: type[SQLModel]) -> Table:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any
 
@@ -10,6 +13,7 @@ import pycountry
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 CENT = Decimal("0.01")
+MIL = Decimal("0.001")
 ZERO = Decimal("0.00")
 
 
@@ -78,6 +82,18 @@ def format_amount(value: Decimal) -> str:
     return str(round_money(value))
 
 
+def tidy(value: Decimal) -> Decimal:
+    """A transaction-currency amount (at most three decimals) with two places unless its third decimal is not
+    zero: 1.230 -> 1.23, 0.025 -> 0.025. So every two-decimal amount keeps exactly the form it always had."""
+    cents = value.quantize(CENT, rounding=ROUND_HALF_UP)
+    return cents if cents == value else value.quantize(MIL, rounding=ROUND_HALF_UP)
+
+
+def format_transaction_amount(value: Decimal) -> str:
+    """Two decimals unless the third is not zero ("1000.00", "1.234"): a USD amount prints as it always did."""
+    return str(tidy(value))
+
+
 _AMOUNT_SCHEMA = {"type": "string", "pattern": AMOUNT_PATTERN, "examples": ["1000.00"]}
 
 Amount = Annotated[
@@ -101,7 +117,85 @@ Total = Annotated[
 """A sum of amounts in a response (a trial balance, a customer's balance): like Amount on the wire,
 but not bounded to 15 digits, since many amounts may add up to more. Output only."""
 
+# --- amounts in a transaction currency: up to three decimals (KWD, BHD, ...) ----------------------------
+
+TRANSACTION_AMOUNT_PATTERN = r"^-?[0-9]{1,15}(\.[0-9]{1,3})?$"
+_TRANSACTION_AMOUNT = re.compile(TRANSACTION_AMOUNT_PATTERN)
+MAX_TRANSACTION_DECIMALS = 3
+
+# The decimals the amounts of the document being validated may carry: max(2, its currency's minor units),
+# set by the document's validator (kredit_shared.contracts.messages) around the validation of its fields.
+# A document in a two-decimal currency (or JPY, whose precision its validator checks after) thus refuses
+# "1.005" with exactly the message an Amount gives; unset (an amount validated on its own), three.
+_document_decimals: ContextVar[int] = ContextVar("document_decimals", default=MAX_TRANSACTION_DECIMALS)
+
+
+@contextmanager
+def document_decimals(decimals: int) -> Iterator[None]:
+    """Validate the transaction amounts inside with at most `decimals` (2 or 3) decimals."""
+    token = _document_decimals.set(max(2, min(decimals, MAX_TRANSACTION_DECIMALS)))
+    try:
+        yield
+    finally:
+        _document_decimals.reset(token)
+
+
+def parse_transaction_amount(value: Any) -> Decimal:
+    """Like parse_amount, with up to three decimals when the document's currency has three (KWD "1.234").
+
+    The currency's own precision (USD "1.005", JPY "1.50") is checked by the document against its currency."""
+    decimals = _document_decimals.get()
+    if decimals <= 2:
+        return parse_amount(value)
+    if isinstance(value, str):
+        if len(value) > 21 or not _TRANSACTION_AMOUNT.fullmatch(value):
+            if len(value) <= 40 and (plain := _PLAIN_DECIMAL.fullmatch(value)) and len(plain["digits"]) <= 15:
+                raise ValueError(f"amount {value} has more than three decimals")
+            raise ValueError(_why_not_an_amount(value))
+        return tidy(Decimal(value))
+    if isinstance(value, Decimal) and value.is_finite():
+        check_amount_bound(value)
+        exponent = value.as_tuple().exponent
+        assert isinstance(exponent, int)
+        if exponent < -3:
+            raise ValueError(f"amount {value} has more than three decimals")
+        return tidy(value)
+    return parse_amount(value)  # integers, and the refusals of everything else
+
+
+_TRANSACTION_AMOUNT_SCHEMA = {"type": "string", "pattern": TRANSACTION_AMOUNT_PATTERN, "examples": ["1000.00"]}
+
+TransactionAmount = Annotated[
+    Decimal,
+    BeforeValidator(parse_transaction_amount),
+    PlainSerializer(format_transaction_amount, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                _TRANSACTION_AMOUNT_SCHEMA,
+                {"type": "integer", "minimum": -int(MAX_AMOUNT), "maximum": int(MAX_AMOUNT)},
+            ]
+        },
+        mode="validation",
+    ),
+    WithJsonSchema(_TRANSACTION_AMOUNT_SCHEMA, mode="serialization"),
+]
+"""An amount in a transaction currency: like Amount, but with up to three decimals when the currency has three
+(KWD "1.234"); printed with two decimals unless the third is not zero, so USD amounts print as they always did.
+The document carrying it checks it against its currency (currencies.check_precision)."""
+
+TransactionTotal = Annotated[
+    Decimal,
+    PlainSerializer(format_transaction_amount, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": r"^-?[0-9]+\.[0-9]{2,3}$", "examples": ["1000.00"]}),
+]
+"""A sum of transaction-currency amounts in a response: like Total, with the third decimal of a KWD amount."""
+
 _ISO_4217 = frozenset(c.alpha_3 for c in pycountry.currencies)
+
+
+def is_currency(value: Any) -> bool:
+    return isinstance(value, str) and value in _ISO_4217
 
 
 def parse_currency(value: Any) -> str:

@@ -35,7 +35,15 @@ from kredit_collections.credit_tables import (
 from kredit_shared.auth import Role, require
 from kredit_shared.contracts import Code, Id, IsoDate, Name, Text, Voucher
 from kredit_shared.http import refusals_as_problems
-from kredit_shared.money import MAX_AMOUNT, Amount, Total, format_amount, parse_amount
+from kredit_shared.money import (
+    MAX_AMOUNT,
+    Amount,
+    Total,
+    TransactionAmount,
+    TransactionTotal,
+    format_amount,
+    parse_amount,
+)
 from kredit_shared.service import RuntimeDep, SessionDep, SetupDep
 
 router = APIRouter(prefix="/api/v1", tags=["credit and collections"])
@@ -216,7 +224,7 @@ class LetterItemOut(BaseModel):
     invoice_id: str | None
     due_date: dt.date
     days_overdue: int
-    balance: Amount
+    balance: TransactionAmount
 
     @classmethod
     def of(cls, row: CollectionLetterItemRow) -> LetterItemOut:
@@ -231,7 +239,7 @@ class LetterOut(BaseModel):
     level: int = Field(description="1 = the first letter of the sequence.")
     code: str
     currency: str
-    total: Total = Field(description="The listed invoices' open balances.")
+    total: TransactionTotal = Field(description="The listed invoices' open balances.")
     fee: Amount
     fee_invoice_id: str | None = Field(description="The CollectionLetterFee transaction's invoice id, if a fee.")
     document_url: str
@@ -317,8 +325,8 @@ class InterestLineOut(BaseModel):
     from_date: dt.date
     to_date: dt.date
     days: int
-    balance: Amount
-    interest: Amount
+    balance: TransactionAmount
+    interest: TransactionAmount
 
     @classmethod
     def of(cls, row: InterestNoteLineRow) -> InterestLineOut:
@@ -332,7 +340,7 @@ class InterestNoteOut(BaseModel):
     note_date: dt.date
     interest_code: str
     currency: str
-    total: Amount
+    total: TransactionAmount
     lines: list[InterestLineOut]
 
     @classmethod

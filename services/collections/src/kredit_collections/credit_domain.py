@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from kredit_collections.domain import CustomerTransaction, TransactionBalance
 from kredit_shared.company_setup import CollectionLetterLevel, InterestCode
+from kredit_shared.currencies import round_to
 from kredit_shared.money import ZERO, round_money
 
 
@@ -213,15 +214,17 @@ def letters_due(
 DAYS_PER_YEAR = 365
 
 
-def interest_amount(amount: Decimal, days: int, code: InterestCode) -> Decimal:
-    """Interest on `amount` for `days` days, half-up to the cent.
+def interest_amount(amount: Decimal, days: int, code: InterestCode, currency: str | None = None) -> Decimal:
+    """Interest on `amount` for `days` days, half-up to the cent (to `currency`'s minor unit when named:
+    KWD the fils, JPY whole yen).
 
     D365's daily rule (feature "(GBL) Allow calculating daily interest as the annual percent divided by
     365", article "Set up interest rates for an interest code"): amount × annual % / 365 × days. A
     percent per month is 12 times that per year: 1,000.00 at 1.5 % a month for 45 days is
     1,000.00 × 18 % / 365 × 45 = 22.1917… = 22.19."""
     annual = code.percent * 12 if code.per == "Month" else code.percent
-    return round_money(amount * annual / 100 * days / DAYS_PER_YEAR)
+    interest = amount * annual / 100 * days / DAYS_PER_YEAR
+    return round_money(interest) if currency is None else round_to(interest, currency)
 
 
 @dataclass(frozen=True)
@@ -268,7 +271,7 @@ def interest_notes_due(
         start = max(item.due_date, charged_to.get(item.voucher, item.due_date))
         if (days := (as_of - start).days) <= 0:
             continue
-        if interest := interest_amount(item.balance, days, code):
+        if interest := interest_amount(item.balance, days, code, item.currency):
             grouped[(b.transaction.customer_account, item.currency)].append(
                 (b, InterestLine(item, start, as_of, interest))
             )

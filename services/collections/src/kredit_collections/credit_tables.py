@@ -13,7 +13,7 @@ from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_collections.credit_domain import Activity, CustomerCredit
-from kredit_shared.database import ExactDecimal, insert_new, money_field, table_of
+from kredit_shared.database import ExactDecimal, insert_new, money_field, table_of, transaction_money_field
 from kredit_shared.outbox import utcnow
 
 
@@ -104,7 +104,7 @@ class CollectionLetterRow(SQLModel, table=True):
     level: int  # index in the setup's sequence, 0 = first
     code: str
     currency: str = Field(max_length=3)
-    total: Decimal = money_field()  # of the listed invoices' open balances
+    total: Decimal = transaction_money_field()  # of the listed invoices' open balances, in `currency`
     fee: Decimal = money_field()
     fee_invoice_id: str | None = None  # the CollectionLetterFee posted for it (invoice id), if any
     document: str = Field(sa_column=Column(Text, nullable=False))  # the letter as sent (HTML)
@@ -125,7 +125,7 @@ class CollectionLetterItemRow(SQLModel, table=True):
     invoice_id: str | None = None
     due_date: date
     days_overdue: int
-    balance: Decimal = money_field()
+    balance: Decimal = transaction_money_field()
     currency: str = Field(max_length=3)
 
 
@@ -170,7 +170,7 @@ class InterestNoteRow(SQLModel, table=True):
     note_date: date
     interest_code: str
     currency: str = Field(max_length=3)
-    total: Decimal = money_field()
+    total: Decimal = transaction_money_field()
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -188,8 +188,8 @@ class InterestNoteLineRow(SQLModel, table=True):
     from_date: date
     to_date: date
     days: int
-    balance: Decimal = money_field()
-    interest: Decimal = money_field()
+    balance: Decimal = transaction_money_field()  # in the note's currency
+    interest: Decimal = transaction_money_field()
 
 
 async def charged_to(session: AsyncSession) -> dict[str, date]:

@@ -26,8 +26,8 @@ from kredit_shared.contracts import (
     OpenItemsSettled,
     SettledTransactionRef,
 )
-from kredit_shared.currencies import to_accounting
-from kredit_shared.money import ZERO, round_money
+from kredit_shared.currencies import round_to, to_accounting
+from kredit_shared.money import ZERO, round_money, tidy
 
 # --- read model: transactions and their open balances ----------------------------------------
 
@@ -165,7 +165,7 @@ def transaction_balances(
     rows = [
         TransactionBalance(
             t,
-            round_money(t.amount + moved[t.voucher]),
+            tidy(t.amount + moved[t.voucher]),  # exact: a sum of transaction amounts (KWD: three decimals)
             round_money(t.accounting_amount + moved_accounting[t.voucher]),
         )
         for t in transactions
@@ -379,13 +379,14 @@ def select_for_write_off(
 
 
 def sales_tax_share(item: TransactionBalance) -> Decimal:
-    """The sales tax inside what is still open: remaining × tax / original total, half-up to the cent.
+    """The sales tax inside what is still open: remaining × tax / original total, half-up to the transaction
+    currency's minor unit (the cent; JPY whole yen, KWD the fils).
 
     abs() on both: a producer that sends a credit note's tax unsigned cannot flip the share's sign."""
     t = item.transaction
     if not t.sales_tax_amount or not t.amount:
         return ZERO
-    return round_money(item.balance * abs(t.sales_tax_amount) / abs(t.amount))
+    return round_to(item.balance * abs(t.sales_tax_amount) / abs(t.amount), t.currency)
 
 
 def build_write_off_journal(

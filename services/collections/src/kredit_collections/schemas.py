@@ -23,7 +23,7 @@ from kredit_shared.contracts import (
     Voucher,
 )
 from kredit_shared.currencies import plain_rate
-from kredit_shared.money import Amount, Total
+from kredit_shared.money import Total, TransactionAmount, TransactionTotal
 
 
 class _In(BaseModel):
@@ -38,9 +38,11 @@ class CustomerTransactionOut(BaseModel):
     type: TransactionType
     date: dt.date
     invoice_id: str | None
-    debit: Amount | None = Field(description="The original amount of a debit transaction; null on a credit.")
-    credit: Amount | None = Field(description="The original amount of a credit transaction; null on a debit.")
-    balance: Total = Field(description="What is still open on the transaction: signed, debit positive.")
+    debit: TransactionAmount | None = Field(description="The original amount of a debit transaction; null on a credit.")
+    credit: TransactionAmount | None = Field(
+        description="The original amount of a credit transaction; null on a debit."
+    )
+    balance: TransactionTotal = Field(description="What is still open on the transaction: signed, debit positive.")
     currency: str
     due_date: dt.date | None
     disputed: bool = Field(default=False, description="An open dispute holds it out of letters and interest.")
@@ -138,8 +140,8 @@ class OpenInvoiceOut(BaseModel):
     date: dt.date
     due_date: dt.date | None
     currency: str
-    amount: Amount = Field(description="The invoice's original amount, signed (negative on a credit note).")
-    balance: Total = Field(description="What is still open, signed.")
+    amount: TransactionAmount = Field(description="The invoice's original amount, signed (negative on a credit note).")
+    balance: TransactionTotal = Field(description="What is still open, signed.")
     disputed: bool = Field(default=False, description="An open dispute holds it out of letters and interest.")
 
     @classmethod

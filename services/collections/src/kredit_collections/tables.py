@@ -25,7 +25,7 @@ from kredit_collections.domain import (
 )
 from kredit_shared.company_setup import WriteOffParameters
 from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested
-from kredit_shared.database import ExactDecimal, insert_new, money_field, table_of
+from kredit_shared.database import ExactDecimal, insert_new, table_of, transaction_money_field
 from kredit_shared.outbox import utcnow
 
 # --- read model ------------------------------------------------------------------------------
@@ -40,10 +40,10 @@ class CustomerTransactionRow(SQLModel, table=True):
     customer_name: str | None = None
     transaction_date: date
     invoice_id: str | None = None
-    amount: Decimal = money_field()  # signed: debit +, credit -
+    amount: Decimal = transaction_money_field()  # signed: debit +, credit -
     currency: str = Field(max_length=3)
     due_date: date | None = None
-    sales_tax_amount: Decimal = money_field()
+    sales_tax_amount: Decimal = transaction_money_field()
     # Foreign currencies (docs/currencies.md): the rate it was booked at and its original amount in the
     # accounting currency; both null in the accounting currency.
     exchange_rate: Decimal | None = Field(default=None, sa_type=ExactDecimal(10), nullable=True)
@@ -58,7 +58,7 @@ class SettlementDeltaRow(SQLModel, table=True):
 
     settlement_id: str = Field(primary_key=True)
     voucher: str = Field(primary_key=True, index=True)
-    amount: Decimal = money_field()
+    amount: Decimal = transaction_money_field()
     settlement_date: date
     accounting_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)  # null: amount
 

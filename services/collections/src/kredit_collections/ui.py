@@ -49,7 +49,7 @@ from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import IsoDate
 from kredit_shared.currencies import format_rate
 from kredit_shared.http import http_error
-from kredit_shared.money import ZERO
+from kredit_shared.money import CENT, MIL, ZERO
 from kredit_shared.service import RuntimeDep, SessionDep, SetupDep
 
 HERE = Path(__file__).parent
@@ -63,7 +63,12 @@ csv_router = APIRouter(prefix="/api/v1", tags=["collections"])
 
 
 def money(value: Decimal | None) -> str:
-    return "" if value is None else f"{value:,.2f}"
+    """1,234.50; an amount in a three-decimal currency shows its third decimal when it has one (KWD 1,000.125)."""
+    if value is None:
+        return ""
+    if value != value.quantize(CENT) and value == value.quantize(MIL):
+        return f"{value:,.3f}"
+    return f"{value:,.2f}"
 
 
 templates = Jinja2Templates(directory=HERE / "templates")

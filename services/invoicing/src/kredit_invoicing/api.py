@@ -16,7 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from kredit_invoicing.tables import DiscountTierRow, InvoiceLineRow, InvoiceRow, VoucherLineRow
 from kredit_shared.auth import Role, require
 from kredit_shared.contracts import ExchangeRate, Id
-from kredit_shared.money import CENT, Amount
+from kredit_shared.money import CENT, Amount, TransactionAmount
 from kredit_shared.service import SessionDep
 
 # Read-only: every route is a viewer's.
@@ -25,15 +25,15 @@ router = APIRouter(prefix="/api/v1/invoices", tags=["invoices"], dependencies=[r
 
 class LineOut(BaseModel):
     description: str
-    amount: Amount
-    sales_tax_amount: Amount
+    amount: TransactionAmount
+    sales_tax_amount: TransactionAmount
     revenue_account: str | None
 
 
 class DiscountTierOut(BaseModel):
     percent: str
     date: date
-    amount: Amount
+    amount: TransactionAmount
 
 
 def _is_none(value: object) -> bool:
@@ -54,7 +54,7 @@ class VoucherLineOut(BaseModel):
     text: str
     customer_account: str | None
     transaction_currency: str | None = _foreign("the invoice's currency, when it is not the accounting currency")
-    transaction_currency_amount: Amount | None = _foreign(
+    transaction_currency_amount: TransactionAmount | None = _foreign(
         "the line in the invoice's currency, signed (debit positive); only in a foreign currency"
     )
 
@@ -74,9 +74,9 @@ class InvoiceOut(BaseModel):
     cash_discount_code: str | None
     cash_discount_account: str | None
     cash_discounts: list[DiscountTierOut]
-    net_amount: Amount
-    sales_tax_amount: Amount
-    total: Amount
+    net_amount: TransactionAmount
+    sales_tax_amount: TransactionAmount
+    total: TransactionAmount
     exchange_rate: ExchangeRate | None = _foreign(
         "accounting-currency units per one unit of `currency` the invoice is booked at; only in a foreign currency"
     )

@@ -13,7 +13,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_invoicing.domain import PostedInvoice
 from kredit_shared.contracts import CustomerInvoiceIssued
-from kredit_shared.database import ExactDecimal, money_field, table_of
+from kredit_shared.database import (
+    ExactDecimal,
+    money_field,
+    optional_transaction_money_field,
+    table_of,
+    transaction_money_field,
+)
 from kredit_shared.outbox import utcnow
 
 _INVOICE_FK = "invoicing_invoice.invoice_id"
@@ -37,9 +43,9 @@ class InvoiceRow(SQLModel, table=True):
     payment_terms: str | None = None
     cash_discount_code: str | None = None
     cash_discount_account: str | None = None
-    net_amount: Decimal = money_field()
-    sales_tax_amount: Decimal = money_field()
-    total: Decimal = money_field()
+    net_amount: Decimal = transaction_money_field()  # in `currency`
+    sales_tax_amount: Decimal = transaction_money_field()
+    total: Decimal = transaction_money_field()
     # In a foreign currency (docs/currencies.md): the rate it is booked at (accounting-currency units per
     # one unit of `currency`) and its total in the accounting currency; None in the accounting currency.
     exchange_rate: Decimal | None = Field(default=None, sa_type=ExactDecimal(10), nullable=True)
@@ -55,8 +61,8 @@ class InvoiceLineRow(SQLModel, table=True):
     invoice_id: str = Field(foreign_key=_INVOICE_FK, primary_key=True)
     line_number: int = Field(primary_key=True)
     description: str
-    amount: Decimal = money_field()
-    sales_tax_amount: Decimal = money_field()
+    amount: Decimal = transaction_money_field()
+    sales_tax_amount: Decimal = transaction_money_field()
     revenue_account: str | None = None  # as received; None = the setup's default (see the voucher lines)
 
 
@@ -67,7 +73,7 @@ class DiscountTierRow(SQLModel, table=True):
     tier_number: int = Field(primary_key=True)  # in date order
     percent: Decimal = Field(sa_type=ExactDecimal(4), nullable=False)
     until: date
-    amount: Decimal = money_field()
+    amount: Decimal = transaction_money_field()
 
 
 class VoucherLineRow(SQLModel, table=True):
@@ -85,7 +91,7 @@ class VoucherLineRow(SQLModel, table=True):
     # The line's amount in the invoice's currency (signed, debit positive) when that is not the
     # accounting currency; `debit`/`credit` are always in the accounting currency.
     transaction_currency: str | None = None
-    transaction_currency_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
+    transaction_currency_amount: Decimal | None = optional_transaction_money_field()
 
 
 TABLES = [table_of(InvoiceRow), table_of(InvoiceLineRow), table_of(DiscountTierRow), table_of(VoucherLineRow)]

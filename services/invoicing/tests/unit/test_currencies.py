@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from kredit_invoicing.domain import InvoiceRejected, convert_postings, discount_amount, post_invoice
 from kredit_shared.company_setup import DEMO_SETUP_FILE, CompanySetup
 from kredit_shared.contracts import CustomerInvoiceIssued
-from kredit_shared.currencies import ExchangeRate, Rates, to_accounting
+from kredit_shared.currencies import ExchangeRate, Rates, minor_units, to_accounting
 from kredit_shared.money import ZERO
 
 
@@ -222,18 +222,63 @@ def test_a_total_worth_nothing_or_too_much_in_the_accounting_currency_is_rejecte
         post_invoice(invoice(exchange_rate="10", lines=[{"description": "x", "amount": "999999999999999.00"}]), SETUP)
 
 
+# --- three decimals (KWD) -----------------------------------------------------------------------
+
+
+def test_a_kwd_discount_is_rounded_to_the_fils():
+    assert discount_amount(Decimal("1.234"), Decimal("2"), "KWD") == Decimal("0.025")  # 0.02468
+    assert str(discount_amount(Decimal("1.234"), Decimal("2"), "KWD")) == "0.025"
+    assert discount_amount(Decimal("1.234"), Decimal("2"), "USD") == Decimal("0.02")
+    assert str(discount_amount(Decimal("1055"), Decimal("2"), "JPY")) == "21.00"  # still whole yen
+
+
+def test_a_kwd_invoice_keeps_its_fils_and_is_booked_to_the_cent():
+    posted = post_invoice(
+        invoice(
+            currency="KWD",
+            exchange_rate="3.25",
+            cash_discount_code="2%10D",
+            lines=[{"description": "Goods", "amount": "1000.125"}],
+        ),
+        SETUP,
+    )
+    assert posted.total == Decimal("1000.125")
+    assert posted.accounting_total == Decimal("3250.41")  # 3,250.40625
+    assert [str(t.amount) for t in posted.cash_discounts] == ["20.003"]  # 20.0025, half-up
+    assert booked(posted) == [
+        ("130100", "3250.41", "0.00", "KWD", "1000.125"),
+        ("401100", "0.00", "3250.41", "KWD", "-1000.125"),
+    ]
+    transaction, voucher = posted.messages
+    wire = transaction.model_dump(mode="json")
+    assert (wire["amount"], wire["accounting_currency_amount"]) == ("1000.125", "3250.41")
+    assert wire["cash_discounts"][0]["amount"] == "20.003"
+    assert [line["transaction_currency_amount"] for line in voucher.model_dump(mode="json")["lines"]] == [
+        "1000.125",
+        "-1000.125",
+    ]
+    assert type(transaction).model_validate_json(transaction.model_dump_json()) == transaction
+
+
+def test_a_kwd_amount_with_four_decimals_is_a_validation_error():
+    with pytest.raises(ValidationError, match="amount 1.2345 has more than three decimals"):
+        invoice(currency="KWD", lines=[{"description": "Goods", "amount": "1.2345"}])
+
+
 # --- properties ---------------------------------------------------------------------------------
 
-CURRENCIES = st.sampled_from(["EUR", "JPY", "GBP"])
+CURRENCIES = st.sampled_from(["EUR", "JPY", "GBP", "KWD"])
 RATES = st.decimals(min_value=Decimal("0.0001"), max_value=Decimal("500"), places=4).filter(lambda r: r > 0)
 
 
 @st.composite
 def foreign_invoices(draw: st.DrawFn) -> tuple[CustomerInvoiceIssued, Decimal]:
     currency = draw(CURRENCIES)
-    places = 0 if currency == "JPY" else 2
+    places = minor_units(currency)
     sign = draw(st.sampled_from([1, -1]))
-    amounts = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("100000"), places=places).filter(lambda a: a > 0)
+    amounts = st.decimals(min_value=Decimal("0.001"), max_value=Decimal("100000"), places=places).filter(
+        lambda a: a > 0
+    )
     lines = []
     for _ in range(draw(st.integers(1, 6))):
         amount = draw(amounts)

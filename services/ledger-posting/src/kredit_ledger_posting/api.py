@@ -17,7 +17,7 @@ from kredit_shared.audit import AuditDep
 from kredit_shared.auth import PrincipalDep, Role, require
 from kredit_shared.contracts import Id, IsoDate, PostedJournalLine, Voucher
 from kredit_shared.http import refusals_as_problems
-from kredit_shared.money import Amount, Total
+from kredit_shared.money import Amount, Total, TransactionAmount
 from kredit_shared.service import RuntimeDep, SessionDep, SetupDep
 
 router = APIRouter(prefix="/api/v1", tags=["ledger"])
@@ -112,7 +112,7 @@ class LedgerEntryOut(BaseModel):
     source: str
     customer_account: str | None
     transaction_currency: str | None = _foreign("the currency the entry books, when not the accounting currency")
-    transaction_currency_amount: Amount | None = _foreign(
+    transaction_currency_amount: TransactionAmount | None = _foreign(
         "the amount in that currency, signed (debit positive); `debit`/`credit` are in the accounting currency"
     )
 

@@ -265,7 +265,8 @@ def _check_journal_lines(
 def _check_foreign_amounts(where: str, line: GeneralJournalLine, error: type[LedgerError]) -> None:
     if (reason := unsupported_reason(line.currency)) is not None:
         raise error(f"{where}: {reason}")
-    for what, value in (("debit", line.debit), ("credit", line.credit)):
+    settled = ((f"settles.{n}.amount", ref.amount) for n, ref in enumerate(line.settles))
+    for what, value in (("debit", line.debit), ("credit", line.credit), *settled):
         try:
             check_precision(value, line.currency, what)
         except ValueError as e:

@@ -12,7 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_ledger_posting.domain import Journal, JournalStatus, LedgerEntry
 from kredit_shared.contracts import PostedJournalLine
-from kredit_shared.database import ExactDecimal, money_field, table_of
+from kredit_shared.database import money_field, optional_transaction_money_field, table_of
 from kredit_shared.outbox import utcnow
 
 
@@ -32,7 +32,7 @@ class LedgerEntryRow(SQLModel, table=True):
     # What the entry books in a foreign currency (signed, debit positive); None in the accounting currency,
     # which `currency`, `debit` and `credit` are always in.
     transaction_currency: str | None = None
-    transaction_currency_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
+    transaction_currency_amount: Decimal | None = optional_transaction_money_field()
 
     @classmethod
     def from_entry(cls, entry: LedgerEntry) -> dict[str, Any]:

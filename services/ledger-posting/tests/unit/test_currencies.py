@@ -218,11 +218,24 @@ def test_a_foreign_line_may_balance_against_accounting_currency_lines():
     ]
 
 
+def test_a_kwd_write_off_keeps_its_fils_and_posts_to_the_cent():
+    request = journal(
+        {"account_type": "Customer", "account": "4027", "credit": "10.125", "currency": "KWD", "exchange_rate": "3.25"},
+        {"account_type": "Ledger", "account": "618900", "debit": "10.125", "currency": "KWD", "exchange_rate": "3.25"},
+    )
+    posted, entries = post_journal(open_journal(request, DEMO, 1, 1), DEMO)
+    assert booked(entries) == [
+        ("130100", "0.00", "32.91", "USD", "KWD", Decimal("-10.125")),  # 32.90625
+        ("618900", "32.91", "0.00", "USD", "KWD", Decimal("10.125")),
+    ]
+    assert journal_posted_event(posted).model_dump(mode="json")["lines"][0]["credit"] == "10.125"
+
+
 @pytest.mark.parametrize(
     ("line", "reason"),
     [
         ({"currency": "JPY", "debit": "10.50"}, "line 1: debit 10.50 JPY: the currency has no decimals"),
-        ({"currency": "KWD", "debit": "10.00"}, "line 1: currency KWD has 3 decimal places"),
+        ({"currency": "CLF", "debit": "10.00"}, "line 1: currency CLF has 4 decimal places"),
         (
             {"currency": "JPY", "debit": "1", "exchange_rate": "0.001"},
             "line 1: 1.00 JPY at the exchange rate 0.001 is 0.00 USD",

@@ -30,7 +30,7 @@ from kredit_shared.audit import AuditDep
 from kredit_shared.auth import Role, require
 from kredit_shared.contracts import MAX_LIST_LENGTH, Code, Id, IsoDate, Voucher
 from kredit_shared.currencies import ExchangeRate
-from kredit_shared.money import Amount
+from kredit_shared.money import Amount, TransactionAmount
 from kredit_shared.service import RuntimeDep
 
 router = APIRouter(prefix="/api/v1", tags=["settlement"])
@@ -175,11 +175,11 @@ class ReverseIn(_Input):
 class PreviewMarkOut(BaseModel):
     invoice_id: str
     cash_discount_date: dt.date | None
-    cash_discount_amount: Amount
+    cash_discount_amount: TransactionAmount
     use_cash_discount: str
-    cash_discount_taken: Amount
-    cash_discount_amount_to_take: Amount
-    amount_to_settle: Amount
+    cash_discount_taken: TransactionAmount
+    cash_discount_amount_to_take: TransactionAmount
+    amount_to_settle: TransactionAmount
 
 
 class PreviewOut(BaseModel):
@@ -191,7 +191,7 @@ class PreviewOut(BaseModel):
 class DiscountTierOut(BaseModel):
     date: dt.date
     percent: Decimal
-    amount: Amount | None
+    amount: TransactionAmount | None
 
 
 class OpenTransactionOut(BaseModel):
@@ -199,12 +199,12 @@ class OpenTransactionOut(BaseModel):
     type: str
     date: dt.date
     invoice_id: str | None
-    original_amount: Amount
-    open_amount: Amount  # signed: debit +, credit −
+    original_amount: TransactionAmount
+    open_amount: TransactionAmount  # signed: debit +, credit −
     currency: str
     due_date: dt.date | None
     cash_discounts: list[DiscountTierOut]
-    cash_discount_taken: Amount
+    cash_discount_taken: TransactionAmount
     cash_discount_account: str | None
     # The rate it was booked at (1 in the accounting currency) and its amounts in the accounting currency.
     exchange_rate: ExchangeRate
@@ -241,9 +241,9 @@ class PendingMarkOut(BaseModel):
     customer_account: str
     payment_date: dt.date
     invoice_id: str
-    amount_to_settle: Amount | None
+    amount_to_settle: TransactionAmount | None
     use_cash_discount: str
-    reserved: Amount  # what of the payment's open credit this mark holds until its invoice arrives
+    reserved: TransactionAmount  # what of the payment's open credit this mark holds until its invoice arrives
 
 
 class PendingWriteOffOut(BaseModel):
@@ -251,7 +251,7 @@ class PendingWriteOffOut(BaseModel):
     journal_batch_number: str
     customer_account: str
     voucher: str  # the transaction it names, not known to settlement yet
-    amount: Amount
+    amount: TransactionAmount
 
 
 class PendingOut(BaseModel):
@@ -263,10 +263,10 @@ class SettledPairOut(BaseModel):
     settlement_id: str
     debit_voucher: str
     credit_voucher: str
-    amount_settled: Amount
-    cash_discount_amount: Amount
+    amount_settled: TransactionAmount
+    cash_discount_amount: TransactionAmount
     cash_discount_voucher: str | None
-    difference_amount: Amount  # + an underpayment written off, − an overpayment written off
+    difference_amount: TransactionAmount  # + an underpayment written off, − an overpayment written off
     difference_account: str | None
     # In the accounting currency (equal to the amounts above in it): what the debit's balance fell by, the
     # credit's rose by, the discount and difference, and the realized exchange loss (negative: a gain)
@@ -338,7 +338,7 @@ class SettlementsOut(BaseModel):
 class ReleasedOut(BaseModel):
     payment_id: str
     settled: list[dict[str, str]]  # what the released money settled at once: invoice voucher, cash, discount
-    open_amount: Amount  # what stays open on the payment, now an automatic credit
+    open_amount: TransactionAmount  # what stays open on the payment, now an automatic credit
 
 
 # --- routes -----------------------------------------------------------------------------------

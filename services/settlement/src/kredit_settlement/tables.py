@@ -24,7 +24,13 @@ from kredit_settlement.domain import (
 )
 from kredit_shared.contracts import CustomerPaymentReceived
 from kredit_shared.currencies import plain_rate
-from kredit_shared.database import ExactDecimal, money_field, table_of
+from kredit_shared.database import (
+    ExactDecimal,
+    money_field,
+    optional_transaction_money_field,
+    table_of,
+    transaction_money_field,
+)
 from kredit_shared.money import ZERO
 from kredit_shared.outbox import utcnow
 
@@ -57,11 +63,11 @@ class OpenTransactionRow(SQLModel, table=True):
     transaction_date: date
     invoice_id: str | None = Field(default=None, index=True)
     currency: str
-    original_amount: Decimal = money_field()
-    open_amount: Decimal = money_field()
+    original_amount: Decimal = transaction_money_field()  # in `currency`
+    open_amount: Decimal = transaction_money_field()
     due_date: date | None = None
     cash_discounts: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    discount_taken: Decimal = money_field()
+    discount_taken: Decimal = transaction_money_field()
     cash_discount_account: str | None = None
     auto_settle: bool = True  # see OpenTransaction.auto_settle
     discount_date: date | None = None  # a payment's selected date for its discounts
@@ -146,7 +152,7 @@ class PaymentRow(SQLModel, table=True):
     message_id: str
     customer_account: str = Field(index=True)
     payment_date: date
-    amount: Decimal = money_field()
+    amount: Decimal = transaction_money_field()
     currency: str
     exchange_rate: Decimal = Field(default=Decimal(1), sa_type=ExactDecimal(10), nullable=False)  # booked at
     bank_account: str
@@ -181,10 +187,10 @@ class PendingMarkRow(SQLModel, table=True):
     invoice_id: str = Field(primary_key=True, index=True)
     customer_account: str = Field(index=True)
     position: int = 0  # the mark's place in the payment's `settle` list
-    amount_to_settle: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
+    amount_to_settle: Decimal | None = optional_transaction_money_field()
     use_cash_discount: str
     full_settlement: bool = False
-    cash_discount_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
+    cash_discount_amount: Decimal | None = optional_transaction_money_field()
 
     def to_domain(self) -> Mark:
         return Mark(
@@ -206,7 +212,7 @@ class PendingWriteOffRow(SQLModel, table=True):
     write_off_voucher: str = Field(index=True)
     voucher: str = Field(index=True)  # the named transaction
     customer_account: str = Field(index=True)
-    amount: Decimal = money_field()
+    amount: Decimal = transaction_money_field()
     # What it removes from the transaction's accounting-currency balance (SettledTransactionRef.accounting_amount).
     accounting_amount: Decimal | None = Field(default=None, sa_type=ExactDecimal(2), nullable=True)
     journal_batch_number: str
@@ -227,10 +233,10 @@ class SettlementRow(SQLModel, table=True):
     currency: str
     debit_voucher: str = Field(index=True)
     credit_voucher: str = Field(index=True)
-    amount_settled: Decimal = money_field()
-    cash_discount_amount: Decimal = money_field()
+    amount_settled: Decimal = transaction_money_field()  # in `currency`
+    cash_discount_amount: Decimal = transaction_money_field()
     cash_discount_voucher: str | None = None
-    difference_amount: Decimal = money_field(default=Decimal("0.00"))
+    difference_amount: Decimal = transaction_money_field(default=Decimal("0.00"))
     difference_account: str | None = None
     difference_voucher: str | None = Field(default=None, index=True)
     # In a foreign currency (None in the accounting currency): the pair in the accounting currency and the

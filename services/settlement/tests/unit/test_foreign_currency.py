@@ -346,3 +346,31 @@ def test_the_customers_ar_equals_its_open_accounting_amounts_after_any_settlemen
             if t.open_amount == 0:
                 assert t.accounting_open_amount == 0, f"{t.voucher} closed in EUR but not in USD"
     assert ar == sum((t.accounting_open_amount for t in everything), D(0))
+
+
+# --- three decimals (KWD) -------------------------------------------------------------------------
+
+
+def test_a_kwd_payment_with_discount_settles_to_the_fils_and_books_to_the_cent():
+    """KWD 1,000.125 at 3.25 with 2 % (20.0025 -> 20.003 fils, half-up); KWD 980.122 paid at 3.20."""
+    inv = invoice("K1", "1000.125", "3.25", currency="KWD", percent="2.00")
+    pay = payment("ARP-K1", "980.122", "3.20", currency="KWD")
+    assert str(pay.original_amount) == "-980.122"
+    assert (inv.accounting_open_amount, pay.accounting_open_amount) == (D("3250.41"), D("-3136.39"))  # 3136.3904
+    result = settle_credit(pay, [inv], marks=[Mark("K1")])
+    [s] = result.settlements
+    assert (str(s.cash_applied), str(s.cash_discount)) == ("980.122", "20.003")
+    [line] = account_settlement(result, [inv, pay], "USD").lines
+    assert (line.debit, line.credit, line.cash_discount) == (D("3250.41"), D("3136.39"), D("64.01"))  # 64.0096
+    assert line.realized_loss == D("50.01")
+    booking = booked([result], [inv, pay])
+    [disc] = booking.discounts
+    assert (str(disc.original_amount), disc.accounting_original_amount) == ("-20.003", D("-64.01"))
+    after = {t.voucher: t for t in booking.transactions}
+    assert after["FTI-K1"].open_amount == after["ARP-K1"].open_amount == 0
+    assert after["FTI-K1"].accounting_open_amount == after["ARP-K1"].accounting_open_amount == D("0.00")
+
+
+def test_a_jpy_payment_stays_in_whole_yen():
+    pay = payment("ARP-J1", "1055", "0.0091", currency="JPY")
+    assert str(pay.original_amount) == "-1055.00"

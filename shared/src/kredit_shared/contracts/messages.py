@@ -6,7 +6,9 @@ message gets a fresh one. Unknown fields are ignored so producers can extend mes
 
 Bounds (the same for Kafka and HTTP, and in the JSON schemas), so that hostile input is a
 validation error and never a database or arithmetic failure further on:
-- amounts: `money.Amount` (at most 15 integer digits, two decimals); percents 0-100, six decimals;
+- amounts: `money.Amount` (at most 15 integer digits, two decimals); an amount in a transaction currency
+  (`money.TransactionAmount`) may carry as many decimals as that currency has, up to three (KWD "1.234"),
+  never more (USD "1.005", JPY "1.50" are refused); percents 0-100, six decimals;
 - identifiers (`Id`: customer accounts, invoice and payment ids, ledger accounts): 1-64 characters
   of letters, digits and `.`, `_`, `:`, `-`, starting with a letter or digit, so every id works
   unescaped as a URL path segment; vouchers, batch numbers and settlement ids, which services
@@ -41,8 +43,8 @@ from pydantic import (
 )
 
 from kredit_shared.contracts import topics
-from kredit_shared.currencies import ExchangeRate, check_precision, unsupported_reason
-from kredit_shared.money import Amount, Currency, check_amount_bound
+from kredit_shared.currencies import ExchangeRate, check_precision, minor_units, unsupported_reason
+from kredit_shared.money import Amount, Currency, TransactionAmount, check_amount_bound, document_decimals, is_currency
 
 __all__ = [
     "AccountType",
@@ -224,6 +226,28 @@ def _check_document_currency(currency: str, amounts: list[tuple[str, Decimal]]) 
         check_precision(amount, currency, what)
 
 
+def _decimals_from(field: str) -> Any:
+    """A model validator: the model's transaction amounts may carry as many decimals as the currency in `field`
+    has (at least two, at most three), e.g. three in a KWD document. In a two-decimal currency "1.005" is
+    refused by the amount itself, with the message it always had."""
+
+    def validate(cls: type[BaseModel], data: Any, handler: Any) -> Any:
+        currency = data.get(field) if isinstance(data, dict) else getattr(data, field, None)
+        with document_decimals(minor_units(currency) if is_currency(currency) else 2):
+            return handler(data)
+
+    return model_validator(mode="wrap")(classmethod(validate))  # type: ignore[arg-type]
+
+
+def _check_precision(currency: str | None, amounts: list[tuple[str, Decimal | None]]) -> None:
+    """No amount has more decimals than its currency (JPY none, USD two, KWD three)."""
+    if currency is None:
+        return
+    for what, amount in amounts:
+        if amount is not None:
+            check_precision(amount, currency, what)
+
+
 def _without_unset(data: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     """Drop the foreign-currency fields while they are unset, so a document in the accounting currency is
     published exactly as before they existed."""
@@ -244,14 +268,14 @@ class CashDiscountTier(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     percent: Percent
     date: IsoDate
-    amount: Amount | None = None
+    amount: TransactionAmount | None = None
 
 
 class InvoiceLine(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     description: Text = ""
-    amount: Amount  # net of sales tax; negative on a credit note
-    sales_tax_amount: Amount = Decimal("0.00")
+    amount: TransactionAmount  # net of sales tax; negative on a credit note
+    sales_tax_amount: TransactionAmount = Decimal("0.00")
     revenue_account: Id | None = None  # default from the company setup (401100)
 
 
@@ -271,6 +295,8 @@ class CustomerInvoiceIssued(ContractMessage):
     document_type: DocumentType | None = None  # None: Invoice, or CreditNote for a negative total
     # Accounting-currency units per one unit of `currency`; None: the setup's rate for the invoice date.
     exchange_rate: ExchangeRate | None = None
+
+    _amounts_in_currency = _decimals_from("currency")
 
     @model_validator(mode="after")
     def _totals_within_bounds(self) -> CustomerInvoiceIssued:
@@ -313,11 +339,11 @@ class SettleMark(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
     invoice_id: Id
-    amount_to_settle: Amount | None = None
+    amount_to_settle: TransactionAmount | None = None
     # Kept a plain string so an invalid value rejects the mark, not the whole payment.
     use_cash_discount: Code = "Normal"
     full_settlement: bool = False  # close the invoice; the unpaid rest is posted as extra cash discount
-    cash_discount_amount: Amount | None = None  # overrides the calculated discount
+    cash_discount_amount: TransactionAmount | None = None  # overrides the calculated discount
 
 
 class CustomerPaymentReceived(ContractMessage):
@@ -326,13 +352,15 @@ class CustomerPaymentReceived(ContractMessage):
     payment_id: Id
     customer_account: Id
     payment_date: IsoDate
-    amount: Amount
+    amount: TransactionAmount
     currency: Currency
     bank_account: Id | None = None  # default from the company setup (110110)
     settle: list[SettleMark] | None = Field(default=None, max_length=MAX_LIST_LENGTH)
     date_to_use_for_calculating_discounts: IsoDate | None = None  # D365's "Selected date"; None: the payment date
     # Accounting-currency units per one unit of `currency`; None: the setup's rate for the payment date.
     exchange_rate: ExchangeRate | None = None
+
+    _amounts_in_currency = _decimals_from("currency")
 
     @model_validator(mode="after")
     def _amounts_fit_the_currency(self) -> CustomerPaymentReceived:
@@ -378,15 +406,29 @@ class CustomerTransactionPosted(ContractMessage):
     customer_name: Name | None = None
     transaction_date: IsoDate
     invoice_id: Id | None = None
-    amount: Amount
+    amount: TransactionAmount
     currency: Currency
     due_date: IsoDate | None = None
     cash_discounts: list[CashDiscountTier] = Field(default_factory=list, max_length=MAX_LIST_LENGTH)
     cash_discount_account: Id | None = None
-    sales_tax_amount: Amount = Decimal("0.00")
+    sales_tax_amount: TransactionAmount = Decimal("0.00")
     payment_id: Id | None = None
     exchange_rate: ExchangeRate | None = None
     accounting_currency_amount: Amount | None = None
+
+    _amounts_in_currency = _decimals_from("currency")
+
+    @model_validator(mode="after")
+    def _amounts_fit_the_currency(self) -> CustomerTransactionPosted:
+        _check_precision(
+            self.currency,
+            [
+                ("amount", self.amount),
+                ("sales_tax_amount", self.sales_tax_amount),
+                *((f"cash_discounts.{n}.amount", tier.amount) for n, tier in enumerate(self.cash_discounts)),
+            ],
+        )
+        return self
 
     @property
     def accounting_amount(self) -> Decimal:
@@ -425,18 +467,32 @@ class OpenItemsSettled(ContractMessage):
     currency: Currency
     debit_voucher: Voucher
     credit_voucher: Voucher
-    amount_settled: Amount
-    cash_discount_amount: Amount = Decimal("0.00")
+    amount_settled: TransactionAmount
+    cash_discount_amount: TransactionAmount = Decimal("0.00")
     cash_discount_voucher: Voucher | None = None
     # A penny difference or over/underpayment the settlement wrote off (extension): positive when the
     # debit was underpaid (it falls by this too), negative when the credit overpaid it (the credit's
     # `amount_settled` includes the overpayment). Posted to the setup's difference account.
-    difference_amount: Amount = Decimal("0.00")
+    difference_amount: TransactionAmount = Decimal("0.00")
     debit_accounting_amount: Amount | None = None
     credit_accounting_amount: Amount | None = None
     cash_discount_accounting_amount: Amount | None = None
     difference_accounting_amount: Amount | None = None
     realized_exchange_loss: Amount | None = None
+
+    _amounts_in_currency = _decimals_from("currency")
+
+    @model_validator(mode="after")
+    def _amounts_fit_the_currency(self) -> OpenItemsSettled:
+        _check_precision(
+            self.currency,
+            [
+                ("amount_settled", self.amount_settled),
+                ("cash_discount_amount", self.cash_discount_amount),
+                ("difference_amount", self.difference_amount),
+            ],
+        )
+        return self
 
     @property
     def debit_accounting(self) -> Decimal:
@@ -493,7 +549,14 @@ class VoucherLine(BaseModel):
     text: Text = ""
     customer_account: Id | None = None
     transaction_currency: Currency | None = None
-    transaction_currency_amount: Amount | None = None
+    transaction_currency_amount: TransactionAmount | None = None
+
+    _amounts_in_currency = _decimals_from("transaction_currency")
+
+    @model_validator(mode="after")
+    def _amount_fits_the_currency(self) -> VoucherLine:
+        _check_precision(self.transaction_currency, [("transaction_currency_amount", self.transaction_currency_amount)])
+        return self
 
     @model_serializer(mode="wrap")
     def _without_unset_currency(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -523,7 +586,7 @@ class SettledTransactionRef(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     voucher: Voucher
     invoice_id: Id | None = None
-    amount: Amount  # signed like the transaction's open balance it removes, in the transaction's currency
+    amount: TransactionAmount  # signed like the transaction's open balance it removes, in the transaction's currency
     # In a foreign currency: what it removes from the transaction's accounting-currency balance (signed the same).
     accounting_currency_amount: Amount | None = None
 
@@ -540,8 +603,8 @@ class GeneralJournalLine(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     account_type: AccountType
     account: Id
-    debit: Amount = Decimal("0.00")
-    credit: Amount = Decimal("0.00")
+    debit: TransactionAmount = Decimal("0.00")  # in `currency`
+    credit: TransactionAmount = Decimal("0.00")
     currency: Currency
     transaction_date: IsoDate
     text: Text = ""
@@ -555,6 +618,11 @@ class GeneralJournalLine(BaseModel):
     # `debit`/`credit` are in `currency`; ledger-posting books them in the accounting currency at this rate
     # (None: 1 in the accounting currency, else the setup's rate for the transaction date).
     exchange_rate: ExchangeRate | None = None
+
+    # The line's amounts and the amounts it settles are in `currency` (a write-off settles transactions of its
+    # line's currency only). Their precision in the currency (JPY "10.50") is checked by ledger-posting, which
+    # rejects the journal with the reason (JournalRejected) rather than dead-lettering the request.
+    _amounts_in_currency = _decimals_from("currency")
 
     @model_serializer(mode="wrap")
     def _without_unset_rate(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -42,7 +42,8 @@ from kredit_settlement.domain.model import (
     UnknownInvoice,
     UseCashDiscount,
 )
-from kredit_shared.money import ZERO, round_money
+from kredit_shared.currencies import round_to
+from kredit_shared.money import ZERO
 
 
 def new_payment(
@@ -62,7 +63,7 @@ def new_payment(
     never applied automatically."""
     if amount <= 0:
         raise InvalidPayment(f"payment {voucher}: the amount must be positive, got {amount}")
-    amount = round_money(amount)
+    amount = round_to(amount, currency)
     accounting = convert(amount, exchange_rate, accounting_currency)
     return OpenTransaction(
         voucher=voucher,

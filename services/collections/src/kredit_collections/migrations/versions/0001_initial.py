@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:47:43.729406
+Create Date: 2026-11-22 12:12:22.173439
 """
 
 from collections.abc import Sequence
@@ -69,7 +69,7 @@ def upgrade() -> None:
         sa.Column("level", sa.Integer(), nullable=False),
         sa.Column("code", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-        sa.Column("total", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("total", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("fee", kredit_shared.database.ExactDecimal(2), nullable=False),
         sa.Column("fee_invoice_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("document", sa.Text(), nullable=False),
@@ -107,10 +107,10 @@ def upgrade() -> None:
         sa.Column("customer_name", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("transaction_date", sa.Date(), nullable=False),
         sa.Column("invoice_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("amount", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
         sa.Column("due_date", sa.Date(), nullable=True),
-        sa.Column("sales_tax_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("sales_tax_amount", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("exchange_rate", kredit_shared.database.ExactDecimal(10), nullable=True),
         sa.Column("accounting_currency_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
         sa.PrimaryKeyConstraint("voucher"),
@@ -152,7 +152,7 @@ def upgrade() -> None:
         sa.Column("note_date", sa.Date(), nullable=False),
         sa.Column("interest_code", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-        sa.Column("total", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("total", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("note_id"),
     )
@@ -171,7 +171,7 @@ def upgrade() -> None:
         "collections_settlement_delta",
         sa.Column("settlement_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("amount", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("settlement_date", sa.Date(), nullable=False),
         sa.Column("accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
         sa.PrimaryKeyConstraint("settlement_id", "voucher"),
@@ -254,7 +254,7 @@ def upgrade() -> None:
         sa.Column("invoice_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("due_date", sa.Date(), nullable=False),
         sa.Column("days_overdue", sa.Integer(), nullable=False),
-        sa.Column("balance", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("balance", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
         sa.ForeignKeyConstraint(
             ["letter_id"],
@@ -278,8 +278,8 @@ def upgrade() -> None:
         sa.Column("from_date", sa.Date(), nullable=False),
         sa.Column("to_date", sa.Date(), nullable=False),
         sa.Column("days", sa.Integer(), nullable=False),
-        sa.Column("balance", kredit_shared.database.ExactDecimal(2), nullable=False),
-        sa.Column("interest", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("balance", kredit_shared.database.ExactDecimal(3), nullable=False),
+        sa.Column("interest", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.ForeignKeyConstraint(
             ["note_id"],
             ["collections_interest_note.note_id"],

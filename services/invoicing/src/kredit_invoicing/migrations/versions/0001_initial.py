@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:47:43.495312
+Create Date: 2026-11-22 12:12:21.925836
 """
 
 from collections.abc import Sequence
@@ -73,9 +73,9 @@ def upgrade() -> None:
         sa.Column("payment_terms", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("cash_discount_code", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("cash_discount_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("net_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
-        sa.Column("sales_tax_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
-        sa.Column("total", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("net_amount", kredit_shared.database.ExactDecimal(3), nullable=False),
+        sa.Column("sales_tax_amount", kredit_shared.database.ExactDecimal(3), nullable=False),
+        sa.Column("total", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("exchange_rate", kredit_shared.database.ExactDecimal(10), nullable=True),
         sa.Column("accounting_total", kredit_shared.database.ExactDecimal(2), nullable=True),
         sa.Column("fingerprint", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -109,7 +109,7 @@ def upgrade() -> None:
         sa.Column("tier_number", sa.Integer(), nullable=False),
         sa.Column("percent", kredit_shared.database.ExactDecimal(4), nullable=False),
         sa.Column("until", sa.Date(), nullable=False),
-        sa.Column("amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("amount", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.ForeignKeyConstraint(
             ["invoice_id"],
             ["invoicing_invoice.invoice_id"],
@@ -121,8 +121,8 @@ def upgrade() -> None:
         sa.Column("invoice_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("line_number", sa.Integer(), nullable=False),
         sa.Column("description", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("amount", kredit_shared.database.ExactDecimal(2), nullable=False),
-        sa.Column("sales_tax_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("amount", kredit_shared.database.ExactDecimal(3), nullable=False),
+        sa.Column("sales_tax_amount", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("revenue_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.ForeignKeyConstraint(
             ["invoice_id"],
@@ -140,7 +140,7 @@ def upgrade() -> None:
         sa.Column("text", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("customer_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("transaction_currency", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("transaction_currency_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
+        sa.Column("transaction_currency_amount", kredit_shared.database.ExactDecimal(3), nullable=True),
         sa.ForeignKeyConstraint(
             ["invoice_id"],
             ["invoicing_invoice.invoice_id"],

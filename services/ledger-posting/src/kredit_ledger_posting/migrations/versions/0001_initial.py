@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:47:43.798614
+Create Date: 2026-11-22 12:12:22.245585
 """
 
 from collections.abc import Sequence
@@ -73,7 +73,7 @@ def upgrade() -> None:
         sa.Column("source", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("customer_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("transaction_currency", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("transaction_currency_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
+        sa.Column("transaction_currency_amount", kredit_shared.database.ExactDecimal(3), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("ledger_entry", schema=None) as batch_op:

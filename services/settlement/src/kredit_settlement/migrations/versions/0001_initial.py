@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:47:43.608121
+Create Date: 2026-11-22 12:12:22.044709
 """
 
 from collections.abc import Sequence
@@ -91,10 +91,10 @@ def upgrade() -> None:
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("debit_voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("credit_voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("amount_settled", kredit_shared.database.ExactDecimal(2), nullable=False),
-        sa.Column("cash_discount_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("amount_settled", kredit_shared.database.ExactDecimal(3), nullable=False),
+        sa.Column("cash_discount_amount", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("cash_discount_voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-        sa.Column("difference_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("difference_amount", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("difference_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("difference_voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("debit_accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
@@ -129,11 +129,11 @@ def upgrade() -> None:
         sa.Column("transaction_date", sa.Date(), nullable=False),
         sa.Column("invoice_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("original_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
-        sa.Column("open_amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("original_amount", kredit_shared.database.ExactDecimal(3), nullable=False),
+        sa.Column("open_amount", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("due_date", sa.Date(), nullable=True),
         sa.Column("cash_discounts", sa.JSON(), nullable=False),
-        sa.Column("discount_taken", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("discount_taken", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("cash_discount_account", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("auto_settle", sa.Boolean(), nullable=False),
         sa.Column("discount_date", sa.Date(), nullable=True),
@@ -172,7 +172,7 @@ def upgrade() -> None:
         sa.Column("message_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("customer_account", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("payment_date", sa.Date(), nullable=False),
-        sa.Column("amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("amount", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("exchange_rate", kredit_shared.database.ExactDecimal(10), nullable=False),
         sa.Column("bank_account", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -189,10 +189,10 @@ def upgrade() -> None:
         sa.Column("invoice_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("customer_account", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("position", sa.Integer(), nullable=False),
-        sa.Column("amount_to_settle", kredit_shared.database.ExactDecimal(2), nullable=True),
+        sa.Column("amount_to_settle", kredit_shared.database.ExactDecimal(3), nullable=True),
         sa.Column("use_cash_discount", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("full_settlement", sa.Boolean(), nullable=False),
-        sa.Column("cash_discount_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
+        sa.Column("cash_discount_amount", kredit_shared.database.ExactDecimal(3), nullable=True),
         sa.PrimaryKeyConstraint("payment_voucher", "invoice_id"),
     )
     with op.batch_alter_table("settlement_pending_mark", schema=None) as batch_op:
@@ -207,7 +207,7 @@ def upgrade() -> None:
         sa.Column("write_off_voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("voucher", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("customer_account", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("amount", kredit_shared.database.ExactDecimal(2), nullable=False),
+        sa.Column("amount", kredit_shared.database.ExactDecimal(3), nullable=False),
         sa.Column("accounting_amount", kredit_shared.database.ExactDecimal(2), nullable=True),
         sa.Column("journal_batch_number", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
