@@ -7,7 +7,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import JSON, Column, Integer, func, or_, select, update
+from sqlalchemy import JSON, Column, Integer, bindparam, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -383,33 +383,77 @@ async def load_parameters(session: AsyncSession, defaults: SettlementParameters)
 OpenScope = Literal["all", "credits", "none"]
 
 
+# Arrival order of a transaction saved but not yet inserted (a deferred store): after every stored row.
+_UNSAVED = 10**15
+
+
 class OpenItems:
     """The customer transactions one database transaction reads and writes back, version-checked.
 
     A batch reads each customer's open items once and answers later questions from what it holds: every
-    change goes through `save`, under the customer's lock, so what it holds is what the database has."""
+    change goes through `save`, under the customer's lock, so what it holds is what the database has (or,
+    `deferred`, will have at `flush`). What it holds is never replaced by a row read again: it is as new.
 
-    def __init__(self, session: AsyncSession) -> None:
+    `deferred` (the batch handlers): `save` only records; `flush` writes every new transaction in one insert
+    and every change in one executemany update, at the end of the batch (the handler calls it before commit;
+    a commit with unwritten changes is refused). A query that filters or sorts by what changes (open_debits,
+    include_settled) flushes first."""
+
+    def __init__(self, session: AsyncSession, *, deferred: bool = False) -> None:
         self.session = session
         self._loaded: dict[str, tuple[int, int, OpenTransaction]] = {}
         self._by_customer: dict[str, dict[str, None]] = {}  # loaded vouchers per customer, an ordered set
+        self._by_invoice: dict[str, dict[str, None]] = {}  # loaded vouchers per invoice id
         self._scope: dict[str, OpenScope] = {}  # what of each customer's open items is loaded
+        # Names every transaction of which is held (read, or known not to exist): answered from memory.
+        self._complete_invoices: set[str] = set()
+        self._complete_vouchers: set[str] = set()
+        self._deferred = deferred
+        self._new: dict[str, None] = {}  # saved, not yet inserted (deferred)
+        self._dirty: dict[str, None] = {}  # changed, not yet updated (deferred)
+        if deferred:
+            event.listen(session.sync_session, "before_commit", self._refuse_unwritten)
+
+    def _refuse_unwritten(self, session: Any) -> None:
+        if self._new or self._dirty:
+            raise RuntimeError("settlement: a deferred OpenItems was committed without flush(): changes would be lost")
 
     async def known_vouchers(self, vouchers: Collection[str]) -> set[str]:
+        held = {v for v in vouchers if v in self._loaded}
+        wanted = [v for v in vouchers if v not in held and v not in self._complete_vouchers]
+        if not wanted:
+            return held
         rows = await self.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
-            select(col(OpenTransactionRow.voucher)).where(col(OpenTransactionRow.voucher).in_(vouchers))
+            select(col(OpenTransactionRow.voucher)).where(col(OpenTransactionRow.voucher).in_(wanted))
         )
-        return set(rows.scalars().all())
+        return held | set(rows.scalars().all())
 
     async def find(self, voucher: str) -> OpenTransaction | None:
-        found = await self._select(OpenTransactionRow.voucher == voucher)
+        found = await self.find_all([voucher])
         return found[0] if found else None
 
     async def find_all(self, vouchers: Collection[str]) -> list[OpenTransaction]:
-        return await self._select(col(OpenTransactionRow.voucher).in_(vouchers))
+        """The transactions with these vouchers (held ones as held), in the order they were posted."""
+        await self.read_names(vouchers=vouchers)
+        found = [self._loaded[v][2] for v in dict.fromkeys(vouchers) if v in self._loaded]
+        return sorted(found, key=lambda t: (t.transaction_date, self.arrival(t.voucher)))
+
+    async def read_names(self, invoice_ids: Collection[str] = (), vouchers: Collection[str] = ()) -> None:
+        """Hold every transaction with one of `invoice_ids` or `vouchers`, reading only names not read before."""
+        invoices = sorted({i for i in invoice_ids if i not in self._complete_invoices})
+        wanted = sorted({v for v in vouchers if v not in self._complete_vouchers and v not in self._loaded})
+        table = OpenTransactionRow.__table__.c  # type: ignore[attr-defined]
+        for chunk in _chunks(invoices, 500):  # SQLite's bound-parameter limit
+            await self._select(table.invoice_id.in_(chunk))
+        for chunk in _chunks(wanted, 500):
+            await self._select(table.voucher.in_(chunk))
+        self._complete_invoices.update(invoices)
+        self._complete_vouchers.update(wanted)
 
     async def load_customers(self, customer_accounts: Iterable[str], scope: OpenScope = "all") -> None:
-        """Read the open items (`scope`) of many customers in one query, for of_customer to answer from."""
+        """Read the open items (`scope`) of many customers in one query, for of_customer to answer from.
+        Held transactions stay as held, so unwritten changes need no flush: what a change made open or
+        closed is held already, and of_customer filters what it holds."""
         wanted = {a for a in customer_accounts if not _covers(self._scope.get(a, "none"), scope)}
         if not wanted:
             return
@@ -433,14 +477,17 @@ class OpenItems:
         `invoice_ids` or `vouchers`, so a mark on a closed or foreign invoice can be told from an unknown one.
         In the order they were posted (transaction date, then arrival)."""
         if include_settled:
+            await self.flush()
             return await self._select(OpenTransactionRow.customer_account == customer_account)
         await self.load_customers([customer_account], scope)
-        named = []
-        if invoice_ids or vouchers:
-            named = await self._select(
-                or_(col(OpenTransactionRow.invoice_id).in_(invoice_ids), col(OpenTransactionRow.voucher).in_(vouchers))
-            )
-        found = {t.voucher: t for t in named}
+        await self.read_names(invoice_ids, vouchers)
+        found: dict[str, OpenTransaction] = {}
+        for invoice_id in invoice_ids:
+            for voucher in self._by_invoice.get(invoice_id, ()):
+                found[voucher] = self._loaded[voucher][2]
+        for voucher in vouchers:
+            if voucher in self._loaded:
+                found[voucher] = self._loaded[voucher][2]
         for voucher in self._by_customer.get(customer_account, ()) if scope != "none" else ():
             t = self._loaded[voucher][2]
             if t.open_amount < 0 or (t.open_amount > 0 and scope == "all"):
@@ -455,8 +502,9 @@ class OpenItems:
         """The first `limit` of the customer's open amounts owed in `currency` that settle automatically, in
         automatic settlement's default order (domain.automatic_order without priority rules: due date, then
         transaction date, then voucher), so an automatic payment reads only the debits it can reach."""
+        await self.flush()  # the database sorts and limits by open amounts: they must be written
         # The voucher tie-break compares code points, as Python's str does: not the database's locale.
-        binary = "C" if self.session.get_bind().dialect.name == "postgresql" else "BINARY"
+        binary = "C" if self._postgres else "BINARY"
         table = OpenTransactionRow.__table__.c  # type: ignore[attr-defined]
         return await self._select(
             (table.customer_account == customer_account)
@@ -471,6 +519,10 @@ class OpenItems:
             limit=limit,
         )
 
+    @property
+    def _postgres(self) -> bool:
+        return self.session.get_bind().dialect.name == "postgresql"
+
     async def _select(
         self, condition: Any, order_by: Sequence[Any] = (), limit: int | None = None
     ) -> list[OpenTransaction]:
@@ -479,27 +531,41 @@ class OpenItems:
         query = select(table).where(condition).order_by(*(order_by or (table.c.transaction_date, table.c.id)))
         rows = (await self.session.exec(query.limit(limit))).all()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
         for row in rows:
-            self._hold(row.id, row.version, open_transaction_of(row))
+            if row.voucher not in self._loaded:  # a held one is as new as the row, or newer (deferred)
+                self._hold(row.id, row.version, open_transaction_of(row))
         return [self._loaded[row.voucher][2] for row in rows]
 
     def _hold(self, row_id: int, version: int, t: OpenTransaction) -> None:
         self._loaded[t.voucher] = (row_id, version, t)
         self._by_customer.setdefault(t.customer_account, {})[t.voucher] = None
+        if t.invoice_id:
+            self._by_invoice.setdefault(t.invoice_id, {})[t.voucher] = None
 
     def arrival(self, voucher: str) -> int:
         """The order a loaded transaction arrived in (its row id): one customer's rows are written one
-        transaction at a time under the customer lock, so ids follow arrival."""
+        transaction at a time under the customer lock, so ids follow arrival. One saved but not yet inserted
+        comes after every inserted one, in the order saved (the order `flush` inserts them in)."""
         return self._loaded[voucher][0]
 
     async def save(self, transactions: Iterable[OpenTransaction]) -> None:
-        """Insert new transactions; update changed ones if nobody changed them since they were loaded."""
+        """Insert new transactions; update changed ones if nobody changed them since they were loaded.
+        Deferred: remember them for `flush`."""
         new: list[tuple[OpenTransactionRow, OpenTransaction]] = []
         for t in transactions:
             if t.voucher not in self._loaded:
-                new.append((OpenTransactionRow.from_domain(t), t))
+                if self._deferred:
+                    self._hold(_UNSAVED + len(self._loaded), 0, t)
+                    self._new[t.voucher] = None
+                else:
+                    new.append((OpenTransactionRow.from_domain(t), t))
                 continue
             row_id, version, before = self._loaded[t.voucher]
             if t == before:
+                continue
+            if self._deferred:
+                self._loaded[t.voucher] = (row_id, version, t)
+                if t.voucher not in self._new:
+                    self._dirty[t.voucher] = None
                 continue
             result = await self.session.exec(
                 update(OpenTransactionRow)
@@ -516,10 +582,74 @@ class OpenItems:
                 raise ConcurrentUpdate(f"{t.voucher} changed since it was read (version {version})")
             self._loaded[t.voucher] = (row_id, version + 1, t)
         if new:
-            self.session.add_all([row for row, _ in new])
-            await self.session.flush()  # one insert for them all; their ids are their order of arrival
-            for row, t in new:
-                self._hold(row.id, row.version, t)  # type: ignore[arg-type]
+            await self._insert(new)
+
+    async def _insert(self, new: list[tuple[OpenTransactionRow, OpenTransaction]]) -> None:
+        """One insert for them all (Core, not ORM objects: the ORM inserts row by row on SQLite to learn the
+        ids); their ids are their order of arrival. Each row's id is read back with its voucher."""
+        table = OpenTransactionRow.__table__  # type: ignore[attr-defined]
+        columns = [c.name for c in table.columns if c.name not in ("id", "version")]
+        rows = [{name: getattr(row, name) for name in columns} | {"version": 1} for row, _ in new]
+        # PostgreSQL: SQLAlchemy orders the ids as the rows (sort_by_parameter_order). SQLite numbers the rows of
+        # a multi-row VALUES in order; asking SQLAlchemy to guarantee it would make it insert one by one.
+        returning = table.c.id, table.c.voucher
+        statement = insert(table).returning(*returning, sort_by_parameter_order=self._postgres)
+        connection = await self.session.connection()
+        ids = {voucher: row_id for row_id, voucher in (await connection.execute(statement, rows)).all()}
+        for _, t in new:
+            self._hold(ids[t.voucher], 1, t)
+
+    async def flush(self) -> None:
+        """Write what a deferred store saved: the changes in one update (versions checked first, the rows
+        locked on PostgreSQL), the new transactions in one insert, in the order they were saved."""
+        if self._dirty:
+            await self._update([self._loaded[v] for v in self._dirty])
+            self._dirty.clear()
+        if self._new:
+            new = [self._loaded[v][2] for v in self._new]
+            self._new.clear()
+            await self._insert([(OpenTransactionRow.from_domain(t), t) for t in new])
+
+    async def _update(self, changed: list[tuple[int, int, OpenTransaction]]) -> None:
+        table = OpenTransactionRow.__table__.c  # type: ignore[attr-defined]
+        read = {row_id: version for row_id, version, _ in changed}
+        for chunk in _chunks(sorted(read), 500):
+            query = select(table.id, table.version).where(table.id.in_(chunk))
+            if self._postgres:  # SQLite: the customer lock's write holds the whole database already
+                query = query.with_for_update()
+            for row_id, version in (await self.session.exec(query)).all():  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+                if version != read[row_id]:
+                    voucher = next(t.voucher for i, _, t in changed if i == row_id)
+                    raise ConcurrentUpdate(f"{voucher} changed since it was read (version {read[row_id]})")
+        statement = (
+            update(OpenTransactionRow.__table__)  # type: ignore[attr-defined]
+            .where(table.id == bindparam("b_id"), table.version == bindparam("b_version"))
+            .values(
+                open_amount=bindparam("b_open_amount"),
+                accounting_open_amount=bindparam("b_accounting_open_amount"),
+                discount_taken=bindparam("b_discount_taken"),
+                auto_settle=bindparam("b_auto_settle"),
+                version=bindparam("b_next_version"),
+            )
+        )
+        parameters = [
+            {
+                "b_id": row_id,
+                "b_version": version,
+                "b_open_amount": t.open_amount,
+                "b_accounting_open_amount": t.accounting_open_amount,
+                "b_discount_taken": t.discount_taken,
+                "b_auto_settle": t.auto_settle,
+                "b_next_version": version + 1,
+            }
+            for row_id, version, t in changed
+        ]
+        connection = await self.session.connection()
+        result = await connection.execute(statement, parameters)
+        if connection.dialect.supports_sane_multi_rowcount and result.rowcount != len(parameters):
+            raise ConcurrentUpdate(f"{len(parameters) - result.rowcount} open item(s) changed since they were read")
+        for row_id, version, t in changed:
+            self._loaded[t.voucher] = (row_id, version + 1, t)
 
 
 def _covers(loaded: OpenScope, wanted: OpenScope) -> bool:
