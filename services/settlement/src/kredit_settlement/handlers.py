@@ -331,8 +331,8 @@ async def _settle_pending_write_offs(batch: _Batch, voucher: str) -> list[str]:
         accounting = {voucher: row.accounting_amount} if row.accounting_amount is not None else None
         outcome = domain.settle_write_off(write_off, [(voucher, row.amount)], named, accounting)
         await store.save([outcome.write_off, *outcome.settled])
-        _record_write_off_pairs(
-            postings, tx, write_off, outcome.pairs, f"{write_off.voucher}:{voucher}", numbered=False
+        await _record_write_off_pairs(
+            postings, tx, store, write_off, outcome.pairs, f"{write_off.voucher}:{voucher}", numbered=False
         )
         problems += [
             f"write-off {write_off.voucher} (journal {row.journal_batch_number}): {s}" for s in outcome.shortfalls
@@ -449,7 +449,7 @@ async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> N
     else:
         transactions = await _reachable_debits(store, credit, parameters)
     fingerprint = _fingerprint(payment)
-    tx.session.add(PaymentRow.of(payment, bank_account, fingerprint, rate))
+    await store.add(PaymentRow, PaymentRow.values(payment, bank_account, fingerprint, rate))
     if batch.received is not None:
         batch.received[payment.payment_id] = (fingerprint, payment.message_id)
     tx.emit(_transaction_posted(postings, credit, payment_id=payment.payment_id))
@@ -567,11 +567,12 @@ async def _post(
                 f"Cash discount settling {credit}",
             )
         )
-    _record(postings, tx, booking.pairs, group_id=settlement_id)
+    await _record(postings, tx, store, booking.pairs, group_id=settlement_id)
     return list(booking.transactions)
 
 
 async def _free_vouchers(session: AsyncSession, store: OpenItems, prefix: str, credit: str, count: int) -> list[str]:
+    await store.flush()  # the settlement rows' vouchers are looked up in the database
     taken: set[str] = set()
     while True:
         vouchers = domain.numbered_vouchers(prefix, credit, count, taken)
@@ -584,16 +585,17 @@ async def _free_vouchers(session: AsyncSession, store: OpenItems, prefix: str, c
         taken |= clash
 
 
-def _record(
+async def _record(
     postings: Postings,
     tx: Transaction,
+    store: OpenItems,
     pairs: Iterable[SettledPair],
     group_id: str,
     reversal_of: str | None = None,
 ) -> None:
     """Keep and publish settled pairs, and post the differences they wrote off."""
     for pair in pairs:
-        tx.session.add(SettlementRow.from_domain(pair, group_id, reversal_of))
+        await store.add(SettlementRow, SettlementRow.values(pair, group_id, reversal_of))
         tx.emit(_settled(postings, pair))
         again = "reversed " if reversal_of else ""
         if pair.difference_amount and pair.difference_voucher and pair.difference_account:
@@ -628,9 +630,10 @@ def _record(
             )
 
 
-def _record_write_off_pairs(
+async def _record_write_off_pairs(
     postings: Postings,
     tx: Transaction,
+    store: OpenItems,
     write_off: OpenTransaction,
     pairs: Iterable[domain.PairSettled],
     source: str,
@@ -657,7 +660,7 @@ def _record_write_off_pairs(
             pair.amount,
             **fx,
         )
-        tx.session.add(SettlementRow.from_domain(settled, group_id=source))
+        await store.add(SettlementRow, SettlementRow.values(settled, group_id=source))
         tx.emit(_settled(postings, settled))
 
 
@@ -772,7 +775,7 @@ async def _settle_write_offs(batch: _Batch, event: JournalPosted) -> None:
                 )
             )
         tx.emit(_transaction_posted(postings, write_off))
-        _record_write_off_pairs(postings, tx, write_off, outcome.pairs, voucher, numbered=True)
+        await _record_write_off_pairs(postings, tx, store, write_off, outcome.pairs, voucher, numbered=True)
         if outcome.shortfalls:
             tx.dead_letter(
                 GL_JOURNAL_EVENTS,
@@ -999,7 +1002,7 @@ async def reverse_settlement(
     for row in rows:
         row.reversed_by = reversal_id
         tx.session.add(row)
-    _record(postings, tx, reversal.pairs, group_id=reversal_id, reversal_of=settlement_id)
+    await _record(postings, tx, store, reversal.pairs, group_id=reversal_id, reversal_of=settlement_id)
     return Settled(
         reversal_id, rows[0].customer_account, on, list(reversal.pairs), _moved(reversal.transactions, pairs)
     )

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import JSON, Column, Integer, bindparam, event, func, insert, select, update
+from pydantic_core import PydanticUndefined
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -153,21 +154,21 @@ class PaymentRow(SQLModel, table=True):
     fingerprint: str
     received_at: datetime = Field(default_factory=utcnow)
 
-    @classmethod
-    def of(
-        cls, payment: CustomerPaymentReceived, bank_account: str, fingerprint: str, exchange_rate: Decimal = Decimal(1)
-    ) -> PaymentRow:
-        return cls(
-            exchange_rate=exchange_rate,
-            payment_id=payment.payment_id,
-            message_id=payment.message_id,
-            customer_account=payment.customer_account,
-            payment_date=payment.payment_date,
-            amount=payment.amount,
-            currency=payment.currency,
-            bank_account=bank_account,
-            fingerprint=fingerprint,
-        )
+    @staticmethod
+    def values(
+        payment: CustomerPaymentReceived, bank_account: str, fingerprint: str, exchange_rate: Decimal = Decimal(1)
+    ) -> dict[str, Any]:
+        return {
+            "exchange_rate": exchange_rate,
+            "payment_id": payment.payment_id,
+            "message_id": payment.message_id,
+            "customer_account": payment.customer_account,
+            "payment_date": payment.payment_date,
+            "amount": payment.amount,
+            "currency": payment.currency,
+            "bank_account": bank_account,
+            "fingerprint": fingerprint,
+        }
 
 
 class PendingMarkRow(SQLModel, table=True):
@@ -269,9 +270,9 @@ class SettlementRow(SQLModel, table=True):
             self.exchange_voucher,
         )
 
-    @classmethod
-    def from_domain(cls, pair: SettledPair, group_id: str, reversal_of: str | None = None) -> SettlementRow:
-        return cls(**vars(pair), group_id=group_id, reversal_of=reversal_of)
+    @staticmethod
+    def values(pair: SettledPair, group_id: str, reversal_of: str | None = None) -> dict[str, Any]:
+        return vars(pair) | {"group_id": group_id, "reversal_of": reversal_of}
 
 
 class ParametersRow(SQLModel, table=True):
@@ -411,11 +412,12 @@ class OpenItems:
         self._deferred = deferred
         self._new: dict[str, None] = {}  # saved, not yet inserted (deferred)
         self._dirty: dict[str, None] = {}  # changed, not yet updated (deferred)
+        self._rows: dict[type[SQLModel], list[dict[str, Any]]] = {}  # other tables' rows to insert (deferred)
         if deferred:
             event.listen(session.sync_session, "before_commit", self._refuse_unwritten)
 
     def _refuse_unwritten(self, session: Any) -> None:
-        if self._new or self._dirty:
+        if self._new or self._dirty or self._rows:
             raise RuntimeError("settlement: a deferred OpenItems was committed without flush(): changes would be lost")
 
     async def known_vouchers(self, vouchers: Collection[str]) -> set[str]:
@@ -599,9 +601,20 @@ class OpenItems:
         for _, t in new:
             self._hold(ids[t.voucher], 1, t)
 
+    async def add(self, model: type[SQLModel], values: dict[str, Any]) -> None:
+        """Insert a row of another of settlement's tables (its fields' defaults filled in); deferred: at flush,
+        with the other rows of its table in one insert. Plain values, not a SQLModel object: constructing one
+        costs more than the rest of a payment (pydantic inspects every default factory)."""
+        row = plain_row(model, values)
+        if self._deferred:
+            self._rows.setdefault(model, []).append(row)
+        else:
+            await (await self.session.connection()).execute(insert(model.__table__), [row])  # type: ignore[attr-defined]
+
     async def flush(self) -> None:
         """Write what a deferred store saved: the changes in one update (versions checked first, the rows
-        locked on PostgreSQL), the new transactions in one insert, in the order they were saved."""
+        locked on PostgreSQL), the new transactions in one insert, in the order they were saved, then the
+        other tables' rows (`add`), one insert per table."""
         if self._dirty:
             await self._update([self._loaded[v] for v in self._dirty])
             self._dirty.clear()
@@ -609,6 +622,9 @@ class OpenItems:
             new = [self._loaded[v][2] for v in self._new]
             self._new.clear()
             await self._insert([(OpenTransactionRow.from_domain(t), t) for t in new])
+        rows, self._rows = self._rows, {}
+        for model, values in rows.items():
+            await (await self.session.connection()).execute(insert(model.__table__), values)  # type: ignore[attr-defined]
 
     async def _update(self, changed: list[tuple[int, int, OpenTransaction]]) -> None:
         table = OpenTransactionRow.__table__.c  # type: ignore[attr-defined]
@@ -650,6 +666,20 @@ class OpenItems:
             raise ConcurrentUpdate(f"{len(parameters) - result.rowcount} open item(s) changed since they were read")
         for row_id, version, t in changed:
             self._loaded[t.voucher] = (row_id, version + 1, t)
+
+
+def plain_row(model: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
+    """`values` as a Core insert takes a row of `model`'s table: every field, unnamed ones at their defaults
+    (an autoincrement id left to the database)."""
+    row: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if name in values:
+            row[name] = values[name]
+        elif field.default_factory is not None:
+            row[name] = field.default_factory()  # type: ignore[call-arg]
+        elif field.default is not PydanticUndefined and not (name == "id" and field.default is None):
+            row[name] = field.default
+    return row
 
 
 def _covers(loaded: OpenScope, wanted: OpenScope) -> bool:
