@@ -80,17 +80,22 @@ class OpenTransactionRow(SQLModel, table=True):
 
     @classmethod
     def from_domain(cls, t: OpenTransaction) -> OpenTransactionRow:
-        return cls(
-            voucher=t.voucher,
-            transaction_type=t.transaction_type,
-            customer_account=t.customer_account,
-            transaction_date=t.transaction_date,
-            invoice_id=t.invoice_id,
-            currency=t.currency,
-            original_amount=t.original_amount,
-            open_amount=t.open_amount,
-            due_date=t.due_date,
-            cash_discounts=[
+        return cls(**cls.values(t))
+
+    @staticmethod
+    def values(t: OpenTransaction) -> dict[str, Any]:
+        """The row of `t` as plain values (what a Core insert takes), version 1."""
+        return {
+            "voucher": t.voucher,
+            "transaction_type": t.transaction_type,
+            "customer_account": t.customer_account,
+            "transaction_date": t.transaction_date,
+            "invoice_id": t.invoice_id,
+            "currency": t.currency,
+            "original_amount": t.original_amount,
+            "open_amount": t.open_amount,
+            "due_date": t.due_date,
+            "cash_discounts": [
                 {
                     "date": d.date.isoformat(),
                     "percent": str(d.percent),
@@ -98,14 +103,15 @@ class OpenTransactionRow(SQLModel, table=True):
                 }
                 for d in t.cash_discounts
             ],
-            discount_taken=t.discount_taken,
-            cash_discount_account=t.cash_discount_account,
-            auto_settle=t.auto_settle,
-            discount_date=t.discount_date,
-            exchange_rate=t.exchange_rate,
-            accounting_original_amount=t.accounting_original_amount,
-            accounting_open_amount=t.accounting_open_amount,
-        )
+            "discount_taken": t.discount_taken,
+            "cash_discount_account": t.cash_discount_account,
+            "auto_settle": t.auto_settle,
+            "discount_date": t.discount_date,
+            "exchange_rate": t.exchange_rate,
+            "accounting_original_amount": t.accounting_original_amount,
+            "accounting_open_amount": t.accounting_open_amount,
+            "version": 1,
+        }
 
 
 def open_transaction_of(row: Any) -> OpenTransaction:
@@ -347,9 +353,24 @@ TABLES = [
 
 
 async def lock_customers(session: AsyncSession, customer_accounts: Iterable[str]) -> None:
-    """Lock the customers a batch touches, in one order, so two replicas' batches never wait on each other."""
-    for account in sorted(set(customer_accounts)):
-        await lock_customer(session, account)
+    """Lock the customers a batch touches, in one order, so two replicas' batches never wait on each other:
+    on PostgreSQL one SELECT … ORDER BY … FOR UPDATE (rows are locked in the order sorted), on SQLite one
+    UPDATE (its first write takes the database's write lock); first-timers are inserted in one statement."""
+    accounts = sorted(set(customer_accounts))
+    table = CustomerRow.__table__.c  # type: ignore[attr-defined]
+    found: set[str] = set()
+    for chunk in _chunks(accounts, 500):  # SQLite's bound-parameter limit
+        if session.get_bind().dialect.name == "postgresql":
+            query = select(table.customer_account).where(table.customer_account.in_(chunk))
+            rows = await session.exec(query.order_by(table.customer_account).with_for_update())  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+        else:
+            statement = update(CustomerRow.__table__).where(table.customer_account.in_(chunk))  # type: ignore[attr-defined]
+            rows = await session.exec(statement.values(version=table.version + 1).returning(table.customer_account))  # type: ignore[call-overload]  # SQLAlchemy's update: SQLModel's exec types only its own
+        found.update(rows.scalars().all())
+    if missing := [a for a in accounts if a not in found]:
+        # Two first-timers racing: the second insert fails on the key and its message is retried.
+        connection = await session.connection()
+        await connection.execute(insert(CustomerRow.__table__), [{"customer_account": a, "version": 1} for a in missing])  # type: ignore[attr-defined]
 
 
 async def lock_customer(session: AsyncSession, customer_account: str) -> None:
@@ -552,14 +573,14 @@ class OpenItems:
     async def save(self, transactions: Iterable[OpenTransaction]) -> None:
         """Insert new transactions; update changed ones if nobody changed them since they were loaded.
         Deferred: remember them for `flush`."""
-        new: list[tuple[OpenTransactionRow, OpenTransaction]] = []
+        new: list[OpenTransaction] = []
         for t in transactions:
             if t.voucher not in self._loaded:
                 if self._deferred:
                     self._hold(_UNSAVED + len(self._loaded), 0, t)
                     self._new[t.voucher] = None
                 else:
-                    new.append((OpenTransactionRow.from_domain(t), t))
+                    new.append(t)
                 continue
             row_id, version, before = self._loaded[t.voucher]
             if t == before:
@@ -586,19 +607,18 @@ class OpenItems:
         if new:
             await self._insert(new)
 
-    async def _insert(self, new: list[tuple[OpenTransactionRow, OpenTransaction]]) -> None:
+    async def _insert(self, new: list[OpenTransaction]) -> None:
         """One insert for them all (Core, not ORM objects: the ORM inserts row by row on SQLite to learn the
         ids); their ids are their order of arrival. Each row's id is read back with its voucher."""
         table = OpenTransactionRow.__table__  # type: ignore[attr-defined]
-        columns = [c.name for c in table.columns if c.name not in ("id", "version")]
-        rows = [{name: getattr(row, name) for name in columns} | {"version": 1} for row, _ in new]
+        rows = [OpenTransactionRow.values(t) for t in new]
         # PostgreSQL: SQLAlchemy orders the ids as the rows (sort_by_parameter_order). SQLite numbers the rows of
         # a multi-row VALUES in order; asking SQLAlchemy to guarantee it would make it insert one by one.
         returning = table.c.id, table.c.voucher
         statement = insert(table).returning(*returning, sort_by_parameter_order=self._postgres)
         connection = await self.session.connection()
         ids = {voucher: row_id for row_id, voucher in (await connection.execute(statement, rows)).all()}
-        for _, t in new:
+        for t in new:
             self._hold(ids[t.voucher], 1, t)
 
     async def add(self, model: type[SQLModel], values: dict[str, Any]) -> None:
@@ -621,7 +641,7 @@ class OpenItems:
         if self._new:
             new = [self._loaded[v][2] for v in self._new]
             self._new.clear()
-            await self._insert([(OpenTransactionRow.from_domain(t), t) for t in new])
+            await self._insert(new)
         rows, self._rows = self._rows, {}
         for model, values in rows.items():
             await (await self.session.connection()).execute(insert(model.__table__), values)  # type: ignore[attr-defined]
