@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from sqlalchemy import JSON, Column, Integer, bindparam, event, func, insert, select, update
 from pydantic_core import PydanticUndefined
+from sqlalchemy import JSON, Column, Integer, bindparam, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -28,6 +28,8 @@ from kredit_shared.currencies import plain_rate
 from kredit_shared.database import ExactDecimal, money_field, table_of
 from kredit_shared.money import ZERO
 from kredit_shared.outbox import utcnow
+
+T = TypeVar("T")
 
 
 class ConcurrentUpdate(Exception):
@@ -370,7 +372,8 @@ async def lock_customers(session: AsyncSession, customer_accounts: Iterable[str]
     if missing := [a for a in accounts if a not in found]:
         # Two first-timers racing: the second insert fails on the key and its message is retried.
         connection = await session.connection()
-        await connection.execute(insert(CustomerRow.__table__), [{"customer_account": a, "version": 1} for a in missing])  # type: ignore[attr-defined]
+        rows = [{"customer_account": a, "version": 1} for a in missing]
+        await connection.execute(insert(CustomerRow.__table__), rows)  # type: ignore[attr-defined]
 
 
 async def lock_customer(session: AsyncSession, customer_account: str) -> None:
@@ -706,6 +709,6 @@ def _covers(loaded: OpenScope, wanted: OpenScope) -> bool:
     return loaded == "all" or wanted == "none" or loaded == wanted
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
