@@ -153,30 +153,65 @@ class _Batch:
     store: OpenItems
     parameters: domain.SettlementParameters
     rates: Rates
+    # Read for the whole batch at once (None: not read, ask the database): payment id -> (fingerprint, message
+    # id) of the payments received, kept up to date as the batch receives more; the transactions pending
+    # write-offs wait for (only the journal handler adds those, so they do not grow in the other batches).
+    received: dict[str, tuple[str, str]] | None = None
+    awaited_by_write_offs: frozenset[str] | None = None
 
 
 async def _batch(
-    postings: Postings, tx: Transaction, customers: Iterable[str], scope: OpenScope, vouchers: Iterable[str] = ()
+    postings: Postings,
+    tx: Transaction,
+    customers: Iterable[str],
+    scope: OpenScope,
+    vouchers: Iterable[str] = (),
+    invoice_ids: Iterable[str] = (),
+    awaited: Iterable[str] | None = None,
 ) -> _Batch:
-    """Lock the customers, read their open items (`scope`) and the transactions `vouchers` names at once."""
+    """Lock the customers, read their open items (`scope`), the transactions `vouchers` and `invoice_ids` name,
+    and which of `awaited` pending write-offs wait for (None: not read, each asks), at once. The store writes at the end (_each)."""
+    customers = list(customers)
     await lock_customers(tx.session, customers)
-    store = OpenItems(tx.session)
+    store = OpenItems(tx.session, deferred=True)
     await store.load_customers(customers, scope)
-    if vouchers := list(vouchers):
-        await store.find_all(vouchers)
-    return _Batch(postings, tx, store, await _parameters(tx.session, postings), await _rates(tx.session, postings))
+    await store.read_names(list(invoice_ids), list(vouchers))
+    return _Batch(
+        postings,
+        tx,
+        store,
+        await _parameters(tx.session, postings),
+        await _rates(tx.session, postings),
+        awaited_by_write_offs=None if awaited is None else await _awaited_by_write_offs(tx.session, list(awaited)),
+    )
+
+
+async def _awaited_by_write_offs(session: AsyncSession, vouchers: list[str]) -> frozenset[str]:
+    found: set[str] = set()
+    for start in range(0, len(vouchers), 500):  # SQLite's bound-parameter limit
+        column = col(PendingWriteOffRow.voucher)
+        found |= set((await session.exec(select(column).where(column.in_(vouchers[start : start + 500])))).all())
+    return frozenset(found)
 
 
 async def _each(
     batch: _Batch, topic: str, messages: Sequence[M], handle: Callable[[_Batch, M], Awaitable[None]]
 ) -> None:
     """Handle the messages in fetch order (so each customer's in order). One the domain rejects changed nothing
-    (every check comes before the first write): it alone goes to the dead-letter topic, the rest commit."""
+    (every check comes before the first write): it alone goes to the dead-letter topic, the rest commit.
+    The open items the batch changed are written at the end, in one insert and one update."""
     for message in messages:
         try:
             await handle(batch, message)
         except Rejected as e:
             batch.tx.reject(topic, message, str(e))
+    await batch.store.flush()
+
+
+async def _one(batch: _Batch, message: M, handle: Callable[[_Batch, M], Awaitable[None]]) -> None:
+    """One message on its own: Rejected (nothing written) if it cannot be taken."""
+    await handle(batch, message)
+    await batch.store.flush()
 
 
 # --- ar.customer-transactions ---------------------------------------------------------------
@@ -187,13 +222,15 @@ async def record_customer_transactions(
 ) -> None:
     # A new invoice is settled with the customer's open credits; a credit note reads the open debits itself.
     customers, vouchers = [e.customer_account for e in events], [e.voucher for e in events]
-    batch = await _batch(postings, tx, customers, "credits", vouchers)
+    invoice_ids = [e.invoice_id for e in events if e.invoice_id]
+    batch = await _batch(postings, tx, customers, "credits", vouchers, invoice_ids, awaited=vouchers)
     await _each(batch, AR_CUSTOMER_TRANSACTIONS, events, _record_transaction)
 
 
 async def record_customer_transaction(postings: Postings, tx: Transaction, event: CustomerTransactionPosted) -> None:
     """One transaction on its own; Rejected if it cannot be taken."""
-    await _record_transaction(await _batch(postings, tx, [event.customer_account], "credits", [event.voucher]), event)
+    batch = await _batch(postings, tx, [event.customer_account], "credits", [event.voucher])
+    await _one(batch, event, _record_transaction)
 
 
 async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -> None:
@@ -225,7 +262,7 @@ async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -
     if not new.is_debit:
         results = domain.settle_new_transaction(new, others, parameters)
         await _post(postings, tx, store, results, [new, *others], settlement_id=event.voucher)
-    problems += await _settle_pending_write_offs(postings, tx, store, event.voucher)
+    problems += await _settle_pending_write_offs(batch, event.voucher)
     if problems:
         tx.dead_letter(
             AR_CUSTOMER_TRANSACTIONS,
@@ -271,9 +308,12 @@ async def _settle_waiting_credits(
     return [f"pending mark of payment {r.credit_voucher}: {m.reason}" for r in results for m in r.rejected_marks]
 
 
-async def _settle_pending_write_offs(postings: Postings, tx: Transaction, store: OpenItems, voucher: str) -> list[str]:
+async def _settle_pending_write_offs(batch: _Batch, voucher: str) -> list[str]:
     """Settle the posted write-offs that named this transaction before settlement knew it, in the order
     they were posted. Returns what could not be settled (it stays open on the write-off)."""
+    postings, tx, store = batch.postings, batch.tx, batch.store
+    if batch.awaited_by_write_offs is not None and voucher not in batch.awaited_by_write_offs:
+        return []
     pending = (
         await tx.session.exec(
             select(PendingWriteOffRow)
@@ -291,8 +331,8 @@ async def _settle_pending_write_offs(postings: Postings, tx: Transaction, store:
         accounting = {voucher: row.accounting_amount} if row.accounting_amount is not None else None
         outcome = domain.settle_write_off(write_off, [(voucher, row.amount)], named, accounting)
         await store.save([outcome.write_off, *outcome.settled])
-        _record_write_off_pairs(
-            postings, tx, write_off, outcome.pairs, f"{write_off.voucher}:{voucher}", numbered=False
+        await _record_write_off_pairs(
+            postings, tx, store, write_off, outcome.pairs, f"{write_off.voucher}:{voucher}", numbered=False
         )
         problems += [
             f"write-off {write_off.voucher} (journal {row.journal_batch_number}): {s}" for s in outcome.shortfalls
@@ -341,12 +381,30 @@ async def receive_payments(postings: Postings, tx: Transaction, payments: list[C
 
 async def receive_payment(postings: Postings, tx: Transaction, payment: CustomerPaymentReceived) -> None:
     """One payment on its own; Rejected if it cannot be taken."""
-    await _receive_payment(await _payments_batch(postings, tx, [payment]), payment)
+    await _one(await _payments_batch(postings, tx, [payment]), payment, _receive_payment)
 
 
 async def _payments_batch(postings: Postings, tx: Transaction, payments: list[CustomerPaymentReceived]) -> _Batch:
-    # A marked payment reads what it names, an unmarked one the open debits it can reach (_reachable_debits).
-    return await _batch(postings, tx, [p.customer_account for p in payments], "none")
+    """A marked payment reads what it names, an unmarked one the open debits it can reach (_reachable_debits).
+    What every payment of the batch asks the database is read here at once: the payments received before under
+    these ids, the transactions with their vouchers (a clash), what their marks name, pending write-offs."""
+    ids = [p.payment_id for p in payments]
+    named = [m.invoice_id for p in payments for m in p.settle or ()]
+    customers = [p.customer_account for p in payments]
+    batch = await _batch(postings, tx, customers, "none", vouchers=[*ids, *named], invoice_ids=named, awaited=ids)
+    return replace(batch, received=await _received(tx.session, ids))
+
+
+async def _received(session: AsyncSession, payment_ids: list[str]) -> dict[str, tuple[str, str]]:
+    found: dict[str, tuple[str, str]] = {}
+    for start in range(0, len(payment_ids), 500):  # SQLite's bound-parameter limit
+        rows = await session.exec(
+            select(PaymentRow.payment_id, PaymentRow.fingerprint, PaymentRow.message_id).where(
+                col(PaymentRow.payment_id).in_(payment_ids[start : start + 500])
+            )
+        )
+        found |= {payment_id: (fingerprint, message_id) for payment_id, fingerprint, message_id in rows.all()}
+    return found
 
 
 async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> None:
@@ -377,7 +435,7 @@ async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> N
         )
     except (domain.TransactionRejected, domain.InvalidPayment) as e:
         raise Rejected(str(e)) from None
-    if await _already_received(tx.session, payment):
+    if await _already_received(batch, payment):
         return
     if await store.known_vouchers([payment.payment_id]):
         raise Rejected(
@@ -390,14 +448,17 @@ async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> N
         )
     else:
         transactions = await _reachable_debits(store, credit, parameters)
-    tx.session.add(PaymentRow.of(payment, bank_account, _fingerprint(payment), rate))
+    fingerprint = _fingerprint(payment)
+    await store.add(PaymentRow, PaymentRow.values(payment, bank_account, fingerprint, rate))
+    if batch.received is not None:
+        batch.received[payment.payment_id] = (fingerprint, payment.message_id)
     tx.emit(_transaction_posted(postings, credit, payment_id=payment.payment_id))
     tx.emit(_voucher(postings, credit, bank_account, f"Payment {payment.payment_id}"))
     await store.save([credit])
     results = domain.settle_payment(credit, transactions, marks=marks, parameters=parameters)
     await _post(postings, tx, store, results, [credit, *transactions], settlement_id=payment.payment_id)
     result = next(r for r in results if r.credit_voucher == payment.payment_id)
-    problems = await _settle_pending_write_offs(postings, tx, store, payment.payment_id)
+    problems = await _settle_pending_write_offs(batch, payment.payment_id)
     waiting = _keep_pending_marks(tx, payment, marks or [], result)
     problems = [
         f"invoice {r.invoice_id!r}: {r.reason}" for r in result.rejected_marks if not r.invoice_unknown
@@ -456,14 +517,20 @@ def _fingerprint(payment: CustomerPaymentReceived) -> str:
     return hashlib.sha256(payment.model_dump_json(exclude={"message_id"}).encode()).hexdigest()
 
 
-async def _already_received(session: AsyncSession, payment: CustomerPaymentReceived) -> bool:
+async def _already_received(batch: _Batch, payment: CustomerPaymentReceived) -> bool:
     """True for a re-send of a received payment; Rejected if the same payment id comes with other content."""
-    known = await session.get(PaymentRow, payment.payment_id)
+    if batch.received is not None:
+        known = batch.received.get(payment.payment_id)
+    elif row := await batch.tx.session.get(PaymentRow, payment.payment_id):
+        known = (row.fingerprint, row.message_id)
+    else:
+        known = None
     if known is None:
         return False
-    if known.fingerprint != _fingerprint(payment):
+    fingerprint, message_id = known
+    if fingerprint != _fingerprint(payment):
         raise Rejected(
-            f"payment {payment.payment_id} was already received (message {known.message_id}) "
+            f"payment {payment.payment_id} was already received (message {message_id}) "
             f"with different content; a payment id cannot be reused"
         )
     return True
@@ -500,11 +567,12 @@ async def _post(
                 f"Cash discount settling {credit}",
             )
         )
-    _record(postings, tx, booking.pairs, group_id=settlement_id)
+    await _record(postings, tx, store, booking.pairs, group_id=settlement_id)
     return list(booking.transactions)
 
 
 async def _free_vouchers(session: AsyncSession, store: OpenItems, prefix: str, credit: str, count: int) -> list[str]:
+    await store.flush()  # the settlement rows' vouchers are looked up in the database
     taken: set[str] = set()
     while True:
         vouchers = domain.numbered_vouchers(prefix, credit, count, taken)
@@ -517,16 +585,17 @@ async def _free_vouchers(session: AsyncSession, store: OpenItems, prefix: str, c
         taken |= clash
 
 
-def _record(
+async def _record(
     postings: Postings,
     tx: Transaction,
+    store: OpenItems,
     pairs: Iterable[SettledPair],
     group_id: str,
     reversal_of: str | None = None,
 ) -> None:
     """Keep and publish settled pairs, and post the differences they wrote off."""
     for pair in pairs:
-        tx.session.add(SettlementRow.from_domain(pair, group_id, reversal_of))
+        await store.add(SettlementRow, SettlementRow.values(pair, group_id, reversal_of))
         tx.emit(_settled(postings, pair))
         again = "reversed " if reversal_of else ""
         if pair.difference_amount and pair.difference_voucher and pair.difference_account:
@@ -561,9 +630,10 @@ def _record(
             )
 
 
-def _record_write_off_pairs(
+async def _record_write_off_pairs(
     postings: Postings,
     tx: Transaction,
+    store: OpenItems,
     write_off: OpenTransaction,
     pairs: Iterable[domain.PairSettled],
     source: str,
@@ -590,7 +660,7 @@ def _record_write_off_pairs(
             pair.amount,
             **fx,
         )
-        tx.session.add(SettlementRow.from_domain(settled, group_id=source))
+        await store.add(SettlementRow, SettlementRow.values(settled, group_id=source))
         tx.emit(_settled(postings, settled))
 
 
@@ -632,7 +702,7 @@ async def settle_write_off_journals(postings: Postings, tx: Transaction, events:
 async def settle_write_offs(postings: Postings, tx: Transaction, event: JournalEvent) -> None:
     """One journal event on its own."""
     if isinstance(event, JournalPosted):
-        await _settle_write_offs(await _batch(postings, tx, _customers_of([event]), "none"), event)
+        await _one(await _batch(postings, tx, _customers_of([event]), "none"), event, _settle_write_offs)
 
 
 def _customers_of(journals: Iterable[JournalPosted]) -> list[str]:
@@ -705,7 +775,7 @@ async def _settle_write_offs(batch: _Batch, event: JournalPosted) -> None:
                 )
             )
         tx.emit(_transaction_posted(postings, write_off))
-        _record_write_off_pairs(postings, tx, write_off, outcome.pairs, voucher, numbered=True)
+        await _record_write_off_pairs(postings, tx, store, write_off, outcome.pairs, voucher, numbered=True)
         if outcome.shortfalls:
             tx.dead_letter(
                 GL_JOURNAL_EVENTS,
@@ -932,7 +1002,7 @@ async def reverse_settlement(
     for row in rows:
         row.reversed_by = reversal_id
         tx.session.add(row)
-    _record(postings, tx, reversal.pairs, group_id=reversal_id, reversal_of=settlement_id)
+    await _record(postings, tx, store, reversal.pairs, group_id=reversal_id, reversal_of=settlement_id)
     return Settled(
         reversal_id, rows[0].customer_account, on, list(reversal.pairs), _moved(reversal.transactions, pairs)
     )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from sqlalchemy import JSON, Column, Integer, func, or_, select, update
+from pydantic_core import PydanticUndefined
+from sqlalchemy import JSON, Column, Integer, bindparam, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -33,6 +34,8 @@ from kredit_shared.database import (
 )
 from kredit_shared.money import ZERO
 from kredit_shared.outbox import utcnow
+
+T = TypeVar("T")
 
 
 class ConcurrentUpdate(Exception):
@@ -85,17 +88,22 @@ class OpenTransactionRow(SQLModel, table=True):
 
     @classmethod
     def from_domain(cls, t: OpenTransaction) -> OpenTransactionRow:
-        return cls(
-            voucher=t.voucher,
-            transaction_type=t.transaction_type,
-            customer_account=t.customer_account,
-            transaction_date=t.transaction_date,
-            invoice_id=t.invoice_id,
-            currency=t.currency,
-            original_amount=t.original_amount,
-            open_amount=t.open_amount,
-            due_date=t.due_date,
-            cash_discounts=[
+        return cls(**cls.values(t))
+
+    @staticmethod
+    def values(t: OpenTransaction) -> dict[str, Any]:
+        """The row of `t` as plain values (what a Core insert takes), version 1."""
+        return {
+            "voucher": t.voucher,
+            "transaction_type": t.transaction_type,
+            "customer_account": t.customer_account,
+            "transaction_date": t.transaction_date,
+            "invoice_id": t.invoice_id,
+            "currency": t.currency,
+            "original_amount": t.original_amount,
+            "open_amount": t.open_amount,
+            "due_date": t.due_date,
+            "cash_discounts": [
                 {
                     "date": d.date.isoformat(),
                     "percent": str(d.percent),
@@ -103,14 +111,15 @@ class OpenTransactionRow(SQLModel, table=True):
                 }
                 for d in t.cash_discounts
             ],
-            discount_taken=t.discount_taken,
-            cash_discount_account=t.cash_discount_account,
-            auto_settle=t.auto_settle,
-            discount_date=t.discount_date,
-            exchange_rate=t.exchange_rate,
-            accounting_original_amount=t.accounting_original_amount,
-            accounting_open_amount=t.accounting_open_amount,
-        )
+            "discount_taken": t.discount_taken,
+            "cash_discount_account": t.cash_discount_account,
+            "auto_settle": t.auto_settle,
+            "discount_date": t.discount_date,
+            "exchange_rate": t.exchange_rate,
+            "accounting_original_amount": t.accounting_original_amount,
+            "accounting_open_amount": t.accounting_open_amount,
+            "version": 1,
+        }
 
 
 def open_transaction_of(row: Any) -> OpenTransaction:
@@ -159,21 +168,21 @@ class PaymentRow(SQLModel, table=True):
     fingerprint: str
     received_at: datetime = Field(default_factory=utcnow)
 
-    @classmethod
-    def of(
-        cls, payment: CustomerPaymentReceived, bank_account: str, fingerprint: str, exchange_rate: Decimal = Decimal(1)
-    ) -> PaymentRow:
-        return cls(
-            exchange_rate=exchange_rate,
-            payment_id=payment.payment_id,
-            message_id=payment.message_id,
-            customer_account=payment.customer_account,
-            payment_date=payment.payment_date,
-            amount=payment.amount,
-            currency=payment.currency,
-            bank_account=bank_account,
-            fingerprint=fingerprint,
-        )
+    @staticmethod
+    def values(
+        payment: CustomerPaymentReceived, bank_account: str, fingerprint: str, exchange_rate: Decimal = Decimal(1)
+    ) -> dict[str, Any]:
+        return {
+            "exchange_rate": exchange_rate,
+            "payment_id": payment.payment_id,
+            "message_id": payment.message_id,
+            "customer_account": payment.customer_account,
+            "payment_date": payment.payment_date,
+            "amount": payment.amount,
+            "currency": payment.currency,
+            "bank_account": bank_account,
+            "fingerprint": fingerprint,
+        }
 
 
 class PendingMarkRow(SQLModel, table=True):
@@ -275,9 +284,9 @@ class SettlementRow(SQLModel, table=True):
             self.exchange_voucher,
         )
 
-    @classmethod
-    def from_domain(cls, pair: SettledPair, group_id: str, reversal_of: str | None = None) -> SettlementRow:
-        return cls(**vars(pair), group_id=group_id, reversal_of=reversal_of)
+    @staticmethod
+    def values(pair: SettledPair, group_id: str, reversal_of: str | None = None) -> dict[str, Any]:
+        return vars(pair) | {"group_id": group_id, "reversal_of": reversal_of}
 
 
 class ParametersRow(SQLModel, table=True):
@@ -352,9 +361,25 @@ TABLES = [
 
 
 async def lock_customers(session: AsyncSession, customer_accounts: Iterable[str]) -> None:
-    """Lock the customers a batch touches, in one order, so two replicas' batches never wait on each other."""
-    for account in sorted(set(customer_accounts)):
-        await lock_customer(session, account)
+    """Lock the customers a batch touches, in one order, so two replicas' batches never wait on each other:
+    on PostgreSQL one SELECT … ORDER BY … FOR UPDATE (rows are locked in the order sorted), on SQLite one
+    UPDATE (its first write takes the database's write lock); first-timers are inserted in one statement."""
+    accounts = sorted(set(customer_accounts))
+    table = CustomerRow.__table__.c  # type: ignore[attr-defined]
+    found: set[str] = set()
+    for chunk in _chunks(accounts, 500):  # SQLite's bound-parameter limit
+        if session.get_bind().dialect.name == "postgresql":
+            query = select(table.customer_account).where(table.customer_account.in_(chunk))
+            rows = await session.exec(query.order_by(table.customer_account).with_for_update())  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+        else:
+            statement = update(CustomerRow.__table__).where(table.customer_account.in_(chunk))  # type: ignore[attr-defined]
+            rows = await session.exec(statement.values(version=table.version + 1).returning(table.customer_account))  # type: ignore[call-overload]  # SQLAlchemy's update: SQLModel's exec types only its own
+        found.update(rows.scalars().all())
+    if missing := [a for a in accounts if a not in found]:
+        # Two first-timers racing: the second insert fails on the key and its message is retried.
+        connection = await session.connection()
+        rows = [{"customer_account": a, "version": 1} for a in missing]
+        await connection.execute(insert(CustomerRow.__table__), rows)  # type: ignore[attr-defined]
 
 
 async def lock_customer(session: AsyncSession, customer_account: str) -> None:
@@ -389,33 +414,78 @@ async def load_parameters(session: AsyncSession, defaults: SettlementParameters)
 OpenScope = Literal["all", "credits", "none"]
 
 
+# Arrival order of a transaction saved but not yet inserted (a deferred store): after every stored row.
+_UNSAVED = 10**15
+
+
 class OpenItems:
     """The customer transactions one database transaction reads and writes back, version-checked.
 
     A batch reads each customer's open items once and answers later questions from what it holds: every
-    change goes through `save`, under the customer's lock, so what it holds is what the database has."""
+    change goes through `save`, under the customer's lock, so what it holds is what the database has (or,
+    `deferred`, will have at `flush`). What it holds is never replaced by a row read again: it is as new.
 
-    def __init__(self, session: AsyncSession) -> None:
+    `deferred` (the batch handlers): `save` only records; `flush` writes every new transaction in one insert
+    and every change in one executemany update, at the end of the batch (the handler calls it before commit;
+    a commit with unwritten changes is refused). A query that filters or sorts by what changes (open_debits,
+    include_settled) flushes first."""
+
+    def __init__(self, session: AsyncSession, *, deferred: bool = False) -> None:
         self.session = session
         self._loaded: dict[str, tuple[int, int, OpenTransaction]] = {}
         self._by_customer: dict[str, dict[str, None]] = {}  # loaded vouchers per customer, an ordered set
+        self._by_invoice: dict[str, dict[str, None]] = {}  # loaded vouchers per invoice id
         self._scope: dict[str, OpenScope] = {}  # what of each customer's open items is loaded
+        # Names every transaction of which is held (read, or known not to exist): answered from memory.
+        self._complete_invoices: set[str] = set()
+        self._complete_vouchers: set[str] = set()
+        self._deferred = deferred
+        self._new: dict[str, None] = {}  # saved, not yet inserted (deferred)
+        self._dirty: dict[str, None] = {}  # changed, not yet updated (deferred)
+        self._rows: dict[type[SQLModel], list[dict[str, Any]]] = {}  # other tables' rows to insert (deferred)
+        if deferred:
+            event.listen(session.sync_session, "before_commit", self._refuse_unwritten)
+
+    def _refuse_unwritten(self, session: Any) -> None:
+        if self._new or self._dirty or self._rows:
+            raise RuntimeError("settlement: a deferred OpenItems was committed without flush(): changes would be lost")
 
     async def known_vouchers(self, vouchers: Collection[str]) -> set[str]:
+        held = {v for v in vouchers if v in self._loaded}
+        wanted = [v for v in vouchers if v not in held and v not in self._complete_vouchers]
+        if not wanted:
+            return held
         rows = await self.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
-            select(col(OpenTransactionRow.voucher)).where(col(OpenTransactionRow.voucher).in_(vouchers))
+            select(col(OpenTransactionRow.voucher)).where(col(OpenTransactionRow.voucher).in_(wanted))
         )
-        return set(rows.scalars().all())
+        return held | set(rows.scalars().all())
 
     async def find(self, voucher: str) -> OpenTransaction | None:
-        found = await self._select(OpenTransactionRow.voucher == voucher)
+        found = await self.find_all([voucher])
         return found[0] if found else None
 
     async def find_all(self, vouchers: Collection[str]) -> list[OpenTransaction]:
-        return await self._select(col(OpenTransactionRow.voucher).in_(vouchers))
+        """The transactions with these vouchers (held ones as held), in the order they were posted."""
+        await self.read_names(vouchers=vouchers)
+        found = [self._loaded[v][2] for v in dict.fromkeys(vouchers) if v in self._loaded]
+        return sorted(found, key=lambda t: (t.transaction_date, self.arrival(t.voucher)))
+
+    async def read_names(self, invoice_ids: Collection[str] = (), vouchers: Collection[str] = ()) -> None:
+        """Hold every transaction with one of `invoice_ids` or `vouchers`, reading only names not read before."""
+        invoices = sorted({i for i in invoice_ids if i not in self._complete_invoices})
+        wanted = sorted({v for v in vouchers if v not in self._complete_vouchers and v not in self._loaded})
+        table = OpenTransactionRow.__table__.c  # type: ignore[attr-defined]
+        for chunk in _chunks(invoices, 500):  # SQLite's bound-parameter limit
+            await self._select(table.invoice_id.in_(chunk))
+        for chunk in _chunks(wanted, 500):
+            await self._select(table.voucher.in_(chunk))
+        self._complete_invoices.update(invoices)
+        self._complete_vouchers.update(wanted)
 
     async def load_customers(self, customer_accounts: Iterable[str], scope: OpenScope = "all") -> None:
-        """Read the open items (`scope`) of many customers in one query, for of_customer to answer from."""
+        """Read the open items (`scope`) of many customers in one query, for of_customer to answer from.
+        Held transactions stay as held, so unwritten changes need no flush: what a change made open or
+        closed is held already, and of_customer filters what it holds."""
         wanted = {a for a in customer_accounts if not _covers(self._scope.get(a, "none"), scope)}
         if not wanted:
             return
@@ -439,14 +509,17 @@ class OpenItems:
         `invoice_ids` or `vouchers`, so a mark on a closed or foreign invoice can be told from an unknown one.
         In the order they were posted (transaction date, then arrival)."""
         if include_settled:
+            await self.flush()
             return await self._select(OpenTransactionRow.customer_account == customer_account)
         await self.load_customers([customer_account], scope)
-        named = []
-        if invoice_ids or vouchers:
-            named = await self._select(
-                or_(col(OpenTransactionRow.invoice_id).in_(invoice_ids), col(OpenTransactionRow.voucher).in_(vouchers))
-            )
-        found = {t.voucher: t for t in named}
+        await self.read_names(invoice_ids, vouchers)
+        found: dict[str, OpenTransaction] = {}
+        for invoice_id in invoice_ids:
+            for voucher in self._by_invoice.get(invoice_id, ()):
+                found[voucher] = self._loaded[voucher][2]
+        for voucher in vouchers:
+            if voucher in self._loaded:
+                found[voucher] = self._loaded[voucher][2]
         for voucher in self._by_customer.get(customer_account, ()) if scope != "none" else ():
             t = self._loaded[voucher][2]
             if t.open_amount < 0 or (t.open_amount > 0 and scope == "all"):
@@ -461,8 +534,9 @@ class OpenItems:
         """The first `limit` of the customer's open amounts owed in `currency` that settle automatically, in
         automatic settlement's default order (domain.automatic_order without priority rules: due date, then
         transaction date, then voucher), so an automatic payment reads only the debits it can reach."""
+        await self.flush()  # the database sorts and limits by open amounts: they must be written
         # The voucher tie-break compares code points, as Python's str does: not the database's locale.
-        binary = "C" if self.session.get_bind().dialect.name == "postgresql" else "BINARY"
+        binary = "C" if self._postgres else "BINARY"
         table = OpenTransactionRow.__table__.c  # type: ignore[attr-defined]
         return await self._select(
             (table.customer_account == customer_account)
@@ -477,6 +551,10 @@ class OpenItems:
             limit=limit,
         )
 
+    @property
+    def _postgres(self) -> bool:
+        return self.session.get_bind().dialect.name == "postgresql"
+
     async def _select(
         self, condition: Any, order_by: Sequence[Any] = (), limit: int | None = None
     ) -> list[OpenTransaction]:
@@ -485,27 +563,41 @@ class OpenItems:
         query = select(table).where(condition).order_by(*(order_by or (table.c.transaction_date, table.c.id)))
         rows = (await self.session.exec(query.limit(limit))).all()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
         for row in rows:
-            self._hold(row.id, row.version, open_transaction_of(row))
+            if row.voucher not in self._loaded:  # a held one is as new as the row, or newer (deferred)
+                self._hold(row.id, row.version, open_transaction_of(row))
         return [self._loaded[row.voucher][2] for row in rows]
 
     def _hold(self, row_id: int, version: int, t: OpenTransaction) -> None:
         self._loaded[t.voucher] = (row_id, version, t)
         self._by_customer.setdefault(t.customer_account, {})[t.voucher] = None
+        if t.invoice_id:
+            self._by_invoice.setdefault(t.invoice_id, {})[t.voucher] = None
 
     def arrival(self, voucher: str) -> int:
         """The order a loaded transaction arrived in (its row id): one customer's rows are written one
-        transaction at a time under the customer lock, so ids follow arrival."""
+        transaction at a time under the customer lock, so ids follow arrival. One saved but not yet inserted
+        comes after every inserted one, in the order saved (the order `flush` inserts them in)."""
         return self._loaded[voucher][0]
 
     async def save(self, transactions: Iterable[OpenTransaction]) -> None:
-        """Insert new transactions; update changed ones if nobody changed them since they were loaded."""
-        new: list[tuple[OpenTransactionRow, OpenTransaction]] = []
+        """Insert new transactions; update changed ones if nobody changed them since they were loaded.
+        Deferred: remember them for `flush`."""
+        new: list[OpenTransaction] = []
         for t in transactions:
             if t.voucher not in self._loaded:
-                new.append((OpenTransactionRow.from_domain(t), t))
+                if self._deferred:
+                    self._hold(_UNSAVED + len(self._loaded), 0, t)
+                    self._new[t.voucher] = None
+                else:
+                    new.append(t)
                 continue
             row_id, version, before = self._loaded[t.voucher]
             if t == before:
+                continue
+            if self._deferred:
+                self._loaded[t.voucher] = (row_id, version, t)
+                if t.voucher not in self._new:
+                    self._dirty[t.voucher] = None
                 continue
             result = await self.session.exec(
                 update(OpenTransactionRow)
@@ -522,16 +614,107 @@ class OpenItems:
                 raise ConcurrentUpdate(f"{t.voucher} changed since it was read (version {version})")
             self._loaded[t.voucher] = (row_id, version + 1, t)
         if new:
-            self.session.add_all([row for row, _ in new])
-            await self.session.flush()  # one insert for them all; their ids are their order of arrival
-            for row, t in new:
-                self._hold(row.id, row.version, t)  # type: ignore[arg-type]
+            await self._insert(new)
+
+    async def _insert(self, new: list[OpenTransaction]) -> None:
+        """One insert for them all (Core, not ORM objects: the ORM inserts row by row on SQLite to learn the
+        ids); their ids are their order of arrival. Each row's id is read back with its voucher."""
+        table = OpenTransactionRow.__table__  # type: ignore[attr-defined]
+        rows = [OpenTransactionRow.values(t) for t in new]
+        # PostgreSQL: SQLAlchemy orders the ids as the rows (sort_by_parameter_order). SQLite numbers the rows of
+        # a multi-row VALUES in order; asking SQLAlchemy to guarantee it would make it insert one by one.
+        returning = table.c.id, table.c.voucher
+        statement = insert(table).returning(*returning, sort_by_parameter_order=self._postgres)
+        connection = await self.session.connection()
+        ids = {voucher: row_id for row_id, voucher in (await connection.execute(statement, rows)).all()}
+        for t in new:
+            self._hold(ids[t.voucher], 1, t)
+
+    async def add(self, model: type[SQLModel], values: dict[str, Any]) -> None:
+        """Insert a row of another of settlement's tables (its fields' defaults filled in); deferred: at flush,
+        with the other rows of its table in one insert. Plain values, not a SQLModel object: constructing one
+        costs more than the rest of a payment (pydantic inspects every default factory)."""
+        row = plain_row(model, values)
+        if self._deferred:
+            self._rows.setdefault(model, []).append(row)
+        else:
+            await (await self.session.connection()).execute(insert(model.__table__), [row])  # type: ignore[attr-defined]
+
+    async def flush(self) -> None:
+        """Write what a deferred store saved: the changes in one update (versions checked first, the rows
+        locked on PostgreSQL), the new transactions in one insert, in the order they were saved, then the
+        other tables' rows (`add`), one insert per table."""
+        if self._dirty:
+            await self._update([self._loaded[v] for v in self._dirty])
+            self._dirty.clear()
+        if self._new:
+            new = [self._loaded[v][2] for v in self._new]
+            self._new.clear()
+            await self._insert(new)
+        rows, self._rows = self._rows, {}
+        for model, values in rows.items():
+            await (await self.session.connection()).execute(insert(model.__table__), values)  # type: ignore[attr-defined]
+
+    async def _update(self, changed: list[tuple[int, int, OpenTransaction]]) -> None:
+        table = OpenTransactionRow.__table__.c  # type: ignore[attr-defined]
+        read = {row_id: version for row_id, version, _ in changed}
+        for chunk in _chunks(sorted(read), 500):
+            query = select(table.id, table.version).where(table.id.in_(chunk))
+            if self._postgres:  # SQLite: the customer lock's write holds the whole database already
+                query = query.with_for_update()
+            for row_id, version in (await self.session.exec(query)).all():  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+                if version != read[row_id]:
+                    voucher = next(t.voucher for i, _, t in changed if i == row_id)
+                    raise ConcurrentUpdate(f"{voucher} changed since it was read (version {read[row_id]})")
+        statement = (
+            update(OpenTransactionRow.__table__)  # type: ignore[attr-defined]
+            .where(table.id == bindparam("b_id"), table.version == bindparam("b_version"))
+            .values(
+                open_amount=bindparam("b_open_amount"),
+                accounting_open_amount=bindparam("b_accounting_open_amount"),
+                discount_taken=bindparam("b_discount_taken"),
+                auto_settle=bindparam("b_auto_settle"),
+                version=bindparam("b_next_version"),
+            )
+        )
+        parameters = [
+            {
+                "b_id": row_id,
+                "b_version": version,
+                "b_open_amount": t.open_amount,
+                "b_accounting_open_amount": t.accounting_open_amount,
+                "b_discount_taken": t.discount_taken,
+                "b_auto_settle": t.auto_settle,
+                "b_next_version": version + 1,
+            }
+            for row_id, version, t in changed
+        ]
+        connection = await self.session.connection()
+        result = await connection.execute(statement, parameters)
+        if connection.dialect.supports_sane_multi_rowcount and result.rowcount != len(parameters):
+            raise ConcurrentUpdate(f"{len(parameters) - result.rowcount} open item(s) changed since they were read")
+        for row_id, version, t in changed:
+            self._loaded[t.voucher] = (row_id, version + 1, t)
+
+
+def plain_row(model: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
+    """`values` as a Core insert takes a row of `model`'s table: every field, unnamed ones at their defaults
+    (an autoincrement id left to the database)."""
+    row: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if name in values:
+            row[name] = values[name]
+        elif field.default_factory is not None:
+            row[name] = field.default_factory()  # type: ignore[call-arg]
+        elif field.default is not PydanticUndefined and not (name == "id" and field.default is None):
+            row[name] = field.default
+    return row
 
 
 def _covers(loaded: OpenScope, wanted: OpenScope) -> bool:
     return loaded == "all" or wanted == "none" or loaded == wanted
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

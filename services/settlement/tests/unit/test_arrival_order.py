@@ -289,3 +289,94 @@ def test_any_interleaving_of_the_input_topics_gives_the_same_final_state(message
             getattr(m.body, "voucher", None) or getattr(m.body, "payment_id", None) or m.body.batch_number
             for m in order
         ]
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+BATCH_OF = {
+    handlers.record_customer_transaction: handlers.record_customer_transactions,
+    handlers.settle_write_offs: handlers.settle_write_off_journals,
+    handlers.receive_payment: handlers.receive_payments,
+}
+
+
+def with_bad_payments(messages: list[Message], rng: random.Random) -> list[Message]:
+    """The scenario plus, after some payments, a re-send of it (a new message id, the same content: a no-op)
+    and a payment that cannot be taken (its id again with other content, or a currency settlement does not
+    book): what a batch has to tell apart from its neighbours."""
+    out = []
+    for m in messages:
+        out.append(m)
+        if m.handle is not handlers.receive_payment or rng.random() < 0.5:
+            continue
+        payment = m.body
+        again = payment.model_copy(update={"message_id": str(uuid.uuid4())})
+        out.append(Message(m.stream, m.handle, again))
+        bad = rng.choice([{"amount": payment.amount + D("1.00")}, {"payment_id": f"{payment.payment_id}-EUR"}])
+        if "payment_id" in bad:
+            bad["currency"] = "EUR"
+        body = payment.model_copy(update={"message_id": str(uuid.uuid4()), **bad})
+        out.append(Message(m.stream, m.handle, CustomerPaymentReceived.model_validate(body.model_dump())))
+    return out
+
+
+def batched(messages: list[Message], rng: random.Random) -> list[list[Message]]:
+    """The messages in order, cut into batches of one topic each (as a fetch hands them over), of random size."""
+    batches: list[list[Message]] = []
+    for m in messages:
+        if batches and batches[-1][0].handle is m.handle and rng.random() < 0.8:
+            batches[-1].append(m)
+        else:
+            batches.append([m])
+    return batches
+
+
+async def final_states_and_rejections(
+    one_by_one: list[Message], batches: list[list[Message]]
+) -> tuple[list[dict[str, Any]], list[list[str]]]:
+    """The final state and the rejected messages (by message id, in order) of the messages handled one per
+    transaction and of the same messages handled a batch per transaction."""
+    engine = create_async_engine("sqlite+aiosqlite://", poolclass=StaticPool)
+    all_tables = [*tables.TABLES, outbox.OutboxMessage.__table__]
+    states, rejections = [], []
+    try:
+        await create_tables(engine, all_tables)
+        sessions = create_session_factory(engine)
+        rejected: list[str] = []
+        for m in one_by_one:
+            try:
+                async with sessions() as session, session.begin():
+                    await m.handle(POSTINGS, Transaction(session), m.body)
+            except Rejected:
+                rejected.append(m.body.message_id)
+        async with sessions() as session:
+            states.append(await _snapshot(session))
+        rejections.append(rejected)
+        async with engine.begin() as connection:
+            for table in all_tables:
+                await connection.execute(table.delete())
+        rejected = []
+        for batch in batches:
+            async with sessions() as session, session.begin():
+                tx = Transaction(session)
+                await BATCH_OF[batch[0].handle](POSTINGS, tx, [m.body for m in batch])
+                rejected += [r.message.message_id for r in tx.rejected]
+        async with sessions() as session:
+            states.append(await _snapshot(session))
+        rejections.append(rejected)
+        return states, rejections
+    finally:
+        await engine.dispose()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(), st.randoms(use_true_random=False))
+def test_a_batch_per_transaction_ends_as_one_message_per_transaction(messages, rng):
+    """Batches holding several customers' messages, re-sent payments and payments that cannot be taken settle
+    exactly as the same messages one at a time, and reject the same messages, alone."""
+    order = with_bad_payments(interleave(messages, rng), rng)
+    (expected, state), (rejected_alone, rejected_in_batches) = asyncio.run(
+        final_states_and_rejections(order, batched(order, rng))
+    )
+    assert state == expected
+    assert rejected_in_batches == rejected_alone
