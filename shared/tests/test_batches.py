@@ -22,7 +22,7 @@ from kredit_shared.contracts import (
     VoucherPosted,
     dead_letter_topic,
 )
-from kredit_shared.service import ServiceRuntime, Transaction, ensure_topics
+from kredit_shared.service import ServiceRuntime, UnitOfWork, ensure_topics
 from kredit_shared.settings import ServiceSettings
 from kredit_shared.testing import TopicProbe, eventually, isolated_kafka, publish, serve
 
@@ -42,17 +42,17 @@ class Flaky:
         self.calls: list[int] = []
         self.wanted: set[str] = set()  # REJECT- ids accepted after all (their cause fixed)
 
-    async def apply(self, tx: Transaction, invoices: list[CustomerInvoiceIssued]) -> None:
+    async def apply(self, uow: UnitOfWork, invoices: list[CustomerInvoiceIssued]) -> None:
         self.calls.append(len(invoices))
         for invoice in invoices:
             if (error := self.once.pop(invoice.invoice_id, None)) is not None:
                 raise error
             if invoice.invoice_id.startswith("REJECT") and invoice.invoice_id not in self.wanted:
-                tx.reject(ERP_CUSTOMER_INVOICES, invoice, f"invoice {invoice.invoice_id} is not wanted")
+                uow.reject(ERP_CUSTOMER_INVOICES, invoice, f"invoice {invoice.invoice_id} is not wanted")
                 continue
-            tx.session.add(AppliedInvoice(invoice_id=invoice.invoice_id, customer_account=invoice.customer_account))
+            uow.session.add(AppliedInvoice(invoice_id=invoice.invoice_id, customer_account=invoice.customer_account))
             amount = invoice.lines[0].amount
-            tx.emit(
+            uow.emit(
                 VoucherPosted(
                     voucher=f"V-{invoice.invoice_id}",
                     posting_date=invoice.invoice_date,

@@ -30,14 +30,14 @@ async def test_the_latest_rate_for_a_currency_and_date_wins_and_tops_the_setups(
     )
     async with handler_database([]) as db:
         await db.handle(
-            lambda tx: record_rates(tx, [rate("EUR", "2026-02-01", "1.08"), rate("GBP", "2026-01-01", "1.25")])
+            lambda uow: record_rates(uow, [rate("EUR", "2026-02-01", "1.08"), rate("GBP", "2026-01-01", "1.25")])
         )
         # A later message for the same currency and date replaces the rate, in its batch or a later one.
         await db.handle(
-            lambda tx: record_rates(tx, [rate("GBP", "2026-01-01", "1.26"), rate("GBP", "2026-01-01", "1.27")])
+            lambda uow: record_rates(uow, [rate("GBP", "2026-01-01", "1.26"), rate("GBP", "2026-01-01", "1.27")])
         )
-        async with db.transaction() as tx:
-            rates = await load_rates(tx.session, setup)
+        async with db.unit_of_work() as uow:
+            rates = await load_rates(uow.session, setup)
     assert rates.resolve("EUR", date(2026, 1, 15)) == D("1.05")  # the setup's, nothing set over HTTP for it
     assert rates.resolve("EUR", date(2026, 2, 15)) == D("1.08")  # set over HTTP for the setup's date: wins
     assert rates.resolve("GBP", date(2026, 3, 1)) == D("1.27")

@@ -16,18 +16,18 @@ RATE = ExchangeRateSet(currency="EUR", from_date="2026-01-01", rate="1.10")
 async def test_a_handler_commits_its_state_and_messages_together_and_a_failure_rolls_both_back():
     async with handler_database([], publishes=[RATE.topic]) as db:
 
-        async def fails(tx):
-            await record_rates(tx, [RATE])
-            tx.emit(RATE)
+        async def fails(uow):
+            await record_rates(uow, [RATE])
+            uow.emit(RATE)
             raise Rejected("no")
 
         with pytest.raises(Rejected):
             await db.handle(fails)
         assert (await db.all(select(ExchangeRateRow)), await db.emitted()) == ([], [])
 
-        async def succeeds(tx):
-            await record_rates(tx, [RATE])
-            tx.emit(RATE)
+        async def succeeds(uow):
+            await record_rates(uow, [RATE])
+            uow.emit(RATE)
 
         handled = await db.handle(succeeds)
         [emitted] = handled.emitted
@@ -45,19 +45,19 @@ async def test_a_handler_commits_its_state_and_messages_together_and_a_failure_r
 async def test_emitting_to_a_topic_the_service_does_not_declare_fails_as_in_the_service():
     async with handler_database([], publishes=[AR_SETTLEMENTS]) as db:
         with pytest.raises(RuntimeError, match="does not declare"):
-            await db.handle(lambda tx: record_and_emit(tx))
+            await db.handle(lambda uow: record_and_emit(uow))
 
 
-async def record_and_emit(tx) -> None:
-    tx.emit(RATE)
+async def record_and_emit(uow) -> None:
+    uow.emit(RATE)
 
 
 async def test_deliver_skips_a_redelivery_and_releases_a_rejected_message_for_its_replay():
     async with handler_database([]) as db:
 
-        async def reject_all(tx, messages):
+        async def reject_all(uow, messages):
             for message in messages:
-                tx.reject(ERP_CUSTOMER_INVOICES, message, "not yet")
+                uow.reject(ERP_CUSTOMER_INVOICES, message, "not yet")
 
         rejected = await db.deliver(RATE.topic, [RATE], reject_all)
         assert rejected.rejected == ["not yet"] and rejected.emitted[0].reason == "not yet"

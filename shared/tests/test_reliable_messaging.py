@@ -27,7 +27,7 @@ from kredit_shared.contracts import (
     dead_letter_topic,
 )
 from kredit_shared.outbox import OutboxMessage
-from kredit_shared.service import Rejected, ServiceRuntime, Transaction, ensure_topics, is_transient
+from kredit_shared.service import Rejected, ServiceRuntime, UnitOfWork, ensure_topics, is_transient
 from kredit_shared.settings import ServiceSettings
 from kredit_shared.testing import TopicProbe, eventually, isolated_kafka, publish, publish_many, serve
 
@@ -38,14 +38,14 @@ class EchoEffect(SQLModel, table=True):
     times_applied: int = 0
 
 
-async def echo_invoice(tx: Transaction, invoice: CustomerInvoiceIssued) -> None:
+async def echo_invoice(uow: UnitOfWork, invoice: CustomerInvoiceIssued) -> None:
     if invoice.invoice_id.startswith("REJECT"):
         raise Rejected(f"invoice {invoice.invoice_id} is not wanted")
-    effect = await tx.session.get(EchoEffect, invoice.invoice_id) or EchoEffect(invoice_id=invoice.invoice_id)
+    effect = await uow.session.get(EchoEffect, invoice.invoice_id) or EchoEffect(invoice_id=invoice.invoice_id)
     effect.times_applied += 1
-    tx.session.add(effect)
+    uow.session.add(effect)
     total = sum((line.amount for line in invoice.lines), Decimal(0))
-    tx.emit(
+    uow.emit(
         VoucherPosted(
             voucher=f"ECHO-{invoice.invoice_id}",
             posting_date=invoice.invoice_date,
@@ -199,14 +199,14 @@ async def _is_zero(value) -> bool:
     return (await value) == 0
 
 
-async def echo_invoices(tx: Transaction, invoices: list[CustomerInvoiceIssued]) -> None:
+async def echo_invoices(uow: UnitOfWork, invoices: list[CustomerInvoiceIssued]) -> None:
     for invoice in invoices:
         if invoice.invoice_id.startswith("BOOM"):
             raise RuntimeError("a bug that only this message triggers")
         if invoice.invoice_id.startswith("REJECT"):
-            tx.dead_letter(ERP_CUSTOMER_INVOICES, invoice, f"invoice {invoice.invoice_id} is not wanted")
+            uow.dead_letter(ERP_CUSTOMER_INVOICES, invoice, f"invoice {invoice.invoice_id} is not wanted")
             continue
-        await echo_invoice(tx, invoice)
+        await echo_invoice(uow, invoice)
 
 
 async def test_a_batch_handler_commits_a_fetch_at_once_and_isolates_the_messages_at_fault(kafka, database_url):
@@ -359,13 +359,13 @@ async def test_a_record_dead_lettered_twice_after_a_crash_is_published_once(kafk
 FAILURES = {"SQL-ERROR": 0}
 
 
-async def echo_or_fail(tx: Transaction, message: CustomerInvoiceIssued) -> None:
+async def echo_or_fail(uow: UnitOfWork, message: CustomerInvoiceIssued) -> None:
     if message.invoice_id == "SQL-ERROR":
         FAILURES["SQL-ERROR"] += 1
-        await tx.session.exec(text("SELECT * FROM no_such_table"))  # a data/schema error: retrying cannot heal it
+        await uow.session.exec(text("SELECT * FROM no_such_table"))  # a data/schema error: retrying cannot heal it
     if message.invoice_id == "STUCK" and FAILURES.get("STUCK"):
         raise ConnectionError("the database went away")  # transient: retried until it heals
-    await echo_invoice(tx, message)
+    await echo_invoice(uow, message)
 
 
 def failing_app(settings):

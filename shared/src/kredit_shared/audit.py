@@ -5,10 +5,10 @@ records what it did in the same transaction as the change (so the row exists exa
 change does), with before/after for parameters:
 
     async def put_parameters(body: ..., runtime: RuntimeDep, audit: AuditDep) -> ...:
-        async with runtime.transaction() as tx:
+        async with runtime.unit_of_work() as uow:
             before = ...
             after = ...
-            audit.record(tx.session, "settlement parameters changed", before=before, after=after)
+            audit.record(uow.session, "settlement parameters changed", before=before, after=after)
 
 `AuditTrail` (an ASGI middleware the runtime installs) catches what routes do not record: a
 successful state change of a route that recorded nothing gets a generic row after the response,
@@ -125,8 +125,8 @@ class AuditTrail:
         client = scope["client"][0] if scope.get("client") else "unknown"
         runtime = scope["app"].state.runtime
         try:
-            async with runtime.transaction() as tx:
-                tx.session.add(_entry(known, scope["method"], scope["path"], client, action, status))
+            async with runtime.unit_of_work() as uow:
+                uow.session.add(_entry(known, scope["method"], scope["path"], client, action, status))
         except Exception:  # the answer is sent; a lost row is logged, loudly
             log.exception("could not record the audit entry %s %s (%s)", scope["method"], scope["path"], action)
 

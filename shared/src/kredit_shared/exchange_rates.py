@@ -22,7 +22,7 @@ from kredit_shared.database import ExactDecimal, insert_new
 from kredit_shared.outbox import utcnow
 
 if TYPE_CHECKING:  # the runtime's module imports this one (its tables)
-    from kredit_shared.service import ServiceRuntime, Transaction
+    from kredit_shared.service import ServiceRuntime, UnitOfWork
 
 RATE_PLACES = 10  # the contract's rate has at most 10 decimals
 
@@ -39,10 +39,10 @@ class ExchangeRateRow(SQLModel, table=True):
     recorded_at: dt.datetime = Field(default_factory=utcnow)
 
 
-async def record_rates(tx: Transaction, messages: Sequence[ExchangeRateSet]) -> None:
+async def record_rates(uow: UnitOfWork, messages: Sequence[ExchangeRateSet]) -> None:
     """Keep the rates a batch carries; a later message for the same currency and date replaces an earlier one."""
     latest = {(m.currency, m.from_date): m for m in messages}  # in fetch order: a key's messages in order
-    session = tx.session
+    session = uow.session
     query = select(ExchangeRateRow).where(col(ExchangeRateRow.currency).in_(sorted({c for c, _ in latest})))
     existing = {(row.currency, row.from_date): row for row in (await session.exec(query)).all()}
     new = []

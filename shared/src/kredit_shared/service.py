@@ -69,8 +69,9 @@ class Rejected(Exception):
 
 
 @dataclass
-class Transaction:
-    """One database transaction: the state change and the messages it emits commit together."""
+class UnitOfWork:
+    """One database transaction: the state change and the messages it emits commit together. (Not called a
+    transaction: in this domain that is the customer's invoice, payment or discount.)"""
 
     session: AsyncSession
     emitted: int = 0
@@ -169,15 +170,15 @@ def _dead_letter_of(
 class _Subscription:
     topic: str
     parse: Callable[[bytes], Any]
-    handle: Callable[[Transaction, Any], Awaitable[None]] | None = None
-    handle_batch: Callable[[Transaction, list[Any]], Awaitable[None]] | None = None
+    handle: Callable[[UnitOfWork, Any], Awaitable[None]] | None = None
+    handle_batch: Callable[[UnitOfWork, list[Any]], Awaitable[None]] | None = None
 
-    async def run(self, tx: Transaction, messages: list[Any]) -> None:
+    async def run(self, uow: UnitOfWork, messages: list[Any]) -> None:
         if self.handle_batch is not None:
-            await self.handle_batch(tx, messages)
+            await self.handle_batch(uow, messages)
         else:
             for message in messages:
-                await self.handle(tx, message)  # type: ignore[misc]
+                await self.handle(uow, message)  # type: ignore[misc]
 
 
 # SQLSTATEs that heal by themselves: serialization failure, deadlock, lock not available, the server
@@ -276,12 +277,12 @@ class ServiceRuntime:
     # --- transactions -------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
         async with self.sessions() as session, session.begin():
             declared = frozenset(self.publications) or None
-            tx = Transaction(session, group_id=self.settings.group_id, publishes=declared)
-            yield tx
-        if tx.emitted and self.relay is not None:
+            uow = UnitOfWork(session, group_id=self.settings.group_id, publishes=declared)
+            yield uow
+        if uow.emitted and self.relay is not None:
             self.relay.wake()
 
     # --- consuming ----------------------------------------------------------------------------
@@ -290,7 +291,7 @@ class ServiceRuntime:
         self,
         topic: str,
         parse: Callable[[bytes], M],
-        handle: Callable[[Transaction, M], Awaitable[None]],
+        handle: Callable[[UnitOfWork, M], Awaitable[None]],
     ) -> None:
         """Consume `topic`: parse, skip duplicates (inbox), handle each message in its own transaction,
         then commit the offsets. Unparseable messages and those the handler rejects (`Rejected`) go
@@ -301,11 +302,11 @@ class ServiceRuntime:
         self,
         topic: str,
         parse: Callable[[bytes], M],
-        handle_batch: Callable[[Transaction, list[M]], Awaitable[None]],
+        handle_batch: Callable[[UnitOfWork, list[M]], Awaitable[None]],
     ) -> None:
         """For a hot topic: the handler gets the new messages of a whole fetch at once (in fetch order, so
         each key's messages in order), in one transaction, after one inbox lookup for them all. It
-        reports bad ones with `tx.dead_letter` so they do not hold back the rest. A transient failure
+        reports bad ones with `uow.dead_letter` so they do not hold back the rest. A transient failure
         retries the batch; any other failure retries its messages one by one (see _consume_batch)."""
         self._subscriptions[self.settings.topic(topic)] = _Subscription(topic, parse, handle_batch=handle_batch)
 
@@ -472,37 +473,37 @@ class ServiceRuntime:
 
     async def _handle(self, sub: _Subscription, parsed: Sequence[tuple[ConsumerRecord, Any]]) -> int:
         """Handle the messages not seen before in one transaction; returns how many were new."""
-        async with self.transaction() as tx:
-            tx.records = {id(message): record for record, message in parsed}
-            claimed = await inbox.claim(tx.session, self.settings.group_id, sub.topic, [m for _, m in parsed])
+        async with self.unit_of_work() as uow:
+            uow.records = {id(message): record for record, message in parsed}
+            claimed = await inbox.claim(uow.session, self.settings.group_id, sub.topic, [m for _, m in parsed])
             for message in claimed.reused:
-                tx.dead_letter(
+                uow.dead_letter(
                     sub.topic,
                     message,
                     f"message_id {message.message_id} was already processed with "
                     f"different content; a message_id cannot be reused",
                 )
             if claimed.fresh:
-                await sub.run(tx, claimed.fresh)
-            rejected = len(tx.rejected)  # not processed, also when redelivered (then _release drops them)
-            if tx.rejected:
-                await self._release(tx, sub.topic)
-        for rejection in tx.rejected:
+                await sub.run(uow, claimed.fresh)
+            rejected = len(uow.rejected)  # not processed, also when redelivered (then _release drops them)
+            if uow.rejected:
+                await self._release(uow, sub.topic)
+        for rejection in uow.rejected:
             self._log_rejection(sub.topic, rejection)
         return len(claimed.fresh) - rejected
 
-    async def _release(self, tx: Transaction, topic: str) -> None:
+    async def _release(self, uow: UnitOfWork, topic: str) -> None:
         """The messages the handler rejected whole are not processed: their inbox entries go, so a replay
         is handled. Their records' positions are kept instead, so a redelivery after a crash is not
         dead-lettered twice."""
-        await inbox.release(tx.session, self.settings.group_id, [r.message.message_id for r in tx.rejected])
-        for rejection in list(tx.rejected):
+        await inbox.release(uow.session, self.settings.group_id, [r.message.message_id for r in uow.rejected])
+        for rejection in list(uow.rejected):
             if rejection.record is None:
                 continue
             position = _dead_letter_position(topic, rejection.record)
-            if not await inbox.claim_key(tx.session, self.settings.group_id, topic, position):
-                tx.withdraw(rejection.row)
-                tx.rejected.remove(rejection)
+            if not await inbox.claim_key(uow.session, self.settings.group_id, topic, position):
+                uow.withdraw(rejection.row)
+                uow.rejected.remove(rejection)
 
     def _log_rejection(self, topic: str, rejection: Rejection) -> None:
         record, message = rejection.record, rejection.message
@@ -532,9 +533,9 @@ class ServiceRuntime:
         position = _dead_letter_position(topic, record)
 
         async def write() -> None:
-            async with self.transaction() as tx:
-                if await inbox.claim_key(tx.session, self.settings.group_id, topic, position):
-                    tx.emit_dead_letter(letter, str(uuid.uuid5(uuid.NAMESPACE_URL, position)))
+            async with self.unit_of_work() as uow:
+                if await inbox.claim_key(uow.session, self.settings.group_id, topic, position):
+                    uow.emit_dead_letter(letter, str(uuid.uuid5(uuid.NAMESPACE_URL, position)))
 
         try:
             await self._retrying(write, topic, record)

@@ -385,7 +385,7 @@ class Emitted:
 @dataclass(frozen=True)
 class Handled:
     """What one transaction of a handler did: its return value, the outbox rows it committed (messages and
-    dead letters, in order) and the reasons of the messages it rejected whole (`tx.reject`)."""
+    dead letters, in order) and the reasons of the messages it rejected whole (`uow.reject`)."""
 
     result: Any
     emitted: list[Emitted]
@@ -401,7 +401,7 @@ HANDLER_TEST_GROUP = "handler-test"
 class HandlerDatabase:
     """A service's tables (and the shared ones: outbox, inbox, exchange rates, audit) in an in-memory
     SQLite database, to run its handlers without a broker: `transaction()` is the runtime's
-    `Transaction` around a session, committed when the block ends (rolled back if it raises);
+    `UnitOfWork` around a session, committed when the block ends (rolled back if it raises);
     `handle(...)` runs a handler in one and reads back what it emitted from the outbox rows;
     `deliver(...)` puts the inbox in front, as the consumer does. Build it with `handler_database`."""
 
@@ -414,18 +414,18 @@ class HandlerDatabase:
         self._read_up_to = 0  # the last outbox row `handle` has reported
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Any]:
-        from kredit_shared.service import Transaction
+    async def unit_of_work(self) -> AsyncIterator[Any]:
+        from kredit_shared.service import UnitOfWork
 
         async with self.sessions() as session, session.begin():
-            yield Transaction(session, group_id=HANDLER_TEST_GROUP, publishes=self.publishes)
+            yield UnitOfWork(session, group_id=HANDLER_TEST_GROUP, publishes=self.publishes)
 
     async def handle(self, handler: Callable[[Any], Awaitable[Any]]) -> Handled:
-        """`await db.handle(lambda tx: handlers.x(tx, messages, setup))`: one transaction, as the runtime
+        """`await db.handle(lambda uow: handlers.x(uow, messages, setup))`: one transaction, as the runtime
         runs a handler; an exception (`Rejected`, a bug) rolls it back and propagates."""
-        async with self.transaction() as tx:
-            result = await handler(tx)
-        return Handled(result, await self._new_rows(), [r.reason for r in tx.rejected])
+        async with self.unit_of_work() as uow:
+            result = await handler(uow)
+        return Handled(result, await self._new_rows(), [r.reason for r in uow.rejected])
 
     async def deliver(
         self, topic: str, messages: Sequence[Any], handler: Callable[[Any, list[Any]], Awaitable[Any]]
@@ -435,13 +435,13 @@ class HandlerDatabase:
         fresh ones; the messages it rejects whole are released from the inbox (a replay is processed)."""
         from kredit_shared import inbox
 
-        async with self.transaction() as tx:
-            claimed = await inbox.claim(tx.session, HANDLER_TEST_GROUP, topic, list(messages))
+        async with self.unit_of_work() as uow:
+            claimed = await inbox.claim(uow.session, HANDLER_TEST_GROUP, topic, list(messages))
             for message in claimed.reused:
-                tx.dead_letter(topic, message, f"message_id {message.message_id} was already processed")
-            result = await handler(tx, claimed.fresh) if claimed.fresh else None
-            await inbox.release(tx.session, HANDLER_TEST_GROUP, [r.message.message_id for r in tx.rejected])
-        return Handled(result, await self._new_rows(), [r.reason for r in tx.rejected])
+                uow.dead_letter(topic, message, f"message_id {message.message_id} was already processed")
+            result = await handler(uow, claimed.fresh) if claimed.fresh else None
+            await inbox.release(uow.session, HANDLER_TEST_GROUP, [r.message.message_id for r in uow.rejected])
+        return Handled(result, await self._new_rows(), [r.reason for r in uow.rejected])
 
     async def emitted(self, topic: str | None = None) -> list[Emitted]:
         """Every outbox row committed so far (on `topic`), in commit order."""

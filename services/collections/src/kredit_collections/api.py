@@ -114,9 +114,9 @@ async def post_write_off(
     their accounting-currency balance as realized gain or loss; with no rate for that date the write-off is
     recorded as `rejected` with the reason (docs/currencies.md)."""
     with _refusals_as_http_errors():
-        async with runtime.transaction() as tx:
+        async with runtime.unit_of_work() as uow:
             write_off_id = await handlers.request_write_off(
-                tx,
+                uow,
                 setup,
                 body.customer_account,
                 vouchers=body.vouchers,
@@ -127,7 +127,7 @@ async def post_write_off(
                 requested_by=principal.subject,
             )
             audit.record(
-                tx.session,
+                uow.session,
                 "write-off requested",
                 202,
                 write_off_id=write_off_id,
@@ -172,11 +172,11 @@ async def cancel_write_off(
     refusal is its `reason`. The transactions stay reserved while `cancelling`, so an item is never
     written off twice. Asking again answers the current state and sends nothing more."""
     with _refusals_as_http_errors():
-        async with runtime.transaction() as tx:
-            row = await handlers.cancel_write_off(tx, write_off_id, body.reason if body else None)
+        async with runtime.unit_of_work() as uow:
+            row = await handlers.cancel_write_off(uow, write_off_id, body.reason if body else None)
             if row is not None:
                 audit.record(
-                    tx.session,
+                    uow.session,
                     "write-off cancel requested",
                     200 if row.status == CANCELLED else 202,
                     write_off_id=write_off_id,
@@ -191,8 +191,8 @@ async def cancel_write_off(
 
 @router.get("/parameters/write-off", dependencies=[require(Role.viewer)])
 async def get_write_off_parameters(runtime: RuntimeDep, setup: SetupDep) -> WriteOffParametersIO:
-    async with runtime.transaction() as tx:  # the first read seeds the parameters from the setup
-        return WriteOffParametersIO.of(await handlers.write_off_parameters(tx.session, setup))
+    async with runtime.unit_of_work() as uow:  # the first read seeds the parameters from the setup
+        return WriteOffParametersIO.of(await handlers.write_off_parameters(uow.session, setup))
 
 
 @router.put(
@@ -204,11 +204,11 @@ async def put_write_off_parameters(
     body: WriteOffParametersIO, runtime: RuntimeDep, setup: SetupDep, audit: AuditDep
 ) -> WriteOffParametersIO:
     with _refusals_as_http_errors():
-        async with runtime.transaction() as tx:
-            before = WriteOffParametersIO.of(await handlers.write_off_parameters(tx.session, setup))
-            after = WriteOffParametersIO.of(await handlers.change_write_off_parameters(tx, setup, body.to_setup()))
+        async with runtime.unit_of_work() as uow:
+            before = WriteOffParametersIO.of(await handlers.write_off_parameters(uow.session, setup))
+            after = WriteOffParametersIO.of(await handlers.change_write_off_parameters(uow, setup, body.to_setup()))
             audit.record(
-                tx.session, "write-off parameters changed", before=before.model_dump(), after=after.model_dump()
+                uow.session, "write-off parameters changed", before=before.model_dump(), after=after.model_dump()
             )
             return after
 

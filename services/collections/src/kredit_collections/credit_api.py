@@ -99,8 +99,8 @@ class CreditGroupOut(BaseModel):
 @router.put("/credit-groups/{group}", dependencies=[require(Role.admin)])
 async def put_credit_group(group: Id, body: CreditGroupIn, runtime: RuntimeDep, setup: SetupDep) -> CreditGroupOut:
     """Create or change a customer credit group and its shared credit limit."""
-    async with runtime.transaction() as tx:
-        await handlers.set_credit_group(tx, group, body.credit_limit)
+    async with runtime.unit_of_work() as uow:
+        await handlers.set_credit_group(uow, group, body.credit_limit)
     async with runtime.sessions() as session:
         limit, members, balance = await handlers.credit_group(session, setup, group)
     return CreditGroupOut(credit_group=group, credit_limit=limit, customers=members, balance=balance)
@@ -166,8 +166,8 @@ async def put_customer_credit(
     """Set the customer's credit limit, credit group, mandatory and unlimited options (D365's Credit
     management fields); the customer need not have transactions yet."""
     with _refusals_as_http_errors():
-        async with runtime.transaction() as tx:
-            await handlers.set_customer_credit(tx, account, body.model_dump(exclude_unset=True))
+        async with runtime.unit_of_work() as uow:
+            await handlers.set_customer_credit(uow, account, body.model_dump(exclude_unset=True))
     async with runtime.sessions() as session:
         return CustomerCreditOut.of(await handlers.customer_credit_status(session, setup, account))
 
@@ -274,8 +274,8 @@ async def run_collection_letters(
     running again for the same date creates nothing new."""
     as_of = (body.as_of if body else None) or dt.date.today()
     with _refusals_as_http_errors():
-        async with runtime.transaction() as tx:
-            ids = await handlers.run_collection_letters(tx, setup, as_of)
+        async with runtime.unit_of_work() as uow:
+            ids = await handlers.run_collection_letters(uow, setup, as_of)
     async with runtime.sessions() as session:
         return LettersOut(as_of=as_of, letters=[LetterOut.of(*await handlers.letter(session, i)) for i in ids])
 
@@ -367,8 +367,8 @@ async def run_interest_notes(
     body = body or InterestRunIn()
     as_of = body.as_of or dt.date.today()
     with _refusals_as_http_errors():
-        async with runtime.transaction() as tx:
-            ids = await handlers.run_interest_notes(tx, setup, as_of, body.interest_code, body.customer_account)
+        async with runtime.unit_of_work() as uow:
+            ids = await handlers.run_interest_notes(uow, setup, as_of, body.interest_code, body.customer_account)
     async with runtime.sessions() as session:
         notes = [InterestNoteOut.of(*await handlers.interest_note(session, i)) for i in ids]
     return InterestNotesOut(as_of=as_of, interest_notes=notes)
@@ -464,9 +464,9 @@ async def post_activity(body: ActivityIn, runtime: RuntimeDep) -> ActivityOut:
     """Record a note, a call or a promise to pay for a customer, with a follow-up date and an owner."""
     today = dt.date.today()
     with _refusals_as_http_errors():
-        async with runtime.transaction() as tx:
+        async with runtime.unit_of_work() as uow:
             activity = await handlers.add_activity(
-                tx, body.customer_account, today, **body.model_dump(exclude={"customer_account"})
+                uow, body.customer_account, today, **body.model_dump(exclude={"customer_account"})
             )
     return ActivityOut.of(activity, "open" if activity.activity_type == "PromiseToPay" else None)
 
@@ -499,8 +499,8 @@ async def get_activities(
 )
 async def close_activity(activity_id: Id, runtime: RuntimeDep) -> ActivityOut:
     with _refusals_as_http_errors():
-        async with runtime.transaction() as tx:
-            activity = await handlers.close_activity(tx, activity_id)
+        async with runtime.unit_of_work() as uow:
+            activity = await handlers.close_activity(uow, activity_id)
     return ActivityOut.of(activity, None)
 
 
@@ -552,9 +552,9 @@ async def post_dispute(body: DisputeIn, runtime: RuntimeDep) -> DisputeOut:
     """Mark an open invoice disputed: it is left out of collection letters and interest notes and shown
     as disputed in the aging until the dispute is resolved."""
     with _refusals_as_http_errors():
-        async with runtime.transaction() as tx:
+        async with runtime.unit_of_work() as uow:
             row = await handlers.open_dispute(
-                tx,
+                uow,
                 body.customer_account,
                 body.reason,
                 dt.date.today(),
@@ -583,6 +583,6 @@ async def resolve_dispute(
 ) -> DisputeOut:
     """Close the dispute: the invoice takes part in letters and interest again (resolving twice changes nothing)."""
     with _refusals_as_http_errors():
-        async with runtime.transaction() as tx:
-            row = await handlers.resolve_dispute(tx, dispute_id, body.resolution if body else None, dt.date.today())
+        async with runtime.unit_of_work() as uow:
+            row = await handlers.resolve_dispute(uow, dispute_id, body.resolution if body else None, dt.date.today())
     return DisputeOut.of(row)

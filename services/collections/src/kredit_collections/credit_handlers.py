@@ -45,7 +45,7 @@ from kredit_collections.handlers import balances
 from kredit_shared.company_setup import CompanySetup, InterestCode
 from kredit_shared.contracts import CustomerInvoiceIssued, InvoiceLine
 from kredit_shared.money import ZERO
-from kredit_shared.service import Transaction
+from kredit_shared.service import UnitOfWork
 
 LETTER_SEQUENCE, INTEREST_SEQUENCE = "collection-letter", "interest-note"
 
@@ -53,10 +53,10 @@ LETTER_SEQUENCE, INTEREST_SEQUENCE = "collection-letter", "interest-note"
 # --- credit limits --------------------------------------------------------------------------
 
 
-async def set_credit_group(tx: Transaction, group: str, credit_limit: Decimal) -> store.CreditGroupRow:
-    row = await tx.session.get(store.CreditGroupRow, group) or store.CreditGroupRow(credit_group=group)
+async def set_credit_group(uow: UnitOfWork, group: str, credit_limit: Decimal) -> store.CreditGroupRow:
+    row = await uow.session.get(store.CreditGroupRow, group) or store.CreditGroupRow(credit_group=group)
     row.credit_limit = credit_limit
-    tx.session.add(row)
+    uow.session.add(row)
     return row
 
 
@@ -68,15 +68,15 @@ async def credit_group(session: AsyncSession, setup: CompanySetup, group: str) -
     return row.credit_limit, members, await _balance_of(session, setup, members)
 
 
-async def set_customer_credit(tx: Transaction, account: str, changes: dict) -> CustomerCredit:
+async def set_customer_credit(uow: UnitOfWork, account: str, changes: dict) -> CustomerCredit:
     """Change the fields given (a field left out keeps its value; null clears a limit or group)."""
-    row = await tx.session.get(store.CustomerCreditRow, account) or store.CustomerCreditRow(customer_account=account)
+    row = await uow.session.get(store.CustomerCreditRow, account) or store.CustomerCreditRow(customer_account=account)
     group = changes.get("credit_group", row.credit_group)
-    if group is not None and await tx.session.get(store.CreditGroupRow, group) is None:
+    if group is not None and await uow.session.get(store.CreditGroupRow, group) is None:
         raise CreditManagementError(f"unknown credit group {group!r}: create it with PUT /api/v1/credit-groups/{group}")
     for field, value in changes.items():
         setattr(row, field, value)
-    tx.session.add(row)
+    uow.session.add(row)
     return row.to_domain()
 
 
@@ -179,11 +179,11 @@ async def _balances_as_of(session: AsyncSession, as_of: date) -> list[Transactio
     return transaction_balances(*await tables.load_read_model(session, as_of=as_of), as_of)
 
 
-async def run_collection_letters(tx: Transaction, setup: CompanySetup, as_of: date) -> list[str]:
+async def run_collection_letters(uow: UnitOfWork, setup: CompanySetup, as_of: date) -> list[str]:
     """Create the letters due as of `as_of` (none twice: see letters_due); returns their ids."""
     if (letters := setup.collection_letters) is None:
         raise CreditManagementError("the company setup has no collection letter sequence (collection_letters)")
-    session = tx.session
+    session = uow.session
     await store.next_numbers(session, LETTER_SEQUENCE, 0)  # lock first: two runs take turns, the second sees the first
     due = letters_due(
         await _balances_as_of(session, as_of),
@@ -194,12 +194,14 @@ async def run_collection_letters(tx: Transaction, setup: CompanySetup, as_of: da
     )
     numbers = await store.next_numbers(session, LETTER_SEQUENCE, len(due))
     try:
-        return [await _add_letter(tx, setup, letter, f"CL-{number:06d}", as_of) for letter, number in zip(due, numbers)]
+        return [
+            await _add_letter(uow, setup, letter, f"CL-{number:06d}", as_of) for letter, number in zip(due, numbers)
+        ]
     except IntegrityError:
         raise Conflict("another collection letter run wrote letters at the same moment: run it again") from None
 
 
-async def _add_letter(tx: Transaction, setup: CompanySetup, letter: LetterDue, letter_id: str, as_of: date) -> str:
+async def _add_letter(uow: UnitOfWork, setup: CompanySetup, letter: LetterDue, letter_id: str, as_of: date) -> str:
     assert setup.collection_letters is not None
     currency = letter.items[0].currency
     row = store.CollectionLetterRow(
@@ -218,9 +220,9 @@ async def _add_letter(tx: Transaction, setup: CompanySetup, letter: LetterDue, l
     row.document = render_collection_letter(
         company=setup.company, letter=row, items=list(letter.items), text=letter.text
     )
-    tx.session.add(row)
-    await tx.session.flush()  # the letter before its items (their foreign key)
-    tx.session.add_all(
+    uow.session.add(row)
+    await uow.session.flush()  # the letter before its items (their foreign key)
+    uow.session.add_all(
         store.CollectionLetterItemRow(
             letter_id=letter_id,
             voucher=i.voucher,
@@ -235,7 +237,7 @@ async def _add_letter(tx: Transaction, setup: CompanySetup, letter: LetterDue, l
         for i in letter.items
     )
     if letter.fee:
-        tx.emit(
+        uow.emit(
             _receivable(
                 setup,
                 letter_id,
@@ -249,7 +251,7 @@ async def _add_letter(tx: Transaction, setup: CompanySetup, letter: LetterDue, l
                 setup.collection_letters.fee_account,
             )
         )
-    await tx.session.flush()
+    await uow.session.flush()
     return letter_id
 
 
@@ -306,11 +308,11 @@ def interest_code(setup: CompanySetup, code: str | None) -> tuple[str, InterestC
 
 
 async def run_interest_notes(
-    tx: Transaction, setup: CompanySetup, as_of: date, code: str | None = None, customer_account: str | None = None
+    uow: UnitOfWork, setup: CompanySetup, as_of: date, code: str | None = None, customer_account: str | None = None
 ) -> list[str]:
     """Create the interest notes due as of `as_of` (one per customer; interest up to a date only once)."""
     name, rule = interest_code(setup, code)
-    session = tx.session
+    session = uow.session
     await store.next_numbers(
         session, INTEREST_SEQUENCE, 0
     )  # lock first: two runs take turns, the second sees the first
@@ -321,7 +323,7 @@ async def run_interest_notes(
     due = interest_notes_due(rows, as_of, rule, await store.charged_to(session), await _excluded(session))
     try:
         return [
-            await _add_interest_note(tx, setup, name, note, f"IN-{number:06d}", as_of)
+            await _add_interest_note(uow, setup, name, note, f"IN-{number:06d}", as_of)
             for note, number in zip(due, await store.next_numbers(session, INTEREST_SEQUENCE, len(due)))
         ]
     except IntegrityError:
@@ -329,10 +331,10 @@ async def run_interest_notes(
 
 
 async def _add_interest_note(
-    tx: Transaction, setup: CompanySetup, name: str, note: InterestNoteDue, note_id: str, as_of: date
+    uow: UnitOfWork, setup: CompanySetup, name: str, note: InterestNoteDue, note_id: str, as_of: date
 ) -> str:
     assert setup.interest is not None
-    session = tx.session
+    session = uow.session
     session.add(
         store.InterestNoteRow(
             note_id=note_id,
@@ -360,7 +362,7 @@ async def _add_interest_note(
         )
         for line in note.lines
     )
-    tx.emit(
+    uow.emit(
         _receivable(
             setup,
             note_id,
@@ -393,17 +395,17 @@ async def interest_note(session: AsyncSession, note_id: str) -> tuple[store.Inte
 # --- collection activities ------------------------------------------------------------------
 
 
-async def add_activity(tx: Transaction, customer_account: str, today: date, **fields) -> Activity:
+async def add_activity(uow: UnitOfWork, customer_account: str, today: date, **fields) -> Activity:
     activity = new_activity(str(uuid.uuid4()), customer_account, created_on=today, **fields)
-    tx.session.add(store.ActivityRow(**asdict(activity)))
+    uow.session.add(store.ActivityRow(**asdict(activity)))
     return activity
 
 
-async def close_activity(tx: Transaction, activity_id: str) -> Activity:
-    if (row := await tx.session.get(store.ActivityRow, activity_id)) is None:
+async def close_activity(uow: UnitOfWork, activity_id: str) -> Activity:
+    if (row := await uow.session.get(store.ActivityRow, activity_id)) is None:
         raise NotFound(f"no activity {activity_id!r}")
     row.closed = True
-    tx.session.add(row)
+    uow.session.add(row)
     return row.to_domain()
 
 
@@ -420,12 +422,12 @@ async def activities(session: AsyncSession, today: date, **filters) -> list[tupl
 
 
 async def open_dispute(
-    tx: Transaction, customer_account: str, reason: str, today: date, *, invoice_id: str | None, voucher: str | None
+    uow: UnitOfWork, customer_account: str, reason: str, today: date, *, invoice_id: str | None, voucher: str | None
 ) -> store.DisputeRow:
     """Dispute an open invoice of the customer (named by invoice id or voucher)."""
     if (invoice_id is None) == (voucher is None):
         raise CreditManagementError("name the disputed invoice by invoice_id or by voucher (one of the two)")
-    rows = await balances(tx.session, customer_account)
+    rows = await balances(uow.session, customer_account)
     match = [
         b
         for b in rows
@@ -437,7 +439,7 @@ async def open_dispute(
     target = match[0]
     if not target.is_open:
         raise CreditManagementError(f"invoice {invoice_id or voucher} is settled: nothing left to dispute")
-    if target.voucher in await store.disputed_vouchers(tx.session, customer_account):
+    if target.voucher in await store.disputed_vouchers(uow.session, customer_account):
         raise Conflict(f"invoice {invoice_id or voucher} is already disputed")
     row = store.DisputeRow(
         dispute_id=str(uuid.uuid4()),
@@ -448,18 +450,18 @@ async def open_dispute(
         status="open",
         opened_on=today,
     )
-    tx.session.add(row)
+    uow.session.add(row)
     try:
-        await tx.session.flush()
+        await uow.session.flush()
     except IntegrityError:
         raise Conflict(f"invoice {invoice_id or voucher} was disputed at the same moment") from None
     return row
 
 
-async def resolve_dispute(tx: Transaction, dispute_id: str, resolution: str | None, today: date) -> store.DisputeRow:
-    if (row := await tx.session.get(store.DisputeRow, dispute_id, with_for_update=True)) is None:
+async def resolve_dispute(uow: UnitOfWork, dispute_id: str, resolution: str | None, today: date) -> store.DisputeRow:
+    if (row := await uow.session.get(store.DisputeRow, dispute_id, with_for_update=True)) is None:
         raise NotFound(f"no dispute {dispute_id!r}")
     if row.status == "open":
         row.status, row.resolved_on, row.resolution = "resolved", today, resolution
-        tx.session.add(row)
+        uow.session.add(row)
     return row

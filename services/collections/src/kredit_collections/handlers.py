@@ -39,35 +39,35 @@ from kredit_shared.contracts import (
 )
 from kredit_shared.currencies import NoExchangeRate
 from kredit_shared.exchange_rates import load_rates
-from kredit_shared.service import Transaction
+from kredit_shared.service import UnitOfWork
 
 # --- messages --------------------------------------------------------------------------------
 
 
-async def record_customer_transactions(tx: Transaction, events: list[CustomerTransactionPosted]) -> None:
+async def record_customer_transactions(uow: UnitOfWork, events: list[CustomerTransactionPosted]) -> None:
     # A voucher is posted once; the same voucher again (a producer's re-post) is ignored.
-    await tables.add_transactions(tx.session, [CustomerTransaction.from_event(e) for e in events])
+    await tables.add_transactions(uow.session, [CustomerTransaction.from_event(e) for e in events])
 
 
-async def record_settlements(tx: Transaction, events: list[OpenItemsSettled]) -> None:
-    await tables.add_settlement_deltas(tx.session, [d for event in events for d in settlement_deltas(event)])
+async def record_settlements(uow: UnitOfWork, events: list[OpenItemsSettled]) -> None:
+    await tables.add_settlement_deltas(uow.session, [d for event in events for d in settlement_deltas(event)])
 
 
-async def record_journal_events(tx: Transaction, events: list[JournalEvent]) -> None:
+async def record_journal_events(uow: UnitOfWork, events: list[JournalEvent]) -> None:
     """Move the write-off requests the journal events are about, in event order; other journals are not ours."""
-    requests = await tables.lock_write_offs(tx.session, [e.request_id for e in events if e.request_id])
+    requests = await tables.lock_write_offs(uow.session, [e.request_id for e in events if e.request_id])
     for event in events:
         request = requests.get(event.request_id or "")
         if isinstance(event, JournalPosted) and (problem := _not_as_requested(event, request)):
             # Defence in depth (issue 14): only collections requests journals that move customer balances,
             # so a posting it cannot match to its request is reported, never applied.
-            tx.reject(GL_JOURNAL_EVENTS, event, f"journal {event.batch_number} was posted, but {problem}")
+            uow.reject(GL_JOURNAL_EVENTS, event, f"journal {event.batch_number} was posted, but {problem}")
             continue
         if request is None:
             continue  # a journal that is not one of our write-offs
         if isinstance(event, JournalPosted) and event.posted_by and request.posted_by is None:
             request.posted_by = event.posted_by
-        await tables.save_progress(tx.session, request, request.progress.after(event))
+        await tables.save_progress(uow.session, request, request.progress.after(event))
 
 
 def _not_as_requested(event: JournalPosted, request: tables.WriteOffRequestRow | None) -> str | None:
@@ -84,7 +84,7 @@ def _not_as_requested(event: JournalPosted, request: tables.WriteOffRequestRow |
 
 
 async def request_write_off(
-    tx: Transaction,
+    uow: UnitOfWork,
     setup: CompanySetup,
     customer_account: str,
     *,
@@ -97,14 +97,14 @@ async def request_write_off(
 ) -> str:
     """Propose the write-off journal to ledger-posting; returns the write-off id (the request id).
     `requested_by` (the caller's token subject) travels with the journal request (four-eyes)."""
-    settings = WriteOffSettings.from_setup(setup, await write_off_parameters(tx.session, setup))
+    settings = WriteOffSettings.from_setup(setup, await write_off_parameters(uow.session, setup))
     on = on or date.today()
     items = select_for_write_off(
         customer_account,
-        await balances(tx.session, customer_account),
+        await balances(uow.session, customer_account),
         vouchers=vouchers,
         invoice_id=invoice_id,
-        pending_vouchers=await tables.claimed_vouchers(tx.session, customer_account),
+        pending_vouchers=await tables.claimed_vouchers(uow.session, customer_account),
     )
     request_id = str(uuid.uuid4())
     try:
@@ -115,20 +115,20 @@ async def request_write_off(
             transaction_date=on,
             reason_code=reason_code,
             reason_comment=reason_comment,
-            exchange=await _write_off_exchange(tx.session, setup, customer_account, items, on),
+            exchange=await _write_off_exchange(uow.session, setup, customer_account, items, on),
         ).model_copy(update={"requested_by": requested_by})
     except NoWriteOffRate as e:
         # Not the caller's mistake but the setup's: the request is kept, rejected with the reason (its status).
         tables.add_rejected_write_off(
-            tx.session, request_id, settings.journal_name, customer_account, items, on, str(e), requested_by
+            uow.session, request_id, settings.journal_name, customer_account, items, on, str(e), requested_by
         )
         return request_id
-    tables.add_write_off(tx.session, journal, customer_account, items)
+    tables.add_write_off(uow.session, journal, customer_account, items)
     try:
-        await tx.session.flush()
+        await uow.session.flush()
     except IntegrityError:
         raise WriteOffConflict("another write-off of the same vouchers was requested at the same time") from None
-    tx.emit(journal)
+    uow.emit(journal)
     return journal.request_id
 
 
@@ -148,16 +148,16 @@ async def _write_off_exchange(
     return write_off_exchange(setup, currency, rate, on)
 
 
-async def cancel_write_off(tx: Transaction, write_off_id: str, reason: str | None) -> tables.WriteOffRequestRow | None:
+async def cancel_write_off(uow: UnitOfWork, write_off_id: str, reason: str | None) -> tables.WriteOffRequestRow | None:
     """Ask ledger-posting to void the write-off's journal; None if there is no such write-off.
 
     Its vouchers stay claimed until the JournalVoided comes back: the journal may be posted first."""
-    if (request := await tables.lock_write_off(tx.session, write_off_id)) is None:
+    if (request := await tables.lock_write_off(uow.session, write_off_id)) is None:
         return None
     progress = request.progress.cancel(reason)
     if progress != request.progress:
-        await tables.save_progress(tx.session, request, progress)
-        tx.emit(
+        await tables.save_progress(uow.session, request, progress)
+        uow.emit(
             GeneralJournalCancelRequested(
                 message_type="GeneralJournalCancelRequested",
                 request_id=request.id,
@@ -169,16 +169,16 @@ async def cancel_write_off(tx: Transaction, write_off_id: str, reason: str | Non
 
 
 async def change_write_off_parameters(
-    tx: Transaction, setup: CompanySetup, parameters: WriteOffParameters
+    uow: UnitOfWork, setup: CompanySetup, parameters: WriteOffParameters
 ) -> WriteOffParameters:
     WriteOffSettings.from_setup(setup, parameters)  # refuses a journal name or reason code the setup lacks
-    row = await tables.load_write_off_parameters(tx.session, setup.write_off)
+    row = await tables.load_write_off_parameters(uow.session, setup.write_off)
     row.journal_name, row.reason_code, row.separate_sales_tax = (
         parameters.journal_name,
         parameters.reason_code,
         parameters.separate_sales_tax,
     )
-    tx.session.add(row)
+    uow.session.add(row)
     return parameters
 
 

@@ -145,8 +145,8 @@ async def sign_in(request: Request, runtime: RuntimeDep, audit: AuditDep) -> Res
     except HTTPException as e:
         return _sign_in_page(request, next_path, str(e.detail), e.status_code)
     auth.context(request)["principal"] = principal
-    async with runtime.transaction() as tx:
-        audit.record(tx.session, "signed in to the workspace", 303)
+    async with runtime.unit_of_work() as uow:
+        audit.record(uow.session, "signed in to the workspace", 303)
     response = RedirectResponse(_local_path(next_path), status_code=303)
     response.set_cookie(
         auth.SESSION_COOKIE,
@@ -435,9 +435,9 @@ async def write_off_from_page(
         on = dt.date.fromisoformat(first["date"]) if first.get("date") else None
         if scope == "marked" and not vouchers:
             raise WriteOffError("tick at least one open transaction to write off the marked transactions")
-        async with runtime.transaction() as tx:
+        async with runtime.unit_of_work() as uow:
             write_off_id = await handlers.request_write_off(
-                tx,
+                uow,
                 setup,
                 account,
                 vouchers=vouchers,
@@ -448,7 +448,7 @@ async def write_off_from_page(
                 requested_by=principal.subject,
             )
             audit.record(
-                tx.session,
+                uow.session,
                 "write-off requested",
                 303,
                 write_off_id=write_off_id,
@@ -582,8 +582,8 @@ async def post_journal(
         if answer.status == 403:
             auth.context(request)["refusal"] = answer.error  # the audit trail records the refusal
         return await _write_off_page(request, runtime, write_off_id, answer.error, answer.status)
-    async with runtime.transaction() as tx:
-        audit.record(tx.session, "journal posted", 303, write_off_id=write_off_id, batch=row.journal_batch_number)
+    async with runtime.unit_of_work() as uow:
+        audit.record(uow.session, "journal posted", 303, write_off_id=write_off_id, batch=row.journal_batch_number)
     return RedirectResponse(f"/write-offs/{write_off_id}", status_code=303)
 
 
@@ -591,10 +591,10 @@ async def post_journal(
 async def cancel_from_page(request: Request, write_off_id: str, runtime: RuntimeDep, audit: AuditDep) -> Response:
     reason = {k: v[0] for k, v in (await _form(request)).items() if v}.get("reason") or None
     try:
-        async with runtime.transaction() as tx:
-            row = await handlers.cancel_write_off(tx, write_off_id, reason)
+        async with runtime.unit_of_work() as uow:
+            row = await handlers.cancel_write_off(uow, write_off_id, reason)
             if row is not None:
-                audit.record(tx.session, "write-off cancel requested", 303, write_off_id=write_off_id)
+                audit.record(uow.session, "write-off cancel requested", 303, write_off_id=write_off_id)
     except WriteOffError as e:
         return await _write_off_page(request, runtime, write_off_id, str(e), 409)
     if row is None:

@@ -95,7 +95,7 @@ async def status(db: HandlerDatabase, write_off_id: str) -> tuple[str, str | Non
 
 
 async def write_off(db: HandlerDatabase, **selection) -> tuple[str, GeneralJournalRequested]:
-    handled = await db.handle(lambda tx: handlers.request_write_off(tx, DEMO, CAVE, on=date(2016, 3, 1), **selection))
+    handled = await db.handle(lambda uow: handlers.request_write_off(uow, DEMO, CAVE, on=date(2016, 3, 1), **selection))
     [journal] = handled.on(GL_GENERAL_JOURNALS)
     assert journal.key == handled.result
     return handled.result, GeneralJournalRequested.model_validate_json(journal.value)
@@ -126,21 +126,21 @@ async def test_a_write_off_goes_from_requested_to_posted_and_its_vouchers_cannot
     assert lines == [("Customer", CAVE, "0.00", "1245.67"), ("Ledger", "618900", "1245.67", "0.00")]
     assert await status(db, write_off_id) == ("requested", None, None)
     with pytest.raises(WriteOffConflict, match="CIV-1"):
-        await db.handle(lambda tx: handlers.request_write_off(tx, DEMO, CAVE, invoice_id="1"))
+        await db.handle(lambda uow: handlers.request_write_off(uow, DEMO, CAVE, invoice_id="1"))
 
     await journal_events(db, JournalCreated(request_id=write_off_id, journal_name="WriteOff", batch_number="WOJ-1"))
     assert await status(db, write_off_id) == ("journal-created", "WOJ-1", None)
     await journal_events(db, posted(journal, "WOJ-1"))
     assert await status(db, write_off_id) == ("posted", "WOJ-1", None)
     with pytest.raises(NotCancellable, match="already posted"):
-        await db.handle(lambda tx: handlers.cancel_write_off(tx, write_off_id, None))
+        await db.handle(lambda uow: handlers.cancel_write_off(uow, write_off_id, None))
 
 
 async def test_a_selection_that_is_not_open_or_not_the_customers_is_refused_and_emits_nothing(db):
     await record(db, transaction("CIV-1", "Invoice", "100.00"))
     for selection, error in (({"vouchers": ["CIV-9"]}, "CIV-9"), ({"invoice_id": "9"}, "invoice '9'")):
         with pytest.raises(InvalidSelection, match=error):
-            await db.handle(lambda tx, selection=selection: handlers.request_write_off(tx, DEMO, CAVE, **selection))
+            await db.handle(lambda uow, selection=selection: handlers.request_write_off(uow, DEMO, CAVE, **selection))
     assert await db.emitted() == []
 
 
@@ -148,15 +148,15 @@ async def test_a_cancel_asks_once_and_frees_the_vouchers_when_the_journal_is_voi
     await record(db, transaction("CIV-1", "Invoice", "100.00", invoice_id="1"))
     first, _ = await write_off(db, invoice_id="1")
 
-    asked = await db.handle(lambda tx: handlers.cancel_write_off(tx, first, "wrong customer"))
-    again = await db.handle(lambda tx: handlers.cancel_write_off(tx, first, "wrong customer"))
+    asked = await db.handle(lambda uow: handlers.cancel_write_off(uow, first, "wrong customer"))
+    again = await db.handle(lambda uow: handlers.cancel_write_off(uow, first, "wrong customer"))
 
     [cancel] = asked.on(GL_GENERAL_JOURNALS)
     assert (cancel.key, cancel.json()["reason"]) == (first, "wrong customer")
     assert again.emitted == [], "asking again sends nothing"
     assert await status(db, first) == ("cancelling", None, "wrong customer")
     with pytest.raises(WriteOffConflict):  # the journal may still be posted before the cancel arrives
-        await db.handle(lambda tx: handlers.request_write_off(tx, DEMO, CAVE, invoice_id="1"))
+        await db.handle(lambda uow: handlers.request_write_off(uow, DEMO, CAVE, invoice_id="1"))
 
     await journal_events(db, JournalVoided(request_id=first, journal_name="WriteOff", batch_number="WOJ-1"))
     assert (await status(db, first))[0] == "cancelled"
@@ -167,7 +167,7 @@ async def test_a_cancel_asks_once_and_frees_the_vouchers_when_the_journal_is_voi
 async def test_a_cancel_refused_because_the_journal_was_posted_ends_posted_with_the_reason(db):
     await record(db, transaction("CIV-1", "Invoice", "100.00", invoice_id="1"))
     raced, journal = await write_off(db, invoice_id="1")
-    await db.handle(lambda tx: handlers.cancel_write_off(tx, raced, None))
+    await db.handle(lambda uow: handlers.cancel_write_off(uow, raced, None))
 
     reason = "journal WOJ-1 is already posted; it cannot be cancelled"
     await journal_events(

@@ -172,8 +172,8 @@ async def test_customer_page_shows_balances_transactions_and_refusals_as_text(st
 async def test_ten_thousand_customers_page_search_sort_and_total(start_collections):
     """The page's answers at a realistic size (its speed is a benchmark figure, not a timed test)."""
     async with start_collections() as svc:
-        async with svc.runtime.transaction() as tx:
-            tx.session.add_all(
+        async with svc.runtime.unit_of_work() as uow:
+            uow.session.add_all(
                 tables.CustomerTransactionRow(
                     voucher=f"V-{n}",
                     transaction_type="Invoice",

@@ -59,7 +59,7 @@ WITH_TAX = WriteOffSettings.from_setup(
 D = Decimal
 
 
-def tx(
+def uow(
     voucher: str,
     amount: str,
     *,
@@ -114,10 +114,10 @@ def is_open(*pairs: tuple[CustomerTransaction, str]) -> list[TransactionBalance]
 
 # --- read model: spec 003, FTI-10020 paid 297.00 + 3.00 discount, then 700.00 -------------------
 
-FTI = tx("FTI-10020", "1000.00", due=date(2015, 7, 25), invoice_id="10020")
-ARP1 = tx("ARP-10020", "-297.00", type="Payment", on=date(2015, 7, 1))
-DISC = tx("DISC-10020", "-3.00", type="CashDiscount", on=date(2015, 7, 1))
-ARP2 = tx("ARP-10021", "-700.00", type="Payment", on=date(2015, 7, 11))
+FTI = uow("FTI-10020", "1000.00", due=date(2015, 7, 25), invoice_id="10020")
+ARP1 = uow("ARP-10020", "-297.00", type="Payment", on=date(2015, 7, 1))
+DISC = uow("DISC-10020", "-3.00", type="CashDiscount", on=date(2015, 7, 1))
+ARP2 = uow("ARP-10021", "-700.00", type="Payment", on=date(2015, 7, 11))
 SOURCE_TXS = [FTI, ARP1, DISC, ARP2]
 PARTIAL = settled("S1", "FTI-10020", "ARP-10020", "297.00", date(2015, 7, 1), "3.00", "DISC-10020")
 FINAL = settled("S2", "FTI-10020", "ARP-10021", "700.00", date(2015, 7, 11))
@@ -155,7 +155,7 @@ def test_a_written_off_difference_moves_the_debit_beyond_cash_and_discount():
 
 def test_a_reversal_is_the_settlement_with_every_amount_negated():
     reversal = settled("S1:R", "FTI-10020", "ARP-10020", "-297.00", date(2015, 7, 1), "-3.00", "REV-DISC-10020")
-    txs = [*SOURCE_TXS[:3], tx("REV-DISC-10020", "3.00", type="CashDiscount", on=date(2015, 7, 1))]
+    txs = [*SOURCE_TXS[:3], uow("REV-DISC-10020", "3.00", type="CashDiscount", on=date(2015, 7, 1))]
     rows = {
         r.voucher: r.balance
         for r in transaction_balances(txs, [*settlement_deltas(PARTIAL), *settlement_deltas(reversal)])
@@ -245,15 +245,15 @@ AS_OF = date(2015, 12, 31)
     ],
 )
 def test_an_invoice_ages_into_the_bucket_of_its_days_past_due(days, bucket):
-    invoice = tx("FTI-1", "100.00", on=AS_OF - timedelta(days=days + 30), due=AS_OF - timedelta(days=days))
+    invoice = uow("FTI-1", "100.00", on=AS_OF - timedelta(days=days + 30), due=AS_OF - timedelta(days=days))
     [row] = age_balances([invoice], [], AS_OF, SETUP.aging_buckets)
     assert row.balance == D("100.00")
     assert row.buckets == {b.label: D("100.00") if b.label == bucket else D("0") for b in SETUP.aging_buckets}
 
 
 def test_credits_without_due_date_age_by_transaction_date_as_negative_amounts():
-    invoice = tx("FTI-1", "500.00", on=date(2015, 10, 1), due=date(2015, 10, 31))  # 61 days past due
-    payment = tx("ARP-1", "-200.00", type="Payment", on=date(2015, 12, 1))  # 30 days old
+    invoice = uow("FTI-1", "500.00", on=date(2015, 10, 1), due=date(2015, 10, 31))  # 61 days past due
+    payment = uow("ARP-1", "-200.00", type="Payment", on=date(2015, 12, 1))  # 30 days old
     [row] = age_balances([invoice, payment], [], AS_OF, SETUP.aging_buckets)
     assert row.balance == D("300.00")
     assert row.buckets["61-90"] == D("500.00") and row.buckets["1-30"] == D("-200.00")
@@ -275,9 +275,9 @@ def test_settlements_after_the_as_of_date_do_not_reduce_the_balance():
 
 
 def test_customers_with_nothing_open_drop_out_but_offsetting_buckets_stay():
-    old = tx("FTI-1", "100.00", account="A", on=date(2015, 1, 1), due=date(2015, 1, 31))
-    credit = tx("CN-1", "-100.00", type="CreditNote", account="A", on=AS_OF)
-    settled_one = tx("FTI-2", "50.00", account="B", on=AS_OF)
+    old = uow("FTI-1", "100.00", account="A", on=date(2015, 1, 1), due=date(2015, 1, 31))
+    credit = uow("CN-1", "-100.00", type="CreditNote", account="A", on=AS_OF)
+    settled_one = uow("FTI-2", "50.00", account="B", on=AS_OF)
     deltas = settlement_deltas(settled("S", "FTI-2", "X", "50.00", AS_OF))
     [row] = age_balances([old, credit, settled_one], deltas, AS_OF, SETUP.aging_buckets)
     assert (row.customer_account, row.balance, row.buckets["91+"], row.buckets["Current"]) == (
@@ -290,7 +290,7 @@ def test_customers_with_nothing_open_drop_out_but_offsetting_buckets_stay():
 
 def test_each_currency_of_a_customer_ages_in_its_own_row():
     rows = age_balances(
-        [tx("FTI-1", "10.00", on=AS_OF, name="Birch company"), tx("FTI-2", "20.00", on=AS_OF, currency="EUR")],
+        [uow("FTI-1", "10.00", on=AS_OF, name="Birch company"), uow("FTI-2", "20.00", on=AS_OF, currency="EUR")],
         [],
         AS_OF,
         SETUP.aging_buckets,
@@ -307,12 +307,12 @@ def test_each_currency_of_a_customer_ages_in_its_own_row():
 CAVE = "US-004"
 CAVE_TXS = transaction_balances(
     [
-        tx("CIV-000101", "1200.00", account=CAVE, invoice_id="000101", name="Cave Wholesales", due=date(2016, 1, 31)),
-        tx("CIV-000102", "345.67", account=CAVE, invoice_id="000102", due=date(2016, 2, 29)),
-        tx("CCN-000007", "-100.00", type="CreditNote", account=CAVE, invoice_id="000007"),
-        tx("ARP-000050", "-200.00", type="Payment", account=CAVE),
-        tx("CIV-000100", "80.00", account=CAVE, invoice_id="000100"),
-        tx("CIV-000200", "99.00", account="US-001"),
+        uow("CIV-000101", "1200.00", account=CAVE, invoice_id="000101", name="Cave Wholesales", due=date(2016, 1, 31)),
+        uow("CIV-000102", "345.67", account=CAVE, invoice_id="000102", due=date(2016, 2, 29)),
+        uow("CCN-000007", "-100.00", type="CreditNote", account=CAVE, invoice_id="000007"),
+        uow("ARP-000050", "-200.00", type="Payment", account=CAVE),
+        uow("CIV-000100", "80.00", account=CAVE, invoice_id="000100"),
+        uow("CIV-000200", "99.00", account="US-001"),
     ],
     settlement_deltas(settled("S9", "CIV-000100", "ARP-000050", "80.00", date(2016, 1, 5))),
 )
@@ -368,7 +368,7 @@ def test_a_customer_with_nothing_open_has_nothing_to_write_off():
 
 
 def test_a_write_off_cannot_mix_currencies():
-    balances = transaction_balances([tx("A", "1.00"), tx("B", "2.00", currency="EUR")], [])
+    balances = transaction_balances([uow("A", "1.00"), uow("B", "2.00", currency="EUR")], [])
     with pytest.raises(MixedCurrencies, match="EUR, USD"):
         select_for_write_off("4027", balances)
 
@@ -421,7 +421,9 @@ def test_spec_000_two_selected_transactions_of_cave_wholesales_with_comment_bad_
 
 
 def test_issue_18_two_invoices_of_120_and_80_give_one_customer_line_of_200_and_one_write_off_line():
-    items = is_open((tx("FTI-1", "120.00", invoice_id="1"), "120.00"), (tx("FTI-2", "80.00", invoice_id="2"), "80.00"))
+    items = is_open(
+        (uow("FTI-1", "120.00", invoice_id="1"), "120.00"), (uow("FTI-2", "80.00", invoice_id="2"), "80.00")
+    )
     journal = write_off(items)
     assert rows(journal) == [("Customer", "4027", D(0), D("200.00")), ("Ledger", "618900", D("200.00"), D(0))]
     assert [(s.voucher, s.amount) for s in journal.lines[0].settles] == [("FTI-1", D("120.00")), ("FTI-2", D("80.00"))]
@@ -455,14 +457,14 @@ def test_the_whole_balance_reverses_the_net_of_debit_and_credit_items_in_one_cus
 
 def test_an_open_credit_balance_is_reversed_with_a_debit():
     # [defaults]: "If the total of the amounts is a credit, a debit is created."
-    journal = write_off(is_open((tx("ARP-1", "-40.00", type="Payment"), "-40.00")))
+    journal = write_off(is_open((uow("ARP-1", "-40.00", type="Payment"), "-40.00")))
     assert rows(journal) == [("Customer", "4027", D("40.00"), D(0)), ("Ledger", "618900", D(0), D("40.00"))]
     assert journal.lines[0].text == "Write-off ARP-1"
 
 
 def test_a_net_zero_write_off_settles_item_by_item_because_zero_lines_are_refused():
     journal = write_off(
-        is_open((tx("FTI-1", "100.00"), "100.00"), (tx("CN-1", "-100.00", type="CreditNote"), "-100.00"))
+        is_open((uow("FTI-1", "100.00"), "100.00"), (uow("CN-1", "-100.00", type="CreditNote"), "-100.00"))
     )
     assert rows(journal) == [
         ("Customer", "4027", D(0), D("100.00")),
@@ -476,7 +478,7 @@ def test_a_net_zero_write_off_settles_item_by_item_because_zero_lines_are_refuse
 
 def test_separate_sales_tax_posts_one_tax_line_for_all_items():
     # 1,100.00 incl. 100.00 tax and 220.00 incl. 20.00 tax, both open in full: one line per ledger account.
-    items = is_open((tx("FTI-1", "1100.00", tax="100.00"), "1100.00"), (tx("FTI-2", "220.00", tax="20.00"), "220.00"))
+    items = is_open((uow("FTI-1", "1100.00", tax="100.00"), "1100.00"), (uow("FTI-2", "220.00", tax="20.00"), "220.00"))
     assert rows(write_off(items, WITH_TAX)) == [
         ("Customer", "4027", D(0), D("1320.00")),
         ("Ledger", "618900", D("1200.00"), D(0)),
@@ -486,14 +488,14 @@ def test_separate_sales_tax_posts_one_tax_line_for_all_items():
 
 def test_without_separate_sales_tax_the_write_off_line_includes_the_tax():
     # [defaults]: "If the Separate sales tax check box ... is not selected, the amount includes sales tax."
-    journal = write_off(is_open((tx("FTI-1", "1100.00", tax="100.00"), "1100.00")))
+    journal = write_off(is_open((uow("FTI-1", "1100.00", tax="100.00"), "1100.00")))
     assert rows(journal) == [("Customer", "4027", D(0), D("1100.00")), ("Ledger", "618900", D("1100.00"), D(0))]
 
 
 def test_separate_sales_tax_reverses_the_tax_share_of_what_is_still_open():
     # [concepts]/[defaults]: a third line type, for sales tax, only with Separate sales tax.
     # 1,100.00 incl. 100.00 tax, 333.33 paid: 766.67 × 100 / 1100 = 69.697 -> 69.70 tax, 696.97 net.
-    journal = write_off(is_open((tx("FTI-1", "1100.00", tax="100.00"), "766.67")), WITH_TAX)
+    journal = write_off(is_open((uow("FTI-1", "1100.00", tax="100.00"), "766.67")), WITH_TAX)
     assert rows(journal) == [
         ("Customer", "4027", D(0), D("766.67")),
         ("Ledger", "618900", D("696.97"), D(0)),
@@ -503,12 +505,12 @@ def test_separate_sales_tax_reverses_the_tax_share_of_what_is_still_open():
 
 def test_the_rounding_difference_of_the_tax_share_lands_on_the_write_off_line():
     # 0.05 × 1 / 3 = 0.0167 -> 0.02 tax; the write-off line takes 0.03 so the voucher balances.
-    journal = write_off(is_open((tx("FTI-1", "3.00", tax="1.00"), "0.05")), WITH_TAX)
+    journal = write_off(is_open((uow("FTI-1", "3.00", tax="1.00"), "0.05")), WITH_TAX)
     assert rows(journal)[1:] == [("Ledger", "618900", D("0.03"), D(0)), ("Ledger", "222200", D("0.02"), D(0))]
 
 
 def test_a_credit_note_gives_back_its_tax_share_on_the_debit_side():
-    journal = write_off(is_open((tx("CN-1", "-110.00", type="CreditNote", tax="-10.00"), "-110.00")), WITH_TAX)
+    journal = write_off(is_open((uow("CN-1", "-110.00", type="CreditNote", tax="-10.00"), "-110.00")), WITH_TAX)
     assert rows(journal) == [
         ("Customer", "4027", D("110.00"), D(0)),
         ("Ledger", "618900", D(0), D("100.00")),
@@ -520,11 +522,11 @@ def test_build_guards_what_selection_guards():
     with pytest.raises(NothingToWriteOff):
         write_off([])
     with pytest.raises(MixedCurrencies):
-        write_off(is_open((tx("A", "1.00"), "1.00"), (tx("B", "1.00", currency="EUR"), "1.00")))
+        write_off(is_open((uow("A", "1.00"), "1.00"), (uow("B", "1.00", currency="EUR"), "1.00")))
     with pytest.raises(InvalidSelection, match="one customer"):
-        write_off(is_open((tx("A", "1.00"), "1.00"), (tx("B", "1.00", account="X"), "1.00")))
+        write_off(is_open((uow("A", "1.00"), "1.00"), (uow("B", "1.00", account="X"), "1.00")))
     with pytest.raises(InvalidSelection, match="not open"):
-        write_off(is_open((tx("A", "1.00"), "0.00")))
+        write_off(is_open((uow("A", "1.00"), "0.00")))
 
 
 cents = st.integers(-(10**8), 10**8).filter(bool).map(lambda c: D(c) / 100)
@@ -538,7 +540,7 @@ def open_items(draw) -> list[TransactionBalance]:
         sign = 1 if amount > 0 else -1
         balance = sign * draw(st.integers(1, int(abs(amount) * 100))) * D("0.01")
         tax = sign * draw(st.integers(0, int(abs(amount) * 100))) * D("0.01")
-        items.append(TransactionBalance(tx(f"V{n}", str(amount), tax=str(tax)), balance))
+        items.append(TransactionBalance(uow(f"V{n}", str(amount), tax=str(tax)), balance))
     return items
 
 

@@ -7,17 +7,17 @@ from kredit_invoicing.domain import InvoiceRejected, ensure_same_invoice, post_i
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued
 from kredit_shared.exchange_rates import load_rates
-from kredit_shared.service import Transaction
+from kredit_shared.service import UnitOfWork
 
 
-async def issue_invoices(tx: Transaction, messages: list[CustomerInvoiceIssued], setup: CompanySetup) -> None:
+async def issue_invoices(uow: UnitOfWork, messages: list[CustomerInvoiceIssued], setup: CompanySetup) -> None:
     """Post a fetch of invoices at once and emit each one's customer transaction and ledger voucher.
 
     The ERP may send an invoice again under a new message_id: the same content is a no-op,
     different content goes to the dead-letter topic (a posted invoice is corrected with a credit note),
     as does an invoice that cannot be posted; the others post."""
-    fingerprints = await tables.posted_fingerprints(tx.session, (m.invoice_id for m in messages))
-    rates = await load_rates(tx.session, setup)  # for invoices in a foreign currency that state no rate
+    fingerprints = await tables.posted_fingerprints(uow.session, (m.invoice_id for m in messages))
+    rates = await load_rates(uow.session, setup)  # for invoices in a foreign currency that state no rate
     posted = []
     for message in messages:
         try:
@@ -26,11 +26,11 @@ async def issue_invoices(tx: Transaction, messages: list[CustomerInvoiceIssued],
                 continue
             invoice = post_invoice(message, setup, rates)
         except InvoiceRejected as e:
-            tx.reject(ERP_CUSTOMER_INVOICES, message, e.reason)
+            uow.reject(ERP_CUSTOMER_INVOICES, message, e.reason)
             continue
         fingerprints[message.invoice_id] = invoice.fingerprint  # a later copy in this batch is a no-op
         posted.append((message, invoice))
-    await tables.add_invoices(tx.session, posted)
+    await tables.add_invoices(uow.session, posted)
     for _, invoice in posted:
         for output in invoice.messages:
-            tx.emit(output)
+            uow.emit(output)

@@ -45,7 +45,7 @@ def invoice(invoice_id: str = "10020", **changes) -> CustomerInvoiceIssued:
 
 
 async def issue(db: HandlerDatabase, *messages: CustomerInvoiceIssued):
-    return await db.deliver(ERP_CUSTOMER_INVOICES, messages, lambda tx, fresh: issue_invoices(tx, fresh, DEMO))
+    return await db.deliver(ERP_CUSTOMER_INVOICES, messages, lambda uow, fresh: issue_invoices(uow, fresh, DEMO))
 
 
 async def test_an_invoice_is_stored_and_emits_its_customer_transaction_and_a_balanced_voucher(db):

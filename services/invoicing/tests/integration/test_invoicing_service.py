@@ -315,11 +315,11 @@ async def test_of_two_replicas_posting_one_invoice_at_once_the_second_fails_and_
         return found
 
     async def replica() -> None:
-        async with runtime.transaction() as tx:
-            await issue_invoices(tx, [message], DEMO)
+        async with runtime.unit_of_work() as uow:
+            await issue_invoices(uow, [message], DEMO)
 
     try:
-        async with runtime.transaction() as first:
+        async with runtime.unit_of_work() as first:
             await issue_invoices(first, [message], DEMO)
             monkeypatch.setattr(tables, "posted_fingerprints", posted_fingerprints)
             second = asyncio.create_task(replica())  # finds no invoice yet; its insert waits for our commit

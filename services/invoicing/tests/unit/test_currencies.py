@@ -69,8 +69,8 @@ def test_the_worked_example_eur_1000_at_1_10_books_1100_usd_keeping_the_eur_amou
         ("130100", "1100.00", "0.00", "EUR", "1000.00"),
         ("401100", "0.00", "1100.00", "EUR", "-1000.00"),
     ]
-    tx = posted.transaction
-    assert (tx.amount, tx.currency, tx.exchange_rate, tx.accounting_currency_amount) == (
+    uow = posted.transaction
+    assert (uow.amount, uow.currency, uow.exchange_rate, uow.accounting_currency_amount) == (
         Decimal("1000.00"),
         "EUR",
         Decimal("1.10"),
@@ -84,7 +84,7 @@ def test_the_worked_example_eur_1000_at_1_10_books_1100_usd_keeping_the_eur_amou
     # The discount is in the transaction currency; due dates do not depend on the currency.
     assert [(t.date, t.amount) for t in posted.cash_discounts] == [(date(2015, 7, 5), Decimal("20.00"))]
     assert posted.due_date == date(2015, 7, 25)
-    wire = tx.model_dump(mode="json")
+    wire = uow.model_dump(mode="json")
     assert (wire["exchange_rate"], wire["accounting_currency_amount"]) == ("1.10", "1100.00")
     assert posted.ledger_voucher.model_dump(mode="json")["lines"][1]["transaction_currency_amount"] == "-1000.00"
 

@@ -85,20 +85,20 @@ def test_invoice_10020_of_the_source_is_due_in_30_days_with_1_percent_until_day_
 
 
 def test_the_transaction_carries_what_settlement_and_collections_need():
-    tx = post_invoice(invoice(), DEMO).transaction
+    uow = post_invoice(invoice(), DEMO).transaction
 
-    assert isinstance(tx, CustomerTransactionPosted)
-    assert (tx.voucher, tx.transaction_type, tx.invoice_id, tx.customer_account) == (
+    assert isinstance(uow, CustomerTransactionPosted)
+    assert (uow.voucher, uow.transaction_type, uow.invoice_id, uow.customer_account) == (
         "FTI-10020",
         "Invoice",
         "10020",
         "4027",
     )
-    assert tx.customer_name == "Fabrikam customer 4027"
-    assert (tx.transaction_date, tx.due_date) == (date(2015, 6, 25), date(2015, 7, 25))
-    assert (tx.amount, tx.currency, tx.sales_tax_amount) == (Decimal("1000.00"), "USD", Decimal("0.00"))
-    assert tx.cash_discounts == [CashDiscountTier(percent="1.00", date="2015-07-09", amount="10.00")]
-    assert tx.cash_discount_account == "520100"
+    assert uow.customer_name == "Fabrikam customer 4027"
+    assert (uow.transaction_date, uow.due_date) == (date(2015, 6, 25), date(2015, 7, 25))
+    assert (uow.amount, uow.currency, uow.sales_tax_amount) == (Decimal("1000.00"), "USD", Decimal("0.00"))
+    assert uow.cash_discounts == [CashDiscountTier(percent="1.00", date="2015-07-09", amount="10.00")]
+    assert uow.cash_discount_account == "520100"
 
 
 def test_the_ledger_voucher_is_posted_on_the_invoice_date_with_the_customer_on_the_receivable_line():

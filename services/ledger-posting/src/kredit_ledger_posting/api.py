@@ -189,12 +189,12 @@ async def post_journal(
     write-off may not post it (403): another accountant does."""
     refused: dict[type[Exception], int] = {domain.FourEyesViolation: 403, domain.JournalNotPostable: 409}
     with refusals_as_problems(tuple(refused), refused):
-        async with runtime.transaction() as tx:
-            row = await handlers.post_general_journal(tx, batch_number, setup, posted_by=principal.subject)
+        async with runtime.unit_of_work() as uow:
+            row = await handlers.post_general_journal(uow, batch_number, setup, posted_by=principal.subject)
             if row is None:
                 raise HTTPException(404, f"no journal with batch number {batch_number!r}")
             audit.record(
-                tx.session,
+                uow.session,
                 "journal posted",
                 batch_number=batch_number,
                 journal_name=row.journal_name,

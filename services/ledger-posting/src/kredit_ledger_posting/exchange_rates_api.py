@@ -82,16 +82,16 @@ async def set_exchange_rate(
         raise HTTPException(422, f"{currency} is the accounting currency: its rate is always 1")
     if (reason := unsupported_reason(currency)) is not None:
         raise HTTPException(422, reason)
-    async with runtime.transaction() as tx:
-        row = await tx.session.get(ExchangeRateRow, (currency, from_date))
+    async with runtime.unit_of_work() as uow:
+        row = await uow.session.get(ExchangeRateRow, (currency, from_date))
         before: Decimal | None = None if row is None else row.rate
         if row is None:
             row = ExchangeRateRow(currency=currency, from_date=from_date, rate=body.rate)
         row.rate, row.set_by = body.rate, principal.subject
-        tx.session.add(row)
-        tx.emit(ExchangeRateSet(currency=currency, from_date=from_date, rate=body.rate, set_by=principal.subject))
+        uow.session.add(row)
+        uow.emit(ExchangeRateSet(currency=currency, from_date=from_date, rate=body.rate, set_by=principal.subject))
         audit.record(
-            tx.session,
+            uow.session,
             "exchange rate set",
             currency=currency,
             from_date=from_date.isoformat(),

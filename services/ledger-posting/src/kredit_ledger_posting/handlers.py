@@ -34,16 +34,16 @@ from kredit_shared.contracts import (
 )
 from kredit_shared.exchange_rates import load_rates
 from kredit_shared.outbox import utcnow
-from kredit_shared.service import Transaction
+from kredit_shared.service import UnitOfWork
 
 
-async def post_vouchers(tx: Transaction, vouchers: list[VoucherPosted], setup: CompanySetup) -> None:
+async def post_vouchers(uow: UnitOfWork, vouchers: list[VoucherPosted], setup: CompanySetup) -> None:
     """Post a fetch of subledger vouchers at once: one lookup for them all, two bulk inserts.
 
     A voucher that must not post goes to the dead-letter topic with its reason; the others post."""
     posted = dict(
         (
-            await tx.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+            await uow.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
                 select(col(PostedVoucherRow.voucher), col(PostedVoucherRow.fingerprint)).where(
                     col(PostedVoucherRow.voucher).in_({v.voucher for v in vouchers})
                 )
@@ -58,7 +58,7 @@ async def post_vouchers(tx: Transaction, vouchers: list[VoucherPosted], setup: C
                 continue
             entries.extend(domain.entries_for_voucher(voucher, setup))
         except domain.InvalidVoucher as e:
-            tx.reject(GL_JOURNAL_LINES, voucher, str(e))
+            uow.reject(GL_JOURNAL_LINES, voucher, str(e))
             continue
         posted[voucher.voucher] = domain.voucher_fingerprint(voucher)  # a later copy in this batch is a no-op
         new_vouchers.append(
@@ -71,60 +71,60 @@ async def post_vouchers(tx: Transaction, vouchers: list[VoucherPosted], setup: C
         )
     if new_vouchers:
         # The primary key turns a racing replica's duplicate into a failed commit and a retry.
-        connection = await tx.session.connection()
+        connection = await uow.session.connection()
         await connection.execute(insert(PostedVoucherRow), new_vouchers)
-        await _insert_entries(tx.session, entries)
+        await _insert_entries(uow.session, entries)
 
 
-async def on_general_journal_message(tx: Transaction, message: GeneralJournalMessage, setup: CompanySetup) -> None:
+async def on_general_journal_message(uow: UnitOfWork, message: GeneralJournalMessage, setup: CompanySetup) -> None:
     if isinstance(message, GeneralJournalCancelRequested):
-        await cancel_general_journal(tx, message)
+        await cancel_general_journal(uow, message)
     else:
-        await open_general_journal(tx, message, setup)
+        await open_general_journal(uow, message, setup)
 
 
-async def open_general_journal(tx: Transaction, request: GeneralJournalRequested, setup: CompanySetup) -> None:
-    if await _journal_of_request(tx.session, request.request_id) is not None:
+async def open_general_journal(uow: UnitOfWork, request: GeneralJournalRequested, setup: CompanySetup) -> None:
+    if await _journal_of_request(uow.session, request.request_id) is not None:
         return
-    rates = await load_rates(tx.session, setup)  # for lines in a foreign currency that state no rate
+    rates = await load_rates(uow.session, setup)  # for lines in a foreign currency that state no rate
     try:
         domain.check_journal_request(request, setup, rates)
     except domain.InvalidJournalRequest as e:
         # The requester is told (so a write-off shows "rejected") and operations see it on the DLQ.
-        tx.emit(JournalRejected(request_id=request.request_id, journal_name=request.journal_name, reason=str(e)))
-        tx.dead_letter(GL_GENERAL_JOURNALS, request, str(e))
+        uow.emit(JournalRejected(request_id=request.request_id, journal_name=request.journal_name, reason=str(e)))
+        uow.dead_letter(GL_GENERAL_JOURNALS, request, str(e))
         return
-    batch = await _next_values(tx.session, request.journal_name, "batch", 1)
-    first_voucher = await _next_values(tx.session, request.journal_name, "voucher", domain.voucher_count(request))
+    batch = await _next_values(uow.session, request.journal_name, "batch", 1)
+    first_voucher = await _next_values(uow.session, request.journal_name, "voucher", domain.voucher_count(request))
     journal = domain.open_journal(request, setup, batch, first_voucher, rates)
     row = JournalRow.from_domain(journal)
-    tx.session.add(row)
-    tx.emit(
+    uow.session.add(row)
+    uow.emit(
         JournalCreated(
             request_id=request.request_id, journal_name=journal.journal_name, batch_number=journal.batch_number
         )
     )
-    if (cancel := await tx.session.get(JournalCancellationRow, request.request_id)) is not None:
+    if (cancel := await uow.session.get(JournalCancellationRow, request.request_id)) is not None:
         _void(
-            tx, row, domain.void_journal(journal), cancel.reason
+            uow, row, domain.void_journal(journal), cancel.reason
         )  # the cancel overtook its request (never with one key, but be safe)
 
 
-async def cancel_general_journal(tx: Transaction, cancel: GeneralJournalCancelRequested) -> None:
+async def cancel_general_journal(uow: UnitOfWork, cancel: GeneralJournalCancelRequested) -> None:
     """Void the request's open journal (JournalVoided), or answer JournalCancelRefused if it is posted.
 
     The cancel is recorded first: if the request has not arrived yet, it is voided as it arrives."""
-    if await tx.session.get(JournalCancellationRow, cancel.request_id) is None:
-        tx.session.add(
+    if await uow.session.get(JournalCancellationRow, cancel.request_id) is None:
+        uow.session.add(
             JournalCancellationRow(request_id=cancel.request_id, journal_name=cancel.journal_name, reason=cancel.reason)
         )
-    row = await _journal_of_request(tx.session, cancel.request_id, for_update=True)
+    row = await _journal_of_request(uow.session, cancel.request_id, for_update=True)
     if row is None or row.status == "voided":
         return  # not here yet, or a cancel sent twice
     try:
         voided = domain.void_journal(row.to_domain())
     except domain.JournalAlreadyPosted as e:
-        tx.emit(
+        uow.emit(
             JournalCancelRefused(
                 request_id=cancel.request_id,
                 journal_name=row.journal_name,
@@ -133,13 +133,13 @@ async def cancel_general_journal(tx: Transaction, cancel: GeneralJournalCancelRe
             )
         )
         return
-    _void(tx, row, voided, cancel.reason)
+    _void(uow, row, voided, cancel.reason)
 
 
-def _void(tx: Transaction, row: JournalRow, voided: domain.Journal, reason: str) -> None:
+def _void(uow: UnitOfWork, row: JournalRow, voided: domain.Journal, reason: str) -> None:
     row.status = voided.status
-    tx.session.add(row)
-    tx.emit(
+    uow.session.add(row)
+    uow.emit(
         JournalVoided(
             request_id=row.request_id, journal_name=row.journal_name, batch_number=row.batch_number, reason=reason
         )
@@ -153,13 +153,13 @@ async def _journal_of_request(session: AsyncSession, request_id: str, for_update
 
 
 async def post_general_journal(
-    tx: Transaction, batch_number: str, setup: CompanySetup, posted_by: str | None = None
+    uow: UnitOfWork, batch_number: str, setup: CompanySetup, posted_by: str | None = None
 ) -> JournalRow | None:
     """Post an open journal; None if there is no such batch, JournalNotPostable if it cannot post,
     FourEyesViolation if `posted_by` requested it (with the setup's four-eyes on)."""
     row = (
         (
-            await tx.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+            await uow.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
                 select(JournalRow).where(col(JournalRow.batch_number) == batch_number).with_for_update()
             )
         )
@@ -169,12 +169,12 @@ async def post_general_journal(
     if row is None:
         return None
     # Its foreign-currency lines carry the rate they were opened at; the rates only matter for a line without.
-    journal, entries = domain.post_journal(row.to_domain(), setup, posted_by, await load_rates(tx.session, setup))
-    await _insert_entries(tx.session, entries)
+    journal, entries = domain.post_journal(row.to_domain(), setup, posted_by, await load_rates(uow.session, setup))
+    await _insert_entries(uow.session, entries)
     row.status, row.posting_date, row.posted_at = journal.status, journal.posting_date, utcnow()
     row.posted_by = journal.posted_by
-    tx.session.add(row)
-    tx.emit(domain.journal_posted_event(journal))
+    uow.session.add(row)
+    uow.emit(domain.journal_posted_event(journal))
     return row
 
 

@@ -75,12 +75,12 @@ def cancel(request_id: str, reason: str = "requested by mistake"):
 
 
 async def post_vouchers(db: HandlerDatabase, *vouchers: VoucherPosted):
-    return await db.deliver(GL_JOURNAL_LINES, vouchers, lambda tx, fresh: handlers.post_vouchers(tx, fresh, DEMO))
+    return await db.deliver(GL_JOURNAL_LINES, vouchers, lambda uow, fresh: handlers.post_vouchers(uow, fresh, DEMO))
 
 
 async def journal_message(db: HandlerDatabase, message):
     return await db.deliver(
-        GL_GENERAL_JOURNALS, [message], lambda tx, fresh: handlers.on_general_journal_message(tx, fresh[0], DEMO)
+        GL_GENERAL_JOURNALS, [message], lambda uow, fresh: handlers.on_general_journal_message(uow, fresh[0], DEMO)
     )
 
 
@@ -147,20 +147,20 @@ async def test_a_write_off_journal_is_kept_open_numbered_and_posted_once_by_anot
     assert await balances(db) == {"130100": "1000.00", "401100": "-1000.00"}, "an open journal posts nothing"
 
     with pytest.raises(domain.FourEyesViolation):
-        await db.handle(lambda tx: handlers.post_general_journal(tx, "WOJ-000001", DEMO, posted_by="ann"))
-    posted = await db.handle(lambda tx: handlers.post_general_journal(tx, "WOJ-000001", DEMO, posted_by="bob"))
+        await db.handle(lambda uow: handlers.post_general_journal(uow, "WOJ-000001", DEMO, posted_by="ann"))
+    posted = await db.handle(lambda uow: handlers.post_general_journal(uow, "WOJ-000001", DEMO, posted_by="bob"))
     assert (posted.result.status, posted.result.posted_by) == ("posted", "bob")
     [event] = posted.on(GL_JOURNAL_EVENTS)
     assert (event.key, event.json()["event_type"]) == ("WOJ-000001", "JournalPosted")
     with pytest.raises(domain.JournalAlreadyPosted):
-        await db.handle(lambda tx: handlers.post_general_journal(tx, "WOJ-000001", DEMO, posted_by="bob"))
-    assert (await db.handle(lambda tx: handlers.post_general_journal(tx, "WOJ-999999", DEMO))).result is None
+        await db.handle(lambda uow: handlers.post_general_journal(uow, "WOJ-000001", DEMO, posted_by="bob"))
+    assert (await db.handle(lambda uow: handlers.post_general_journal(uow, "WOJ-999999", DEMO))).result is None
     assert await balances(db) == {"130100": "300.00", "401100": "-1000.00", "618900": "700.00"}
 
 
 async def test_without_four_eyes_the_requester_may_post_the_write_off(db):
     await journal_message(db, write_off_request("wo-1"))
-    posted = await db.handle(lambda tx: handlers.post_general_journal(tx, "WOJ-000001", NO_FOUR_EYES, "ann"))
+    posted = await db.handle(lambda uow: handlers.post_general_journal(uow, "WOJ-000001", NO_FOUR_EYES, "ann"))
     assert posted.result.posted_by == "ann"
 
 
@@ -178,7 +178,7 @@ async def test_a_request_the_setup_cannot_book_is_answered_rejected_and_dead_let
 async def test_an_unbalanced_journal_opens_but_cannot_post(db):
     await journal_message(db, write_off_request("wo-unbal", debit="699.00"))
     with pytest.raises(domain.UnbalancedJournal, match="debits total 699.00, credits total 700.00"):
-        await db.handle(lambda tx: handlers.post_general_journal(tx, "WOJ-000001", DEMO, "bob"))
+        await db.handle(lambda uow: handlers.post_general_journal(uow, "WOJ-000001", DEMO, "bob"))
     assert await balances(db) == {}
 
 
@@ -194,12 +194,12 @@ async def test_a_cancel_voids_an_open_journal_once_and_a_cancel_that_overtakes_i
     assert events(late) == [("JournalCreated", "wo-3"), ("JournalVoided", "wo-3")]
     assert late.on(GL_JOURNAL_EVENTS)[1].json()["reason"] == "overtaken"
     with pytest.raises(domain.VoidedJournal):
-        await db.handle(lambda tx: handlers.post_general_journal(tx, "WOJ-000001", DEMO, "bob"))
+        await db.handle(lambda uow: handlers.post_general_journal(uow, "WOJ-000001", DEMO, "bob"))
 
 
 async def test_a_cancel_of_a_posted_journal_is_refused_and_it_stays_posted(db):
     await journal_message(db, write_off_request("wo-2"))
-    await db.handle(lambda tx: handlers.post_general_journal(tx, "WOJ-000001", DEMO, "bob"))
+    await db.handle(lambda uow: handlers.post_general_journal(uow, "WOJ-000001", DEMO, "bob"))
 
     refused = await journal_message(db, cancel("wo-2"))
 

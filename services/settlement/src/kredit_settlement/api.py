@@ -346,8 +346,8 @@ class ReleasedOut(BaseModel):
 
 @router.get("/parameters", response_model_exclude_unset=True, dependencies=[require(Role.viewer)])
 async def get_parameters(runtime: RuntimeDep, postings: PostingsDep, include_defaults: bool = False) -> Parameters:
-    async with runtime.transaction() as tx:
-        row = await handlers.get_parameters(postings, tx.session)
+    async with runtime.unit_of_work() as uow:
+        row = await handlers.get_parameters(postings, uow.session)
     return Parameters.of(row, include_defaults)
 
 
@@ -356,12 +356,12 @@ async def put_parameters(body: Parameters, runtime: RuntimeDep, postings: Postin
     """Change the parameters sent; the others keep their values. 422 for unknown fields, or values that
     contradict each other or the setup (a tolerance without an account to post it to)."""
     try:
-        async with runtime.transaction() as tx:
-            before = Parameters.of(await handlers.get_parameters(postings, tx.session), include_defaults=True)
-            row = await handlers.update_parameters(postings, tx.session, body.changes())
+        async with runtime.unit_of_work() as uow:
+            before = Parameters.of(await handlers.get_parameters(postings, uow.session), include_defaults=True)
+            row = await handlers.update_parameters(postings, uow.session, body.changes())
             after = Parameters.of(row, include_defaults=True)
             audit.record(
-                tx.session,
+                uow.session,
                 "settlement parameters changed",
                 before=before.model_dump(mode="json"),
                 after=after.model_dump(mode="json"),
@@ -383,10 +383,10 @@ async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, postings: Pos
     own. A mark names an invoice, interest note or fee, a credit note (its own discount and amount to settle
     shown negative) or an open payment (by its voucher)."""
     try:
-        async with runtime.transaction() as tx:
+        async with runtime.unit_of_work() as uow:
             previews = await handlers.preview_settlement(
                 postings,
-                tx.session,
+                uow.session,
                 body.customer_account,
                 body.payment_date,
                 [m.to_domain() for m in body.marks],
@@ -429,10 +429,10 @@ async def post_settlement(body: SettleIn, runtime: RuntimeDep, postings: Posting
     payment's marks. Emits the customer transactions, OpenItemsSettled and vouchers a payment's settlement does.
     All or nothing: a mark that cannot be settled settles nothing."""
     try:
-        async with runtime.transaction() as tx:
+        async with runtime.unit_of_work() as uow:
             settled = await handlers.settle_transactions(
                 postings,
-                tx,
+                uow,
                 body.customer_account,
                 [m.to_domain() for m in body.marks],
                 body.date,
@@ -484,8 +484,8 @@ async def reverse_settlement(
     opposite postings: the balances and discounts taken come back, opposite cash discount transactions and
     vouchers are posted, nothing is deleted. Reversing twice answers 409."""
     try:
-        async with runtime.transaction() as tx:
-            reversed_ = await handlers.reverse_settlement(postings, tx, settlement_id, body.date if body else None)
+        async with runtime.unit_of_work() as uow:
+            reversed_ = await handlers.reverse_settlement(postings, uow, settlement_id, body.date if body else None)
     except LookupError as e:
         raise HTTPException(404, str(e)) from None
     except (handlers.AlreadyReversed, ReversalRefused) as e:
@@ -534,10 +534,10 @@ async def release_pending_marks(
     """Give up waiting: drop the payment's pending marks and turn what is open of it into an ordinary
     automatic credit, applied now to the customer's open invoices and later to new ones."""
     try:
-        async with runtime.transaction() as tx:
-            result = await handlers.release_payment(postings, tx, payment_id)
+        async with runtime.unit_of_work() as uow:
+            result = await handlers.release_payment(postings, uow, payment_id)
             audit.record(
-                tx.session,
+                uow.session,
                 "pending marks released",
                 payment_id=payment_id,
                 settled=[s.debit_voucher for s in result.settlements],

@@ -47,7 +47,7 @@ from kredit_shared.contracts import (
 from kredit_shared.currencies import Rates
 from kredit_shared.exchange_rates import load_rates
 from kredit_shared.money import ZERO
-from kredit_shared.service import Rejected, Transaction
+from kredit_shared.service import Rejected, UnitOfWork
 
 M = TypeVar("M", CustomerTransactionPosted, CustomerPaymentReceived, JournalPosted)
 
@@ -149,7 +149,7 @@ class _Batch:
     """What the messages of one fetch share: one transaction, the customers' locks, the open items read once."""
 
     postings: Postings
-    tx: Transaction
+    uow: UnitOfWork
     store: OpenItems
     parameters: domain.SettlementParameters
     rates: Rates
@@ -162,7 +162,7 @@ class _Batch:
 
 async def _batch(
     postings: Postings,
-    tx: Transaction,
+    uow: UnitOfWork,
     customers: Iterable[str],
     scope: OpenScope,
     vouchers: Iterable[str] = (),
@@ -172,17 +172,17 @@ async def _batch(
     """Lock the customers, read their open items (`scope`), the transactions `vouchers` and `invoice_ids` name,
     and which of `awaited` pending write-offs wait for (None: not read, each asks), at once. The store writes at the end (_each)."""
     customers = list(customers)
-    await lock_customers(tx.session, customers)
-    store = OpenItems(tx.session, deferred=True)
+    await lock_customers(uow.session, customers)
+    store = OpenItems(uow.session, deferred=True)
     await store.load_customers(customers, scope)
     await store.read_names(list(invoice_ids), list(vouchers))
     return _Batch(
         postings,
-        tx,
+        uow,
         store,
-        await _parameters(tx.session, postings),
-        await _rates(tx.session, postings),
-        awaited_by_write_offs=None if awaited is None else await _awaited_by_write_offs(tx.session, list(awaited)),
+        await _parameters(uow.session, postings),
+        await _rates(uow.session, postings),
+        awaited_by_write_offs=None if awaited is None else await _awaited_by_write_offs(uow.session, list(awaited)),
     )
 
 
@@ -204,7 +204,7 @@ async def _each(
         try:
             await handle(batch, message)
         except Rejected as e:
-            batch.tx.reject(topic, message, str(e))
+            batch.uow.reject(topic, message, str(e))
     await batch.store.flush()
 
 
@@ -218,25 +218,25 @@ async def _one(batch: _Batch, message: M, handle: Callable[[_Batch, M], Awaitabl
 
 
 async def record_customer_transactions(
-    postings: Postings, tx: Transaction, events: list[CustomerTransactionPosted]
+    postings: Postings, uow: UnitOfWork, events: list[CustomerTransactionPosted]
 ) -> None:
     # A new invoice is settled with the customer's open credits; a credit note reads the open debits itself.
     customers, vouchers = [e.customer_account for e in events], [e.voucher for e in events]
     invoice_ids = [e.invoice_id for e in events if e.invoice_id]
-    batch = await _batch(postings, tx, customers, "credits", vouchers, invoice_ids, awaited=vouchers)
+    batch = await _batch(postings, uow, customers, "credits", vouchers, invoice_ids, awaited=vouchers)
     await _each(batch, AR_CUSTOMER_TRANSACTIONS, events, _record_transaction)
 
 
-async def record_customer_transaction(postings: Postings, tx: Transaction, event: CustomerTransactionPosted) -> None:
+async def record_customer_transaction(postings: Postings, uow: UnitOfWork, event: CustomerTransactionPosted) -> None:
     """One transaction on its own; Rejected if it cannot be taken."""
-    batch = await _batch(postings, tx, [event.customer_account], "credits", [event.voucher])
+    batch = await _batch(postings, uow, [event.customer_account], "credits", [event.voucher])
     await _one(batch, event, _record_transaction)
 
 
 async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -> None:
     """Keep a new debit (invoice, interest note, fee) or credit note as an open item and settle it with what
     waits for it."""
-    postings, tx, store, parameters = batch.postings, batch.tx, batch.store, batch.parameters
+    postings, uow, store, parameters = batch.postings, batch.uow, batch.store, batch.parameters
     transaction, known = _open_transaction(event), store.held(event.voucher)
     if known is None and (
         problem := _foreign_problem(postings, f"{event.transaction_type} {event.voucher}", event.currency)
@@ -258,13 +258,13 @@ async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -
     if new is None:
         return  # settlement's own postings come back on this topic; a re-sent transaction changes nothing
     await store.save([new])
-    problems = await _settle_waiting_credits(postings, tx, store, new, others, parameters)
+    problems = await _settle_waiting_credits(postings, uow, store, new, others, parameters)
     if not new.is_debit:
         results = domain.settle_new_transaction(new, others, parameters)
-        await _post(postings, tx, store, results, [new, *others], settlement_id=event.voucher)
+        await _post(postings, uow, store, results, [new, *others], settlement_id=event.voucher)
     problems += await _settle_pending_write_offs(batch, event.voucher)
     if problems:
-        tx.dead_letter(
+        uow.dead_letter(
             AR_CUSTOMER_TRANSACTIONS,
             event,
             f"{event.transaction_type} {event.voucher} was recorded, but what waited for it could not "
@@ -274,7 +274,7 @@ async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -
 
 async def _settle_waiting_credits(
     postings: Postings,
-    tx: Transaction,
+    uow: UnitOfWork,
     store: OpenItems,
     new: OpenTransaction,
     others: list[OpenTransaction],
@@ -284,13 +284,13 @@ async def _settle_waiting_credits(
     order the credits arrived: the result is the same as if it had come first (docs/ordering.md). Returns the
     reasons of marks that could not be settled (their rows are dropped)."""
     pending = (
-        (await tx.session.exec(select(PendingMarkRow).where(PendingMarkRow.invoice_id == new.invoice_id))).all()
+        (await uow.session.exec(select(PendingMarkRow).where(PendingMarkRow.invoice_id == new.invoice_id))).all()
         if new.invoice_id
         else []
     )
     for row in pending:
-        await tx.session.delete(row)
-    metrics.count_on_commit(tx.session, "resolved", len(pending))
+        await uow.session.delete(row)
+    metrics.count_on_commit(uow.session, "resolved", len(pending))
     if not new.is_debit:
         return domain.refused_pending_marks(new, [row.payment_voucher for row in pending])
     payments = await store.of_customer(
@@ -304,18 +304,18 @@ async def _settle_waiting_credits(
     results = domain.settle_new_invoice(new, credits, parameters)
     after = [new, *by_voucher.values()]
     for result in results:
-        after = await _post(postings, tx, store, [result], after, f"{new.voucher}:{result.credit_voucher}")
+        after = await _post(postings, uow, store, [result], after, f"{new.voucher}:{result.credit_voucher}")
     return [f"pending mark of payment {r.credit_voucher}: {m.reason}" for r in results for m in r.rejected_marks]
 
 
 async def _settle_pending_write_offs(batch: _Batch, voucher: str) -> list[str]:
     """Settle the posted write-offs that named this transaction before settlement knew it, in the order
     they were posted. Returns what could not be settled (it stays open on the write-off)."""
-    postings, tx, store = batch.postings, batch.tx, batch.store
+    postings, uow, store = batch.postings, batch.uow, batch.store
     if batch.awaited_by_write_offs is not None and voucher not in batch.awaited_by_write_offs:
         return []
     pending = (
-        await tx.session.exec(
+        await uow.session.exec(
             select(PendingWriteOffRow)
             .where(col(PendingWriteOffRow.voucher) == voucher)
             .order_by(col(PendingWriteOffRow.id))
@@ -323,7 +323,7 @@ async def _settle_pending_write_offs(batch: _Batch, voucher: str) -> list[str]:
     ).all()
     problems: list[str] = []
     for row in pending:
-        await tx.session.delete(row)
+        await uow.session.delete(row)
         write_off = await store.find(row.write_off_voucher)
         if write_off is None:
             continue
@@ -332,7 +332,7 @@ async def _settle_pending_write_offs(batch: _Batch, voucher: str) -> list[str]:
         outcome = domain.settle_write_off(write_off, [(voucher, row.amount)], named, accounting)
         await store.save([outcome.write_off, *outcome.settled])
         await _record_write_off_pairs(
-            postings, tx, store, write_off, outcome.pairs, f"{write_off.voucher}:{voucher}", numbered=False
+            postings, uow, store, write_off, outcome.pairs, f"{write_off.voucher}:{voucher}", numbered=False
         )
         problems += [
             f"write-off {write_off.voucher} (journal {row.journal_batch_number}): {s}" for s in outcome.shortfalls
@@ -374,25 +374,25 @@ def mark_of(mark: SettleMark) -> Mark:
     )
 
 
-async def receive_payments(postings: Postings, tx: Transaction, payments: list[CustomerPaymentReceived]) -> None:
-    batch = await _payments_batch(postings, tx, payments)
+async def receive_payments(postings: Postings, uow: UnitOfWork, payments: list[CustomerPaymentReceived]) -> None:
+    batch = await _payments_batch(postings, uow, payments)
     await _each(batch, ERP_CUSTOMER_PAYMENTS, payments, _receive_payment)
 
 
-async def receive_payment(postings: Postings, tx: Transaction, payment: CustomerPaymentReceived) -> None:
+async def receive_payment(postings: Postings, uow: UnitOfWork, payment: CustomerPaymentReceived) -> None:
     """One payment on its own; Rejected if it cannot be taken."""
-    await _one(await _payments_batch(postings, tx, [payment]), payment, _receive_payment)
+    await _one(await _payments_batch(postings, uow, [payment]), payment, _receive_payment)
 
 
-async def _payments_batch(postings: Postings, tx: Transaction, payments: list[CustomerPaymentReceived]) -> _Batch:
+async def _payments_batch(postings: Postings, uow: UnitOfWork, payments: list[CustomerPaymentReceived]) -> _Batch:
     """A marked payment reads what it names, an unmarked one the open debits it can reach (_reachable_debits).
     What every payment of the batch asks the database is read here at once: the payments received before under
     these ids, the transactions with their vouchers (a clash), what their marks name, pending write-offs."""
     ids = [p.payment_id for p in payments]
     named = [m.invoice_id for p in payments for m in p.settle or ()]
     customers = [p.customer_account for p in payments]
-    batch = await _batch(postings, tx, customers, "none", vouchers=[*ids, *named], invoice_ids=named, awaited=ids)
-    return replace(batch, received=await _received(tx.session, ids))
+    batch = await _batch(postings, uow, customers, "none", vouchers=[*ids, *named], invoice_ids=named, awaited=ids)
+    return replace(batch, received=await _received(uow.session, ids))
 
 
 async def _received(session: AsyncSession, payment_ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -409,7 +409,7 @@ async def _received(session: AsyncSession, payment_ids: list[str]) -> dict[str, 
 
 async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> None:
     """Post the payment (money arrived), settle it per its marks or automatically, post what that takes."""
-    postings, tx, store, parameters = batch.postings, batch.tx, batch.store, batch.parameters
+    postings, uow, store, parameters = batch.postings, batch.uow, batch.store, batch.parameters
     bank_account = payment.bank_account or postings.bank_account
     marks = [mark_of(m) for m in payment.settle] if payment.settle else None
     try:
@@ -452,19 +452,19 @@ async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> N
     await store.add(PaymentRow, PaymentRow.values(payment, bank_account, fingerprint, rate))
     if batch.received is not None:
         batch.received[payment.payment_id] = (fingerprint, payment.message_id)
-    tx.emit(_transaction_posted(postings, credit, payment_id=payment.payment_id))
-    tx.emit(_voucher(postings, credit, bank_account, f"Payment {payment.payment_id}"))
+    uow.emit(_transaction_posted(postings, credit, payment_id=payment.payment_id))
+    uow.emit(_voucher(postings, credit, bank_account, f"Payment {payment.payment_id}"))
     await store.save([credit])
     results = domain.settle_payment(credit, transactions, marks=marks, parameters=parameters)
-    await _post(postings, tx, store, results, [credit, *transactions], settlement_id=payment.payment_id)
+    await _post(postings, uow, store, results, [credit, *transactions], settlement_id=payment.payment_id)
     result = next(r for r in results if r.credit_voucher == payment.payment_id)
     problems = await _settle_pending_write_offs(batch, payment.payment_id)
-    waiting = _keep_pending_marks(tx, payment, marks or [], result)
+    waiting = _keep_pending_marks(uow, payment, marks or [], result)
     problems = [
         f"invoice {r.invoice_id!r}: {r.reason}" for r in result.rejected_marks if not r.invoice_unknown
     ] + problems
     if problems:
-        tx.dead_letter(
+        uow.dead_letter(
             ERP_CUSTOMER_PAYMENTS,
             payment,
             f"rejected mark(s) of payment {payment.payment_id}: {'; '.join(problems)}. The payment was "
@@ -490,14 +490,14 @@ async def _reachable_debits(
 
 
 def _keep_pending_marks(
-    tx: Transaction, payment: CustomerPaymentReceived, marks: Sequence[Mark], result: SettlementResult
+    uow: UnitOfWork, payment: CustomerPaymentReceived, marks: Sequence[Mark], result: SettlementResult
 ) -> int:
     """Keep the marks on invoices not known yet: state, not an error; the payment's money waits for them."""
     positions = {m.invoice_id: n for n, m in reversed(list(enumerate(marks)))}
     waiting = [r for r in result.rejected_marks if r.invoice_unknown]
     for rejected in waiting:
         mark = marks[positions[rejected.invoice_id]]
-        tx.session.add(
+        uow.session.add(
             PendingMarkRow(
                 payment_voucher=payment.payment_id,
                 invoice_id=mark.invoice_id,
@@ -509,7 +509,7 @@ def _keep_pending_marks(
                 cash_discount_amount=mark.cash_discount_amount,
             )
         )
-    metrics.count_on_commit(tx.session, "kept", len(waiting))
+    metrics.count_on_commit(uow.session, "kept", len(waiting))
     return len(waiting)
 
 
@@ -521,7 +521,7 @@ async def _already_received(batch: _Batch, payment: CustomerPaymentReceived) -> 
     """True for a re-send of a received payment; Rejected if the same payment id comes with other content."""
     if batch.received is not None:
         known = batch.received.get(payment.payment_id)
-    elif row := await batch.tx.session.get(PaymentRow, payment.payment_id):
+    elif row := await batch.uow.session.get(PaymentRow, payment.payment_id):
         known = (row.fingerprint, row.message_id)
     else:
         known = None
@@ -541,7 +541,7 @@ async def _already_received(batch: _Batch, payment: CustomerPaymentReceived) -> 
 
 async def _post(
     postings: Postings,
-    tx: Transaction,
+    uow: UnitOfWork,
     store: OpenItems,
     results: Sequence[SettlementResult],
     transactions: list[OpenTransaction],
@@ -550,7 +550,7 @@ async def _post(
     """Book the results (discount transactions, differences, settled pairs), save, and publish.
     Returns `transactions` after them."""
     vouchers = {
-        key: await _free_vouchers(tx.session, store, *key, count)
+        key: await _free_vouchers(uow.session, store, *key, count)
         for key, count in domain.vouchers_needed(results, transactions, postings.accounts).items()
     }
     booking = domain.book(results, transactions, settlement_id, vouchers, postings.accounts)
@@ -558,8 +558,8 @@ async def _post(
     credit_of = {p.cash_discount_voucher or p.debit_voucher: p.credit_voucher for p in booking.pairs}
     for discount in booking.discounts:
         credit = credit_of[discount.voucher]
-        tx.emit(_transaction_posted(postings, discount, payment_id=credit))
-        tx.emit(
+        uow.emit(_transaction_posted(postings, discount, payment_id=credit))
+        uow.emit(
             _voucher(
                 postings,
                 discount,
@@ -567,7 +567,7 @@ async def _post(
                 f"Cash discount settling {credit}",
             )
         )
-    await _record(postings, tx, store, booking.pairs, group_id=settlement_id)
+    await _record(postings, uow, store, booking.pairs, group_id=settlement_id)
     return list(booking.transactions)
 
 
@@ -587,7 +587,7 @@ async def _free_vouchers(session: AsyncSession, store: OpenItems, prefix: str, c
 
 async def _record(
     postings: Postings,
-    tx: Transaction,
+    uow: UnitOfWork,
     store: OpenItems,
     pairs: Iterable[SettledPair],
     group_id: str,
@@ -596,10 +596,10 @@ async def _record(
     """Keep and publish settled pairs, and post the differences they wrote off."""
     for pair in pairs:
         await store.add(SettlementRow, SettlementRow.values(pair, group_id, reversal_of))
-        tx.emit(_settled(postings, pair))
+        uow.emit(_settled(postings, pair))
         again = "reversed " if reversal_of else ""
         if pair.difference_amount and pair.difference_voucher and pair.difference_account:
-            tx.emit(
+            uow.emit(
                 _ledger(
                     postings,
                     pair.difference_voucher,
@@ -614,7 +614,7 @@ async def _record(
             )
         if pair.realized_loss and pair.exchange_voucher and pair.exchange_account:
             # A loss credits the customer's summary account in the accounting currency only (EUR 0.00).
-            tx.emit(
+            uow.emit(
                 _ledger(
                     postings,
                     pair.exchange_voucher,
@@ -632,7 +632,7 @@ async def _record(
 
 async def _record_write_off_pairs(
     postings: Postings,
-    tx: Transaction,
+    uow: UnitOfWork,
     store: OpenItems,
     write_off: OpenTransaction,
     pairs: Iterable[domain.PairSettled],
@@ -661,7 +661,7 @@ async def _record_write_off_pairs(
             **fx,
         )
         await store.add(SettlementRow, SettlementRow.values(settled, group_id=source))
-        tx.emit(_settled(postings, settled))
+        uow.emit(_settled(postings, settled))
 
 
 def _settled(postings: Postings, pair: SettledPair) -> OpenItemsSettled:
@@ -693,16 +693,16 @@ def _settled(postings: Postings, pair: SettledPair) -> OpenItemsSettled:
 # --- gl.journal-events ----------------------------------------------------------------------
 
 
-async def settle_write_off_journals(postings: Postings, tx: Transaction, events: list[JournalEvent]) -> None:
+async def settle_write_off_journals(postings: Postings, uow: UnitOfWork, events: list[JournalEvent]) -> None:
     journals = [e for e in events if isinstance(e, JournalPosted)]
-    batch = await _batch(postings, tx, _customers_of(journals), "none")
+    batch = await _batch(postings, uow, _customers_of(journals), "none")
     await _each(batch, GL_JOURNAL_EVENTS, journals, _settle_write_offs)
 
 
-async def settle_write_offs(postings: Postings, tx: Transaction, event: JournalEvent) -> None:
+async def settle_write_offs(postings: Postings, uow: UnitOfWork, event: JournalEvent) -> None:
     """One journal event on its own."""
     if isinstance(event, JournalPosted):
-        await _one(await _batch(postings, tx, _customers_of([event]), "none"), event, _settle_write_offs)
+        await _one(await _batch(postings, uow, _customers_of([event]), "none"), event, _settle_write_offs)
 
 
 def _customers_of(journals: Iterable[JournalPosted]) -> list[str]:
@@ -713,7 +713,7 @@ async def _settle_write_offs(batch: _Batch, event: JournalPosted) -> None:
     """Post each Customer line of a posted journal as a WriteOff transaction and settle what it names.
 
     The ledger voucher is ledger-posting's; nothing named can stop the posting, so differences are reported."""
-    postings, tx, store = batch.postings, batch.tx, batch.store
+    postings, uow, store = batch.postings, batch.uow, batch.store
     lines = [line for line in event.lines if line.account_type == "Customer"]
     differences = domain.exchange_difference_lines(lines, postings.accounting_currency)
     lines = [line for n, line in enumerate(lines) if n not in differences]
@@ -752,7 +752,7 @@ async def _settle_write_offs(batch: _Batch, event: JournalPosted) -> None:
         for problem in domain.write_off_problems(write_off, refs, transactions)
     ]
     if problems:
-        tx.reject(
+        uow.reject(
             GL_JOURNAL_EVENTS,
             event,
             f"journal {event.batch_number} was posted, but it names transactions settlement cannot settle as "
@@ -764,7 +764,7 @@ async def _settle_write_offs(batch: _Batch, event: JournalPosted) -> None:
         outcome = domain.settle_write_off(write_off, refs, transactions, accounting_of)
         await store.save([outcome.write_off, *outcome.settled])
         for named, held in outcome.pending:  # settlement lags behind collections: settled when it arrives
-            tx.session.add(
+            uow.session.add(
                 PendingWriteOffRow(
                     write_off_voucher=voucher,
                     voucher=named,
@@ -774,10 +774,10 @@ async def _settle_write_offs(batch: _Batch, event: JournalPosted) -> None:
                     journal_batch_number=event.batch_number,
                 )
             )
-        tx.emit(_transaction_posted(postings, write_off))
-        await _record_write_off_pairs(postings, tx, store, write_off, outcome.pairs, voucher, numbered=True)
+        uow.emit(_transaction_posted(postings, write_off))
+        await _record_write_off_pairs(postings, uow, store, write_off, outcome.pairs, voucher, numbered=True)
         if outcome.shortfalls:
-            tx.dead_letter(
+            uow.dead_letter(
                 GL_JOURNAL_EVENTS,
                 event,
                 f"journal {event.batch_number}, write-off {voucher} of customer {line.account} was posted, "
@@ -930,7 +930,7 @@ class Settled:
 
 async def settle_transactions(
     postings: Postings,
-    tx: Transaction,
+    uow: UnitOfWork,
     customer_account: str,
     marks: Sequence[Mark],
     on: date | None,
@@ -938,11 +938,11 @@ async def settle_transactions(
 ) -> Settled:
     """Settle posted transactions a person marked against each other (D365 *Settle transactions*). Raises
     domain.MarksRejected, and settles nothing, if a mark cannot be settled."""
-    await lock_customer(tx.session, customer_account)
-    store = OpenItems(tx.session)
+    await lock_customer(uow.session, customer_account)
+    store = OpenItems(uow.session)
     named = [m.invoice_id for m in marks]
     transactions = await store.of_customer(customer_account, invoice_ids=named, vouchers=named)
-    parameters = await _parameters(tx.session, postings)
+    parameters = await _parameters(uow.session, postings)
     # Undated: on the latest date of what is marked, so a settlement of old items is not dated today.
     marked = {t.transaction_date for t in transactions if t.invoice_id in named or t.voucher in named}
     on = on or max(marked, default=date.today())
@@ -950,8 +950,8 @@ async def settle_transactions(
         transactions, marks, customer_account, on, discount_date=discount_date, parameters=parameters
     )
     settlement_id = f"STL-{uuid.uuid4().hex[:12].upper()}"
-    after = await _post(postings, tx, store, results, transactions, settlement_id)
-    pairs = [r.to_domain() for r in await _settlement_rows(tx.session, settlement_id)]
+    after = await _post(postings, uow, store, results, transactions, settlement_id)
+    pairs = [r.to_domain() for r in await _settlement_rows(uow.session, settlement_id)]
     return Settled(settlement_id, customer_account, on, pairs, _moved(after, pairs))
 
 
@@ -965,15 +965,15 @@ class AlreadyReversed(Exception):
 
 
 async def reverse_settlement(
-    postings: Postings, tx: Transaction, settlement_id: str, on: date | None = None
+    postings: Postings, uow: UnitOfWork, settlement_id: str, on: date | None = None
 ) -> Settled:
     """Undo a settlement (all its pairs, or one pair by its own id) by new, opposite postings. LookupError for an unknown id, AlreadyReversed for a settlement reversed
     before or a reversal, domain.ReversalRefused for one that cannot be reversed here (a write-off)."""
-    rows = await _settlement_rows(tx.session, settlement_id)
+    rows = await _settlement_rows(uow.session, settlement_id)
     if not rows:
         raise LookupError(f"no settlement {settlement_id!r} is known")
-    await lock_customer(tx.session, rows[0].customer_account)
-    rows = await _settlement_rows(tx.session, settlement_id)  # again, under the lock
+    await lock_customer(uow.session, rows[0].customer_account)
+    rows = await _settlement_rows(uow.session, settlement_id)  # again, under the lock
     if done := next((r for r in rows if r.reversed_by or r.reversal_of), None):
         raise AlreadyReversed(
             f"settlement {settlement_id} is itself a reversal; settle the transactions again instead"
@@ -982,15 +982,15 @@ async def reverse_settlement(
         )
     pairs = [r.to_domain() for r in rows]
     on = on or max(p.settlement_date for p in pairs)
-    store = OpenItems(tx.session)
+    store = OpenItems(uow.session)
     named = {v for p in pairs for v in (p.debit_voucher, p.credit_voucher, p.cash_discount_voucher) if v}
     reversal = domain.reverse(pairs, await store.find_all(named), on)
     if clash := await store.known_vouchers([d.voucher for d in reversal.discounts]):
         raise domain.ReversalRefused(f"voucher(s) {', '.join(sorted(clash))} are taken")
     await store.save([*reversal.transactions, *reversal.discounts])
     for discount in reversal.discounts:
-        tx.emit(_transaction_posted(postings, discount))
-        tx.emit(
+        uow.emit(_transaction_posted(postings, discount))
+        uow.emit(
             _voucher(
                 postings,
                 discount,
@@ -1001,8 +1001,8 @@ async def reverse_settlement(
     reversal_id = f"{settlement_id}:reversed"
     for row in rows:
         row.reversed_by = reversal_id
-        tx.session.add(row)
-    await _record(postings, tx, store, reversal.pairs, group_id=reversal_id, reversal_of=settlement_id)
+        uow.session.add(row)
+    await _record(postings, uow, store, reversal.pairs, group_id=reversal_id, reversal_of=settlement_id)
     return Settled(
         reversal_id, rows[0].customer_account, on, list(reversal.pairs), _moved(reversal.transactions, pairs)
     )
@@ -1099,32 +1099,32 @@ class NothingToRelease(Exception):
     pass
 
 
-async def release_payment(postings: Postings, tx: Transaction, payment_id: str) -> SettlementResult:
+async def release_payment(postings: Postings, uow: UnitOfWork, payment_id: str) -> SettlementResult:
     """An operator's decision: a marked payment's money is no longer held for its marks. Its pending marks
     are dropped and its open credit becomes an ordinary automatic one, applied now to the customer's open
     invoices (oldest due date first, `Normal` discount as of the payment date) and to invoices that come later.
 
     Raises LookupError for an unknown payment, NothingToRelease when it holds nothing."""
-    known = await tx.session.get(PaymentRow, payment_id)
+    known = await uow.session.get(PaymentRow, payment_id)
     if known is None:
         raise LookupError(f"no payment {payment_id!r} is known")
-    await lock_customer(tx.session, known.customer_account)
-    store = OpenItems(tx.session)
+    await lock_customer(uow.session, known.customer_account)
+    store = OpenItems(uow.session)
     payment = await store.find(payment_id)
     if payment is None or payment.auto_settle or payment.open_amount >= 0:
         raise NothingToRelease(
             f"payment {payment_id} holds nothing: "
             + ("it settles automatically already" if payment and payment.auto_settle else "nothing of it is open")
         )
-    rows = (await tx.session.exec(select(PendingMarkRow).where(PendingMarkRow.payment_voucher == payment_id))).all()
+    rows = (await uow.session.exec(select(PendingMarkRow).where(PendingMarkRow.payment_voucher == payment_id))).all()
     for row in rows:
-        await tx.session.delete(row)
-    metrics.count_on_commit(tx.session, "released", len(rows))
+        await uow.session.delete(row)
+    metrics.count_on_commit(uow.session, "released", len(rows))
     payment = replace(payment, auto_settle=True)
     await store.save([payment])
     transactions = [t for t in await store.of_customer(payment.customer_account) if t.voucher != payment_id]
-    results = domain.settle_payment(payment, transactions, parameters=await _parameters(tx.session, postings))
-    await _post(postings, tx, store, results, [payment, *transactions], settlement_id=f"{payment_id}:released")
+    results = domain.settle_payment(payment, transactions, parameters=await _parameters(uow.session, postings))
+    await _post(postings, uow, store, results, [payment, *transactions], settlement_id=f"{payment_id}:released")
     return results[0]
 
 

@@ -59,13 +59,13 @@ def payment(payment_id: str, amount: str, marks: list[tuple[str, str | None, str
 
 async def post_invoices(db: HandlerDatabase, *events: CustomerTransactionPosted):
     return await db.deliver(
-        AR_CUSTOMER_TRANSACTIONS, events, lambda tx, fresh: handlers.record_customer_transactions(POSTINGS, tx, fresh)
+        AR_CUSTOMER_TRANSACTIONS, events, lambda uow, fresh: handlers.record_customer_transactions(POSTINGS, uow, fresh)
     )
 
 
 async def pay(db: HandlerDatabase, *payments: CustomerPaymentReceived):
     return await db.deliver(
-        ERP_CUSTOMER_PAYMENTS, payments, lambda tx, fresh: handlers.receive_payments(POSTINGS, tx, fresh)
+        ERP_CUSTOMER_PAYMENTS, payments, lambda uow, fresh: handlers.receive_payments(POSTINGS, uow, fresh)
     )
 
 

@@ -37,7 +37,7 @@ from kredit_shared.contracts import (
     journal_event_adapter,
 )
 from kredit_shared.database import create_session_factory, create_tables
-from kredit_shared.service import Rejected, Transaction
+from kredit_shared.service import Rejected, UnitOfWork
 
 D = Decimal
 START = date(2015, 6, 1)
@@ -242,7 +242,7 @@ async def final_states(orders: list[list[Message]]) -> list[dict[str, Any]]:
             for m in messages:
                 try:
                     async with sessions() as session, session.begin():
-                        await m.handle(POSTINGS, Transaction(session), m.body)
+                        await m.handle(POSTINGS, UnitOfWork(session), m.body)
                 except Rejected:
                     pass  # the runtime dead-letters it; its transaction rolled back
             async with sessions() as session:
@@ -346,7 +346,7 @@ async def final_states_and_rejections(
         for m in one_by_one:
             try:
                 async with sessions() as session, session.begin():
-                    await m.handle(POSTINGS, Transaction(session), m.body)
+                    await m.handle(POSTINGS, UnitOfWork(session), m.body)
             except Rejected:
                 rejected.append(m.body.message_id)
         async with sessions() as session:
@@ -358,9 +358,9 @@ async def final_states_and_rejections(
         rejected = []
         for batch in batches:
             async with sessions() as session, session.begin():
-                tx = Transaction(session)
-                await BATCH_OF[batch[0].handle](POSTINGS, tx, [m.body for m in batch])
-                rejected += [r.message.message_id for r in tx.rejected]
+                uow = UnitOfWork(session)
+                await BATCH_OF[batch[0].handle](POSTINGS, uow, [m.body for m in batch])
+                rejected += [r.message.message_id for r in uow.rejected]
         async with sessions() as session:
             states.append(await _snapshot(session))
         rejections.append(rejected)
