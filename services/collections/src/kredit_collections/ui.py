@@ -62,10 +62,12 @@ router = APIRouter(include_in_schema=False)
 csv_router = APIRouter(prefix="/api/v1", tags=["collections"])
 
 
-def money(value: Decimal | None) -> str:
-    """1,234.50; an amount in a three-decimal currency shows its third decimal when it has one (KWD 1,000.125)."""
+def money(value: Decimal | int | None) -> str:
+    """1,234.50; an amount in a three-decimal currency shows its third decimal when it has one (KWD 1,000.125).
+    A template's `sum` of nothing is the int 0."""
     if value is None:
         return ""
+    value = Decimal(value)
     if value != value.quantize(CENT) and value == value.quantize(MIL):
         return f"{value:,.3f}"
     return f"{value:,.2f}"

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from kredit_collections.credit_domain import credit_balance, disputed_amounts
 from kredit_collections.domain import (
+from kredit_collections.ui import money
     CustomerTransaction,
     NoWriteOffRate,
     TransactionBalance,
@@ -400,3 +401,10 @@ def test_every_foreign_write_off_balances_in_the_accounting_currency(items, rate
             assert line.account == (LOSS if line.debit else GAIN)
         elif line.account_type == "Ledger":
             assert line.exchange_rate == rate and line.account in ("618900", "222200")
+
+
+def test_the_workspace_shows_amounts_to_their_currencys_precision_and_a_sum_of_nothing_as_zero():
+    assert money(Decimal("1000.125")) == "1,000.125"  # KWD keeps its fils
+    assert money(Decimal("1000.10")) == "1,000.10"
+    assert money(0) == "0.00"  # a template's sum over no transactions (a customer with nothing open)
+    assert money(None) == ""
