@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import delete, insert, select
-from sqlmodel import Field, SQLModel, col
+from sqlalchemy import delete, insert
+from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_shared.database import table_of
@@ -57,7 +57,7 @@ async def claim(session: AsyncSession, consumer: str, topic: str, messages: Sequ
     ids = {m.message_id for m in messages}
     seen = dict(
         (
-            await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+            await session.exec(
                 select(col(ProcessedMessage.message_id), col(ProcessedMessage.fingerprint)).where(
                     col(ProcessedMessage.consumer) == consumer, col(ProcessedMessage.message_id).in_(ids)
                 )
