@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,6 +11,7 @@ from sqlalchemy import delete, insert
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from kredit_shared.contracts.messages import digest
 from kredit_shared.database import table_of
 from kredit_shared.outbox import utcnow
 
@@ -37,8 +37,9 @@ class ProcessedMessage(SQLModel, table=True):
 
 
 def fingerprint(message: _Identified) -> str:
-    """The content as the contract reads it: key order and spacing of the JSON don't count."""
-    return hashlib.sha256(message.model_dump_json().encode()).hexdigest()
+    """The content as the contract reads it: key order and spacing of the JSON don't count (the message
+    is re-serialized by pydantic, in field order; kept so, since stored fingerprints must keep matching)."""
+    return digest(message.model_dump_json())
 
 
 @dataclass(frozen=True)
