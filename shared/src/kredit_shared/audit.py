@@ -24,8 +24,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, BeforeValidator
-from sqlalchemy import JSON, Column, select
-from sqlmodel import Field, SQLModel, col
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -182,7 +182,7 @@ async def read_audit_trail(
     if before_id is not None:
         query = query.where(col(AuditEntry.id) < before_id)
     async with request.app.state.runtime.sessions() as session:
-        rows = list((await session.exec(query)).scalars().all())
+        rows = list((await session.exec(query)).all())
     more = len(rows) > limit
     rows = rows[:limit]
     return AuditList(

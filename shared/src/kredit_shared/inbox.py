@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import delete, insert, select
-from sqlmodel import Field, SQLModel, col
+from sqlalchemy import delete, insert
+from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from kredit_shared.contracts.messages import digest
 from kredit_shared.database import table_of
 from kredit_shared.outbox import utcnow
 
@@ -37,8 +37,9 @@ class ProcessedMessage(SQLModel, table=True):
 
 
 def fingerprint(message: _Identified) -> str:
-    """The content as the contract reads it: key order and spacing of the JSON don't count."""
-    return hashlib.sha256(message.model_dump_json().encode()).hexdigest()
+    """The content as the contract reads it: key order and spacing of the JSON don't count (the message
+    is re-serialized by pydantic, in field order; kept so, since stored fingerprints must keep matching)."""
+    return digest(message.model_dump_json())
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ async def claim(session: AsyncSession, consumer: str, topic: str, messages: Sequ
     ids = {m.message_id for m in messages}
     seen = dict(
         (
-            await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+            await session.exec(
                 select(col(ProcessedMessage.message_id), col(ProcessedMessage.fingerprint)).where(
                     col(ProcessedMessage.consumer) == consumer, col(ProcessedMessage.message_id).in_(ids)
                 )

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
-from sqlalchemy import JSON, Column, LargeBinary, func, make_url, select, update
-from sqlmodel import Field, SQLModel, col, text
+from sqlalchemy import JSON, Column, LargeBinary, func, make_url, text, update
+from sqlmodel import Field, SQLModel, col, select
 
 from kredit_shared import failpoints, metrics, telemetry
 from kredit_shared.contracts.messages import ContractMessage
@@ -250,13 +251,15 @@ class OutboxRelay:
 
     async def _publish_batch(self) -> int:
         async with self._sessions() as session:
+            # Core statements (raw SQL, six columns: wider than SQLModel's typed select) through the connection.
+            connection = await session.connection()
             if self._postgres:  # the transaction-scoped lock lasts until the batch is marked sent
-                locked = await session.exec(text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK_KEY})"))  # type: ignore[call-overload]  # a text() statement: SQLModel's exec types only its own selects
+                locked = await connection.execute(text(f"SELECT pg_try_advisory_xact_lock({_RELAY_LOCK_KEY})"))
                 if not locked.scalar():
                     return 0
             rows = (
-                await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
-                    select(*_RELAYED)
+                await connection.execute(
+                    sqlalchemy.select(*_RELAYED)
                     .where(col(OutboxMessage.published_at).is_(None))
                     .order_by(col(OutboxMessage.id))
                     .limit(self._settings.outbox_batch_size)
@@ -264,7 +267,7 @@ class OutboxRelay:
             ).all()
             # The backlog without a COUNT(*) over the table: the rows behind this batch (max(id) is one
             # index lookup) and the failed ones. An upper bound: ids skipped by rolled-back inserts count.
-            newest = (await session.exec(select(func.max(OutboxMessage.id)))).scalar_one()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+            newest = (await session.exec(select(func.max(OutboxMessage.id)))).one()
             if not rows:
                 metrics.OUTBOX_PENDING.labels(self._settings.service_name).set(0)
                 return 0

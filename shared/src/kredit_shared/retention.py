@@ -12,9 +12,9 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import delete, tuple_
 from sqlalchemy.sql import Select
-from sqlmodel import SQLModel, col
+from sqlmodel import SQLModel, col, select
 
 from kredit_shared import metrics
 from kredit_shared.database import SessionFactory

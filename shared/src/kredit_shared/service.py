@@ -49,7 +49,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_shared import asyncapi, audit, auth, failpoints, inbox, logs, metrics, outbox, retention, telemetry
 from kredit_shared.company_setup import CompanySetup, SetupError
-from kredit_shared.contracts.messages import ContractMessage
+from kredit_shared.contracts.messages import ContractMessage, derived_message_id
 from kredit_shared.contracts.topics import ALL_TOPICS, dead_letter_topic
 from kredit_shared.database import create_engine, create_session_factory, create_tables, ping, table_of
 from kredit_shared.errors import describe_validation_error
@@ -535,7 +535,7 @@ class ServiceRuntime:
         async def write() -> None:
             async with self.unit_of_work() as uow:
                 if await inbox.claim_key(uow.session, self.settings.group_id, topic, position):
-                    uow.emit_dead_letter(letter, str(uuid.uuid5(uuid.NAMESPACE_URL, position)))
+                    uow.emit_dead_letter(letter, derived_message_id(uuid.NAMESPACE_URL, position))
 
         try:
             await self._retrying(write, topic, record)

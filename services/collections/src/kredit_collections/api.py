@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Query, Response
 
 from kredit_collections import credit_handlers, handlers
-from kredit_collections.domain import CANCELLED, UnknownCustomer, WriteOffConflict, WriteOffError
+from kredit_collections.domain import UnknownCustomer, WriteOffConflict, WriteOffError, WriteOffStatus
 from kredit_collections.schemas import (
     AgedBalanceOut,
     AgedBalancesOut,
@@ -178,13 +178,13 @@ async def cancel_write_off(
                 audit.record(
                     uow.session,
                     "write-off cancel requested",
-                    200 if row.status == CANCELLED else 202,
+                    200 if row.status == WriteOffStatus.CANCELLED else 202,
                     write_off_id=write_off_id,
                     write_off_status=row.status,
                 )
     if row is None:
         raise HTTPException(404, f"no write-off {write_off_id!r}")
-    if row.status == CANCELLED:
+    if row.status == WriteOffStatus.CANCELLED:
         response.status_code = 200
     return WriteOffOut.of(row)
 

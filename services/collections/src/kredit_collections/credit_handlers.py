@@ -43,7 +43,7 @@ from kredit_collections.documents import render_collection_letter
 from kredit_collections.domain import INVOICE_TYPES, AgedBalance, TransactionBalance, transaction_balances
 from kredit_collections.handlers import balances
 from kredit_shared.company_setup import CompanySetup, InterestCode
-from kredit_shared.contracts import CustomerInvoiceIssued, InvoiceLine
+from kredit_shared.contracts import CustomerInvoiceIssued, InvoiceLine, derived_message_id
 from kredit_shared.money import ZERO
 from kredit_shared.service import UnitOfWork
 
@@ -271,7 +271,7 @@ def _receivable(
 
     Its message id derives from the document's id, so the message is the same however often it is built."""
     return CustomerInvoiceIssued(
-        message_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"kredit-collections/{setup.company}/{invoice_id}")),
+        message_id=derived_message_id(uuid.NAMESPACE_URL, f"kredit-collections/{setup.company}/{invoice_id}"),
         invoice_id=invoice_id,
         customer_account=account,
         customer_name=name,

@@ -10,6 +10,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import date
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from kredit_shared.company_setup import AgingBucket, CompanySetup, WriteOffParameters
@@ -552,9 +553,19 @@ def posted_journal_differences(
 
 # --- write-off requests: how far ledger-posting has got --------------------------------------
 
-REQUESTED, JOURNAL_CREATED, POSTED, REJECTED = "requested", "journal-created", "posted", "rejected"
-CANCELLING, CANCELLED = "cancelling", "cancelled"
-FINAL = (POSTED, REJECTED, CANCELLED)
+
+class WriteOffStatus(StrEnum):
+    """How far a write-off request has got; the values are what the API, the UI and the table show."""
+
+    REQUESTED = "requested"
+    JOURNAL_CREATED = "journal-created"
+    POSTED = "posted"
+    REJECTED = "rejected"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+FINAL = (WriteOffStatus.POSTED, WriteOffStatus.REJECTED, WriteOffStatus.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -562,7 +573,7 @@ class WriteOffProgress:
     """requested -> journal-created -> posted | rejected, or, on a cancel before posting,
     -> cancelling -> cancelled (journal voided) | posted (the posting won the race)."""
 
-    status: str = REQUESTED
+    status: WriteOffStatus = WriteOffStatus.REQUESTED
     journal_batch_number: str | None = None
     reason: str | None = None  # why the journal was rejected, the write-off cancelled, or a cancel refused
 
@@ -572,37 +583,43 @@ class WriteOffProgress:
         until settlement reports them settled (then they are no longer open); until then a second
         write-off of the same items would write them off twice. A cancelling one keeps them too:
         its journal may yet be posted before the cancel reaches ledger-posting."""
-        return self.status not in (REJECTED, CANCELLED)
+        return self.status not in (WriteOffStatus.REJECTED, WriteOffStatus.CANCELLED)
 
     def cancel(self, reason: str | None) -> WriteOffProgress:
         """Cancelling (a cancel asked twice changes nothing), or NotCancellable once posted or rejected."""
-        if self.status in (CANCELLING, CANCELLED):
+        if self.status in (WriteOffStatus.CANCELLING, WriteOffStatus.CANCELLED):
             return self
-        if self.status in (POSTED, REJECTED):
+        if self.status in (WriteOffStatus.POSTED, WriteOffStatus.REJECTED):
             why = f": {self.reason}" if self.reason else ""
             raise NotCancellable(
                 f"the write-off is already {self.status}{why}"
                 + (f" (journal {self.journal_batch_number})" if self.journal_batch_number else "")
             )
-        return replace(self, status=CANCELLING, reason=reason)
+        return replace(self, status=WriteOffStatus.CANCELLING, reason=reason)
 
     def after(self, event: JournalEvent) -> WriteOffProgress:
         """Posted, rejected and cancelled are final: a late or redelivered event changes nothing,
         except that a refused cancel adds its reason to a posted write-off."""
         if self.status in FINAL:
-            if self.status == POSTED and isinstance(event, JournalCancelRefused):
+            if self.status == WriteOffStatus.POSTED and isinstance(event, JournalCancelRefused):
                 return replace(self, reason=event.reason)
             return self
         match event:
             case JournalCreated():
-                status = CANCELLING if self.status == CANCELLING else JOURNAL_CREATED
+                status = (
+                    WriteOffStatus.CANCELLING
+                    if self.status == WriteOffStatus.CANCELLING
+                    else WriteOffStatus.JOURNAL_CREATED
+                )
                 return replace(self, status=status, journal_batch_number=event.batch_number)
             case JournalPosted():  # also while cancelling: the posting won the race
-                return replace(self, status=POSTED, journal_batch_number=event.batch_number, reason=None)
+                return replace(self, status=WriteOffStatus.POSTED, journal_batch_number=event.batch_number, reason=None)
             case JournalCancelRefused():  # the journal was posted first (its JournalPosted came before)
-                return replace(self, status=POSTED, journal_batch_number=event.batch_number, reason=event.reason)
+                return replace(
+                    self, status=WriteOffStatus.POSTED, journal_batch_number=event.batch_number, reason=event.reason
+                )
             case JournalRejected():
-                return replace(self, status=REJECTED, reason=event.reason)
+                return replace(self, status=WriteOffStatus.REJECTED, reason=event.reason)
             case JournalVoided():
-                return replace(self, status=CANCELLED, journal_batch_number=event.batch_number)
+                return replace(self, status=WriteOffStatus.CANCELLED, journal_batch_number=event.batch_number)
         return self

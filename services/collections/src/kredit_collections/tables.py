@@ -17,11 +17,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_collections import credit_tables
 from kredit_collections.domain import (
-    REJECTED,
     CustomerTransaction,
     SettlementDelta,
     TransactionBalance,
     WriteOffProgress,
+    WriteOffStatus,
 )
 from kredit_shared.company_setup import WriteOffParameters
 from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested
@@ -175,7 +175,7 @@ class WriteOffRequestRow(SQLModel, table=True):
 
     @property
     def progress(self) -> WriteOffProgress:
-        return WriteOffProgress(self.status, self.journal_batch_number, self.reason)
+        return WriteOffProgress(WriteOffStatus(self.status), self.journal_batch_number, self.reason)
 
     @property
     def journal_lines(self) -> list[GeneralJournalLine]:
@@ -243,7 +243,7 @@ def add_rejected_write_off(
         journal_name=journal_name,
         currency=items[0].transaction.currency,
         transaction_date=on,
-        status=REJECTED,
+        status=WriteOffStatus.REJECTED,
         reason=reason,
         lines=[],
         requested_by=requested_by,

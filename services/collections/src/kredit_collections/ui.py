@@ -32,15 +32,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kredit_collections import credit_handlers, handlers
-from kredit_collections.domain import (
-    CANCELLED,
-    CANCELLING,
-    JOURNAL_CREATED,
-    REQUESTED,
-    AgedBalance,
-    WriteOffError,
-    days_past_due,
-)
+from kredit_collections.domain import AgedBalance, WriteOffError, WriteOffStatus, days_past_due
 from kredit_collections.settings import CollectionsSettings
 from kredit_shared import auth
 from kredit_shared.audit import AuditDep
@@ -56,7 +48,7 @@ HERE = Path(__file__).parent
 STATIC = {"app.css": "text/css", "app.js": "text/javascript"}
 PAGE_SIZES = (25, 50, 100, 200)
 # A write-off still moving (the page reloads itself until ledger-posting's answer has arrived).
-MOVING = (REQUESTED, CANCELLING)
+MOVING = (WriteOffStatus.REQUESTED, WriteOffStatus.CANCELLING)
 
 router = APIRouter(include_in_schema=False)
 csv_router = APIRouter(prefix="/api/v1", tags=["collections"])
@@ -554,13 +546,14 @@ async def _write_off_page(
         error=error,
         moving=moving,
         amount=written_off(row),
-        can_post=row.status == JOURNAL_CREATED
+        can_post=row.status == WriteOffStatus.JOURNAL_CREATED
         and bool(journal and journal["status"] == "open")
         and principal.may(Role.accountant)
         and not own_request,
-        own_request=own_request and row.status == JOURNAL_CREATED,
-        can_cancel=row.status in (REQUESTED, JOURNAL_CREATED) and principal.may(Role.collector),
-        cancelled=row.status == CANCELLED,
+        own_request=own_request and row.status == WriteOffStatus.JOURNAL_CREATED,
+        can_cancel=row.status in (WriteOffStatus.REQUESTED, WriteOffStatus.JOURNAL_CREATED)
+        and principal.may(Role.collector),
+        cancelled=row.status == WriteOffStatus.CANCELLED,
     )
 
 

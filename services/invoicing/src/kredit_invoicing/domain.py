@@ -6,8 +6,6 @@ Pure: values in, decisions out. The handler stores `PostedInvoice` (with its fin
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -21,6 +19,8 @@ from kredit_shared.contracts import (
     TransactionType,
     VoucherLine,
     VoucherPosted,
+    content_fingerprint,
+    derived_message_id,
 )
 from kredit_shared.currencies import NoExchangeRate, Rates, round_to, to_accounting
 from kredit_shared.money import MAX_AMOUNT, ZERO
@@ -167,8 +167,7 @@ def invoice_fingerprint(message: CustomerInvoiceIssued) -> str:
     total = sum((line.amount + line.sales_tax_amount for line in message.lines), Decimal(0))
     implied = message.document_type in (None, "Invoice" if total > 0 else "CreditNote")
     content = message.model_dump(mode="python", exclude={"message_id"} | ({"document_type"} if implied else set()))
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=_canonical_scalar)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return content_fingerprint(content, default=_canonical_scalar)
 
 
 def ensure_same_invoice(posted_fingerprint: str, message: CustomerInvoiceIssued) -> None:
@@ -347,4 +346,4 @@ def convert_postings(amounts: list[Decimal], rate: Decimal, accounting_currency:
 def _message_id(setup: CompanySetup, voucher: str, topic: str) -> str:
     # Derived from the voucher, not random: posting the same invoice again (a crash before the inbox
     # commit) emits the same ids, which downstream inboxes then ignore. invoice_id is unique per company.
-    return str(uuid.uuid5(_MESSAGE_ID_NAMESPACE, f"{setup.company}/{voucher}/{topic}"))
+    return derived_message_id(_MESSAGE_ID_NAMESPACE, f"{setup.company}/{voucher}/{topic}")

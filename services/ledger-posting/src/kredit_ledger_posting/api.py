@@ -8,8 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import select
-from sqlmodel import col
+from sqlmodel import col, select
 
 from kredit_ledger_posting import domain, handlers
 from kredit_ledger_posting.tables import JournalRow, LedgerEntryRow
@@ -155,7 +154,7 @@ async def list_journals(
         query = query.where(col(JournalRow.journal_name) == journal_name)
     if status is not None:
         query = query.where(col(JournalRow.status) == status)
-    rows = (await session.exec(query)).scalars().all()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+    rows = (await session.exec(query)).all()
     return JournalList(journals=[JournalSummary.of(row, setup.accounting_currency) for row in rows])
 
 
@@ -219,7 +218,7 @@ async def ledger_entries(
         query = query.where(col(LedgerEntryRow.account) == account)
     if voucher is not None:
         query = query.where(col(LedgerEntryRow.voucher) == voucher)
-    rows = (await session.exec(query)).scalars().all()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+    rows = (await session.exec(query)).all()
     return LedgerEntryList(entries=[LedgerEntryOut.model_validate(row, from_attributes=True) for row in rows])
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -18,6 +17,7 @@ from kredit_shared.contracts import (
     JournalPosted,
     PostedJournalLine,
     VoucherPosted,
+    content_fingerprint,
 )
 from kredit_shared.currencies import (
     NoExchangeRate,
@@ -159,7 +159,7 @@ def voucher_fingerprint(voucher: VoucherPosted) -> str:
     what is posted, so "100" and "100.00", or the same lines reordered, are the same voucher."""
     content = voucher.model_dump(mode="json", exclude={"message_id"})
     content["lines"] = sorted(content["lines"], key=_canonical)
-    return hashlib.sha256(_canonical(content).encode()).hexdigest()
+    return content_fingerprint(content)
 
 
 def is_new_voucher(voucher: VoucherPosted, posted_fingerprint: str | None) -> bool:

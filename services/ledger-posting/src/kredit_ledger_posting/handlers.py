@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import insert, select
-from sqlmodel import col
+from sqlalchemy import insert
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_ledger_posting import domain
@@ -43,7 +43,7 @@ async def post_vouchers(uow: UnitOfWork, vouchers: list[VoucherPosted], setup: C
     A voucher that must not post goes to the dead-letter topic with its reason; the others post."""
     posted = dict(
         (
-            await uow.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+            await uow.session.exec(
                 select(col(PostedVoucherRow.voucher), col(PostedVoucherRow.fingerprint)).where(
                     col(PostedVoucherRow.voucher).in_({v.voucher for v in vouchers})
                 )
@@ -149,7 +149,7 @@ def _void(uow: UnitOfWork, row: JournalRow, voided: domain.Journal, reason: str)
 async def _journal_of_request(session: AsyncSession, request_id: str, for_update: bool = False) -> JournalRow | None:
     query = select(JournalRow).where(col(JournalRow.request_id) == request_id)
     # Locked like a posting (post_general_journal), so a cancel and a post of one journal take turns.
-    return (await session.exec(query.with_for_update() if for_update else query)).scalars().first()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+    return (await session.exec(query.with_for_update() if for_update else query)).first()
 
 
 async def post_general_journal(
@@ -158,14 +158,8 @@ async def post_general_journal(
     """Post an open journal; None if there is no such batch, JournalNotPostable if it cannot post,
     FourEyesViolation if `posted_by` requested it (with the setup's four-eyes on)."""
     row = (
-        (
-            await uow.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
-                select(JournalRow).where(col(JournalRow.batch_number) == batch_number).with_for_update()
-            )
-        )
-        .scalars()
-        .first()
-    )
+        await uow.session.exec(select(JournalRow).where(col(JournalRow.batch_number) == batch_number).with_for_update())
+    ).first()
     if row is None:
         return None
     # Its foreign-currency lines carry the rate they were opened at; the rates only matter for a line without.
@@ -190,12 +184,12 @@ async def _insert_entries(session: AsyncSession, entries: Sequence[domain.Ledger
 async def _next_values(session: AsyncSession, journal_name: str, kind: str, count: int) -> int:
     """Reserve `count` values of a journal name's sequence in the caller's transaction; returns the first."""
     row = (
-        await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+        await session.exec(
             select(NumberSequenceRow)
             .where(col(NumberSequenceRow.journal_name) == journal_name, col(NumberSequenceRow.kind) == kind)
             .with_for_update()
         )
-    ).scalars().first() or NumberSequenceRow(journal_name=journal_name, kind=kind)
+    ).first() or NumberSequenceRow(journal_name=journal_name, kind=kind)
     first = row.last_value + 1
     row.last_value += count
     session.add(row)

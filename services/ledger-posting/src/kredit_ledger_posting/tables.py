@@ -6,8 +6,9 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, func, select, type_coerce
-from sqlmodel import Field, SQLModel, col
+import sqlalchemy
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, func, type_coerce
+from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_ledger_posting.domain import Journal, JournalStatus, LedgerEntry
@@ -143,7 +144,7 @@ async def account_totals(session: AsyncSession, as_of: date) -> dict[str, tuple[
     query_filter = col(LedgerEntryRow.posting_date) <= as_of
     if session.bind is None or session.bind.dialect.name != "sqlite":
         # NUMERIC sums are exact and unbounded on PostgreSQL.
-        totals = await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+        totals = await session.exec(
             select(
                 col(LedgerEntryRow.account), func.sum(col(LedgerEntryRow.debit)), func.sum(col(LedgerEntryRow.credit))
             )
@@ -155,15 +156,17 @@ async def account_totals(session: AsyncSession, as_of: date) -> dict[str, tuple[
     for column in (LedgerEntryRow.debit, LedgerEntryRow.credit):
         cents = type_coerce(column, BigInteger)
         parts += [func.sum(cents.op("/")(_SPLIT)), func.sum(cents.op("%")(_SPLIT))]
-    totals = await session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
-        select(col(LedgerEntryRow.account), *parts).where(query_filter).group_by(col(LedgerEntryRow.account))
+    # Five columns: wider than SQLModel's typed select, so a Core select through the connection.
+    connection = await session.connection()
+    wide = await connection.execute(
+        sqlalchemy.select(col(LedgerEntryRow.account), *parts).where(query_filter).group_by(col(LedgerEntryRow.account))
     )
     return {
         account: (
             Decimal(debit_high * _SPLIT + debit_low).scaleb(-2),
             Decimal(credit_high * _SPLIT + credit_low).scaleb(-2),
         )
-        for account, debit_high, debit_low, credit_high, credit_low in totals.all()
+        for account, debit_high, debit_low, credit_high, credit_low in wide.all()
     }
 
 

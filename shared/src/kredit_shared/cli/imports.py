@@ -39,7 +39,7 @@ from rich.table import Table
 
 from kredit_shared.cli.dlq import broker_unreachable
 from kredit_shared.cli.settings import CliSettings
-from kredit_shared.contracts import CustomerInvoiceIssued
+from kredit_shared.contracts import CustomerInvoiceIssued, derived_message_id
 from kredit_shared.errors import describe_validation_error
 
 app = typer.Typer(no_args_is_help=True, help="Bring data in through the contract.")
@@ -68,7 +68,7 @@ class Reject:
 
 def opening_balance_id(invoice_id: str) -> str:
     """The message_id of an invoice's opening balance: the same on every import of it."""
-    return str(uuid.uuid5(_NAMESPACE, f"opening-balance/{invoice_id}"))
+    return derived_message_id(_NAMESPACE, f"opening-balance/{invoice_id}")
 
 
 def invoice_of(row: dict[str, str]) -> CustomerInvoiceIssued:

@@ -21,8 +21,11 @@ validation error and never a database or arithmetic failure further on:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import uuid
+from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
@@ -84,6 +87,9 @@ __all__ = [
     "Voucher",
     "VoucherLine",
     "VoucherPosted",
+    "content_fingerprint",
+    "derived_message_id",
+    "digest",
     "general_journal_adapter",
     "journal_event_adapter",
     "new_message_id",
@@ -188,7 +194,28 @@ AccountType = Literal["Ledger", "Customer"]
 
 
 def new_message_id() -> str:
+    """The message_id rule, first half: a new fact gets a random id (its outbox row then keeps it,
+    so re-publishing after a crash sends the same id)."""
     return str(uuid.uuid4())
+
+
+def derived_message_id(namespace: uuid.UUID, name: str) -> str:
+    """The message_id rule, second half: a message that may be built again from the same input (a
+    crash before the commit, a file imported twice) gets an id derived from that input, a UUID 5 of
+    `name` in the producer's `namespace`, so every copy has the same id and inboxes drop the repeats."""
+    return str(uuid.uuid5(namespace, name))
+
+
+def digest(text: str) -> str:
+    """The hash of every content fingerprint: SHA-256 of the text, in hex."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def content_fingerprint(content: Any, default: Callable[[Any], Any] | None = None) -> str:
+    """A fingerprint of `content` (JSON-like values) that ignores key order and spacing: the digest of
+    its canonical JSON (keys sorted, no spaces). `default` writes the values JSON cannot hold.
+    Equal fingerprints mean the same content; what counts as the same is the caller's choice of `content`."""
+    return digest(json.dumps(content, sort_keys=True, separators=(",", ":"), default=default))
 
 
 def _message_id_is_required(schema: dict[str, Any]) -> None:
