@@ -392,6 +392,9 @@ async def _payments_batch(postings: Postings, uow: UnitOfWork, payments: list[Cu
     named = [m.invoice_id for p in payments for m in p.settle or ()]
     customers = [p.customer_account for p in payments]
     batch = await _batch(postings, uow, customers, "none", vouchers=[*ids, *named], invoice_ids=named, awaited=ids)
+    if not batch.parameters.automatic_priority:  # the automatic payments' first debits (_reachable_debits)
+        automatic = [(p.customer_account, p.currency) for p in payments if not p.settle]
+        await batch.store.read_debit_windows(automatic, _FIRST_DEBITS)
     return replace(batch, received=await _received(uow.session, ids))
 
 
@@ -473,6 +476,9 @@ async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> N
         )
 
 
+_FIRST_DEBITS = 64  # the open debits an automatic payment reads first, 8× more each round it needs more
+
+
 async def _reachable_debits(
     store: OpenItems, credit: OpenTransaction, parameters: domain.SettlementParameters
 ) -> list[OpenTransaction]:
@@ -481,7 +487,7 @@ async def _reachable_debits(
     rules, all of the customer's open items: the database cannot sort by those."""
     if parameters.automatic_priority:
         return await store.of_customer(credit.customer_account)
-    limit = 64
+    limit = _FIRST_DEBITS
     while True:
         debits = await store.open_debits(credit.customer_account, credit.currency, limit)
         if len(debits) < limit or not domain.reaches_beyond(credit, debits, parameters=parameters):

@@ -443,6 +443,9 @@ class OpenItems:
         self._new: dict[str, None] = {}  # saved, not yet inserted (deferred)
         self._dirty: dict[str, None] = {}  # changed, not yet updated (deferred)
         self._rows: dict[type[SQLModel], list[dict[str, Any]]] = {}  # other tables' rows to insert (deferred)
+        # open_debits' answers per (customer, currency): the vouchers the database returned, in its order, the
+        # limit asked and whether that was all of them. Later questions are answered from them (see open_debits).
+        self._debit_windows: dict[tuple[str, str], tuple[list[str], int, bool]] = {}
         if deferred:
             event.listen(session.sync_session, "before_commit", self._refuse_unwritten)
 
@@ -533,12 +536,27 @@ class OpenItems:
     async def open_debits(self, customer_account: str, currency: str, limit: int) -> list[OpenTransaction]:
         """The first `limit` of the customer's open amounts owed in `currency` that settle automatically, in
         automatic settlement's default order (domain.automatic_order without priority rules: due date, then
-        transaction date, then voucher), so an automatic payment reads only the debits it can reach."""
+        transaction date, then voucher), so an automatic payment reads only the debits it can reach.
+
+        The answer is kept (a window) and later questions about the same customer and currency are answered
+        from it, without a flush and a query per payment: what it holds that still owes, in its order. That is
+        right while no transaction outside it became an open automatic debit (`save` drops the window when
+        one does: a new debit, a reopened or re-sorted one); a window that was not all of them and has fewer
+        than `limit` left is read again. It reads twice `limit`, so a payment closing debits does not make the
+        next one read again at once."""
+        key = (customer_account, currency)
+        if (window := self._debit_windows.get(key)) is not None:
+            vouchers, asked, complete = window
+            if complete or limit <= asked:
+                held = [self._loaded[v][2] for v in vouchers]
+                still = [t for t in held if _open_debit(t, currency)]
+                if complete or len(still) >= limit:
+                    return still[:limit]
         await self.flush()  # the database sorts and limits by open amounts: they must be written
         # The voucher tie-break compares code points, as Python's str does: not the database's locale.
         binary = "C" if self._postgres else "BINARY"
         table = OpenTransactionRow.__table__.c  # type: ignore[attr-defined]
-        return await self._select(
+        debits = await self._select(
             (table.customer_account == customer_account)
             & (table.currency == currency)
             & (table.open_amount > ZERO)
@@ -548,8 +566,57 @@ class OpenItems:
                 table.transaction_date,
                 table.voucher.collate(binary),
             ),
-            limit=limit,
+            limit=2 * limit,
         )
+        self._debit_windows[key] = ([t.voucher for t in debits], 2 * limit, len(debits) < 2 * limit)
+        return debits[:limit]
+
+    async def read_debit_windows(self, keys: Iterable[tuple[str, str]], limit: int) -> None:
+        """Read open_debits' windows of many (customer, currency) pairs in one query, before a batch's first
+        payment: the first `2 * limit` open automatic debits of each, as open_debits would. Flushes first."""
+        wanted = sorted({key for key in keys if key not in self._debit_windows})
+        if not wanted:
+            return
+        await self.flush()
+        binary = "C" if self._postgres else "BINARY"
+        table = OpenTransactionRow.__table__  # type: ignore[attr-defined]
+        c = table.c
+        order = (func.coalesce(c.due_date, c.transaction_date), c.transaction_date, c.voucher.collate(binary))
+        rank = func.row_number().over(partition_by=(c.customer_account, c.currency), order_by=order).label("rank")
+        found: dict[tuple[str, str], list[str]] = {key: [] for key in wanted}
+        for chunk in _chunks(sorted({customer for customer, _ in wanted}), 500):  # SQLite's bound-parameter limit
+            ranked = (
+                select(table, rank)
+                .where(c.customer_account.in_(chunk) & (c.open_amount > ZERO) & c.auto_settle)
+                .subquery()
+            )
+            query = (
+                select(ranked)
+                .where(ranked.c.rank <= 2 * limit)
+                .order_by(ranked.c.customer_account, ranked.c.currency, ranked.c.rank)
+            )
+            for row in (await self.session.exec(query)).all():  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+                if row.voucher not in self._loaded:
+                    self._hold(row.id, row.version, open_transaction_of(row))
+                if (row.customer_account, row.currency) in found:
+                    found[(row.customer_account, row.currency)].append(row.voucher)
+        for key, vouchers in found.items():
+            self._debit_windows[key] = (vouchers, 2 * limit, len(vouchers) < 2 * limit)
+
+    def _forget_window(self, t: OpenTransaction) -> None:
+        """Drop open_debits' window of t's customer and currency unless t is in it as it was (an open automatic
+        debit sorted where it was): a debit that is new, reopened or re-sorted may belong before its end."""
+        key = (t.customer_account, t.currency)
+        if key not in self._debit_windows:
+            return
+        before = self.held(t.voucher)
+        if (
+            before is None
+            or not _open_debit(before, t.currency)
+            or _debit_order(before) != _debit_order(t)
+            or t.voucher not in self._debit_windows[key][0]
+        ):
+            del self._debit_windows[key]
 
     @property
     def _postgres(self) -> bool:
@@ -584,6 +651,8 @@ class OpenItems:
         Deferred: remember them for `flush`."""
         new: list[OpenTransaction] = []
         for t in transactions:
+            if self._debit_windows and _open_debit(t, t.currency):
+                self._forget_window(t)
             if t.voucher not in self._loaded:
                 if self._deferred:
                     self._hold(_UNSAVED + len(self._loaded), 0, t)
@@ -709,6 +778,15 @@ def plain_row(model: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
         elif field.default is not PydanticUndefined and not (name == "id" and field.default is None):
             row[name] = field.default
     return row
+
+
+def _open_debit(t: OpenTransaction, currency: str) -> bool:
+    """What open_debits reads: an amount still owed in `currency` that settles automatically."""
+    return t.open_amount > ZERO and t.auto_settle and t.currency == currency
+
+
+def _debit_order(t: OpenTransaction) -> tuple[date, date, str]:
+    return (t.due_date or t.transaction_date, t.transaction_date, t.voucher)
 
 
 def _covers(loaded: OpenScope, wanted: OpenScope) -> bool:

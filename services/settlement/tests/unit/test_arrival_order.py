@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
+from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -380,3 +381,69 @@ def test_a_batch_per_transaction_ends_as_one_message_per_transaction(messages, r
     )
     assert state == expected
     assert rejected_in_batches == rejected_alone
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(), st.randoms(use_true_random=False))
+def test_a_batch_answering_automatic_payments_from_small_debit_windows_ends_as_one_by_one(messages, rng):
+    """The same with an automatic payment reading its first open debit only (`_FIRST_DEBITS` 1, so the batch's
+    windows hold 2): a window runs short, is read again, and is dropped when a debit reopens or is new."""
+    order = with_bad_payments(interleave(messages, rng), rng)
+    with mock.patch.object(handlers, "_FIRST_DEBITS", 1):
+        (expected, state), (rejected_alone, rejected_in_batches) = asyncio.run(
+            final_states_and_rejections(order, batched(order, rng))
+        )
+    assert state == expected
+    assert rejected_in_batches == rejected_alone
+
+
+def test_automatic_payments_in_one_batch_read_on_when_their_debit_window_runs_short():
+    """Eight invoices, then one batch of six automatic payments each paying one (the last one short) and a
+    marked one reopening nothing: with windows of 2 debits the batch reads on as it runs short, and ends as
+    the payments one at a time do (and as they do with the usual window)."""
+    invoices = [
+        Message(
+            "C1/invoices",
+            handlers.record_customer_transaction,
+            CustomerTransactionPosted.model_validate(
+                {
+                    "voucher": f"FTI-C1-{n}",
+                    "transaction_type": "Invoice",
+                    "customer_account": "C1",
+                    "transaction_date": (START + timedelta(days=n)).isoformat(),
+                    "invoice_id": f"C1-{n}",
+                    "currency": "USD",
+                    "amount": "100.00",
+                    "due_date": (START + timedelta(days=30 + n)).isoformat(),
+                }
+            ),
+        )
+        for n in range(8)
+    ]
+    payments = [
+        Message(
+            "C1/payments",
+            handlers.receive_payment,
+            CustomerPaymentReceived.model_validate(
+                {
+                    "payment_id": f"ARP-C1-{n}",
+                    "customer_account": "C1",
+                    "payment_date": (START + timedelta(days=40)).isoformat(),
+                    "amount": "60.00" if n == 5 else "100.00" if n != 2 else "150.00",
+                    "currency": "USD",
+                    "settle": [{"invoice_id": "C1-7", "use_cash_discount": "Never"}] if n == 3 else None,
+                }
+            ),
+        )
+        for n in range(6)
+    ]
+    order = [*invoices, *payments]
+    batches = [[m] for m in invoices] + [payments]
+    with mock.patch.object(handlers, "_FIRST_DEBITS", 1):
+        (expected, state), (rejected_alone, rejected_in_batches) = asyncio.run(
+            final_states_and_rejections(order, batches)
+        )
+    assert state == expected
+    assert rejected_in_batches == rejected_alone == []
+    (usual, _), _ = asyncio.run(final_states_and_rejections(order, batches))
+    assert usual == expected
