@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from kredit_collections.credit_domain import credit_balance, disputed_amounts
 from kredit_collections.domain import (
-from kredit_collections.ui import money
     CustomerTransaction,
     NoWriteOffRate,
     TransactionBalance,
@@ -32,6 +31,7 @@ from kredit_collections.ui import money
     transaction_balances,
     write_off_exchange,
 )
+from kredit_collections.ui import money
 from kredit_shared.company_setup import WriteOffParameters, load_company_setup
 from kredit_shared.contracts import CustomerTransactionPosted, GeneralJournalLine, OpenItemsSettled
 from kredit_shared.currencies import to_accounting
