@@ -456,7 +456,7 @@ async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> N
     if batch.received is not None:
         batch.received[payment.payment_id] = (fingerprint, payment.message_id)
     uow.emit(_transaction_posted(postings, credit, payment_id=payment.payment_id))
-    uow.emit(_voucher(postings, credit, bank_account, f"Payment {payment.payment_id}"))
+    _send_voucher(uow, _voucher(postings, credit, bank_account, f"Payment {payment.payment_id}"))
     await store.save([credit])
     results = domain.settle_payment(credit, transactions, marks=marks, parameters=parameters)
     await _post(postings, uow, store, results, [credit, *transactions], settlement_id=payment.payment_id)
@@ -565,13 +565,14 @@ async def _post(
     for discount in booking.discounts:
         credit = credit_of[discount.voucher]
         uow.emit(_transaction_posted(postings, discount, payment_id=credit))
-        uow.emit(
+        _send_voucher(
+            uow,
             _voucher(
                 postings,
                 discount,
                 postings.accounts.for_discount(discount.cash_discount_account),
                 f"Cash discount settling {credit}",
-            )
+            ),
         )
     await _record(postings, uow, store, booking.pairs, group_id=settlement_id)
     return list(booking.transactions)
@@ -605,7 +606,8 @@ async def _record(
         uow.emit(_settled(postings, pair))
         again = "reversed " if reversal_of else ""
         if pair.difference_amount and pair.difference_voucher and pair.difference_account:
-            uow.emit(
+            _send_voucher(
+                uow,
                 _ledger(
                     postings,
                     pair.difference_voucher,
@@ -616,11 +618,12 @@ async def _record(
                     -pair.difference_accounting,
                     pair.difference_account,
                     f"Settlement {pair.settlement_id}: {again}difference written off",
-                )
+                ),
             )
         if pair.realized_loss and pair.exchange_voucher and pair.exchange_account:
             # A loss credits the customer's summary account in the accounting currency only (EUR 0.00).
-            uow.emit(
+            _send_voucher(
+                uow,
                 _ledger(
                     postings,
                     pair.exchange_voucher,
@@ -632,7 +635,7 @@ async def _record(
                     pair.exchange_account,
                     f"Settlement {pair.settlement_id}: {again}realized exchange "
                     + ("loss" if pair.realized_loss > 0 else "gain"),
-                )
+                ),
             )
 
 
@@ -842,6 +845,13 @@ def _voucher(postings: Postings, t: OpenTransaction, account: str, text: str) ->
     )
 
 
+def _send_voucher(uow: UnitOfWork, voucher: VoucherPosted) -> None:
+    """Send a voucher to the ledger, unless it is worth nothing in the accounting currency (JPY 1 at 0.004 is
+    USD 0.00): ledger-posting refuses a voucher without an amount, and there is nothing to book."""
+    if any(line.debit or line.credit for line in voucher.lines):
+        uow.emit(voucher)
+
+
 def _ledger(
     postings: Postings,
     voucher: str,
@@ -996,13 +1006,14 @@ async def reverse_settlement(
     await store.save([*reversal.transactions, *reversal.discounts])
     for discount in reversal.discounts:
         uow.emit(_transaction_posted(postings, discount))
-        uow.emit(
+        _send_voucher(
+            uow,
             _voucher(
                 postings,
                 discount,
                 postings.accounts.for_discount(discount.cash_discount_account),
                 f"Reversed cash discount, settlement {settlement_id}",
-            )
+            ),
         )
     reversal_id = f"{settlement_id}:reversed"
     for row in rows:

@@ -128,3 +128,32 @@ async def test_a_mark_for_an_invoice_not_yet_posted_waits_and_settles_when_the_i
     async with db.sessions() as session:
         assert await handlers.pending_marks(session, "4027") == []
     assert await open_amounts(db) == {"FTI-10020": Decimal("700.00")}
+
+
+async def test_a_foreign_discount_worth_nothing_in_the_accounting_currency_posts_no_ledger_voucher(db):
+    """JPY 1 of cash discount at 0.004 is USD 0.00: the customer transaction records it, but a voucher of 0.00
+    lines would only be refused by ledger-posting (it posts no voucher without an amount)."""
+    tiny = CustomerTransactionPosted.model_validate(
+        invoice("JP-1", "100.00").model_dump()
+        | {
+            "currency": "JPY",
+            "exchange_rate": "0.004",
+            "accounting_currency_amount": "0.40",
+            "cash_discounts": [{"date": "2015-07-09", "percent": "1.00", "amount": "1"}],
+        }
+    )
+    await post_invoices(db, tiny)
+
+    handled = await pay(
+        db, payment("JPP-1", "99", marks=[("JP-1", None, "Normal")], currency="JPY", exchange_rate="0.004")
+    )
+
+    vouchers = {e.json()["voucher"]: e.json() for e in handled.emitted if e.topic == GL_JOURNAL_LINES}
+    assert list(vouchers) == ["JPP-1"]  # the payment's (USD 0.40); no DISC- voucher of 0.00
+    discount = [
+        e.json()
+        for e in handled.emitted
+        if e.topic == AR_CUSTOMER_TRANSACTIONS and e.json()["transaction_type"] == "CashDiscount"
+    ]
+    assert [(d["amount"], d["accounting_currency_amount"]) for d in discount] == [("-1.00", "0.00")]
+    assert await open_amounts(db) == {}  # the invoice, the payment and the discount all settled
