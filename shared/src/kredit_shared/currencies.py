@@ -200,3 +200,51 @@ class Rates:
     def resolve(self, currency: str, on: date, given: Decimal | None = None, document: str = "the document") -> Decimal:
         """The rate `document` in `currency` dated `on` is booked at (see resolve_rate); NoExchangeRate if none."""
         return resolve_rate(currency, on, given, self.accounting_currency, self.periods, document)
+
+
+class _SettledAmounts(Protocol):
+    """The amounts of one settled debit/credit pair (OpenItemsSettled, settlement's SettledPair)."""
+
+    @property
+    def amount_settled(self) -> Decimal: ...
+    @property
+    def cash_discount_amount(self) -> Decimal: ...
+    @property
+    def difference_amount(self) -> Decimal: ...
+    @property
+    def debit_accounting_amount(self) -> Decimal | None: ...
+    @property
+    def credit_accounting_amount(self) -> Decimal | None: ...
+    @property
+    def cash_discount_accounting_amount(self) -> Decimal | None: ...
+    @property
+    def difference_accounting_amount(self) -> Decimal | None: ...
+
+
+class SettledInAccountingCurrency:
+    """What a settled pair moves in the accounting currency. Its `*_accounting_amount` fields are None in the
+    accounting currency, where each equals its transaction-currency amount (docs/currencies.md)."""
+
+    @property
+    def debit_accounting(self: _SettledAmounts) -> Decimal:
+        """How much the debit's accounting-currency balance falls."""
+        if self.debit_accounting_amount is None:
+            return self.amount_settled + self.cash_discount_amount + self.difference_amount
+        return self.debit_accounting_amount
+
+    @property
+    def credit_accounting(self: _SettledAmounts) -> Decimal:
+        """How much the credit's accounting-currency balance rises."""
+        return self.amount_settled if self.credit_accounting_amount is None else self.credit_accounting_amount
+
+    @property
+    def cash_discount_accounting(self: _SettledAmounts) -> Decimal:
+        if self.cash_discount_accounting_amount is None:
+            return self.cash_discount_amount
+        return self.cash_discount_accounting_amount
+
+    @property
+    def difference_accounting(self: _SettledAmounts) -> Decimal:
+        if self.difference_accounting_amount is None:
+            return self.difference_amount
+        return self.difference_accounting_amount

@@ -46,7 +46,13 @@ from pydantic import (
 )
 
 from kredit_shared.contracts import topics
-from kredit_shared.currencies import ExchangeRate, check_precision, minor_units, unsupported_reason
+from kredit_shared.currencies import (
+    ExchangeRate,
+    SettledInAccountingCurrency,
+    check_precision,
+    minor_units,
+    unsupported_reason,
+)
 from kredit_shared.money import Amount, Currency, TransactionAmount, check_amount_bound, document_decimals, is_currency
 
 __all__ = [
@@ -470,7 +476,7 @@ class CustomerTransactionPosted(ContractMessage):
         return self.customer_account
 
 
-class OpenItemsSettled(ContractMessage):
+class OpenItemsSettled(SettledInAccountingCurrency, ContractMessage):
     """One settlement of a debit transaction against a credit transaction.
 
     The debit's open balance falls by `amount_settled + cash_discount_amount + difference_amount`,
@@ -520,24 +526,6 @@ class OpenItemsSettled(ContractMessage):
             ],
         )
         return self
-
-    @property
-    def debit_accounting(self) -> Decimal:
-        """How much the debit's accounting-currency balance falls."""
-        if self.debit_accounting_amount is None:
-            return self.amount_settled + self.cash_discount_amount + self.difference_amount
-        return self.debit_accounting_amount
-
-    @property
-    def credit_accounting(self) -> Decimal:
-        """How much the credit's accounting-currency balance rises."""
-        return self.amount_settled if self.credit_accounting_amount is None else self.credit_accounting_amount
-
-    @property
-    def cash_discount_accounting(self) -> Decimal:
-        if self.cash_discount_accounting_amount is None:
-            return self.cash_discount_amount
-        return self.cash_discount_accounting_amount
 
     @model_serializer(mode="wrap")
     def _without_a_zero_difference(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

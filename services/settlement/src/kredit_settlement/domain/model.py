@@ -12,6 +12,7 @@ from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 
+from kredit_shared.currencies import SettledInAccountingCurrency
 from kredit_shared.money import ZERO, round_money
 
 ONE = Decimal(1)
@@ -365,7 +366,7 @@ class MarkPreview:
 
 
 @dataclass(frozen=True)
-class SettledPair:
+class SettledPair(SettledInAccountingCurrency):
     """One settled debit/credit pair as history keeps it and OpenItemsSettled publishes it."""
 
     settlement_id: str
@@ -391,28 +392,6 @@ class SettledPair:
     realized_exchange_loss: Decimal | None = None
     exchange_account: str | None = None
     exchange_voucher: str | None = None
-
-    @property
-    def debit_accounting(self) -> Decimal:
-        if self.debit_accounting_amount is None:
-            return self.amount_settled + self.cash_discount_amount + self.difference_amount
-        return self.debit_accounting_amount
-
-    @property
-    def credit_accounting(self) -> Decimal:
-        return self.amount_settled if self.credit_accounting_amount is None else self.credit_accounting_amount
-
-    @property
-    def cash_discount_accounting(self) -> Decimal:
-        if self.cash_discount_accounting_amount is None:
-            return self.cash_discount_amount
-        return self.cash_discount_accounting_amount
-
-    @property
-    def difference_accounting(self) -> Decimal:
-        if self.difference_accounting_amount is None:
-            return self.difference_amount
-        return self.difference_accounting_amount
 
     @property
     def realized_loss(self) -> Decimal:
