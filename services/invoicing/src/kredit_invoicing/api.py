@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from kredit_invoicing.tables import DiscountTierRow, InvoiceLineRow, InvoiceRow, VoucherLineRow
 from kredit_shared.auth import Role, require
 from kredit_shared.contracts import ExchangeRate, Id
+from kredit_shared.currencies import format_rate
 from kredit_shared.money import CENT, Amount, TransactionAmount
 from kredit_shared.service import SessionDep
 
@@ -133,7 +134,7 @@ async def _with_details(session: AsyncSession, invoices: Sequence[InvoiceRow]) -
         InvoiceOut(
             **i.model_dump(exclude={"transaction_type", "fingerprint", "message_id", "posted_at", "exchange_rate"}),
             type=i.transaction_type,
-            exchange_rate=None if i.exchange_rate is None else _percent(i.exchange_rate),
+            exchange_rate=None if i.exchange_rate is None else format_rate(i.exchange_rate),
             cash_discounts=[
                 DiscountTierOut(percent=_percent(t.percent), date=t.until, amount=t.amount) for t in tiers[i.invoice_id]
             ],
@@ -145,6 +146,5 @@ async def _with_details(session: AsyncSession, invoices: Sequence[InvoiceRow]) -
 
 
 def _percent(value: Decimal) -> str:
-    """Two decimals like the setup's "1.00", more only where the value has them ("1.125"); for percents
-    and exchange rates (stored with ten places)."""
+    """Two decimals like the setup's "1.00", more only where the value has them ("1.125")."""
     return format(value.quantize(CENT) if value == value.quantize(CENT) else value.normalize(), "f")
