@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
-from typing import Literal
+from enum import StrEnum
 
 from kredit_shared.company_setup import CompanySetup
 from kredit_shared.contracts import (
@@ -175,7 +175,11 @@ def is_new_voucher(voucher: VoucherPosted, posted_fingerprint: str | None) -> bo
 
 # --- general journals (kept open for review) --------------------------------------------------
 
-JournalStatus = Literal["open", "posted", "voided"]
+
+class JournalStatus(StrEnum):
+    OPEN = "open"  # awaiting review
+    POSTED = "posted"
+    VOIDED = "voided"  # cancelled by its requester: kept, never postable
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,7 @@ class Journal:
     description: str
     lines: tuple[PostedJournalLine, ...]
     request_id: str | None = None
-    status: JournalStatus = "open"
+    status: JournalStatus = JournalStatus.OPEN
     posting_date: date | None = None
     requested_by: str | None = None  # token subjects (kredit_shared.auth)
     posted_by: str | None = None
@@ -347,9 +351,9 @@ def post_journal(
     Entries are in the accounting currency; each voucher must balance there (foreign-currency lines
     converted at their rate), and its entries keep the lines' transaction currency and amount."""
     where = f"journal {journal.batch_number}"
-    if journal.status == "posted":
+    if journal.status == JournalStatus.POSTED:
         raise JournalAlreadyPosted(f"{where} is already posted (posting date {journal.posting_date})")
-    if journal.status == "voided":
+    if journal.status == JournalStatus.VOIDED:
         raise VoidedJournal(f"{where} is voided: its request {journal.request_id} was cancelled")
     if setup.write_off.four_eyes_write_off and journal.requested_by is not None and journal.requested_by == posted_by:
         raise FourEyesViolation(
@@ -382,23 +386,23 @@ def post_journal(
         for line, b in zip(journal.lines, booked, strict=True)
     )
     posting_date = max(day for _, day in by_voucher_date)
-    return replace(journal, status="posted", posting_date=posting_date, posted_by=posted_by), entries
+    return replace(journal, status=JournalStatus.POSTED, posting_date=posting_date, posted_by=posted_by), entries
 
 
 def void_journal(journal: Journal) -> Journal:
     """The journal voided on its requester's cancel (a voided one stays as it is), or
     JournalAlreadyPosted: a posted journal is only ever undone by new, opposite postings."""
-    if journal.status == "posted":
+    if journal.status == JournalStatus.POSTED:
         raise JournalAlreadyPosted(
             f"journal {journal.batch_number} is already posted (posting date {journal.posting_date}); "
             "it cannot be cancelled"
         )
-    return replace(journal, status="voided")
+    return replace(journal, status=JournalStatus.VOIDED)
 
 
 def journal_posted_event(journal: Journal) -> JournalPosted:
     """The JournalPosted message of a posted journal (its lines carry the voucher and the settled items)."""
-    if journal.status != "posted" or journal.posting_date is None:
+    if journal.status != JournalStatus.POSTED or journal.posting_date is None:
         raise ValueError(f"journal {journal.batch_number} is not posted")
     return JournalPosted(
         request_id=journal.request_id,

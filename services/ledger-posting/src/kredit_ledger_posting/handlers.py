@@ -119,7 +119,7 @@ async def cancel_general_journal(uow: UnitOfWork, cancel: GeneralJournalCancelRe
             JournalCancellationRow(request_id=cancel.request_id, journal_name=cancel.journal_name, reason=cancel.reason)
         )
     row = await _journal_of_request(uow.session, cancel.request_id, for_update=True)
-    if row is None or row.status == "voided":
+    if row is None or row.status == domain.JournalStatus.VOIDED:
         return  # not here yet, or a cancel sent twice
     try:
         voided = domain.void_journal(row.to_domain())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy
 from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint, func, type_coerce
@@ -71,7 +71,7 @@ class JournalRow(SQLModel, table=True):
     journal_name: str = Field(index=True)
     description: str = ""
     request_id: str | None = Field(default=None, unique=True)
-    status: str = Field(default="open", index=True)
+    status: str = Field(default=JournalStatus.OPEN, index=True)
     posting_date: date | None = None
     created_at: datetime = Field(default_factory=utcnow)
     posted_at: datetime | None = None
@@ -86,7 +86,7 @@ class JournalRow(SQLModel, table=True):
             description=self.description,
             lines=tuple(PostedJournalLine.model_validate(line) for line in self.lines),
             request_id=self.request_id,
-            status=cast(JournalStatus, self.status),  # only the domain's statuses are ever stored
+            status=JournalStatus(self.status),
             posting_date=self.posting_date,
             requested_by=self.requested_by,
             posted_by=self.posted_by,
