@@ -139,10 +139,11 @@ class MarkIn(_Input):
     voucher. Unknown fields are refused."""
 
     invoice_id: Id
-    amount_to_settle: Amount | None = None  # omitted: the whole open balance
+    # Up to three decimals here; checked against the marked transaction's currency (domain.check_mark_precision).
+    amount_to_settle: TransactionAmount | None = None  # omitted: the whole open balance
     use_cash_discount: Code = "Normal"
     full_settlement: StrictBool = False
-    cash_discount_amount: Amount | None = None
+    cash_discount_amount: TransactionAmount | None = None
 
     def to_domain(self) -> Mark:
         return Mark(

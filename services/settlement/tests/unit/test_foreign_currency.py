@@ -16,6 +16,8 @@ from kredit_settlement.domain import (
     Accounts,
     DiscountTier,
     Mark,
+    MarkRejected,
+    MarksRejected,
     OpenTransaction,
     SettlementError,
     SettlementParameters,
@@ -23,10 +25,12 @@ from kredit_settlement.domain import (
     account_settlement,
     admit_transaction,
     book,
+    find_marked_invoice,
     new_payment,
     payment_rate,
     reverse,
     settle_credit,
+    settle_marked,
     settle_payment,
     vouchers_needed,
 )
@@ -369,6 +373,35 @@ def test_a_kwd_payment_with_discount_settles_to_the_fils_and_books_to_the_cent()
     after = {t.voucher: t for t in booking.transactions}
     assert after["FTI-K1"].open_amount == after["ARP-K1"].open_amount == 0
     assert after["FTI-K1"].accounting_open_amount == after["ARP-K1"].accounting_open_amount == D("0.00")
+
+
+def test_a_person_marks_a_kwd_item_to_the_fils():
+    """Settling by hand (HTTP) names no currency: the marks' amounts are checked against the item's, so a KWD
+    invoice takes three decimals where a USD one takes two (issue 13)."""
+    inv = invoice("K2", "100.000", "3.25", currency="KWD")
+    pay = payment("ARP-K2", "100.000", "3.25", currency="KWD")
+    [result] = settle_marked([inv, pay], [Mark("K2", D("40.125")), Mark("ARP-K2")], "4027", JUL1)
+    assert str(result.settlements[0].cash_applied) == "40.125"
+    assert find_marked_invoice(Mark("K2", D("1.125"), cash_discount_amount=D("0.001")), [inv], "4027") == inv
+
+
+@pytest.mark.parametrize(
+    ("currency", "amount", "why"),
+    [
+        ("USD", "1.005", "amount_to_settle 1.005 USD: the currency has 2 decimals"),
+        ("JPY", "1.5", "amount_to_settle 1.5 JPY: the currency has no decimals"),
+        ("KWD", "1.0005", "amount_to_settle 1.0005 KWD: the currency has 3 decimals"),
+    ],
+)
+def test_a_mark_with_more_decimals_than_the_items_currency_is_refused(currency, amount, why):
+    inv = invoice("X1", "100.00", "1.00", currency=currency)
+    pay = payment("ARP-X1", "100.00", "1.00", currency=currency)
+    with pytest.raises(MarkRejected, match=why):
+        find_marked_invoice(Mark("X1", D(amount)), [inv], "4027")
+    with pytest.raises(MarksRejected, match=f"X1: {why}"):
+        settle_marked([inv, pay], [Mark("X1", D(amount)), Mark("ARP-X1")], "4027", JUL1)
+    with pytest.raises(MarkRejected, match="cash_discount_amount 1.5 JPY"):
+        find_marked_invoice(Mark("X1", cash_discount_amount=D("1.5")), [invoice("X1", "100", "1", "JPY")], "4027")
 
 
 def test_a_jpy_payment_stays_in_whole_yen():

@@ -42,7 +42,7 @@ from kredit_settlement.domain.model import (
     UnknownInvoice,
     UseCashDiscount,
 )
-from kredit_shared.currencies import round_to
+from kredit_shared.currencies import check_precision, round_to
 from kredit_shared.money import ZERO
 
 
@@ -167,7 +167,23 @@ def find_marked_invoice(
         raise MarkRejected(
             mark.invoice_id, f"invoice {mark.invoice_id!r} is in {found.currency}, the credit in {currency}"
         )
+    check_mark_precision(mark, found.currency)
     return found
+
+
+def check_mark_precision(mark: Mark, currency: str) -> None:
+    """A mark's amounts have no more decimals than the marked transaction's currency (KWD 3, USD 2, JPY none).
+    A payment's marks are checked against the payment's currency by the contract; a person's marks (HTTP)
+    name no currency, so they are checked here, against the transaction they name."""
+    for what, amount in (
+        ("amount_to_settle", mark.amount_to_settle),
+        ("cash_discount_amount", mark.cash_discount_amount),
+    ):
+        if amount is not None:
+            try:
+                check_precision(amount, currency, what)
+            except ValueError as e:
+                raise MarkRejected(mark.invoice_id, str(e)) from None
 
 
 @dataclass(frozen=True)
