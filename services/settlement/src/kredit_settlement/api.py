@@ -25,7 +25,7 @@ from kredit_settlement.domain import (
     UnknownInvoice,
     priority_rule,
 )
-from kredit_settlement.handlers import Postings
+from kredit_settlement.handlers import SettlementSetup
 from kredit_shared.audit import AuditDep
 from kredit_shared.auth import Role, require
 from kredit_shared.contracts import MAX_LIST_LENGTH, Code, Id, IsoDate, Voucher
@@ -36,11 +36,11 @@ from kredit_shared.service import RuntimeDep
 router = APIRouter(prefix="/api/v1", tags=["settlement"])
 
 
-def _postings(request: Request) -> Postings:
-    return request.app.state.postings
+def _settlement_setup(request: Request) -> SettlementSetup:
+    return request.app.state.settlement_setup
 
 
-PostingsDep = Annotated[Postings, Depends(_postings)]
+SettlementSetupDep = Annotated[SettlementSetup, Depends(_settlement_setup)]
 
 
 # --- schemas ----------------------------------------------------------------------------------
@@ -346,20 +346,22 @@ class ReleasedOut(BaseModel):
 
 
 @router.get("/parameters", response_model_exclude_unset=True, dependencies=[require(Role.viewer)])
-async def get_parameters(runtime: RuntimeDep, postings: PostingsDep, include_defaults: bool = False) -> Parameters:
+async def get_parameters(runtime: RuntimeDep, setup: SettlementSetupDep, include_defaults: bool = False) -> Parameters:
     async with runtime.unit_of_work() as uow:
-        row = await handlers.get_parameters(postings, uow.session)
+        row = await handlers.get_parameters(setup, uow.session)
     return Parameters.of(row, include_defaults)
 
 
 @router.put("/parameters", response_model_exclude_unset=True, dependencies=[require(Role.admin)])
-async def put_parameters(body: Parameters, runtime: RuntimeDep, postings: PostingsDep, audit: AuditDep) -> Parameters:
+async def put_parameters(
+    body: Parameters, runtime: RuntimeDep, setup: SettlementSetupDep, audit: AuditDep
+) -> Parameters:
     """Change the parameters sent; the others keep their values. 422 for unknown fields, or values that
     contradict each other or the setup (a tolerance without an account to post it to)."""
     try:
         async with runtime.unit_of_work() as uow:
-            before = Parameters.of(await handlers.get_parameters(postings, uow.session), include_defaults=True)
-            row = await handlers.update_parameters(postings, uow.session, body.changes())
+            before = Parameters.of(await handlers.get_parameters(setup, uow.session), include_defaults=True)
+            row = await handlers.update_parameters(setup, uow.session, body.changes())
             after = Parameters.of(row, include_defaults=True)
             audit.record(
                 uow.session,
@@ -379,14 +381,14 @@ async def put_parameters(body: Parameters, runtime: RuntimeDep, postings: Postin
     responses={404: {"description": "unknown invoice"}, 422: {"description": "a mark that cannot be settled"}},
     dependencies=[require(Role.viewer, audited=False)],  # a POST that changes nothing
 )
-async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, postings: PostingsDep) -> PreviewOut:
+async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, setup: SettlementSetupDep) -> PreviewOut:
     """The *Settle open transactions* page: what each mark would take if settled on `payment_date`, each on its
     own. A mark names an invoice, interest note or fee, a credit note (its own discount and amount to settle
     shown negative) or an open payment (by its voucher)."""
     try:
         async with runtime.unit_of_work() as uow:
             previews = await handlers.preview_settlement(
-                postings,
+                setup,
                 uow.session,
                 body.customer_account,
                 body.payment_date,
@@ -424,7 +426,7 @@ async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, postings: Pos
     },
     dependencies=[require(Role.accountant)],
 )
-async def post_settlement(body: SettleIn, runtime: RuntimeDep, postings: PostingsDep) -> SettlementOut:
+async def post_settlement(body: SettleIn, runtime: RuntimeDep, setup: SettlementSetupDep) -> SettlementOut:
     """Settle posted transactions of one customer against each other (D365 *Settle transactions*): open payments
     and credit notes against invoices, interest notes and fees, with the same mark fields and discount rules as a
     payment's marks. Emits the customer transactions, OpenItemsSettled and vouchers a payment's settlement does.
@@ -432,7 +434,7 @@ async def post_settlement(body: SettleIn, runtime: RuntimeDep, postings: Posting
     try:
         async with runtime.unit_of_work() as uow:
             settled = await handlers.settle_transactions(
-                postings,
+                setup,
                 uow,
                 body.customer_account,
                 [m.to_domain() for m in body.marks],
@@ -479,17 +481,17 @@ async def get_settlement(settlement_id: Voucher, runtime: RuntimeDep) -> Settlem
     dependencies=[require(Role.accountant)],
 )
 async def reverse_settlement(
-    settlement_id: Voucher, runtime: RuntimeDep, postings: PostingsDep, body: ReverseIn | None = None
+    settlement_id: Voucher, runtime: RuntimeDep, setup: SettlementSetupDep, body: ReverseIn | None = None
 ) -> SettlementOut:
     """Undo a settlement (every pair settled together under this id, or one pair by its own id) by new,
     opposite postings: the balances and discounts taken come back, opposite cash discount transactions and
     vouchers are posted, nothing is deleted. Reversing twice answers 409."""
     try:
         async with runtime.unit_of_work() as uow:
-            reversed_ = await handlers.reverse_settlement(postings, uow, settlement_id, body.date if body else None)
+            reversed_ = await handlers.reverse_settlement(setup, uow, settlement_id, body.date if body else None)
     except LookupError as e:
         raise HTTPException(404, str(e)) from None
-    except (handlers.AlreadyReversed, ReversalRefused) as e:
+    except ReversalRefused as e:
         raise HTTPException(409, str(e)) from None
     return SettlementOut.of_settled(reversed_, reversal_of=settlement_id)
 
@@ -530,13 +532,13 @@ async def get_pending(runtime: RuntimeDep, customer_account: str | None = None) 
     dependencies=[require(Role.accountant)],
 )
 async def release_pending_marks(
-    payment_id: str, runtime: RuntimeDep, postings: PostingsDep, audit: AuditDep
+    payment_id: str, runtime: RuntimeDep, setup: SettlementSetupDep, audit: AuditDep
 ) -> ReleasedOut:
     """Give up waiting: drop the payment's pending marks and turn what is open of it into an ordinary
     automatic credit, applied now to the customer's open invoices and later to new ones."""
     try:
         async with runtime.unit_of_work() as uow:
-            result = await handlers.release_payment(postings, uow, payment_id)
+            result = await handlers.release_payment(setup, uow, payment_id)
             audit.record(
                 uow.session,
                 "pending marks released",

@@ -53,8 +53,9 @@ M = TypeVar("M", CustomerTransactionPosted, CustomerPaymentReceived, JournalPost
 
 
 @dataclass(frozen=True)
-class Postings:
-    """The part of the company setup settlement books with."""
+class SettlementSetup:
+    """The company setup as settlement needs it: the accounts it books to, the seed of its parameters row,
+    and the company setup itself for the exchange rates."""
 
     accounting_currency: str
     main_accounts: frozenset[str]
@@ -66,7 +67,7 @@ class Postings:
     overpayment_underpayment_account: str | None = None
     realized_gain_account: str | None = None  # the setup's exchange_accounts (docs/currencies.md)
     realized_loss_account: str | None = None
-    setup: CompanySetup | None = None  # for the exchange rates (load_rates); None: no rates set up
+    company: CompanySetup | None = None  # for the exchange rates (load_rates); None: no rates set up
 
     @property
     def accounts(self) -> domain.Accounts:
@@ -87,8 +88,8 @@ class Postings:
         return currency != self.accounting_currency
 
     @classmethod
-    def from_setup(cls, setup: CompanySetup) -> Postings:
-        seed = setup.settlement
+    def from_setup(cls, company: CompanySetup) -> SettlementSetup:
+        seed = company.settlement
         parameters = domain.SettlementParameters(
             seed.calculate_cash_discounts_for_partial_payments,
             seed.calculate_cash_discounts_for_credit_notes,
@@ -100,45 +101,45 @@ class Postings:
             seed.use_priority_for_automatic_settlements,
             tuple(domain.priority_rule(**rule.model_dump()) for rule in seed.settlement_priority),
         )
-        postings = cls(
-            accounting_currency=setup.accounting_currency,
-            main_accounts=frozenset(setup.main_accounts),
-            bank_account=setup.default_bank_account,
-            summary_account=setup.customer_posting_profile.summary_account,
+        setup = cls(
+            accounting_currency=company.accounting_currency,
+            main_accounts=frozenset(company.main_accounts),
+            bank_account=company.default_bank_account,
+            summary_account=company.customer_posting_profile.summary_account,
             cash_discount_account=domain.default_discount_account(
-                seed.accounts.cash_discount, (code.account for code in setup.cash_discount_codes.values())
+                seed.accounts.cash_discount, (code.account for code in company.cash_discount_codes.values())
             ),
             parameters=parameters,
             penny_difference_account=seed.accounts.penny_difference,
             overpayment_underpayment_account=seed.accounts.customer_overpayment_underpayment,
-            realized_gain_account=setup.exchange_accounts.realized_gain if setup.exchange_accounts else None,
-            realized_loss_account=setup.exchange_accounts.realized_loss if setup.exchange_accounts else None,
-            setup=setup,
+            realized_gain_account=company.exchange_accounts.realized_gain if company.exchange_accounts else None,
+            realized_loss_account=company.exchange_accounts.realized_loss if company.exchange_accounts else None,
+            company=company,
         )
         try:
-            domain.check_parameters(parameters, postings.accounts)
+            domain.check_parameters(parameters, setup.accounts)
         except domain.InvalidParameters as e:
             raise SetupError(f"company setup: settlement.{e}") from None
-        return postings
+        return setup
 
 
-async def _parameters(session: AsyncSession, postings: Postings) -> domain.SettlementParameters:
-    return (await load_parameters(session, postings.parameters)).to_domain()
+async def _parameters(session: AsyncSession, setup: SettlementSetup) -> domain.SettlementParameters:
+    return (await load_parameters(session, setup.parameters)).to_domain()
 
 
-async def _rates(session: AsyncSession, postings: Postings) -> Rates:
+async def _rates(session: AsyncSession, setup: SettlementSetup) -> Rates:
     """The exchange rates documents that state none are booked at: read once per batch."""
-    if postings.setup is None:
-        return Rates(postings.accounting_currency)
-    return await load_rates(session, postings.setup)
+    if setup.company is None:
+        return Rates(setup.accounting_currency)
+    return await load_rates(session, setup.company)
 
 
-def _foreign_problem(postings: Postings, what: str, currency: str) -> str | None:
+def _foreign_problem(setup: SettlementSetup, what: str, currency: str) -> str | None:
     """Why a document in `currency` cannot be taken: in a foreign currency its settlement may realize an
     exchange difference, which needs the setup's exchange_accounts."""
-    if postings.foreign(currency) and not postings.books_exchange_differences:
+    if setup.foreign(currency) and not setup.books_exchange_differences:
         return (
-            f"{what} is in {currency}, not the accounting currency {postings.accounting_currency}, and the company "
+            f"{what} is in {currency}, not the accounting currency {setup.accounting_currency}, and the company "
             f"setup names no exchange_accounts for the realized exchange differences its settlement may post"
         )
     return None
@@ -148,7 +149,7 @@ def _foreign_problem(postings: Postings, what: str, currency: str) -> str | None
 class _Batch:
     """What the messages of one fetch share: one transaction, the customers' locks, the open items read once."""
 
-    postings: Postings
+    setup: SettlementSetup
     uow: UnitOfWork
     store: OpenItems
     parameters: domain.SettlementParameters
@@ -161,7 +162,7 @@ class _Batch:
 
 
 async def _batch(
-    postings: Postings,
+    setup: SettlementSetup,
     uow: UnitOfWork,
     customers: Iterable[str],
     scope: OpenScope,
@@ -177,11 +178,11 @@ async def _batch(
     await store.load_customers(customers, scope)
     await store.read_names(list(invoice_ids), list(vouchers))
     return _Batch(
-        postings,
+        setup,
         uow,
         store,
-        await _parameters(uow.session, postings),
-        await _rates(uow.session, postings),
+        await _parameters(uow.session, setup),
+        await _rates(uow.session, setup),
         awaited_by_write_offs=None if awaited is None else await _awaited_by_write_offs(uow.session, list(awaited)),
     )
 
@@ -218,28 +219,30 @@ async def _one(batch: _Batch, message: M, handle: Callable[[_Batch, M], Awaitabl
 
 
 async def record_customer_transactions(
-    postings: Postings, uow: UnitOfWork, events: list[CustomerTransactionPosted]
+    setup: SettlementSetup, uow: UnitOfWork, events: list[CustomerTransactionPosted]
 ) -> None:
     # A new invoice is settled with the customer's open credits; a credit note reads the open debits itself.
     customers, vouchers = [e.customer_account for e in events], [e.voucher for e in events]
     invoice_ids = [e.invoice_id for e in events if e.invoice_id]
-    batch = await _batch(postings, uow, customers, "credits", vouchers, invoice_ids, awaited=vouchers)
+    batch = await _batch(setup, uow, customers, "credits", vouchers, invoice_ids, awaited=vouchers)
     await _each(batch, AR_CUSTOMER_TRANSACTIONS, events, _record_transaction)
 
 
-async def record_customer_transaction(postings: Postings, uow: UnitOfWork, event: CustomerTransactionPosted) -> None:
+async def record_customer_transaction(
+    setup: SettlementSetup, uow: UnitOfWork, event: CustomerTransactionPosted
+) -> None:
     """One transaction on its own; Rejected if it cannot be taken."""
-    batch = await _batch(postings, uow, [event.customer_account], "credits", [event.voucher])
+    batch = await _batch(setup, uow, [event.customer_account], "credits", [event.voucher])
     await _one(batch, event, _record_transaction)
 
 
 async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -> None:
     """Keep a new debit (invoice, interest note, fee) or credit note as an open item and settle it with what
     waits for it."""
-    postings, uow, store, parameters = batch.postings, batch.uow, batch.store, batch.parameters
+    setup, uow, store, parameters = batch.setup, batch.uow, batch.store, batch.parameters
     transaction, known = _open_transaction(event), store.held(event.voucher)
     if known is None and (
-        problem := _foreign_problem(postings, f"{event.transaction_type} {event.voucher}", event.currency)
+        problem := _foreign_problem(setup, f"{event.transaction_type} {event.voucher}", event.currency)
     ):
         raise Rejected(problem)
     # A known voucher (settlement's own postings come back on this topic) needs none of the customer's items.
@@ -252,16 +255,16 @@ async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -
         )
     taken = bool(event.invoice_id) and any(t.invoice_id == event.invoice_id for t in others)
     try:
-        new = domain.admit_transaction(transaction, known, taken, parameters, postings.accounting_currency)
+        new = domain.admit_transaction(transaction, known, taken, parameters, setup.accounting_currency)
     except domain.TransactionRejected as e:
         raise Rejected(str(e)) from None
     if new is None:
         return  # settlement's own postings come back on this topic; a re-sent transaction changes nothing
     await store.save([new])
-    problems = await _settle_waiting_credits(postings, uow, store, new, others, parameters)
+    problems = await _settle_waiting_credits(setup, uow, store, new, others, parameters)
     if not new.is_debit:
         results = domain.settle_new_transaction(new, others, parameters)
-        await _post(postings, uow, store, results, [new, *others], settlement_id=event.voucher)
+        await _post(setup, uow, store, results, [new, *others], settlement_id=event.voucher)
     problems += await _settle_pending_write_offs(batch, event.voucher)
     if problems:
         uow.dead_letter(
@@ -273,7 +276,7 @@ async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -
 
 
 async def _settle_waiting_credits(
-    postings: Postings,
+    setup: SettlementSetup,
     uow: UnitOfWork,
     store: OpenItems,
     new: OpenTransaction,
@@ -304,14 +307,14 @@ async def _settle_waiting_credits(
     results = domain.settle_new_invoice(new, credits, parameters)
     after = [new, *by_voucher.values()]
     for result in results:
-        after = await _post(postings, uow, store, [result], after, f"{new.voucher}:{result.credit_voucher}")
+        after = await _post(setup, uow, store, [result], after, f"{new.voucher}:{result.credit_voucher}")
     return [f"pending mark of payment {r.credit_voucher}: {m.reason}" for r in results for m in r.rejected_marks]
 
 
 async def _settle_pending_write_offs(batch: _Batch, voucher: str) -> list[str]:
     """Settle the posted write-offs that named this transaction before settlement knew it, in the order
     they were posted. Returns what could not be settled (it stays open on the write-off)."""
-    postings, uow, store = batch.postings, batch.uow, batch.store
+    setup, uow, store = batch.setup, batch.uow, batch.store
     if batch.awaited_by_write_offs is not None and voucher not in batch.awaited_by_write_offs:
         return []
     pending = (
@@ -332,7 +335,7 @@ async def _settle_pending_write_offs(batch: _Batch, voucher: str) -> list[str]:
         outcome = domain.settle_write_off(write_off, [(voucher, row.amount)], named, accounting)
         await store.save([outcome.write_off, *outcome.settled])
         await _record_write_off_pairs(
-            postings, uow, store, write_off, outcome.pairs, f"{write_off.voucher}:{voucher}", numbered=False
+            setup, uow, store, write_off, outcome.pairs, f"{write_off.voucher}:{voucher}", numbered=False
         )
         problems += [
             f"write-off {write_off.voucher} (journal {row.journal_batch_number}): {s}" for s in outcome.shortfalls
@@ -374,24 +377,24 @@ def mark_of(mark: SettleMark) -> Mark:
     )
 
 
-async def receive_payments(postings: Postings, uow: UnitOfWork, payments: list[CustomerPaymentReceived]) -> None:
-    batch = await _payments_batch(postings, uow, payments)
+async def receive_payments(setup: SettlementSetup, uow: UnitOfWork, payments: list[CustomerPaymentReceived]) -> None:
+    batch = await _payments_batch(setup, uow, payments)
     await _each(batch, ERP_CUSTOMER_PAYMENTS, payments, _receive_payment)
 
 
-async def receive_payment(postings: Postings, uow: UnitOfWork, payment: CustomerPaymentReceived) -> None:
+async def receive_payment(setup: SettlementSetup, uow: UnitOfWork, payment: CustomerPaymentReceived) -> None:
     """One payment on its own; Rejected if it cannot be taken."""
-    await _one(await _payments_batch(postings, uow, [payment]), payment, _receive_payment)
+    await _one(await _payments_batch(setup, uow, [payment]), payment, _receive_payment)
 
 
-async def _payments_batch(postings: Postings, uow: UnitOfWork, payments: list[CustomerPaymentReceived]) -> _Batch:
+async def _payments_batch(setup: SettlementSetup, uow: UnitOfWork, payments: list[CustomerPaymentReceived]) -> _Batch:
     """A marked payment reads what it names, an unmarked one the open debits it can reach (_reachable_debits).
     What every payment of the batch asks the database is read here at once: the payments received before under
     these ids, the transactions with their vouchers (a clash), what their marks name, pending write-offs."""
     ids = [p.payment_id for p in payments]
     named = [m.invoice_id for p in payments for m in p.settle or ()]
     customers = [p.customer_account for p in payments]
-    batch = await _batch(postings, uow, customers, "none", vouchers=[*ids, *named], invoice_ids=named, awaited=ids)
+    batch = await _batch(setup, uow, customers, "none", vouchers=[*ids, *named], invoice_ids=named, awaited=ids)
     if not batch.parameters.automatic_priority:  # the automatic payments' first debits (_reachable_debits)
         automatic = [(p.customer_account, p.currency) for p in payments if not p.settle]
         await batch.store.read_debit_windows(automatic, _FIRST_DEBITS)
@@ -412,14 +415,14 @@ async def _received(session: AsyncSession, payment_ids: list[str]) -> dict[str, 
 
 async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> None:
     """Post the payment (money arrived), settle it per its marks or automatically, post what that takes."""
-    postings, uow, store, parameters = batch.postings, batch.uow, batch.store, batch.parameters
-    bank_account = payment.bank_account or postings.bank_account
+    setup, uow, store, parameters = batch.setup, batch.uow, batch.store, batch.parameters
+    bank_account = payment.bank_account or setup.bank_account
     marks = [mark_of(m) for m in payment.settle] if payment.settle else None
     try:
         domain.admit_payment(
-            payment.payment_id, payment.currency, bank_account, postings.accounting_currency, postings.main_accounts
+            payment.payment_id, payment.currency, bank_account, setup.accounting_currency, setup.main_accounts
         )
-        if problem := _foreign_problem(postings, f"payment {payment.payment_id}", payment.currency):
+        if problem := _foreign_problem(setup, f"payment {payment.payment_id}", payment.currency):
             raise domain.TransactionRejected(problem)
         rate = domain.payment_rate(
             payment.payment_id, payment.currency, payment.payment_date, payment.exchange_rate, batch.rates
@@ -434,9 +437,9 @@ async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> N
             discount_date=payment.date_to_use_for_calculating_discounts,
             automatic_settlement=parameters.automatic_settlement,
             exchange_rate=rate,
-            accounting_currency=postings.accounting_currency,
+            accounting_currency=setup.accounting_currency,
         )
-    except (domain.TransactionRejected, domain.InvalidPayment) as e:
+    except domain.TransactionRejected as e:
         raise Rejected(str(e)) from None
     if await _already_received(batch, payment):
         return
@@ -455,11 +458,11 @@ async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> N
     await store.add(PaymentRow, PaymentRow.values(payment, bank_account, fingerprint, rate))
     if batch.received is not None:
         batch.received[payment.payment_id] = (fingerprint, payment.message_id)
-    uow.emit(_transaction_posted(postings, credit, payment_id=payment.payment_id))
-    _send_voucher(uow, _voucher(postings, credit, bank_account, f"Payment {payment.payment_id}"))
+    uow.emit(_transaction_posted(setup, credit, payment_id=payment.payment_id))
+    _send_voucher(uow, _voucher(setup, credit, bank_account, f"Payment {payment.payment_id}"))
     await store.save([credit])
     results = domain.settle_payment(credit, transactions, marks=marks, parameters=parameters)
-    await _post(postings, uow, store, results, [credit, *transactions], settlement_id=payment.payment_id)
+    await _post(setup, uow, store, results, [credit, *transactions], settlement_id=payment.payment_id)
     result = next(r for r in results if r.credit_voucher == payment.payment_id)
     problems = await _settle_pending_write_offs(batch, payment.payment_id)
     waiting = _keep_pending_marks(uow, payment, marks or [], result)
@@ -546,7 +549,7 @@ async def _already_received(batch: _Batch, payment: CustomerPaymentReceived) -> 
 
 
 async def _post(
-    postings: Postings,
+    setup: SettlementSetup,
     uow: UnitOfWork,
     store: OpenItems,
     results: Sequence[SettlementResult],
@@ -557,24 +560,24 @@ async def _post(
     Returns `transactions` after them."""
     vouchers = {
         key: await _free_vouchers(uow.session, store, *key, count)
-        for key, count in domain.vouchers_needed(results, transactions, postings.accounts).items()
+        for key, count in domain.vouchers_needed(results, transactions, setup.accounts).items()
     }
-    booking = domain.book(results, transactions, settlement_id, vouchers, postings.accounts)
+    booking = domain.book(results, transactions, settlement_id, vouchers, setup.accounts)
     await store.save([*booking.transactions, *booking.discounts])
     credit_of = {p.cash_discount_voucher or p.debit_voucher: p.credit_voucher for p in booking.pairs}
     for discount in booking.discounts:
         credit = credit_of[discount.voucher]
-        uow.emit(_transaction_posted(postings, discount, payment_id=credit))
+        uow.emit(_transaction_posted(setup, discount, payment_id=credit))
         _send_voucher(
             uow,
             _voucher(
-                postings,
+                setup,
                 discount,
-                postings.accounts.for_discount(discount.cash_discount_account),
+                setup.accounts.for_discount(discount.cash_discount_account),
                 f"Cash discount settling {credit}",
             ),
         )
-    await _record(postings, uow, store, booking.pairs, group_id=settlement_id)
+    await _record(setup, uow, store, booking.pairs, group_id=settlement_id)
     return list(booking.transactions)
 
 
@@ -593,7 +596,7 @@ async def _free_vouchers(session: AsyncSession, store: OpenItems, prefix: str, c
 
 
 async def _record(
-    postings: Postings,
+    setup: SettlementSetup,
     uow: UnitOfWork,
     store: OpenItems,
     pairs: Iterable[SettledPair],
@@ -603,13 +606,13 @@ async def _record(
     """Keep and publish settled pairs, and post the differences they wrote off."""
     for pair in pairs:
         await store.add(SettlementRow, SettlementRow.values(pair, group_id, reversal_of))
-        uow.emit(_settled(postings, pair))
+        uow.emit(_settled(setup, pair))
         again = "reversed " if reversal_of else ""
         if pair.difference_amount and pair.difference_voucher and pair.difference_account:
             _send_voucher(
                 uow,
                 _ledger(
-                    postings,
+                    setup,
                     pair.difference_voucher,
                     pair.settlement_date,
                     pair.currency,
@@ -625,7 +628,7 @@ async def _record(
             _send_voucher(
                 uow,
                 _ledger(
-                    postings,
+                    setup,
                     pair.exchange_voucher,
                     pair.settlement_date,
                     pair.currency,
@@ -640,7 +643,7 @@ async def _record(
 
 
 async def _record_write_off_pairs(
-    postings: Postings,
+    setup: SettlementSetup,
     uow: UnitOfWork,
     store: OpenItems,
     write_off: OpenTransaction,
@@ -651,7 +654,7 @@ async def _record_write_off_pairs(
     for n, pair in enumerate(pairs, 1):
         accounting = pair.amount if pair.accounting_amount is None else pair.accounting_amount
         fx: dict[str, Any] = {}
-        if postings.foreign(write_off.currency):
+        if setup.foreign(write_off.currency):
             fx = {
                 "debit_accounting_amount": accounting,
                 "credit_accounting_amount": accounting,
@@ -670,13 +673,13 @@ async def _record_write_off_pairs(
             **fx,
         )
         await store.add(SettlementRow, SettlementRow.values(settled, group_id=source))
-        uow.emit(_settled(postings, settled))
+        uow.emit(_settled(setup, settled))
 
 
-def _settled(postings: Postings, pair: SettledPair) -> OpenItemsSettled:
+def _settled(setup: SettlementSetup, pair: SettledPair) -> OpenItemsSettled:
     """OpenItemsSettled of a pair; the accounting-currency amounts only in a foreign currency."""
     fx: dict[str, Any] = {}
-    if postings.foreign(pair.currency):
+    if setup.foreign(pair.currency):
         fx = {
             "debit_accounting_amount": pair.debit_accounting,
             "credit_accounting_amount": pair.credit_accounting,
@@ -702,16 +705,16 @@ def _settled(postings: Postings, pair: SettledPair) -> OpenItemsSettled:
 # --- gl.journal-events ----------------------------------------------------------------------
 
 
-async def settle_write_off_journals(postings: Postings, uow: UnitOfWork, events: list[JournalEvent]) -> None:
+async def settle_write_off_journals(setup: SettlementSetup, uow: UnitOfWork, events: list[JournalEvent]) -> None:
     journals = [e for e in events if isinstance(e, JournalPosted)]
-    batch = await _batch(postings, uow, _customers_of(journals), "none")
+    batch = await _batch(setup, uow, _customers_of(journals), "none")
     await _each(batch, GL_JOURNAL_EVENTS, journals, _settle_write_offs)
 
 
-async def settle_write_offs(postings: Postings, uow: UnitOfWork, event: JournalEvent) -> None:
+async def settle_write_offs(setup: SettlementSetup, uow: UnitOfWork, event: JournalEvent) -> None:
     """One journal event on its own."""
     if isinstance(event, JournalPosted):
-        await _one(await _batch(postings, uow, _customers_of([event]), "none"), event, _settle_write_offs)
+        await _one(await _batch(setup, uow, _customers_of([event]), "none"), event, _settle_write_offs)
 
 
 def _customers_of(journals: Iterable[JournalPosted]) -> list[str]:
@@ -722,9 +725,9 @@ async def _settle_write_offs(batch: _Batch, event: JournalPosted) -> None:
     """Post each Customer line of a posted journal as a WriteOff transaction and settle what it names.
 
     The ledger voucher is ledger-posting's; nothing named can stop the posting, so differences are reported."""
-    postings, uow, store = batch.postings, batch.uow, batch.store
+    setup, uow, store = batch.setup, batch.uow, batch.store
     lines = [line for line in event.lines if line.account_type == "Customer"]
-    differences = domain.exchange_difference_lines(lines, postings.accounting_currency)
+    differences = domain.exchange_difference_lines(lines, setup.accounting_currency)
     lines = [line for n, line in enumerate(lines) if n not in differences]
     vouchers = _line_vouchers(lines)
     known = await store.known_vouchers(vouchers)
@@ -783,8 +786,8 @@ async def _settle_write_offs(batch: _Batch, event: JournalPosted) -> None:
                     journal_batch_number=event.batch_number,
                 )
             )
-        uow.emit(_transaction_posted(postings, write_off))
-        await _record_write_off_pairs(postings, uow, store, write_off, outcome.pairs, voucher, numbered=True)
+        uow.emit(_transaction_posted(setup, write_off))
+        await _record_write_off_pairs(setup, uow, store, write_off, outcome.pairs, voucher, numbered=True)
         if outcome.shortfalls:
             uow.dead_letter(
                 GL_JOURNAL_EVENTS,
@@ -808,11 +811,11 @@ def _line_vouchers(lines: Sequence[PostedJournalLine]) -> list[str]:
 
 
 def _transaction_posted(
-    postings: Postings, t: OpenTransaction, payment_id: str | None = None
+    setup: SettlementSetup, t: OpenTransaction, payment_id: str | None = None
 ) -> CustomerTransactionPosted:
     """A transaction settlement posts; in a foreign currency with the rate and accounting amount it is booked at."""
     fx: dict[str, Any] = {}
-    if postings.foreign(t.currency):
+    if setup.foreign(t.currency):
         fx = {"exchange_rate": t.exchange_rate, "accounting_currency_amount": t.accounting_original_amount}
     return CustomerTransactionPosted(
         voucher=t.voucher,
@@ -829,11 +832,11 @@ def _transaction_posted(
     )
 
 
-def _voucher(postings: Postings, t: OpenTransaction, account: str, text: str) -> VoucherPosted:
+def _voucher(setup: SettlementSetup, t: OpenTransaction, account: str, text: str) -> VoucherPosted:
     """The ledger voucher of a customer transaction settlement posts: the customer's summary account by its
     amount (debit +, credit −), `account` (bank, discount) the other way; in the accounting currency."""
     return _ledger(
-        postings,
+        setup,
         t.voucher,
         t.transaction_date,
         t.currency,
@@ -853,7 +856,7 @@ def _send_voucher(uow: UnitOfWork, voucher: VoucherPosted) -> None:
 
 
 def _ledger(
-    postings: Postings,
+    setup: SettlementSetup,
     voucher: str,
     on: date,
     currency: str,
@@ -867,12 +870,12 @@ def _ledger(
     (debit +), `account` the other way. In a foreign currency both lines also carry the transaction currency
     and amount (`to_customer` on the customer's line, its opposite on the other)."""
     customer: dict[str, Any] = {
-        "account": postings.summary_account,
+        "account": setup.summary_account,
         "text": text,
         "customer_account": customer_account,
     }
     other: dict[str, Any] = {"account": account, "text": text}
-    if postings.foreign(currency):
+    if setup.foreign(currency):
         customer |= {"transaction_currency": currency, "transaction_currency_amount": to_customer}
         other |= {"transaction_currency": currency, "transaction_currency_amount": -to_customer + ZERO}
     debit, credit = (customer, other) if to_customer_accounting > 0 else (other, customer)
@@ -880,7 +883,7 @@ def _ledger(
     return VoucherPosted(
         voucher=voucher,
         posting_date=on,
-        currency=postings.accounting_currency if postings.foreign(currency) else currency,
+        currency=setup.accounting_currency if setup.foreign(currency) else currency,
         source="settlement",
         description=text,
         lines=[VoucherLine(**debit, debit=amount), VoucherLine(**credit, credit=amount)],
@@ -890,23 +893,23 @@ def _ledger(
 # --- HTTP commands and queries --------------------------------------------------------------
 
 
-async def get_parameters(postings: Postings, session: AsyncSession) -> ParametersRow:
-    return await load_parameters(session, postings.parameters)
+async def get_parameters(setup: SettlementSetup, session: AsyncSession) -> ParametersRow:
+    return await load_parameters(session, setup.parameters)
 
 
-async def update_parameters(postings: Postings, session: AsyncSession, changes: dict[str, Any]) -> ParametersRow:
+async def update_parameters(setup: SettlementSetup, session: AsyncSession, changes: dict[str, Any]) -> ParametersRow:
     """Change the parameters named in `changes` (already domain values); InvalidParameters if the result
     contradicts itself or the setup."""
-    row = await load_parameters(session, postings.parameters)
+    row = await load_parameters(session, setup.parameters)
     changed = replace(row.to_domain(), **changes)
-    domain.check_parameters(changed, postings.accounts)
+    domain.check_parameters(changed, setup.accounts)
     row.update(changed, changes)
     session.add(row)
     return row
 
 
 async def preview_settlement(
-    postings: Postings,
+    setup: SettlementSetup,
     session: AsyncSession,
     customer_account: str,
     payment_date: date,
@@ -918,7 +921,7 @@ async def preview_settlement(
 
     Raises domain.UnknownInvoice for a transaction nobody posted, domain.MarkRejected for one that cannot be
     settled."""
-    parameters = await _parameters(session, postings)
+    parameters = await _parameters(session, setup)
     named = [m.invoice_id for m in marks]
     transactions = await OpenItems(session).of_customer(customer_account, invoice_ids=named, vouchers=named)
     return [
@@ -945,7 +948,7 @@ class Settled:
 
 
 async def settle_transactions(
-    postings: Postings,
+    setup: SettlementSetup,
     uow: UnitOfWork,
     customer_account: str,
     marks: Sequence[Mark],
@@ -958,7 +961,7 @@ async def settle_transactions(
     store = OpenItems(uow.session)
     named = [m.invoice_id for m in marks]
     transactions = await store.of_customer(customer_account, invoice_ids=named, vouchers=named)
-    parameters = await _parameters(uow.session, postings)
+    parameters = await _parameters(uow.session, setup)
     # Undated: on the latest date of what is marked, so a settlement of old items is not dated today.
     marked = {t.transaction_date for t in transactions if t.invoice_id in named or t.voucher in named}
     on = on or max(marked, default=date.today())
@@ -966,7 +969,7 @@ async def settle_transactions(
         transactions, marks, customer_account, on, discount_date=discount_date, parameters=parameters
     )
     settlement_id = f"STL-{uuid.uuid4().hex[:12].upper()}"
-    after = await _post(postings, uow, store, results, transactions, settlement_id)
+    after = await _post(setup, uow, store, results, transactions, settlement_id)
     pairs = [r.to_domain() for r in await _settlement_rows(uow.session, settlement_id)]
     return Settled(settlement_id, customer_account, on, pairs, _moved(after, pairs))
 
@@ -976,22 +979,18 @@ def _moved(transactions: Iterable[OpenTransaction], pairs: Iterable[SettledPair]
     return [t for t in transactions if t.voucher in named and t.transaction_type != "CashDiscount"]
 
 
-class AlreadyReversed(Exception):
-    pass
-
-
 async def reverse_settlement(
-    postings: Postings, uow: UnitOfWork, settlement_id: str, on: date | None = None
+    setup: SettlementSetup, uow: UnitOfWork, settlement_id: str, on: date | None = None
 ) -> Settled:
-    """Undo a settlement (all its pairs, or one pair by its own id) by new, opposite postings. LookupError for an unknown id, AlreadyReversed for a settlement reversed
-    before or a reversal, domain.ReversalRefused for one that cannot be reversed here (a write-off)."""
+    """Undo a settlement (all its pairs, or one pair by its own id) by new, opposite postings. LookupError for an unknown id,
+    domain.ReversalRefused for one reversed before, a reversal, or one that cannot be reversed here (a write-off)."""
     rows = await _settlement_rows(uow.session, settlement_id)
     if not rows:
         raise LookupError(f"no settlement {settlement_id!r} is known")
     await lock_customer(uow.session, rows[0].customer_account)
     rows = await _settlement_rows(uow.session, settlement_id)  # again, under the lock
     if done := next((r for r in rows if r.reversed_by or r.reversal_of), None):
-        raise AlreadyReversed(
+        raise domain.ReversalRefused(
             f"settlement {settlement_id} is itself a reversal; settle the transactions again instead"
             if done.reversal_of
             else f"settlement {settlement_id} was already reversed by {done.reversed_by}"
@@ -1005,13 +1004,13 @@ async def reverse_settlement(
         raise domain.ReversalRefused(f"voucher(s) {', '.join(sorted(clash))} are taken")
     await store.save([*reversal.transactions, *reversal.discounts])
     for discount in reversal.discounts:
-        uow.emit(_transaction_posted(postings, discount))
+        uow.emit(_transaction_posted(setup, discount))
         _send_voucher(
             uow,
             _voucher(
-                postings,
+                setup,
                 discount,
-                postings.accounts.for_discount(discount.cash_discount_account),
+                setup.accounts.for_discount(discount.cash_discount_account),
                 f"Reversed cash discount, settlement {settlement_id}",
             ),
         )
@@ -1019,7 +1018,7 @@ async def reverse_settlement(
     for row in rows:
         row.reversed_by = reversal_id
         uow.session.add(row)
-    await _record(postings, uow, store, reversal.pairs, group_id=reversal_id, reversal_of=settlement_id)
+    await _record(setup, uow, store, reversal.pairs, group_id=reversal_id, reversal_of=settlement_id)
     return Settled(
         reversal_id, rows[0].customer_account, on, list(reversal.pairs), _moved(reversal.transactions, pairs)
     )
@@ -1116,7 +1115,7 @@ class NothingToRelease(Exception):
     pass
 
 
-async def release_payment(postings: Postings, uow: UnitOfWork, payment_id: str) -> SettlementResult:
+async def release_payment(setup: SettlementSetup, uow: UnitOfWork, payment_id: str) -> SettlementResult:
     """An operator's decision: a marked payment's money is no longer held for its marks. Its pending marks
     are dropped and its open credit becomes an ordinary automatic one, applied now to the customer's open
     invoices (oldest due date first, `Normal` discount as of the payment date) and to invoices that come later.
@@ -1140,8 +1139,8 @@ async def release_payment(postings: Postings, uow: UnitOfWork, payment_id: str) 
     payment = replace(payment, auto_settle=True)
     await store.save([payment])
     transactions = [t for t in await store.of_customer(payment.customer_account) if t.voucher != payment_id]
-    results = domain.settle_payment(payment, transactions, parameters=await _parameters(uow.session, postings))
-    await _post(postings, uow, store, results, [payment, *transactions], settlement_id=f"{payment_id}:released")
+    results = domain.settle_payment(payment, transactions, parameters=await _parameters(uow.session, setup))
+    await _post(setup, uow, store, results, [payment, *transactions], settlement_id=f"{payment_id}:released")
     return results[0]
 
 

@@ -7,7 +7,7 @@ import uuid
 from decimal import Decimal
 
 from kredit_settlement import handlers
-from kredit_settlement.handlers import Postings
+from kredit_settlement.handlers import SettlementSetup
 from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
@@ -20,7 +20,7 @@ from kredit_shared.contracts import (
 )
 from kredit_shared.testing import HandlerDatabase
 
-POSTINGS = Postings.from_setup(load_company_setup())
+SETUP = SettlementSetup.from_setup(load_company_setup())
 
 
 def invoice(invoice_id: str = "10020", amount: str = "1000.00") -> CustomerTransactionPosted:
@@ -59,13 +59,13 @@ def payment(payment_id: str, amount: str, marks: list[tuple[str, str | None, str
 
 async def post_invoices(db: HandlerDatabase, *events: CustomerTransactionPosted):
     return await db.deliver(
-        AR_CUSTOMER_TRANSACTIONS, events, lambda uow, fresh: handlers.record_customer_transactions(POSTINGS, uow, fresh)
+        AR_CUSTOMER_TRANSACTIONS, events, lambda uow, fresh: handlers.record_customer_transactions(SETUP, uow, fresh)
     )
 
 
 async def pay(db: HandlerDatabase, *payments: CustomerPaymentReceived):
     return await db.deliver(
-        ERP_CUSTOMER_PAYMENTS, payments, lambda uow, fresh: handlers.receive_payments(POSTINGS, uow, fresh)
+        ERP_CUSTOMER_PAYMENTS, payments, lambda uow, fresh: handlers.receive_payments(SETUP, uow, fresh)
     )
 
 

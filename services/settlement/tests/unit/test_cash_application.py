@@ -558,21 +558,21 @@ def test_every_cent_of_a_settlement_is_accounted_for(application):
     assert moved == result.cash_applied + result.cash_discount + sum((s.difference for s in result.settlements), D(0))
 
     # Booked and reversed, every balance is back where it was.
-    postings = booked([result], [*invoices, payment])
-    ledger = sum((d.original_amount for d in postings.discounts), D(0))
+    setup = booked([result], [*invoices, payment])
+    ledger = sum((d.original_amount for d in setup.discounts), D(0))
     assert ledger == -result.cash_discount, "the discount transactions carry exactly the discounts"
-    undone = reverse(postings.pairs, [*postings.transactions, *postings.discounts], payment.transaction_date)
+    undone = reverse(setup.pairs, [*setup.transactions, *setup.discounts], payment.transaction_date)
     assert {t.voucher: t.open_amount for t in undone.transactions if t.transaction_type != "CashDiscount"} == {
         t.voucher: t.open_amount for t in [*invoices, payment]
     }
 
 
 def test_a_setup_seeding_a_tolerance_without_an_account_stops_the_service_naming_it():
-    from kredit_settlement.handlers import Postings
+    from kredit_settlement.handlers import SettlementSetup
     from kredit_shared.company_setup import SetupError, load_company_setup
 
     setup = load_company_setup()
-    assert Postings.from_setup(setup).accounts == ACCOUNTS
+    assert SettlementSetup.from_setup(setup).accounts == ACCOUNTS
     seeded = setup.settlement.model_copy(
         update={
             "maximum_penny_difference": D("0.05"),
@@ -580,4 +580,4 @@ def test_a_setup_seeding_a_tolerance_without_an_account_stops_the_service_naming
         }
     )
     with pytest.raises(SetupError, match="settlement.maximum_penny_difference"):
-        Postings.from_setup(setup.model_copy(update={"settlement": seeded}))
+        SettlementSetup.from_setup(setup.model_copy(update={"settlement": seeded}))

@@ -27,12 +27,9 @@ class SettlementError(Exception):
     """A settlement the rules cannot carry out; the message says why."""
 
 
-class InvalidPayment(SettlementError):
-    """A payment or credit with nothing to settle (a zero or negative amount)."""
-
-
 class TransactionRejected(SettlementError):
-    """A posted transaction or payment settlement cannot take; the message says why."""
+    """A posted transaction or payment settlement cannot take (a zero or negative payment, a currency without
+    exchange accounts, ...); the message says why."""
 
 
 class MarkRejected(SettlementError):

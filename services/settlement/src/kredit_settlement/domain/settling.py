@@ -28,7 +28,6 @@ from kredit_settlement.domain.model import (
     DEFAULTS,
     ONE,
     CashDiscountAdministration,
-    InvalidPayment,
     InvoiceSettlement,
     Mark,
     MarkRejected,
@@ -39,6 +38,7 @@ from kredit_settlement.domain.model import (
     SettlementError,
     SettlementParameters,
     SettlementResult,
+    TransactionRejected,
     UnknownInvoice,
     UseCashDiscount,
 )
@@ -62,7 +62,7 @@ def new_payment(
     accounting currency's minor unit). A marked one, or one received while automatic settlement is off, is
     never applied automatically."""
     if amount <= 0:
-        raise InvalidPayment(f"payment {voucher}: the amount must be positive, got {amount}")
+        raise TransactionRejected(f"payment {voucher}: the amount must be positive, got {amount}")
     amount = round_to(amount, currency)
     accounting = convert(amount, exchange_rate, accounting_currency)
     return OpenTransaction(
@@ -420,7 +420,7 @@ def settle_payment(
     Returns a result per credit that settled something, and always one for `credit` (it carries the rejected
     marks), in the order they apply."""
     if credit.open_amount >= 0:
-        raise InvalidPayment(f"{credit.voucher}: nothing to settle, the open credit is {credit.open_amount}")
+        raise TransactionRejected(f"{credit.voucher}: nothing to settle, the open credit is {credit.open_amount}")
     on = settlement_date or credit.transaction_date
     transactions = list(transactions)
     primary = _credit(credit, NORMAL, parameters, on)
