@@ -7,8 +7,8 @@ from functools import partial
 
 from fastapi import FastAPI, Request, Response
 
-from kredit_settlement import api, handlers, tables
-from kredit_settlement.handlers import SettlementSetup
+from kredit_settlement import api, handlers, queries, tables
+from kredit_settlement.posting import SettlementSetup
 from kredit_settlement.settings import SettlementSettings
 from kredit_shared import exchange_rates
 from kredit_shared.company_setup import load_company_setup
@@ -53,7 +53,7 @@ def create_app(settings: SettlementSettings | None = None) -> FastAPI:
     async def pending_gauges(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if request.url.path == "/metrics":  # the gauges count database state, the same for every replica
             async with runtime.sessions() as session:
-                await handlers.refresh_pending_gauges(session)
+                await queries.refresh_pending_gauges(session)
         return await call_next(request)
 
     app.state.settlement_setup = setup

@@ -29,7 +29,7 @@ from sqlmodel import select
 
 from kredit_settlement import handlers, tables
 from kredit_settlement.domain import SettlementParameters
-from kredit_settlement.handlers import SettlementSetup
+from kredit_settlement.posting import SettlementSetup
 from kredit_shared import outbox
 from kredit_shared.contracts import (
     GL_JOURNAL_LINES,

@@ -15,16 +15,21 @@ from kredit_settlement.domain.booking import (
     apply_pairs,
     book,
     cash_discount_vouchers,
+    check_reversible,
     numbered_vouchers,
     reverse,
     vouchers_needed,
 )
 from kredit_settlement.domain.discounts import Terms, available_discount, mark_terms, preview_mark, split
 from kredit_settlement.domain.intake import (
+    NothingToRelease,
     admit_payment,
     admit_transaction,
+    check_currency,
+    marks_to_keep,
     payment_rate,
     refused_pending_marks,
+    release,
     waiting_credits,
 )
 from kredit_settlement.domain.model import (
@@ -48,6 +53,7 @@ from kredit_settlement.domain.model import (
     SettlementParameters,
     SettlementResult,
     TransactionRejected,
+    Unknown,
     UnknownInvoice,
     UseCashDiscount,
     check_parameters,
@@ -56,12 +62,15 @@ from kredit_settlement.domain.model import (
 )
 from kredit_settlement.domain.settling import (
     MarksRejected,
+    MarksUnknown,
     ResolvedMarks,
     apply_settlement,
     automatic_order,
+    check_mark_precision,
     find_marked_invoice,
     marked_order,
     new_payment,
+    preview_marks,
     reaches_beyond,
     reservations,
     resolve_marks,
@@ -75,8 +84,11 @@ from kredit_settlement.domain.write_offs import (
     PairSettled,
     WriteOffSettlement,
     exchange_difference_lines,
+    line_vouchers,
+    named_by_several_lines,
     settle_write_off,
     write_off_problems,
+    write_off_transaction,
 )
 
 __all__ = [
@@ -93,6 +105,7 @@ __all__ = [
     "MarkPreview",
     "MarkRejected",
     "MarksRejected",
+    "MarksUnknown",
     "OpenTransaction",
     "PairAccounting",
     "PairSettled",
@@ -109,6 +122,7 @@ __all__ = [
     "SettlementResult",
     "Terms",
     "TransactionRejected",
+    "Unknown",
     "UnknownInvoice",
     "UseCashDiscount",
     "WriteOffSettlement",
@@ -122,6 +136,7 @@ __all__ = [
     "available_discount",
     "book",
     "cash_discount_vouchers",
+    "check_mark_precision",
     "check_parameters",
     "convert",
     "default_discount_account",
@@ -133,6 +148,7 @@ __all__ = [
     "numbered_vouchers",
     "payment_rate",
     "preview_mark",
+    "preview_marks",
     "priority_rule",
     "reservations",
     "resolve_marks",
@@ -148,4 +164,12 @@ __all__ = [
     "split",
     "vouchers_needed",
     "waiting_credits",
+    "NothingToRelease",
+    "check_reversible",
+    "check_currency",
+    "marks_to_keep",
+    "release",
+    "line_vouchers",
+    "named_by_several_lines",
+    "write_off_transaction",
 ]

@@ -41,6 +41,10 @@ class MarkRejected(SettlementError):
         self.reason = reason
 
 
+class Unknown(SettlementError):
+    """A settlement, payment or transaction nobody posted (HTTP 404)."""
+
+
 class UnknownInvoice(MarkRejected):
     """The marked transaction is not known (yet): it may still be on its way from invoicing."""
 

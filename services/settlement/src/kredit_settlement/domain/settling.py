@@ -21,6 +21,7 @@ from kredit_settlement.domain.discounts import (
     check_debit_terms,
     credit_note_terms,
     mark_terms,
+    preview_mark,
     split,
     tier,
 )
@@ -30,6 +31,7 @@ from kredit_settlement.domain.model import (
     CashDiscountAdministration,
     InvoiceSettlement,
     Mark,
+    MarkPreview,
     MarkRejected,
     OpenTransaction,
     PriorityCriterion,
@@ -39,6 +41,7 @@ from kredit_settlement.domain.model import (
     SettlementParameters,
     SettlementResult,
     TransactionRejected,
+    Unknown,
     UnknownInvoice,
     UseCashDiscount,
 )
@@ -184,6 +187,28 @@ def check_mark_precision(mark: Mark, currency: str) -> None:
                 check_precision(amount, currency, what)
             except ValueError as e:
                 raise MarkRejected(mark.invoice_id, str(e)) from None
+
+
+def preview_marks(
+    marks: Sequence[Mark],
+    transactions: Iterable[OpenTransaction],
+    customer_account: str,
+    payment_date: date,
+    parameters: SettlementParameters = DEFAULTS,
+    discount_date: date | None = None,
+) -> list[MarkPreview]:
+    """The *Settle open transactions* page: what each mark would take on its own (preview_mark). Raises
+    Unknown for a transaction nobody posted, MarkRejected for one that cannot be settled."""
+    transactions = list(transactions)
+    try:
+        return [
+            preview_mark(
+                find_marked_invoice(mark, transactions, customer_account), payment_date, mark, parameters, discount_date
+            )
+            for mark in marks
+        ]
+    except UnknownInvoice as e:
+        raise Unknown(e.reason) from None
 
 
 @dataclass(frozen=True)
@@ -501,6 +526,10 @@ class MarksRejected(SettlementError):
         return all(r.invoice_unknown for r in self.rejected)
 
 
+class MarksUnknown(MarksRejected, Unknown):
+    """Every mark of a manual settlement names a transaction nobody posted."""
+
+
 def settle_marked(
     transactions: Iterable[OpenTransaction],
     marks: Sequence[Mark],
@@ -533,7 +562,7 @@ def settle_marked(
             RejectedMark(marks[0].invoice_id if marks else "", f"nothing to settle: mark at least {missing}")
         )
     if rejected:
-        raise MarksRejected(rejected)
+        raise (MarksUnknown if all(r.invoice_unknown for r in rejected) else MarksRejected)(rejected)
     credits = [
         _credit(t, terms, parameters, t.transaction_date)
         for t, terms in sorted(resolved.credits, key=lambda c: (c[0].transaction_date, c[0].voucher))
