@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -40,6 +39,7 @@ from kredit_shared.contracts import (
     JournalEvent,
     JournalPosted,
     SettleMark,
+    digest,
 )
 from kredit_shared.currencies import Rates
 from kredit_shared.service import Rejected, UnitOfWork
@@ -135,21 +135,17 @@ async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -
     waits for it."""
     setup, uow, store, parameters = batch.setup, batch.uow, batch.store, batch.parameters
     transaction, known = _open_transaction(event), store.held(event.voucher)
-    if known is None:
-        try:
-            domain.check_currency(f"{event.transaction_type} {event.voucher}", event.currency, setup.accounts)
-        except domain.TransactionRejected as e:
-            raise Rejected(str(e)) from None
     # A known voucher (settlement's own postings come back on this topic) needs none of the customer's items.
     others: list[OpenTransaction] = []
-    if known is None:
-        others = await store.of_customer(
-            event.customer_account,
-            invoice_ids=[event.invoice_id] if event.invoice_id else (),
-            scope="credits" if transaction.is_debit else "all",
-        )
-    taken = bool(event.invoice_id) and any(t.invoice_id == event.invoice_id for t in others)
     try:
+        if known is None:
+            domain.check_currency(f"{event.transaction_type} {event.voucher}", event.currency, setup.accounts)
+            others = await store.of_customer(
+                event.customer_account,
+                invoice_ids=[event.invoice_id] if event.invoice_id else (),
+                scope="credits" if transaction.is_debit else "all",
+            )
+        taken = bool(event.invoice_id) and any(t.invoice_id == event.invoice_id for t in others)
         new = domain.admit_transaction(transaction, known, taken, parameters, setup.accounting_currency)
     except domain.TransactionRejected as e:
         raise Rejected(str(e)) from None
@@ -393,7 +389,7 @@ def _keep_pending_marks(
 
 
 def _fingerprint(payment: CustomerPaymentReceived) -> str:
-    return hashlib.sha256(payment.model_dump_json(exclude={"message_id"}).encode()).hexdigest()
+    return digest(payment.model_dump_json(exclude={"message_id"}))  # as stored since the first payment: unchanged
 
 
 async def _already_received(batch: _Batch, payment: CustomerPaymentReceived) -> bool:

@@ -282,7 +282,7 @@ def transaction_posted(
         fx = {"exchange_rate": t.exchange_rate, "accounting_currency_amount": t.accounting_original_amount}
     return CustomerTransactionPosted(
         voucher=t.voucher,
-        transaction_type=t.transaction_type,  # type: ignore[arg-type]
+        transaction_type=t.transaction_type,  # type: ignore[arg-type]  # a str in the domain; settlement posts only types the contract lists
         customer_account=t.customer_account,
         transaction_date=t.transaction_date,
         invoice_id=t.invoice_id,

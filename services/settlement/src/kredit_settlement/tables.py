@@ -381,8 +381,10 @@ async def lock_customers(session: AsyncSession, customer_accounts: Iterable[str]
             query = select(account).where(account.in_(chunk)).order_by(account).with_for_update()
             found.update((await session.exec(query)).all())
         else:
-            statement = update(CustomerRow).where(account.in_(chunk)).values(version=col(CustomerRow.version) + 1)
-            found.update((await session.exec(statement.returning(account))).scalars().all())
+            table = table_of(CustomerRow).c  # a Core update: the ORM's would look for the rows in the session
+            statement = update(table_of(CustomerRow)).where(table.customer_account.in_(chunk))
+            statement = statement.values(version=table.version + 1).returning(table.customer_account)
+            found.update((await session.exec(statement)).scalars().all())
     if missing := [a for a in accounts if a not in found]:
         # Two first-timers racing: the second insert fails on the key and its message is retried.
         connection = await session.connection()
