@@ -62,10 +62,6 @@ class SettlementSetup:
             self.realized_loss_account,
         )
 
-    @property
-    def books_exchange_differences(self) -> bool:
-        return self.realized_gain_account is not None and self.realized_loss_account is not None
-
     def foreign(self, currency: str) -> bool:
         return currency != self.accounting_currency
 

@@ -254,7 +254,7 @@ class OpenTransaction:
     # currency (docs/currencies.md). Left out: rate 1, the accounting amounts are the amounts themselves.
     exchange_rate: Decimal = ONE
     accounting_original_amount: Decimal = None  # type: ignore[assignment]  # filled in by __post_init__
-    accounting_open_amount: Decimal = None  # type: ignore[assignment]
+    accounting_open_amount: Decimal = None  # type: ignore[assignment]  # filled in by __post_init__
 
     def __post_init__(self) -> None:
         if self.accounting_original_amount is None:
