@@ -10,37 +10,38 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from kredit_settlement import handlers, tables
+from kredit_settlement import commands, queries, tables
 from kredit_settlement.domain import (
     CashDiscountAdministration,
     InvalidParameters,
     Mark,
     MarkRejected,
-    MarksRejected,
+    NothingToRelease,
     OpenTransaction,
     ReversalRefused,
     SettledPair,
     SettlementError,
     SettlementParameters,
-    UnknownInvoice,
+    Unknown,
     priority_rule,
 )
-from kredit_settlement.handlers import Postings
+from kredit_settlement.posting import SettlementSetup
 from kredit_shared.audit import AuditDep
 from kredit_shared.auth import Role, require
 from kredit_shared.contracts import MAX_LIST_LENGTH, Code, Id, IsoDate, Voucher
 from kredit_shared.currencies import ExchangeRate
+from kredit_shared.http import refusals_as_problems
 from kredit_shared.money import Amount, TransactionAmount
 from kredit_shared.service import RuntimeDep
 
 router = APIRouter(prefix="/api/v1", tags=["settlement"])
 
 
-def _postings(request: Request) -> Postings:
-    return request.app.state.postings
+def _settlement_setup(request: Request) -> SettlementSetup:
+    return request.app.state.settlement_setup
 
 
-PostingsDep = Annotated[Postings, Depends(_postings)]
+SettlementSetupDep = Annotated[SettlementSetup, Depends(_settlement_setup)]
 
 
 # --- schemas ----------------------------------------------------------------------------------
@@ -139,10 +140,11 @@ class MarkIn(_Input):
     voucher. Unknown fields are refused."""
 
     invoice_id: Id
-    amount_to_settle: Amount | None = None  # omitted: the whole open balance
+    # Up to three decimals here; checked against the marked transaction's currency (domain.check_mark_precision).
+    amount_to_settle: TransactionAmount | None = None  # omitted: the whole open balance
     use_cash_discount: Code = "Normal"
     full_settlement: StrictBool = False
-    cash_discount_amount: Amount | None = None
+    cash_discount_amount: TransactionAmount | None = None
 
     def to_domain(self) -> Mark:
         return Mark(
@@ -319,7 +321,7 @@ class SettlementOut(BaseModel):
         )
 
     @classmethod
-    def of_settled(cls, s: handlers.Settled, reversal_of: str | None = None) -> SettlementOut:
+    def of_settled(cls, s: commands.Settled, reversal_of: str | None = None) -> SettlementOut:
         return cls(
             settlement_id=s.settlement_id,
             customer_account=s.customer_account,
@@ -345,20 +347,22 @@ class ReleasedOut(BaseModel):
 
 
 @router.get("/parameters", response_model_exclude_unset=True, dependencies=[require(Role.viewer)])
-async def get_parameters(runtime: RuntimeDep, postings: PostingsDep, include_defaults: bool = False) -> Parameters:
+async def get_parameters(runtime: RuntimeDep, setup: SettlementSetupDep, include_defaults: bool = False) -> Parameters:
     async with runtime.unit_of_work() as uow:
-        row = await handlers.get_parameters(postings, uow.session)
+        row = await commands.get_parameters(setup, uow.session)
     return Parameters.of(row, include_defaults)
 
 
 @router.put("/parameters", response_model_exclude_unset=True, dependencies=[require(Role.admin)])
-async def put_parameters(body: Parameters, runtime: RuntimeDep, postings: PostingsDep, audit: AuditDep) -> Parameters:
+async def put_parameters(
+    body: Parameters, runtime: RuntimeDep, setup: SettlementSetupDep, audit: AuditDep
+) -> Parameters:
     """Change the parameters sent; the others keep their values. 422 for unknown fields, or values that
     contradict each other or the setup (a tolerance without an account to post it to)."""
     try:
         async with runtime.unit_of_work() as uow:
-            before = Parameters.of(await handlers.get_parameters(postings, uow.session), include_defaults=True)
-            row = await handlers.update_parameters(postings, uow.session, body.changes())
+            before = Parameters.of(await commands.get_parameters(setup, uow.session), include_defaults=True)
+            row = await commands.update_parameters(setup, uow.session, body.changes())
             after = Parameters.of(row, include_defaults=True)
             audit.record(
                 uow.session,
@@ -378,24 +382,20 @@ async def put_parameters(body: Parameters, runtime: RuntimeDep, postings: Postin
     responses={404: {"description": "unknown invoice"}, 422: {"description": "a mark that cannot be settled"}},
     dependencies=[require(Role.viewer, audited=False)],  # a POST that changes nothing
 )
-async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, postings: PostingsDep) -> PreviewOut:
+async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, setup: SettlementSetupDep) -> PreviewOut:
     """The *Settle open transactions* page: what each mark would take if settled on `payment_date`, each on its
     own. A mark names an invoice, interest note or fee, a credit note (its own discount and amount to settle
     shown negative) or an open payment (by its voucher)."""
-    try:
+    with refusals_as_problems((Unknown, MarkRejected), {Unknown: 404}):
         async with runtime.unit_of_work() as uow:
-            previews = await handlers.preview_settlement(
-                postings,
+            previews = await commands.preview_settlement(
+                setup,
                 uow.session,
                 body.customer_account,
                 body.payment_date,
                 [m.to_domain() for m in body.marks],
                 body.date_to_use_for_calculating_discounts,
             )
-    except UnknownInvoice as e:
-        raise HTTPException(404, e.reason) from None
-    except MarkRejected as e:
-        raise HTTPException(422, str(e)) from None
     return PreviewOut(
         customer_account=body.customer_account,
         payment_date=body.payment_date,
@@ -423,25 +423,22 @@ async def settlement_preview(body: PreviewIn, runtime: RuntimeDep, postings: Pos
     },
     dependencies=[require(Role.accountant)],
 )
-async def post_settlement(body: SettleIn, runtime: RuntimeDep, postings: PostingsDep) -> SettlementOut:
+async def post_settlement(body: SettleIn, runtime: RuntimeDep, setup: SettlementSetupDep) -> SettlementOut:
     """Settle posted transactions of one customer against each other (D365 *Settle transactions*): open payments
     and credit notes against invoices, interest notes and fees, with the same mark fields and discount rules as a
     payment's marks. Emits the customer transactions, OpenItemsSettled and vouchers a payment's settlement does.
     All or nothing: a mark that cannot be settled settles nothing."""
-    try:
+    # Marks that cannot be settled, or a realized exchange difference without exchange_accounts: 422.
+    with refusals_as_problems(SettlementError, {Unknown: 404}):
         async with runtime.unit_of_work() as uow:
-            settled = await handlers.settle_transactions(
-                postings,
+            settled = await commands.settle_transactions(
+                setup,
                 uow,
                 body.customer_account,
                 [m.to_domain() for m in body.marks],
                 body.date,
                 body.date_to_use_for_calculating_discounts,
             )
-    except MarksRejected as e:
-        raise HTTPException(404 if e.all_unknown else 422, str(e)) from None
-    except SettlementError as e:  # e.g. a realized exchange difference without exchange_accounts
-        raise HTTPException(422, str(e)) from None
     return SettlementOut.of_settled(settled)
 
 
@@ -449,7 +446,7 @@ async def post_settlement(body: SettleIn, runtime: RuntimeDep, postings: Posting
 async def get_settlements(customer_account: Id, runtime: RuntimeDep) -> SettlementsOut:
     """A customer's settlements, oldest first: payments', credit notes', people's, and reversals."""
     async with runtime.sessions() as session:
-        groups = await handlers.settlements(session, customer_account)
+        groups = await queries.settlements(session, customer_account)
     return SettlementsOut(
         customer_account=customer_account,
         settlements=[SettlementOut.of_rows(group, rows) for group, rows in groups.items()],
@@ -463,7 +460,7 @@ async def get_settlements(customer_account: Id, runtime: RuntimeDep) -> Settleme
 )
 async def get_settlement(settlement_id: Voucher, runtime: RuntimeDep) -> SettlementOut:
     async with runtime.sessions() as session:
-        rows = await handlers.settlement(session, settlement_id)
+        rows = await tables.settlement_rows(session, settlement_id)
     if not rows:
         raise HTTPException(404, f"no settlement {settlement_id!r} is known")
     return SettlementOut.of_rows(settlement_id, rows)
@@ -478,18 +475,14 @@ async def get_settlement(settlement_id: Voucher, runtime: RuntimeDep) -> Settlem
     dependencies=[require(Role.accountant)],
 )
 async def reverse_settlement(
-    settlement_id: Voucher, runtime: RuntimeDep, postings: PostingsDep, body: ReverseIn | None = None
+    settlement_id: Voucher, runtime: RuntimeDep, setup: SettlementSetupDep, body: ReverseIn | None = None
 ) -> SettlementOut:
     """Undo a settlement (every pair settled together under this id, or one pair by its own id) by new,
     opposite postings: the balances and discounts taken come back, opposite cash discount transactions and
     vouchers are posted, nothing is deleted. Reversing twice answers 409."""
-    try:
+    with refusals_as_problems((Unknown, ReversalRefused), {Unknown: 404}, default=409):
         async with runtime.unit_of_work() as uow:
-            reversed_ = await handlers.reverse_settlement(postings, uow, settlement_id, body.date if body else None)
-    except LookupError as e:
-        raise HTTPException(404, str(e)) from None
-    except (handlers.AlreadyReversed, ReversalRefused) as e:
-        raise HTTPException(409, str(e)) from None
+            reversed_ = await commands.reverse_settlement(setup, uow, settlement_id, body.date if body else None)
     return SettlementOut.of_settled(reversed_, reversal_of=settlement_id)
 
 
@@ -497,7 +490,7 @@ async def reverse_settlement(
 async def get_open_transactions(account: Id, runtime: RuntimeDep, include_settled: bool = False) -> OpenTransactionsOut:
     """The customer's transactions with a balance still open (all of them with `include_settled=true`)."""
     async with runtime.sessions() as session:
-        transactions = await handlers.open_transactions(session, account, include_settled)
+        transactions = await queries.open_transactions(session, account, include_settled)
     return OpenTransactionsOut(customer_account=account, transactions=[OpenTransactionOut.of(t) for t in transactions])
 
 
@@ -506,8 +499,8 @@ async def get_pending(runtime: RuntimeDep, customer_account: str | None = None) 
     """What waits for a transaction settlement has not seen yet: payment marks on unknown invoices (their
     money is reserved) and posted write-offs naming unknown transactions. State, not errors (docs/ordering.md)."""
     async with runtime.sessions() as session:
-        marks = await handlers.pending_marks(session, customer_account)
-        write_offs = await handlers.pending_write_offs(session, customer_account)
+        marks = await queries.pending_marks(session, customer_account)
+        write_offs = await queries.pending_write_offs(session, customer_account)
     return PendingOut(
         pending_marks=[PendingMarkOut(**vars(m)) for m in marks],
         pending_write_offs=[
@@ -529,13 +522,13 @@ async def get_pending(runtime: RuntimeDep, customer_account: str | None = None) 
     dependencies=[require(Role.accountant)],
 )
 async def release_pending_marks(
-    payment_id: str, runtime: RuntimeDep, postings: PostingsDep, audit: AuditDep
+    payment_id: str, runtime: RuntimeDep, setup: SettlementSetupDep, audit: AuditDep
 ) -> ReleasedOut:
     """Give up waiting: drop the payment's pending marks and turn what is open of it into an ordinary
     automatic credit, applied now to the customer's open invoices and later to new ones."""
-    try:
+    with refusals_as_problems((Unknown, NothingToRelease), {Unknown: 404}, default=409):
         async with runtime.unit_of_work() as uow:
-            result = await handlers.release_payment(postings, uow, payment_id)
+            result = await commands.release_payment(setup, uow, payment_id)
             audit.record(
                 uow.session,
                 "pending marks released",
@@ -543,10 +536,6 @@ async def release_pending_marks(
                 settled=[s.debit_voucher for s in result.settlements],
                 open_amount=str(-result.unused_amount),
             )
-    except LookupError as e:
-        raise HTTPException(404, str(e)) from None
-    except handlers.NothingToRelease as e:
-        raise HTTPException(409, str(e)) from None
     return ReleasedOut(
         payment_id=payment_id,
         open_amount=-result.unused_amount,

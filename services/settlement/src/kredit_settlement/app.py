@@ -7,8 +7,8 @@ from functools import partial
 
 from fastapi import FastAPI, Request, Response
 
-from kredit_settlement import api, handlers, tables
-from kredit_settlement.handlers import Postings
+from kredit_settlement import api, handlers, queries, tables
+from kredit_settlement.posting import SettlementSetup
 from kredit_settlement.settings import SettlementSettings
 from kredit_shared import exchange_rates
 from kredit_shared.company_setup import load_company_setup
@@ -29,20 +29,20 @@ from kredit_shared.service import ServiceRuntime, run_service
 def create_app(settings: SettlementSettings | None = None) -> FastAPI:
     """Raises SetupError when the company setup is missing or invalid."""
     settings = settings or SettlementSettings()
-    postings = Postings.from_setup(load_company_setup(settings.company_setup_file))
+    setup = SettlementSetup.from_setup(load_company_setup(settings.company_setup_file))
 
     runtime = ServiceRuntime(settings, tables=tables.TABLES, migrations=of_package("settlement", "kredit_settlement"))
     # Each fetch in one transaction (ServiceRuntime.subscribe_batch), messages in fetch order.
     runtime.subscribe_batch(
         AR_CUSTOMER_TRANSACTIONS,
         CustomerTransactionPosted.model_validate_json,
-        partial(handlers.record_customer_transactions, postings),
+        partial(handlers.record_customer_transactions, setup),
     )
     runtime.subscribe_batch(
-        ERP_CUSTOMER_PAYMENTS, CustomerPaymentReceived.model_validate_json, partial(handlers.receive_payments, postings)
+        ERP_CUSTOMER_PAYMENTS, CustomerPaymentReceived.model_validate_json, partial(handlers.receive_payments, setup)
     )
     runtime.subscribe_batch(
-        GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, partial(handlers.settle_write_off_journals, postings)
+        GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, partial(handlers.settle_write_off_journals, setup)
     )
     runtime.publishes(AR_CUSTOMER_TRANSACTIONS, AR_SETTLEMENTS, GL_JOURNAL_LINES)
 
@@ -53,10 +53,10 @@ def create_app(settings: SettlementSettings | None = None) -> FastAPI:
     async def pending_gauges(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if request.url.path == "/metrics":  # the gauges count database state, the same for every replica
             async with runtime.sessions() as session:
-                await handlers.refresh_pending_gauges(session)
+                await queries.refresh_pending_gauges(session)
         return await call_next(request)
 
-    app.state.postings = postings
+    app.state.settlement_setup = setup
     return app
 
 

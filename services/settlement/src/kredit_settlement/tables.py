@@ -7,10 +7,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
+import sqlalchemy
 from pydantic_core import PydanticUndefined
-from sqlalchemy import JSON, Column, Integer, bindparam, event, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, SQLModel, col
+from sqlalchemy import JSON, Column, Integer, bindparam, event, func, insert, update
+from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_settlement.domain import (
@@ -27,6 +27,7 @@ from kredit_shared.contracts import CustomerPaymentReceived
 from kredit_shared.currencies import plain_rate
 from kredit_shared.database import (
     ExactDecimal,
+    insert_new,
     money_field,
     optional_transaction_money_field,
     table_of,
@@ -321,16 +322,24 @@ class ParametersRow(SQLModel, table=True):
             tuple(priority_rule(**rule) for rule in self.settlement_priority),
         )
 
+    @staticmethod
+    def values(parameters: SettlementParameters) -> dict[str, Any]:
+        """The columns of `parameters` as plain values."""
+        return {
+            "calculate_cash_discounts_for_partial_payments": parameters.calculate_cash_discounts_for_partial_payments,
+            "calculate_cash_discounts_for_credit_notes": parameters.calculate_cash_discounts_for_credit_notes,
+            "maximum_penny_difference": parameters.maximum_penny_difference,
+            "maximum_overpayment_or_underpayment": parameters.maximum_overpayment_or_underpayment,
+            "cash_discount_administration": parameters.cash_discount_administration.value,
+            "automatic_settlement": parameters.automatic_settlement,
+            "prioritize_settlement": parameters.prioritize_settlement,
+            "use_priority_for_automatic_settlements": parameters.use_priority_for_automatic_settlements,
+            "settlement_priority": [_rule_json(rule) for rule in parameters.settlement_priority],
+        }
+
     def update(self, parameters: SettlementParameters, changed: Iterable[str]) -> None:
-        self.calculate_cash_discounts_for_partial_payments = parameters.calculate_cash_discounts_for_partial_payments
-        self.calculate_cash_discounts_for_credit_notes = parameters.calculate_cash_discounts_for_credit_notes
-        self.maximum_penny_difference = parameters.maximum_penny_difference
-        self.maximum_overpayment_or_underpayment = parameters.maximum_overpayment_or_underpayment
-        self.cash_discount_administration = parameters.cash_discount_administration.value
-        self.automatic_settlement = parameters.automatic_settlement
-        self.prioritize_settlement = parameters.prioritize_settlement
-        self.use_priority_for_automatic_settlements = parameters.use_priority_for_automatic_settlements
-        self.settlement_priority = [_rule_json(rule) for rule in parameters.settlement_priority]
+        for name, value in self.values(parameters).items():
+            setattr(self, name, value)
         self.set_fields = sorted({*self.set_fields, *changed})
         self.updated_at = utcnow()
 
@@ -365,21 +374,22 @@ async def lock_customers(session: AsyncSession, customer_accounts: Iterable[str]
     on PostgreSQL one SELECT … ORDER BY … FOR UPDATE (rows are locked in the order sorted), on SQLite one
     UPDATE (its first write takes the database's write lock); first-timers are inserted in one statement."""
     accounts = sorted(set(customer_accounts))
-    table = CustomerRow.__table__.c  # type: ignore[attr-defined]
+    account = col(CustomerRow.customer_account)
     found: set[str] = set()
     for chunk in _chunks(accounts, 500):  # SQLite's bound-parameter limit
         if session.get_bind().dialect.name == "postgresql":
-            query = select(table.customer_account).where(table.customer_account.in_(chunk))
-            rows = await session.exec(query.order_by(table.customer_account).with_for_update())  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+            query = select(account).where(account.in_(chunk)).order_by(account).with_for_update()
+            found.update((await session.exec(query)).all())
         else:
-            statement = update(CustomerRow.__table__).where(table.customer_account.in_(chunk))  # type: ignore[attr-defined]
-            rows = await session.exec(statement.values(version=table.version + 1).returning(table.customer_account))  # type: ignore[call-overload]  # SQLAlchemy's update: SQLModel's exec types only its own
-        found.update(rows.scalars().all())
+            table = table_of(CustomerRow).c  # a Core update: the ORM's would look for the rows in the session
+            statement = update(table_of(CustomerRow)).where(table.customer_account.in_(chunk))
+            statement = statement.values(version=table.version + 1).returning(table.customer_account)
+            found.update((await session.exec(statement)).scalars().all())
     if missing := [a for a in accounts if a not in found]:
         # Two first-timers racing: the second insert fails on the key and its message is retried.
         connection = await session.connection()
         rows = [{"customer_account": a, "version": 1} for a in missing]
-        await connection.execute(insert(CustomerRow.__table__), rows)  # type: ignore[attr-defined]
+        await connection.execute(insert(table_of(CustomerRow)), rows)
 
 
 async def lock_customer(session: AsyncSession, customer_account: str) -> None:
@@ -396,17 +406,16 @@ async def lock_customer(session: AsyncSession, customer_account: str) -> None:
 
 
 async def load_parameters(session: AsyncSession, defaults: SettlementParameters) -> ParametersRow:
+    """The stored parameters; the first caller seeds them from the setup's `defaults` (a replica seeding them
+    at the same moment changes nothing). Read first, so a batch asks once when they are there."""
     row = await session.get(ParametersRow, 1)
-    if row is not None:
-        return row
-    try:
-        async with session.begin_nested():
-            row = ParametersRow(id=1, calculate_cash_discounts_for_partial_payments=True)
-            row.update(defaults, changed=())
-            session.add(row)
-        return row
-    except IntegrityError:  # another replica seeded it meanwhile
-        return await session.get(ParametersRow, 1, populate_existing=True)  # type: ignore[return-value]
+    if row is None:
+        await insert_new(
+            session, ParametersRow, [plain_row(ParametersRow, {"id": 1, **ParametersRow.values(defaults)})]
+        )
+        row = await session.get(ParametersRow, 1)
+    assert row is not None
+    return row
 
 
 # Which of a customer's open items `OpenItems.of_customer` returns besides the named ones: all of them,
@@ -458,10 +467,8 @@ class OpenItems:
         wanted = [v for v in vouchers if v not in held and v not in self._complete_vouchers]
         if not wanted:
             return held
-        rows = await self.session.exec(  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
-            select(col(OpenTransactionRow.voucher)).where(col(OpenTransactionRow.voucher).in_(wanted))
-        )
-        return held | set(rows.scalars().all())
+        voucher = col(OpenTransactionRow.voucher)
+        return held | set((await self.session.exec(select(voucher).where(voucher.in_(wanted)))).all())
 
     async def find(self, voucher: str) -> OpenTransaction | None:
         found = await self.find_all([voucher])
@@ -477,7 +484,7 @@ class OpenItems:
         """Hold every transaction with one of `invoice_ids` or `vouchers`, reading only names not read before."""
         invoices = sorted({i for i in invoice_ids if i not in self._complete_invoices})
         wanted = sorted({v for v in vouchers if v not in self._complete_vouchers and v not in self._loaded})
-        table = OpenTransactionRow.__table__.c  # type: ignore[attr-defined]
+        table = table_of(OpenTransactionRow).c
         for chunk in _chunks(invoices, 500):  # SQLite's bound-parameter limit
             await self._select(table.invoice_id.in_(chunk))
         for chunk in _chunks(wanted, 500):
@@ -555,7 +562,7 @@ class OpenItems:
         await self.flush()  # the database sorts and limits by open amounts: they must be written
         # The voucher tie-break compares code points, as Python's str does: not the database's locale.
         binary = "C" if self._postgres else "BINARY"
-        table = OpenTransactionRow.__table__.c  # type: ignore[attr-defined]
+        table = table_of(OpenTransactionRow).c
         debits = await self._select(
             (table.customer_account == customer_account)
             & (table.currency == currency)
@@ -579,23 +586,23 @@ class OpenItems:
             return
         await self.flush()
         binary = "C" if self._postgres else "BINARY"
-        table = OpenTransactionRow.__table__  # type: ignore[attr-defined]
+        table = table_of(OpenTransactionRow)
         c = table.c
         order = (func.coalesce(c.due_date, c.transaction_date), c.transaction_date, c.voucher.collate(binary))
         rank = func.row_number().over(partition_by=(c.customer_account, c.currency), order_by=order).label("rank")
         found: dict[tuple[str, str], list[str]] = {key: [] for key in wanted}
         for chunk in _chunks(sorted({customer for customer, _ in wanted}), 500):  # SQLite's bound-parameter limit
             ranked = (
-                select(table, rank)
+                sqlalchemy.select(table, rank)
                 .where(c.customer_account.in_(chunk) & (c.open_amount > ZERO) & c.auto_settle)
                 .subquery()
             )
             query = (
-                select(ranked)
+                sqlalchemy.select(ranked)
                 .where(ranked.c.rank <= 2 * limit)
                 .order_by(ranked.c.customer_account, ranked.c.currency, ranked.c.rank)
             )
-            for row in (await self.session.exec(query)).all():  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+            for row in (await (await self.session.connection()).execute(query)).all():
                 if row.voucher not in self._loaded:
                     self._hold(row.id, row.version, open_transaction_of(row))
                 if (row.customer_account, row.currency) in found:
@@ -626,9 +633,10 @@ class OpenItems:
         self, condition: Any, order_by: Sequence[Any] = (), limit: int | None = None
     ) -> list[OpenTransaction]:
         """Read rows with Core (plain rows, no ORM objects: a customer may have 10,000 open items)."""
-        table = OpenTransactionRow.__table__  # type: ignore[attr-defined]
-        query = select(table).where(condition).order_by(*(order_by or (table.c.transaction_date, table.c.id)))
-        rows = (await self.session.exec(query.limit(limit))).all()  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+        table = table_of(OpenTransactionRow)
+        query = sqlalchemy.select(table).where(condition)
+        query = query.order_by(*(order_by or (table.c.transaction_date, table.c.id))).limit(limit)
+        rows = (await (await self.session.connection()).execute(query)).all()
         for row in rows:
             if row.voucher not in self._loaded:  # a held one is as new as the row, or newer (deferred)
                 self._hold(row.id, row.version, open_transaction_of(row))
@@ -688,7 +696,7 @@ class OpenItems:
     async def _insert(self, new: list[OpenTransaction]) -> None:
         """One insert for them all (Core, not ORM objects: the ORM inserts row by row on SQLite to learn the
         ids); their ids are their order of arrival. Each row's id is read back with its voucher."""
-        table = OpenTransactionRow.__table__  # type: ignore[attr-defined]
+        table = table_of(OpenTransactionRow)
         rows = [OpenTransactionRow.values(t) for t in new]
         # PostgreSQL: SQLAlchemy orders the ids as the rows (sort_by_parameter_order). SQLite numbers the rows of
         # a multi-row VALUES in order; asking SQLAlchemy to guarantee it would make it insert one by one.
@@ -707,7 +715,7 @@ class OpenItems:
         if self._deferred:
             self._rows.setdefault(model, []).append(row)
         else:
-            await (await self.session.connection()).execute(insert(model.__table__), [row])  # type: ignore[attr-defined]
+            await (await self.session.connection()).execute(insert(table_of(model)), [row])
 
     async def flush(self) -> None:
         """Write what a deferred store saved: the changes in one update (versions checked first, the rows
@@ -722,21 +730,21 @@ class OpenItems:
             await self._insert(new)
         rows, self._rows = self._rows, {}
         for model, values in rows.items():
-            await (await self.session.connection()).execute(insert(model.__table__), values)  # type: ignore[attr-defined]
+            await (await self.session.connection()).execute(insert(table_of(model)), values)
 
     async def _update(self, changed: list[tuple[int, int, OpenTransaction]]) -> None:
-        table = OpenTransactionRow.__table__.c  # type: ignore[attr-defined]
+        table = table_of(OpenTransactionRow).c
         read = {row_id: version for row_id, version, _ in changed}
         for chunk in _chunks(sorted(read), 500):
             query = select(table.id, table.version).where(table.id.in_(chunk))
             if self._postgres:  # SQLite: the customer lock's write holds the whole database already
                 query = query.with_for_update()
-            for row_id, version in (await self.session.exec(query)).all():  # type: ignore[call-overload]  # SQLAlchemy's select: SQLModel's exec types only its own
+            for row_id, version in (await self.session.exec(query)).all():
                 if version != read[row_id]:
                     voucher = next(t.voucher for i, _, t in changed if i == row_id)
                     raise ConcurrentUpdate(f"{voucher} changed since it was read (version {read[row_id]})")
         statement = (
-            update(OpenTransactionRow.__table__)  # type: ignore[attr-defined]
+            update(table_of(OpenTransactionRow))
             .where(table.id == bindparam("b_id"), table.version == bindparam("b_version"))
             .values(
                 open_amount=bindparam("b_open_amount"),
@@ -774,7 +782,7 @@ def plain_row(model: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
         if name in values:
             row[name] = values[name]
         elif field.default_factory is not None:
-            row[name] = field.default_factory()  # type: ignore[call-arg]
+            row[name] = field.default_factory()  # type: ignore[call-arg]  # pydantic allows a factory of the validated data; these take none
         elif field.default is not PydanticUndefined and not (name == "id" and field.default is None):
             row[name] = field.default
     return row
@@ -796,3 +804,67 @@ def _covers(loaded: OpenScope, wanted: OpenScope) -> bool:
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+async def settlement_rows(session: AsyncSession, settlement_id: str) -> list[SettlementRow]:
+    """The pairs of a settlement: all settled together under that id, or the one pair with that id."""
+    for condition in (SettlementRow.group_id == settlement_id, SettlementRow.settlement_id == settlement_id):
+        rows = (
+            await session.exec(
+                select(SettlementRow)
+                .where(condition)
+                .order_by(col(SettlementRow.settled_at), col(SettlementRow.settlement_id))
+            )
+        ).all()
+        if rows:
+            return list(rows)
+    return []
+
+
+# --- what waits, what was received, which vouchers are taken ---------------------------------------
+
+
+async def awaited_by_write_offs(session: AsyncSession, vouchers: list[str]) -> frozenset[str]:
+    """Which of `vouchers` pending write-offs wait for."""
+    found: set[str] = set()
+    column = col(PendingWriteOffRow.voucher)
+    for chunk in _chunks(vouchers, 500):  # SQLite's bound-parameter limit
+        found |= set((await session.exec(select(column).where(column.in_(chunk)))).all())
+    return frozenset(found)
+
+
+async def pending_write_offs_naming(session: AsyncSession, voucher: str) -> list[PendingWriteOffRow]:
+    """The pending write-offs waiting for `voucher`, in the order they were posted."""
+    query = select(PendingWriteOffRow).where(col(PendingWriteOffRow.voucher) == voucher)
+    return list((await session.exec(query.order_by(col(PendingWriteOffRow.id)))).all())
+
+
+async def pending_marks_on(session: AsyncSession, invoice_id: str) -> list[PendingMarkRow]:
+    """The payments' marks waiting for the invoice `invoice_id`."""
+    return list((await session.exec(select(PendingMarkRow).where(PendingMarkRow.invoice_id == invoice_id))).all())
+
+
+async def pending_marks_of_payment(session: AsyncSession, payment_id: str) -> list[PendingMarkRow]:
+    query = select(PendingMarkRow).where(PendingMarkRow.payment_voucher == payment_id)
+    return list((await session.exec(query)).all())
+
+
+async def received_payments(session: AsyncSession, payment_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """Payment id -> (fingerprint, message id) of the payments among `payment_ids` received before."""
+    found: dict[str, tuple[str, str]] = {}
+    for chunk in _chunks(payment_ids, 500):  # SQLite's bound-parameter limit
+        rows = await session.exec(
+            select(PaymentRow.payment_id, PaymentRow.fingerprint, PaymentRow.message_id).where(
+                col(PaymentRow.payment_id).in_(chunk)
+            )
+        )
+        found |= {payment_id: (fingerprint, message_id) for payment_id, fingerprint, message_id in rows.all()}
+    return found
+
+
+async def settlement_vouchers_taken(session: AsyncSession, vouchers: list[str]) -> set[str]:
+    """Which of `vouchers` settled pairs use as their difference or exchange voucher."""
+    taken: set[str] = set()
+    for column in (col(SettlementRow.difference_voucher), col(SettlementRow.exchange_voucher)):
+        taken |= {v for v in (await session.exec(select(column).where(column.in_(vouchers)))).all() if v is not None}
+    return taken

@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
-from kredit_settlement import handlers
-from kredit_settlement.handlers import Postings
+from kredit_settlement import handlers, queries
+from kredit_settlement.posting import SettlementSetup
 from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
@@ -20,7 +20,7 @@ from kredit_shared.contracts import (
 )
 from kredit_shared.testing import HandlerDatabase
 
-POSTINGS = Postings.from_setup(load_company_setup())
+SETUP = SettlementSetup.from_setup(load_company_setup())
 
 
 def invoice(invoice_id: str = "10020", amount: str = "1000.00") -> CustomerTransactionPosted:
@@ -59,19 +59,19 @@ def payment(payment_id: str, amount: str, marks: list[tuple[str, str | None, str
 
 async def post_invoices(db: HandlerDatabase, *events: CustomerTransactionPosted):
     return await db.deliver(
-        AR_CUSTOMER_TRANSACTIONS, events, lambda uow, fresh: handlers.record_customer_transactions(POSTINGS, uow, fresh)
+        AR_CUSTOMER_TRANSACTIONS, events, lambda uow, fresh: handlers.record_customer_transactions(SETUP, uow, fresh)
     )
 
 
 async def pay(db: HandlerDatabase, *payments: CustomerPaymentReceived):
     return await db.deliver(
-        ERP_CUSTOMER_PAYMENTS, payments, lambda uow, fresh: handlers.receive_payments(POSTINGS, uow, fresh)
+        ERP_CUSTOMER_PAYMENTS, payments, lambda uow, fresh: handlers.receive_payments(SETUP, uow, fresh)
     )
 
 
 async def open_amounts(db: HandlerDatabase) -> dict[str, Decimal]:
     async with db.sessions() as session:
-        return {t.voucher: t.open_amount for t in await handlers.open_transactions(session, "4027")}
+        return {t.voucher: t.open_amount for t in await queries.open_transactions(session, "4027")}
 
 
 async def test_a_partial_payment_before_the_discount_date_settles_with_its_cash_discount(db):
@@ -118,7 +118,7 @@ async def test_a_mark_for_an_invoice_not_yet_posted_waits_and_settles_when_the_i
     waiting = await pay(db, payment("ARP-1", "297.00", marks=[("10020", None, "Normal")]))
     assert waiting.on(AR_SETTLEMENTS) == [] and waiting.rejected == []
     async with db.sessions() as session:
-        [mark] = await handlers.pending_marks(session, "4027")
+        [mark] = await queries.pending_marks(session, "4027")
     assert (mark.payment_id, mark.invoice_id, mark.reserved) == ("ARP-1", "10020", Decimal("297.00"))
 
     arrived = await post_invoices(db, invoice())
@@ -126,7 +126,7 @@ async def test_a_mark_for_an_invoice_not_yet_posted_waits_and_settles_when_the_i
     [settled] = arrived.on(AR_SETTLEMENTS)
     assert (settled.json()["amount_settled"], settled.json()["cash_discount_amount"]) == ("297.00", "3.00")
     async with db.sessions() as session:
-        assert await handlers.pending_marks(session, "4027") == []
+        assert await queries.pending_marks(session, "4027") == []
     assert await open_amounts(db) == {"FTI-10020": Decimal("700.00")}
 
 

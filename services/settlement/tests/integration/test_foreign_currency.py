@@ -131,3 +131,49 @@ async def test_a_mark_on_another_currency_is_refused_and_a_payment_without_a_rat
         reason = dead.headers["x-dlq-reason"]
         assert "states no exchange_rate, and there is no EUR rate for 2015-07-01" in reason
         assert "P-NO-RATE" not in await service.open_transactions("4902", include_settled=True)
+
+
+async def test_a_person_settles_a_kwd_item_to_the_fils_and_too_many_decimals_are_a_422(start_settlement):
+    """Marks made over HTTP are checked against the marked item's currency: three decimals for KWD, two for
+    USD, none for JPY (issue 13)."""
+    async with start_settlement() as service:
+        assert (await service.http.put("/api/v1/parameters", json={"automatic_settlement": False})).status_code == 200
+        kwd = {"currency": "KWD", "exchange_rate": "3.25"}
+        await service.invoice("KW-1", "100.000", customer="4903", tiers=[], accounting_currency_amount="325.00", **kwd)
+        await service.invoice("US-9", "100.00", customer="4903", tiers=[])
+        await service.invoice(
+            "JP-9",
+            "100",
+            customer="4903",
+            tiers=[],
+            currency="JPY",
+            exchange_rate="0.0091",
+            accounting_currency_amount="0.91",
+        )
+        await service.pay("ARP-KW-1", "60.000", "2015-07-01", customer="4903", **kwd)
+        await service.transaction("ARP-KW-1")
+
+        preview = await service.preview("2015-07-01", ("KW-1", "40.125", "Never"), customer="4903")
+        assert preview.status_code == 200, preview.text
+        assert preview.json()["marks"][0]["amount_to_settle"] == "40.125"
+        for invoice_id, amount, why in [
+            ("US-9", "1.005", "amount_to_settle 1.005 USD: the currency has 2 decimals"),
+            ("JP-9", "1.5", "amount_to_settle 1.50 JPY: the currency has no decimals"),
+        ]:
+            refused = await service.preview("2015-07-01", (invoice_id, amount, "Normal"), customer="4903")
+            assert refused.status_code == 422 and why in refused.json()["detail"], refused.text
+            assert refused.headers["content-type"] == "application/problem+json"
+        body = {"customer_account": "4903", "date": "2015-07-01"}
+        refused = await service.http.post(
+            "/api/v1/settlements",
+            json=body | {"marks": [{"invoice_id": "US-9", "amount_to_settle": "1.005"}, {"invoice_id": "ARP-KW-1"}]},
+        )
+        assert refused.status_code == 422 and "US-9: amount_to_settle 1.005 USD" in refused.json()["detail"]
+
+        settled = await service.http.post(
+            "/api/v1/settlements",
+            json=body | {"marks": [{"invoice_id": "KW-1", "amount_to_settle": "40.125"}, {"invoice_id": "ARP-KW-1"}]},
+        )
+        assert settled.status_code == 201, settled.text
+        assert [p["amount_settled"] for p in settled.json()["pairs"]] == ["40.125"]
+        assert await service.balance("FTI-KW-1", "4903") == D("59.875")

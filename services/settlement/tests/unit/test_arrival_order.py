@@ -29,7 +29,7 @@ from sqlmodel import select
 
 from kredit_settlement import handlers, tables
 from kredit_settlement.domain import SettlementParameters
-from kredit_settlement.handlers import Postings
+from kredit_settlement.posting import SettlementSetup
 from kredit_shared import outbox
 from kredit_shared.contracts import (
     GL_JOURNAL_LINES,
@@ -42,7 +42,7 @@ from kredit_shared.service import Rejected, UnitOfWork
 
 D = Decimal
 START = date(2015, 6, 1)
-POSTINGS = Postings(
+SETUP = SettlementSetup(
     accounting_currency="USD",
     main_accounts=frozenset({"110110", "130100", "401100", "520100", "618900"}),
     bank_account="110110",
@@ -243,7 +243,7 @@ async def final_states(orders: list[list[Message]]) -> list[dict[str, Any]]:
             for m in messages:
                 try:
                     async with sessions() as session, session.begin():
-                        await m.handle(POSTINGS, UnitOfWork(session), m.body)
+                        await m.handle(SETUP, UnitOfWork(session), m.body)
                 except Rejected:
                     pass  # the runtime dead-letters it; its transaction rolled back
             async with sessions() as session:
@@ -347,7 +347,7 @@ async def final_states_and_rejections(
         for m in one_by_one:
             try:
                 async with sessions() as session, session.begin():
-                    await m.handle(POSTINGS, UnitOfWork(session), m.body)
+                    await m.handle(SETUP, UnitOfWork(session), m.body)
             except Rejected:
                 rejected.append(m.body.message_id)
         async with sessions() as session:
@@ -360,7 +360,7 @@ async def final_states_and_rejections(
         for batch in batches:
             async with sessions() as session, session.begin():
                 uow = UnitOfWork(session)
-                await BATCH_OF[batch[0].handle](POSTINGS, uow, [m.body for m in batch])
+                await BATCH_OF[batch[0].handle](SETUP, uow, [m.body for m in batch])
                 rejected += [r.message.message_id for r in uow.rejected]
         async with sessions() as session:
             states.append(await _snapshot(session))

@@ -20,13 +20,16 @@ from kredit_settlement.domain import (
     Mark,
     MarkRejected,
     MarksRejected,
+    MarksUnknown,
     OpenTransaction,
     SettlementParameters,
+    Unknown,
     apply_settlement,
     book,
     check_parameters,
     new_payment,
     preview_mark,
+    preview_marks,
     priority_rule,
     reverse,
     settle_credit,
@@ -444,13 +447,25 @@ def test_marks_with_unknown_fields_or_contradictions_are_rejected_naming_them():
 
 def test_a_manual_settlement_is_all_or_nothing():
     inv, note = invoice_10050(), credit_note_10050()
-    with pytest.raises(MarksRejected) as refused:
+    with pytest.raises(MarksUnknown, match="NOPE: no invoice 'NOPE' is known") as refused:
         settle_marked([inv, note], [Mark("10050"), Mark("NOPE")], "4035", JUN28)
-    assert refused.value.all_unknown
-    with pytest.raises(MarksRejected, match="nothing to settle: mark at least a credit"):
+    assert refused.value.all_unknown and isinstance(refused.value, Unknown), "answered 404"
+    with pytest.raises(MarksRejected, match="nothing to settle: mark at least a credit") as refused:
         settle_marked([inv, note], [Mark("10050")], "4035", JUN28)
+    assert not isinstance(refused.value, Unknown), "answered 422"
     with pytest.raises(MarkRejected):
         preview_mark(note, JUN28, Mark("CR-10050", full_settlement=True))
+
+
+def test_a_preview_refuses_an_unknown_transaction_by_its_reason_alone():
+    inv, note = invoice_10050(), credit_note_10050()
+    [shown] = preview_marks([Mark("10050")], [inv, note], "4035", JUN28)
+    assert shown.invoice_id == "10050"
+    with pytest.raises(Unknown) as unknown:
+        preview_marks([Mark("10050"), Mark("NOPE")], [inv, note], "4035", JUN28)
+    assert str(unknown.value) == "no invoice 'NOPE' is known", "the 404's detail"
+    with pytest.raises(MarkRejected, match="belongs to another customer"):
+        preview_marks([Mark("10050")], [inv, note], "4027", JUN28)
 
 
 def balances(transactions) -> dict[str, Decimal]:
@@ -558,21 +573,21 @@ def test_every_cent_of_a_settlement_is_accounted_for(application):
     assert moved == result.cash_applied + result.cash_discount + sum((s.difference for s in result.settlements), D(0))
 
     # Booked and reversed, every balance is back where it was.
-    postings = booked([result], [*invoices, payment])
-    ledger = sum((d.original_amount for d in postings.discounts), D(0))
+    setup = booked([result], [*invoices, payment])
+    ledger = sum((d.original_amount for d in setup.discounts), D(0))
     assert ledger == -result.cash_discount, "the discount transactions carry exactly the discounts"
-    undone = reverse(postings.pairs, [*postings.transactions, *postings.discounts], payment.transaction_date)
+    undone = reverse(setup.pairs, [*setup.transactions, *setup.discounts], payment.transaction_date)
     assert {t.voucher: t.open_amount for t in undone.transactions if t.transaction_type != "CashDiscount"} == {
         t.voucher: t.open_amount for t in [*invoices, payment]
     }
 
 
 def test_a_setup_seeding_a_tolerance_without_an_account_stops_the_service_naming_it():
-    from kredit_settlement.handlers import Postings
+    from kredit_settlement.posting import SettlementSetup
     from kredit_shared.company_setup import SetupError, load_company_setup
 
     setup = load_company_setup()
-    assert Postings.from_setup(setup).accounts == ACCOUNTS
+    assert SettlementSetup.from_setup(setup).accounts == ACCOUNTS
     seeded = setup.settlement.model_copy(
         update={
             "maximum_penny_difference": D("0.05"),
@@ -580,4 +595,4 @@ def test_a_setup_seeding_a_tolerance_without_an_account_stops_the_service_naming
         }
     )
     with pytest.raises(SetupError, match="settlement.maximum_penny_difference"):
-        Postings.from_setup(setup.model_copy(update={"settlement": seeded}))
+        SettlementSetup.from_setup(setup.model_copy(update={"settlement": seeded}))

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from kredit_settlement.domain import (
     CashDiscountAdministration,
     DiscountTier,
-    InvalidPayment,
     Mark,
     MarkRejected,
     OpenTransaction,
     SettlementError,
     SettlementParameters,
+    TransactionRejected,
     UseCashDiscount,
     apply_settlement,
     automatic_order,
@@ -544,13 +544,13 @@ def test_a_preview_of_an_invalid_use_cash_discount_is_rejected():
 
 @pytest.mark.parametrize("amount", [D("0.00"), D("-5.00")])
 def test_a_zero_or_negative_payment_is_a_domain_error(amount):
-    with pytest.raises(InvalidPayment, match="must be positive"):
+    with pytest.raises(TransactionRejected, match="must be positive"):
         new_payment("ARP-1", "4027", JUL1, amount, "USD")
 
 
 def test_settling_a_credit_with_nothing_open_is_a_domain_error():
     closed = OpenTransaction("ARP-1", "4027", "Payment", JUL1, "USD", D("-10.00"), D("0.00"))
-    with pytest.raises(InvalidPayment, match="nothing to settle"):
+    with pytest.raises(TransactionRejected, match="nothing to settle"):
         settle_credit(closed, [invoice_10020()])
 
 

@@ -11,11 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kredit_settlement import handlers
+from kredit_settlement import posting
 from kredit_settlement.domain import (
     Accounts,
     DiscountTier,
     Mark,
+    MarkRejected,
+    MarksRejected,
     OpenTransaction,
     SettlementError,
     SettlementParameters,
@@ -23,10 +25,12 @@ from kredit_settlement.domain import (
     account_settlement,
     admit_transaction,
     book,
+    find_marked_invoice,
     new_payment,
     payment_rate,
     reverse,
     settle_credit,
+    settle_marked,
     settle_payment,
     vouchers_needed,
 )
@@ -36,7 +40,7 @@ from kredit_shared.currencies import Rates
 D = Decimal
 JUN25, JUL1 = date(2015, 6, 25), date(2015, 7, 1)
 ACCOUNTS = Accounts("520100", None, None, "USD", "710100", "810100")
-POSTINGS = handlers.Postings(
+SETUP = posting.SettlementSetup(
     accounting_currency="USD",
     main_accounts=frozenset({"110110", "130100", "520100", "710100", "810100"}),
     bank_account="110110",
@@ -124,12 +128,12 @@ def test_the_vouchers_of_the_d365_example_are_in_usd_and_carry_the_euros():
     inv = invoice("1", "1000.00", "1.10", percent="2.00")
     pay = payment("ARP-1", "980.00", "0.80")
     booking = booked([settle_credit(pay, [inv], marks=[Mark("1")])], [inv, pay])
-    payment_voucher = handlers._voucher(POSTINGS, pay, "110110", "Payment")
-    discount_voucher = handlers._voucher(POSTINGS, booking.discounts[0], "520100", "Discount")
+    payment_voucher = posting.voucher_of(SETUP, pay, "110110", "Payment")
+    discount_voucher = posting.voucher_of(SETUP, booking.discounts[0], "520100", "Discount")
     [pair] = booking.pairs
     assert pair.exchange_voucher and pair.exchange_account
-    exchange_voucher = handlers._ledger(
-        POSTINGS,
+    exchange_voucher = posting.ledger_voucher(
+        SETUP,
         pair.exchange_voucher,
         pair.settlement_date,
         "EUR",
@@ -162,7 +166,7 @@ def test_a_usd_settlement_has_no_accounting_fields_and_no_difference():
     assert pair.exchange_voucher is None
     after = {t.voucher: t for t in booking.transactions}
     assert after["FTI-1"].accounting_open_amount == after["FTI-1"].open_amount == D("700.00")
-    voucher = handlers._voucher(POSTINGS, pay, "110110", "Payment")
+    voucher = posting.voucher_of(SETUP, pay, "110110", "Payment")
     assert voucher.model_dump(mode="json")["lines"][0] == {
         "account": "110110",
         "debit": "297.00",
@@ -314,18 +318,18 @@ def test_the_customers_ar_equals_its_open_accounting_amounts_after_any_settlemen
         maximum_penny_difference=D(tolerance), maximum_overpayment_or_underpayment=D(tolerance)
     )
     txns = [invoice(f"I{n}", str(a), str(r), percent=p) for n, (a, r, p) in enumerate(invoices)]
-    ar = sum((handlers._voucher(POSTINGS, t, "401100", "invoice").lines[0].debit for t in txns), D(0))
+    ar = sum((posting.voucher_of(SETUP, t, "401100", "invoice").lines[0].debit for t in txns), D(0))
     realized = D(0)
     everything: list[OpenTransaction] = list(txns)
     for n, (amount, rate, marked) in enumerate(payments):
         pay = payment(f"P{n}", str(amount), str(rate), on=JUL1 + timedelta(days=n * 3))
-        ar += _ar(handlers._voucher(POSTINGS, pay, "110110", "payment"))
+        ar += _ar(posting.voucher_of(SETUP, pay, "110110", "payment"))
         open_debits = [t for t in txns if t.open_amount > 0]
         marks = [Mark(t.invoice_id or "") for t in open_debits[:2]] if marked and open_debits else None
         results = settle_payment(pay, txns, marks=marks, parameters=parameters)
         booking = booked(results, [*txns, pay], accounts, f"S{n}")
         for d in booking.discounts:
-            ar += _ar(handlers._voucher(POSTINGS, d, "520100", "discount"))
+            ar += _ar(posting.voucher_of(SETUP, d, "520100", "discount"))
         for p in booking.pairs:
             assert (
                 p.debit_accounting
@@ -338,7 +342,7 @@ def test_the_customers_ar_equals_its_open_accounting_amounts_after_any_settlemen
             ):
                 if amount_:
                     assert account is not None
-                    ar += _ar(handlers._ledger(POSTINGS, "V", JUL1, "EUR", "4027", D(0), -amount_, account, "x"))
+                    ar += _ar(posting.ledger_voucher(SETUP, "V", JUL1, "EUR", "4027", D(0), -amount_, account, "x"))
         txns = list(booking.transactions)
         everything = [*[t for t in everything if t.voucher not in {x.voucher for x in txns}], *txns, *booking.discounts]
         for t in txns:
@@ -369,6 +373,35 @@ def test_a_kwd_payment_with_discount_settles_to_the_fils_and_books_to_the_cent()
     after = {t.voucher: t for t in booking.transactions}
     assert after["FTI-K1"].open_amount == after["ARP-K1"].open_amount == 0
     assert after["FTI-K1"].accounting_open_amount == after["ARP-K1"].accounting_open_amount == D("0.00")
+
+
+def test_a_person_marks_a_kwd_item_to_the_fils():
+    """Settling by hand (HTTP) names no currency: the marks' amounts are checked against the item's, so a KWD
+    invoice takes three decimals where a USD one takes two (issue 13)."""
+    inv = invoice("K2", "100.000", "3.25", currency="KWD")
+    pay = payment("ARP-K2", "100.000", "3.25", currency="KWD")
+    [result] = settle_marked([inv, pay], [Mark("K2", D("40.125")), Mark("ARP-K2")], "4027", JUL1)
+    assert str(result.settlements[0].cash_applied) == "40.125"
+    assert find_marked_invoice(Mark("K2", D("1.125"), cash_discount_amount=D("0.001")), [inv], "4027") == inv
+
+
+@pytest.mark.parametrize(
+    ("currency", "amount", "why"),
+    [
+        ("USD", "1.005", "amount_to_settle 1.005 USD: the currency has 2 decimals"),
+        ("JPY", "1.5", "amount_to_settle 1.5 JPY: the currency has no decimals"),
+        ("KWD", "1.0005", "amount_to_settle 1.0005 KWD: the currency has 3 decimals"),
+    ],
+)
+def test_a_mark_with_more_decimals_than_the_items_currency_is_refused(currency, amount, why):
+    inv = invoice("X1", "100.00", "1.00", currency=currency)
+    pay = payment("ARP-X1", "100.00", "1.00", currency=currency)
+    with pytest.raises(MarkRejected, match=why):
+        find_marked_invoice(Mark("X1", D(amount)), [inv], "4027")
+    with pytest.raises(MarksRejected, match=f"X1: {why}"):
+        settle_marked([inv, pay], [Mark("X1", D(amount)), Mark("ARP-X1")], "4027", JUL1)
+    with pytest.raises(MarkRejected, match="cash_discount_amount 1.5 JPY"):
+        find_marked_invoice(Mark("X1", cash_discount_amount=D("1.5")), [invoice("X1", "100", "1", "JPY")], "4027")
 
 
 def test_a_jpy_payment_stays_in_whole_yen():

@@ -201,6 +201,18 @@ def _discount(
 # --- reversal -------------------------------------------------------------------------------
 
 
+def check_reversible(settlement_id: str, pairs: Iterable[tuple[str | None, str | None]]) -> None:
+    """ReversalRefused for a settlement reversed before or itself a reversal: `pairs` are each of its pairs'
+    (reversed_by, reversal_of)."""
+    for reversed_by, reversal_of in pairs:
+        if reversal_of:
+            raise ReversalRefused(
+                f"settlement {settlement_id} is itself a reversal; settle the transactions again instead"
+            )
+        if reversed_by:
+            raise ReversalRefused(f"settlement {settlement_id} was already reversed by {reversed_by}")
+
+
 class ReversalRefused(SettlementError):
     """A settlement that cannot be reversed here; the message says why."""
 

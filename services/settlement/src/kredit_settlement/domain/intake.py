@@ -3,7 +3,7 @@ transaction and a received payment, and the order of the credits waiting for a n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
@@ -11,8 +11,11 @@ from decimal import Decimal
 from kredit_settlement.domain.model import (
     ONE,
     POSTED_ELSEWHERE,
+    Accounts,
     Mark,
     OpenTransaction,
+    RejectedMark,
+    SettlementError,
     SettlementParameters,
     TransactionRejected,
 )
@@ -73,6 +76,38 @@ def _accounting_problem(t: OpenTransaction, accounting_currency: str) -> str | N
             f"accounting_currency_amount {t.accounting_original_amount} {accounting_currency}"
         )
     return None
+
+
+def check_currency(what: str, currency: str, accounts: Accounts) -> None:
+    """TransactionRejected for a document in a foreign currency when the setup names no exchange_accounts: its
+    settlement may realize an exchange difference, with no account to post it to."""
+    if currency != accounts.accounting_currency and (accounts.realized_gain is None or accounts.realized_loss is None):
+        raise TransactionRejected(
+            f"{what} is in {currency}, not the accounting currency {accounts.accounting_currency}, and the company "
+            f"setup names no exchange_accounts for the realized exchange differences its settlement may post"
+        )
+
+
+def marks_to_keep(marks: Sequence[Mark], rejected: Iterable[RejectedMark]) -> list[tuple[int, Mark]]:
+    """The payment's marks on transactions not known yet, each with its place in the payment's list (an invoice
+    marked twice: its first mark). They are kept, not refused: the payment's money waits for them."""
+    positions = {m.invoice_id: n for n, m in reversed(list(enumerate(marks)))}
+    return [(positions[r.invoice_id], marks[positions[r.invoice_id]]) for r in rejected if r.invoice_unknown]
+
+
+class NothingToRelease(SettlementError):
+    """A payment whose money is held by no mark (HTTP 409)."""
+
+
+def release(payment_id: str, payment: OpenTransaction | None) -> OpenTransaction:
+    """A marked payment an operator releases, as an ordinary automatic credit from now on; NothingToRelease
+    when it holds nothing (unknown as a transaction, automatic already, or nothing of it open)."""
+    if payment is None or payment.auto_settle or payment.open_amount >= 0:
+        raise NothingToRelease(
+            f"payment {payment_id} holds nothing: "
+            + ("it settles automatically already" if payment and payment.auto_settle else "nothing of it is open")
+        )
+    return replace(payment, auto_settle=True)
 
 
 def admit_payment(

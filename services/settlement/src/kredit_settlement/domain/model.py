@@ -27,12 +27,9 @@ class SettlementError(Exception):
     """A settlement the rules cannot carry out; the message says why."""
 
 
-class InvalidPayment(SettlementError):
-    """A payment or credit with nothing to settle (a zero or negative amount)."""
-
-
 class TransactionRejected(SettlementError):
-    """A posted transaction or payment settlement cannot take; the message says why."""
+    """A posted transaction or payment settlement cannot take (a zero or negative payment, a currency without
+    exchange accounts, ...); the message says why."""
 
 
 class MarkRejected(SettlementError):
@@ -42,6 +39,10 @@ class MarkRejected(SettlementError):
         super().__init__(f"mark on invoice {invoice_id!r} rejected: {reason}")
         self.invoice_id = invoice_id
         self.reason = reason
+
+
+class Unknown(SettlementError):
+    """A settlement, payment or transaction nobody posted (HTTP 404)."""
 
 
 class UnknownInvoice(MarkRejected):
@@ -253,7 +254,7 @@ class OpenTransaction:
     # currency (docs/currencies.md). Left out: rate 1, the accounting amounts are the amounts themselves.
     exchange_rate: Decimal = ONE
     accounting_original_amount: Decimal = None  # type: ignore[assignment]  # filled in by __post_init__
-    accounting_open_amount: Decimal = None  # type: ignore[assignment]
+    accounting_open_amount: Decimal = None  # type: ignore[assignment]  # filled in by __post_init__
 
     def __post_init__(self) -> None:
         if self.accounting_original_amount is None:

@@ -21,6 +21,7 @@ from kredit_settlement.domain.discounts import (
     check_debit_terms,
     credit_note_terms,
     mark_terms,
+    preview_mark,
     split,
     tier,
 )
@@ -28,9 +29,9 @@ from kredit_settlement.domain.model import (
     DEFAULTS,
     ONE,
     CashDiscountAdministration,
-    InvalidPayment,
     InvoiceSettlement,
     Mark,
+    MarkPreview,
     MarkRejected,
     OpenTransaction,
     PriorityCriterion,
@@ -39,10 +40,12 @@ from kredit_settlement.domain.model import (
     SettlementError,
     SettlementParameters,
     SettlementResult,
+    TransactionRejected,
+    Unknown,
     UnknownInvoice,
     UseCashDiscount,
 )
-from kredit_shared.currencies import round_to
+from kredit_shared.currencies import check_precision, round_to
 from kredit_shared.money import ZERO
 
 
@@ -62,7 +65,7 @@ def new_payment(
     accounting currency's minor unit). A marked one, or one received while automatic settlement is off, is
     never applied automatically."""
     if amount <= 0:
-        raise InvalidPayment(f"payment {voucher}: the amount must be positive, got {amount}")
+        raise TransactionRejected(f"payment {voucher}: the amount must be positive, got {amount}")
     amount = round_to(amount, currency)
     accounting = convert(amount, exchange_rate, accounting_currency)
     return OpenTransaction(
@@ -167,7 +170,45 @@ def find_marked_invoice(
         raise MarkRejected(
             mark.invoice_id, f"invoice {mark.invoice_id!r} is in {found.currency}, the credit in {currency}"
         )
+    check_mark_precision(mark, found.currency)
     return found
+
+
+def check_mark_precision(mark: Mark, currency: str) -> None:
+    """A mark's amounts have no more decimals than the marked transaction's currency (KWD 3, USD 2, JPY none).
+    A payment's marks are checked against the payment's currency by the contract; a person's marks (HTTP)
+    name no currency, so they are checked here, against the transaction they name."""
+    for what, amount in (
+        ("amount_to_settle", mark.amount_to_settle),
+        ("cash_discount_amount", mark.cash_discount_amount),
+    ):
+        if amount is not None:
+            try:
+                check_precision(amount, currency, what)
+            except ValueError as e:
+                raise MarkRejected(mark.invoice_id, str(e)) from None
+
+
+def preview_marks(
+    marks: Sequence[Mark],
+    transactions: Iterable[OpenTransaction],
+    customer_account: str,
+    payment_date: date,
+    parameters: SettlementParameters = DEFAULTS,
+    discount_date: date | None = None,
+) -> list[MarkPreview]:
+    """The *Settle open transactions* page: what each mark would take on its own (preview_mark). Raises
+    Unknown for a transaction nobody posted, MarkRejected for one that cannot be settled."""
+    transactions = list(transactions)
+    try:
+        return [
+            preview_mark(
+                find_marked_invoice(mark, transactions, customer_account), payment_date, mark, parameters, discount_date
+            )
+            for mark in marks
+        ]
+    except UnknownInvoice as e:
+        raise Unknown(e.reason) from None
 
 
 @dataclass(frozen=True)
@@ -404,7 +445,7 @@ def settle_payment(
     Returns a result per credit that settled something, and always one for `credit` (it carries the rejected
     marks), in the order they apply."""
     if credit.open_amount >= 0:
-        raise InvalidPayment(f"{credit.voucher}: nothing to settle, the open credit is {credit.open_amount}")
+        raise TransactionRejected(f"{credit.voucher}: nothing to settle, the open credit is {credit.open_amount}")
     on = settlement_date or credit.transaction_date
     transactions = list(transactions)
     primary = _credit(credit, NORMAL, parameters, on)
@@ -485,6 +526,10 @@ class MarksRejected(SettlementError):
         return all(r.invoice_unknown for r in self.rejected)
 
 
+class MarksUnknown(MarksRejected, Unknown):
+    """Every mark of a manual settlement names a transaction nobody posted."""
+
+
 def settle_marked(
     transactions: Iterable[OpenTransaction],
     marks: Sequence[Mark],
@@ -517,7 +562,7 @@ def settle_marked(
             RejectedMark(marks[0].invoice_id if marks else "", f"nothing to settle: mark at least {missing}")
         )
     if rejected:
-        raise MarksRejected(rejected)
+        raise (MarksUnknown if all(r.invoice_unknown for r in rejected) else MarksRejected)(rejected)
     credits = [
         _credit(t, terms, parameters, t.transaction_date)
         for t, terms in sorted(resolved.credits, key=lambda c: (c[0].transaction_date, c[0].voucher))

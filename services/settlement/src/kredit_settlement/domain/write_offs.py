@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import date
 from decimal import Decimal
 from typing import Protocol
 
-from kredit_settlement.domain.model import OpenTransaction
+from kredit_settlement.domain.model import ONE, OpenTransaction
 from kredit_shared.money import ZERO, round_money
 
 
@@ -109,6 +111,52 @@ def settle_write_off(
         tuple(shortfalls),
         tuple(pending),
     )
+
+
+def write_off_transaction(
+    voucher: str,
+    customer_account: str,
+    on: date,
+    currency: str,
+    amount: Decimal,
+    exchange_rate: Decimal | None,
+    named_accounting: Sequence[Decimal] | None,
+) -> OpenTransaction:
+    """The WriteOff customer transaction of a posted journal's Customer line (`amount` signed, debit +). Its
+    accounting amount is what it removes from the named transactions' accounting balances (`named_accounting`,
+    signed as named; docs/currencies.md), its own amount when it names none. Never applied automatically: what
+    it could not settle is a discrepancy for a person to look at."""
+    accounting = -sum(named_accounting, ZERO) if named_accounting else amount
+    return OpenTransaction(
+        voucher,
+        customer_account,
+        "WriteOff",
+        on,
+        currency,
+        amount,
+        amount,
+        auto_settle=False,
+        exchange_rate=exchange_rate if exchange_rate is not None else ONE,
+        accounting_original_amount=accounting,
+        accounting_open_amount=accounting,
+    )
+
+
+def line_vouchers(vouchers: Sequence[str]) -> list[str]:
+    """A customer transaction voucher per journal line (its `vouchers`): the line's voucher, suffixed when
+    lines share one (V, V-2, V-3)."""
+    seen: dict[str, int] = {}
+    numbered = []
+    for voucher in vouchers:
+        seen[voucher] = seen.get(voucher, 0) + 1
+        numbered.append(voucher if seen[voucher] == 1 else f"{voucher}-{seen[voucher]}")
+    return numbered
+
+
+def named_by_several_lines(named_per_line: Iterable[Iterable[str]]) -> list[str]:
+    """A journal whose lines name one transaction twice cannot say which line settles it: why, per voucher."""
+    lines_naming = Counter(v for named in named_per_line for v in set(named))
+    return [f"{v} is named by {n} lines" for v, n in lines_naming.items() if n > 1]
 
 
 def write_off_problems(
