@@ -61,6 +61,9 @@ from kredit_shared.testing import free_port
 
 INVOICE_DATE = dt.date(2025, 1, 15)
 AR_TOPICS = (topics.AR_CUSTOMER_TRANSACTIONS, topics.AR_SETTLEMENTS, topics.GL_JOURNAL_EVENTS)
+# --stages: throughput = raw hop, invoices and payments/s, paced latency, catch-up; big = one customer with
+# many open invoices; aged = aged balances over a large read model; sustained = RSS under steady load.
+STAGES = ("throughput", "big", "aged", "sustained")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -535,6 +538,47 @@ def peak_rss_mib(process: ServiceProcess) -> float | None:
     return None
 
 
+async def bench_throughput(
+    name: str,
+    stack: LocalStack,
+    producer: AIOKafkaProducer,
+    paced: AIOKafkaProducer,
+    args: argparse.Namespace,
+    workdir: Path,
+    result: dict[str, Any],
+) -> None:
+    """The raw hop, invoices and payments/s, the paced latencies and collections' catch-up."""
+    print(f"  {name}: raw hop ...", flush=True)
+    result["raw"] = [await bench_raw_hop(stack, producer, args.raw, workdir) for _ in range(args.repeats)]
+    print(f"  {name}: raw hop {', '.join(f'{r:.0f}' for r in result['raw'])} records/s", flush=True)
+    async with Database(stack.replicas_of("ledger-posting")[0].env["DATABASE_URL"]) as ledger:
+        pipeline = Pipeline(stack, producer, ledger, args.customers)
+        await pipeline.invoices(1)  # the warm-up waits out every consumer's group join
+        result["invoices"], result["payments"] = [], []
+        for n in range(args.repeats):
+            rate, _, made = await pipeline.invoices(args.invoices)
+            result["invoices"].append(rate)
+            rate, _ = await pipeline.payments(made[: args.payments])
+            result["payments"].append(rate)
+            print(
+                f"  {name}: run {n + 1}: invoices {result['invoices'][-1]:.0f}/s, "
+                f"payments {result['payments'][-1]:.0f}/s",
+                flush=True,
+            )
+        pipeline.producer = paced
+        _, result["invoice_latency"], made = await pipeline.invoices(args.latency, rate=args.rate)
+        _, result["payment_latency"] = await pipeline.payments(made, rate=args.rate)
+        print(
+            f"  {name}: latency p50 invoices {percentile(result['invoice_latency'], 50):.0f} ms, "
+            f"payments {percentile(result['payment_latency'], 50):.0f} ms",
+            flush=True,
+        )
+        pipeline.producer = producer
+        print(f"  {name}: collections catch-up ...", flush=True)
+        result["catch_up"] = await bench_catch_up(stack, timeout=args.timeout)
+        print(f"  {name}: catch-up {result['catch_up'][0]:.0f} records/s", flush=True)
+
+
 # --- one database --------------------------------------------------------------------------------
 
 
@@ -548,41 +592,16 @@ async def bench_database(name: str, args: argparse.Namespace, workdir: Path) -> 
         await producer.start()
         await paced.start()
         try:
-            print(f"  {name}: raw hop ...", flush=True)
-            result["raw"] = [await bench_raw_hop(stack, producer, args.raw, workdir) for _ in range(args.repeats)]
-            print(f"  {name}: raw hop {', '.join(f'{r:.0f}' for r in result['raw'])} records/s", flush=True)
-            async with Database(stack.replicas_of("ledger-posting")[0].env["DATABASE_URL"]) as ledger:
-                pipeline = Pipeline(stack, producer, ledger, args.customers)
-                await pipeline.invoices(1)  # the warm-up waits out every consumer's group join
-                result["invoices"], result["payments"] = [], []
-                for n in range(args.repeats):
-                    rate, _, made = await pipeline.invoices(args.invoices)
-                    result["invoices"].append(rate)
-                    rate, _ = await pipeline.payments(made[: args.payments])
-                    result["payments"].append(rate)
-                    print(
-                        f"  {name}: run {n + 1}: invoices {result['invoices'][-1]:.0f}/s, "
-                        f"payments {result['payments'][-1]:.0f}/s",
-                        flush=True,
-                    )
-                pipeline.producer = paced
-                _, result["invoice_latency"], made = await pipeline.invoices(args.latency, rate=args.rate)
-                _, result["payment_latency"] = await pipeline.payments(made, rate=args.rate)
-                print(
-                    f"  {name}: latency p50 invoices {percentile(result['invoice_latency'], 50):.0f} ms, "
-                    f"payments {percentile(result['payment_latency'], 50):.0f} ms",
-                    flush=True,
-                )
-                pipeline.producer = producer
-                print(f"  {name}: collections catch-up ...", flush=True)
-                result["catch_up"] = await bench_catch_up(stack, timeout=args.timeout)
-                print(f"  {name}: catch-up {result['catch_up'][0]:.0f} records/s", flush=True)
-                if args.big_customer:
-                    print(f"  {name}: a customer with {args.big_customer} open invoices ...", flush=True)
+            if "throughput" in args.stages:
+                await bench_throughput(name, stack, producer, paced, args, workdir, result)
+            if "big" in args.stages and args.big_customer:
+                print(f"  {name}: a customer with {args.big_customer} open invoices ...", flush=True)
+                async with Database(stack.replicas_of("ledger-posting")[0].env["DATABASE_URL"]) as ledger:
+                    pipeline = Pipeline(stack, producer, ledger, args.customers)
                     result["big"] = await bench_big_customer(pipeline, args.big_customer, args.big_payments)
-                    print(f"  {name}: {result['big']}", flush=True)
+                print(f"  {name}: {result['big']}", flush=True)
             result["rss"] = {p.label: peak_rss_mib(p) for p in stack.processes if p.running()}
-            if args.aged_transactions:
+            if "aged" in args.stages and args.aged_transactions:
                 print(f"  {name}: aged balances over {args.aged_transactions} transactions ...", flush=True)
                 result["aged"] = await bench_aged_balances(
                     stack, args.aged_transactions, args.aged_customers, args.aged_requests
@@ -594,13 +613,7 @@ async def bench_database(name: str, args: argparse.Namespace, workdir: Path) -> 
     return result
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    print(
-        f"\nKredit pipeline benchmark — {os.cpu_count()} cores ({platform.machine()}, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}), shared with whatever else runs; "
-        f"Tansu broker (memory), one per database; medians of {args.repeats} (range)."
-    )
-
+def report_throughput(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     def med(values: list[float]) -> str:
         return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
@@ -626,6 +639,17 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 [r["database"], label, len(values), f"{percentile(values, 50):.0f}", f"{percentile(values, 99):.0f}"]
             )
     print(render_table(["database", "messages", "n", "p50", "p99"], rows))
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(
+        f"\nKredit pipeline benchmark — {os.cpu_count()} cores ({platform.machine()}, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}), shared with whatever else runs; "
+        f"Tansu broker (memory), one per database; medians of {args.repeats} (range)."
+    )
+
+    if throughput := [r for r in results if "raw" in r]:
+        report_throughput(throughput, args)
 
     if any("big" in r for r in results):
         print(
@@ -698,9 +722,17 @@ def main() -> None:
     parser.add_argument("--aged-customers", type=int, default=10_000)
     parser.add_argument("--aged-requests", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds any one stage may take")
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        type=lambda s: [x for x in s.split(",") if x],
+        help=f"which stages to run, of {','.join(STAGES)} (default all)",
+    )
     args = parser.parse_args()
     if unknown := set(args.databases) - {"sqlite", "postgresql"}:
         parser.error(f"unknown database(s): {', '.join(sorted(unknown))}")
+    if unknown := set(args.stages) - set(STAGES):
+        parser.error(f"unknown stage(s): {', '.join(sorted(unknown))}")
     args.payments = min(args.payments, args.invoices)
     run_tool("bench", amain(args))
 
