@@ -26,7 +26,7 @@ from kredit_collections.domain import (
 from kredit_shared.company_setup import WriteOffParameters
 from kredit_shared.contracts import GeneralJournalLine, GeneralJournalRequested
 from kredit_shared.database import ExactDecimal, insert_new, table_of, transaction_money_field
-from kredit_shared.money import CENT
+from kredit_shared.money import CENT, ZERO
 from kredit_shared.outbox import utcnow
 
 # --- read model ------------------------------------------------------------------------------
@@ -145,12 +145,11 @@ async def aged_sums(
     accounting_currency: str | None,
     customers: Collection[str] | None = None,
 ) -> list[AgedSums]:
-    """domain.age_balances computed by the database, for every customer (or `customers`), in one query per
-    500 customers: only the sums come back, not the transactions. Each transaction's balance is rounded to
+    """domain.age_balances computed by the database, for every customer (or `customers`): one row per
+    customer, currency and bucket comes back, not the transactions. Each transaction's balance is rounded to
     the cent half-up before it is added, as transaction_balances does (on SQLite the amounts are integers in
-    thousandths, ExactDecimal, so every step is exact), and the name is the last non-empty one in
-    (transaction date, voucher) order. `cutoffs` are domain.aging_cutoffs; customers with nothing open
-    are left out."""
+    thousandths, ExactDecimal, so every step is exact); the name is the last non-empty one in (transaction
+    date, voucher) order. `cutoffs` are domain.aging_cutoffs; customers with nothing open are left out."""
     if customers is not None and not customers:
         return []
     postgres = session.get_bind().dialect.name == "postgresql"
@@ -158,15 +157,29 @@ async def aged_sums(
     values: dict[str, Any] = {"as_of": as_of, "accounting_currency": accounting_currency}
     values |= {f"cutoff_{i}": cutoff for i, cutoff in enumerate(cutoffs)}
     connection = await session.connection()
-    found: list[AgedSums] = []
-    for chunk in [None] if customers is None else _chunks(sorted(customers), 500):
-        for account, currency, name, *amounts in await connection.execute(statement, values | {"customers": chunk}):
-            found.append(AgedSums(account, currency, name, [_cents(a, postgres) for a in amounts]))
-    return found
+    sums: dict[tuple[str, str], list[Decimal]] = {}
+    newest: dict[tuple[str, str], str] = {}
+    for chunk in [None] if customers is None else _chunks(sorted(customers), 500):  # SQLite's parameter limit
+        rows = await connection.execute(statement, values | {"customers": chunk})
+        for account, currency, bucket, amount, named in rows:
+            key = (account, currency)
+            sums.setdefault(key, [ZERO] * bucket_count)[bucket] = _cents(amount, postgres)
+            if named is not None and named > newest.get(key, ""):  # code points: the database's binary order
+                newest[key] = named
+    return [
+        AgedSums(account, currency, _name_of(newest.get((account, currency))), amounts)
+        for (account, currency), amounts in sums.items()
+        if any(amounts)
+    ]
 
 
 def _cents(value: Any, postgres: bool) -> Decimal:
     return Decimal(value).quantize(CENT) if postgres else Decimal(int(value)).scaleb(-2)
+
+
+def _name_of(named: str | None) -> str | None:
+    """The name from a `named` key: the transaction date (10 characters), the voucher, a space, the name."""
+    return None if named is None else named[10:].partition(" ")[2]
 
 
 def _chunks(values: Sequence[str], size: int) -> list[Sequence[str]]:
@@ -187,35 +200,29 @@ def _aged_sums_sql(
         delta_amount = "COALESCE(d.accounting_amount * 10, d.amount)"
         thousandths = f"({transaction_amount} + COALESCE(m.amount, 0))"
         balance = f"CASE WHEN {thousandths} >= 0 THEN ({thousandths} + 5) / 10 ELSE ({thousandths} - 5) / 10 END"
-        date_text, binary = "t.transaction_date", ""  # ISO text, compared byte by byte
+        date_text, binary = "t.transaction_date", ""  # ISO text; SQLite compares text byte by byte
     currency = "t.currency"
     if accounting_currency is not None:  # CustomerTransaction.balance_currency
         currency = "CASE WHEN t.accounting_currency_amount IS NULL THEN t.currency ELSE :accounting_currency END"
     whens = " ".join(f"WHEN COALESCE(t.due_date, t.transaction_date) >= :cutoff_{i} THEN {i}" for i in range(cutoffs))
     bucket = f"CASE {whens} ELSE {min(cutoffs, bucket_count - 1)} END" if cutoffs else "0"
-    buckets = [f"b{i}" for i in range(bucket_count)]
-    sums = ", ".join(f"SUM(CASE WHEN bucket = {i} THEN balance ELSE 0 END) AS b{i}" for i in range(bucket_count))
-    only_customers = "AND t.customer_account IN :customers" if of_customers else ""
-    only_their_deltas = (
-        f"AND d.voucher IN (SELECT voucher FROM {t} WHERE customer_account IN :customers)" if of_customers else ""
-    )
+    # The newest name as the largest "date voucher name": a voucher has no space (contract ID_PATTERN), and a
+    # space sorts before every character it may have, so the largest key is the latest (date, voucher).
+    named = f"CASE WHEN t.customer_name <> '' THEN {date_text} || t.voucher || ' ' || t.customer_name END"
+    their_deltas, their_transactions = "", ""
+    if of_customers:
+        their_deltas = f"JOIN {t} t ON t.voucher = d.voucher AND t.customer_account IN :customers"
+        their_transactions = "AND t.customer_account IN :customers"
     sql = f"""
         WITH moved AS (
-            SELECT d.voucher AS voucher, SUM({delta_amount}) AS amount FROM {d} d
-            WHERE d.settlement_date <= :as_of {only_their_deltas}
-            GROUP BY d.voucher
-        ), items AS (
-            SELECT t.customer_account AS account, {currency} AS currency, {bucket} AS bucket, {balance} AS balance,
-                CASE WHEN t.customer_name <> '' THEN {date_text} || t.voucher END AS named
-            FROM {t} t LEFT JOIN moved m ON m.voucher = t.voucher
-            WHERE t.transaction_date <= :as_of {only_customers}
-        ), sums AS (
-            SELECT account, currency, {sums}, MAX(named{binary}) AS named FROM items GROUP BY account, currency
+            SELECT d.voucher AS voucher, SUM({delta_amount}) AS amount FROM {d} d {their_deltas}
+            WHERE d.settlement_date <= :as_of GROUP BY d.voucher
         )
-        SELECT s.account, s.currency, n.customer_name, {", ".join(f"s.{b}" for b in buckets)}
-        FROM sums s LEFT JOIN {t} n ON n.voucher = substr(s.named, 11)
-        WHERE {" OR ".join(f"s.{b} <> 0" for b in buckets)}
-    """  # noqa: S608 (only names and placeholders are formatted in; every value is a bound parameter)
+        SELECT t.customer_account, {currency}, {bucket}, SUM({balance}), MAX({named}{binary})
+        FROM {t} t LEFT JOIN moved m ON m.voucher = t.voucher
+        WHERE t.transaction_date <= :as_of {their_transactions}
+        GROUP BY 1, 2, 3
+    """
     params = [bindparam("as_of", type_=Date), *(bindparam(f"cutoff_{i}", type_=Date) for i in range(cutoffs))]
     if of_customers:
         params.append(bindparam("customers", expanding=True))

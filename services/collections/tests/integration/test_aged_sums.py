@@ -22,7 +22,7 @@ def random_read_model(rng: random.Random) -> tuple[list[CustomerTransaction], li
     for n in range(600):
         account = rng.choice(["A", "B", "C", "Ä", "a", "b-2", "Z"]) + str(rng.randrange(4))
         kind = rng.choice(["usd", "usd", "eur", "kwd", "payment"])
-        day = START + timedelta(days=rng.randrange(200))
+        day = START + timedelta(days=rng.randrange(120))  # some on the same day: the voucher decides
         amount = Decimal(rng.randint(-5_000, 500_000)) / 100
         accounting = None
         if kind == "eur":  # foreign: counted at its accounting-currency amount
@@ -32,7 +32,7 @@ def random_read_model(rng: random.Random) -> tuple[list[CustomerTransaction], li
         elif kind == "payment":
             amount = -amount
         transaction = CustomerTransaction(
-            voucher=rng.choice(["FTI-", "ARP-", "fti-", "É-"]) + f"{n:04d}",
+            voucher=rng.choice(["FTI-", "ARP-", "fti-", "É-", "X:1.", "FTI"]) + str(n),  # FTI-1 < FTI-10 < FTI1
             transaction_type="Payment" if kind == "payment" else "Invoice",
             customer_account=account,
             transaction_date=day,
