@@ -384,11 +384,13 @@ async def bench_big_customer(pipeline: Pipeline, open_invoices: int, payments: i
         await settlements.getmany(timeout_ms=500)  # positioned at the end before the first payment
         before = await settlement_handler_seconds(stack.url("settlement"))
         times: dict[str, list[float]] = {"automatic": [], "marked": []}
+        service: dict[str, list[float]] = {"automatic": [], "marked": []}  # settlement's own time per payment
         for n in range(payments):
             kind = "automatic" if n % 2 == 0 else "marked"
             payment_id = f"{customer}-P{n:04d}"
             invoice_id = None if kind == "automatic" else random.choice(made)[0]
             value = payment_message(payment_id, customer, Decimal("10.00"), invoice_id)
+            handled_before = await settlement_handler_seconds(stack.url("settlement"))
             sent = time.monotonic()
             await pipeline.producer.send_and_wait(topics.ERP_CUSTOMER_PAYMENTS, value, key=customer.encode())
             while True:
@@ -398,6 +400,7 @@ async def bench_big_customer(pipeline: Pipeline, open_invoices: int, payments: i
                 if time.monotonic() - sent > 60:
                     raise TimeoutError(f"no settlement of {payment_id} within 60 s")
             times[kind].append((time.monotonic() - sent) * 1000)
+            service[kind].append(await payment_service_ms(stack.url("settlement"), handled_before))
         after = await settlement_handler_seconds(stack.url("settlement"))
     finally:
         await settlements.stop()
@@ -407,7 +410,20 @@ async def bench_big_customer(pipeline: Pipeline, open_invoices: int, payments: i
         "automatic_p50": statistics.median(times["automatic"]),
         "marked_p50": statistics.median(times["marked"]),
         "handler_mean": (after[0] - before[0]) / handled * 1000 if handled else float("nan"),
+        "automatic_service_p50": statistics.median(service["automatic"]),
+        "marked_service_p50": statistics.median(service["marked"]),
     }
+
+
+async def payment_service_ms(url: str, before: tuple[float, float]) -> float:
+    """Settlement's handler time for the one payment sent since `before` (its handler metric is observed once
+    per fetch, and a payment sent alone is a fetch of its own), in ms."""
+    for _ in range(50):  # the metric is observed just after the commit the settlement came out of
+        total, count = await settlement_handler_seconds(url)
+        if count > before[1]:
+            return (total - before[0]) / (count - before[1]) * 1000
+        await asyncio.sleep(0.02)
+    return float("nan")
 
 
 # --- aged balances over a large read model -------------------------------------------------------------
@@ -579,6 +595,61 @@ async def bench_throughput(
         print(f"  {name}: catch-up {result['catch_up'][0]:.0f} records/s", flush=True)
 
 
+# --- RSS under sustained load ----------------------------------------------------------------------------
+
+
+async def bench_sustained(
+    stack: LocalStack, producer: AIOKafkaProducer, seconds: float, rate: float, interval: float, customers: int
+) -> dict[str, Any]:
+    """Invoices and payments at a fixed `rate`/s (half each: a payment marks an invoice sent 10 s
+    before) for `seconds`; every `interval` s each service's VmRSS, and at the end the consumers' lag."""
+    run = uuid.uuid4().hex[:4]
+    samples: list[tuple[float, dict[str, int | None]]] = []
+    sent, started = 0, time.monotonic()
+    waiting: list[tuple[float, str, str, Decimal]] = []  # invoices not paid yet: (sent at, id, customer, amount)
+    next_sample = started
+    while (now := time.monotonic()) - started < seconds:
+        if now >= next_sample:
+            samples.append((now - started, stack.rss_kib()))
+            print(f"    {now - started:4.0f} s: " + _rss_line(samples[-1][1]), flush=True)
+            next_sample += interval
+        # The records due by now (at most a second's worth at once, so a stall does not turn into a burst).
+        due = min(int((now - started) * rate) - sent, max(1, int(rate)))
+        for _ in range(max(due, 0)):
+            if sent % 2 == 0 or not waiting or waiting[0][0] > now - 10:
+                invoice_id, customer = f"S{run}-{sent:07d}", f"S{run}-C{sent % customers:04d}"
+                amount = Decimal(random.randint(100, 999_999)) / 100
+                value = invoice_message(invoice_id, customer, amount)
+                await producer.send(topics.ERP_CUSTOMER_INVOICES, value, key=customer.encode())
+                waiting.append((now, invoice_id, customer, amount))
+            else:
+                _, invoice_id, customer, amount = waiting.pop(0)
+                value = payment_message(f"{invoice_id}-P", customer, amount, invoice_id)
+                await producer.send(topics.ERP_CUSTOMER_PAYMENTS, value, key=customer.encode())
+            sent += 1
+        await asyncio.sleep(0.05)
+    samples.append((time.monotonic() - started, stack.rss_kib()))
+    print(f"    {samples[-1][0]:4.0f} s: " + _rss_line(samples[-1][1]), flush=True)
+    return {"samples": samples, "sent": sent, "lag": await stack.lag()}
+
+
+def _rss_line(rss: dict[str, int | None]) -> str:
+    return ", ".join(f"{label} {kib / 1024:.0f}" for label, kib in sorted(rss.items()) if kib)
+
+
+def sustained_table(result: dict[str, Any]) -> list[list[str]]:
+    """Per service: RSS at minute 2 and at the end (the sample nearest each), and their ratio."""
+    samples = result["samples"]
+    at_two = min(samples, key=lambda s: abs(s[0] - 120))
+    last = samples[-1]
+    rows = []
+    for label in sorted(last[1]):
+        early, late = at_two[1].get(label), last[1].get(label)
+        if early and late:
+            rows.append([label, f"{early / 1024:.0f}", f"{late / 1024:.0f}", f"{late / early:.3f}"])
+    return rows
+
+
 # --- one database --------------------------------------------------------------------------------
 
 
@@ -600,6 +671,11 @@ async def bench_database(name: str, args: argparse.Namespace, workdir: Path) -> 
                     pipeline = Pipeline(stack, producer, ledger, args.customers)
                     result["big"] = await bench_big_customer(pipeline, args.big_customer, args.big_payments)
                 print(f"  {name}: {result['big']}", flush=True)
+            if "sustained" in args.stages and args.sustained_seconds:
+                print(f"  {name}: {args.sustained_seconds:.0f} s at {args.sustained_rate:g} messages/s ...", flush=True)
+                result["sustained"] = await bench_sustained(
+                    stack, paced, args.sustained_seconds, args.sustained_rate, args.sustained_sample, args.customers
+                )
             result["rss"] = {p.label: peak_rss_mib(p) for p in stack.processes if p.running()}
             if "aged" in args.stages and args.aged_transactions:
                 print(f"  {name}: aged balances over {args.aged_transactions} transactions ...", flush=True)
@@ -663,11 +739,14 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 f"{r['big']['automatic_p50']:.0f}",
                 f"{r['big']['marked_p50']:.0f}",
                 f"{r['big']['handler_mean']:.0f}",
+                f"{r['big']['automatic_service_p50']:.1f}",
+                f"{r['big']['marked_service_p50']:.1f}",
             ]
             for r in results
             if "big" in r
         ]
-        print(render_table(["database", "load s", "automatic p50 ms", "marked p50 ms", "handler mean ms"], rows))
+        headers = ["database", "load s", "automatic p50 ms", "marked p50 ms", "handler mean ms"]
+        print(render_table([*headers, "service p50 automatic ms", "service p50 marked ms"], rows))
 
     if any("aged" in r for r in results):
         print(
@@ -682,6 +761,16 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             if "aged" in r
         ]
         print(render_table(["database", "load s", *labels], rows))
+
+    for r in results:
+        if "sustained" in r:
+            found = r["sustained"]
+            print(
+                f"\nRSS under sustained load on {r['database']}: {found['sent']} invoices and payments at "
+                f"{args.sustained_rate:g}/s for {args.sustained_seconds:.0f} s (VmRSS, MiB; lag at the end "
+                f"{found['lag']})"
+            )
+            print(render_table(["service", "at minute 2", "at the end", "end / minute 2"], sustained_table(found)))
 
     print("\npeak RSS (VmHWM) per service process, MiB")
     rows = [[r["database"]] + [f"{label}: {v:.0f}" for label, v in sorted(r["rss"].items()) if v] for r in results]
@@ -722,6 +811,9 @@ def main() -> None:
     parser.add_argument("--aged-customers", type=int, default=10_000)
     parser.add_argument("--aged-requests", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds any one stage may take")
+    parser.add_argument("--sustained-seconds", type=float, default=600, help="length of the sustained-load stage")
+    parser.add_argument("--sustained-rate", type=float, default=40, help="invoices + payments per second in it")
+    parser.add_argument("--sustained-sample", type=float, default=30, help="seconds between RSS samples")
     parser.add_argument(
         "--stages",
         default=",".join(STAGES),
