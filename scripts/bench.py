@@ -497,7 +497,9 @@ async def seed_collections(database_url: str, transactions: int, customers: int)
         await engine.dispose()
 
 
-async def bench_aged_balances(stack: LocalStack, transactions: int, customers: int, requests: int) -> dict[str, Any]:
+async def bench_aged_balances(
+    stack: LocalStack, transactions: int, customers: int, requests: int, page_requests: int
+) -> dict[str, Any]:
     first = stack.replicas_of("collections")[0]
     database = await stack._database(f"collections-aged-{uuid.uuid4().hex[:6]}")
     process = ServiceProcess(
@@ -537,10 +539,35 @@ async def bench_aged_balances(stack: LocalStack, transactions: int, customers: i
                     rows = len(response.json()["customers"])
                 figures[label] = (statistics.median(times), rows)
                 print(f"    {label}: {figures[label][0]:,.0f} ms, {rows} rows", flush=True)
+            figures |= await time_aged_workspace(client, page_requests)
         figures["rss_mib"] = peak_rss_mib(process)
         return figures
     finally:
         process.stop()
+
+
+async def time_aged_workspace(client: httpx.AsyncClient, requests: int) -> dict[str, tuple[float, int]]:
+    """The collections workspace's aged balances page and its CSV (every customer's sums: totals, sorting,
+    search), median of `requests` each, in ms, with the rows they show."""
+    pages = {
+        "workspace page": ("/", {"as_of": "2025-01-31"}),
+        "workspace by balance": ("/", {"as_of": "2025-01-31", "sort": "balance", "desc": "true", "page": 3}),
+        "workspace CSV": ("/api/v1/aged-balances.csv", {"as_of": "2025-01-31", "q": "A001"}),
+    }
+    figures: dict[str, tuple[float, int]] = {}
+    for label, (path, params) in pages.items() if requests else ():
+        times, rows = [], 0
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            response = await client.get(path, params=params)
+            times.append((time.perf_counter() - t0) * 1000)
+            response.raise_for_status()
+            rows = (
+                response.text.count("\n") - 1 if path.endswith(".csv") else response.text.count('<a href="/customers/')
+            )
+        figures[label] = (statistics.median(times), rows)
+        print(f"    {label}: {figures[label][0]:,.0f} ms, {rows} rows", flush=True)
+    return figures
 
 
 def peak_rss_mib(process: ServiceProcess) -> float | None:
@@ -680,7 +707,7 @@ async def bench_database(name: str, args: argparse.Namespace, workdir: Path) -> 
             if "aged" in args.stages and args.aged_transactions:
                 print(f"  {name}: aged balances over {args.aged_transactions} transactions ...", flush=True)
                 result["aged"] = await bench_aged_balances(
-                    stack, args.aged_transactions, args.aged_customers, args.aged_requests
+                    stack, args.aged_transactions, args.aged_customers, args.aged_requests, args.aged_page_requests
                 )
                 print(f"  {name}: {result['aged']}", flush=True)
         finally:
@@ -810,6 +837,7 @@ def main() -> None:
     parser.add_argument("--aged-transactions", type=int, default=1_000_000, help="0: skip the aged balances figure")
     parser.add_argument("--aged-customers", type=int, default=10_000)
     parser.add_argument("--aged-requests", type=int, default=7)
+    parser.add_argument("--aged-page-requests", type=int, default=3, help="of the workspace page and CSV (0: skip)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds any one stage may take")
     parser.add_argument("--sustained-seconds", type=float, default=600, help="length of the sustained-load stage")
     parser.add_argument("--sustained-rate", type=float, default=40, help="invoices + payments per second in it")
