@@ -78,28 +78,21 @@ async def add_settlement_deltas(session: AsyncSession, deltas: Iterable[Settleme
 
 
 async def load_read_model(
-    session: AsyncSession,
-    customer_account: str | None = None,
-    as_of: date | None = None,
-    *,
-    customers: Collection[str] | None = None,
+    session: AsyncSession, customer_account: str | None = None, as_of: date | None = None
 ) -> tuple[list[CustomerTransaction], list[SettlementDelta]]:
-    """Transactions (of one customer, of `customers`, or all) and the settlement deltas that move them,
-    up to `as_of`."""
-    # Plain rows in the domain's field order through Core, not ORM objects: an aged balances page reads
-    # 10,000s of rows, and ORM loading and name lookups per row were most of its time.
+    """Transactions (of one customer, or all) and the settlement deltas that move them, up to `as_of`."""
+    # Plain rows in the domain's field order through Core, not ORM objects: a customer can have 10,000s
+    # of rows, and ORM loading and name lookups per row were most of the time.
     transactions = select(*_columns(CustomerTransactionRow, CustomerTransaction))
     deltas = select(*_columns(SettlementDeltaRow, SettlementDelta))
     if as_of is not None:
         transactions = transactions.where(CustomerTransactionRow.transaction_date <= as_of)
         deltas = deltas.where(SettlementDeltaRow.settlement_date <= as_of)
     if customer_account is not None:
-        customers = [customer_account]
-    if customers is not None:
-        of_customers = col(CustomerTransactionRow.customer_account).in_(customers)
-        transactions = transactions.where(of_customers)
+        of_customer = CustomerTransactionRow.customer_account == customer_account
+        transactions = transactions.where(of_customer)
         deltas = deltas.where(
-            col(SettlementDeltaRow.voucher).in_(select(CustomerTransactionRow.voucher).where(of_customers))
+            col(SettlementDeltaRow.voucher).in_(select(CustomerTransactionRow.voucher).where(of_customer))
         )
     connection = await session.connection()
     return (
@@ -148,8 +141,9 @@ async def aged_sums(
     """domain.age_balances computed by the database, for every customer (or `customers`): one row per
     customer, currency and bucket comes back, not the transactions. Each transaction's balance is rounded to
     the cent half-up before it is added, as transaction_balances does (on SQLite the amounts are integers in
-    thousandths, ExactDecimal, so every step is exact); the name is the last non-empty one in (transaction
-    date, voucher) order. `cutoffs` are domain.aging_cutoffs; customers with nothing open are left out."""
+    thousandths, ExactDecimal, so every step is exact, and a bucket's cents fit an int64 up to ~92 maximal
+    amounts, money.MAX_AMOUNT; beyond, SQLite refuses with an overflow error rather than answer wrong); the
+    name is the last non-empty one in (transaction date, voucher) order. `cutoffs` are domain.aging_cutoffs; customers with nothing open are left out."""
     if customers is not None and not customers:
         return []
     postgres = session.get_bind().dialect.name == "postgresql"
