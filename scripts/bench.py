@@ -61,6 +61,9 @@ from kredit_shared.testing import free_port
 
 INVOICE_DATE = dt.date(2025, 1, 15)
 AR_TOPICS = (topics.AR_CUSTOMER_TRANSACTIONS, topics.AR_SETTLEMENTS, topics.GL_JOURNAL_EVENTS)
+# --stages: throughput = raw hop, invoices and payments/s, paced latency, catch-up; big = one customer with
+# many open invoices; aged = aged balances over a large read model; sustained = RSS under steady load.
+STAGES = ("throughput", "big", "aged", "sustained")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -381,11 +384,13 @@ async def bench_big_customer(pipeline: Pipeline, open_invoices: int, payments: i
         await settlements.getmany(timeout_ms=500)  # positioned at the end before the first payment
         before = await settlement_handler_seconds(stack.url("settlement"))
         times: dict[str, list[float]] = {"automatic": [], "marked": []}
+        service: dict[str, list[float]] = {"automatic": [], "marked": []}  # settlement's own time per payment
         for n in range(payments):
             kind = "automatic" if n % 2 == 0 else "marked"
             payment_id = f"{customer}-P{n:04d}"
             invoice_id = None if kind == "automatic" else random.choice(made)[0]
             value = payment_message(payment_id, customer, Decimal("10.00"), invoice_id)
+            handled_before = await settlement_handler_seconds(stack.url("settlement"))
             sent = time.monotonic()
             await pipeline.producer.send_and_wait(topics.ERP_CUSTOMER_PAYMENTS, value, key=customer.encode())
             while True:
@@ -395,6 +400,7 @@ async def bench_big_customer(pipeline: Pipeline, open_invoices: int, payments: i
                 if time.monotonic() - sent > 60:
                     raise TimeoutError(f"no settlement of {payment_id} within 60 s")
             times[kind].append((time.monotonic() - sent) * 1000)
+            service[kind].append(await payment_service_ms(stack.url("settlement"), handled_before))
         after = await settlement_handler_seconds(stack.url("settlement"))
     finally:
         await settlements.stop()
@@ -404,7 +410,20 @@ async def bench_big_customer(pipeline: Pipeline, open_invoices: int, payments: i
         "automatic_p50": statistics.median(times["automatic"]),
         "marked_p50": statistics.median(times["marked"]),
         "handler_mean": (after[0] - before[0]) / handled * 1000 if handled else float("nan"),
+        "automatic_service_p50": statistics.median(service["automatic"]),
+        "marked_service_p50": statistics.median(service["marked"]),
     }
+
+
+async def payment_service_ms(url: str, before: tuple[float, float]) -> float:
+    """Settlement's handler time for the one payment sent since `before` (its handler metric is observed once
+    per fetch, and a payment sent alone is a fetch of its own), in ms."""
+    for _ in range(50):  # the metric is observed just after the commit the settlement came out of
+        total, count = await settlement_handler_seconds(url)
+        if count > before[1]:
+            return (total - before[0]) / (count - before[1]) * 1000
+        await asyncio.sleep(0.02)
+    return float("nan")
 
 
 # --- aged balances over a large read model -------------------------------------------------------------
@@ -454,6 +473,9 @@ async def seed_collections(database_url: str, transactions: int, customers: int)
                 await connection.copy_records_to_table(
                     table.name, records=[tuple(r[c] for c in columns) for r in records], columns=columns
                 )
+            # A table loaded by COPY has no planner statistics until autovacuum reaches it (a minute or more);
+            # a table that grew in production has them. Without, the aged page ran ~10x slower right after.
+            await connection.execute("ANALYZE")
         finally:
             await connection.close()
         return
@@ -478,7 +500,9 @@ async def seed_collections(database_url: str, transactions: int, customers: int)
         await engine.dispose()
 
 
-async def bench_aged_balances(stack: LocalStack, transactions: int, customers: int, requests: int) -> dict[str, Any]:
+async def bench_aged_balances(
+    stack: LocalStack, transactions: int, customers: int, requests: int, page_requests: int
+) -> dict[str, Any]:
     first = stack.replicas_of("collections")[0]
     database = await stack._database(f"collections-aged-{uuid.uuid4().hex[:6]}")
     process = ServiceProcess(
@@ -518,10 +542,35 @@ async def bench_aged_balances(stack: LocalStack, transactions: int, customers: i
                     rows = len(response.json()["customers"])
                 figures[label] = (statistics.median(times), rows)
                 print(f"    {label}: {figures[label][0]:,.0f} ms, {rows} rows", flush=True)
+            figures |= await time_aged_workspace(client, page_requests)
         figures["rss_mib"] = peak_rss_mib(process)
         return figures
     finally:
         process.stop()
+
+
+async def time_aged_workspace(client: httpx.AsyncClient, requests: int) -> dict[str, tuple[float, int]]:
+    """The collections workspace's aged balances page and its CSV (every customer's sums: totals, sorting,
+    search), median of `requests` each, in ms, with the rows they show."""
+    pages = {
+        "workspace page": ("/", {"as_of": "2025-01-31"}),
+        "workspace by balance": ("/", {"as_of": "2025-01-31", "sort": "balance", "desc": "true", "page": 3}),
+        "workspace CSV": ("/api/v1/aged-balances.csv", {"as_of": "2025-01-31", "q": "A001"}),
+    }
+    figures: dict[str, tuple[float, int]] = {}
+    for label, (path, params) in pages.items() if requests else ():
+        times, rows = [], 0
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            response = await client.get(path, params=params)
+            times.append((time.perf_counter() - t0) * 1000)
+            response.raise_for_status()
+            rows = (
+                response.text.count("\n") - 1 if path.endswith(".csv") else response.text.count('<a href="/customers/')
+            )
+        figures[label] = (statistics.median(times), rows)
+        print(f"    {label}: {figures[label][0]:,.0f} ms, {rows} rows", flush=True)
+    return figures
 
 
 def peak_rss_mib(process: ServiceProcess) -> float | None:
@@ -533,6 +582,102 @@ def peak_rss_mib(process: ServiceProcess) -> float | None:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return None
+
+
+async def bench_throughput(
+    name: str,
+    stack: LocalStack,
+    producer: AIOKafkaProducer,
+    paced: AIOKafkaProducer,
+    args: argparse.Namespace,
+    workdir: Path,
+    result: dict[str, Any],
+) -> None:
+    """The raw hop, invoices and payments/s, the paced latencies and collections' catch-up."""
+    print(f"  {name}: raw hop ...", flush=True)
+    result["raw"] = [await bench_raw_hop(stack, producer, args.raw, workdir) for _ in range(args.repeats)]
+    print(f"  {name}: raw hop {', '.join(f'{r:.0f}' for r in result['raw'])} records/s", flush=True)
+    async with Database(stack.replicas_of("ledger-posting")[0].env["DATABASE_URL"]) as ledger:
+        pipeline = Pipeline(stack, producer, ledger, args.customers)
+        await pipeline.invoices(1)  # the warm-up waits out every consumer's group join
+        result["invoices"], result["payments"] = [], []
+        for n in range(args.repeats):
+            rate, _, made = await pipeline.invoices(args.invoices)
+            result["invoices"].append(rate)
+            rate, _ = await pipeline.payments(made[: args.payments])
+            result["payments"].append(rate)
+            print(
+                f"  {name}: run {n + 1}: invoices {result['invoices'][-1]:.0f}/s, "
+                f"payments {result['payments'][-1]:.0f}/s",
+                flush=True,
+            )
+        pipeline.producer = paced
+        _, result["invoice_latency"], made = await pipeline.invoices(args.latency, rate=args.rate)
+        _, result["payment_latency"] = await pipeline.payments(made, rate=args.rate)
+        print(
+            f"  {name}: latency p50 invoices {percentile(result['invoice_latency'], 50):.0f} ms, "
+            f"payments {percentile(result['payment_latency'], 50):.0f} ms",
+            flush=True,
+        )
+        pipeline.producer = producer
+        print(f"  {name}: collections catch-up ...", flush=True)
+        result["catch_up"] = await bench_catch_up(stack, timeout=args.timeout)
+        print(f"  {name}: catch-up {result['catch_up'][0]:.0f} records/s", flush=True)
+
+
+# --- RSS under sustained load ----------------------------------------------------------------------------
+
+
+async def bench_sustained(
+    stack: LocalStack, producer: AIOKafkaProducer, seconds: float, rate: float, interval: float, customers: int
+) -> dict[str, Any]:
+    """Invoices and payments at a fixed `rate`/s (half each: a payment marks an invoice sent 10 s
+    before) for `seconds`; every `interval` s each service's VmRSS, and at the end the consumers' lag."""
+    run = uuid.uuid4().hex[:4]
+    samples: list[tuple[float, dict[str, int | None]]] = []
+    sent, started = 0, time.monotonic()
+    waiting: list[tuple[float, str, str, Decimal]] = []  # invoices not paid yet: (sent at, id, customer, amount)
+    next_sample = started
+    while (now := time.monotonic()) - started < seconds:
+        if now >= next_sample:
+            samples.append((now - started, stack.rss_kib()))
+            print(f"    {now - started:4.0f} s: " + _rss_line(samples[-1][1]), flush=True)
+            next_sample += interval
+        # The records due by now (at most a second's worth at once, so a stall does not turn into a burst).
+        due = min(int((now - started) * rate) - sent, max(1, int(rate)))
+        for _ in range(max(due, 0)):
+            if sent % 2 == 0 or not waiting or waiting[0][0] > now - 10:
+                invoice_id, customer = f"S{run}-{sent:07d}", f"S{run}-C{sent % customers:04d}"
+                amount = Decimal(random.randint(100, 999_999)) / 100
+                value = invoice_message(invoice_id, customer, amount)
+                await producer.send(topics.ERP_CUSTOMER_INVOICES, value, key=customer.encode())
+                waiting.append((now, invoice_id, customer, amount))
+            else:
+                _, invoice_id, customer, amount = waiting.pop(0)
+                value = payment_message(f"{invoice_id}-P", customer, amount, invoice_id)
+                await producer.send(topics.ERP_CUSTOMER_PAYMENTS, value, key=customer.encode())
+            sent += 1
+        await asyncio.sleep(0.05)
+    samples.append((time.monotonic() - started, stack.rss_kib()))
+    print(f"    {samples[-1][0]:4.0f} s: " + _rss_line(samples[-1][1]), flush=True)
+    return {"samples": samples, "sent": sent, "lag": await stack.lag()}
+
+
+def _rss_line(rss: dict[str, int | None]) -> str:
+    return ", ".join(f"{label} {kib / 1024:.0f}" for label, kib in sorted(rss.items()) if kib)
+
+
+def sustained_table(result: dict[str, Any]) -> list[list[str]]:
+    """Per service: RSS at minute 2 and at the end (the sample nearest each), and their ratio."""
+    samples = result["samples"]
+    at_two = min(samples, key=lambda s: abs(s[0] - 120))
+    last = samples[-1]
+    rows = []
+    for label in sorted(last[1]):
+        early, late = at_two[1].get(label), last[1].get(label)
+        if early and late:
+            rows.append([label, f"{early / 1024:.0f}", f"{late / 1024:.0f}", f"{late / early:.3f}"])
+    return rows
 
 
 # --- one database --------------------------------------------------------------------------------
@@ -548,44 +693,24 @@ async def bench_database(name: str, args: argparse.Namespace, workdir: Path) -> 
         await producer.start()
         await paced.start()
         try:
-            print(f"  {name}: raw hop ...", flush=True)
-            result["raw"] = [await bench_raw_hop(stack, producer, args.raw, workdir) for _ in range(args.repeats)]
-            print(f"  {name}: raw hop {', '.join(f'{r:.0f}' for r in result['raw'])} records/s", flush=True)
-            async with Database(stack.replicas_of("ledger-posting")[0].env["DATABASE_URL"]) as ledger:
-                pipeline = Pipeline(stack, producer, ledger, args.customers)
-                await pipeline.invoices(1)  # the warm-up waits out every consumer's group join
-                result["invoices"], result["payments"] = [], []
-                for n in range(args.repeats):
-                    rate, _, made = await pipeline.invoices(args.invoices)
-                    result["invoices"].append(rate)
-                    rate, _ = await pipeline.payments(made[: args.payments])
-                    result["payments"].append(rate)
-                    print(
-                        f"  {name}: run {n + 1}: invoices {result['invoices'][-1]:.0f}/s, "
-                        f"payments {result['payments'][-1]:.0f}/s",
-                        flush=True,
-                    )
-                pipeline.producer = paced
-                _, result["invoice_latency"], made = await pipeline.invoices(args.latency, rate=args.rate)
-                _, result["payment_latency"] = await pipeline.payments(made, rate=args.rate)
-                print(
-                    f"  {name}: latency p50 invoices {percentile(result['invoice_latency'], 50):.0f} ms, "
-                    f"payments {percentile(result['payment_latency'], 50):.0f} ms",
-                    flush=True,
-                )
-                pipeline.producer = producer
-                print(f"  {name}: collections catch-up ...", flush=True)
-                result["catch_up"] = await bench_catch_up(stack, timeout=args.timeout)
-                print(f"  {name}: catch-up {result['catch_up'][0]:.0f} records/s", flush=True)
-                if args.big_customer:
-                    print(f"  {name}: a customer with {args.big_customer} open invoices ...", flush=True)
+            if "throughput" in args.stages:
+                await bench_throughput(name, stack, producer, paced, args, workdir, result)
+            if "big" in args.stages and args.big_customer:
+                print(f"  {name}: a customer with {args.big_customer} open invoices ...", flush=True)
+                async with Database(stack.replicas_of("ledger-posting")[0].env["DATABASE_URL"]) as ledger:
+                    pipeline = Pipeline(stack, producer, ledger, args.customers)
                     result["big"] = await bench_big_customer(pipeline, args.big_customer, args.big_payments)
-                    print(f"  {name}: {result['big']}", flush=True)
+                print(f"  {name}: {result['big']}", flush=True)
+            if "sustained" in args.stages and args.sustained_seconds:
+                print(f"  {name}: {args.sustained_seconds:.0f} s at {args.sustained_rate:g} messages/s ...", flush=True)
+                result["sustained"] = await bench_sustained(
+                    stack, paced, args.sustained_seconds, args.sustained_rate, args.sustained_sample, args.customers
+                )
             result["rss"] = {p.label: peak_rss_mib(p) for p in stack.processes if p.running()}
-            if args.aged_transactions:
+            if "aged" in args.stages and args.aged_transactions:
                 print(f"  {name}: aged balances over {args.aged_transactions} transactions ...", flush=True)
                 result["aged"] = await bench_aged_balances(
-                    stack, args.aged_transactions, args.aged_customers, args.aged_requests
+                    stack, args.aged_transactions, args.aged_customers, args.aged_requests, args.aged_page_requests
                 )
                 print(f"  {name}: {result['aged']}", flush=True)
         finally:
@@ -594,13 +719,7 @@ async def bench_database(name: str, args: argparse.Namespace, workdir: Path) -> 
     return result
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    print(
-        f"\nKredit pipeline benchmark — {os.cpu_count()} cores ({platform.machine()}, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}), shared with whatever else runs; "
-        f"Tansu broker (memory), one per database; medians of {args.repeats} (range)."
-    )
-
+def report_throughput(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     def med(values: list[float]) -> str:
         return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
@@ -627,6 +746,17 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             )
     print(render_table(["database", "messages", "n", "p50", "p99"], rows))
 
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(
+        f"\nKredit pipeline benchmark — {os.cpu_count()} cores ({platform.machine()}, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}), shared with whatever else runs; "
+        f"Tansu broker (memory), one per database; medians of {args.repeats} (range)."
+    )
+
+    if throughput := [r for r in results if "raw" in r]:
+        report_throughput(throughput, args)
+
     if any("big" in r for r in results):
         print(
             f"\npayment vs one customer with {args.big_customer} open invoices "
@@ -639,11 +769,14 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 f"{r['big']['automatic_p50']:.0f}",
                 f"{r['big']['marked_p50']:.0f}",
                 f"{r['big']['handler_mean']:.0f}",
+                f"{r['big']['automatic_service_p50']:.1f}",
+                f"{r['big']['marked_service_p50']:.1f}",
             ]
             for r in results
             if "big" in r
         ]
-        print(render_table(["database", "load s", "automatic p50 ms", "marked p50 ms", "handler mean ms"], rows))
+        headers = ["database", "load s", "automatic p50 ms", "marked p50 ms", "handler mean ms"]
+        print(render_table([*headers, "service p50 automatic ms", "service p50 marked ms"], rows))
 
     if any("aged" in r for r in results):
         print(
@@ -658,6 +791,16 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             if "aged" in r
         ]
         print(render_table(["database", "load s", *labels], rows))
+
+    for r in results:
+        if "sustained" in r:
+            found = r["sustained"]
+            print(
+                f"\nRSS under sustained load on {r['database']}: {found['sent']} invoices and payments at "
+                f"{args.sustained_rate:g}/s for {args.sustained_seconds:.0f} s (VmRSS, MiB; lag at the end "
+                f"{found['lag']})"
+            )
+            print(render_table(["service", "at minute 2", "at the end", "end / minute 2"], sustained_table(found)))
 
     print("\npeak RSS (VmHWM) per service process, MiB")
     rows = [[r["database"]] + [f"{label}: {v:.0f}" for label, v in sorted(r["rss"].items()) if v] for r in results]
@@ -697,10 +840,22 @@ def main() -> None:
     parser.add_argument("--aged-transactions", type=int, default=1_000_000, help="0: skip the aged balances figure")
     parser.add_argument("--aged-customers", type=int, default=10_000)
     parser.add_argument("--aged-requests", type=int, default=7)
+    parser.add_argument("--aged-page-requests", type=int, default=3, help="of the workspace page and CSV (0: skip)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds any one stage may take")
+    parser.add_argument("--sustained-seconds", type=float, default=600, help="length of the sustained-load stage")
+    parser.add_argument("--sustained-rate", type=float, default=40, help="invoices + payments per second in it")
+    parser.add_argument("--sustained-sample", type=float, default=30, help="seconds between RSS samples")
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        type=lambda s: [x for x in s.split(",") if x],
+        help=f"which stages to run, of {','.join(STAGES)} (default all)",
+    )
     args = parser.parse_args()
     if unknown := set(args.databases) - {"sqlite", "postgresql"}:
         parser.error(f"unknown database(s): {', '.join(sorted(unknown))}")
+    if unknown := set(args.stages) - set(STAGES):
+        parser.error(f"unknown stage(s): {', '.join(sorted(unknown))}")
     args.payments = min(args.payments, args.invoices)
     run_tool("bench", amain(args))
 

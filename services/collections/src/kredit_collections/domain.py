@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -226,10 +226,26 @@ def age_balances(
         row[bucket_for(days_past_due(t, as_of), buckets)] += item.accounting
         names[key] = t.customer_name or names.get(key)  # the newest name wins
     return [
-        AgedBalance(account, names[(account, currency)], currency, round_money(sum(row.values(), ZERO)), row)
+        aged_balance(account, names[(account, currency)], currency, row)
         for (account, currency), row in sorted(amounts.items())
         if any(row.values())  # the balance is the sum of the buckets: all zero means nothing to show
     ]
+
+
+def aged_balance(account: str, name: str | None, currency: str, buckets: Mapping[str, Decimal]) -> AgedBalance:
+    return AgedBalance(account, name, currency, round_money(sum(buckets.values(), ZERO)), buckets)
+
+
+def aging_cutoffs(as_of: date, buckets: Sequence[AgingBucket]) -> list[date]:
+    """age_balances' buckets as dates, for a database that ages many transactions at once: a transaction
+    whose aging date (due date, else transaction date) is on or after `cutoffs[i]`, and not on or after an
+    earlier cutoff, is in bucket i (bucket_for); one before every cutoff is in the last bucket."""
+    cutoffs = []
+    for bucket in buckets:
+        if bucket.max_days is None:
+            break
+        cutoffs.append(as_of - timedelta(days=bucket.max_days))
+    return cutoffs
 
 
 # --- write-off -------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import date
 
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +20,8 @@ from kredit_collections.domain import (
     WriteOffExchange,
     WriteOffSettings,
     age_balances,
+    aged_balance,
+    aging_cutoffs,
     build_write_off_journal,
     open_invoices,
     posted_journal_differences,
@@ -199,25 +201,35 @@ async def customer_transactions(session: AsyncSession, customer_account: str) ->
     return rows
 
 
-async def aged_balances(session: AsyncSession, setup: CompanySetup, as_of: date) -> list[AgedBalance]:
-    model = await tables.load_read_model(session, as_of=as_of)
-    return age_balances(*model, as_of, setup.aging_buckets, setup.accounting_currency)
+async def aged_balances(
+    session: AsyncSession, setup: CompanySetup, as_of: date, customers: Collection[str] | None = None
+) -> list[AgedBalance]:
+    """Every customer's aged balances (or those of `customers`), in (account, currency) order: the database
+    adds them up (tables.aged_sums, the set-based form of domain.age_balances), so only the sums are read."""
+    buckets = setup.aging_buckets
+    found = await tables.aged_sums(
+        session, as_of, aging_cutoffs(as_of, buckets), len(buckets), setup.accounting_currency, customers
+    )
+    rows = [
+        aged_balance(s.customer_account, s.customer_name, s.currency, dict(zip([b.label for b in buckets], s.buckets)))
+        for s in found
+    ]
+    return sorted(rows, key=lambda r: (r.customer_account, r.currency))  # as age_balances: code point order
 
 
 async def aged_balances_page(
     session: AsyncSession, setup: CompanySetup, as_of: date, limit: int, after: str | None = None
 ) -> tuple[list[AgedBalance], str | None]:
     """The aged balances of the next `limit` customers with something open after the account `after`,
-    and the cursor of the page after it (None on the last page). Only those customers' transactions
-    are read, so a page costs the same however large the read model is."""
+    and the cursor of the page after it (None on the last page). Only those customers' sums are computed,
+    so a page costs the same however large the read model is."""
     rows: list[AgedBalance] = []
     while True:
         wanted = limit - len({r.customer_account for r in rows})
         customers = await tables.customers_after(session, after, wanted + 1)  # one more: is there a next page?
         chunk = customers[:wanted]
         if chunk:
-            model = await tables.load_read_model(session, as_of=as_of, customers=chunk)
-            rows += age_balances(*model, as_of, setup.aging_buckets, setup.accounting_currency)
+            rows += await aged_balances(session, setup, as_of, chunk)
             after = chunk[-1]
         if len(customers) <= wanted:
             return rows, None  # no customer after this page

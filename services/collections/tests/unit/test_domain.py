@@ -33,6 +33,8 @@ from kredit_collections.domain import (
     WriteOffProgress,
     WriteOffSettings,
     age_balances,
+    aging_cutoffs,
+    bucket_for,
     build_write_off_journal,
     open_invoices,
     select_for_write_off,
@@ -249,6 +251,15 @@ def test_an_invoice_ages_into_the_bucket_of_its_days_past_due(days, bucket):
     [row] = age_balances([invoice], [], AS_OF, SETUP.aging_buckets)
     assert row.balance == D("100.00")
     assert row.buckets == {b.label: D("100.00") if b.label == bucket else D("0") for b in SETUP.aging_buckets}
+
+
+@given(st.integers(min_value=-400, max_value=400))
+def test_the_cutoff_dates_put_a_transaction_in_the_bucket_its_days_past_due_do(days):
+    """The aged sums the database adds up (tables.aged_sums) bucket by these dates instead of by days."""
+    aging_date = AS_OF - timedelta(days=days)
+    cutoffs = aging_cutoffs(AS_OF, SETUP.aging_buckets)
+    index = next((i for i, cutoff in enumerate(cutoffs) if aging_date >= cutoff), len(SETUP.aging_buckets) - 1)
+    assert SETUP.aging_buckets[index].label == bucket_for(days, SETUP.aging_buckets)
 
 
 def test_credits_without_due_date_age_by_transaction_date_as_negative_amounts():
