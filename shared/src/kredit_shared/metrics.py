@@ -5,7 +5,9 @@ from prometheus_client import Counter, Gauge, Histogram
 MESSAGES_CONSUMED = Counter(
     "kredit_messages_consumed_total", "Messages consumed, by outcome", ["service", "topic", "outcome"]
 )
-HANDLER_SECONDS = Histogram("kredit_handler_seconds", "Time to process one message", ["service", "topic"])
+HANDLER_SECONDS = Histogram(
+    "kredit_handler_seconds", "Time to process one message, or one fetch on a batch subscription", ["service", "topic"]
+)
 OUTBOX_PUBLISHED = Counter("kredit_outbox_published_total", "Outbox messages published", ["service", "topic"])
 OUTBOX_PENDING = Gauge(
     "kredit_outbox_pending", "Outbox messages not yet published (an upper bound, read without counting)", ["service"]
