@@ -196,6 +196,8 @@ class OutboxRelay:
         self._sessions = sessions
         self._producer = producer
         self._wakeup = asyncio.Event()
+        # The relay task and the consumer (after each fetch) both publish: one round at a time per process.
+        self._round = asyncio.Lock()
         self.failing_since: float | None = None  # monotonic time of the first failure in a row (readiness)
         self._postgres = make_url(normalise_url(settings.database_url)).get_backend_name() == "postgresql"
         self._lock_path = _sqlite_lock_file(settings.database_url)
@@ -224,14 +226,18 @@ class OutboxRelay:
                     pass
 
     async def publish_pending(self) -> int:
-        """Publish one batch; returns how many rows were sent (0 also when another relay is at it)."""
+        """Publish one batch; returns how many rows were sent (0 also when another relay, or another round of
+        this one, is at it)."""
         # One relay at a time per database keeps each key's messages in commit order and publishes each
         # row once. SQLite has no advisory lock: a lock file next to the database (its replicas share one
         # host) does it there without holding the database's write lock while the broker acknowledges.
-        with self._file_lock() as locked:
-            if not locked:
-                return 0
-            return await self._publish_batch()
+        if self._round.locked():
+            return 0
+        async with self._round:
+            with self._file_lock() as locked:
+                if not locked:
+                    return 0
+                return await self._publish_batch()
 
     @contextmanager
     def _file_lock(self) -> Iterator[bool]:

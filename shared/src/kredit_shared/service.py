@@ -273,6 +273,7 @@ class ServiceRuntime:
         self.retrying_since: float | None = None  # monotonic time the current message's retries began
         self._lag_labels: set[tuple[str, str, str]] = set()
         self.prepared_before_start = False
+        self._unpublished = False  # a transaction committed outbox rows since the consumer last published
 
     # --- transactions -------------------------------------------------------------------------
 
@@ -283,6 +284,7 @@ class ServiceRuntime:
             uow = UnitOfWork(session, group_id=self.settings.group_id, publishes=declared)
             yield uow
         if uow.emitted and self.relay is not None:
+            self._unpublished = True
             self.relay.wake()
 
     # --- consuming ----------------------------------------------------------------------------
@@ -351,6 +353,21 @@ class ServiceRuntime:
                 await message.nack()
                 raise
             await message.ack()  # offsets only after every message's effect is committed
+            await self._publish_committed()
+
+    async def _publish_committed(self) -> None:
+        """Publish what the fetch committed before taking the next one, so the next service starts on it
+        while this one works on its next fetch. The relay task alone gets the event loop only at the next
+        fetch's awaits, so a fetch's output went out piecemeal during (or after) the next one's handling."""
+        if not self._unpublished or self.relay is None or not self.settings.outbox_relay_enabled:
+            return
+        self._unpublished = False
+        try:
+            while await self.relay.publish_pending() >= self.settings.outbox_batch_size:
+                pass
+        except Exception as e:  # the relay task retries it and reports the failure (readiness, logs)
+            log.debug("%s: publishing after the fetch failed (%r); left to the relay", self.settings.service_name, e)
+            self.relay.wake()
 
     async def _consume_fetch(self, records: Sequence[ConsumerRecord]) -> None:
         by_topic: dict[str, list[ConsumerRecord]] = defaultdict(list)
