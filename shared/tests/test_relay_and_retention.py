@@ -152,3 +152,46 @@ async def test_two_relays_racing_publish_each_keys_rows_once_in_commit_order(kaf
     for key in ("K0", "K1"):
         sent = [f"{c}-{n}".encode() for c in range(4) for n in range(20) if f"K{n % 2}" == key]
         assert [r.value for r in records if r.key == key] == sent, "once each, in commit order"
+
+
+async def test_publishing_after_a_fetch_sends_every_pending_batch(kafka, database_url):
+    """The consumer publishes what a fetch committed before taking the next (`publish_now`): all of it, not
+    only the first relay batch."""
+    settings = ServiceSettings(
+        service_name=f"now-{uuid.uuid4().hex[:6]}",
+        http_port=0,
+        database_url=database_url,
+        outbox_relay_enabled=False,
+        outbox_batch_size=3,
+        **isolated_kafka(kafka),
+    )
+    runtime = ServiceRuntime(settings, tables=[])
+    async with (
+        serve(runtime.http_app("now")),
+        TopicProbe(kafka.bootstrap_servers, [settings.topic(GL_JOURNAL_LINES)]) as probe,
+    ):
+        async with runtime.sessions() as session, session.begin():
+            rows = [outbox_row(f"R{n}", 0, None) for n in range(7)]
+            await (await session.connection()).execute(insert(OutboxMessage.__table__), rows)
+        await runtime.relay.publish_now()
+        assert await runtime.relay.publish_pending() == 0, "nothing left for the relay task"
+        await probe.wait_for(lambda r: True, count=7)
+        assert sorted(r.key for r in await probe.settle(0.3)) == [f"R{n}" for n in range(7)], "each row once"
+
+
+async def test_a_failing_relay_is_left_to_its_task_and_does_not_hold_up_the_consumer(database_url, monkeypatch):
+    settings = ServiceSettings(service_name="failing", http_port=0, database_url=database_url)
+    relay = outbox.OutboxRelay(settings, sessions=None, producer=None)  # type: ignore[arg-type]  # never reached
+    rounds = 0
+
+    async def refused() -> int:
+        nonlocal rounds
+        rounds += 1
+        raise outbox.RelayError("the broker refused every row")
+
+    monkeypatch.setattr(relay, "publish_pending", refused)
+    await relay.publish_now()
+    assert rounds == 1 and relay.failing_since is not None, "the failure counts for readiness"
+    await relay.publish_now()
+    await relay.publish_now()
+    assert rounds == 1, "while failing, the consumer does not try again on every fetch"

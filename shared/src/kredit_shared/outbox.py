@@ -225,6 +225,21 @@ class OutboxRelay:
                 except TimeoutError:
                     pass
 
+    async def publish_now(self) -> None:
+        """Publish what is pending now, in the caller's task (the consumer, between fetches). While the relay
+        is failing it is left to the relay task, which retries with its poll interval: a broker that refuses
+        the rows must not hold the consumer up on every fetch."""
+        if self.failing_since is not None:
+            self.wake()
+            return
+        try:
+            while await self.publish_pending() >= self._settings.outbox_batch_size:
+                pass
+        except Exception as e:  # the relay task retries and logs it; readiness counts from now
+            log.warning("outbox relay failed after a fetch (%r); the relay task retries", e)
+            self.failing_since = time.monotonic()
+            self.wake()
+
     async def publish_pending(self) -> int:
         """Publish one batch; returns how many rows were sent (0 also when another relay, or another round of
         this one, is at it)."""

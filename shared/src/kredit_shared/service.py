@@ -359,15 +359,9 @@ class ServiceRuntime:
         """Publish what the fetch committed before taking the next one, so the next service starts on it
         while this one works on its next fetch. The relay task alone gets the event loop only at the next
         fetch's awaits, so a fetch's output went out piecemeal during (or after) the next one's handling."""
-        if not self._unpublished or self.relay is None or not self.settings.outbox_relay_enabled:
-            return
-        self._unpublished = False
-        try:
-            while await self.relay.publish_pending() >= self.settings.outbox_batch_size:
-                pass
-        except Exception as e:  # the relay task retries it and reports the failure (readiness, logs)
-            log.debug("%s: publishing after the fetch failed (%r); left to the relay", self.settings.service_name, e)
-            self.relay.wake()
+        if self._unpublished and self.relay is not None and self.settings.outbox_relay_enabled:
+            self._unpublished = False
+            await self.relay.publish_now()
 
     async def _consume_fetch(self, records: Sequence[ConsumerRecord]) -> None:
         by_topic: dict[str, list[ConsumerRecord]] = defaultdict(list)
