@@ -20,6 +20,8 @@ a voucher), as scripts/bench_ledger.py does.
 - aged balances: a collections process on its own (empty) topics whose database is loaded with
   --aged-transactions open transactions of --aged-customers customers (no broker; see seed_collections);
   GET /api/v1/aged-balances timed over HTTP (median of --aged-requests).
+- CPU per message: each process's CPU time (user + system, /proc) over the throughput runs divided by
+  the messages of that stage, per service, the broker and the bench itself: where the two cores go.
 - peak RSS (VmHWM) of every service process at the end.
 
 Throughput runs are repeated (--repeats) on the same stack; tables show medians and ranges.
@@ -265,7 +267,7 @@ async def bench_raw_hop(stack: LocalStack, producer: AIOKafkaProducer, count: in
             return stamps
 
         await send_all(producer, [(source, "w", b"warm-up")])
-        await relayed(1, 60)  # the relay's group join
+        await relayed(1, 180)  # the relay process starting and joining its group (slow on a loaded machine)
         value = invoice_message("RAW-000000", "C0000", Decimal("100.00"))
         sent = await send_all(producer, [(source, f"C{i % 200:04d}", value) for i in range(count)])
         stamps = await relayed(count, 120)
@@ -279,10 +281,36 @@ async def bench_raw_hop(stack: LocalStack, producer: AIOKafkaProducer, count: in
 # --- the pipeline ---------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+def cpu_snapshot(stack: LocalStack) -> dict[str, float]:
+    """CPU seconds so far of every service process, the broker and this process (the bench's sender)."""
+    pids = {p.label: p.process.pid for p in stack.processes if p.running() and p.process is not None}
+    if stack.broker is not None:
+        pids["broker"] = stack.broker.pid
+    pids["bench"] = os.getpid()
+    return {label: cpu_seconds(pid) for label, pid in pids.items()}
+
+
 class Pipeline:
     def __init__(self, stack: LocalStack, producer: AIOKafkaProducer, ledger: Database, customers: int) -> None:
         self.stack, self.producer, self.ledger, self.customers = stack, producer, ledger, customers
         self.runs = 0
+        self.cpu: dict[str, dict[str, list[float]]] = {}  # stage -> process -> CPU ms per message, per run
+
+    def _note_cpu(self, stage: str, before: dict[str, float], count: int) -> None:
+        after = cpu_snapshot(self.stack)
+        for label, seconds in after.items():
+            if label in before:
+                per_message = (seconds - before[label]) * 1000 / count
+                self.cpu.setdefault(stage, {}).setdefault(label, []).append(per_message)
 
     def _prefix(self, kind: str) -> str:
         self.runs += 1
@@ -296,8 +324,11 @@ class Pipeline:
             for i in range(count)
         ]
         records = [(topics.ERP_CUSTOMER_INVOICES, c, invoice_message(i, c, a)) for i, c, a in made]
+        cpu = cpu_snapshot(self.stack)
         sent = await send_all(self.producer, records, rate)
         posted = await posted_vouchers(self.ledger, f"FTI-{prefix}", count, timeout=120 + count / 10)
+        if rate is None and count > 1:
+            self._note_cpu("invoices", cpu, count)
         latencies = [(posted[f"FTI-{i}"] - s) * 1000 for (i, _, _), s in zip(made, sent)]
         return count / (max(posted.values()) - sent[0]), latencies, made
 
@@ -307,8 +338,11 @@ class Pipeline:
         prefix = self._prefix("P")
         made = [(f"{prefix}{n:06d}", c, a, i) for n, (i, c, a) in enumerate(invoices)]
         records = [(topics.ERP_CUSTOMER_PAYMENTS, c, payment_message(p, c, a, i)) for p, c, a, i in made]
+        cpu = cpu_snapshot(self.stack)
         sent = await send_all(self.producer, records, rate)
         posted = await posted_vouchers(self.ledger, prefix, len(made), timeout=120 + len(made) / 10)
+        if rate is None:
+            self._note_cpu("payments", cpu, len(made))
         latencies = [(posted[p] - s) * 1000 for (p, _, _, _), s in zip(made, sent)]
         return len(made) / (max(posted.values()) - sent[0]), latencies
 
@@ -611,6 +645,7 @@ async def bench_throughput(
                 f"payments {result['payments'][-1]:.0f}/s",
                 flush=True,
             )
+        result["cpu"] = pipeline.cpu
         pipeline.producer = paced
         _, result["invoice_latency"], made = await pipeline.invoices(args.latency, rate=args.rate)
         _, result["payment_latency"] = await pipeline.payments(made, rate=args.rate)
@@ -801,6 +836,19 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 f"{found['lag']})"
             )
             print(render_table(["service", "at minute 2", "at the end", "end / minute 2"], sustained_table(found)))
+
+    if any("cpu" in r for r in results):
+        print(
+            "\nCPU per message in the throughput runs (user + system, every process's CPU time over the run / "
+            "messages; the processes still at work on the previous stage count too), ms, median"
+        )
+        rows = []
+        for r in results:
+            for stage, per_process in r.get("cpu", {}).items():
+                medians = {label: statistics.median(v) for label, v in per_process.items()}
+                shown = [f"{label}: {v:.2f}" for label, v in sorted(medians.items()) if v >= 0.005]
+                rows.append([r["database"], stage, f"{sum(medians.values()):.2f}", " ".join(shown)])
+        print(render_table(["database", "stage", "total", "per process"], rows))
 
     print("\npeak RSS (VmHWM) per service process, MiB")
     rows = [[r["database"]] + [f"{label}: {v:.0f}" for label, v in sorted(r["rss"].items()) if v] for r in results]
