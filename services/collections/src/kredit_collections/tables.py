@@ -254,11 +254,14 @@ class WriteOffParametersRow(SQLModel, table=True):
 
 
 async def load_write_off_parameters(session: AsyncSession, defaults: WriteOffParameters) -> WriteOffParametersRow:
-    """The stored parameters; the first caller seeds them from the setup's `defaults`."""
-    await insert_new(
-        session, WriteOffParametersRow, [{"id": 1, **defaults.model_dump(exclude={"four_eyes_write_off"})}]
-    )
+    """The stored parameters; the first caller seeds them from the setup's `defaults` (a replica seeding them
+    at the same moment changes nothing). Read first, so a read-only request writes nothing once they are there."""
     row = await session.get(WriteOffParametersRow, 1)
+    if row is None:
+        await insert_new(
+            session, WriteOffParametersRow, [{"id": 1, **defaults.model_dump(exclude={"four_eyes_write_off"})}]
+        )
+        row = await session.get(WriteOffParametersRow, 1)
     assert row is not None
     return row
 
