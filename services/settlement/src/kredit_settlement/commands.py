@@ -17,10 +17,8 @@ from kredit_settlement.posting import (
     SettlementSetup,
     parameters_of,
     post,
+    post_discount,
     record,
-    send_voucher,
-    transaction_posted,
-    voucher_of,
 )
 from kredit_settlement.tables import (
     OpenItems,
@@ -130,16 +128,7 @@ async def reverse_settlement(
         raise domain.ReversalRefused(f"voucher(s) {', '.join(sorted(clash))} are taken")
     await store.save([*reversal.transactions, *reversal.discounts])
     for discount in reversal.discounts:
-        uow.emit(transaction_posted(setup, discount))
-        send_voucher(
-            uow,
-            voucher_of(
-                setup,
-                discount,
-                setup.accounts.for_discount(discount.cash_discount_account),
-                f"Reversed cash discount, settlement {settlement_id}",
-            ),
-        )
+        post_discount(uow, setup, discount, f"Reversed cash discount, settlement {settlement_id}")
     reversal_id = f"{settlement_id}:reversed"
     for row in rows:
         row.reversed_by = reversal_id

@@ -134,16 +134,7 @@ async def post(
     credit_of = {p.cash_discount_voucher or p.debit_voucher: p.credit_voucher for p in booking.pairs}
     for discount in booking.discounts:
         credit = credit_of[discount.voucher]
-        uow.emit(transaction_posted(setup, discount, payment_id=credit))
-        send_voucher(
-            uow,
-            voucher_of(
-                setup,
-                discount,
-                setup.accounts.for_discount(discount.cash_discount_account),
-                f"Cash discount settling {credit}",
-            ),
-        )
+        post_discount(uow, setup, discount, f"Cash discount settling {credit}", payment_id=credit)
     await record(setup, uow, store, booking.pairs, group_id=settlement_id)
     return list(booking.transactions)
 
@@ -305,6 +296,16 @@ def voucher_of(setup: SettlementSetup, t: OpenTransaction, account: str, text: s
         account,
         text,
     )
+
+
+def post_discount(
+    uow: UnitOfWork, setup: SettlementSetup, discount: OpenTransaction, text: str, payment_id: str | None = None
+) -> None:
+    """A cash discount transaction settlement books (or reverses): to the customers' transactions, and to the
+    ledger against its discount account."""
+    uow.emit(transaction_posted(setup, discount, payment_id=payment_id))
+    account = setup.accounts.for_discount(discount.cash_discount_account)
+    send_voucher(uow, voucher_of(setup, discount, account, text))
 
 
 def send_voucher(uow: UnitOfWork, voucher: VoucherPosted) -> None:
