@@ -26,7 +26,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -230,14 +230,6 @@ def aged_view(
     return AgedView(as_of, buckets, rows[(page - 1) * size : page * size], len(rows), totals, page, pages)
 
 
-async def _aged(
-    session, setup: CompanySetup, as_of: dt.date | None, q: str, sort: str, desc: bool, page: int, size: int
-) -> AgedView:
-    as_of = as_of or dt.date.today()
-    rows = await handlers.aged_balances(session, setup, as_of)
-    return aged_view(rows, [b.label for b in setup.aging_buckets], as_of, q, sort, desc, page, size)
-
-
 def bucket_chart(view: AgedView) -> list[dict[str, Any]]:
     """Bars of the bucket totals per currency, as SVG coordinates (drawn by the template)."""
     charts = []
@@ -267,9 +259,23 @@ Sort = Annotated[str, Query(description="account, name, currency, balance or a b
 Size = Annotated[int, Query(ge=1, le=1000)]
 
 
-@router.get("/", response_class=HTMLResponse, dependencies=[require(Role.viewer, expensive=True)])
-async def aged_balances_page(
-    request: Request,
+@dataclass(frozen=True)
+class AgedQuery:
+    """The aged balances page as asked (the page and its CSV take the same query), and what it shows."""
+
+    q: str
+    sort: str
+    desc: bool
+    size: int
+    view: AgedView
+
+    def params(self) -> dict[str, Any]:
+        """The query of the page shown (its links and its CSV keep it)."""
+        query = {"as_of": self.view.as_of.isoformat(), "q": self.q, "sort": self.sort, "desc": str(self.desc).lower()}
+        return query | {"size": self.size, "page": self.view.page}
+
+
+async def aged_query(
     session: SessionDep,
     setup: SetupDep,
     as_of: AsOf = None,
@@ -278,28 +284,40 @@ async def aged_balances_page(
     desc: bool = False,
     page: Annotated[int, Query(ge=1)] = 1,
     size: Size = 50,
+) -> AgedQuery:
+    as_of = as_of or dt.date.today()
+    rows = await handlers.aged_balances(session, setup, as_of)
+    view = aged_view(rows, [b.label for b in setup.aging_buckets], as_of, q, sort, desc, page, size)
+    return AgedQuery(q, sort, desc, size, view)
+
+
+AgedQueryDep = Annotated[AgedQuery, Depends(aged_query)]
+
+
+@router.get("/", response_class=HTMLResponse, dependencies=[require(Role.viewer, expensive=True)])
+async def aged_balances_page(
+    request: Request, session: SessionDep, setup: SetupDep, aged: AgedQueryDep
 ) -> HTMLResponse:
-    view = await _aged(session, setup, as_of, q, sort, desc, page, size)
+    view = aged.view
     over_limit, disputed = await credit_handlers.aging_flags(session, setup, view.rows, view.as_of)
-    params = {"as_of": view.as_of.isoformat(), "q": q, "sort": sort, "desc": str(desc).lower(), "size": size}
 
     def link(**changes: Any) -> str:
-        return "/?" + urlencode(params | {"page": view.page} | changes)
+        return "/?" + urlencode(aged.params() | changes)
 
     return _page(
         request,
         "aged_balances.html",
         view=view,
-        q=q,
-        sort=sort,
-        desc=desc,
-        size=size,
+        q=aged.q,
+        sort=aged.sort,
+        desc=aged.desc,
+        size=aged.size,
         sizes=PAGE_SIZES,
         link=link,
         charts=bucket_chart(view),
         over_limit=over_limit,
         disputed_amounts=disputed,
-        csv_url="/api/v1/aged-balances.csv?" + urlencode(params | {"page": view.page}),
+        csv_url="/api/v1/aged-balances.csv?" + urlencode(aged.params()),
     )
 
 
@@ -309,19 +327,10 @@ async def aged_balances_page(
     responses={200: {"content": {"text/csv": {}}, "description": "The rows of the page, then totals"}},
     dependencies=[require(Role.viewer, expensive=True)],
 )
-async def aged_balances_csv(
-    session: SessionDep,
-    setup: SetupDep,
-    as_of: AsOf = None,
-    q: Search = "",
-    sort: Sort = "account",
-    desc: bool = False,
-    page: Annotated[int, Query(ge=1)] = 1,
-    size: Size = 50,
-) -> Response:
+async def aged_balances_csv(aged: AgedQueryDep) -> Response:
     """Exactly what the aged balances page shows for the same query: that page's rows, then one
     total row per currency over every matching row (the page's totals row)."""
-    view = await _aged(session, setup, as_of, q, sort, desc, page, size)
+    view = aged.view
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["customer_account", "customer_name", "currency", "balance", *view.buckets])
