@@ -194,14 +194,15 @@ def _schema_of(connection: Connection, exclude: AbstractSet[str] = frozenset()) 
     return {
         table: (
             {c["name"] for c in inspector.get_columns(table)},
-            _index_names(connection, table),
+            index_names(connection, table),
         )
         for table in inspector.get_table_names()
         if table not in exclude
     }
 
 
-def _index_names(connection: Connection, table: str) -> set[str]:
+def index_names(connection: Connection, table: str) -> set[str]:
+    """The names of the table's indexes made by CREATE INDEX (not those behind unique constraints)."""
     if connection.dialect.name == "sqlite":
         # SQLAlchemy does not reflect an index on an expression from SQLite; its catalogue lists every index
         # made by CREATE INDEX (with its statement), not those behind unique constraints.
