@@ -18,7 +18,7 @@ from sqlalchemy import Column, MetaData, String, inspect, text
 from sqlmodel import SQLModel
 
 from kredit_shared.database import create_engine
-from kredit_shared.migrations import INITIAL_REVISION, Migrations, SchemaError, of_package, upgrade
+from kredit_shared.migrations import INITIAL_REVISION, Migrations, SchemaError, index_names, of_package, upgrade
 from kredit_shared.testing import isolated_kafka
 
 PACKAGES = {
@@ -81,6 +81,11 @@ async def test_the_models_and_the_migrations_agree(database_url, service):
     try:
         await upgrade(engine, migrations)
         assert await model_differences(engine, migrations) == []
+        # Autogenerate skips an index on an expression (its warning): the migrations must make it by hand.
+        async with engine.connect() as connection:
+            for table in migrations.tables:
+                declared = {i.name for i in table.indexes}
+                assert declared <= await connection.run_sync(index_names, table.name), table.name
     finally:
         await engine.dispose()
 

@@ -194,15 +194,25 @@ def _schema_of(connection: Connection, exclude: AbstractSet[str] = frozenset()) 
     return {
         table: (
             {c["name"] for c in inspector.get_columns(table)},
-            # PostgreSQL lists the index behind a unique constraint too; SQLite does not.
-            {
-                name
-                for i in inspector.get_indexes(table)
-                if (name := i.get("name")) and not i.get("duplicates_constraint")
-            },
+            index_names(connection, table),
         )
         for table in inspector.get_table_names()
         if table not in exclude
+    }
+
+
+def index_names(connection: Connection, table: str) -> set[str]:
+    """The names of the table's indexes made by CREATE INDEX (not those behind unique constraints)."""
+    if connection.dialect.name == "sqlite":
+        # SQLAlchemy does not reflect an index on an expression from SQLite; its catalogue lists every index
+        # made by CREATE INDEX (with its statement), not those behind unique constraints.
+        query = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL"
+        return set(connection.exec_driver_sql(query, (table,)).scalars())
+    # PostgreSQL lists the index behind a unique constraint too.
+    return {
+        name
+        for i in inspect(connection).get_indexes(table)
+        if (name := i.get("name")) and not i.get("duplicates_constraint")
     }
 
 

@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 
 import sqlalchemy
 from pydantic_core import PydanticUndefined
-from sqlalchemy import JSON, Column, Integer, bindparam, event, func, insert, update
+from sqlalchemy import JSON, Column, Index, Integer, bindparam, event, func, insert, literal_column, text, update
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -59,6 +59,21 @@ class OpenTransactionRow(SQLModel, table=True):
     """A customer transaction with what is still open on it (signed: debit +, credit −)."""
 
     __tablename__ = "settlement_open_transaction"
+    # open_debits' order (_debit_order) per customer and currency, of the debits it reads only: an automatic
+    # payment reads its first few with a range scan, however many open items the customer has. (PostgreSQL
+    # sorts equal dates' vouchers itself: it compares them in "C", not the column's collation.)
+    __table_args__ = (
+        Index(
+            "ix_settlement_open_transaction_debit_order",
+            "customer_account",
+            "currency",
+            func.coalesce(text("due_date"), text("transaction_date")),
+            "transaction_date",
+            "voucher",
+            sqlite_where=text("open_amount > 0 AND auto_settle = 1"),
+            postgresql_where=text("open_amount > 0 AND auto_settle"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     voucher: str = Field(unique=True)
@@ -560,21 +575,7 @@ class OpenItems:
                 if complete or len(still) >= limit:
                     return still[:limit]
         await self.flush()  # the database sorts and limits by open amounts: they must be written
-        # The voucher tie-break compares code points, as Python's str does: not the database's locale.
-        binary = "C" if self._postgres else "BINARY"
-        table = table_of(OpenTransactionRow).c
-        debits = await self._select(
-            (table.customer_account == customer_account)
-            & (table.currency == currency)
-            & (table.open_amount > ZERO)
-            & table.auto_settle,
-            order_by=(
-                func.coalesce(table.due_date, table.transaction_date),
-                table.transaction_date,
-                table.voucher.collate(binary),
-            ),
-            limit=2 * limit,
-        )
+        debits = await self._read(self._first_debits(customer_account, currency, 2 * limit))
         self._debit_windows[key] = ([t.voucher for t in debits], 2 * limit, len(debits) < 2 * limit)
         return debits[:limit]
 
@@ -585,30 +586,38 @@ class OpenItems:
         if not wanted:
             return
         await self.flush()
+        found: dict[tuple[str, str], list[OpenTransaction]] = {key: [] for key in wanted}
+        # A UNION ALL of each pair's ORDER BY … LIMIT (as subqueries: SQLite takes no ORDER BY in a compound
+        # select's terms), each an index range scan: not a window function, which reads and sorts every open
+        # item of the customer (10,000 of a big one) to keep the first few.
+        for chunk in _chunks(wanted, 100):  # SQLite's bound-parameter and compound-select limits
+            windows = [self._first_debits(customer, currency, 2 * limit).subquery() for customer, currency in chunk]
+            query = sqlalchemy.union_all(*(sqlalchemy.select(window) for window in windows))
+            for t in await self._read(query if len(windows) > 1 else sqlalchemy.select(windows[0])):
+                found[(t.customer_account, t.currency)].append(t)
+        for key, debits in found.items():
+            # A UNION ALL keeps no order: each window is sorted again (a few rows), as its subquery did.
+            vouchers = [t.voucher for t in sorted(debits, key=_debit_order)]
+            self._debit_windows[key] = (vouchers, 2 * limit, len(vouchers) < 2 * limit)
+
+    def _first_debits(self, customer_account: str, currency: str, count: int) -> sqlalchemy.Select[Any]:
+        """The first `count` open automatic debits of the customer in `currency`, in automatic settlement's
+        default order (_debit_order): ix_settlement_open_transaction_debit_order holds them in that order."""
+        # The voucher tie-break compares code points, as Python's str does: not the database's locale.
         binary = "C" if self._postgres else "BINARY"
         table = table_of(OpenTransactionRow)
         c = table.c
-        order = (func.coalesce(c.due_date, c.transaction_date), c.transaction_date, c.voucher.collate(binary))
-        rank = func.row_number().over(partition_by=(c.customer_account, c.currency), order_by=order).label("rank")
-        found: dict[tuple[str, str], list[str]] = {key: [] for key in wanted}
-        for chunk in _chunks(sorted({customer for customer, _ in wanted}), 500):  # SQLite's bound-parameter limit
-            ranked = (
-                sqlalchemy.select(table, rank)
-                .where(c.customer_account.in_(chunk) & (c.open_amount > ZERO) & c.auto_settle)
-                .subquery()
+        return (
+            sqlalchemy.select(table)
+            .where(
+                (c.customer_account == customer_account)
+                & (c.currency == currency)
+                & (c.open_amount > literal_column("0"))  # a literal, so the partial index's condition is seen to hold
+                & c.auto_settle
             )
-            query = (
-                sqlalchemy.select(ranked)
-                .where(ranked.c.rank <= 2 * limit)
-                .order_by(ranked.c.customer_account, ranked.c.currency, ranked.c.rank)
-            )
-            for row in (await (await self.session.connection()).execute(query)).all():
-                if row.voucher not in self._loaded:
-                    self._hold(row.id, row.version, open_transaction_of(row))
-                if (row.customer_account, row.currency) in found:
-                    found[(row.customer_account, row.currency)].append(row.voucher)
-        for key, vouchers in found.items():
-            self._debit_windows[key] = (vouchers, 2 * limit, len(vouchers) < 2 * limit)
+            .order_by(func.coalesce(c.due_date, c.transaction_date), c.transaction_date, c.voucher.collate(binary))
+            .limit(count)
+        )
 
     def _forget_window(self, t: OpenTransaction) -> None:
         """Drop open_debits' window of t's customer and currency unless t is in it as it was (an open automatic
@@ -632,10 +641,13 @@ class OpenItems:
     async def _select(
         self, condition: Any, order_by: Sequence[Any] = (), limit: int | None = None
     ) -> list[OpenTransaction]:
-        """Read rows with Core (plain rows, no ORM objects: a customer may have 10,000 open items)."""
         table = table_of(OpenTransactionRow)
         query = sqlalchemy.select(table).where(condition)
-        query = query.order_by(*(order_by or (table.c.transaction_date, table.c.id))).limit(limit)
+        return await self._read(query.order_by(*(order_by or (table.c.transaction_date, table.c.id))).limit(limit))
+
+    async def _read(self, query: Any) -> list[OpenTransaction]:
+        """Read rows of the open transactions' table with Core (plain rows, no ORM objects: a customer may have
+        10,000 open items), in the query's order."""
         rows = (await (await self.session.connection()).execute(query)).all()
         for row in rows:
             if row.voucher not in self._loaded:  # a held one is as new as the row, or newer (deferred)
