@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
@@ -638,12 +638,12 @@ class OpenItems:
     def _postgres(self) -> bool:
         return self.session.get_bind().dialect.name == "postgresql"
 
-    async def _select(
-        self, condition: Any, order_by: Sequence[Any] = (), limit: int | None = None
-    ) -> list[OpenTransaction]:
+    async def _select(self, condition: Any) -> list[OpenTransaction]:
+        """The open transactions matching `condition`, in the order they were posted."""
         table = table_of(OpenTransactionRow)
-        query = sqlalchemy.select(table).where(condition)
-        return await self._read(query.order_by(*(order_by or (table.c.transaction_date, table.c.id))).limit(limit))
+        return await self._read(
+            sqlalchemy.select(table).where(condition).order_by(table.c.transaction_date, table.c.id)
+        )
 
     async def _read(self, query: Any) -> list[OpenTransaction]:
         """Read rows of the open transactions' table with Core (plain rows, no ORM objects: a customer may have
