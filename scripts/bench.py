@@ -22,6 +22,8 @@ a voucher), as scripts/bench_ledger.py does.
   GET /api/v1/aged-balances timed over HTTP (median of --aged-requests).
 - CPU per message: each process's CPU time (user + system, /proc) over the throughput runs divided by
   the messages of that stage, per service, the broker and the bench itself: where the two cores go.
+- messages per fetch: per service and topic, the messages its handler took per fetch in those runs (from
+  /metrics); each fetch costs one transaction whatever its size, so small fetches cost more per message.
 - peak RSS (VmHWM) of every service process at the end.
 
 Throughput runs are repeated (--repeats) on the same stack; tables show medians and ranges.
@@ -55,6 +57,7 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert
 from stack import SERVICES, LocalStack, ServiceProcess, render_table, run_tool
 
@@ -299,18 +302,51 @@ def cpu_snapshot(stack: LocalStack) -> dict[str, float]:
     return {label: cpu_seconds(pid) for label, pid in pids.items()}
 
 
+async def fetch_snapshot(stack: LocalStack) -> dict[str, tuple[float, float]]:
+    """Per service process and topic ("settlement#1 erp.customer-payments"): the fetches its handlers took
+    and the messages in them, from its /metrics (kredit_handler_seconds_count, kredit_messages_consumed_total)."""
+    found: dict[str, list[float]] = {}
+    async with httpx.AsyncClient(timeout=5) as client:
+        for process in stack.processes:
+            if not process.running():
+                continue
+            with contextlib.suppress(httpx.HTTPError):
+                text = (await client.get(f"{process.url}/metrics")).text
+                for family in text_string_to_metric_families(text):
+                    for sample in family.samples:
+                        topic, outcome = sample.labels.get("topic"), sample.labels.get("outcome")
+                        column = (
+                            0
+                            if sample.name == "kredit_handler_seconds_count"
+                            else 1
+                            if sample.name == "kredit_messages_consumed_total" and outcome in ("processed", "duplicate")
+                            else None
+                        )
+                        if topic and column is not None:
+                            found.setdefault(f"{process.label} {topic}", [0.0, 0.0])[column] += sample.value
+    return {key: (fetches, messages) for key, (fetches, messages) in found.items()}
+
+
 class Pipeline:
     def __init__(self, stack: LocalStack, producer: AIOKafkaProducer, ledger: Database, customers: int) -> None:
         self.stack, self.producer, self.ledger, self.customers = stack, producer, ledger, customers
         self.runs = 0
         self.cpu: dict[str, dict[str, list[float]]] = {}  # stage -> process -> CPU ms per message, per run
+        self.fetch_sizes: dict[str, dict[str, list[float]]] = {}  # stage -> "process topic" -> messages per fetch
 
-    def _note_cpu(self, stage: str, before: dict[str, float], count: int) -> None:
+    async def _note_cpu(
+        self, stage: str, before: dict[str, float], fetches_before: dict[str, tuple[float, float]], count: int
+    ) -> None:
         after = cpu_snapshot(self.stack)
         for label, seconds in after.items():
             if label in before:
                 per_message = (seconds - before[label]) * 1000 / count
                 self.cpu.setdefault(stage, {}).setdefault(label, []).append(per_message)
+        for key, (fetches, messages) in (await fetch_snapshot(self.stack)).items():
+            fetches_then, messages_then = fetches_before.get(key, (0.0, 0.0))
+            if fetches > fetches_then:
+                size = (messages - messages_then) / (fetches - fetches_then)
+                self.fetch_sizes.setdefault(stage, {}).setdefault(key, []).append(size)
 
     def _prefix(self, kind: str) -> str:
         self.runs += 1
@@ -324,11 +360,11 @@ class Pipeline:
             for i in range(count)
         ]
         records = [(topics.ERP_CUSTOMER_INVOICES, c, invoice_message(i, c, a)) for i, c, a in made]
-        cpu = cpu_snapshot(self.stack)
+        cpu, fetches = cpu_snapshot(self.stack), await fetch_snapshot(self.stack)
         sent = await send_all(self.producer, records, rate)
         posted = await posted_vouchers(self.ledger, f"FTI-{prefix}", count, timeout=120 + count / 10)
         if rate is None and count > 1:
-            self._note_cpu("invoices", cpu, count)
+            await self._note_cpu("invoices", cpu, fetches, count)
         latencies = [(posted[f"FTI-{i}"] - s) * 1000 for (i, _, _), s in zip(made, sent)]
         return count / (max(posted.values()) - sent[0]), latencies, made
 
@@ -338,11 +374,11 @@ class Pipeline:
         prefix = self._prefix("P")
         made = [(f"{prefix}{n:06d}", c, a, i) for n, (i, c, a) in enumerate(invoices)]
         records = [(topics.ERP_CUSTOMER_PAYMENTS, c, payment_message(p, c, a, i)) for p, c, a, i in made]
-        cpu = cpu_snapshot(self.stack)
+        cpu, fetches = cpu_snapshot(self.stack), await fetch_snapshot(self.stack)
         sent = await send_all(self.producer, records, rate)
         posted = await posted_vouchers(self.ledger, prefix, len(made), timeout=120 + len(made) / 10)
         if rate is None:
-            self._note_cpu("payments", cpu, len(made))
+            await self._note_cpu("payments", cpu, fetches, len(made))
         latencies = [(posted[p] - s) * 1000 for (p, _, _, _), s in zip(made, sent)]
         return len(made) / (max(posted.values()) - sent[0]), latencies
 
@@ -645,7 +681,7 @@ async def bench_throughput(
                 f"payments {result['payments'][-1]:.0f}/s",
                 flush=True,
             )
-        result["cpu"] = pipeline.cpu
+        result["cpu"], result["fetch_sizes"] = pipeline.cpu, pipeline.fetch_sizes
         pipeline.producer = paced
         _, result["invoice_latency"], made = await pipeline.invoices(args.latency, rate=args.rate)
         _, result["payment_latency"] = await pipeline.payments(made, rate=args.rate)
@@ -849,6 +885,17 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 shown = [f"{label}: {v:.2f}" for label, v in sorted(medians.items()) if v >= 0.005]
                 rows.append([r["database"], stage, f"{sum(medians.values()):.2f}", " ".join(shown)])
         print(render_table(["database", "stage", "total", "per process"], rows))
+        print(
+            "\nmessages per fetch in the throughput runs (each handler's fetches and messages from its /metrics; "
+            "a fetch's fixed cost, one transaction and its statements, is shared by that many), median"
+        )
+        rows = [
+            [r["database"], stage, key, f"{statistics.median(sizes):.1f}"]
+            for r in results
+            for stage, per_key in r.get("fetch_sizes", {}).items()
+            for key, sizes in sorted(per_key.items())
+        ]
+        print(render_table(["database", "stage", "process and topic", "messages per fetch"], rows))
 
     print("\npeak RSS (VmHWM) per service process, MiB")
     rows = [[r["database"]] + [f"{label}: {v:.0f}" for label, v in sorted(r["rss"].items()) if v] for r in results]
