@@ -6,7 +6,8 @@ services as real processes) and drives it from outside, through Kafka and HTTP. 
 from ledger-posting's own table (`ledger_posted_voucher.posted_at`, set in the transaction that posts
 a voucher), as scripts/bench_ledger.py does.
 
-- raw hop: a batched consume -> produce relay (aiokafka, acks=all, its own process) on the same broker;
+- raw hop: a batched consume -> produce relay (aiokafka, acks=all, its own process, on uvloop as the services)
+  on the same broker;
   records/s = N / (last relayed record's timestamp - first send). The ceiling of one service hop.
 - invoices/s ERP -> invoicing -> ledger-posting: N invoices sent at once; N / (last posted - first sent).
 - payments/s ERP -> settlement -> ledger-posting: N payments, each with one settle mark on an open
@@ -55,6 +56,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
@@ -919,7 +921,8 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--raw-relay":
-        asyncio.run(raw_relay(*sys.argv[2:]))
+        # On the event loop the services run on (uvicorn picks uvloop), so the ceiling is a like-for-like hop.
+        uvloop.run(raw_relay(*sys.argv[2:]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--databases", default="sqlite,postgresql", type=lambda s: [d for d in s.split(",") if d])
