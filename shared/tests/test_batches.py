@@ -74,17 +74,29 @@ def invoice(invoice_id: str, customer: str) -> bytes:
     return json.dumps(body).encode()
 
 
-async def start_after_publishing(kafka, database_url: str, flaky: Flaky, records: list[tuple[str, bytes]]):
+async def start_after_publishing(
+    kafka,
+    database_url: str,
+    flaky: Flaky,
+    records: list[tuple[str, bytes]],
+    headers: dict[int, list[tuple[str, bytes]]] | None = None,  # by position in `records`
+    skip_own: bool = False,
+):
     settings = ServiceSettings(
         service_name="batch", http_port=0, database_url=database_url, consumer_max_attempts=3, **isolated_kafka(kafka)
     )
     runtime = ServiceRuntime(settings, tables=[AppliedInvoice.__table__])
-    runtime.subscribe_batch(ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued.model_validate_json, flaky.apply)
+    runtime.subscribe_batch(ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued.model_validate_json, flaky.apply, skip_own)
     await ensure_topics(settings)
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", linger_ms=50)
     await producer.start()
     try:
-        sent = [await producer.send(settings.topic(ERP_CUSTOMER_INVOICES), v, key=k.encode()) for k, v in records]
+        sent = [
+            await producer.send(
+                settings.topic(ERP_CUSTOMER_INVOICES), v, key=k.encode(), headers=(headers or {}).get(n)
+            )
+            for n, (k, v) in enumerate(records)
+        ]
         for delivery in sent:
             await delivery
     finally:
@@ -168,3 +180,23 @@ async def test_a_message_rejected_in_a_batch_is_processed_when_replayed_after_it
         await eventually(lambda: _count(applied(runtime), 3))
         assert await probe.settle(0.5) == [letter], "no second dead letter"
     assert await applied(runtime) == [("A", "A-1"), ("A", "A-2"), ("A", "REJECT-1")]
+
+
+async def test_a_subscription_skipping_its_own_records_passes_over_what_the_service_published_and_no_more(
+    kafka, database_url
+):
+    records = [("A", invoice(f"A-{n}", "A")) for n in range(4)]
+    headers = {
+        1: [("kredit-producer", b"batch")],  # published by this service (its relay's header)
+        2: [("kredit-producer", b"invoicing")],  # by another service
+        3: [("kredit-producer", b"batch"), ("kredit-producer", b"invoicing")],  # the last one counts
+    }
+    flaky = Flaky({})
+    settings, runtime = await start_after_publishing(kafka, database_url, flaky, records, headers, skip_own=True)
+    out = settings.topic(GL_JOURNAL_LINES)
+    async with serve(runtime.http_app("batch")), TopicProbe(kafka.bootstrap_servers, [out]) as probe:
+        published = await probe.wait_for(lambda r: r.topic == out, count=3)
+        await eventually(lambda: _count(applied(runtime), 3))
+    assert await applied(runtime) == [("A", "A-0"), ("A", "A-2"), ("A", "A-3")]
+    assert flaky.calls == [3]
+    assert {r.headers["kredit-producer"] for r in published} == {"batch"}, "the relay names the service"

@@ -86,6 +86,13 @@ def decode_headers(encoded: list[list[Any]]) -> list[Header]:
 
 # The relay appends the row's message_id as the record's last header of this name.
 RELAYED_ID_HEADER = "message-id"
+# ... and, before it, the name of the service publishing it (ServiceRuntime.subscribe_batch's `skip_own`).
+PRODUCER_HEADER = "kredit-producer"
+
+
+def producer_of(headers: Sequence[tuple[str, bytes | None]] | None) -> bytes | None:
+    """The service that published a record: its last `kredit-producer` header (None: not one of ours)."""
+    return next((v for k, v in reversed(headers or ()) if k == PRODUCER_HEADER), None)
 
 
 def relayed_id(headers: Sequence[tuple[str, bytes | None]] | None) -> str | None:
@@ -312,7 +319,10 @@ class OutboxRelay:
         """Enqueue one row. A row the producer can never send (over its size limit) is replaced by a
         truncated dead letter of itself, so one oversized message cannot stop everything behind it."""
         topic = self._settings.topic(row.topic)
-        headers = decode_headers(row.headers) + [(RELAYED_ID_HEADER, row.message_id.encode())]
+        headers = decode_headers(row.headers) + [
+            (PRODUCER_HEADER, self._settings.service_name.encode()),
+            (RELAYED_ID_HEADER, row.message_id.encode()),
+        ]
         key = row.key.encode() if row.key is not None else None
         try:
             with telemetry.publishing(self._settings.service_name, row.topic, headers) as traced:

@@ -172,6 +172,7 @@ class _Subscription:
     parse: Callable[[bytes], Any]
     handle: Callable[[UnitOfWork, Any], Awaitable[None]] | None = None
     handle_batch: Callable[[UnitOfWork, list[Any]], Awaitable[None]] | None = None
+    skip_own: bool = False  # records this service published itself are passed over (subscribe_batch)
 
     async def run(self, uow: UnitOfWork, messages: list[Any]) -> None:
         if self.handle_batch is not None:
@@ -303,12 +304,18 @@ class ServiceRuntime:
         topic: str,
         parse: Callable[[bytes], M],
         handle_batch: Callable[[UnitOfWork, list[M]], Awaitable[None]],
+        skip_own: bool = False,
     ) -> None:
         """For a hot topic: the handler gets the new messages of a whole fetch at once (in fetch order, so
         each key's messages in order), in one transaction, after one inbox lookup for them all. It
         reports bad ones with `uow.dead_letter` so they do not hold back the rest. A transient failure
-        retries the batch; any other failure retries its messages one by one (see _consume_batch)."""
-        self._subscriptions[self.settings.topic(topic)] = _Subscription(topic, parse, handle_batch=handle_batch)
+        retries the batch; any other failure retries its messages one by one (see _consume_batch).
+
+        `skip_own`: the records the service published itself (its `kredit-producer` header) are passed over
+        unread, for a topic where handling them could only find what the service already holds."""
+        self._subscriptions[self.settings.topic(topic)] = _Subscription(
+            topic, parse, handle_batch=handle_batch, skip_own=skip_own
+        )
 
     def publishes(self, *topics: str) -> None:
         """Declare the contract topics the service's handlers and routes emit to (its AsyncAPI document)."""
@@ -356,9 +363,11 @@ class ServiceRuntime:
         by_topic: dict[str, list[ConsumerRecord]] = defaultdict(list)
         for record in records:  # per topic, in fetch order: per-partition order is kept
             by_topic[record.topic].append(record)
+        name = self.settings.service_name
         for topic, topic_records in by_topic.items():
             subscription = self._subscriptions[topic]
-            name = self.settings.service_name
+            if subscription.skip_own:
+                topic_records = self._without_own(subscription, topic_records)
             if subscription.handle_batch is not None and len(topic_records) > 1:
                 with telemetry.consuming(name, subscription.topic, topic_records):
                     await self._consume_batch(subscription, topic_records)
@@ -366,6 +375,13 @@ class ServiceRuntime:
                 for record in topic_records:
                     with telemetry.consuming(name, subscription.topic, [record]):
                         await self._consume_one(subscription, record)
+
+    def _without_own(self, sub: _Subscription, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
+        own = self.settings.service_name.encode()
+        others = [r for r in records if outbox.producer_of(r.headers) != own]
+        if skipped := len(records) - len(others):
+            metrics.MESSAGES_CONSUMED.labels(self.settings.service_name, sub.topic, "own").inc(skipped)
+        return others
 
     async def _consume_one(self, sub: _Subscription, record: ConsumerRecord, parsed: Any | None = None) -> None:
         name = self.settings.service_name

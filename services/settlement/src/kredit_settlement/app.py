@@ -33,10 +33,12 @@ def create_app(settings: SettlementSettings | None = None) -> FastAPI:
 
     runtime = ServiceRuntime(settings, tables=tables.TABLES, migrations=of_package("settlement", "kredit_settlement"))
     # Each fetch in one transaction (ServiceRuntime.subscribe_batch), messages in fetch order.
+    # Its own postings (payments, discounts, write-offs) come back on this topic: it holds them already.
     runtime.subscribe_batch(
         AR_CUSTOMER_TRANSACTIONS,
         CustomerTransactionPosted.model_validate_json,
         partial(handlers.record_customer_transactions, setup),
+        skip_own=True,
     )
     runtime.subscribe_batch(
         ERP_CUSTOMER_PAYMENTS, CustomerPaymentReceived.model_validate_json, partial(handlers.receive_payments, setup)

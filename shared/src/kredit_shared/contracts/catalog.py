@@ -93,6 +93,8 @@ TOPICS: dict[str, TopicContract] = {
 MESSAGE_HEADERS: dict[str, str] = {
     "message-type": "The message's type name (e.g. CustomerInvoiceIssued).",
     "message-id": "The body's message_id again, for tools that do not parse the body.",
+    "kredit-producer": "The service that published it (e.g. settlement): a service skips what it published itself "
+    "on a topic it also reads, where that changes nothing (settlement's own postings on ar.customer-transactions).",
 }
 
 # The headers of a dead letter on `<topic>.dlq`, after the original record's own headers (kept in
