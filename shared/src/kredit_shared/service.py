@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import hashlib
 import logging
 import socket
@@ -857,6 +858,10 @@ def run_service(create_app: Callable[[S], FastAPI], settings_class: type[S]) -> 
         sys.exit(f"{settings.service_name}: {e}" if isinstance(e, auth.AuthConfigError) else str(e))
     if problem := _prepare(app.state.runtime):
         sys.exit(problem)
+    # What start-up made (modules, schemas, the app) lives as long as the process: out of the collector's
+    # sight, a full collection no longer walks it (~0.1 s of CPU each time under load).
+    gc.collect()
+    gc.freeze()
     # log_config=None: uvicorn's loggers keep the format configured above.
     uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None)
 
