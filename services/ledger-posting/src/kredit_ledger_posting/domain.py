@@ -158,7 +158,7 @@ def voucher_fingerprint(voucher: VoucherPosted) -> str:
     The content is the canonical JSON (content_fingerprint's: keys sorted, no spaces) of the voucher's
     JSON form, model_dump(mode="json"), with its lines sorted by their own canonical JSON. It is written
     out here field by field, as pydantic's serializers and json.dumps cost more than the rest of a posting;
-    stored fingerprints are compared byte for byte, so tests/unit/test_fingerprint.py checks it against
+    stored fingerprints are compared byte for byte, so the unit tests (test_fingerprint.py) check it against
     that original definition over generated vouchers of every shape."""
     lines = ",".join(sorted(_line_json(line) for line in voucher.lines))
     return digest(
