@@ -9,7 +9,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from hypothesis import assume, given, settings
+from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -159,9 +159,8 @@ def vouchers(draw: st.DrawFn) -> VoucherPosted:
         if draw(st.booleans()):  # as a consumer reads it
             return VoucherPosted.model_validate_json(json.dumps(data, default=str))
         return VoucherPosted.model_validate(data | {"posting_date": draw(st.dates())})  # as Python builds it
-    except ValidationError:
-        assume(False)
-        raise
+    except ValidationError:  # e.g. a JPY amount with decimals: not a voucher anyone can send
+        reject()
 
 
 @settings(max_examples=500, deadline=None)
