@@ -56,7 +56,7 @@ class CustomerTransaction:
 
     @classmethod
     def from_event(cls, event: CustomerTransactionPosted) -> CustomerTransaction:
-        return cls(**{f.name: getattr(event, f.name) for f in fields(cls)})  # same names as the contract
+        return cls(**{name: getattr(event, name) for name in _TRANSACTION_FIELDS})  # same names as the contract
 
     @property
     def accounting_amount(self) -> Decimal:
@@ -70,6 +70,9 @@ class CustomerTransaction:
         if accounting_currency is not None and self.accounting_currency_amount is not None:
             return accounting_currency
         return self.currency
+
+
+_TRANSACTION_FIELDS = tuple(f.name for f in fields(CustomerTransaction))  # looked up once: fields() is slow
 
 
 @dataclass(frozen=True)

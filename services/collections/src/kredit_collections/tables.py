@@ -6,7 +6,7 @@ Each table maps to and from the domain's values; queries that the handlers share
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -70,11 +70,17 @@ class SettlementDeltaRow(SQLModel, table=True):
 
 
 async def add_transactions(session: AsyncSession, transactions: Iterable[CustomerTransaction]) -> None:
-    await insert_new(session, CustomerTransactionRow, [asdict(t) for t in transactions])
+    await insert_new(session, CustomerTransactionRow, [_row(t) for t in transactions])
 
 
 async def add_settlement_deltas(session: AsyncSession, deltas: Iterable[SettlementDelta]) -> None:
-    await insert_new(session, SettlementDeltaRow, [asdict(d) for d in deltas])
+    await insert_new(session, SettlementDeltaRow, [_row(d) for d in deltas])
+
+
+def _row(value: CustomerTransaction | SettlementDelta) -> dict[str, Any]:
+    """The value's fields as a row, by their names (the column names). A shallow copy: the values are
+    immutable, and dataclasses.asdict's recursive deep copy was most of the handlers' time."""
+    return dict(vars(value))
 
 
 async def load_read_model(
