@@ -58,9 +58,12 @@ class _Batch:
     rates: Rates
     # Read for the whole batch at once (None: not read, ask the database): payment id -> (fingerprint, message
     # id) of the payments received, kept up to date as the batch receives more; the transactions pending
-    # write-offs wait for (only the journal handler adds those, so they do not grow in the other batches).
+    # write-offs wait for (only the journal handler adds those, so they do not grow in the other batches);
+    # invoice id -> the pending marks waiting for it, taken out as they are settled (only the payments handler
+    # adds those).
     received: dict[str, tuple[str, str]] | None = None
     awaited_by_write_offs: frozenset[str] | None = None
+    pending_marks: dict[str, list[PendingMarkRow]] | None = None
 
 
 async def _batch(
@@ -119,6 +122,7 @@ async def record_customer_transactions(
     customers, vouchers = [e.customer_account for e in events], [e.voucher for e in events]
     invoice_ids = [e.invoice_id for e in events if e.invoice_id]
     batch = await _batch(setup, uow, customers, "credits", vouchers, invoice_ids, awaited=vouchers)
+    batch = replace(batch, pending_marks=await pending_marks_on(uow.session, invoice_ids))
     await _each(batch, AR_CUSTOMER_TRANSACTIONS, events, _record_transaction)
 
 
@@ -152,7 +156,7 @@ async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -
     if new is None:
         return  # settlement's own postings come back on this topic; a re-sent transaction changes nothing
     await store.save([new])
-    problems = await _settle_waiting_credits(setup, uow, store, new, others, parameters)
+    problems = await _settle_waiting_credits(batch, new, others)
     if not new.is_debit:
         results = domain.settle_new_transaction(new, others, parameters)
         await post(setup, uow, store, results, [new, *others], settlement_id=event.voucher)
@@ -166,18 +170,12 @@ async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -
         )
 
 
-async def _settle_waiting_credits(
-    setup: SettlementSetup,
-    uow: UnitOfWork,
-    store: OpenItems,
-    new: OpenTransaction,
-    others: list[OpenTransaction],
-    parameters: domain.SettlementParameters,
-) -> list[str]:
+async def _settle_waiting_credits(batch: _Batch, new: OpenTransaction, others: list[OpenTransaction]) -> list[str]:
     """Settle a new debit with the payments' pending marks on it and the customer's automatic credits, in the
     order the credits arrived: the result is the same as if it had come first (docs/ordering.md). Returns the
     reasons of marks that could not be settled (their rows are dropped)."""
-    pending = await pending_marks_on(uow.session, new.invoice_id) if new.invoice_id else []
+    setup, uow, store, parameters = batch.setup, batch.uow, batch.store, batch.parameters
+    pending = await _pending_marks(batch, new.invoice_id) if new.invoice_id else []
     for row in pending:
         await uow.session.delete(row)
     metrics.count_on_commit(uow.session, "resolved", len(pending))
@@ -196,6 +194,13 @@ async def _settle_waiting_credits(
     for result in results:
         after = await post(setup, uow, store, [result], after, f"{new.voucher}:{result.credit_voucher}")
     return [f"pending mark of payment {r.credit_voucher}: {m.reason}" for r in results for m in r.rejected_marks]
+
+
+async def _pending_marks(batch: _Batch, invoice_id: str) -> list[PendingMarkRow]:
+    """The pending marks waiting for `invoice_id`, for the caller to settle and delete."""
+    if batch.pending_marks is None:
+        return (await pending_marks_on(batch.uow.session, [invoice_id])).get(invoice_id, [])
+    return batch.pending_marks.pop(invoice_id, [])
 
 
 async def _settle_pending_write_offs(batch: _Batch, voucher: str) -> list[str]:

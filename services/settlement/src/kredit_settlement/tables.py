@@ -851,9 +851,14 @@ async def pending_write_offs_naming(session: AsyncSession, voucher: str) -> list
     return list((await session.exec(query.order_by(col(PendingWriteOffRow.id)))).all())
 
 
-async def pending_marks_on(session: AsyncSession, invoice_id: str) -> list[PendingMarkRow]:
-    """The payments' marks waiting for the invoice `invoice_id`."""
-    return list((await session.exec(select(PendingMarkRow).where(PendingMarkRow.invoice_id == invoice_id))).all())
+async def pending_marks_on(session: AsyncSession, invoice_ids: list[str]) -> dict[str, list[PendingMarkRow]]:
+    """Invoice id -> the payments' marks waiting for it, of the invoices among `invoice_ids` that marks wait for."""
+    found: dict[str, list[PendingMarkRow]] = {}
+    column = col(PendingMarkRow.invoice_id)
+    for chunk in _chunks(sorted(set(invoice_ids)), 500):  # SQLite's bound-parameter limit
+        for row in (await session.exec(select(PendingMarkRow).where(column.in_(chunk)))).all():
+            found.setdefault(row.invoice_id, []).append(row)
+    return found
 
 
 async def pending_marks_of_payment(session: AsyncSession, payment_id: str) -> list[PendingMarkRow]:
