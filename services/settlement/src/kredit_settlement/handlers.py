@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from kredit_settlement import domain, metrics
@@ -64,6 +64,8 @@ class _Batch:
     received: dict[str, tuple[str, str]] | None = None
     awaited_by_write_offs: frozenset[str] | None = None
     pending_marks: dict[str, list[PendingMarkRow]] | None = None
+    # The transactions known before the batch locked anything, by voucher (record_customer_transactions).
+    known: Mapping[str, OpenTransaction] = field(default_factory=dict)
 
 
 async def _batch(
@@ -118,11 +120,16 @@ async def _one(batch: _Batch, message: M, handle: Callable[[_Batch, M], Awaitabl
 async def record_customer_transactions(
     setup: SettlementSetup, uow: UnitOfWork, events: list[CustomerTransactionPosted]
 ) -> None:
+    # Settlement's own postings come back on this topic. A known transaction is only compared with its event
+    # (its type, customer and amount never change, so it is read before any lock): its customer needs no lock
+    # and none of its open items. The batch reads the others under their customers' locks.
+    known = {t.voucher: t for t in await OpenItems(uow.session).find_all([e.voucher for e in events])}
+    fresh = [e for e in events if e.voucher not in known]
     # A new invoice is settled with the customer's open credits; a credit note reads the open debits itself.
-    customers, vouchers = [e.customer_account for e in events], [e.voucher for e in events]
-    invoice_ids = [e.invoice_id for e in events if e.invoice_id]
+    customers, vouchers = [e.customer_account for e in fresh], [e.voucher for e in fresh]
+    invoice_ids = [e.invoice_id for e in fresh if e.invoice_id]
     batch = await _batch(setup, uow, customers, "credits", vouchers, invoice_ids, awaited=vouchers)
-    batch = replace(batch, pending_marks=await pending_marks_on(uow.session, invoice_ids))
+    batch = replace(batch, known=known, pending_marks=await pending_marks_on(uow.session, invoice_ids))
     await _each(batch, AR_CUSTOMER_TRANSACTIONS, events, _record_transaction)
 
 
@@ -138,7 +145,7 @@ async def _record_transaction(batch: _Batch, event: CustomerTransactionPosted) -
     """Keep a new debit (invoice, interest note, fee) or credit note as an open item and settle it with what
     waits for it."""
     setup, uow, store, parameters = batch.setup, batch.uow, batch.store, batch.parameters
-    transaction, known = _open_transaction(event), store.held(event.voucher)
+    transaction, known = _open_transaction(event), store.held(event.voucher) or batch.known.get(event.voucher)
     # A known voucher (settlement's own postings come back on this topic) needs none of the customer's items.
     others: list[OpenTransaction] = []
     try:

@@ -1,13 +1,16 @@
 """Settlement's simplest paths against an in-memory database, without a broker: an invoice and its
-payment with the cash discount, a redelivery, a payment that cannot post, a mark waiting for its invoice."""
+payment with the cash discount, a redelivery, a payment that cannot post, a mark waiting for its invoice, settlement's own postings coming back."""
 
 from __future__ import annotations
 
 import uuid
 from decimal import Decimal
 
+from sqlmodel import select
+
 from kredit_settlement import handlers, queries
 from kredit_settlement.posting import SettlementSetup
+from kredit_settlement.tables import CustomerRow
 from kredit_shared.company_setup import load_company_setup
 from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
@@ -99,6 +102,35 @@ async def test_a_redelivered_payment_and_invoice_change_nothing(db):
 
     assert (await post_invoices(db, the_invoice)).emitted == []
     assert (await pay(db, the_payment)).emitted == []
+    assert await open_amounts(db) == {"FTI-10020": Decimal("700.00")}
+
+
+async def test_settlements_own_postings_coming_back_change_nothing_and_lock_none_of_their_customers(db):
+    await post_invoices(db, invoice())
+    paid = await pay(db, payment("ARP-10020", "297.00", marks=[("10020", None, "Normal")]))
+    own = [CustomerTransactionPosted.model_validate_json(e.value) for e in paid.on(AR_CUSTOMER_TRANSACTIONS)]
+    assert [e.voucher for e in own] == ["ARP-10020", "DISC-10020"]
+    locks = await db.all(select(CustomerRow.version))
+
+    back = await post_invoices(db, *own)
+
+    assert (back.emitted, back.rejected) == ([], [])
+    assert await db.all(select(CustomerRow.version)) == locks, "only compared with what is held: no lock taken"
+    assert await open_amounts(db) == {"FTI-10020": Decimal("700.00")}
+    # Coming back with another invoice in one batch: the invoice is recorded, the known ones change nothing.
+    again = [e.model_copy(update={"message_id": str(uuid.uuid4())}) for e in own]
+    assert (await post_invoices(db, again[0], invoice("10021"), again[1])).emitted == []
+    assert await open_amounts(db) == {"FTI-10020": Decimal("700.00"), "FTI-10021": Decimal("1000.00")}
+
+
+async def test_a_posting_under_a_known_voucher_with_other_content_is_rejected(db):
+    await post_invoices(db, invoice())
+    paid = await pay(db, payment("ARP-10020", "297.00", marks=[("10020", None, "Normal")]))
+    [own, _] = [CustomerTransactionPosted.model_validate_json(e.value) for e in paid.on(AR_CUSTOMER_TRANSACTIONS)]
+
+    handled = await post_invoices(db, own.model_copy(update={"message_id": str(uuid.uuid4()), "amount": Decimal("-1.00")}))
+
+    assert handled.rejected == ["voucher ARP-10020 is already a Payment of customer 4027 for -297.00"]
     assert await open_amounts(db) == {"FTI-10020": Decimal("700.00")}
 
 
