@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+import functools
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
@@ -790,14 +791,28 @@ def plain_row(model: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
     """`values` as a Core insert takes a row of `model`'s table: every field, unnamed ones at their defaults
     (an autoincrement id left to the database)."""
     row: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
+    for name, factory, default in _defaults(model):
         if name in values:
             row[name] = values[name]
-        elif field.default_factory is not None:
-            row[name] = field.default_factory()  # type: ignore[call-arg]  # pydantic allows a factory of the validated data; these take none
-        elif field.default is not PydanticUndefined and not (name == "id" and field.default is None):
-            row[name] = field.default
+        elif factory is not None:
+            row[name] = factory()
+        elif default is not PydanticUndefined:
+            row[name] = default
     return row
+
+
+@functools.cache
+def _defaults(model: type[SQLModel]) -> tuple[tuple[str, Callable[[], Any] | None, Any], ...]:
+    """Each field of `model` with its default factory or default (PydanticUndefined: none; an autoincrement
+    id has none), read once: pydantic's field objects are slow to ask for every row."""
+    return tuple(
+        (
+            name,
+            field.default_factory,  # type: ignore[misc]  # pydantic allows a factory of the validated data; these take none
+            PydanticUndefined if name == "id" and field.default is None else field.default,
+        )
+        for name, field in model.model_fields.items()
+    )
 
 
 def _open_debit(t: OpenTransaction, currency: str) -> bool:

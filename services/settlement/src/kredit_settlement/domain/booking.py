@@ -55,12 +55,16 @@ def vouchers_needed(
     """How many discount, difference and (given the transactions) exchange vouchers each credit's results post:
     {(prefix, credit voucher): count}."""
     needed: dict[tuple[str, str], int] = {}
+    results = list(results)
     after = list(transactions or ())
+    # Only a settlement in a foreign currency realizes an exchange difference; each one's is read from the
+    # balances the results before it leave.
+    foreign = accounts is not None and any(r.currency != accounts.accounting_currency for r in results)
     for r in results:
         discounts = sum(1 for s in r.settlements if s.cash_discount) + (1 if r.credit_discount else 0)
         differences = sum(1 for s in r.settlements if s.difference)
         exchanges = 0
-        if transactions is not None and accounts is not None:
+        if transactions is not None and accounts is not None and foreign:
             accounting = account_settlement(r, after, accounts.accounting_currency)
             if r.currency != accounts.accounting_currency:
                 exchanges = sum(1 for line in accounting.lines if line.realized_loss)

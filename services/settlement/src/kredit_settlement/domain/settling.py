@@ -322,9 +322,8 @@ def _pay(credit: _Credit, debits: list[_Debit], parameters: SettlementParameters
         offered = left if debit.cap is None else min(left, debit.cap)
         if debit.open <= 0 or offered <= 0:
             continue
-        cash, discount = split(
-            replace(debit.txn, open_amount=debit.open), offered, credit.discount_on, debit.terms, parameters
-        )
+        as_now = debit.txn if debit.open == debit.txn.open_amount else replace(debit.txn, open_amount=debit.open)
+        cash, discount = split(as_now, offered, credit.discount_on, debit.terms, parameters)
         if cash <= 0:  # a settlement moves cash; only a 100 % discount could leave none
             continue
         credit.lines.append(_Line(debit, cash, discount))
