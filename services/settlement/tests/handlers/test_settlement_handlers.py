@@ -1,5 +1,6 @@
 """Settlement's simplest paths against an in-memory database, without a broker: an invoice and its
-payment with the cash discount, a redelivery, a payment that cannot post, a mark waiting for its invoice, settlement's own postings coming back."""
+payment with the cash discount, a redelivery, a payment that cannot post, a mark waiting for its invoice,
+settlement's own postings coming back."""
 
 from __future__ import annotations
 
@@ -128,7 +129,9 @@ async def test_a_posting_under_a_known_voucher_with_other_content_is_rejected(db
     paid = await pay(db, payment("ARP-10020", "297.00", marks=[("10020", None, "Normal")]))
     [own, _] = [CustomerTransactionPosted.model_validate_json(e.value) for e in paid.on(AR_CUSTOMER_TRANSACTIONS)]
 
-    handled = await post_invoices(db, own.model_copy(update={"message_id": str(uuid.uuid4()), "amount": Decimal("-1.00")}))
+    handled = await post_invoices(
+        db, own.model_copy(update={"message_id": str(uuid.uuid4()), "amount": Decimal("-1.00")})
+    )
 
     assert handled.rejected == ["voucher ARP-10020 is already a Payment of customer 4027 for -297.00"]
     assert await open_amounts(db) == {"FTI-10020": Decimal("700.00")}
