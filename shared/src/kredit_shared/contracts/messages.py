@@ -36,12 +36,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    SerializerFunctionWrapHandler,
     StringConstraints,
     TypeAdapter,
     ValidationInfo,
     WithJsonSchema,
-    model_serializer,
     model_validator,
 )
 
@@ -281,13 +279,15 @@ def _check_precision(currency: str | None, amounts: list[tuple[str, Decimal | No
             check_precision(amount, currency, what)
 
 
-def _without_unset(data: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
-    """Drop the foreign-currency fields while they are unset, so a document in the accounting currency is
-    published exactly as before they existed."""
-    for name in fields:
-        if data.get(name) is None:
-            data.pop(name, None)
-    return data
+def _unset(value: Any) -> bool:
+    """`exclude_if` of the foreign-currency fields: left out while unset, so a document in the accounting
+    currency is published exactly as before they existed. (Per field, in pydantic's serializer: a model-wide
+    wrap serializer would make every dump of the message a round trip through Python.)"""
+    return value is None
+
+
+def _zero(value: Decimal) -> bool:
+    return not value
 
 
 # --- upstream ERP -> invoicing ---------------------------------------------------------------
@@ -327,7 +327,7 @@ class CustomerInvoiceIssued(ContractMessage):
     lines: list[InvoiceLine] = Field(min_length=1, max_length=MAX_LIST_LENGTH)
     document_type: DocumentType | None = None  # None: Invoice, or CreditNote for a negative total
     # Accounting-currency units per one unit of `currency`; None: the setup's rate for the invoice date.
-    exchange_rate: ExchangeRate | None = None
+    exchange_rate: ExchangeRate | None = Field(default=None, exclude_if=_unset)
 
     _amounts_in_currency = _decimals_from("currency")
 
@@ -352,10 +352,6 @@ class CustomerInvoiceIssued(ContractMessage):
             ],
         )
         return self
-
-    @model_serializer(mode="wrap")
-    def _without_unset_rate(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_unset(handler(self), ("exchange_rate",))
 
     def key(self) -> str:
         return self.customer_account
@@ -391,7 +387,7 @@ class CustomerPaymentReceived(ContractMessage):
     settle: list[SettleMark] | None = Field(default=None, max_length=MAX_LIST_LENGTH)
     date_to_use_for_calculating_discounts: IsoDate | None = None  # D365's "Selected date"; None: the payment date
     # Accounting-currency units per one unit of `currency`; None: the setup's rate for the payment date.
-    exchange_rate: ExchangeRate | None = None
+    exchange_rate: ExchangeRate | None = Field(default=None, exclude_if=_unset)
 
     _amounts_in_currency = _decimals_from("currency")
 
@@ -413,10 +409,6 @@ class CustomerPaymentReceived(ContractMessage):
             ],
         )
         return self
-
-    @model_serializer(mode="wrap")
-    def _without_unset_rate(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_unset(handler(self), ("exchange_rate",))
 
     def key(self) -> str:
         return self.customer_account
@@ -446,8 +438,8 @@ class CustomerTransactionPosted(ContractMessage):
     cash_discount_account: Id | None = None
     sales_tax_amount: TransactionAmount = Decimal("0.00")
     payment_id: Id | None = None
-    exchange_rate: ExchangeRate | None = None
-    accounting_currency_amount: Amount | None = None
+    exchange_rate: ExchangeRate | None = Field(default=None, exclude_if=_unset)
+    accounting_currency_amount: Amount | None = Field(default=None, exclude_if=_unset)
 
     _amounts_in_currency = _decimals_from("currency")
 
@@ -467,10 +459,6 @@ class CustomerTransactionPosted(ContractMessage):
     def accounting_amount(self) -> Decimal:
         """The amount in the accounting currency (the amount itself when booked in it)."""
         return self.amount if self.accounting_currency_amount is None else self.accounting_currency_amount
-
-    @model_serializer(mode="wrap")
-    def _without_unset_rate(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_unset(handler(self), ("exchange_rate", "accounting_currency_amount"))
 
     def key(self) -> str:
         return self.customer_account
@@ -506,12 +494,14 @@ class OpenItemsSettled(SettledInAccountingCurrency, ContractMessage):
     # A penny difference or over/underpayment the settlement wrote off (extension): positive when the
     # debit was underpaid (it falls by this too), negative when the credit overpaid it (the credit's
     # `amount_settled` includes the overpayment). Posted to the setup's difference account.
-    difference_amount: TransactionAmount = Decimal("0.00")
-    debit_accounting_amount: Amount | None = None
-    credit_accounting_amount: Amount | None = None
-    cash_discount_accounting_amount: Amount | None = None
-    difference_accounting_amount: Amount | None = None
-    realized_exchange_loss: Amount | None = None
+    # Without a difference, and in the accounting currency, a settlement is published exactly as before these
+    # fields existed: they are left out.
+    difference_amount: TransactionAmount = Field(default=Decimal("0.00"), exclude_if=_zero)
+    debit_accounting_amount: Amount | None = Field(default=None, exclude_if=_unset)
+    credit_accounting_amount: Amount | None = Field(default=None, exclude_if=_unset)
+    cash_discount_accounting_amount: Amount | None = Field(default=None, exclude_if=_unset)
+    difference_accounting_amount: Amount | None = Field(default=None, exclude_if=_unset)
+    realized_exchange_loss: Amount | None = Field(default=None, exclude_if=_unset)
 
     _amounts_in_currency = _decimals_from("currency")
 
@@ -526,24 +516,6 @@ class OpenItemsSettled(SettledInAccountingCurrency, ContractMessage):
             ],
         )
         return self
-
-    @model_serializer(mode="wrap")
-    def _without_a_zero_difference(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """A settlement without a difference, in the accounting currency, is published exactly as before
-        these fields existed."""
-        data: dict[str, Any] = handler(self)
-        if not self.difference_amount:
-            data.pop("difference_amount", None)
-        return _without_unset(
-            data,
-            (
-                "debit_accounting_amount",
-                "credit_accounting_amount",
-                "cash_discount_accounting_amount",
-                "difference_accounting_amount",
-                "realized_exchange_loss",
-            ),
-        )
 
     def key(self) -> str:
         return self.customer_account
@@ -563,8 +535,8 @@ class VoucherLine(BaseModel):
     credit: Amount = Decimal("0.00")
     text: Text = ""
     customer_account: Id | None = None
-    transaction_currency: Currency | None = None
-    transaction_currency_amount: TransactionAmount | None = None
+    transaction_currency: Currency | None = Field(default=None, exclude_if=_unset)
+    transaction_currency_amount: TransactionAmount | None = Field(default=None, exclude_if=_unset)
 
     _amounts_in_currency = _decimals_from("transaction_currency")
 
@@ -572,10 +544,6 @@ class VoucherLine(BaseModel):
     def _amount_fits_the_currency(self) -> VoucherLine:
         _check_precision(self.transaction_currency, [("transaction_currency_amount", self.transaction_currency_amount)])
         return self
-
-    @model_serializer(mode="wrap")
-    def _without_unset_currency(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_unset(handler(self), ("transaction_currency", "transaction_currency_amount"))
 
 
 class VoucherPosted(ContractMessage):
@@ -603,15 +571,11 @@ class SettledTransactionRef(BaseModel):
     invoice_id: Id | None = None
     amount: TransactionAmount  # signed like the transaction's open balance it removes, in the transaction's currency
     # In a foreign currency: what it removes from the transaction's accounting-currency balance (signed the same).
-    accounting_currency_amount: Amount | None = None
+    accounting_currency_amount: Amount | None = Field(default=None, exclude_if=_unset)
 
     @property
     def accounting_amount(self) -> Decimal:
         return self.amount if self.accounting_currency_amount is None else self.accounting_currency_amount
-
-    @model_serializer(mode="wrap")
-    def _without_unset_currency(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_unset(handler(self), ("accounting_currency_amount",))
 
 
 class GeneralJournalLine(BaseModel):
@@ -632,16 +596,12 @@ class GeneralJournalLine(BaseModel):
     voucher_group: Voucher | None = None
     # `debit`/`credit` are in `currency`; ledger-posting books them in the accounting currency at this rate
     # (None: 1 in the accounting currency, else the setup's rate for the transaction date).
-    exchange_rate: ExchangeRate | None = None
+    exchange_rate: ExchangeRate | None = Field(default=None, exclude_if=_unset)
 
     # The line's amounts and the amounts it settles are in `currency` (a write-off settles transactions of its
     # line's currency only). Their precision in the currency (JPY "10.50") is checked by ledger-posting, which
     # rejects the journal with the reason (JournalRejected) rather than dead-lettering the request.
     _amounts_in_currency = _decimals_from("currency")
-
-    @model_serializer(mode="wrap")
-    def _without_unset_rate(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_unset(handler(self), ("exchange_rate",))
 
 
 class GeneralJournalRequested(ContractMessage):
