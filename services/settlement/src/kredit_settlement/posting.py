@@ -18,7 +18,6 @@ from kredit_settlement.tables import (
     OpenItems,
     SettlementRow,
     load_parameters,
-    settlement_vouchers_taken,
 )
 from kredit_shared.company_setup import CompanySetup, SetupError
 from kredit_shared.contracts import (
@@ -126,7 +125,7 @@ async def post(
     """Book the results (discount transactions, differences, settled pairs), save, and publish.
     Returns `transactions` after them."""
     vouchers = {
-        key: await _free_vouchers(uow.session, store, *key, count)
+        key: await _free_vouchers(store, *key, count)
         for key, count in domain.vouchers_needed(results, transactions, setup.accounts).items()
     }
     booking = domain.book(results, transactions, settlement_id, vouchers, setup.accounts)
@@ -139,13 +138,11 @@ async def post(
     return list(booking.transactions)
 
 
-async def _free_vouchers(session: AsyncSession, store: OpenItems, prefix: str, credit: str, count: int) -> list[str]:
-    await store.flush()  # the settlement rows' vouchers are looked up in the database
+async def _free_vouchers(store: OpenItems, prefix: str, credit: str, count: int) -> list[str]:
     taken: set[str] = set()
     while True:
         vouchers = domain.numbered_vouchers(prefix, credit, count, taken)
-        clash = await store.known_vouchers(vouchers) | await settlement_vouchers_taken(session, vouchers)
-        if not clash:
+        if not (clash := await store.used_names(vouchers)):
             return vouchers
         taken |= clash
 

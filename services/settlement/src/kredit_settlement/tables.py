@@ -468,6 +468,11 @@ class OpenItems:
         self._new: dict[str, None] = {}  # saved, not yet inserted (deferred)
         self._dirty: dict[str, None] = {}  # changed, not yet updated (deferred)
         self._rows: dict[type[SQLModel], list[dict[str, Any]]] = {}  # other tables' rows to insert (deferred)
+        # Voucher names (used_names): those used by a transaction not held or as a settled pair's difference or
+        # exchange voucher, read or added by this store, and every name whose use is known that way. What the
+        # store adds is known when added, so names are handed out without writing first, and never twice.
+        self._used_names: set[str] = set()
+        self._checked_names: set[str] = set()
         # open_debits' answers per (customer, currency): the vouchers the database returned, in its order, the
         # limit asked and whether that was all of them. Later questions are answered from them (see open_debits).
         self._debit_windows: dict[tuple[str, str], tuple[list[str], int, bool]] = {}
@@ -485,6 +490,26 @@ class OpenItems:
             return held
         voucher = col(OpenTransactionRow.voucher)
         return held | set((await self.session.exec(select(voucher).where(voucher.in_(wanted)))).all())
+
+    async def read_used_names(self, names: Iterable[str]) -> None:
+        """Learn in one query which of `names` (not held, not known yet) the database uses as a transaction's
+        voucher or a settled pair's difference or exchange voucher: what a batch's numbered postings may take."""
+        wanted = sorted({n for n in names if n not in self._loaded and n not in self._checked_names})
+        transactions, history = table_of(OpenTransactionRow).c, table_of(SettlementRow).c
+        for chunk in _chunks(wanted, 300):  # three lists of bound parameters: SQLite's limit
+            query = sqlalchemy.union(
+                sqlalchemy.select(transactions.voucher).where(transactions.voucher.in_(chunk)),
+                sqlalchemy.select(history.difference_voucher).where(history.difference_voucher.in_(chunk)),
+                sqlalchemy.select(history.exchange_voucher).where(history.exchange_voucher.in_(chunk)),
+            )
+            self._used_names.update((await (await self.session.connection()).execute(query)).scalars())
+        self._checked_names.update(wanted)
+
+    async def used_names(self, names: Collection[str]) -> set[str]:
+        """Which of `names` are used by a transaction or as a settled pair's difference or exchange voucher,
+        counting what this store saved or added and has not written yet: no flush needed."""
+        await self.read_used_names(names)
+        return {n for n in names if n in self._loaded or n in self._used_names}
 
     async def find(self, voucher: str) -> OpenTransaction | None:
         found = await self.find_all([voucher])
@@ -725,6 +750,8 @@ class OpenItems:
         with the other rows of its table in one insert. Plain values, not a SQLModel object: constructing one
         costs more than the rest of a payment (pydantic inspects every default factory)."""
         row = plain_row(model, values)
+        if model is SettlementRow:  # its vouchers are used from now on, written or not (used_names)
+            self._used_names.update(v for v in (row["difference_voucher"], row["exchange_voucher"]) if v)
         if self._deferred:
             self._rows.setdefault(model, []).append(row)
         else:
@@ -848,7 +875,7 @@ async def settlement_rows(session: AsyncSession, settlement_id: str) -> list[Set
     return []
 
 
-# --- what waits, what was received, which vouchers are taken ---------------------------------------
+# --- what waits, what was received ----------------------------------------------------------
 
 
 async def awaited_by_write_offs(session: AsyncSession, vouchers: list[str]) -> frozenset[str]:
@@ -892,11 +919,3 @@ async def received_payments(session: AsyncSession, payment_ids: list[str]) -> di
         )
         found |= {payment_id: (fingerprint, message_id) for payment_id, fingerprint, message_id in rows.all()}
     return found
-
-
-async def settlement_vouchers_taken(session: AsyncSession, vouchers: list[str]) -> set[str]:
-    """Which of `vouchers` settled pairs use as their difference or exchange voucher."""
-    taken: set[str] = set()
-    for column in (col(SettlementRow.difference_voucher), col(SettlementRow.exchange_voucher)):
-        taken |= {v for v in (await session.exec(select(column).where(column.in_(vouchers)))).all() if v is not None}
-    return taken

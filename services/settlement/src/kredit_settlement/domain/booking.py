@@ -43,6 +43,12 @@ def numbered_vouchers(prefix: str, credit_voucher: str, count: int, taken: Colle
     return vouchers
 
 
+def first_vouchers(credit_voucher: str, count: int) -> list[str]:
+    """The first `count` names numbered_vouchers gives each kind of posting of a credit's settlement (discount,
+    difference, exchange) when none is taken: what a batch asks the database about at once."""
+    return [v for prefix in (DISCOUNT, DIFFERENCE, EXCHANGE) for v in numbered_vouchers(prefix, credit_voucher, count)]
+
+
 def cash_discount_vouchers(payment_id: str, count: int, taken: Collection[str] = ()) -> list[str]:
     return numbered_vouchers(DISCOUNT, payment_id, count, taken)
 
