@@ -5,6 +5,7 @@ settlement's own postings coming back."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from decimal import Decimal
 
 from sqlmodel import select
@@ -192,3 +193,43 @@ async def test_a_foreign_discount_worth_nothing_in_the_accounting_currency_posts
     ]
     assert [(d["amount"], d["accounting_currency_amount"]) for d in discount] == [("-1.00", "0.00")]
     assert await open_amounts(db) == {}  # the invoice, the payment and the discount all settled
+
+
+async def test_numbered_vouchers_are_never_given_twice_in_a_batch_or_after_it(db):
+    """Payments ARP-7 and 7 both name their discount DISC-7, ARP-8 and 8 their penny difference DIFF-8: in one
+    batch, before anything is written, the second takes the next name; so does payment 9 coming alone after
+    ARP-9's DISC-9 and DIFF-9 were written."""
+    setup = replace(SETUP, parameters=replace(SETUP.parameters, maximum_penny_difference=Decimal("0.05")))
+    invoices = [invoice(str(n)) for n in range(1, 7)]  # the first batch seeds the parameters
+    await db.deliver(AR_CUSTOMER_TRANSACTIONS, invoices, lambda uow, f: handlers.record_customer_transactions(setup, uow, f))
+
+    def paying(payment_id: str, amount: str, invoice_id: str) -> CustomerPaymentReceived:
+        return payment(payment_id, amount, marks=[(invoice_id, None, "Normal")])
+
+    batch = [paying("ARP-7", "990.00", "1"), paying("7", "990.00", "2")]
+    batch += [paying("ARP-8", "989.98", "3"), paying("8", "989.98", "4"), paying("ARP-9", "989.98", "5")]
+    handled = await db.deliver(ERP_CUSTOMER_PAYMENTS, batch, lambda uow, f: handlers.receive_payments(setup, uow, f))
+    alone = await db.handle(lambda uow: handlers.receive_payment(setup, uow, paying("9", "989.98", "6")))
+
+    pairs = [s.json() for s in [*handled.on(AR_SETTLEMENTS), *alone.on(AR_SETTLEMENTS)]]
+    assert [(p["credit_voucher"], p["cash_discount_voucher"]) for p in pairs] == [
+        ("ARP-7", "DISC-7"),
+        ("7", "DISC-7-2"),
+        ("ARP-8", "DISC-8"),
+        ("8", "DISC-8-2"),
+        ("ARP-9", "DISC-9"),
+        ("9", "DISC-9-2"),
+    ]
+    ledger = [v.key for v in [*handled.on(GL_JOURNAL_LINES), *alone.on(GL_JOURNAL_LINES)]]
+    assert [v for v in ledger if v.startswith("DIFF-")] == ["DIFF-8", "DIFF-8-2", "DIFF-9", "DIFF-9-2"]
+
+
+async def test_pending_marks_settled_in_one_batch_of_invoices_take_distinct_discount_vouchers(db):
+    await pay(db, payment("ARP-5", "990.00", marks=[("1", None, "Normal")]))
+    await pay(db, payment("5", "990.00", marks=[("2", None, "Normal")]))
+
+    arrived = await post_invoices(db, invoice("1"), invoice("2"))
+
+    pairs = [s.json() for s in arrived.on(AR_SETTLEMENTS)]
+    assert [(p["credit_voucher"], p["cash_discount_voucher"]) for p in pairs] == [("ARP-5", "DISC-5"), ("5", "DISC-5-2")]
+    assert await open_amounts(db) == {}

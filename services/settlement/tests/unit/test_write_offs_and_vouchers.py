@@ -9,6 +9,7 @@ from kredit_settlement.domain import (
     OpenTransaction,
     PairSettled,
     cash_discount_vouchers,
+    first_vouchers,
     settle_new_transaction,
     settle_write_off,
     write_off_problems,
@@ -125,6 +126,11 @@ def test_cash_discount_vouchers_follow_the_payment_and_skip_taken_ones():
     assert cash_discount_vouchers("PAY7", 1) == ["DISC-PAY7"]
     assert cash_discount_vouchers("ARP-10020", 2, taken={"DISC-10020"}) == ["DISC-10020-2", "DISC-10020-3"]
     assert cash_discount_vouchers("ARP-10020", 0) == []
+
+
+def test_a_batch_asks_about_the_first_names_of_each_kind_a_credit_may_post():
+    assert first_vouchers("ARP-10020", 1) == ["DISC-10020", "DIFF-10020", "EXCH-10020"]
+    assert first_vouchers("7", 2) == ["DISC-7", "DISC-7-2", "DIFF-7", "DIFF-7-2", "EXCH-7", "EXCH-7-2"]
 
 
 def test_a_new_credit_note_pays_open_invoices_but_no_held_write_off():
