@@ -130,10 +130,11 @@ async def record_customer_transactions(
     invoice_ids = [e.invoice_id for e in fresh if e.invoice_id]
     batch = await _batch(setup, uow, customers, "credits", vouchers, invoice_ids, awaited=vouchers)
     pending = await pending_marks_on(uow.session, invoice_ids)
-    # The names the discounts and differences of the new credit notes and the marked payments may take.
+    # The names the discounts and differences of the new credit notes and the marked payments may take (read
+    # together with the first one a posting needs).
     credits = [e.voucher for e in fresh if e.transaction_type == "CreditNote"]
     credits += [row.payment_voucher for rows in pending.values() for row in rows]
-    await batch.store.read_used_names(v for credit in credits for v in domain.first_vouchers(credit, 1))
+    batch.store.expect_names(v for credit in credits for v in domain.first_vouchers(credit, 1))
     batch = replace(batch, known=known, pending_marks=pending)
     await _each(batch, AR_CUSTOMER_TRANSACTIONS, events, _record_transaction)
 
@@ -296,9 +297,10 @@ async def _payments_batch(setup: SettlementSetup, uow: UnitOfWork, payments: lis
     if not batch.parameters.automatic_priority:  # the automatic payments' first debits (_reachable_debits)
         automatic = [(p.customer_account, p.currency) for p in payments if not p.settle]
         await batch.store.read_debit_windows(automatic, _FIRST_DEBITS)
-    # The names the payments' discounts and differences may take: as many of each as a payment has marks.
+    # The names the payments' discounts and differences may take, as many of each as a payment has marks (read
+    # together with the first one a posting needs).
     counts = [(p.payment_id, len(p.settle or ()) or 1) for p in payments]
-    await batch.store.read_used_names(v for id, count in counts for v in domain.first_vouchers(id, count))
+    batch.store.expect_names(v for id, count in counts for v in domain.first_vouchers(id, count))
     return replace(batch, received=await received_payments(uow.session, ids))
 
 

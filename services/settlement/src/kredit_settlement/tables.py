@@ -440,7 +440,7 @@ OpenScope = Literal["all", "credits", "none"]
 
 
 # Which of the names (an expanding parameter) are used as a transaction's voucher or a settled pair's difference
-# or exchange voucher (OpenItems.read_used_names). Built once: building an IN of many literals costs more than the query.
+# or exchange voucher (OpenItems.used_names). Built once: building an IN of many literals costs more than the query.
 _USED_NAMES = sqlalchemy.union(
     *(
         sqlalchemy.select(column).where(column.in_(bindparam("names", expanding=True)))
@@ -486,6 +486,7 @@ class OpenItems:
         # store adds is known when added, so names are handed out without writing first, and never twice.
         self._used_names: set[str] = set()
         self._checked_names: set[str] = set()
+        self._expected_names: set[str] = set()  # read with the first question about a name (expect_names)
         # open_debits' answers per (customer, currency): the vouchers the database returned, in its order, the
         # limit asked and whether that was all of them. Later questions are answered from them (see open_debits).
         self._debit_windows: dict[tuple[str, str], tuple[list[str], int, bool]] = {}
@@ -504,19 +505,21 @@ class OpenItems:
         voucher = col(OpenTransactionRow.voucher)
         return held | set((await self.session.exec(select(voucher).where(voucher.in_(wanted)))).all())
 
-    async def read_used_names(self, names: Iterable[str]) -> None:
-        """Learn in one query which of `names` (not held, not known yet) the database uses as a transaction's
-        voucher or a settled pair's difference or exchange voucher: what a batch's numbered postings may take."""
-        wanted = sorted({n for n in names if n not in self._loaded and n not in self._checked_names})
-        for chunk in _chunks(wanted, 300):  # three lists of bound parameters: SQLite's limit
-            found = await (await self.session.connection()).execute(_USED_NAMES, {"names": chunk})
-            self._used_names.update(found.scalars())
-        self._checked_names.update(wanted)
+    def expect_names(self, names: Iterable[str]) -> None:
+        """Names a batch's numbered postings may take (domain.first_vouchers): the first question used_names
+        has to ask the database asks about them all, in one query; a batch that posts none asks nothing."""
+        self._expected_names.update(names)
 
     async def used_names(self, names: Collection[str]) -> set[str]:
         """Which of `names` are used by a transaction or as a settled pair's difference or exchange voucher,
         counting what this store saved or added and has not written yet: no flush needed."""
-        await self.read_used_names(names)
+        if any(n not in self._loaded and n not in self._checked_names for n in names):
+            expected, self._expected_names = self._expected_names, set()
+            wanted = {n for n in (*names, *expected) if n not in self._loaded and n not in self._checked_names}
+            for chunk in _chunks(sorted(wanted), 300):  # three lists of bound parameters: SQLite's limit
+                found = await (await self.session.connection()).execute(_USED_NAMES, {"names": chunk})
+                self._used_names.update(found.scalars())
+            self._checked_names.update(wanted)
         return {n for n in names if n in self._loaded or n in self._used_names}
 
     async def find(self, voucher: str) -> OpenTransaction | None:
