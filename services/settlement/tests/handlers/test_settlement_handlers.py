@@ -201,7 +201,9 @@ async def test_numbered_vouchers_are_never_given_twice_in_a_batch_or_after_it(db
     ARP-9's DISC-9 and DIFF-9 were written."""
     setup = replace(SETUP, parameters=replace(SETUP.parameters, maximum_penny_difference=Decimal("0.05")))
     invoices = [invoice(str(n)) for n in range(1, 7)]  # the first batch seeds the parameters
-    await db.deliver(AR_CUSTOMER_TRANSACTIONS, invoices, lambda uow, f: handlers.record_customer_transactions(setup, uow, f))
+    await db.deliver(
+        AR_CUSTOMER_TRANSACTIONS, invoices, lambda uow, f: handlers.record_customer_transactions(setup, uow, f)
+    )
 
     def paying(payment_id: str, amount: str, invoice_id: str) -> CustomerPaymentReceived:
         return payment(payment_id, amount, marks=[(invoice_id, None, "Normal")])
@@ -231,5 +233,8 @@ async def test_pending_marks_settled_in_one_batch_of_invoices_take_distinct_disc
     arrived = await post_invoices(db, invoice("1"), invoice("2"))
 
     pairs = [s.json() for s in arrived.on(AR_SETTLEMENTS)]
-    assert [(p["credit_voucher"], p["cash_discount_voucher"]) for p in pairs] == [("ARP-5", "DISC-5"), ("5", "DISC-5-2")]
+    assert [(p["credit_voucher"], p["cash_discount_voucher"]) for p in pairs] == [
+        ("ARP-5", "DISC-5"),
+        ("5", "DISC-5-2"),
+    ]
     assert await open_amounts(db) == {}
