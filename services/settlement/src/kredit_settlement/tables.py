@@ -481,9 +481,9 @@ class OpenItems:
         self._new: dict[str, None] = {}  # saved, not yet inserted (deferred)
         self._dirty: dict[str, None] = {}  # changed, not yet updated (deferred)
         self._rows: dict[type[SQLModel], list[dict[str, Any]]] = {}  # other tables' rows to insert (deferred)
-        # Voucher names (used_names): those used by a transaction not held or as a settled pair's difference or
-        # exchange voucher, read or added by this store, and every name whose use is known that way. What the
-        # store adds is known when added, so names are handed out without writing first, and never twice.
+        # For used_names: the names found used in the database (by a transaction not held, or as a settled pair's
+        # difference or exchange voucher) or in a settled pair this store added, and the names already asked about.
+        # What the store adds is known when added, so names are handed out without writing first, and never twice.
         self._used_names: set[str] = set()
         self._checked_names: set[str] = set()
         self._expected_names: set[str] = set()  # read with the first question about a name (expect_names)
