@@ -14,7 +14,7 @@ import pytest
 from kredit_invoicing.domain import VOUCHER_PREFIXES
 from kredit_shared.testing import eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]  # a whole stack per module
 
 D = Decimal
 DEFAULTS = {

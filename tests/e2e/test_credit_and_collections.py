@@ -11,7 +11,7 @@ import pytest
 
 from kredit_shared.testing import eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]  # a whole stack per module
 
 TODAY = date.today()
 

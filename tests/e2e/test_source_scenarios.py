@@ -12,7 +12,7 @@ import pytest
 
 from kredit_shared.testing import eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]  # a whole stack per module
 
 
 def row(voucher, type_, date, invoice_id, debit, credit, balance):

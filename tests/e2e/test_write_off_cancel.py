@@ -10,7 +10,7 @@ import pytest
 from kredit_shared.contracts import GL_JOURNAL_EVENTS, dead_letter_topic
 from kredit_shared.testing import TopicProbe, eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]  # a whole stack per module
 
 
 async def test_a_cancelled_write_off_voids_its_journal_moves_nothing_and_frees_the_invoice(stack):
