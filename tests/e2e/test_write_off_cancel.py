@@ -25,6 +25,7 @@ async def test_a_cancelled_write_off_voids_its_journal_moves_nothing_and_frees_t
     )
     await stack.wait_for_transactions(account, lambda rows: len(rows) == 1)
     await stack.wait_until_open_in_settlement(account, "FTI-MW-9001")
+    await stack.wait_until_booked("FTI-MW-9001")
     before = await stack.trial_balance()
 
     async def write_off() -> tuple[str, str]:
