@@ -29,8 +29,8 @@ unit: setup  ## the pure domain tests alone (no broker, no database; property te
 	@$(UV) run --frozen pytest services/invoicing/tests/unit services/settlement/tests/unit \
 		services/collections/tests/unit services/ledger-posting/tests/unit $(PYTEST_ARGS)
 
-handlers: setup  ## every service's handlers on an in-memory SQLite database, no broker (a few seconds)
-	@$(UV) run --frozen pytest services/invoicing/tests/handlers services/settlement/tests/handlers \
+handlers: setup  ## every service's handlers on an in-memory SQLite database, no broker (a few seconds; serial: workers take longer to start)
+	@$(UV) run --frozen pytest -n 0 services/invoicing/tests/handlers services/settlement/tests/handlers \
 		services/collections/tests/handlers services/ledger-posting/tests/handlers \
 		shared/tests/test_handler_database.py $(PYTEST_ARGS)
 

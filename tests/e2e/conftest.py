@@ -64,6 +64,17 @@ class Stack:
 
         await eventually(is_open, timeout=20)
 
+    async def wait_until_booked(self, *vouchers: str) -> None:
+        """Until ledger-posting has booked every voucher: collections and settlement learn of a posting apart
+        from the ledger, so a trial balance taken as a baseline waits for the ledger too."""
+
+        async def booked(voucher: str) -> bool:
+            response = await self.ledger.get("/api/v1/ledger-entries", params={"voucher": voucher})
+            return response.status_code == 200 and bool(response.json()["entries"])
+
+        for voucher in vouchers:
+            await eventually(lambda voucher=voucher: booked(voucher), timeout=20)
+
     async def trial_balance(self, as_of: str = "2100-01-01") -> dict[str, dict]:
         body = (await self.ledger.get("/api/v1/trial-balance", params={"as_of": as_of})).json()
         assert body["total_debit"] == body["total_credit"], "the ledger always balances"

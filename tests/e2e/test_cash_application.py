@@ -14,7 +14,7 @@ import pytest
 from kredit_invoicing.domain import VOUCHER_PREFIXES
 from kredit_shared.testing import eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]  # a whole stack per module
 
 D = Decimal
 DEFAULTS = {
@@ -324,6 +324,7 @@ async def test_a_settlement_reversed_and_settled_again_ends_as_settling_once(sta
         payment_id="ARP-R1", customer_account="4027-R", payment_date="2015-07-01", amount="297.00", settle=[mark]
     )
     once = await rows_when(stack, "4027-R", lambda r: len(r) == 3 and r["FTI-R-10020"]["balance"] == "700.00")
+    await stack.wait_until_booked(*once)
     before = await stack.trial_balance()
 
     settlements = (await stack.settlement.get("/api/v1/settlements", params={"customer_account": "4027-R"})).json()

@@ -24,6 +24,7 @@ from kredit_shared.contracts import (
     dead_letter_topic,
 )
 from kredit_shared.testing import (
+    SERVICE_START_SECONDS,
     TopicProbe,
     eventually,
     free_port,
@@ -210,7 +211,8 @@ async def test_settlement_killed_mid_batch_settles_every_payment_of_the_fetch_ex
                 await eventually(lambda c=c: len(open_transactions(port, c)) == 2)
         await publish_many(kafka.bootstrap_servers, prefix + ERP_CUSTOMER_PAYMENTS, payments)
         with service_process("kredit_settlement", env | {"FAILPOINTS": failpoint}, log) as doomed:
-            assert doomed.wait(30) == -signal.SIGKILL
+            # A whole start (the payments wait for it), then the fetch: the start dominates under load.
+            assert doomed.wait(SERVICE_START_SECONDS) == -signal.SIGKILL
         with service_process("kredit_settlement", env, log) as restarted:
             wait_until_healthy(port, process=restarted)
             await probe.wait_for(lambda r: r.topic == prefix + AR_SETTLEMENTS, count=8)

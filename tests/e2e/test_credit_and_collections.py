@@ -11,7 +11,7 @@ import pytest
 
 from kredit_shared.testing import eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]  # a whole stack per module
 
 TODAY = date.today()
 
@@ -88,6 +88,7 @@ async def test_letters_for_15_35_and_65_days_overdue_post_the_fee_as_a_receivabl
     for invoice_id, days, amount in (("DUN-15", 15, "150.00"), ("DUN-35", 35, "350.00"), ("DUN-65", 65, "650.00")):
         await invoice_due(stack, "DUN-1", invoice_id, amount, days)
     await stack.wait_for_transactions("DUN-1", lambda rows: len(rows) == 3)
+    await stack.wait_until_booked("FTI-DUN-15", "FTI-DUN-35", "FTI-DUN-65")
     before = await stack.trial_balance()
 
     run = await post_json(stack.collections, "/api/v1/collection-letter-runs", {"as_of": TODAY.isoformat()})
@@ -123,6 +124,7 @@ async def test_letters_for_15_35_and_65_days_overdue_post_the_fee_as_a_receivabl
 async def test_interest_on_1000_at_1_5_percent_a_month_for_45_days_posts_22_19_balanced(stack):
     await invoice_due(stack, "INT-1", "INT-1-1", "1000.00", 45)
     await until_transaction(stack, "INT-1", "FTI-INT-1-1")
+    await stack.wait_until_booked("FTI-INT-1-1")
     before = await stack.trial_balance()
 
     run = await post_json(

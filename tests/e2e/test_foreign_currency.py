@@ -15,7 +15,7 @@ import pytest
 from kredit_shared.contracts import ERP_CUSTOMER_INVOICES, dead_letter_topic
 from kredit_shared.testing import TopicProbe, eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]  # a whole stack per module
 
 D = Decimal
 

@@ -12,7 +12,7 @@ import pytest
 
 from kredit_shared.testing import eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]  # a whole stack per module
 
 
 def row(voucher, type_, date, invoice_id, debit, credit, balance):
@@ -179,6 +179,7 @@ async def test_collections_page_writes_off_two_selected_transactions_with_reason
             lines=goods(amount_),
         )
     await invoices_open(stack, "US-004", 2)
+    await stack.wait_until_booked("FTI-CW-1001", "FTI-CW-1002")
     before = await stack.trial_balance()
 
     journal = await write_off_and_post(
@@ -278,6 +279,7 @@ async def test_all_customers_page_writes_off_a_customer_with_the_sales_tax_separ
             lines=goods("1200.00", tax="100.00"),
         )
         await invoices_open(stack, "US-001", 1)
+        await stack.wait_until_booked("FTI-CR-2001")
         before = await stack.trial_balance()
         journal = await write_off_and_post(stack, {"customer_account": "US-001", "reason_code": "Bankrupt"})
         assert sorted((l["account"], l["debit"]) for l in journal["lines"] if l["account_type"] == "Ledger") == [

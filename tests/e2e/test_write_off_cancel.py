@@ -10,7 +10,7 @@ import pytest
 from kredit_shared.contracts import GL_JOURNAL_EVENTS, dead_letter_topic
 from kredit_shared.testing import TopicProbe, eventually
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]  # a whole stack per module
 
 
 async def test_a_cancelled_write_off_voids_its_journal_moves_nothing_and_frees_the_invoice(stack):
@@ -25,6 +25,7 @@ async def test_a_cancelled_write_off_voids_its_journal_moves_nothing_and_frees_t
     )
     await stack.wait_for_transactions(account, lambda rows: len(rows) == 1)
     await stack.wait_until_open_in_settlement(account, "FTI-MW-9001")
+    await stack.wait_until_booked("FTI-MW-9001")
     before = await stack.trial_balance()
 
     async def write_off() -> tuple[str, str]:

@@ -9,7 +9,7 @@ import pytest
 from kredit_shared.auth import Role
 from kredit_shared.testing import eventually, token_header
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]  # a whole stack per module
 
 
 def as_(who: str, *roles: Role) -> dict[str, str]:

@@ -323,9 +323,15 @@ async def eventually(check: Callable[[], Any], timeout: float = 15, interval: fl
         await asyncio.sleep(interval)
 
 
-def wait_until_healthy(port: int, timeout: float = 90, process: subprocess.Popen | None = None) -> None:
-    # Generous: a service process spends most of its start importing, which takes 20 s and more on a
-    # loaded 2-core machine; a process that dies is reported at once.
+# How long a service process may take to start, generous: it spends most of it importing, which takes 20 s and
+# more on a loaded 2-core machine (the suite's two workers and whatever else runs there).
+SERVICE_START_SECONDS = 90
+
+
+def wait_until_healthy(
+    port: int, timeout: float = SERVICE_START_SECONDS, process: subprocess.Popen | None = None
+) -> None:
+    """Until /healthz answers 200; a process that dies is reported at once."""
     import urllib.request
 
     deadline = time.monotonic() + timeout

@@ -21,6 +21,7 @@ from decimal import Decimal
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -280,6 +281,7 @@ async def _snapshot(session: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # hundreds of scenarios through the real handlers
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(), st.randoms(use_true_random=False))
 def test_any_interleaving_of_the_input_topics_gives_the_same_final_state(messages, rng):
@@ -370,6 +372,7 @@ async def final_states_and_rejections(
         await engine.dispose()
 
 
+@pytest.mark.slow  # hundreds of scenarios through the real handlers
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(), st.randoms(use_true_random=False))
 def test_a_batch_per_transaction_ends_as_one_message_per_transaction(messages, rng):
@@ -383,6 +386,7 @@ def test_a_batch_per_transaction_ends_as_one_message_per_transaction(messages, r
     assert rejected_in_batches == rejected_alone
 
 
+@pytest.mark.slow  # hundreds of scenarios through the real handlers
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(), st.randoms(use_true_random=False))
 def test_a_batch_answering_automatic_payments_from_small_debit_windows_ends_as_one_by_one(messages, rng):
