@@ -11,7 +11,8 @@ a voucher), as scripts/bench_ledger.py does.
   records/s = N / (last relayed record's timestamp - first send). The ceiling of one service hop.
 - invoices/s ERP -> invoicing -> ledger-posting: N invoices sent at once; N / (last posted - first sent).
 - payments/s ERP -> settlement -> ledger-posting: N payments, each with one settle mark on an open
-  invoice (sent once settlement knows the invoices); the payment vouchers in the ledger.
+  invoice (sent once settlement knows the invoices); the payment vouchers in the ledger. With
+  --discount-share, that share of them pays within the discount period and takes the cash discount.
 - collections catch-up: a second collections process with a fresh database and its own consumer
   group reads every AR topic of the run from the beginning; records / (lag 0 - healthy).
 - latency: invoices and payments paced at --rate/s; posted_at - send time, p50/p99.
@@ -50,7 +51,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -94,17 +95,25 @@ def invoice_message(invoice_id: str, customer: str, amount: Decimal) -> bytes:
     ).encode()
 
 
-def payment_message(payment_id: str, customer: str, amount: Decimal, invoice_id: str | None) -> bytes:
+def payment_message(
+    payment_id: str, customer: str, amount: Decimal, invoice_id: str | None, discount: bool = False
+) -> bytes:
+    """A payment of `amount` marked for `invoice_id`, after its discount date; with `discount`, within the 1%14D
+    period for the amount less its 1 % (marked Normal), so settling it posts a cash discount too."""
+    days, use = 20, "Never"
+    if discount:
+        days, use = 10, "Normal"
+        amount -= (amount / 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
     body: dict[str, Any] = {
         "message_id": str(uuid.uuid4()),
         "payment_id": payment_id,
         "customer_account": customer,
-        "payment_date": (INVOICE_DATE + dt.timedelta(days=20)).isoformat(),
+        "payment_date": (INVOICE_DATE + dt.timedelta(days=days)).isoformat(),
         "amount": str(amount),
         "currency": "USD",
     }
     if invoice_id is not None:
-        body["settle"] = [{"invoice_id": invoice_id, "amount_to_settle": str(amount), "use_cash_discount": "Never"}]
+        body["settle"] = [{"invoice_id": invoice_id, "amount_to_settle": str(amount), "use_cash_discount": use}]
     return json.dumps(body).encode()
 
 
@@ -330,8 +339,16 @@ async def fetch_snapshot(stack: LocalStack) -> dict[str, tuple[float, float]]:
 
 
 class Pipeline:
-    def __init__(self, stack: LocalStack, producer: AIOKafkaProducer, ledger: Database, customers: int) -> None:
+    def __init__(
+        self,
+        stack: LocalStack,
+        producer: AIOKafkaProducer,
+        ledger: Database,
+        customers: int,
+        discount_share: float = 0.0,
+    ) -> None:
         self.stack, self.producer, self.ledger, self.customers = stack, producer, ledger, customers
+        self.discount_share = discount_share  # of the payments, those taking their invoice's cash discount
         self.runs = 0
         self.cpu: dict[str, dict[str, list[float]]] = {}  # stage -> process -> CPU ms per message, per run
         self.fetch_sizes: dict[str, dict[str, list[float]]] = {}  # stage -> "process topic" -> messages per fetch
@@ -371,11 +388,16 @@ class Pipeline:
         return count / (max(posted.values()) - sent[0]), latencies, made
 
     async def payments(self, invoices: list[tuple], rate: float | None = None) -> tuple[float, list[float]]:
-        """One payment per invoice, marked for it, for the whole amount (no discount)."""
+        """One payment per invoice, marked for it: for the whole amount, or (a `discount_share` of them, spread
+        evenly) within the discount period for the amount less the discount."""
         await self.settlement_caught_up()
         prefix = self._prefix("P")
         made = [(f"{prefix}{n:06d}", c, a, i) for n, (i, c, a) in enumerate(invoices)]
-        records = [(topics.ERP_CUSTOMER_PAYMENTS, c, payment_message(p, c, a, i)) for p, c, a, i in made]
+        share = self.discount_share
+        records = [
+            (topics.ERP_CUSTOMER_PAYMENTS, c, payment_message(p, c, a, i, discount=n * share % 1 < share))
+            for n, (p, c, a, i) in enumerate(made)
+        ]
         cpu, fetches = cpu_snapshot(self.stack), await fetch_snapshot(self.stack)
         sent = await send_all(self.producer, records, rate)
         posted = await posted_vouchers(self.ledger, prefix, len(made), timeout=120 + len(made) / 10)
@@ -670,7 +692,7 @@ async def bench_throughput(
     result["raw"] = [await bench_raw_hop(stack, producer, args.raw, workdir) for _ in range(args.repeats)]
     print(f"  {name}: raw hop {', '.join(f'{r:.0f}' for r in result['raw'])} records/s", flush=True)
     async with Database(stack.replicas_of("ledger-posting")[0].env["DATABASE_URL"]) as ledger:
-        pipeline = Pipeline(stack, producer, ledger, args.customers)
+        pipeline = Pipeline(stack, producer, ledger, args.customers, args.discount_share)
         await pipeline.invoices(1)  # the warm-up waits out every consumer's group join
         result["invoices"], result["payments"] = [], []
         for n in range(args.repeats):
@@ -908,7 +930,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
 async def amain(args: argparse.Namespace) -> int:
     print(
         f"{args.invoices} invoices and {args.payments} payments per run, {args.repeats} runs, "
-        f"{args.latency} of each at {args.rate:g}/s; databases: {', '.join(args.databases)}",
+        f"{args.latency} of each at {args.rate:g}/s; databases: {', '.join(args.databases)}"
+        + (f"; {args.discount_share:.0%} of the payments take a cash discount" if args.discount_share else ""),
         flush=True,
     )
     results = []
@@ -931,6 +954,12 @@ def main() -> None:
     parser.add_argument("--invoices", type=int, default=5000, help="invoices per throughput run")
     parser.add_argument("--payments", type=int, default=5000, help="payments per throughput run (<= invoices)")
     parser.add_argument("--customers", type=int, default=200, help="customers the invoices of a run spread over")
+    parser.add_argument(
+        "--discount-share",
+        type=float,
+        default=0.0,
+        help="of the throughput runs' payments, the share paid within the discount period, taking the cash discount",
+    )
     parser.add_argument("--latency", type=int, default=1000, help="invoices and payments of the paced runs")
     parser.add_argument("--rate", type=float, default=200, help="messages/s of the paced runs")
     parser.add_argument("--big-customer", type=int, default=10000, help="open invoices of one customer (0: skip)")
