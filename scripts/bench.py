@@ -313,9 +313,9 @@ def cpu_snapshot(stack: LocalStack) -> dict[str, float]:
     return {label: cpu_seconds(pid) for label, pid in pids.items()}
 
 
-async def fetch_snapshot(stack: LocalStack) -> dict[str, tuple[float, float]]:
-    """Per service process and topic ("settlement#1 erp.customer-payments"): the fetches its handlers took
-    and the messages in them, from its /metrics (kredit_handler_seconds_count, kredit_messages_consumed_total)."""
+async def fetch_snapshot(stack: LocalStack) -> dict[str, list[float]]:
+    """Per service process and topic ("settlement#1 erp.customer-payments"): [fetches its handlers took,
+    messages in them], from its /metrics (kredit_handler_seconds_count, kredit_messages_consumed_total)."""
     found: dict[str, list[float]] = {}
     async with httpx.AsyncClient(timeout=5) as client:
         for process in stack.processes:
@@ -325,17 +325,19 @@ async def fetch_snapshot(stack: LocalStack) -> dict[str, tuple[float, float]]:
                 text = (await client.get(f"{process.url}/metrics")).text
                 for family in text_string_to_metric_families(text):
                     for sample in family.samples:
-                        topic, outcome = sample.labels.get("topic"), sample.labels.get("outcome")
-                        column = (
-                            0
-                            if sample.name == "kredit_handler_seconds_count"
-                            else 1
-                            if sample.name == "kredit_messages_consumed_total" and outcome in ("processed", "duplicate")
-                            else None
-                        )
-                        if topic and column is not None:
-                            found.setdefault(f"{process.label} {topic}", [0.0, 0.0])[column] += sample.value
-    return {key: (fetches, messages) for key, (fetches, messages) in found.items()}
+                        if not (topic := sample.labels.get("topic")):
+                            continue
+                        if sample.name == "kredit_handler_seconds_count":
+                            column = 0
+                        elif sample.name == "kredit_messages_consumed_total" and sample.labels.get("outcome") in (
+                            "processed",
+                            "duplicate",
+                        ):
+                            column = 1
+                        else:
+                            continue
+                        found.setdefault(f"{process.label} {topic}", [0.0, 0.0])[column] += sample.value
+    return found
 
 
 class Pipeline:
@@ -354,7 +356,7 @@ class Pipeline:
         self.fetch_sizes: dict[str, dict[str, list[float]]] = {}  # stage -> "process topic" -> messages per fetch
 
     async def _note_cpu(
-        self, stage: str, before: dict[str, float], fetches_before: dict[str, tuple[float, float]], count: int
+        self, stage: str, before: dict[str, float], fetches_before: dict[str, list[float]], count: int
     ) -> None:
         after = cpu_snapshot(self.stack)
         for label, seconds in after.items():
@@ -362,7 +364,7 @@ class Pipeline:
                 per_message = (seconds - before[label]) * 1000 / count
                 self.cpu.setdefault(stage, {}).setdefault(label, []).append(per_message)
         for key, (fetches, messages) in (await fetch_snapshot(self.stack)).items():
-            fetches_then, messages_then = fetches_before.get(key, (0.0, 0.0))
+            fetches_then, messages_then = fetches_before.get(key, [0.0, 0.0])
             if fetches > fetches_then:
                 size = (messages - messages_then) / (fetches - fetches_then)
                 self.fetch_sizes.setdefault(stage, {}).setdefault(key, []).append(size)

@@ -299,8 +299,7 @@ async def _payments_batch(setup: SettlementSetup, uow: UnitOfWork, payments: lis
         await batch.store.read_debit_windows(automatic, _FIRST_DEBITS)
     # The names the payments' discounts and differences may take, as many of each as a payment has marks (read
     # together with the first one a posting needs).
-    counts = [(p.payment_id, len(p.settle or ()) or 1) for p in payments]
-    batch.store.expect_names(v for id, count in counts for v in domain.first_vouchers(id, count))
+    batch.store.expect_names(v for p in payments for v in domain.first_vouchers(p.payment_id, len(p.settle or ()) or 1))
     return replace(batch, received=await received_payments(uow.session, ids))
 
 
