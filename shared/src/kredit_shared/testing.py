@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -404,6 +405,33 @@ class Handled:
 HANDLER_TEST_GROUP = "handler-test"
 
 
+@functools.cache
+def _consumer_parser(topic: str) -> Callable[[bytes], Any] | None:
+    """How a consumer parses a record of `topic` (the catalog's payload, as given to `subscribe_batch`);
+    None for a topic outside the contract (a dead letter's `<topic>.dlq`)."""
+    from pydantic import TypeAdapter
+
+    from kredit_shared.contracts.catalog import TOPICS
+
+    contract = TOPICS.get(topic)
+    return None if contract is None else TypeAdapter(contract.payload).validate_json
+
+
+def check_contract(e: Emitted) -> None:
+    """Fail the test if a message a handler emitted is not what its consumers accept: the services build
+    their messages without validation (`model_construct`), so every handler test checks them here."""
+    from pydantic import ValidationError
+
+    if (parse := _consumer_parser(e.topic)) is None:
+        return
+    try:
+        parse(e.value)
+    except ValidationError as error:
+        raise AssertionError(
+            f"{e.message_type} on {e.topic} is not valid contract JSON: {error}\n{e.value.decode(errors='replace')}"
+        ) from None
+
+
 class HandlerDatabase:
     """A service's tables (and the shared ones: outbox, inbox, exchange rates, audit) in an in-memory
     SQLite database, to run its handlers without a broker: `transaction()` is the runtime's
@@ -467,7 +495,7 @@ class HandlerDatabase:
             rows = (await session.exec(query)).all()
         if advance and rows:
             self._read_up_to = rows[-1].id or after
-        return [
+        emitted = [
             Emitted(
                 row.topic,
                 row.key,
@@ -476,6 +504,9 @@ class HandlerDatabase:
             )
             for row in rows
         ]
+        for e in emitted:
+            check_contract(e)
+        return emitted
 
     async def all(self, query: Any) -> list[Any]:
         """The rows of a select, in a session of their own: `await db.all(select(InvoiceRow))`."""

@@ -1,6 +1,11 @@
 """What settlement books, for the message handlers and the HTTP commands alike: the company setup as
 settlement needs it, the parameters and rates a settlement reads, and the posting of settlement results (open
-items saved, settled pairs recorded, customer transactions, OpenItemsSettled and ledger vouchers emitted)."""
+items saved, settled pairs recorded, customer transactions, OpenItemsSettled and ledger vouchers emitted).
+
+The messages it emits are built with `model_construct`, without the contract's validators: those check input
+from other systems, and these messages are built from domain values already checked (the validators were a
+quarter of a payment's CPU time). Every message a handler test emits is parsed as its consumers parse it
+(kredit_shared.testing.HandlerDatabase), and tests/unit/test_messages.py checks the builders against validation."""
 
 from __future__ import annotations
 
@@ -239,7 +244,7 @@ def _settled(setup: SettlementSetup, pair: SettledPair) -> OpenItemsSettled:
             "difference_accounting_amount": pair.difference_accounting,
             "realized_exchange_loss": pair.realized_loss,
         }
-    return OpenItemsSettled(
+    return OpenItemsSettled.model_construct(
         **fx,
         settlement_id=pair.settlement_id,
         customer_account=pair.customer_account,
@@ -264,7 +269,7 @@ def transaction_posted(
     fx: dict[str, Any] = {}
     if setup.foreign(t.currency):
         fx = {"exchange_rate": t.exchange_rate, "accounting_currency_amount": t.accounting_original_amount}
-    return CustomerTransactionPosted(
+    return CustomerTransactionPosted.model_construct(
         voucher=t.voucher,
         transaction_type=t.transaction_type,  # type: ignore[arg-type]  # a str in the domain; settlement posts only types the contract lists
         customer_account=t.customer_account,
@@ -274,7 +279,9 @@ def transaction_posted(
         currency=t.currency,
         due_date=t.due_date,
         payment_id=payment_id,
-        cash_discounts=[CashDiscountTier(percent=d.percent, date=d.date, amount=d.amount) for d in t.cash_discounts],
+        cash_discounts=[
+            CashDiscountTier.model_construct(percent=d.percent, date=d.date, amount=d.amount) for d in t.cash_discounts
+        ],
         **fx,
     )
 
@@ -337,11 +344,14 @@ def ledger_voucher(
         other |= {"transaction_currency": currency, "transaction_currency_amount": -to_customer + ZERO}
     debit, credit = (customer, other) if to_customer_accounting > 0 else (other, customer)
     amount = abs(to_customer_accounting)
-    return VoucherPosted(
+    return VoucherPosted.model_construct(
         voucher=voucher,
         posting_date=on,
         currency=setup.accounting_currency if setup.foreign(currency) else currency,
         source="settlement",
         description=text,
-        lines=[VoucherLine(**debit, debit=amount), VoucherLine(**credit, credit=amount)],
+        lines=[
+            VoucherLine.model_construct(**debit, debit=amount),
+            VoucherLine.model_construct(**credit, credit=amount),
+        ],
     )
