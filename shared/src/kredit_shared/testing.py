@@ -364,6 +364,15 @@ def service_process(package: str, env: dict[str, str], log_path: str) -> Iterato
         stop_process(process)
 
 
+def assert_same_as_validated(message: Any) -> None:
+    """A message built with `model_construct` is what the validating constructor makes of the same fields (the
+    same value and JSON bytes), and its JSON parses back as its consumers parse it, to the same bytes."""
+    dumped = message.model_dump_json()
+    validated = type(message).model_validate(message.model_dump())
+    assert (validated, validated.model_dump_json()) == (message, dumped)
+    assert type(message).model_validate_json(dumped).model_dump_json() == dumped
+
+
 # --- handlers without a broker -----------------------------------------------------------------
 
 
