@@ -364,13 +364,26 @@ def service_process(package: str, env: dict[str, str], log_path: str) -> Iterato
         stop_process(process)
 
 
-def assert_same_as_validated(message: Any) -> None:
+def assert_constructed_as_validated(message: Any) -> None:
     """A message built with `model_construct` is what the validating constructor makes of the same fields (the
-    same value and JSON bytes), and its JSON parses back as its consumers parse it, to the same bytes."""
+    same value and JSON bytes), its JSON parses back as its consumers parse it, to the same bytes, and it was
+    given every field, nested ones too (model_construct fills a left-out default slowly)."""
     dumped = message.model_dump_json()
     validated = type(message).model_validate(message.model_dump())
     assert (validated, validated.model_dump_json()) == (message, dumped)
     assert type(message).model_validate_json(dumped).model_dump_json() == dumped
+    assert not (missing := _left_out(message)), f"{type(message).__name__} built without {missing}"
+
+
+def _left_out(model: Any, where: str = "") -> list[str]:
+    from pydantic import BaseModel
+
+    missing = [where + name for name in type(model).model_fields if name not in model.model_fields_set]
+    for name in model.model_fields_set:
+        if isinstance(items := getattr(model, name), list):
+            for n, item in enumerate(items):
+                missing += _left_out(item, f"{where}{name}.{n}.") if isinstance(item, BaseModel) else []
+    return missing
 
 
 # --- handlers without a broker -----------------------------------------------------------------

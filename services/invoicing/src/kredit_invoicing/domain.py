@@ -2,7 +2,7 @@
 
 Pure: values in, decisions out. The handler stores `PostedInvoice` (with its fingerprint) and puts
 `PostedInvoice.messages` in the outbox in the same transaction. Those messages are built with `model_construct`
-from the validated invoice, as settlement builds its own (kredit_settlement.posting says why).
+(every field given) from the validated invoice, as settlement builds its own (kredit_settlement.posting says why).
 """
 
 from __future__ import annotations
@@ -276,7 +276,13 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup, rate: Decimal) ->
         accounting_total = total
         voucher_lines = [
             VoucherLine.model_construct(
-                account=acc, debit=max(amt, ZERO), credit=max(-amt, ZERO), text=text or label, customer_account=cust
+                account=acc,
+                debit=max(amt, ZERO),
+                credit=max(-amt, ZERO),
+                text=text or label,
+                customer_account=cust,
+                transaction_currency=None,
+                transaction_currency_amount=None,
             )
             for acc, amt, text, cust in postings
             if amt != 0
@@ -296,6 +302,7 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup, rate: Decimal) ->
         cash_discounts=list(tiers),
         cash_discount_account=discount_account,
         sales_tax_amount=tax,
+        payment_id=None,
         exchange_rate=rate if foreign else None,
         accounting_currency_amount=accounting_total if foreign else None,
     )

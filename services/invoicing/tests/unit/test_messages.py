@@ -15,7 +15,7 @@ from kredit_invoicing.domain import InvoiceRejected, post_invoice
 from kredit_shared.company_setup import DEMO_SETUP_FILE, load_company_setup
 from kredit_shared.contracts import CustomerInvoiceIssued
 from kredit_shared.currencies import minor_units
-from kredit_shared.testing import assert_same_as_validated
+from kredit_shared.testing import assert_constructed_as_validated
 
 D = Decimal
 SETUP = load_company_setup(DEMO_SETUP_FILE)  # books in USD
@@ -67,4 +67,4 @@ def test_a_posted_invoice_and_its_voucher_are_what_validation_makes_of_them(mess
         assume(False)
         return
     for emitted in posted.messages:
-        assert_same_as_validated(emitted)
+        assert_constructed_as_validated(emitted)

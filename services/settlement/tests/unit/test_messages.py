@@ -19,7 +19,7 @@ from kredit_settlement.domain import DiscountTier, OpenTransaction, SettledPair,
 from kredit_shared.contracts import ContractMessage, TransactionType
 from kredit_shared.currencies import minor_units
 from kredit_shared.money import tidy
-from kredit_shared.testing import assert_same_as_validated
+from kredit_shared.testing import assert_constructed_as_validated
 
 D = Decimal
 SETUP = posting.SettlementSetup(
@@ -137,7 +137,7 @@ def test_a_posted_transaction_and_its_voucher_are_what_validation_makes_of_them(
     posting.post_discount(outbox, setup, t, "Cash discount settling ARP-1", payment_id=data.draw(st.none() | IDS))
     assert [type(m).__name__ for m in outbox.messages][0] == "CustomerTransactionPosted"
     for message in outbox.messages:
-        assert_same_as_validated(message)
+        assert_constructed_as_validated(message)
 
 
 @settings(max_examples=300, deadline=None)
@@ -150,4 +150,4 @@ def test_a_settled_pair_and_its_difference_and_exchange_vouchers_are_what_valida
     asyncio.run(posting.record(setup, outbox, outbox, [pair], group_id="S-2", reversal_of=reversal_of))
     assert [type(m).__name__ for m in outbox.messages][0] == "OpenItemsSettled"
     for message in outbox.messages:
-        assert_same_as_validated(message)
+        assert_constructed_as_validated(message)
