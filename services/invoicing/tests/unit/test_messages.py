@@ -1,7 +1,7 @@
 """The messages invoicing emits are built with `model_construct` (kredit_invoicing.domain): for any invoice or credit
 note it posts, in the accounting currency or a foreign one of none, two or three decimals, with or without cash
-discounts, each is what the contract's validating constructor makes of the same fields, to the byte, and parses as
-its consumers parse it."""
+discounts, each is what the contract's validating constructor makes of the same fields, to the byte, parses as its
+consumers parse it, and was given every field."""
 
 from __future__ import annotations
 
