@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from sqlmodel import select
 
@@ -64,3 +66,21 @@ async def test_deliver_skips_a_redelivery_and_releases_a_rejected_message_for_it
         assert (await db.deliver(RATE.topic, [RATE], record_rates)).rejected == []  # the replay is processed
         assert (await db.deliver(RATE.topic, [RATE], reject_all)).emitted == []  # then a redelivery is skipped
         assert len(await db.all(select(ExchangeRateRow))) == 1
+
+
+async def test_a_message_its_consumers_would_refuse_fails_the_test_naming_it():
+    """Services build their messages without validation (model_construct): the harness parses every one it
+    reads back as the topic's consumers do. A dead letter (`<topic>.dlq`) carries whatever came in: not parsed."""
+    async with handler_database([]) as db:
+
+        async def emits(uow):
+            uow.emit(ExchangeRateSet.model_construct(currency="EUR", from_date=RATE.from_date, rate=Decimal("-1")))
+
+        with pytest.raises(AssertionError, match="ExchangeRateSet on gl.exchange-rates is not valid contract JSON"):
+            await db.handle(emits)
+
+        async def dead_letters(uow):
+            uow.dead_letter(RATE.topic, ExchangeRateSet.model_construct(currency="EUR", rate=Decimal("-1")), "bad")
+
+        [letter] = (await db.handle(dead_letters)).emitted
+        assert (letter.topic, letter.reason) == (f"{RATE.topic}.dlq", "bad")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -363,6 +364,28 @@ def service_process(package: str, env: dict[str, str], log_path: str) -> Iterato
         stop_process(process)
 
 
+def assert_constructed_as_validated(message: Any) -> None:
+    """A message built with `model_construct` is what the validating constructor makes of the same fields (the
+    same value and JSON bytes), its JSON parses back as its consumers parse it, to the same bytes, and it was
+    given every field, nested ones too (model_construct fills a left-out default slowly)."""
+    dumped = message.model_dump_json()
+    validated = type(message).model_validate(message.model_dump())
+    assert (validated, validated.model_dump_json()) == (message, dumped)
+    assert type(message).model_validate_json(dumped).model_dump_json() == dumped
+    assert not (missing := _left_out(message)), f"{type(message).__name__} built without {missing}"
+
+
+def _left_out(model: Any, where: str = "") -> list[str]:
+    from pydantic import BaseModel
+
+    missing = [where + name for name in type(model).model_fields if name not in model.model_fields_set]
+    for name in model.model_fields_set:
+        if isinstance(items := getattr(model, name), list):
+            for n, item in enumerate(items):
+                missing += _left_out(item, f"{where}{name}.{n}.") if isinstance(item, BaseModel) else []
+    return missing
+
+
 # --- handlers without a broker -----------------------------------------------------------------
 
 
@@ -402,6 +425,33 @@ class Handled:
 
 
 HANDLER_TEST_GROUP = "handler-test"
+
+
+@functools.cache
+def _consumer_parser(topic: str) -> Callable[[bytes], Any] | None:
+    """How a consumer parses a record of `topic` (the catalog's payload, as given to `subscribe_batch`);
+    None for a topic outside the contract (a dead letter's `<topic>.dlq`)."""
+    from pydantic import TypeAdapter
+
+    from kredit_shared.contracts.catalog import TOPICS
+
+    contract = TOPICS.get(topic)
+    return None if contract is None else TypeAdapter(contract.payload).validate_json
+
+
+def check_contract(e: Emitted) -> None:
+    """Fail the test if a message a handler emitted is not what its consumers accept: the services build
+    their messages without validation (`model_construct`), so every handler test checks them here."""
+    from pydantic import ValidationError
+
+    if (parse := _consumer_parser(e.topic)) is None:
+        return
+    try:
+        parse(e.value)
+    except ValidationError as error:
+        raise AssertionError(
+            f"{e.message_type} on {e.topic} is not valid contract JSON: {error}\n{e.value.decode(errors='replace')}"
+        ) from None
 
 
 class HandlerDatabase:
@@ -467,7 +517,7 @@ class HandlerDatabase:
             rows = (await session.exec(query)).all()
         if advance and rows:
             self._read_up_to = rows[-1].id or after
-        return [
+        emitted = [
             Emitted(
                 row.topic,
                 row.key,
@@ -476,6 +526,9 @@ class HandlerDatabase:
             )
             for row in rows
         ]
+        for e in emitted:
+            check_contract(e)
+        return emitted
 
     async def all(self, query: Any) -> list[Any]:
         """The rows of a select, in a session of their own: `await db.all(select(InvoiceRow))`."""

@@ -1,7 +1,8 @@
 """Invoicing rules: a CustomerInvoiceIssued becomes a posted customer transaction and its balanced ledger voucher.
 
 Pure: values in, decisions out. The handler stores `PostedInvoice` (with its fingerprint) and puts
-`PostedInvoice.messages` in the outbox in the same transaction.
+`PostedInvoice.messages` in the outbox in the same transaction. Those messages are built with `model_construct`
+(every field given) from the validated invoice, as settlement builds its own (kredit_settlement.posting says why).
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def compute_cash_discounts(
             raise InvoiceRejected(
                 f"cash discount amount {given} until {until} is not {percent} % of the total {total} ({amount})"
             )
-        tiers.append(CashDiscountTier(percent=percent, date=until, amount=amount))
+        tiers.append(CashDiscountTier.model_construct(percent=percent, date=until, amount=amount))
     return tuple(tiers)
 
 
@@ -259,7 +260,7 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup, rate: Decimal) ->
                 f"largest amount {MAX_AMOUNT}"
             )
         voucher_lines = [
-            VoucherLine(
+            VoucherLine.model_construct(
                 account=acc,
                 debit=max(acc_amt, ZERO),
                 credit=max(-acc_amt, ZERO),
@@ -274,14 +275,20 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup, rate: Decimal) ->
     else:
         accounting_total = total
         voucher_lines = [
-            VoucherLine(
-                account=acc, debit=max(amt, ZERO), credit=max(-amt, ZERO), text=text or label, customer_account=cust
+            VoucherLine.model_construct(
+                account=acc,
+                debit=max(amt, ZERO),
+                credit=max(-amt, ZERO),
+                text=text or label,
+                customer_account=cust,
+                transaction_currency=None,
+                transaction_currency_amount=None,
             )
             for acc, amt, text, cust in postings
             if amt != 0
         ]
 
-    transaction = CustomerTransactionPosted(
+    transaction = CustomerTransactionPosted.model_construct(
         message_id=_message_id(setup, voucher, CustomerTransactionPosted.topic),
         voucher=voucher,
         transaction_type=kind,
@@ -295,10 +302,11 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup, rate: Decimal) ->
         cash_discounts=list(tiers),
         cash_discount_account=discount_account,
         sales_tax_amount=tax,
+        payment_id=None,
         exchange_rate=rate if foreign else None,
         accounting_currency_amount=accounting_total if foreign else None,
     )
-    ledger_voucher = VoucherPosted(
+    ledger_voucher = VoucherPosted.model_construct(
         message_id=_message_id(setup, voucher, VoucherPosted.topic),
         voucher=voucher,
         posting_date=message.invoice_date,

@@ -1,6 +1,12 @@
 """What settlement books, for the message handlers and the HTTP commands alike: the company setup as
 settlement needs it, the parameters and rates a settlement reads, and the posting of settlement results (open
-items saved, settled pairs recorded, customer transactions, OpenItemsSettled and ledger vouchers emitted)."""
+items saved, settled pairs recorded, customer transactions, OpenItemsSettled and ledger vouchers emitted).
+
+The messages it emits are built with `model_construct`, without the contract's validators: those check input
+from other systems, and these messages are built from domain values already checked. Every field is given, even
+those with a default: pydantic fills a left-out one slowly (it inspects the default factory on each call). Every
+message a handler test emits is parsed as its consumers parse it (kredit_shared.testing.HandlerDatabase), and
+tests/unit/test_messages.py checks these builders against validation."""
 
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from kredit_shared.contracts import (
     OpenItemsSettled,
     VoucherLine,
     VoucherPosted,
+    new_message_id,
 )
 from kredit_shared.currencies import Rates
 from kredit_shared.exchange_rates import load_rates
@@ -230,17 +237,9 @@ async def record_write_off_pairs(
 
 def _settled(setup: SettlementSetup, pair: SettledPair) -> OpenItemsSettled:
     """OpenItemsSettled of a pair; the accounting-currency amounts only in a foreign currency."""
-    fx: dict[str, Any] = {}
-    if setup.foreign(pair.currency):
-        fx = {
-            "debit_accounting_amount": pair.debit_accounting,
-            "credit_accounting_amount": pair.credit_accounting,
-            "cash_discount_accounting_amount": pair.cash_discount_accounting,
-            "difference_accounting_amount": pair.difference_accounting,
-            "realized_exchange_loss": pair.realized_loss,
-        }
-    return OpenItemsSettled(
-        **fx,
+    foreign = setup.foreign(pair.currency)
+    return OpenItemsSettled.model_construct(
+        message_id=new_message_id(),
         settlement_id=pair.settlement_id,
         customer_account=pair.customer_account,
         settlement_date=pair.settlement_date,
@@ -251,6 +250,11 @@ def _settled(setup: SettlementSetup, pair: SettledPair) -> OpenItemsSettled:
         cash_discount_amount=pair.cash_discount_amount,
         cash_discount_voucher=pair.cash_discount_voucher,
         difference_amount=pair.difference_amount,
+        debit_accounting_amount=pair.debit_accounting if foreign else None,
+        credit_accounting_amount=pair.credit_accounting if foreign else None,
+        cash_discount_accounting_amount=pair.cash_discount_accounting if foreign else None,
+        difference_accounting_amount=pair.difference_accounting if foreign else None,
+        realized_exchange_loss=pair.realized_loss if foreign else None,
     )
 
 
@@ -261,21 +265,26 @@ def transaction_posted(
     setup: SettlementSetup, t: OpenTransaction, payment_id: str | None = None
 ) -> CustomerTransactionPosted:
     """A transaction settlement posts; in a foreign currency with the rate and accounting amount it is booked at."""
-    fx: dict[str, Any] = {}
-    if setup.foreign(t.currency):
-        fx = {"exchange_rate": t.exchange_rate, "accounting_currency_amount": t.accounting_original_amount}
-    return CustomerTransactionPosted(
+    foreign = setup.foreign(t.currency)
+    return CustomerTransactionPosted.model_construct(
+        message_id=new_message_id(),
         voucher=t.voucher,
         transaction_type=t.transaction_type,  # type: ignore[arg-type]  # a str in the domain; settlement posts only types the contract lists
         customer_account=t.customer_account,
+        customer_name=None,
         transaction_date=t.transaction_date,
         invoice_id=t.invoice_id,
         amount=t.original_amount,
         currency=t.currency,
         due_date=t.due_date,
+        cash_discounts=[
+            CashDiscountTier.model_construct(percent=d.percent, date=d.date, amount=d.amount) for d in t.cash_discounts
+        ],
+        cash_discount_account=None,
+        sales_tax_amount=ZERO,
         payment_id=payment_id,
-        cash_discounts=[CashDiscountTier(percent=d.percent, date=d.date, amount=d.amount) for d in t.cash_discounts],
-        **fx,
+        exchange_rate=t.exchange_rate if foreign else None,
+        accounting_currency_amount=t.accounting_original_amount if foreign else None,
     )
 
 
@@ -326,22 +335,29 @@ def ledger_voucher(
     """A two-line voucher in the accounting currency: the customer's summary account by `to_customer_accounting`
     (debit +), `account` the other way. In a foreign currency both lines also carry the transaction currency
     and amount (`to_customer` on the customer's line, its opposite on the other)."""
-    customer: dict[str, Any] = {
-        "account": setup.summary_account,
-        "text": text,
-        "customer_account": customer_account,
-    }
-    other: dict[str, Any] = {"account": account, "text": text}
-    if setup.foreign(currency):
-        customer |= {"transaction_currency": currency, "transaction_currency_amount": to_customer}
-        other |= {"transaction_currency": currency, "transaction_currency_amount": -to_customer + ZERO}
-    debit, credit = (customer, other) if to_customer_accounting > 0 else (other, customer)
+    foreign = setup.foreign(currency)
     amount = abs(to_customer_accounting)
-    return VoucherPosted(
+
+    def line(to: str, customer: str | None, in_currency: Decimal, debit: bool) -> VoucherLine:
+        return VoucherLine.model_construct(
+            account=to,
+            debit=amount if debit else ZERO,
+            credit=ZERO if debit else amount,
+            text=text,
+            customer_account=customer,
+            transaction_currency=currency if foreign else None,
+            transaction_currency_amount=in_currency if foreign else None,
+        )
+
+    debits = to_customer_accounting > 0
+    customer = line(setup.summary_account, customer_account, to_customer, debit=debits)
+    other = line(account, None, -to_customer + ZERO, debit=not debits)
+    return VoucherPosted.model_construct(
+        message_id=new_message_id(),
         voucher=voucher,
         posting_date=on,
-        currency=setup.accounting_currency if setup.foreign(currency) else currency,
+        currency=setup.accounting_currency if foreign else currency,
         source="settlement",
         description=text,
-        lines=[VoucherLine(**debit, debit=amount), VoucherLine(**credit, credit=amount)],
+        lines=[customer, other] if debits else [other, customer],  # the debit first
     )
