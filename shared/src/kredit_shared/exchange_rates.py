@@ -3,26 +3,39 @@
 The company setup's `exchange_rates` are the seed. Rates set later over HTTP (ledger-posting's
 `PUT /api/v1/exchange-rates/{currency}/{from_date}`) reach every service on `gl.exchange-rates`; each
 keeps them in its own `exchange_rate` table, and they win over the setup's for the same currency and date.
+
+A document refused only because no rate was known for its currency and date is dead-lettered as the contract
+says, and kept (`keep_until_rate`): when a rate that covers it arrives, `record_rates` books it in the same
+transaction, through the service's own handler of its topic, so nobody has to replay it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Counter
+from sqlalchemy import Index, delete, event, exists
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from kredit_shared import inbox
 from kredit_shared.company_setup import CompanySetup, ExchangeRatePeriod
 from kredit_shared.contracts import GL_EXCHANGE_RATES, ExchangeRateSet
+from kredit_shared.contracts.messages import ContractMessage
 from kredit_shared.currencies import Rates
 from kredit_shared.database import ExactDecimal, insert_new
 from kredit_shared.outbox import utcnow
 
 if TYPE_CHECKING:  # the runtime's module imports this one (its tables)
     from kredit_shared.service import ServiceRuntime, UnitOfWork
+
+log = logging.getLogger(__name__)
 
 RATE_PLACES = 10  # the contract's rate has at most 10 decimals
 
@@ -39,8 +52,70 @@ class ExchangeRateRow(SQLModel, table=True):
     recorded_at: dt.datetime = Field(default_factory=utcnow)
 
 
-async def record_rates(uow: UnitOfWork, messages: Sequence[ExchangeRateSet]) -> None:
-    """Keep the rates a batch carries; a later message for the same currency and date replaces an earlier one."""
+class WaitingDocumentRow(SQLModel, table=True):
+    """A document refused only because no rate was known for its currency and date (it was dead-lettered
+    with that reason): booked once a rate covering it arrives (record_rates), or deleted by retention."""
+
+    __tablename__ = "document_waiting_for_rate"
+    __table_args__ = (Index("ux_document_waiting_for_rate_message", "topic", "message_id", unique=True),)
+
+    id: int | None = Field(default=None, primary_key=True)  # arrival order: booked in this order
+    topic: str  # the contract topic it came on; the service's handler of that topic books it
+    message_id: str
+    currency: str = Field(max_length=3)
+    document_date: dt.date  # a rate from this date or earlier books it
+    message: str  # the message's JSON
+    kept_at: dt.datetime = Field(default_factory=utcnow, index=True)  # the retention job deletes by age
+
+
+DOCUMENTS_WAITING_FOR_RATE = Counter(
+    "kredit_documents_waiting_for_rate_total",
+    "Documents refused for want of an exchange rate: kept, then booked when their rate arrived (or rejected "
+    "again for another reason, or already_processed by a replay of their dead letter)",
+    ["service", "topic", "outcome"],
+)
+
+BOOKED_WHEN_RATE_IS_SET = "It will be booked automatically when a rate for it is set over HTTP; a replay is not needed."
+
+# How the service parses and handles a topic's messages (ServiceRuntime.handler_of): how a kept document is booked.
+Parse = Callable[[bytes], Any]
+HandleBatch = Callable[["UnitOfWork", list[Any]], Awaitable[None]]
+HandlerOf = Callable[[str], tuple[Parse, HandleBatch]]
+
+
+async def keep_until_rate(
+    uow: UnitOfWork, topic: str, message: ContractMessage, currency: str, on: dt.date, reason: str
+) -> None:
+    """Dead-letter a document refused only because no `currency` rate is known for `on` (the contract's answer,
+    at once, with `reason`), and keep it: `record_rates` books it when a rate that covers it arrives."""
+    uow.reject(topic, message, f"{reason}. {BOOKED_WHEN_RATE_IS_SET}")
+    row = {
+        "topic": topic,
+        "message_id": message.message_id,
+        "currency": currency,
+        "document_date": on,
+        "message": message.model_dump_json(),
+        "kept_at": utcnow(),
+    }
+    await insert_new(uow.session, WaitingDocumentRow, [row])  # a replay refused again is kept once
+    _count_on_commit(uow, topic, "kept", 1)
+
+
+def _count_on_commit(uow: UnitOfWork, topic: str, outcome: str, n: int) -> None:
+    """Count once the transaction commits, so a retried batch is not counted twice."""
+    if n:
+        _on_commit(uow, DOCUMENTS_WAITING_FOR_RATE.labels(uow.service, topic, outcome).inc, n)
+
+
+def _on_commit(uow: UnitOfWork, action: Callable[..., object], *args: object) -> None:
+    event.listen(uow.session.sync_session, "after_commit", lambda _session: action(*args), once=True)
+
+
+async def record_rates(
+    uow: UnitOfWork, messages: Sequence[ExchangeRateSet], handler_of: HandlerOf | None = None
+) -> None:
+    """Keep the rates a batch carries; a later message for the same currency and date replaces an earlier one.
+    Then book the kept documents a rate now covers (`book_waiting`), unless `handler_of` is None."""
     latest = {(m.currency, m.from_date): m for m in messages}  # in fetch order: a key's messages in order
     session = uow.session
     query = select(ExchangeRateRow).where(col(ExchangeRateRow.currency).in_(sorted({c for c, _ in latest})))
@@ -60,11 +135,47 @@ async def record_rates(uow: UnitOfWork, messages: Sequence[ExchangeRateSet]) -> 
                 }
             )
     await insert_new(session, ExchangeRateRow, new)
+    if handler_of is not None:
+        await book_waiting(uow, handler_of)
+
+
+async def book_waiting(uow: UnitOfWork, handler_of: HandlerOf) -> None:
+    """Handle again, in the order they arrived, the kept documents whose currency now has a rate on or before
+    their date, each topic's through the service's handler of it, in the caller's transaction. Each is claimed
+    in the inbox first: one whose dead letter was replayed and processed meanwhile is skipped, and a replay
+    after this is a duplicate. Their rows go, booked or rejected again (then for another reason)."""
+    session = uow.session
+    covered = exists().where(
+        col(ExchangeRateRow.currency) == col(WaitingDocumentRow.currency),
+        col(ExchangeRateRow.from_date) <= col(WaitingDocumentRow.document_date),
+    )
+    query = select(WaitingDocumentRow.id, WaitingDocumentRow.topic, WaitingDocumentRow.message).where(covered)
+    rows = (await session.exec(query.order_by(col(WaitingDocumentRow.id)))).all()
+    if not rows:
+        return
+    await session.exec(delete(WaitingDocumentRow).where(col(WaitingDocumentRow.id).in_([row.id for row in rows])))
+    for topic, group in itertools.groupby(rows, key=lambda row: row.topic):  # runs of one topic, in order
+        parse, handle = handler_of(topic)
+        documents = [parse(row.message.encode()) for row in group]
+        claimed = await inbox.claim(session, uow.group_id, topic, documents)
+        _count_on_commit(uow, topic, "already_processed", len(documents) - len(claimed.fresh))
+        if not claimed.fresh:
+            continue
+        before = len(uow.rejected)
+        await handle(uow, claimed.fresh)
+        rejected = {id(r.message) for r in uow.rejected[before:]}  # refused again: dead-lettered by the handler
+        booked = [d.message_id for d in claimed.fresh if id(d) not in rejected]
+        _count_on_commit(uow, topic, "rejected", len(claimed.fresh) - len(booked))
+        _count_on_commit(uow, topic, "booked", len(booked))
+        for message_id in booked:
+            _on_commit(uow, log.info, "%s: %s %s waited for its exchange rate and is booked now", uow.service, topic, message_id)
 
 
 def subscribe(runtime: ServiceRuntime) -> None:
-    """Every service that books foreign documents keeps the rates set over HTTP."""
-    runtime.subscribe_batch(GL_EXCHANGE_RATES, ExchangeRateSet.model_validate_json, record_rates)
+    """Every service that books foreign documents keeps the rates set over HTTP, and books what waited for them."""
+    runtime.subscribe_batch(
+        GL_EXCHANGE_RATES, ExchangeRateSet.model_validate_json, partial(record_rates, handler_of=runtime.handler_of)
+    )
 
 
 async def load_rates(session: AsyncSession, setup: CompanySetup) -> Rates:
