@@ -149,14 +149,14 @@ async def book_waiting(uow: UnitOfWork, handler_of: HandlerOf) -> None:
         col(ExchangeRateRow.currency) == col(WaitingDocumentRow.currency),
         col(ExchangeRateRow.from_date) <= col(WaitingDocumentRow.document_date),
     )
-    query = select(WaitingDocumentRow.id, WaitingDocumentRow.topic, WaitingDocumentRow.message).where(covered)
-    rows = (await session.exec(query.order_by(col(WaitingDocumentRow.id)))).all()
+    waiting = col(WaitingDocumentRow.id), col(WaitingDocumentRow.topic), col(WaitingDocumentRow.message)
+    rows = (await session.exec(select(*waiting).where(covered).order_by(waiting[0]))).all()
     if not rows:
         return
-    await session.exec(delete(WaitingDocumentRow).where(col(WaitingDocumentRow.id).in_([row.id for row in rows])))
-    for topic, group in itertools.groupby(rows, key=lambda row: row.topic):  # runs of one topic, in order
+    await session.exec(delete(WaitingDocumentRow).where(waiting[0].in_([row_id for row_id, _, _ in rows])))
+    for topic, group in itertools.groupby(rows, key=lambda row: row[1]):  # runs of one topic, in arrival order
         parse, handle = handler_of(topic)
-        documents = [parse(row.message.encode()) for row in group]
+        documents = [parse(message.encode()) for _, _, message in group]
         claimed = await inbox.claim(session, uow.group_id, topic, documents)
         _count_on_commit(uow, topic, "already_processed", len(documents) - len(claimed.fresh))
         if not claimed.fresh:
@@ -168,7 +168,14 @@ async def book_waiting(uow: UnitOfWork, handler_of: HandlerOf) -> None:
         _count_on_commit(uow, topic, "rejected", len(claimed.fresh) - len(booked))
         _count_on_commit(uow, topic, "booked", len(booked))
         for message_id in booked:
-            _on_commit(uow, log.info, "%s: %s %s waited for its exchange rate and is booked now", uow.service, topic, message_id)
+            _on_commit(
+                uow,
+                log.info,
+                "%s: %s %s waited for its exchange rate and is booked now",
+                uow.service,
+                topic,
+                message_id,
+            )
 
 
 def subscribe(runtime: ServiceRuntime) -> None:

@@ -126,9 +126,7 @@ class UnitOfWork:
         Unlike a partial `dead_letter`, the message counts as not processed: the runtime releases its
         inbox entry, so a replay of it (`kredit dlq replay`) is processed once its cause is fixed."""
         self.dead_letter(source_topic, message, reason)
-        self.rejected.append(
-            Rejection(source_topic, message, self.records.get(id(message)), reason, self._outbox[-1])
-        )
+        self.rejected.append(Rejection(source_topic, message, self.records.get(id(message)), reason, self._outbox[-1]))
 
     def emit_dead_letter(self, letter: outbox.DeadLetter, message_id: str) -> None:
         self._outbox.append(outbox.dead_letter_row(letter, message_id))
@@ -329,7 +327,9 @@ class ServiceRuntime:
             topic, parse, handle_batch=handle_batch, skip_own=skip_own
         )
 
-    def handler_of(self, topic: str) -> tuple[Callable[[bytes], Any], Callable[[UnitOfWork, list[Any]], Awaitable[None]]]:
+    def handler_of(
+        self, topic: str
+    ) -> tuple[Callable[[bytes], Any], Callable[[UnitOfWork, list[Any]], Awaitable[None]]]:
         """How the service parses and handles `topic`'s messages: to handle kept ones again inside another
         transaction (exchange_rates.book_waiting); the caller claims them in the inbox."""
         subscription = self._subscriptions[self.settings.topic(topic)]

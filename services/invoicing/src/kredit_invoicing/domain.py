@@ -22,7 +22,7 @@ from kredit_shared.contracts import (
     content_fingerprint,
     derived_message_id,
 )
-from kredit_shared.currencies import NoExchangeRate, Rates, RateNotSet, round_to, to_accounting
+from kredit_shared.currencies import NoExchangeRate, RateNotSet, Rates, round_to, to_accounting
 from kredit_shared.money import MAX_AMOUNT, ZERO
 
 INVOICE_VOUCHER_PREFIX = "FTI-"  # as in the source: invoice 10020 is voucher FTI-10020

@@ -14,13 +14,13 @@ from kredit_settlement.domain.model import (
     Accounts,
     Mark,
     OpenTransaction,
+    PaymentAwaitsRate,
     RejectedMark,
     SettlementError,
-    PaymentAwaitsRate,
     SettlementParameters,
     TransactionRejected,
 )
-from kredit_shared.currencies import NoExchangeRate, Rates, RateNotSet
+from kredit_shared.currencies import NoExchangeRate, RateNotSet, Rates
 
 
 def admit_transaction(
