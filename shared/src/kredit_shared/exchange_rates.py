@@ -12,7 +12,6 @@ transaction, through the service's own handler of its topic, so nobody has to re
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 from sqlalchemy import Index, delete, event, exists
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -71,7 +71,7 @@ class WaitingDocumentRow(SQLModel, table=True):
 DOCUMENTS_WAITING_FOR_RATE = Counter(
     "kredit_documents_waiting_for_rate_total",
     "Documents refused for want of an exchange rate: kept, then booked when their rate arrived (or rejected "
-    "again for another reason, or already_processed by a replay of their dead letter)",
+    "again for another reason, already_processed by a replay of their dead letter, or failed: a bug)",
     ["service", "topic", "outcome"],
 )
 
@@ -140,10 +140,9 @@ async def record_rates(
 
 
 async def book_waiting(uow: UnitOfWork, handler_of: HandlerOf) -> None:
-    """Handle again, in the order they arrived, the kept documents whose currency now has a rate on or before
-    their date, each topic's through the service's handler of it, in the caller's transaction. Each is claimed
-    in the inbox first: one whose dead letter was replayed and processed meanwhile is skipped, and a replay
-    after this is a duplicate. Their rows go, booked or rejected again (then for another reason)."""
+    """Handle again, one by one in the order they arrived, the kept documents whose currency now has a rate on or
+    before their date, each through the service's handler of its topic, in the caller's transaction. Their rows
+    go, booked or rejected again (then for another reason, dead-lettered by the handler)."""
     session = uow.session
     covered = exists().where(
         col(ExchangeRateRow.currency) == col(WaitingDocumentRow.currency),
@@ -154,28 +153,33 @@ async def book_waiting(uow: UnitOfWork, handler_of: HandlerOf) -> None:
     if not rows:
         return
     await session.exec(delete(WaitingDocumentRow).where(waiting[0].in_([row_id for row_id, _, _ in rows])))
-    for topic, group in itertools.groupby(rows, key=lambda row: row[1]):  # runs of one topic, in arrival order
+    for _, topic, message in rows:
         parse, handle = handler_of(topic)
-        documents = [parse(message.encode()) for _, _, message in group]
-        claimed = await inbox.claim(session, uow.group_id, topic, documents)
-        _count_on_commit(uow, topic, "already_processed", len(documents) - len(claimed.fresh))
-        if not claimed.fresh:
-            continue
-        before = len(uow.rejected)
-        await handle(uow, claimed.fresh)
-        rejected = {id(r.message) for r in uow.rejected[before:]}  # refused again: dead-lettered by the handler
-        booked = [d.message_id for d in claimed.fresh if id(d) not in rejected]
-        _count_on_commit(uow, topic, "rejected", len(claimed.fresh) - len(booked))
-        _count_on_commit(uow, topic, "booked", len(booked))
-        for message_id in booked:
-            _on_commit(
-                uow,
-                log.info,
-                "%s: %s %s waited for its exchange rate and is booked now",
-                uow.service,
-                topic,
-                message_id,
-            )
+        document = parse(message.encode())
+        try:
+            # A document its handler fails on (a bug) must not hold back the rates, nor the others: it alone
+            # is undone, and its dead letter stays for a replay once the bug is fixed.
+            async with uow.savepoint():
+                outcome = await _book(uow, topic, document, handle)
+        except DBAPIError:
+            raise  # the database's trouble, not the document's: the runtime retries the batch
+        except Exception:
+            log.exception("%s: %s %s waited for its exchange rate and failed", uow.service, topic, document.message_id)
+            outcome = "failed"
+        _count_on_commit(uow, topic, outcome, 1)
+        if outcome == "booked":
+            info = "%s: %s %s waited for its exchange rate and is booked now"
+            _on_commit(uow, log.info, info, uow.service, topic, document.message_id)
+
+
+async def _book(uow: UnitOfWork, topic: str, document: Any, handle: HandleBatch) -> str:
+    """Claim the document in the inbox, as the consumer does, and handle it: one whose dead letter was replayed
+    and processed meanwhile is passed over, and a replay after this is a duplicate."""
+    if not (await inbox.claim(uow.session, uow.group_id, topic, [document])).fresh:
+        return "already_processed"
+    rejected = len(uow.rejected)
+    await handle(uow, [document])
+    return "rejected" if len(uow.rejected) > rejected else "booked"
 
 
 def subscribe(runtime: ServiceRuntime) -> None:

@@ -128,6 +128,18 @@ class UnitOfWork:
         self.dead_letter(source_topic, message, reason)
         self.rejected.append(Rejection(source_topic, message, self.records.get(id(message)), reason, self._outbox[-1]))
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A part of the transaction that may fail alone: if the block raises, what it wrote and queued (messages,
+        dead letters, rejections) is undone, and the exception goes on."""
+        queued, rejected, emitted = list(self._outbox), list(self.rejected), self.emitted
+        try:
+            async with self.session.begin_nested():
+                yield
+        except BaseException:
+            self._outbox, self.rejected, self.emitted = queued, rejected, emitted
+            raise
+
     def emit_dead_letter(self, letter: outbox.DeadLetter, message_id: str) -> None:
         self._outbox.append(outbox.dead_letter_row(letter, message_id))
         self.emitted += 1

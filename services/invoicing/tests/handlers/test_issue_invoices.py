@@ -22,7 +22,7 @@ from kredit_shared.contracts import (
     ExchangeRateSet,
     dead_letter_topic,
 )
-from kredit_shared.exchange_rates import WaitingDocumentRow, record_rates
+from kredit_shared.exchange_rates import ExchangeRateRow, WaitingDocumentRow, record_rates
 from kredit_shared.testing import HandlerDatabase
 
 DEMO = load_company_setup()
@@ -209,3 +209,21 @@ async def test_a_kept_invoice_replayed_before_its_rate_books_it_is_not_booked_tw
     assert await db.all(select(WaitingDocumentRow)) == []
     [row] = await db.all(select(InvoiceRow))
     assert (row.exchange_rate, row.accounting_total) == (Decimal("1.10"), Decimal("110.00"))
+
+
+async def test_a_kept_invoice_its_handler_fails_on_holds_back_neither_the_rate_nor_the_others(db):
+    await issue(db, invoice("E-4", currency="EUR"), invoice("E-5", currency="EUR"))
+
+    async def failing_on_e4(uow, fresh):
+        await issue_invoices(uow, fresh, DEMO)  # writes and emits, then fails: all of it undone
+        if fresh[0].invoice_id == "E-4":
+            raise RuntimeError("a bug")
+
+    handle = (CustomerInvoiceIssued.model_validate_json, failing_on_e4)
+    rates = partial(record_rates, handler_of={ERP_CUSTOMER_INVOICES: handle}.get)
+    handled = await db.deliver(GL_EXCHANGE_RATES, [eur_rate("2015-06-01")], rates)
+
+    assert [e.key for e in handled.on(GL_JOURNAL_LINES)] == ["FTI-E-5"]
+    assert [row.invoice_id for row in await db.all(select(InvoiceRow))] == ["E-5"]
+    assert [row.currency for row in await db.all(select(ExchangeRateRow))] == ["EUR"]
+    assert await db.all(select(WaitingDocumentRow)) == []  # its dead letter stays, to replay once fixed
