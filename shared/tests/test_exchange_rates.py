@@ -3,11 +3,13 @@ through a runtime on a real broker, the documents kept for a rate booked when it
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import date
 from decimal import Decimal
 
+import pytest
 from prometheus_client import REGISTRY
 from sqlmodel import Field, SQLModel, select
 
@@ -21,13 +23,16 @@ from kredit_shared.contracts import (
     dead_letter_topic,
 )
 from kredit_shared.currencies import RateNotSet
+from kredit_shared.database import create_engine, create_session_factory, create_tables
 from kredit_shared.exchange_rates import (
     BOOKED_WHEN_RATE_IS_SET,
+    RateRecordedMeanwhile,
     WaitingDocumentRow,
     keep_until_rate,
     load_rates,
     record_rates,
 )
+from kredit_shared.migrations import SHARED_TABLES
 from kredit_shared.service import ServiceRuntime, UnitOfWork
 from kredit_shared.settings import ServiceSettings
 from kredit_shared.testing import TopicProbe, handler_database, isolated_kafka, publish, serve
@@ -133,3 +138,52 @@ async def test_a_service_books_the_invoices_kept_for_a_rate_when_it_arrives_and_
     assert consumed(service, GL_EXCHANGE_RATES, "processed") == 1
     assert consumed(service, GL_EXCHANGE_RATES, "duplicate") == 0
     assert consumed(service, ERP_CUSTOMER_INVOICES, "dead_lettered") == 3
+
+
+async def test_on_postgresql_a_document_kept_while_another_replica_records_its_rate_is_not_missed(database_url):
+    """Two replicas at once (two transactions): the rate waits for the document kept first and books it; a
+    document kept after the rate was recorded (its rates read before) fails, to be handled again and booked."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer: its transactions cannot interleave so")
+    engine = create_engine(database_url)
+    await create_tables(engine, [*SHARED_TABLES, KeptInvoice.__table__])
+    sessions = create_session_factory(engine)
+    handler_of = {ERP_CUSTOMER_INVOICES: (CustomerInvoiceIssued.model_validate_json, take_invoices)}.get
+
+    async def record(currency: str) -> None:
+        async with sessions() as session, session.begin():
+            rate = ExchangeRateSet(currency=currency, from_date="2026-02-01", rate="1.10")
+            await record_rates(UnitOfWork(session, group_id="g"), [rate], handler_of)
+
+    async def keep(uow: UnitOfWork, invoice_id: str, currency: str) -> None:
+        invoice = CustomerInvoiceIssued.model_validate_json(euro_invoice(invoice_id)).model_copy(
+            update={"currency": currency}
+        )
+        await keep_until_rate(uow, ERP_CUSTOMER_INVOICES, invoice, currency, invoice.invoice_date, "no rate")
+
+    async def keep_alone(invoice_id: str, currency: str) -> None:
+        async with sessions() as session, session.begin():
+            await keep(UnitOfWork(session, group_id="g"), invoice_id, currency)
+
+    try:
+        async with sessions() as session, session.begin():
+            await keep(UnitOfWork(session, group_id="g"), "E-1", "EUR")
+            recording = asyncio.create_task(record("EUR"))
+            await asyncio.sleep(0.5)
+            assert not recording.done(), "the rate waits for the document being kept"
+        await recording
+        async with sessions() as session:
+            assert [i.invoice_id for i in (await session.exec(select(KeptInvoice))).all()] == ["E-1"]
+
+        async with sessions() as session, session.begin():
+            gbp = ExchangeRateSet(currency="GBP", from_date="2026-02-01", rate="1.25")
+            await record_rates(UnitOfWork(session, group_id="g"), [gbp], handler_of)
+            keeping = asyncio.create_task(keep_alone("G-1", "GBP"))
+            await asyncio.sleep(0.5)
+            assert not keeping.done(), "the document waits for the rate being recorded"
+        with pytest.raises(RateRecordedMeanwhile):
+            await keeping
+        async with sessions() as session:
+            assert (await session.exec(select(WaitingDocumentRow))).all() == []
+    finally:
+        await engine.dispose()

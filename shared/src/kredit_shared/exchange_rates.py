@@ -19,7 +19,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
-from sqlalchemy import Index, delete, event, exists
+from sqlalchemy import Index, delete, event, exists, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -75,6 +75,9 @@ DOCUMENTS_WAITING_FOR_RATE = Counter(
     ["service", "topic", "outcome"],
 )
 
+# Keeping documents and recording rates take turns on PostgreSQL (_take_turns).
+WAITING_LOCK_KEY = 0x6B726174  # "krat"
+
 BOOKED_WHEN_RATE_IS_SET = "It will be booked automatically when a rate for it is set over HTTP; a replay is not needed."
 
 # How the service parses and handles a topic's messages (ServiceRuntime.handler_of): how a kept document is booked.
@@ -83,11 +86,36 @@ HandleBatch = Callable[["UnitOfWork", list[Any]], Awaitable[None]]
 HandlerOf = Callable[[str], tuple[Parse, HandleBatch]]
 
 
+class RateRecordedMeanwhile(Exception):
+    """A rate for the document being kept was recorded after its handler read the rates (by another replica):
+    the runtime handles the message again (a failure: its batch goes one by one, each retried), and then it is
+    booked. Not retried without limit: were the handler's rates ever at odds with the table, the message would
+    end dead-lettered, not hold the consumer."""
+
+
+async def _take_turns(session: AsyncSession, exclusive: bool) -> None:
+    """On PostgreSQL, transactions keeping documents (shared) and recording rates (exclusive) take turns until
+    they commit, so no document is kept unseen by a rate recorded at the same moment by another replica: the
+    rates' transaction sees every document kept before it, one keeping a document every rate recorded before it
+    (READ COMMITTED). SQLite has one writer, and every handler writes (its inbox entries) before it reads."""
+    if session.get_bind().dialect.name == "postgresql":
+        lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        await session.exec(text(f"SELECT {lock}({WAITING_LOCK_KEY})"))
+
+
 async def keep_until_rate(
     uow: UnitOfWork, topic: str, message: ContractMessage, currency: str, on: dt.date, reason: str
 ) -> None:
     """Dead-letter a document refused only because no `currency` rate is known for `on` (the contract's answer,
     at once, with `reason`), and keep it: `record_rates` books it when a rate that covers it arrives."""
+    await _take_turns(uow.session, exclusive=False)
+    stored = select(col(ExchangeRateRow.from_date)).where(
+        col(ExchangeRateRow.currency) == currency, col(ExchangeRateRow.from_date) <= on
+    )
+    if (await uow.session.exec(stored.limit(1))).first() is not None:
+        raise RateRecordedMeanwhile(
+            f"a {currency} rate for {on} was recorded while {topic} {message.message_id} waited"
+        )
     uow.reject(topic, message, f"{reason}. {BOOKED_WHEN_RATE_IS_SET}")
     row = {
         "topic": topic,
@@ -118,6 +146,7 @@ async def record_rates(
     Then book the kept documents a rate now covers (`book_waiting`), unless `handler_of` is None."""
     latest = {(m.currency, m.from_date): m for m in messages}  # in fetch order: a key's messages in order
     session = uow.session
+    await _take_turns(session, exclusive=True)
     query = select(ExchangeRateRow).where(col(ExchangeRateRow.currency).in_(sorted({c for c, _ in latest})))
     existing = {(row.currency, row.from_date): row for row in (await session.exec(query)).all()}
     new = []
