@@ -100,7 +100,7 @@ async def _take_turns(session: AsyncSession, exclusive: bool) -> None:
     (READ COMMITTED). SQLite has one writer, and every handler writes (its inbox entries) before it reads."""
     if session.get_bind().dialect.name == "postgresql":
         lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-        await session.exec(text(f"SELECT {lock}({WAITING_LOCK_KEY})"))
+        await (await session.connection()).execute(text(f"SELECT {lock}({WAITING_LOCK_KEY})"))
 
 
 async def keep_until_rate(
