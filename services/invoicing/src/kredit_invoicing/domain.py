@@ -102,8 +102,8 @@ def post_invoice(message: CustomerInvoiceIssued, setup: CompanySetup, rates: Rat
         rate = rates.resolve(
             message.currency, message.invoice_date, message.exchange_rate, document=f"invoice {message.invoice_id}"
         )
-    except RateNotSet as e:
-        raise InvoiceAwaitsRate(str(e), e.currency, e.on) from None  # the reason names the invoice already
+    except RateNotSet as e:  # only a rate is missing: a rate set later books it (the reasons name the invoice)
+        raise InvoiceAwaitsRate(str(e), e.currency, e.on) from None
     except NoExchangeRate as e:
         raise InvoiceRejected(str(e)) from None
     try:
