@@ -23,6 +23,7 @@ from kredit_shared.contracts import (
 )
 from kredit_shared.currencies import (
     NoExchangeRate,
+    RateNotSet,
     Rates,
     check_precision,
     minor_units,
@@ -127,6 +128,17 @@ def test_no_rate_says_what_is_missing():
         RATES.resolve("EUR", date(2025, 12, 31), document="invoice X1")
     with pytest.raises(NoExchangeRate, match="no GBP rate"):
         RATES.resolve("GBP", date(2026, 2, 1))
+
+
+def test_a_missing_rate_names_its_currency_and_date_and_a_wrong_one_is_another_refusal():
+    """RateNotSet: a rate set later books the document (exchange_rates keeps it); a rate other than 1 for the
+    accounting currency is wrong whatever comes later."""
+    with pytest.raises(RateNotSet) as missing:
+        RATES.resolve("EUR", date(2025, 12, 31))
+    assert (missing.value.currency, missing.value.on) == ("EUR", date(2025, 12, 31))
+    with pytest.raises(NoExchangeRate) as wrong:
+        RATES.resolve("USD", date(2026, 2, 1), D("1.10"))
+    assert not isinstance(wrong.value, RateNotSet)
 
 
 def test_the_accounting_currency_is_always_at_one():

@@ -1,10 +1,11 @@
-"""The outbox relay keeps order and gauges its backlog cheaply; retention keeps the outbox and inbox small."""
+"""The outbox relay keeps order and gauges its backlog cheaply; retention keeps the outbox, the inbox and the
+documents waiting for an exchange rate small."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import date, timedelta
 
 from prometheus_client import REGISTRY
 from sqlalchemy import insert
@@ -13,6 +14,7 @@ from sqlmodel import select
 from kredit_shared import outbox, retention
 from kredit_shared.contracts import GL_JOURNAL_LINES
 from kredit_shared.database import create_engine, create_session_factory, create_tables
+from kredit_shared.exchange_rates import WaitingDocumentRow
 from kredit_shared.inbox import ProcessedMessage
 from kredit_shared.outbox import OutboxMessage, utcnow
 from kredit_shared.service import ServiceRuntime
@@ -39,6 +41,17 @@ def inbox_row(message_id: str, days_ago: float) -> dict:
     return {"consumer": "c", "message_id": message_id, "topic": "t", "processed_at": utcnow() - days_ago * DAY}
 
 
+def waiting_row(message_id: str, days_ago: float) -> dict:
+    return {
+        "topic": "t",
+        "message_id": message_id,
+        "currency": "EUR",
+        "document_date": date(2026, 3, 1),
+        "message": "{}",
+        "kept_at": utcnow() - days_ago * DAY,
+    }
+
+
 def deleted_so_far(service: str, table: str) -> float:
     return REGISTRY.get_sample_value("kredit_retention_deleted_total", {"service": service, "table": table}) or 0.0
 
@@ -51,7 +64,7 @@ async def test_published_outbox_rows_and_inbox_entries_older_than_the_period_are
     engine = create_engine(database_url)
     sessions = create_session_factory(engine)
     try:
-        await create_tables(engine, [OutboxMessage.__table__, ProcessedMessage.__table__])
+        await create_tables(engine, [OutboxMessage.__table__, ProcessedMessage.__table__, WaitingDocumentRow.__table__])
         async with sessions() as session, session.begin():
             connection = await session.connection()
             rows = [outbox_row(f"old-{n}", 9, 8) for n in range(5)]  # published 8 days ago: go
@@ -59,15 +72,20 @@ async def test_published_outbox_rows_and_inbox_entries_older_than_the_period_are
             await connection.execute(insert(OutboxMessage.__table__), rows)
             inbox = [inbox_row(f"old-{n}", 8) for n in range(3)] + [inbox_row(f"new-{n}", 1) for n in range(2)]
             await connection.execute(insert(ProcessedMessage.__table__), inbox)
+            waiting = [waiting_row(f"old-{n}", 8) for n in range(3)] + [waiting_row("new", 6)]
+            await connection.execute(insert(WaitingDocumentRow.__table__), waiting)
 
-        assert await retention.delete_expired(settings, sessions) == {"outbox": 5, "inbox": 3}
+        assert await retention.delete_expired(settings, sessions) == {"outbox": 5, "inbox": 3, "waiting_for_rate": 3}
 
         async with sessions() as session:
             assert sorted((await session.exec(select(OutboxMessage.key))).all()) == ["recent", "unsent"]
             assert sorted((await session.exec(select(ProcessedMessage.message_id))).all()) == ["new-0", "new-1"]
+            assert (await session.exec(select(WaitingDocumentRow.message_id))).all() == ["new"]
         assert deleted_so_far(service, "outbox_message") == 5
         assert deleted_so_far(service, "inbox_processed_message") == 3
-        assert await retention.delete_expired(settings, sessions) == {"outbox": 0, "inbox": 0}
+        assert deleted_so_far(service, "document_waiting_for_rate") == 3
+        expected = {"outbox": 0, "inbox": 0, "waiting_for_rate": 0}
+        assert await retention.delete_expired(settings, sessions) == expected
     finally:
         await engine.dispose()
 

@@ -140,7 +140,27 @@ async def test_a_kwd_invoice_and_its_discounted_payment_are_settled_to_the_fils_
     assert all(D(r["accounting_currency_balance"]) == 0 for r in rows)
 
 
-async def test_a_rate_set_over_http_books_a_document_that_states_none(stack):
+async def test_an_invoice_that_overtakes_its_rate_is_dead_lettered_then_booked_when_the_rate_is_set(stack):
+    """The GBP invoice states no rate and comes first: dead-lettered at once (the contract), and kept; the rate
+    set over HTTP afterwards reaches invoicing on gl.exchange-rates, which books the invoice at it (no replay)."""
+    before = await balances(stack)
+    dlq = stack.topic_prefix + dead_letter_topic(ERP_CUSTOMER_INVOICES)
+    async with TopicProbe(stack.bootstrap_servers, [dlq]) as probe:
+        await stack.erp_invoice(
+            invoice_id="FX-GBP-1",
+            customer_account="FX-4002",
+            invoice_date="2026-02-01",
+            currency="GBP",
+            lines=[{"amount": "200.00"}],
+        )
+        [letter] = await probe.wait_for(lambda r: json.loads(r.value).get("invoice_id") == "FX-GBP-1", timeout=20)
+    assert letter.headers["x-dlq-reason"] == (
+        "invoice FX-GBP-1 is in GBP and states no exchange_rate, and there is no GBP rate for 2026-02-01 (send "
+        "exchange_rate, or set a rate: docs/currencies.md). It will be booked automatically when a rate for it is "
+        "set over HTTP; a replay is not needed."
+    )
+    assert moved(before, await balances(stack)) == {}
+
     answer = await stack.ledger.put("/api/v1/exchange-rates/GBP/2026-01-01", json={"rate": "1.25"})
     assert answer.status_code == 200, answer.text
     listed = (await stack.ledger.get("/api/v1/exchange-rates", params={"currency": "GBP"})).json()
@@ -148,33 +168,8 @@ async def test_a_rate_set_over_http_books_a_document_that_states_none(stack):
         ("GBP", "2026-01-01", "1.25", "api")
     ]
 
-    # The rate reaches invoicing on gl.exchange-rates; an invoice that overtakes it is dead-lettered (and
-    # could be replayed), so the test sends a new one until one is booked.
-    dlq = stack.topic_prefix + dead_letter_topic(ERP_CUSTOMER_INVOICES)
-    async with TopicProbe(stack.bootstrap_servers, [dlq]) as probe:
-        for attempt in range(20):
-            before = await balances(stack)
-            invoice_id = f"FX-GBP-{attempt}"
-            await stack.erp_invoice(
-                invoice_id=invoice_id,
-                customer_account="FX-4002",
-                invoice_date="2026-02-01",
-                currency="GBP",
-                lines=[{"amount": "200.00"}],
-            )
-
-            async def booked_or_refused(invoice_id=invoice_id, before=before):
-                if moved(before, await balances(stack)):
-                    return "booked"
-                await probe.settle(0.1)  # read what has arrived on the dead-letter topic
-                refused = any(json.loads(r.value).get("invoice_id") == invoice_id for r in probe.records)
-                return "refused" if refused else None
-
-            if await eventually(booked_or_refused, timeout=20) == "booked":
-                break
-        else:
-            raise AssertionError("invoicing never booked a GBP invoice at the rate set over HTTP")
-    assert moved(before, await balances(stack)) == {"130100": D("250.00"), "401100": D("-250.00")}
+    # GBP 200.00 at 1.25
+    await settled_in_ledger(stack, before, {"130100": D("250.00"), "401100": D("-250.00")})
 
 
 async def test_a_rate_for_the_accounting_currency_is_refused(stack):
@@ -196,8 +191,11 @@ async def test_a_foreign_invoice_without_any_rate_is_dead_lettered_with_the_reas
             lines=[{"amount": "100.00"}],
         )
         [letter] = await probe.wait_for(lambda r: json.loads(r.value).get("invoice_id") == "FX-CHF-1", timeout=20)
-    assert "states no exchange_rate" in letter.headers["x-dlq-reason"]
-    assert "CHF" in letter.headers["x-dlq-reason"]
+    assert letter.headers["x-dlq-reason"] == (
+        "invoice FX-CHF-1 is in CHF and states no exchange_rate, and there is no CHF rate for 2026-02-01 (send "
+        "exchange_rate, or set a rate: docs/currencies.md). It will be booked automatically when a rate for it is "
+        "set over HTTP; a replay is not needed."
+    )
 
 
 async def test_a_foreign_balance_is_written_off_at_the_write_off_dates_rate_with_the_difference_realized(stack):

@@ -154,6 +154,16 @@ class NoExchangeRate(ValueError):
     """A document in a foreign currency with no rate given and none set up for its date."""
 
 
+class RateNotSet(NoExchangeRate):
+    """No rate is known for `currency` on `on` (yet): a rate set later for that date books the document
+    (kredit_shared.exchange_rates keeps it until then)."""
+
+    def __init__(self, reason: str, currency: str, on: date) -> None:
+        super().__init__(reason)
+        self.currency = currency
+        self.on = on
+
+
 def rate_on(periods: Sequence[RatePeriod], on: date) -> Decimal | None:
     """The rate of the latest period starting on or before `on`."""
     started = [p for p in periods if p.from_date <= on]
@@ -182,9 +192,11 @@ def resolve_rate(
         return given
     found = rate_on(rates.get(currency, ()), on)
     if found is None:
-        raise NoExchangeRate(
+        raise RateNotSet(
             f"{document} is in {currency} and states no exchange_rate, and there is no {currency} rate "
-            f"for {on.isoformat()} (send exchange_rate, or set a rate: docs/currencies.md)"
+            f"for {on.isoformat()} (send exchange_rate, or set a rate: docs/currencies.md)",
+            currency,
+            on,
         )
     return found
 

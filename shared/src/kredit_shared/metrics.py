@@ -42,6 +42,6 @@ CONSUMER_LAG = Gauge(
 )
 RETENTION_DELETED = Counter(
     "kredit_retention_deleted_total",
-    "Rows deleted by the retention job: published outbox rows and old inbox entries",
+    "Rows deleted by the retention job: published outbox rows, old inbox entries, documents kept for a rate",
     ["service", "table"],
 )

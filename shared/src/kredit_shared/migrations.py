@@ -37,12 +37,14 @@ log = logging.getLogger(__name__)
 
 INITIAL_REVISION = "0001"
 
-# The tables every service has besides its own: the outbox, the inbox, the audit trail and the exchange rates.
+# The tables every service has besides its own: the outbox, the inbox, the audit trail, the exchange rates and the
+# documents waiting for one.
 SHARED_TABLES = [
     table_of(outbox.OutboxMessage),
     table_of(inbox.ProcessedMessage),
     table_of(audit.AuditEntry),
     table_of(exchange_rates.ExchangeRateRow),
+    table_of(exchange_rates.WaitingDocumentRow),
 ]
 
 

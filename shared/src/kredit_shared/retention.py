@@ -1,4 +1,5 @@
-"""Retention: published outbox rows and old inbox entries are deleted, so neither table grows forever.
+"""Retention: published outbox rows, old inbox entries and documents that waited too long for an exchange rate
+are deleted, so no table grows forever.
 
 Every service runs `run_forever` (ServiceRuntime starts it). Rows go in small batches, one transaction
 each, so no delete holds a lock (SQLite's one write lock, PostgreSQL's row locks) for long; replicas
@@ -18,6 +19,7 @@ from sqlmodel import SQLModel, col, select
 
 from kredit_shared import metrics
 from kredit_shared.database import SessionFactory
+from kredit_shared.exchange_rates import WaitingDocumentRow
 from kredit_shared.inbox import ProcessedMessage
 from kredit_shared.outbox import OutboxMessage, utcnow
 from kredit_shared.settings import ServiceSettings
@@ -26,8 +28,9 @@ log = logging.getLogger(__name__)
 
 
 async def delete_expired(settings: ServiceSettings, sessions: SessionFactory) -> dict[str, int]:
-    """Delete outbox rows published, and inbox entries recorded, more than `retention_days` ago;
-    returns how many of each."""
+    """Delete outbox rows published, inbox entries recorded, and documents kept for a rate (exchange_rates;
+    their dead letter told someone, and a rate may never come), more than `retention_days` ago; returns how
+    many of each."""
     cutoff = utcnow() - timedelta(days=settings.retention_days)
     limit = settings.retention_batch_size
     published = select(col(OutboxMessage.id)).where(col(OutboxMessage.published_at) < cutoff).limit(limit)
@@ -35,9 +38,13 @@ async def delete_expired(settings: ServiceSettings, sessions: SessionFactory) ->
         col(ProcessedMessage.processed_at) < cutoff
     )
     inbox_key = tuple_(ProcessedMessage.consumer, ProcessedMessage.message_id)
+    waiting = select(col(WaitingDocumentRow.id)).where(col(WaitingDocumentRow.kept_at) < cutoff).limit(limit)
     return {
         "outbox": await _delete_in_batches(settings, sessions, OutboxMessage, OutboxMessage.id, published),
         "inbox": await _delete_in_batches(settings, sessions, ProcessedMessage, inbox_key, processed.limit(limit)),
+        "waiting_for_rate": await _delete_in_batches(
+            settings, sessions, WaitingDocumentRow, WaitingDocumentRow.id, waiting
+        ),
     }
 
 

@@ -76,6 +76,7 @@ class UnitOfWork:
 
     session: AsyncSession
     emitted: int = 0
+    service: str = ""  # the service's name, for metrics
     # The Kafka records the messages being handled came from (by id of the parsed message), so a
     # dead letter keeps the original bytes, headers and position.
     records: dict[int, ConsumerRecord] = field(default_factory=dict)
@@ -125,7 +126,19 @@ class UnitOfWork:
         Unlike a partial `dead_letter`, the message counts as not processed: the runtime releases its
         inbox entry, so a replay of it (`kredit dlq replay`) is processed once its cause is fixed."""
         self.dead_letter(source_topic, message, reason)
-        self.rejected.append(Rejection(message, self.records.get(id(message)), reason, self._outbox[-1]))
+        self.rejected.append(Rejection(source_topic, message, self.records.get(id(message)), reason, self._outbox[-1]))
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A part of the transaction that may fail alone: if the block raises, what it wrote and queued (messages,
+        dead letters, rejections) is undone, and the exception goes on."""
+        queued, rejected, emitted = list(self._outbox), list(self.rejected), self.emitted
+        try:
+            async with self.session.begin_nested():
+                yield
+        except BaseException:
+            self._outbox, self.rejected, self.emitted = queued, rejected, emitted
+            raise
 
     def emit_dead_letter(self, letter: outbox.DeadLetter, message_id: str) -> None:
         self._outbox.append(outbox.dead_letter_row(letter, message_id))
@@ -139,6 +152,9 @@ class UnitOfWork:
 
 @dataclass(frozen=True)
 class Rejection:
+    # The message's topic: not the batch's when a handler handles another topic's messages again
+    # (exchange_rates.book_waiting books kept invoices in a batch of rates).
+    topic: str
     message: ContractMessage
     record: ConsumerRecord | None
     reason: str
@@ -285,7 +301,9 @@ class ServiceRuntime:
     async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
         async with self.sessions() as session, session.begin():
             declared = frozenset(self.publications) or None
-            uow = UnitOfWork(session, group_id=self.settings.group_id, publishes=declared)
+            uow = UnitOfWork(
+                session, group_id=self.settings.group_id, publishes=declared, service=self.settings.service_name
+            )
             yield uow
         if uow.emitted and self.relay is not None:
             self.relay.wake()
@@ -320,6 +338,14 @@ class ServiceRuntime:
         self._subscriptions[self.settings.topic(topic)] = _Subscription(
             topic, parse, handle_batch=handle_batch, skip_own=skip_own
         )
+
+    def handler_of(
+        self, topic: str
+    ) -> tuple[Callable[[bytes], Any], Callable[[UnitOfWork, list[Any]], Awaitable[None]]]:
+        """How the service parses and handles `topic`'s messages: to handle kept ones again inside another
+        transaction (exchange_rates.book_waiting); the caller claims them in the inbox."""
+        subscription = self._subscriptions[self.settings.topic(topic)]
+        return subscription.parse, subscription.run
 
     def publishes(self, *topics: str) -> None:
         """Declare the contract topics the service's handlers and routes emit to (its AsyncAPI document)."""
@@ -505,14 +531,16 @@ class ServiceRuntime:
                 )
             if claimed.fresh:
                 await sub.run(uow, claimed.fresh)
-            rejected = len(uow.rejected)  # not processed, also when redelivered (then _release drops them)
+            # Not processed, also when redelivered (then _release drops them); a handler may reject messages of
+            # another topic it handled again (those were claimed by it, not counted here).
+            rejected = sum(r.topic == sub.topic for r in uow.rejected)
             if uow.rejected:
-                await self._release(uow, sub.topic)
+                await self._release(uow)
         for rejection in uow.rejected:
-            self._log_rejection(sub.topic, rejection)
+            self._log_rejection(rejection)
         return len(claimed.fresh) - rejected
 
-    async def _release(self, uow: UnitOfWork, topic: str) -> None:
+    async def _release(self, uow: UnitOfWork) -> None:
         """The messages the handler rejected whole are not processed: their inbox entries go, so a replay
         is handled. Their records' positions are kept instead, so a redelivery after a crash is not
         dead-lettered twice."""
@@ -520,13 +548,13 @@ class ServiceRuntime:
         for rejection in list(uow.rejected):
             if rejection.record is None:
                 continue
-            position = _dead_letter_position(topic, rejection.record)
-            if not await inbox.claim_key(uow.session, self.settings.group_id, topic, position):
+            position = _dead_letter_position(rejection.topic, rejection.record)
+            if not await inbox.claim_key(uow.session, self.settings.group_id, rejection.topic, position):
                 uow.withdraw(rejection.row)
                 uow.rejected.remove(rejection)
 
-    def _log_rejection(self, topic: str, rejection: Rejection) -> None:
-        record, message = rejection.record, rejection.message
+    def _log_rejection(self, rejection: Rejection) -> None:
+        topic, record, message = rejection.topic, rejection.record, rejection.message
         context = {"message_id": message.message_id}
         if isinstance(customer := getattr(message, "customer_account", None), str):
             context["customer_account"] = customer

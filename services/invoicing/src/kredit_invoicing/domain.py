@@ -23,7 +23,7 @@ from kredit_shared.contracts import (
     content_fingerprint,
     derived_message_id,
 )
-from kredit_shared.currencies import NoExchangeRate, Rates, round_to, to_accounting
+from kredit_shared.currencies import NoExchangeRate, RateNotSet, Rates, round_to, to_accounting
 from kredit_shared.money import MAX_AMOUNT, ZERO
 
 INVOICE_VOUCHER_PREFIX = "FTI-"  # as in the source: invoice 10020 is voucher FTI-10020
@@ -53,6 +53,15 @@ class InvoiceRejected(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class InvoiceAwaitsRate(InvoiceRejected):
+    """Rejected only because no rate is known for its `currency` on `on`: a rate set later books it."""
+
+    def __init__(self, reason: str, currency: str, on: date) -> None:
+        super().__init__(reason)
+        self.currency = currency
+        self.on = on
 
 
 @dataclass(frozen=True)
@@ -94,8 +103,10 @@ def post_invoice(message: CustomerInvoiceIssued, setup: CompanySetup, rates: Rat
         rate = rates.resolve(
             message.currency, message.invoice_date, message.exchange_rate, document=f"invoice {message.invoice_id}"
         )
+    except RateNotSet as e:  # only a rate is missing: a rate set later books it (the reasons name the invoice)
+        raise InvoiceAwaitsRate(str(e), e.currency, e.on) from None
     except NoExchangeRate as e:
-        raise InvoiceRejected(str(e)) from None  # the reason names the invoice already
+        raise InvoiceRejected(str(e)) from None
     try:
         return _post(message, setup, rate)
     except InvoiceRejected as e:

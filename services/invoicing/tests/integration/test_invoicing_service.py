@@ -249,7 +249,8 @@ BAD_INVOICES = {  # what the ERP sends -> the reason in the dead letter's x-dlq-
     "B10": (
         {"currency": "EUR"},
         "invoice B10 is in EUR and states no exchange_rate, and there is no EUR rate for 2015-06-25 "
-        "(send exchange_rate, or set a rate: docs/currencies.md)",
+        "(send exchange_rate, or set a rate: docs/currencies.md). It will be booked automatically when a rate for "
+        "it is set over HTTP; a replay is not needed.",
     ),
 }
 
@@ -462,7 +463,8 @@ async def test_an_eur_invoice_without_any_rate_is_dead_lettered_and_a_jpy_one_wi
         dead = await service.probe.wait_for(lambda r: r.topic == service.settings.topic(DLQ), count=2)
         assert {json.loads(r.value)["invoice_id"]: r.headers["x-dlq-reason"] for r in dead} == {
             "E-2": "invoice E-2 is in EUR and states no exchange_rate, and there is no EUR rate for 2015-06-25 "
-            "(send exchange_rate, or set a rate: docs/currencies.md)",
+            "(send exchange_rate, or set a rate: docs/currencies.md). It will be booked automatically when a rate "
+            "for it is set over HTTP; a replay is not needed.",
             # checked by the message's model validator, which the shared error text places at "message"
             "J-1": "invalid message: message: lines.0.amount 1000.50 JPY: the currency has no decimals",
         }

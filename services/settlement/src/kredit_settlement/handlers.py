@@ -42,6 +42,7 @@ from kredit_shared.contracts import (
     digest,
 )
 from kredit_shared.currencies import Rates
+from kredit_shared.exchange_rates import keep_until_rate
 from kredit_shared.service import Rejected, UnitOfWork
 
 M = TypeVar("M", CustomerTransactionPosted, CustomerPaymentReceived, JournalPosted)
@@ -328,6 +329,9 @@ async def _receive_payment(batch: _Batch, payment: CustomerPaymentReceived) -> N
             exchange_rate=rate,
             accounting_currency=setup.accounting_currency,
         )
+    except domain.PaymentAwaitsRate as e:  # dead-lettered, and booked when its rate arrives
+        await keep_until_rate(uow, ERP_CUSTOMER_PAYMENTS, payment, e.currency, e.on, str(e))
+        return
     except domain.TransactionRejected as e:
         raise Rejected(str(e)) from None
     if await _already_received(batch, payment):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
+from datetime import date
 from decimal import Decimal
+from functools import partial
 
 from sqlmodel import select
 
@@ -18,11 +20,14 @@ from kredit_shared.contracts import (
     AR_CUSTOMER_TRANSACTIONS,
     AR_SETTLEMENTS,
     ERP_CUSTOMER_PAYMENTS,
+    GL_EXCHANGE_RATES,
     GL_JOURNAL_LINES,
     CustomerPaymentReceived,
     CustomerTransactionPosted,
+    ExchangeRateSet,
     dead_letter_topic,
 )
+from kredit_shared.exchange_rates import WaitingDocumentRow, record_rates
 from kredit_shared.testing import HandlerDatabase
 
 SETUP = SettlementSetup.from_setup(load_company_setup())
@@ -238,3 +243,58 @@ async def test_pending_marks_settled_in_one_batch_of_invoices_take_distinct_disc
         ("5", "DISC-5-2"),
     ]
     assert await open_amounts(db) == {}
+
+
+def set_rates(db: HandlerDatabase, *rates: ExchangeRateSet):
+    """Rates arriving on gl.exchange-rates, in the service: the payments kept for them are booked."""
+    handle = (CustomerPaymentReceived.model_validate_json, partial(handlers.receive_payments, SETUP))
+    return db.deliver(GL_EXCHANGE_RATES, rates, partial(record_rates, handler_of={ERP_CUSTOMER_PAYMENTS: handle}.get))
+
+
+async def test_a_payment_without_a_rate_is_dead_lettered_kept_and_booked_with_its_marks_when_its_rate_arrives(db):
+    """EUR 1,000.00 invoiced at 1.10 (USD 1,100.00), paid in full on 1 July 2015 without a rate: kept until EUR's
+    rate for that date is set (1.20), then posted at it (USD 1,200.00) and settled, the 100.00 a realized gain."""
+    euro_invoice = CustomerTransactionPosted.model_validate(
+        invoice("E-1").model_dump()
+        | {"currency": "EUR", "exchange_rate": "1.10", "accounting_currency_amount": "1100.00", "cash_discounts": []}
+    )
+    await post_invoices(db, euro_invoice)
+    euros = payment("P-E-1", "1000.00", marks=[("E-1", None, "Normal")], currency="EUR")
+
+    refused = await pay(db, euros)
+
+    [dead] = refused.on(dead_letter_topic(ERP_CUSTOMER_PAYMENTS))
+    assert dead.reason == (
+        "payment P-E-1 is in EUR; payments are accepted in the accounting currency USD only, or in another currency "
+        "at a known exchange rate: payment P-E-1 is in EUR and states no exchange_rate, and there is no EUR rate for "
+        "2015-07-01 (send exchange_rate, or set a rate: docs/currencies.md). It will be booked automatically when a "
+        "rate for it is set over HTTP; a replay is not needed."
+    )
+    [kept] = await db.all(select(WaitingDocumentRow))
+    assert (kept.topic, kept.message_id, kept.currency, kept.document_date) == (
+        ERP_CUSTOMER_PAYMENTS,
+        euros.message_id,
+        "EUR",
+        date(2015, 7, 1),
+    )
+    # A rate for another currency, or for EUR from a date after the payment's, books nothing.
+    assert (await set_rates(db, ExchangeRateSet(currency="GBP", from_date="2015-06-01", rate="1.50"))).emitted == []
+    assert (await set_rates(db, ExchangeRateSet(currency="EUR", from_date="2015-07-02", rate="1.30"))).emitted == []
+    assert await open_amounts(db) == {"FTI-E-1": Decimal("1000.00")}
+
+    booked = await set_rates(db, ExchangeRateSet(currency="EUR", from_date="2015-07-01", rate="1.20"))
+
+    assert booked.rejected == []
+    [settled] = booked.on(AR_SETTLEMENTS)
+    body = settled.json()
+    assert (body["debit_voucher"], body["credit_voucher"], body["amount_settled"]) == ("FTI-E-1", "P-E-1", "1000.00")
+    assert (body["debit_accounting_amount"], body["credit_accounting_amount"]) == ("1100.00", "1200.00")
+    vouchers = {v.key: v.json() for v in booked.on(GL_JOURNAL_LINES)}
+    bank = vouchers["P-E-1"]["lines"][0]
+    assert (bank["account"], bank["debit"]) == ("110110", "1200.00")
+    assert await open_amounts(db) == {}  # the invoice and the payment settled each other
+    assert await db.all(select(WaitingDocumentRow)) == []
+
+    # Someone replays the dead letter anyway: a duplicate (the inbox has it), nothing happens.
+    replayed = await pay(db, euros)
+    assert (replayed.emitted, replayed.rejected) == ([], [])

@@ -14,12 +14,13 @@ from kredit_settlement.domain.model import (
     Accounts,
     Mark,
     OpenTransaction,
+    PaymentAwaitsRate,
     RejectedMark,
     SettlementError,
     SettlementParameters,
     TransactionRejected,
 )
-from kredit_shared.currencies import NoExchangeRate, Rates
+from kredit_shared.currencies import NoExchangeRate, RateNotSet, Rates
 
 
 def admit_transaction(
@@ -122,14 +123,18 @@ def admit_payment(
 
 def payment_rate(payment_id: str, currency: str, on: date, given: Decimal | None, rates: Rates) -> Decimal:
     """The rate a payment is booked at: the one it states, else the rate set for its currency on its date
-    (Rates.resolve); TransactionRejected saying why when there is none."""
+    (Rates.resolve); TransactionRejected saying why when there is none (PaymentAwaitsRate when only a rate for
+    its currency and date is missing)."""
     try:
         return rates.resolve(currency, on, given, document=f"payment {payment_id}")
     except NoExchangeRate as e:
-        raise TransactionRejected(
+        reason = (
             f"payment {payment_id} is in {currency}; payments are accepted in the accounting currency "
             f"{rates.accounting_currency} only, or in another currency at a known exchange rate: {e}"
-        ) from None
+        )
+        if isinstance(e, RateNotSet):
+            raise PaymentAwaitsRate(reason, e.currency, e.on) from None
+        raise TransactionRejected(reason) from None
 
 
 def refused_pending_marks(credit_note: OpenTransaction, payment_vouchers: Sequence[str]) -> list[str]:

@@ -32,6 +32,15 @@ class TransactionRejected(SettlementError):
     exchange accounts, ...); the message says why."""
 
 
+class PaymentAwaitsRate(TransactionRejected):
+    """A payment rejected only because no rate is known for its `currency` on `on`: a rate set later books it."""
+
+    def __init__(self, reason: str, currency: str, on: date) -> None:
+        super().__init__(reason)
+        self.currency = currency
+        self.on = on
+
+
 class MarkRejected(SettlementError):
     """A mark that cannot be settled. The payment still posts; the caller records the reason."""
 
