@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import ssl as ssl_module
+import time
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -39,6 +41,20 @@ def normalise_url(url: str) -> str:
 STATEMENT_TIMEOUT_SECONDS = 60
 
 
+def _journal_mode_wal(cursor: Any, attempts: int = 100) -> None:
+    """Switch a SQLite database to WAL. The switch needs the file to itself and SQLite does not wait for it:
+    replicas opening a new database file together (each migrating it at start) can find it busy for a moment,
+    so a busy switch is tried again; a database already in WAL mode answers at once."""
+    for attempt in range(attempts):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)  # in the driver's thread (aiosqlite), not the event loop
+
+
 def create_engine(
     url: str, ssl_mode: str = "prefer", ssl_root_cert: Path | None = None, *, pooled: bool = True
 ) -> AsyncEngine:
@@ -58,7 +74,7 @@ def create_engine(
         def _sqlite_pragmas(dbapi_connection, _record) -> None:
             # WAL lets the relay read while a handler writes; busy waits instead of failing.
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _journal_mode_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
