@@ -5,7 +5,7 @@ items saved, settled pairs recorded, customer transactions, OpenItemsSettled and
 The messages it emits are built with `model_construct`, without the contract's validators: those check input
 from other systems, and these messages are built from domain values already checked. Every field is given, even
 those with a default: pydantic fills a left-out one slowly (it inspects the default factory on each call). Every
-message a handler test emits is parsed as its consumers parse it (kredit_shared.testing.HandlerDatabase), and
+message a handler test emits is parsed as its consumers parse it (the handler tests' HandlerDatabase), and
 tests/unit/test_messages.py checks these builders against validation."""
 
 from __future__ import annotations
