@@ -256,10 +256,10 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup, rate: Decimal) ->
         (setup.customer_posting_profile.summary_account, total, label, message.customer_account)
     ]
     postings += revenue + [(setup.sales_tax_account, -tax, f"Sales tax, {label.lower()}", None)]
+    accounting = [amt for _, amt, _, _ in postings]
     if foreign:
-        accounting = convert_postings([amt for _, amt, _, _ in postings], rate, setup.accounting_currency)
-        accounting_total = accounting[0]
-        if accounting_total == 0:
+        accounting = convert_postings(accounting, rate, setup.accounting_currency)
+        if accounting[0] == 0:
             raise InvoiceRejected(
                 f"the total {total} {message.currency} at the exchange rate {rate:f} is 0.00 "
                 f"{setup.accounting_currency}: nothing to post"
@@ -270,34 +270,20 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup, rate: Decimal) ->
                 f"at the exchange rate {rate:f}, {abs(largest)} {setup.accounting_currency} is more than the "
                 f"largest amount {MAX_AMOUNT}"
             )
-        voucher_lines = [
-            VoucherLine.model_construct(
-                account=acc,
-                debit=max(acc_amt, ZERO),
-                credit=max(-acc_amt, ZERO),
-                text=text or label,
-                customer_account=cust,
-                transaction_currency=message.currency,
-                transaction_currency_amount=amt,
-            )
-            for (acc, amt, text, cust), acc_amt in zip(postings, accounting, strict=True)
-            if acc_amt != 0  # a tiny amount can be worth 0.00 in the accounting currency: the ledger refuses 0 lines
-        ]
-    else:
-        accounting_total = total
-        voucher_lines = [
-            VoucherLine.model_construct(
-                account=acc,
-                debit=max(amt, ZERO),
-                credit=max(-amt, ZERO),
-                text=text or label,
-                customer_account=cust,
-                transaction_currency=None,
-                transaction_currency_amount=None,
-            )
-            for acc, amt, text, cust in postings
-            if amt != 0
-        ]
+    accounting_total = accounting[0]  # the customer's line: the total
+    voucher_lines = [
+        VoucherLine.model_construct(
+            account=acc,
+            debit=max(acc_amt, ZERO),
+            credit=max(-acc_amt, ZERO),
+            text=text or label,
+            customer_account=cust,
+            transaction_currency=message.currency if foreign else None,
+            transaction_currency_amount=amt if foreign else None,
+        )
+        for (acc, amt, text, cust), acc_amt in zip(postings, accounting, strict=True)
+        if acc_amt != 0  # a tiny amount can be worth 0.00 in the accounting currency: the ledger refuses 0 lines
+    ]
 
     transaction = CustomerTransactionPosted.model_construct(
         message_id=_message_id(setup, voucher, CustomerTransactionPosted.topic),
