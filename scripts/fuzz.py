@@ -522,12 +522,21 @@ async def send_pair(producer: Any, case: Case, valid: dict, partition: int) -> s
         valid.get("customer_account") or valid.get("voucher") or valid.get("request_id") or valid.get("batch_number")
     )
     batch = producer.create_batch()
-    batch.append(
-        key=case.key.encode(), value=case.value, timestamp=None, headers=[(FUZZ_ID, fuzz_id.encode()), *case.headers]
-    )
-    batch.append(
-        key=valid_key.encode(), value=_json(valid), timestamp=None, headers=[(FUZZ_ID, f"valid-{fuzz_id}".encode())]
-    )
+    appended = [
+        batch.append(
+            key=case.key.encode(),
+            value=case.value,
+            timestamp=None,
+            headers=[(FUZZ_ID, fuzz_id.encode()), *case.headers],
+        ),
+        batch.append(
+            key=valid_key.encode(), value=_json(valid), timestamp=None, headers=[(FUZZ_ID, f"valid-{fuzz_id}".encode())]
+        ),
+    ]
+    # append answers None for a record the batch has no room for: it would never be sent (and the fuzzer would
+    # report its partner lost when it was the fuzzer that dropped it).
+    if None in appended:
+        raise RuntimeError(f"case {case.name!r}: the pair does not fit in one produce batch; raise max_batch_size")
     await (await producer.send_batch(batch, case.topic, partition=partition))
     return fuzz_id
 

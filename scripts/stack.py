@@ -273,8 +273,13 @@ class LocalStack:
     # --- Kafka ------------------------------------------------------------------------------
 
     async def producer(self) -> AIOKafkaProducer:
+        # A batch as large as a request: the fuzzer puts a 1.2 MB record and its valid partner in one batch.
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, max_request_size=4 * 1024 * 1024
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            linger_ms=5,
+            max_request_size=4 * 1024 * 1024,
+            max_batch_size=4 * 1024 * 1024,
         )
         await producer.start()
         return producer
