@@ -128,6 +128,9 @@ BAD_BODIES = [
         '{"calculate_cash_discounts_for_partial_payments": NaN}',
         "calculate_cash_discounts_for_partial_payments",
     ),
+    # A date in the path too, not a Unix timestamp (schemathesis found "0" accepted as 1970-01-01).
+    ("ledger-posting", "PUT", "/api/v1/exchange-rates/EUR/0", '{"rate": "1.10"}', "from_date"),
+    ("ledger-posting", "PUT", "/api/v1/exchange-rates/EUR/2026-02-30", '{"rate": "1.10"}', "from_date"),
 ]
 
 

@@ -16,7 +16,7 @@ from sqlmodel import select
 
 from kredit_shared.audit import AuditDep
 from kredit_shared.auth import PrincipalDep, Role, require
-from kredit_shared.contracts import ExchangeRateSet
+from kredit_shared.contracts import ExchangeRateSet, IsoDate
 from kredit_shared.currencies import ExchangeRate, unsupported_reason
 from kredit_shared.exchange_rates import ExchangeRateRow
 from kredit_shared.money import Currency
@@ -69,15 +69,15 @@ async def list_exchange_rates(
 )
 async def set_exchange_rate(
     currency: Currency,
-    from_date: dt.date,
+    from_date: IsoDate,  # YYYY-MM-DD only: a plain date would also take "0" (a Unix time) as 1970-01-01
     body: ExchangeRateIn,
     runtime: RuntimeDep,
     setup: SetupDep,
     principal: PrincipalDep,
     audit: AuditDep,
 ) -> ExchangeRateOut:
-    """Set the rate of `currency` from `from_date` on. Documents already booked keep their rate; a
-    dead-lettered document that lacked one can be replayed (`kredit dlq replay`) once it is set."""
+    """Set the rate of `currency` from `from_date` on. Documents already booked keep their rate; a document
+    that lacked one (dead-lettered and kept) is booked by its service once the rate reaches it."""
     if currency == setup.accounting_currency:
         raise HTTPException(422, f"{currency} is the accounting currency: its rate is always 1")
     if (reason := unsupported_reason(currency)) is not None:
