@@ -19,7 +19,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
-from sqlalchemy import Index, delete, event, exists, text
+from sqlalchemy import Index, delete, exists, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -126,17 +126,7 @@ async def keep_until_rate(
         "kept_at": utcnow(),
     }
     await insert_new(uow.session, WaitingDocumentRow, [row])  # a replay refused again is kept once
-    _count_on_commit(uow, topic, "kept", 1)
-
-
-def _count_on_commit(uow: UnitOfWork, topic: str, outcome: str, n: int) -> None:
-    """Count once the transaction commits, so a retried batch is not counted twice."""
-    if n:
-        _on_commit(uow, DOCUMENTS_WAITING_FOR_RATE.labels(uow.service, topic, outcome).inc, n)
-
-
-def _on_commit(uow: UnitOfWork, action: Callable[..., object], *args: object) -> None:
-    event.listen(uow.session.sync_session, "after_commit", lambda _session: action(*args), once=True)
+    uow.on_commit(DOCUMENTS_WAITING_FOR_RATE.labels(uow.service, topic, "kept").inc)
 
 
 async def record_rates(
@@ -195,10 +185,10 @@ async def book_waiting(uow: UnitOfWork, handler_of: HandlerOf) -> None:
         except Exception:
             log.exception("%s: %s %s waited for its exchange rate and failed", uow.service, topic, document.message_id)
             outcome = "failed"
-        _count_on_commit(uow, topic, outcome, 1)
+        uow.on_commit(DOCUMENTS_WAITING_FOR_RATE.labels(uow.service, topic, outcome).inc)
         if outcome == "booked":
             info = "%s: %s %s waited for its exchange rate and is booked now"
-            _on_commit(uow, log.info, info, uow.service, topic, document.message_id)
+            uow.on_commit(log.info, info, uow.service, topic, document.message_id)
 
 
 async def _book(uow: UnitOfWork, topic: str, document: Any, handle: HandleBatch) -> str:

@@ -128,6 +128,11 @@ class UnitOfWork:
         self.dead_letter(source_topic, message, reason)
         self.rejected.append(Rejection(source_topic, message, self.records.get(id(message)), reason, self._outbox[-1]))
 
+    def on_commit(self, action: Callable[..., object], *args: object) -> None:
+        """Run `action(*args)` once the transaction commits (a metric, a log line): a retried batch does not
+        count twice, and a rolled-back one not at all."""
+        event.listen(self.session.sync_session, "after_commit", lambda _session: action(*args), once=True)
+
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
         """A part of the transaction that may fail alone: if the block raises, what it wrote and queued (messages,

@@ -154,7 +154,7 @@ async def release_payment(setup: SettlementSetup, uow: UnitOfWork, payment_id: s
     rows = await pending_marks_of_payment(uow.session, payment_id)
     for row in rows:
         await uow.session.delete(row)
-    metrics.count_on_commit(uow.session, "released", len(rows))
+    metrics.count_on_commit(uow, "released", len(rows))
     await store.save([payment])
     transactions = [t for t in await store.of_customer(payment.customer_account) if t.voucher != payment_id]
     results = domain.settle_payment(payment, transactions, parameters=await parameters_of(uow.session, setup))

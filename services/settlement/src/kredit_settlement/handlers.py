@@ -192,7 +192,7 @@ async def _settle_waiting_credits(batch: _Batch, new: OpenTransaction, others: l
     pending = await _pending_marks(batch, new.invoice_id) if new.invoice_id else []
     for row in pending:
         await uow.session.delete(row)
-    metrics.count_on_commit(uow.session, "resolved", len(pending))
+    metrics.count_on_commit(uow, "resolved", len(pending))
     if not new.is_debit:
         return domain.refused_pending_marks(new, [row.payment_voucher for row in pending])
     payments = await store.of_customer(
@@ -409,7 +409,7 @@ def _keep_pending_marks(
                 cash_discount_amount=mark.cash_discount_amount,
             )
         )
-    metrics.count_on_commit(uow.session, "kept", len(waiting))
+    metrics.count_on_commit(uow, "kept", len(waiting))
     return len(waiting)
 
 

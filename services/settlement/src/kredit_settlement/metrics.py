@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import event
-from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kredit_shared.service import UnitOfWork
 
 PENDING_MARK_EVENTS = Counter(
     "kredit_settlement_pending_mark_events_total",
@@ -20,9 +20,7 @@ PENDING_WRITE_OFFS = Gauge(
 )
 
 
-def count_on_commit(session: AsyncSession, outcome: str, n: int) -> None:
+def count_on_commit(uow: UnitOfWork, outcome: str, n: int) -> None:
     """Count once the transaction commits, so a retried message is not counted twice."""
     if n:
-        event.listen(
-            session.sync_session, "after_commit", lambda _session: PENDING_MARK_EVENTS.labels(outcome).inc(n), once=True
-        )
+        uow.on_commit(PENDING_MARK_EVENTS.labels(outcome).inc, n)
