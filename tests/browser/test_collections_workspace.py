@@ -191,7 +191,14 @@ def test_a_pasted_token_signs_in_and_a_viewer_sees_the_limits_of_the_role_as_a_p
     page.click("#sign-in")
     expect(page.locator("#signed-in-as")).to_have_text("vera")
     page.goto(running_stack.url("/customers/4027"))
-    page.click("#write-off-form button[type=submit]")  # the form is shown; the server refuses it
+    # The dialog is shown, its button disabled with the reason; the server refuses the form all the same.
+    button = page.locator("#write-off-form button[type=submit]")
+    expect(button).to_be_disabled()
+    expect(page.locator("#write-off-role")).to_have_text(
+        "Writing off needs the role collector (or one that includes it); vera has viewer."
+    )
+    button.evaluate("b => { b.disabled = false; }")
+    button.click()
     expect(page.locator("main")).to_contain_text("this needs the role collector")
     shoot(page, tmp_path, "viewer-refused")
 

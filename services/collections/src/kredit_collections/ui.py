@@ -366,6 +366,7 @@ async def _customer_page(
     status_code: int = 200,
 ) -> HTMLResponse:
     today = dt.date.today()
+    principal = auth.principal_of(request)
     try:
         rows = await handlers.customer_transactions(session, account)
     except WriteOffError as e:
@@ -409,6 +410,8 @@ async def _customer_page(
         # With a foreign-currency transaction, the accounting-currency columns beside the transaction currency.
         accounting_currency=setup.accounting_currency,
         foreign=any(r.transaction.currency != setup.accounting_currency for r in rows),
+        # The dialog is shown to every role (what a write-off would take), but says up front who may send it.
+        may_write_off=principal is not None and principal.may(Role.collector),
     )
 
 
