@@ -8,6 +8,7 @@ import json
 import uuid
 from datetime import date
 from decimal import Decimal
+from functools import partial
 
 import pytest
 from prometheus_client import REGISTRY
@@ -26,6 +27,7 @@ from kredit_shared.currencies import RateNotSet
 from kredit_shared.database import create_engine, create_session_factory, create_tables
 from kredit_shared.exchange_rates import (
     BOOKED_WHEN_RATE_IS_SET,
+    ExchangeRateRow,
     RateRecordedMeanwhile,
     WaitingDocumentRow,
     keep_until_rate,
@@ -57,11 +59,11 @@ async def test_the_latest_rate_for_a_currency_and_date_wins_and_tops_the_setups(
     )
     async with handler_database([]) as db:
         await db.handle(
-            lambda uow: record_rates(uow, [rate("EUR", "2026-02-01", "1.08"), rate("GBP", "2026-01-01", "1.25")])
+            lambda uow: record_rates(uow, [rate("EUR", "2026-02-01", "1.08"), rate("GBP", "2026-01-01", "1.25")], "USD")
         )
         # A later message for the same currency and date replaces the rate, in its batch or a later one.
         await db.handle(
-            lambda uow: record_rates(uow, [rate("GBP", "2026-01-01", "1.26"), rate("GBP", "2026-01-01", "1.27")])
+            lambda uow: record_rates(uow, [rate("GBP", "2026-01-01", "1.26"), rate("GBP", "2026-01-01", "1.27")], "USD")
         )
         async with db.unit_of_work() as uow:
             rates = await load_rates(uow.session, setup)
@@ -69,6 +71,22 @@ async def test_the_latest_rate_for_a_currency_and_date_wins_and_tops_the_setups(
     assert rates.resolve("EUR", date(2026, 2, 15)) == D("1.08")  # set over HTTP for the setup's date: wins
     assert rates.resolve("GBP", date(2026, 3, 1)) == D("1.27")
     assert rates.resolve("USD", date(2026, 3, 1)) == D(1)
+
+
+async def test_a_rate_for_the_accounting_currency_is_dead_lettered_with_the_apis_reason_and_the_rest_recorded():
+    """Ledger-posting's API refuses it (422); a message carrying one all the same comes from another producer."""
+    async with handler_database([]) as db:
+        handled = await db.deliver(
+            GL_EXCHANGE_RATES,
+            [rate("USD", "2026-01-01", "1.10"), rate("EUR", "2026-01-01", "1.08")],
+            partial(record_rates, accounting_currency="USD"),
+        )
+        stored = await db.all(select(ExchangeRateRow))
+    assert handled.rejected == ["USD is the accounting currency: its rate is always 1"]
+    assert [(e.topic, e.reason) for e in handled.emitted] == [
+        (dead_letter_topic(GL_EXCHANGE_RATES), "USD is the accounting currency: its rate is always 1")
+    ]
+    assert [(row.currency, row.rate) for row in stored] == [("EUR", D("1.08"))]
 
 
 class KeptInvoice(SQLModel, table=True):
@@ -118,7 +136,7 @@ async def test_a_service_books_the_invoices_kept_for_a_rate_when_it_arrives_and_
     settings = ServiceSettings(service_name=service, http_port=0, database_url=database_url, **isolated_kafka(kafka))
     runtime = ServiceRuntime(settings, tables=[KeptInvoice.__table__])
     runtime.subscribe_batch(ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued.model_validate_json, take_invoices)
-    exchange_rates.subscribe(runtime)
+    exchange_rates.subscribe(runtime, "USD")
     dlq = settings.topic(dead_letter_topic(ERP_CUSTOMER_INVOICES))
     async with serve(runtime.http_app("rates")), TopicProbe(kafka.bootstrap_servers, [dlq]) as probe:
         for invoice_id in ("E-1", "REJECT-1"):
@@ -153,7 +171,7 @@ async def test_on_postgresql_a_document_kept_while_another_replica_records_its_r
     async def record(currency: str) -> None:
         async with sessions() as session, session.begin():
             rate = ExchangeRateSet(currency=currency, from_date="2026-02-01", rate="1.10")
-            await record_rates(UnitOfWork(session, group_id="g"), [rate], handler_of)
+            await record_rates(UnitOfWork(session, group_id="g"), [rate], "USD", handler_of)
 
     async def keep(uow: UnitOfWork, invoice_id: str, currency: str) -> None:
         invoice = CustomerInvoiceIssued.model_validate_json(euro_invoice(invoice_id)).model_copy(
@@ -177,7 +195,7 @@ async def test_on_postgresql_a_document_kept_while_another_replica_records_its_r
 
         async with sessions() as session, session.begin():
             gbp = ExchangeRateSet(currency="GBP", from_date="2026-02-01", rate="1.25")
-            await record_rates(UnitOfWork(session, group_id="g"), [gbp], handler_of)
+            await record_rates(UnitOfWork(session, group_id="g"), [gbp], "USD", handler_of)
             keeping = asyncio.create_task(keep_alone("G-1", "GBP"))
             await asyncio.sleep(0.5)
             assert not keeping.done(), "the document waits for the rate being recorded"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import partial
 
 import pytest
 from sqlmodel import select
@@ -19,7 +20,7 @@ async def test_a_handler_commits_its_state_and_messages_together_and_a_failure_r
     async with handler_database([], publishes=[RATE.topic]) as db:
 
         async def fails(uow):
-            await record_rates(uow, [RATE])
+            await record_rates(uow, [RATE], "USD")
             uow.emit(RATE)
             raise Rejected("no")
 
@@ -28,7 +29,7 @@ async def test_a_handler_commits_its_state_and_messages_together_and_a_failure_r
         assert (await db.all(select(ExchangeRateRow)), await db.emitted()) == ([], [])
 
         async def succeeds(uow):
-            await record_rates(uow, [RATE])
+            await record_rates(uow, [RATE], "USD")
             uow.emit(RATE)
 
         handled = await db.handle(succeeds)
@@ -63,7 +64,9 @@ async def test_deliver_skips_a_redelivery_and_releases_a_rejected_message_for_it
 
         rejected = await db.deliver(RATE.topic, [RATE], reject_all)
         assert rejected.rejected == ["not yet"] and rejected.emitted[0].reason == "not yet"
-        assert (await db.deliver(RATE.topic, [RATE], record_rates)).rejected == []  # the replay is processed
+        assert (
+            await db.deliver(RATE.topic, [RATE], partial(record_rates, accounting_currency="USD"))
+        ).rejected == []  # the replay is processed
         assert (await db.deliver(RATE.topic, [RATE], reject_all)).emitted == []  # then a redelivery is skipped
         assert len(await db.all(select(ExchangeRateRow))) == 1
 

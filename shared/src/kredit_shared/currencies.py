@@ -53,6 +53,14 @@ def unsupported_reason(currency: str) -> str | None:
     return None
 
 
+def rate_refusal(currency: str, accounting_currency: str) -> str | None:
+    """Why no exchange rate can be set for `currency`, or None: over HTTP (422) and on gl.exchange-rates (a dead
+    letter) alike."""
+    if currency == accounting_currency:
+        return f"{currency} is the accounting currency: its rate is always 1"
+    return unsupported_reason(currency)
+
+
 def round_to(value: Decimal, currency: str) -> Decimal:
     """Half-up to the currency's minor unit, kept with two places unless it has three (JPY 1055.4 -> 1055.00,
     USD 0.025 -> 0.03, KWD 0.0246 -> 0.025, KWD 1.2300 -> 1.23): money.tidy's form."""

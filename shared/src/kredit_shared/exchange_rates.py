@@ -28,7 +28,7 @@ from kredit_shared import inbox
 from kredit_shared.company_setup import CompanySetup, ExchangeRatePeriod
 from kredit_shared.contracts import GL_EXCHANGE_RATES, ExchangeRateSet
 from kredit_shared.contracts.messages import ContractMessage
-from kredit_shared.currencies import Rates
+from kredit_shared.currencies import Rates, rate_refusal
 from kredit_shared.database import ExactDecimal, insert_new
 from kredit_shared.outbox import utcnow
 
@@ -130,11 +130,22 @@ async def keep_until_rate(
 
 
 async def record_rates(
-    uow: UnitOfWork, messages: Sequence[ExchangeRateSet], handler_of: HandlerOf | None = None
+    uow: UnitOfWork, messages: Sequence[ExchangeRateSet], accounting_currency: str, handler_of: HandlerOf | None = None
 ) -> None:
     """Keep the rates a batch carries; a later message for the same currency and date replaces an earlier one.
-    Then book the kept documents a rate now covers (`book_waiting`), unless `handler_of` is None."""
-    latest = {(m.currency, m.from_date): m for m in messages}  # in fetch order: a key's messages in order
+    Then book the kept documents a rate now covers (`book_waiting`), unless `handler_of` is None.
+
+    Ledger-posting's API never sends a rate it refuses (`rate_refusal`); one that comes all the same (another
+    producer) is dead-lettered with the API's reason, not kept unused."""
+    usable = []
+    for message in messages:
+        if (reason := rate_refusal(message.currency, accounting_currency)) is not None:
+            uow.reject(GL_EXCHANGE_RATES, message, reason)
+        else:
+            usable.append(message)
+    latest = {(m.currency, m.from_date): m for m in usable}  # in fetch order: a key's messages in order
+    if not latest:
+        return
     session = uow.session
     await _take_turns(session, exclusive=True)
     query = select(ExchangeRateRow).where(col(ExchangeRateRow.currency).in_(sorted({c for c, _ in latest})))
@@ -201,11 +212,10 @@ async def _book(uow: UnitOfWork, topic: str, document: Any, handle: HandleBatch)
     return "rejected" if len(uow.rejected) > rejected else "booked"
 
 
-def subscribe(runtime: ServiceRuntime) -> None:
+def subscribe(runtime: ServiceRuntime, accounting_currency: str) -> None:
     """Every service that books foreign documents keeps the rates set over HTTP, and books what waited for them."""
-    runtime.subscribe_batch(
-        GL_EXCHANGE_RATES, ExchangeRateSet.model_validate_json, partial(record_rates, handler_of=runtime.handler_of)
-    )
+    record = partial(record_rates, accounting_currency=accounting_currency, handler_of=runtime.handler_of)
+    runtime.subscribe_batch(GL_EXCHANGE_RATES, ExchangeRateSet.model_validate_json, record)
 
 
 async def load_rates(session: AsyncSession, setup: CompanySetup) -> Rates:

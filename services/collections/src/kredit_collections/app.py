@@ -33,7 +33,7 @@ def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
     runtime.subscribe_batch(AR_SETTLEMENTS, OpenItemsSettled.model_validate_json, handlers.record_settlements)
     runtime.subscribe_batch(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, handlers.record_journal_events)
     # Write-off journals and their cancels; interest notes and letter fees, posted through invoicing.
-    exchange_rates.subscribe(runtime)  # rates set over ledger-posting's API
+    exchange_rates.subscribe(runtime, setup.accounting_currency)  # rates set over ledger-posting's API
     runtime.publishes(GL_GENERAL_JOURNALS, ERP_CUSTOMER_INVOICES)
     app = runtime.http_app("Kredit collections", routers=[api.router, credit_api.router, ui.csv_router, ui.router])
     for error in (auth.Unauthorized, auth.Forbidden, auth.TooManyRequests):

@@ -30,7 +30,7 @@ def create_app(settings: InvoicingSettings | None = None) -> FastAPI:
         ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued.model_validate_json, partial(handlers.issue_invoices, setup=setup)
     )
     runtime.publishes(AR_CUSTOMER_TRANSACTIONS, GL_JOURNAL_LINES)
-    exchange_rates.subscribe(runtime)  # rates set over ledger-posting's API
+    exchange_rates.subscribe(runtime, setup.accounting_currency)  # rates set over ledger-posting's API
     return runtime.http_app("Kredit invoicing", routers=[api.router])
 
 

@@ -118,7 +118,11 @@ async def test_invoices_the_domain_refuses_are_rejected_with_their_reason_and_no
 def set_rates(db: HandlerDatabase, *rates: ExchangeRateSet):
     """Rates arriving on gl.exchange-rates, in the service: the invoices kept for them are booked."""
     handle = (CustomerInvoiceIssued.model_validate_json, lambda uow, fresh: issue_invoices(uow, fresh, DEMO))
-    return db.deliver(GL_EXCHANGE_RATES, rates, partial(record_rates, handler_of={ERP_CUSTOMER_INVOICES: handle}.get))
+    return db.deliver(
+        GL_EXCHANGE_RATES,
+        rates,
+        partial(record_rates, accounting_currency="USD", handler_of={ERP_CUSTOMER_INVOICES: handle}.get),
+    )
 
 
 def eur_rate(from_date: str, rate: str = "1.10", currency: str = "EUR") -> ExchangeRateSet:
@@ -199,7 +203,7 @@ async def test_a_kept_invoice_replayed_before_its_rate_books_it_is_not_booked_tw
     as record_rates does without a handler): the replay posts, and the kept copy is then passed over."""
     euro = invoice("E-3", currency="EUR", lines=[{"description": "Goods", "amount": "100.00"}])
     assert len((await issue(db, euro)).rejected) == 1
-    await db.deliver(GL_EXCHANGE_RATES, [eur_rate("2015-06-01")], record_rates)
+    await db.deliver(GL_EXCHANGE_RATES, [eur_rate("2015-06-01")], partial(record_rates, accounting_currency="USD"))
 
     replayed = await issue(db, euro)
     assert [e.key for e in replayed.on(GL_JOURNAL_LINES)] == ["FTI-E-3"]
@@ -220,7 +224,7 @@ async def test_a_kept_invoice_its_handler_fails_on_holds_back_neither_the_rate_n
             raise RuntimeError("a bug")
 
     handle = (CustomerInvoiceIssued.model_validate_json, failing_on_e4)
-    rates = partial(record_rates, handler_of={ERP_CUSTOMER_INVOICES: handle}.get)
+    rates = partial(record_rates, accounting_currency="USD", handler_of={ERP_CUSTOMER_INVOICES: handle}.get)
     handled = await db.deliver(GL_EXCHANGE_RATES, [eur_rate("2015-06-01")], rates)
 
     assert [e.key for e in handled.on(GL_JOURNAL_LINES)] == ["FTI-E-5"]

@@ -17,7 +17,7 @@ from sqlmodel import select
 from kredit_shared.audit import AuditDep
 from kredit_shared.auth import PrincipalDep, Role, require
 from kredit_shared.contracts import ExchangeRateSet, IsoDate
-from kredit_shared.currencies import ExchangeRate, unsupported_reason
+from kredit_shared.currencies import ExchangeRate, rate_refusal
 from kredit_shared.exchange_rates import ExchangeRateRow
 from kredit_shared.money import Currency
 from kredit_shared.service import RuntimeDep, SessionDep, SetupDep
@@ -78,9 +78,7 @@ async def set_exchange_rate(
 ) -> ExchangeRateOut:
     """Set the rate of `currency` from `from_date` on. Documents already booked keep their rate; a document
     that lacked one (dead-lettered and kept) is booked by its service once the rate reaches it."""
-    if currency == setup.accounting_currency:
-        raise HTTPException(422, f"{currency} is the accounting currency: its rate is always 1")
-    if (reason := unsupported_reason(currency)) is not None:
+    if (reason := rate_refusal(currency, setup.accounting_currency)) is not None:
         raise HTTPException(422, reason)
     async with runtime.unit_of_work() as uow:
         row = await uow.session.get(ExchangeRateRow, (currency, from_date))

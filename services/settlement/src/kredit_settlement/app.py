@@ -48,7 +48,7 @@ def create_app(settings: SettlementSettings | None = None) -> FastAPI:
     )
     runtime.publishes(AR_CUSTOMER_TRANSACTIONS, AR_SETTLEMENTS, GL_JOURNAL_LINES)
 
-    exchange_rates.subscribe(runtime)  # rates set over ledger-posting's API
+    exchange_rates.subscribe(runtime, setup.accounting_currency)  # rates set over ledger-posting's API
     app = runtime.http_app("Kredit settlement", routers=[api.router])
 
     @app.middleware("http")

@@ -248,7 +248,11 @@ async def test_pending_marks_settled_in_one_batch_of_invoices_take_distinct_disc
 def set_rates(db: HandlerDatabase, *rates: ExchangeRateSet):
     """Rates arriving on gl.exchange-rates, in the service: the payments kept for them are booked."""
     handle = (CustomerPaymentReceived.model_validate_json, partial(handlers.receive_payments, SETUP))
-    return db.deliver(GL_EXCHANGE_RATES, rates, partial(record_rates, handler_of={ERP_CUSTOMER_PAYMENTS: handle}.get))
+    return db.deliver(
+        GL_EXCHANGE_RATES,
+        rates,
+        partial(record_rates, accounting_currency="USD", handler_of={ERP_CUSTOMER_PAYMENTS: handle}.get),
+    )
 
 
 async def test_a_payment_without_a_rate_is_dead_lettered_kept_and_booked_with_its_marks_when_its_rate_arrives(db):
