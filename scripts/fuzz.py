@@ -6,7 +6,9 @@ each followed by a valid message in the same produce batch (so both arrive in on
 Checks per case: the malformed record is on `<topic>.dlq` with an `x-dlq-reason`; the valid one took
 effect (read back over HTTP or from an output topic); the trial balance moved only by the valid
 messages; no consumer is stuck (lag drains); every service's RSS stays bounded. Exit status is
-non-zero on any lost valid message or stuck consumer. See docs/operations.md.
+non-zero on any lost valid message or stuck consumer. See docs/operations.md. On `gl.exchange-rates` a
+valid rate's effect is an invoice sent before it in the rate's currency, kept for want of the rate and booked
+when it arrives.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import iso4217
 from stack import LocalStack, header, json_field, render_table, run_tool
 
 from kredit_shared.contracts import topics
@@ -147,6 +150,24 @@ def journal_posted(target: dict | None = None) -> dict:
             },
         ],
     }
+
+
+# A currency per rate message (the pool of ISO codes with cents), so a rate covers nothing but its own kept invoice.
+_RATE_CURRENCIES = iter([c.code for c in iso4217.Currency if c.exponent == 2 and c.code != "USD"])
+RATE = "1.10"
+
+
+def exchange_rate() -> dict:
+    currency = next(_RATE_CURRENCIES, None)
+    if currency is None:
+        raise RuntimeError("fuzz: out of currencies for gl.exchange-rates cases")
+    return {"message_id": _id(), "currency": currency, "from_date": "2015-01-01", "rate": RATE}
+
+
+def kept_invoice(rate: dict) -> dict:
+    """An invoice in the rate's currency that states no rate: invoicing dead-letters and keeps it, and books it
+    when the rate arrives. Its posting is how the rate is seen to have taken effect."""
+    return invoice() | {"invoice_id": f"FZX-{rate['currency']}", "currency": rate["currency"]}
 
 
 def target_of(posted: dict) -> dict:
@@ -297,6 +318,19 @@ SPECS = [
             "unknown event type": lambda m: _set(m, "event_type", "JournalExploded"),
             "settles an unknown voucher": lambda m: _set(m, "lines.0.settles.0.voucher", "NO-SUCH-VOUCHER"),
         },
+    ),
+    TopicSpec(
+        topics.GL_EXCHANGE_RATES,
+        exchange_rate,
+        "currency",
+        ("rate",),
+        "from_date",
+        "currency",
+        ("currency",),
+        "rate",
+        None,
+        "set_by",
+        {"rate for the accounting currency": lambda m: _set(m, "currency", "USD")},
     ),
 ]
 
@@ -478,6 +512,8 @@ class Probe:
             rows = {r["voucher"]: r for r in await self.settlement_rows(line["account"])}
             settled = rows.get(line["settles"][0]["voucher"])
             return line["voucher"] in rows and settled is not None and D(settled["open_amount"]) == 0
+        if topic == topics.GL_EXCHANGE_RATES:
+            return await self.ledger_has("FTI-" + kept_invoice(m)["invoice_id"])
         raise ValueError(topic)
 
     async def refresh_journal_requests(self) -> None:
@@ -493,6 +529,9 @@ def ledger_effect(topic: str, m: dict) -> dict[str, Decimal]:
         return {"130100": total, "401100": -total}
     if topic == topics.ERP_CUSTOMER_PAYMENTS:
         return {"110110": D(m["amount"]), "130100": -D(m["amount"])}
+    if topic == topics.GL_EXCHANGE_RATES:  # its kept invoice, booked at it
+        total = sum((D(line["amount"]) for line in kept_invoice(m)["lines"]), D(0)) * D(m["rate"])
+        return {"130100": total, "401100": -total}
     if topic == topics.GL_JOURNAL_LINES:
         effect: dict[str, Decimal] = defaultdict(Decimal)
         for line in m["lines"]:
@@ -519,7 +558,11 @@ async def send_pair(producer: Any, case: Case, valid: dict, partition: int) -> s
     """The malformed record and then a valid one, in one produce batch on one partition."""
     fuzz_id = _id()
     valid_key = str(
-        valid.get("customer_account") or valid.get("voucher") or valid.get("request_id") or valid.get("batch_number")
+        valid.get("customer_account")
+        or valid.get("voucher")
+        or valid.get("request_id")
+        or valid.get("batch_number")
+        or valid.get("currency")
     )
     batch = producer.create_batch()
     appended = [
@@ -544,6 +587,15 @@ async def send_pair(producer: Any, case: Case, valid: dict, partition: int) -> s
 async def run_topic(producer: Any, spec: TopicSpec, cases: list[Case], pace: float) -> list[Sent]:
     sent: list[Sent] = []
     targets: list[dict] = []
+    rates: list[dict] = []
+    if spec.topic == topics.GL_EXCHANGE_RATES:
+        # Each valid rate books an invoice kept for it: send those first.
+        rates = [spec.build() for _ in cases]
+        for rate in rates + [case.first for case in cases if case.first]:
+            invoice = kept_invoice(rate)
+            await producer.send(topics.ERP_CUSTOMER_INVOICES, _json(invoice), key=invoice["customer_account"].encode())
+        await producer.flush()
+        await asyncio.sleep(5)
     if spec.topic == topics.GL_JOURNAL_EVENTS:
         # The write-offs need open transactions to settle: send them first and let settlement see them.
         for case in cases:
@@ -559,7 +611,7 @@ async def run_topic(producer: Any, spec: TopicSpec, cases: list[Case], pace: flo
         if case.first is not None:  # the first use of the message_id, alone and valid
             await producer.send_and_wait(case.topic, _json(case.first), key=str(case.first[spec.key]).encode())
             await asyncio.sleep(pace)
-        valid = journal_posted(targets[n]) if targets else spec.build()
+        valid = journal_posted(targets[n]) if targets else rates[n] if rates else spec.build()
         partition = n % 4
         try:
             fuzz_id = await send_pair(producer, case, valid, partition)
@@ -593,6 +645,13 @@ async def canaries(producer: Any, probe: Probe, specs: list[TopicSpec], timeout:
             )
             await asyncio.sleep(3)
             message = journal_posted(target)
+        elif spec.topic == topics.GL_EXCHANGE_RATES:
+            message = spec.build()
+            invoice = kept_invoice(message)
+            await producer.send_and_wait(
+                topics.ERP_CUSTOMER_INVOICES, _json(invoice), key=invoice["customer_account"].encode()
+            )
+            await asyncio.sleep(3)
         else:
             message = spec.build()
         await producer.send_and_wait(spec.topic, _json(message), key=str(message[spec.key]).encode())
@@ -767,7 +826,7 @@ def report(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--postgres", action="store_true", help="fresh databases on 127.0.0.1:5432 instead of SQLite")
-    parser.add_argument("--topics", help="comma-separated input topics (default: all six)")
+    parser.add_argument("--topics", help="comma-separated input topics (default: all seven)")
     parser.add_argument("--only", help="comma-separated categories, e.g. money,ids")
     parser.add_argument("--pace", type=float, default=0.3, help="seconds between two cases (default 0.3)")
     parser.add_argument("--drain-timeout", type=float, default=120)
