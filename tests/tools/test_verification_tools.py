@@ -22,6 +22,7 @@ from kredit_shared.contracts import (
     CustomerInvoiceIssued,
     CustomerPaymentReceived,
     CustomerTransactionPosted,
+    ExchangeRateSet,
     GeneralJournalRequested,
     VoucherPosted,
     journal_event_adapter,
@@ -177,6 +178,7 @@ PARSERS = {
     topics.GL_JOURNAL_LINES: VoucherPosted.model_validate_json,
     topics.GL_GENERAL_JOURNALS: GeneralJournalRequested.model_validate_json,
     topics.GL_JOURNAL_EVENTS: journal_event_adapter.validate_json,
+    topics.GL_EXCHANGE_RATES: ExchangeRateSet.model_validate_json,
 }
 
 
@@ -203,6 +205,14 @@ def test_every_fuzz_case_is_malformed_and_paired_with_a_valid_message(spec):
         if case.first is not None:
             PARSERS[spec.topic](json.dumps(case.first).encode())
             assert json.loads(case.value)["message_id"] == case.first["message_id"]
+
+
+def test_each_fuzzed_rate_has_a_currency_of_its_own_and_an_invoice_that_waits_for_it():
+    rates = [fuzz.exchange_rate() for _ in range(3)]
+    invoices = [CustomerInvoiceIssued.model_validate_json(json.dumps(fuzz.kept_invoice(r))) for r in rates]
+    assert len({r["currency"] for r in rates}) == 3 and "USD" not in {r["currency"] for r in rates}
+    assert [(i.currency, i.exchange_rate) for i in invoices] == [(r["currency"], None) for r in rates]
+    assert len({i.invoice_id for i in invoices}) == 3
 
 
 def test_path_helpers_reach_into_lists():
