@@ -242,12 +242,14 @@ def aged_balance(account: str, name: str | None, currency: str, buckets: Mapping
 def aging_cutoffs(as_of: date, buckets: Sequence[AgingBucket]) -> list[date]:
     """age_balances' buckets as dates, for a database that ages many transactions at once: a transaction
     whose aging date (due date, else transaction date) is on or after `cutoffs[i]`, and not on or after an
-    earlier cutoff, is in bucket i (bucket_for); one before every cutoff is in the last bucket."""
+    earlier cutoff, is in bucket i (bucket_for); one before every cutoff is in the last bucket. A cutoff before
+    the first date there is (an as-of date in year 1) is that date: no transaction is older."""
     cutoffs = []
     for bucket in buckets:
         if bucket.max_days is None:
             break
-        cutoffs.append(as_of - timedelta(days=bucket.max_days))
+        days = min(bucket.max_days, (as_of - date.min).days)
+        cutoffs.append(as_of - timedelta(days=days))
     return cutoffs
 
 

@@ -66,6 +66,17 @@ async def test_one_customer_as_of_any_date(start_collections, database_url):
         assert (await svc.get("/aged-balances", as_of=AS_OF, customer_account="NOBODY"))["customers"] == []
 
 
+async def test_as_of_the_first_date_there_is_nothing_is_open_yet(start_collections):
+    """schemathesis found the CSV answering 500 for 0001-01-01: the bucket cutoffs fell before the first date."""
+    async with start_collections() as svc:
+        await open_invoice(svc, "4027", "FTI-10020", "1000.00")
+        await svc.until_balances("4027", {"FTI-10020": "1000.00"})
+        assert (await svc.get("/aged-balances", as_of="0001-01-01"))["customers"] == []
+        response = await svc.client.get("/api/v1/aged-balances.csv", params={"as_of": "0001-01-01"})
+        assert response.status_code == 200, response.text
+        assert response.text.splitlines()[1:] == []  # the header row only: no customer, no total
+
+
 async def test_paging_parameters_out_of_range_are_refused(start_collections):
     async with start_collections() as svc:
         for params in ({"limit": 0}, {"limit": 1001}, {"cursor": "a b"}, {"customer_account": ""}):

@@ -16,7 +16,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from kredit_collections.domain import (
@@ -260,6 +260,16 @@ def test_the_cutoff_dates_put_a_transaction_in_the_bucket_its_days_past_due_do(d
     cutoffs = aging_cutoffs(AS_OF, SETUP.aging_buckets)
     index = next((i for i, cutoff in enumerate(cutoffs) if aging_date >= cutoff), len(SETUP.aging_buckets) - 1)
     assert SETUP.aging_buckets[index].label == bucket_for(days, SETUP.aging_buckets)
+
+
+@given(st.dates(), st.dates())
+@example(date.min, date.min)
+@example(date(1, 3, 1), date.min)
+def test_the_cutoff_dates_bucket_any_date_as_its_days_past_due_do_even_in_year_1(as_of, aging_date):
+    """GET /api/v1/aged-balances(.csv)?as_of=0001-01-01 answered 500: the cutoffs fell before the first date."""
+    cutoffs = aging_cutoffs(as_of, SETUP.aging_buckets)
+    index = next((i for i, cutoff in enumerate(cutoffs) if aging_date >= cutoff), len(SETUP.aging_buckets) - 1)
+    assert SETUP.aging_buckets[index].label == bucket_for((as_of - aging_date).days, SETUP.aging_buckets)
 
 
 def test_credits_without_due_date_age_by_transaction_date_as_negative_amounts():
