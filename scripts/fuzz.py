@@ -419,6 +419,10 @@ def catalogue(spec: TopicSpec) -> list[Case]:
         ("with time", "2015-03-01T00:00:00"),
     ]:
         add("dates", name, mutated(lambda m, d=date: _set(m, spec.date, d)))
+    # Valid dates at the ends of the calendar: taken, or refused with a reason (an invoice whose due date would
+    # be after 9999-12-31), never an error.
+    for name, date in [("the last date there is", "9999-12-31"), ("the first date there is", "0001-01-01")]:
+        add("edge dates", name, mutated(lambda m, d=date: _set(m, spec.date, d)))
     for name, currency in [
         ("lower case", "usd"),
         ("unknown code", "ZZZ"),
@@ -737,7 +741,7 @@ async def main(args: argparse.Namespace) -> int:
                     s.dead_lettered = len(entries)
                     s.reasons = [r for r in entries if r]
             tb = (
-                await client.get(f"{stack.url('ledger-posting')}/api/v1/trial-balance", params={"as_of": "2100-01-01"})
+                await client.get(f"{stack.url('ledger-posting')}/api/v1/trial-balance", params={"as_of": "9999-12-31"})
             ).json()
             alive = {p.label: p.running() for p in stack.processes}
         finally:
@@ -786,8 +790,9 @@ def report(
     for s in results:
         for account, amount in ledger_effect(s.valid_topic, s.valid).items():
             expected[account] += amount
-        # A valid body with odd header values, taken (a rate's moves nothing: no invoice waits for its currency).
-        if s.case.category == "headers" and s.dead_lettered == 0 and s.case.topic != topics.GL_EXCHANGE_RATES:
+        # A valid body (odd header values, an edge date), taken; a rate's moves nothing: no invoice waits for it.
+        taken = s.case.category in ("headers", "edge dates") and s.dead_lettered == 0
+        if taken and s.case.topic != topics.GL_EXCHANGE_RATES:
             with contextlib.suppress(ValueError):
                 for account, amount in ledger_effect(s.case.topic, json.loads(s.case.value)).items():
                     expected[account] += amount

@@ -126,7 +126,15 @@ def compute_due_date(
         return explicit_due_date
     if payment_terms is None:
         return invoice_date
-    return invoice_date + timedelta(days=setup.payment_terms[payment_terms].days)
+    return _days_after(invoice_date, setup.payment_terms[payment_terms].days, "the due date")
+
+
+def _days_after(start: date, days: int, what: str) -> date:
+    """`days` after `start`; refused if that is past the last date there is (an invoice dated 9999-12-31)."""
+    try:
+        return start + timedelta(days=days)
+    except OverflowError:
+        raise InvoiceRejected(f"{what} ({start} + {days} days) is after {date.max}") from None
 
 
 def discount_amount(total: Decimal, percent: Decimal, currency: str = "USD") -> Decimal:
@@ -153,7 +161,7 @@ def compute_cash_discounts(
         raw = [(t.percent, t.date, t.amount) for t in explicit_tiers]
     elif cash_discount_code is not None:
         chain = setup.discount_chain(cash_discount_code)
-        raw = [(c.percent, invoice_date + timedelta(days=c.days), None) for c in chain]
+        raw = [(c.percent, _days_after(invoice_date, c.days, "the cash discount date"), None) for c in chain]
     else:
         return ()
     tiers: list[CashDiscountTier] = []

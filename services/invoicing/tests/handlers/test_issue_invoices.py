@@ -115,6 +115,19 @@ async def test_invoices_the_domain_refuses_are_rejected_with_their_reason_and_no
     assert await db.all(select(InvoiceRow)) == []
 
 
+async def test_an_invoice_whose_due_or_discount_date_would_be_after_9999_12_31_is_rejected_with_that_reason(db):
+    handled = await issue(
+        db,
+        invoice("LATE1", invoice_date="9999-12-31"),
+        invoice("LATE2", invoice_date="9999-12-25", payment_terms=None),
+    )
+    assert handled.rejected == [
+        "invoice LATE1: the due date (9999-12-31 + 30 days) is after 9999-12-31",
+        "invoice LATE2: the cash discount date (9999-12-25 + 14 days) is after 9999-12-31",
+    ]
+    assert await db.all(select(InvoiceRow)) == []
+
+
 def set_rates(db: HandlerDatabase, *rates: ExchangeRateSet):
     """Rates arriving on gl.exchange-rates, in the service: the invoices kept for them are booked."""
     handle = (CustomerInvoiceIssued.model_validate_json, lambda uow, fresh: issue_invoices(uow, fresh, DEMO))
