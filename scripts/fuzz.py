@@ -170,6 +170,11 @@ def kept_invoice(rate: dict) -> dict:
     return invoice() | {"invoice_id": f"FZX-{rate['currency']}", "currency": rate["currency"]}
 
 
+async def send_kept_invoice(producer: Any, rate: dict) -> None:
+    invoice = kept_invoice(rate)
+    await producer.send(topics.ERP_CUSTOMER_INVOICES, _json(invoice), key=invoice["customer_account"].encode())
+
+
 def target_of(posted: dict) -> dict:
     """The customer transaction a `journal_posted` message settles."""
     line = posted["lines"][0]
@@ -533,11 +538,9 @@ def ledger_effect(topic: str, m: dict) -> dict[str, Decimal]:
         return {"130100": total, "401100": -total}
     if topic == topics.ERP_CUSTOMER_PAYMENTS:
         return {"110110": D(m["amount"]), "130100": -D(m["amount"])}
-    if topic == topics.GL_EXCHANGE_RATES:  # its kept invoice, booked at it
-        total = (sum((D(line["amount"]) for line in kept_invoice(m)["lines"]), D(0)) * D(m["rate"])).quantize(
-            D("0.01"), ROUND_HALF_UP
-        )
-        return {"130100": total, "401100": -total}
+    if topic == topics.GL_EXCHANGE_RATES:  # its kept invoice's, booked at it
+        invoice = ledger_effect(topics.ERP_CUSTOMER_INVOICES, kept_invoice(m))
+        return {a: (amount * D(m["rate"])).quantize(D("0.01"), ROUND_HALF_UP) for a, amount in invoice.items()}
     if topic == topics.GL_JOURNAL_LINES:
         effect: dict[str, Decimal] = defaultdict(Decimal)
         for line in m["lines"]:
@@ -598,8 +601,7 @@ async def run_topic(producer: Any, spec: TopicSpec, cases: list[Case], pace: flo
         # Each valid rate books an invoice kept for it: send those first.
         rates = [spec.build() for _ in cases]
         for rate in rates + [case.first for case in cases if case.first]:
-            invoice = kept_invoice(rate)
-            await producer.send(topics.ERP_CUSTOMER_INVOICES, _json(invoice), key=invoice["customer_account"].encode())
+            await send_kept_invoice(producer, rate)
         await producer.flush()
         await asyncio.sleep(5)
     if spec.topic == topics.GL_JOURNAL_EVENTS:
@@ -653,10 +655,8 @@ async def canaries(producer: Any, probe: Probe, specs: list[TopicSpec], timeout:
             message = journal_posted(target)
         elif spec.topic == topics.GL_EXCHANGE_RATES:
             message = spec.build()
-            invoice = kept_invoice(message)
-            await producer.send_and_wait(
-                topics.ERP_CUSTOMER_INVOICES, _json(invoice), key=invoice["customer_account"].encode()
-            )
+            await send_kept_invoice(producer, message)
+            await producer.flush()
             await asyncio.sleep(3)
         else:
             message = spec.build()
