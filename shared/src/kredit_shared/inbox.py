@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import delete, insert
+from sqlalchemy import delete
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kredit_shared.contracts.messages import digest
-from kredit_shared.database import table_of
+from kredit_shared.database import insert_rows, table_of
 from kredit_shared.outbox import utcnow
 
 
@@ -85,8 +85,7 @@ async def claim(session: AsyncSession, consumer: str, topic: str, messages: Sequ
             )
         elif seen[message.message_id] not in (content, None):  # None: recorded before fingerprints were kept
             reused.append(message)
-    if rows:  # one Core insert for the batch: ORM adds cost more than the handlers on a hot topic
-        await (await session.connection()).execute(insert(table_of(ProcessedMessage)), rows)
+    await insert_rows(session, table_of(ProcessedMessage), rows)  # one executemany for the batch
     return Claimed(fresh, reused)
 
 

@@ -42,7 +42,7 @@ from faststream.kafka.security import parse_security
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
-from sqlalchemy import Table, event, insert
+from sqlalchemy import Table, event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
@@ -52,7 +52,7 @@ from kredit_shared import asyncapi, audit, auth, failpoints, inbox, logs, metric
 from kredit_shared.company_setup import CompanySetup, SetupError
 from kredit_shared.contracts.messages import ContractMessage, derived_message_id
 from kredit_shared.contracts.topics import ALL_TOPICS, dead_letter_topic
-from kredit_shared.database import create_engine, create_session_factory, create_tables, ping, table_of
+from kredit_shared.database import bulk_insert, create_engine, create_session_factory, create_tables, ping, table_of
 from kredit_shared.errors import describe_validation_error
 from kredit_shared.http import install_http_hardening
 from kredit_shared.migrations import SHARED_TABLES, Migrations, SchemaError, upgrade
@@ -95,7 +95,8 @@ class UnitOfWork:
     def _write_outbox(self, session: Session) -> None:
         if self._outbox:
             # Runs inside the async commit, so the sync API is the right one here.
-            session.connection().execute(insert(table_of(outbox.OutboxMessage)), self._outbox)
+            connection = session.connection()
+            connection.exec_driver_sql(*bulk_insert(connection.dialect, table_of(outbox.OutboxMessage), self._outbox))
             self._outbox.clear()
 
     def emit(self, message: ContractMessage) -> None:

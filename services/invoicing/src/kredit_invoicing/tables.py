@@ -7,7 +7,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -15,6 +15,7 @@ from kredit_invoicing.domain import PostedInvoice
 from kredit_shared.contracts import CustomerInvoiceIssued
 from kredit_shared.database import (
     ExactDecimal,
+    insert_rows,
     money_field,
     optional_transaction_money_field,
     table_of,
@@ -112,10 +113,8 @@ async def add_invoices(session: AsyncSession, posted: Sequence[tuple[CustomerInv
     for message, invoice in posted:
         for table, row in invoice_rows(message, invoice):
             rows[table].append(row)
-    connection = await session.connection()
     for table in TABLES:
-        if rows[table]:
-            await connection.execute(insert(table), rows[table])
+        await insert_rows(session, table, rows[table])
 
 
 def invoice_rows(message: CustomerInvoiceIssued, posted: PostedInvoice) -> Iterator[tuple[Table, dict[str, Any]]]:

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -32,6 +31,7 @@ from kredit_shared.contracts import (
     JournalVoided,
     VoucherPosted,
 )
+from kredit_shared.database import insert_rows, table_of
 from kredit_shared.exchange_rates import load_rates
 from kredit_shared.outbox import utcnow
 from kredit_shared.service import UnitOfWork
@@ -71,8 +71,7 @@ async def post_vouchers(uow: UnitOfWork, vouchers: list[VoucherPosted], setup: C
         )
     if new_vouchers:
         # The primary key turns a racing replica's duplicate into a failed commit and a retry.
-        connection = await uow.session.connection()
-        await connection.execute(insert(PostedVoucherRow), new_vouchers)
+        await insert_rows(uow.session, table_of(PostedVoucherRow), new_vouchers)
         await _insert_entries(uow.session, entries)
 
 
@@ -178,7 +177,7 @@ async def trial_balance(session: AsyncSession, setup: CompanySetup, as_of: date)
 
 async def _insert_entries(session: AsyncSession, entries: Sequence[domain.LedgerEntry]) -> None:
     # A Core executemany: ORM adds are ~10x slower on this hot path (docs/platform-notes.md).
-    await (await session.connection()).execute(insert(LedgerEntryRow), [LedgerEntryRow.from_entry(e) for e in entries])
+    await insert_rows(session, table_of(LedgerEntryRow), [LedgerEntryRow.from_entry(e) for e in entries])
 
 
 async def _next_values(session: AsyncSession, journal_name: str, kind: str, count: int) -> int:

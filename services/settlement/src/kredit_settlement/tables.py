@@ -29,6 +29,7 @@ from kredit_shared.currencies import plain_rate
 from kredit_shared.database import (
     ExactDecimal,
     insert_new,
+    insert_rows,
     money_field,
     optional_transaction_money_field,
     table_of,
@@ -403,9 +404,7 @@ async def lock_customers(session: AsyncSession, customer_accounts: Iterable[str]
             found.update((await session.exec(statement)).scalars().all())
     if missing := [a for a in accounts if a not in found]:
         # Two first-timers racing: the second insert fails on the key and its message is retried.
-        connection = await session.connection()
-        rows = [{"customer_account": a, "version": 1} for a in missing]
-        await connection.execute(insert(table_of(CustomerRow)), rows)
+        await insert_rows(session, table_of(CustomerRow), [{"customer_account": a, "version": 1} for a in missing])
 
 
 async def lock_customer(session: AsyncSession, customer_account: str) -> None:
@@ -766,7 +765,7 @@ class OpenItems:
         if self._deferred:
             self._rows.setdefault(model, []).append(row)
         else:
-            await (await self.session.connection()).execute(insert(table_of(model)), [row])
+            await insert_rows(self.session, table_of(model), [row])
 
     async def flush(self) -> None:
         """Write what a deferred store saved: the changes in one update (versions checked first, the rows
@@ -781,7 +780,7 @@ class OpenItems:
             await self._insert(new)
         rows, self._rows = self._rows, {}
         for model, values in rows.items():
-            await (await self.session.connection()).execute(insert(table_of(model)), values)
+            await insert_rows(self.session, table_of(model), values)
 
     async def _update(self, changed: list[tuple[int, int, OpenTransaction]]) -> None:
         table = table_of(OpenTransactionRow).c
