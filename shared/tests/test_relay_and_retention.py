@@ -7,6 +7,8 @@ import asyncio
 import uuid
 from datetime import date, timedelta
 
+from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import REGISTRY
 from sqlalchemy import insert
 from sqlmodel import select
@@ -170,3 +172,44 @@ async def test_two_relays_racing_publish_each_keys_rows_once_in_commit_order(kaf
     for key in ("K0", "K1"):
         sent = [f"{c}-{n}".encode() for c in range(4) for n in range(20) if f"K{n % 2}" == key]
         assert [r.value for r in records if r.key == key] == sent, "once each, in commit order"
+
+
+async def test_the_relay_batches_a_partitions_rows_in_commit_order_on_the_partition_of_their_key(kafka, database_url):
+    """More rows a partition than one batch holds (256 KiB), a record larger than a batch (not than a request),
+    a row without key: each is published once, each key's rows in commit order, on the partition the producer's
+    own partitioner gives the key (so a key stays on its partition whichever way a relay sends)."""
+    settings = ServiceSettings(
+        service_name="batches",
+        http_port=0,
+        database_url=database_url,
+        outbox_relay_enabled=False,
+        **isolated_kafka(kafka),
+    )
+    runtime = ServiceRuntime(settings, tables=[])
+    topic = settings.topic(GL_JOURNAL_LINES)
+    payloads = {n: f"{n:04d}".encode() * (500 if n != 150 else 100_000) for n in range(400)}  # 2 KB; row 150: 400 KB
+    async with serve(runtime.http_app("batches")):
+        async with runtime.sessions() as session, session.begin():
+            rows = [outbox_row(f"K{n % 9}" if n != 7 else None, 0, None) | {"payload": payloads[n]} for n in range(400)]
+            await (await session.connection()).execute(insert(OutboxMessage.__table__), rows)
+        assert await runtime.relay.publish_pending() == 400
+        partitions = sorted(await runtime.producer.partitions_for(topic))
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka.bootstrap_servers, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        records: list = []
+
+        async def all_read() -> bool:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+            return len(records) >= 400
+
+        await eventually(all_read, timeout=20)
+    finally:
+        await consumer.stop()
+    assert sorted(r.value for r in records) == sorted(payloads.values()), "each row once, whole"
+    for k in range(9):
+        key = f"K{k}".encode()
+        mine = [r for r in records if r.key == key]
+        assert [r.value for r in mine] == [payloads[n] for n in range(400) if n % 9 == k and n != 7], "commit order"
+        assert {r.partition for r in mine} == {DefaultPartitioner()(key, partitions, partitions)}

@@ -618,6 +618,7 @@ class ServiceRuntime:
             acks="all",
             linger_ms=2,
             max_batch_size=256 * 1024,
+            max_request_size=outbox.MAX_REQUEST_BYTES,
         )
         await self.producer.start()
         self.relay = outbox.OutboxRelay(self.settings, self.sessions, self.producer)
