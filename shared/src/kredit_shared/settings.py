@@ -50,10 +50,7 @@ class ServiceSettings(BaseSettings):
     # minimum session timeout; the local stack and the tests use 1 s (1 s joins and restarts).
     kafka_session_timeout_ms: int = 6000
     kafka_heartbeat_interval_ms: int = 1000
-    # Each consumer sends a fetch per wait, busy or idle, and the broker holds each one that long: 20 ms cost an
-    # idle stack a third of a core (four services and Tansu), 50 ms a fifth, 100 ms a sixth; a message waits
-    # half the wait on average at each hop. 50 ms: most of the saving, ~15 ms more a hop (docs/operations.md).
-    kafka_fetch_max_wait_ms: int = 50
+    kafka_fetch_max_wait_ms: int = 20
 
     outbox_relay_enabled: bool = True
     outbox_poll_interval_seconds: float = 0.5
