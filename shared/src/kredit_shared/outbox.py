@@ -320,7 +320,9 @@ class OutboxRelay:
             if row.topic.endswith(".dlq"):  # counted once published, whoever wrote it (runtime or handler)
                 error_type = next((v for k, v in stored_headers(row.headers) if k == "x-dlq-error-type"), None)
                 metrics.DEAD_LETTERS.labels(
-                    self._settings.service_name, row.topic.removesuffix(".dlq"), (error_type or b"").decode()
+                    self._settings.service_name,
+                    row.topic.removesuffix(".dlq"),
+                    (error_type or b"").decode(errors="replace"),
                 ).inc()
         metrics.OUTBOX_PENDING.labels(self._settings.service_name).set(pending)
         if failed:
@@ -347,10 +349,8 @@ class OutboxRelay:
         for index, row in enumerate(rows):
             topic = self._settings.topic(row.topic)
             key = row.key.encode() if row.key is not None else None
-            stored = [*stored_headers(row.headers), (PRODUCER_HEADER, service.encode())]
-            with telemetry.publishing(
-                service, row.topic, [*stored, (RELAYED_ID_HEADER, row.message_id.encode())]
-            ) as headers:
+            ours = [(PRODUCER_HEADER, service.encode()), (RELAYED_ID_HEADER, row.message_id.encode())]
+            with telemetry.publishing(service, row.topic, [*stored_headers(row.headers), *ours]) as headers:
                 size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, row.payload, headers)
                 if size > MAX_REQUEST_BYTES:
                     deliveries.append((await self._unpublishable(row, topic, key, headers, size), [index]))
@@ -360,14 +360,12 @@ class OutboxRelay:
                 partition = self._partitioner(key, partitions[topic], partitions[topic])
                 if (topic, partition) not in building:
                     building[topic, partition] = (producer.create_batch(), [])
-                if (
-                    building[topic, partition][0].append(key=key, value=row.payload, timestamp=None, headers=headers)
-                    is None
-                ):
+                batch, members = building[topic, partition]
+                if batch.append(key=key, value=row.payload, timestamp=None, headers=headers) is None:
                     await send(topic, partition)  # full: a new batch takes the record (it is within the limit)
-                    building[topic, partition] = (producer.create_batch(), [])
-                    building[topic, partition][0].append(key=key, value=row.payload, timestamp=None, headers=headers)
-                building[topic, partition][1].append(index)
+                    batch, members = building[topic, partition] = (producer.create_batch(), [])
+                    batch.append(key=key, value=row.payload, timestamp=None, headers=headers)
+                members.append(index)
         for topic, partition in list(building):
             await send(topic, partition)
         outcomes: list[BaseException | None] = [None] * len(rows)
