@@ -238,9 +238,12 @@ def bulk_insert(
     plan = _insert_plan(table, keys, dialect, skip_conflicts)
     parameters: list[tuple[Any, ...]] = []
     for row in rows:
-        if len(row) != plan.width:
-            raise ValueError(f"rows for {table.name} differ in their keys: {sorted(row)} and {sorted(keys)}")
-        values = plan.row_values(row)
+        try:
+            if len(row) != plan.width:
+                raise KeyError
+            values = plan.row_values(row)
+        except KeyError:
+            raise ValueError(f"rows for {table.name} differ in their keys: {sorted(row)} and {sorted(keys)}") from None
         if plan.width == 1:
             values = (values,)
         if plan.converters:

@@ -1,0 +1,70 @@
+"""database.bulk_insert stores what SQLAlchemy's own insert stores, and refuses rows it would store wrongly."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import insert, select
+
+from kredit_shared.contracts import CustomerPaymentReceived
+from kredit_shared.database import (
+    bulk_insert,
+    create_engine,
+    create_session_factory,
+    create_tables,
+    insert_new,
+    insert_rows,
+    table_of,
+)
+from kredit_shared.exchange_rates import ExchangeRateRow
+from kredit_shared.migrations import SHARED_TABLES
+from kredit_shared.outbox import DeadLetter, OutboxMessage, dead_letter_row, message_row
+
+PAYMENT = CustomerPaymentReceived(
+    payment_id="P1",
+    customer_account="C1",
+    payment_date=dt.date(2026, 1, 1),
+    amount=Decimal("10.50"),
+    currency="USD",
+)
+LETTER = DeadLetter("erp.customer-payments", None, b"\xff{", [("h", b"\xfe"), ("n", None)], "bad", "rejected")
+
+
+async def test_bulk_inserted_rows_read_back_as_sqlalchemys_insert_stores_them(database_url):
+    """Bytes, JSON (a non-UTF-8 header as base64), a NULL key, a time with its zone, an exact decimal on SQLite
+    (a scaled integer), a date: each column as SQLAlchemy's executemany stores it, on both databases."""
+    engine = create_engine(database_url)
+    try:
+        await create_tables(engine, SHARED_TABLES)
+        sessions = create_session_factory(engine)
+        outbox_rows = [message_row(PAYMENT), dead_letter_row(LETTER, "m-2")]
+        when = dt.datetime(2026, 1, 2, 9, 30, tzinfo=dt.UTC)
+        rate_row = {"currency": "EUR", "from_date": dt.date(2026, 1, 2), "rate": Decimal("1.0832"), "set_by": None}
+        rate_row |= {"recorded_at": when}
+        async with sessions() as session, session.begin():
+            await (await session.connection()).execute(insert(table_of(OutboxMessage)), outbox_rows)
+            await insert_rows(session, table_of(OutboxMessage), outbox_rows)
+            await insert_new(session, ExchangeRateRow, [rate_row, rate_row | {"rate": Decimal("2")}])
+        async with sessions() as session:
+            stored = (await session.exec(select(table_of(OutboxMessage)).order_by("id"))).all()
+            rates = (await session.exec(select(table_of(ExchangeRateRow)))).all()
+        by_sqlalchemy, by_bulk_insert = stored[:2], stored[2:]
+        assert [row[1:] for row in by_bulk_insert] == [row[1:] for row in by_sqlalchemy]  # all but the id
+        assert by_bulk_insert[1].key is None
+        assert by_bulk_insert[1].headers[:2] == [["h", {"base64": "/g=="}], ["n", None]]
+        assert [(r.currency, r.from_date, r.rate) for r in rates] == [("EUR", dt.date(2026, 1, 2), Decimal("1.0832"))]
+    finally:
+        await engine.dispose()
+
+
+def test_rows_with_other_keys_or_without_a_defaulted_column_are_refused():
+    dialect = create_engine("sqlite+aiosqlite:///:memory:").dialect
+    row = message_row(PAYMENT)
+    with pytest.raises(ValueError, match="differ in their keys"):
+        bulk_insert(dialect, table_of(OutboxMessage), [row, row | {"published_at": None}])
+    with pytest.raises(ValueError, match="differ in their keys"):
+        bulk_insert(dialect, table_of(OutboxMessage), [row, {k: v for k, v in row.items() if k != "key"} | {"x": 1}])
+    with pytest.raises(ValueError, match="created_at, which have defaults"):
+        bulk_insert(dialect, table_of(OutboxMessage), [{k: v for k, v in row.items() if k != "created_at"}])
