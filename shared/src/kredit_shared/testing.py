@@ -365,9 +365,9 @@ def service_process(package: str, env: dict[str, str], log_path: str) -> Iterato
 
 
 def assert_constructed_as_validated(message: Any) -> None:
-    """A message built with `model_construct` is what the validating constructor makes of the same fields (the
-    same value and JSON bytes), its JSON parses back as its consumers parse it, to the same bytes, and it was
-    given every field, nested ones too (model_construct fills a left-out default slowly)."""
+    """A message built without validation (`contracts.construct`) is what the validating constructor makes of the
+    same fields (the same value and JSON bytes), its JSON parses back as its consumers parse it, to the same bytes,
+    and it was given every field, nested ones too (`construct` is fast only then)."""
     dumped = message.model_dump_json()
     validated = type(message).model_validate(message.model_dump())
     assert (validated, validated.model_dump_json()) == (message, dumped)
@@ -441,7 +441,7 @@ def _consumer_parser(topic: str) -> Callable[[bytes], Any] | None:
 
 def check_contract(e: Emitted) -> None:
     """Fail the test if a message a handler emitted is not what its consumers accept: the services build
-    their messages without validation (`model_construct`), so every handler test checks them here."""
+    their messages without validation (`contracts.construct`), so every handler test checks them here."""
     from pydantic import ValidationError
 
     if (parse := _consumer_parser(e.topic)) is None:

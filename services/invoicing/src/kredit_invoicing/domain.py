@@ -1,7 +1,7 @@
 """Invoicing rules: a CustomerInvoiceIssued becomes a posted customer transaction and its balanced ledger voucher.
 
 Pure: values in, decisions out. The handler stores `PostedInvoice` (with its fingerprint) and puts
-`PostedInvoice.messages` in the outbox in the same transaction. Those messages are built with `model_construct`
+`PostedInvoice.messages` in the outbox in the same transaction. Those messages are built with `construct`
 (every field given) from the validated invoice, as settlement builds its own (kredit_settlement.posting says why).
 """
 
@@ -20,6 +20,7 @@ from kredit_shared.contracts import (
     TransactionType,
     VoucherLine,
     VoucherPosted,
+    construct,
     content_fingerprint,
     derived_message_id,
 )
@@ -176,7 +177,7 @@ def compute_cash_discounts(
             raise InvoiceRejected(
                 f"cash discount amount {given} until {until} is not {percent} % of the total {total} ({amount})"
             )
-        tiers.append(CashDiscountTier.model_construct(percent=percent, date=until, amount=amount))
+        tiers.append(construct(CashDiscountTier, percent=percent, date=until, amount=amount))
     return tuple(tiers)
 
 
@@ -280,7 +281,8 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup, rate: Decimal) ->
             )
     accounting_total = accounting[0]  # the customer's line: the total
     voucher_lines = [
-        VoucherLine.model_construct(
+        construct(
+            VoucherLine,
             account=acc,
             debit=max(acc_amt, ZERO),
             credit=max(-acc_amt, ZERO),
@@ -293,7 +295,8 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup, rate: Decimal) ->
         if acc_amt != 0  # a tiny amount can be worth 0.00 in the accounting currency: the ledger refuses 0 lines
     ]
 
-    transaction = CustomerTransactionPosted.model_construct(
+    transaction = construct(
+        CustomerTransactionPosted,
         message_id=_message_id(setup, voucher, CustomerTransactionPosted.topic),
         voucher=voucher,
         transaction_type=kind,
@@ -311,7 +314,8 @@ def _post(message: CustomerInvoiceIssued, setup: CompanySetup, rate: Decimal) ->
         exchange_rate=rate if foreign else None,
         accounting_currency_amount=accounting_total if foreign else None,
     )
-    ledger_voucher = VoucherPosted.model_construct(
+    ledger_voucher = construct(
+        VoucherPosted,
         message_id=_message_id(setup, voucher, VoucherPosted.topic),
         voucher=voucher,
         posting_date=message.invoice_date,

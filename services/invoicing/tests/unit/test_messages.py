@@ -1,4 +1,4 @@
-"""The messages invoicing emits are built with `model_construct` (kredit_invoicing.domain): for any invoice or credit
+"""The messages invoicing emits are built with `construct` (kredit_invoicing.domain): for any invoice or credit
 note it posts, in the accounting currency or a foreign one of none, two or three decimals, with or without cash
 discounts, each is what the contract's validating constructor makes of the same fields, to the byte, parses as its
 consumers parse it, and was given every field."""

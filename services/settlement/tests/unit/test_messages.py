@@ -1,7 +1,7 @@
-"""The messages settlement emits are built with `model_construct` (kredit_settlement.posting): for any transaction
+"""The messages settlement emits are built with `construct` (kredit_settlement.posting): for any transaction
 and settled pair the domain hands it, in the accounting currency or a foreign one of none, two or three decimals,
 each is what the contract's validating constructor makes of the same fields, to the byte, parses as its
-consumers parse it, and was given every field (model_construct fills a left-out default slowly)."""
+consumers parse it, and was given every field (`construct` is fast only then)."""
 
 from __future__ import annotations
 
