@@ -4,6 +4,7 @@ documents waiting for an exchange rate small."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import date, timedelta
 
@@ -213,3 +214,13 @@ async def test_the_relay_batches_a_partitions_rows_in_commit_order_on_the_partit
         mine = [r for r in records if r.key == key]
         assert [r.value for r in mine] == [payloads[n] for n in range(400) if n % 9 == k and n != 7], "commit order"
         assert {r.partition for r in mine} == {DefaultPartitioner()(key, partitions, partitions)}
+
+
+def test_stored_headers_read_back_small_and_large_alike():
+    """A message's few headers come from a cache, a dead letter's (reason, original headers) are decoded each time:
+    both are what was stored, bytes that are not UTF-8 and null values included."""
+    small = [("message-type", b"VoucherPosted"), ("n", None)]
+    large = [*small, ("x-dlq-reason", b"r" * 600), ("raw", b"\xff\xfe")]
+    for headers in (small, large):
+        encoded = json.dumps(outbox.encode_headers(headers))
+        assert outbox.stored_headers(encoded) == tuple(headers)

@@ -188,10 +188,18 @@ _RELAYED = (
 )
 
 
-@functools.lru_cache(maxsize=1024)
 def stored_headers(encoded: str) -> tuple[Header, ...]:
-    """The headers of an outbox row from the JSON text stored (encode_headers' form)."""
+    """The headers of an outbox row from the JSON text stored (encode_headers' form). Small ones (a message's)
+    through a cache; a dead letter's, which carry a reason and the original record's headers, decoded each time
+    so the cache stays small whatever came in."""
+    return _cached_headers(encoded) if len(encoded) <= 512 else _headers(encoded)
+
+
+def _headers(encoded: str) -> tuple[Header, ...]:
     return tuple(decode_headers(json.loads(encoded)))
+
+
+_cached_headers = functools.lru_cache(maxsize=1024)(_headers)
 
 
 # The largest record the relay's producer sends (aiokafka's default max_request_size, passed to the producer
