@@ -195,9 +195,8 @@ def table_of(model: type[SQLModel]) -> Table:
 @dataclass(frozen=True)
 class _InsertPlan:
     sql: str
-    row_values: Callable[[Mapping[str, Any]], Any]  # a row's values in column order (a tuple; one value alone)
+    row_values: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # a row's values in column order
     converters: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, the column type's bind processor)
-    width: int
 
 
 @functools.lru_cache(maxsize=256)  # a service has a few dozen (table, keys); tests make many engines
@@ -219,7 +218,9 @@ def _insert_plan(table: Table, keys: tuple[str, ...], dialect: Dialect, skip_con
         for position, column in enumerate(columns)
         if (converter := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
     )
-    return _InsertPlan(sql, operator.itemgetter(*keys), converters, len(keys))
+    # itemgetter gives a tuple for two keys or more, the value itself for one
+    row_values = operator.itemgetter(*keys) if len(keys) > 1 else lambda row: (row[keys[0]],)
+    return _InsertPlan(sql, row_values, converters)
 
 
 _PLACEHOLDERS: dict[str, Callable[[int], str]] = {"qmark": lambda _: "?", "numeric_dollar": lambda n: f"${n}"}
@@ -234,23 +235,19 @@ def bulk_insert(
     stored form is the same), without its per-row parameter compilation: that cost more than the rest of the
     insert on every hot path (~10 % of a service's CPU per message). Every row has the same keys; a column left
     out gets NULL or the database's default, so one with a Python-side default must be given."""
-    keys = tuple(rows[0])
-    plan = _insert_plan(table, keys, dialect, skip_conflicts)
+    keys = rows[0].keys()
+    plan = _insert_plan(table, tuple(keys), dialect, skip_conflicts)
     parameters: list[tuple[Any, ...]] = []
     for row in rows:
-        try:
-            if len(row) != plan.width:
-                raise KeyError
-            values = plan.row_values(row)
-        except KeyError:
-            raise ValueError(f"rows for {table.name} differ in their keys: {sorted(row)} and {sorted(keys)}") from None
-        if plan.width == 1:
-            values = (values,)
+        if row.keys() != keys:
+            raise ValueError(f"rows for {table.name} differ in their keys: {sorted(row)} and {sorted(keys)}")
+        values = plan.row_values(row)
         if plan.converters:
-            values = list(values)
+            converted = list(values)
             for position, converter in plan.converters:
-                values[position] = converter(values[position])
-        parameters.append(tuple(values))
+                converted[position] = converter(converted[position])
+            values = tuple(converted)
+        parameters.append(values)
     return plan.sql, parameters
 
 
