@@ -28,6 +28,7 @@ from kredit_shared import inbox
 from kredit_shared.company_setup import CompanySetup, ExchangeRatePeriod
 from kredit_shared.contracts import GL_EXCHANGE_RATES, ExchangeRateSet
 from kredit_shared.contracts.messages import ContractMessage
+from kredit_shared.contracts.parsing import json_parser
 from kredit_shared.currencies import Rates, rate_refusal
 from kredit_shared.database import ExactDecimal, insert_new
 from kredit_shared.outbox import utcnow
@@ -215,7 +216,7 @@ async def _book(uow: UnitOfWork, topic: str, document: Any, handle: HandleBatch)
 def subscribe(runtime: ServiceRuntime, accounting_currency: str) -> None:
     """Every service that books foreign documents keeps the rates set over HTTP, and books what waited for them."""
     record = partial(record_rates, accounting_currency=accounting_currency, handler_of=runtime.handler_of)
-    runtime.subscribe_batch(GL_EXCHANGE_RATES, ExchangeRateSet.model_validate_json, record)
+    runtime.subscribe_batch(GL_EXCHANGE_RATES, json_parser(ExchangeRateSet), record)
 
 
 async def load_rates(session: AsyncSession, setup: CompanySetup) -> Rates:

@@ -195,15 +195,15 @@ TransactionTotal = Annotated[
 ]
 """A sum of transaction-currency amounts in a response: like Total, with the third decimal of a KWD amount."""
 
-_ISO_4217 = frozenset(c.alpha_3 for c in pycountry.currencies)
+ISO_4217 = frozenset(c.alpha_3 for c in pycountry.currencies)
 
 
 def is_currency(value: Any) -> bool:
-    return isinstance(value, str) and value in _ISO_4217
+    return isinstance(value, str) and value in ISO_4217
 
 
 def parse_currency(value: Any) -> str:
-    if not isinstance(value, str) or value.upper() != value or value not in _ISO_4217:
+    if not isinstance(value, str) or value.upper() != value or value not in ISO_4217:
         raise ValueError(f"currency {value!r} is not an ISO 4217 code")
     return value
 

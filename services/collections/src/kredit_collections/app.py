@@ -16,9 +16,10 @@ from kredit_shared.contracts import (
     GL_GENERAL_JOURNALS,
     GL_JOURNAL_EVENTS,
     CustomerTransactionPosted,
+    JournalEvent,
     OpenItemsSettled,
-    journal_event_adapter,
 )
+from kredit_shared.contracts.parsing import json_parser
 from kredit_shared.migrations import of_package
 from kredit_shared.service import ServiceRuntime, run_service
 
@@ -28,10 +29,10 @@ def create_app(settings: CollectionsSettings | None = None) -> FastAPI:
     setup = load_company_setup(settings.company_setup_file)
     runtime = ServiceRuntime(settings, tables=TABLES, migrations=of_package("collections", "kredit_collections"))
     runtime.subscribe_batch(
-        AR_CUSTOMER_TRANSACTIONS, CustomerTransactionPosted.model_validate_json, handlers.record_customer_transactions
+        AR_CUSTOMER_TRANSACTIONS, json_parser(CustomerTransactionPosted), handlers.record_customer_transactions
     )
-    runtime.subscribe_batch(AR_SETTLEMENTS, OpenItemsSettled.model_validate_json, handlers.record_settlements)
-    runtime.subscribe_batch(GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, handlers.record_journal_events)
+    runtime.subscribe_batch(AR_SETTLEMENTS, json_parser(OpenItemsSettled), handlers.record_settlements)
+    runtime.subscribe_batch(GL_JOURNAL_EVENTS, json_parser(JournalEvent), handlers.record_journal_events)
     # Write-off journals and their cancels; interest notes and letter fees, posted through invoicing.
     exchange_rates.subscribe(runtime, setup.accounting_currency)  # rates set over ledger-posting's API
     runtime.publishes(GL_GENERAL_JOURNALS, ERP_CUSTOMER_INVOICES)

@@ -17,6 +17,7 @@ from kredit_shared.contracts import (
     GL_JOURNAL_LINES,
     CustomerInvoiceIssued,
 )
+from kredit_shared.contracts.parsing import json_parser
 from kredit_shared.migrations import of_package
 from kredit_shared.service import ServiceRuntime, run_service
 
@@ -27,7 +28,7 @@ def create_app(settings: InvoicingSettings | None = None) -> FastAPI:
     setup = load_company_setup(settings.company_setup_file)
     runtime = ServiceRuntime(settings, tables=TABLES, migrations=of_package("invoicing", "kredit_invoicing"))
     runtime.subscribe_batch(
-        ERP_CUSTOMER_INVOICES, CustomerInvoiceIssued.model_validate_json, partial(handlers.issue_invoices, setup=setup)
+        ERP_CUSTOMER_INVOICES, json_parser(CustomerInvoiceIssued), partial(handlers.issue_invoices, setup=setup)
     )
     runtime.publishes(AR_CUSTOMER_TRANSACTIONS, GL_JOURNAL_LINES)
     exchange_rates.subscribe(runtime, setup.accounting_currency)  # rates set over ledger-posting's API

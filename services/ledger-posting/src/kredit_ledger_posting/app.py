@@ -15,9 +15,10 @@ from kredit_shared.contracts import (
     GL_GENERAL_JOURNALS,
     GL_JOURNAL_EVENTS,
     GL_JOURNAL_LINES,
+    GeneralJournalMessage,
     VoucherPosted,
-    general_journal_adapter,
 )
+from kredit_shared.contracts.parsing import json_parser
 from kredit_shared.migrations import of_package
 from kredit_shared.service import ServiceRuntime, run_service
 
@@ -26,12 +27,10 @@ def create_app(settings: LedgerPostingSettings | None = None) -> FastAPI:
     settings = settings or LedgerPostingSettings()
     setup = load_company_setup(settings.company_setup_file)
     runtime = ServiceRuntime(settings, tables=TABLES, migrations=of_package("ledger-posting", "kredit_ledger_posting"))
-    runtime.subscribe_batch(
-        GL_JOURNAL_LINES, VoucherPosted.model_validate_json, partial(handlers.post_vouchers, setup=setup)
-    )
+    runtime.subscribe_batch(GL_JOURNAL_LINES, json_parser(VoucherPosted), partial(handlers.post_vouchers, setup=setup))
     runtime.subscribe(
         GL_GENERAL_JOURNALS,
-        general_journal_adapter.validate_json,
+        json_parser(GeneralJournalMessage),
         partial(handlers.on_general_journal_message, setup=setup),
     )
     # Exchange rates set over HTTP: kept in its own table by the route itself, published for the others.

@@ -20,8 +20,9 @@ from kredit_shared.contracts import (
     GL_JOURNAL_LINES,
     CustomerPaymentReceived,
     CustomerTransactionPosted,
-    journal_event_adapter,
+    JournalEvent,
 )
+from kredit_shared.contracts.parsing import json_parser
 from kredit_shared.migrations import of_package
 from kredit_shared.service import ServiceRuntime, run_service
 
@@ -36,15 +37,15 @@ def create_app(settings: SettlementSettings | None = None) -> FastAPI:
     # Its own postings (payments, discounts, write-offs) come back on this topic: it holds them already.
     runtime.subscribe_batch(
         AR_CUSTOMER_TRANSACTIONS,
-        CustomerTransactionPosted.model_validate_json,
+        json_parser(CustomerTransactionPosted),
         partial(handlers.record_customer_transactions, setup),
         skip_own=True,
     )
     runtime.subscribe_batch(
-        ERP_CUSTOMER_PAYMENTS, CustomerPaymentReceived.model_validate_json, partial(handlers.receive_payments, setup)
+        ERP_CUSTOMER_PAYMENTS, json_parser(CustomerPaymentReceived), partial(handlers.receive_payments, setup)
     )
     runtime.subscribe_batch(
-        GL_JOURNAL_EVENTS, journal_event_adapter.validate_json, partial(handlers.settle_write_off_journals, setup)
+        GL_JOURNAL_EVENTS, json_parser(JournalEvent), partial(handlers.settle_write_off_journals, setup)
     )
     runtime.publishes(AR_CUSTOMER_TRANSACTIONS, AR_SETTLEMENTS, GL_JOURNAL_LINES)
 

@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -103,7 +103,7 @@ __all__ = [
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-def _parse_iso_date(value: Any) -> date:
+def parse_iso_date(value: Any) -> date:
     if isinstance(value, date):
         return value
     if not isinstance(value, str) or not _ISO_DATE.match(value):
@@ -116,7 +116,7 @@ def _parse_iso_date(value: Any) -> date:
 
 IsoDate = Annotated[
     date,
-    BeforeValidator(_parse_iso_date),
+    BeforeValidator(parse_iso_date),
     WithJsonSchema({"type": "string", "format": "date"}),
 ]
 
@@ -125,7 +125,7 @@ PERCENT_PATTERN = r"^[0-9]{1,3}(\.[0-9]{1,6})?$"
 _PERCENT = re.compile(PERCENT_PATTERN)
 
 
-def _parse_percent(value: Any) -> Decimal:
+def parse_percent(value: Any) -> Decimal:
     """A JSON string such as "1.00" (or an integer, or a Decimal in Python) from 0 to 100."""
     if isinstance(value, float) and value.is_integer() and 0 <= value <= 100:
         value = int(value)  # JSON's 2.0 is the integer 2
@@ -148,7 +148,7 @@ def _parse_percent(value: Any) -> Decimal:
 
 Percent = Annotated[
     Decimal,
-    BeforeValidator(_parse_percent),
+    BeforeValidator(parse_percent),
     PlainSerializer(lambda v: format(v, "f"), return_type=str, when_used="json"),
     WithJsonSchema(
         {
@@ -163,7 +163,7 @@ Percent = Annotated[
 ]
 
 
-def _parse_message_id(value: Any) -> str:
+def parse_message_id(value: Any) -> str:
     if isinstance(value, uuid.UUID):
         return str(value)
     try:
@@ -174,7 +174,7 @@ def _parse_message_id(value: Any) -> str:
         raise ValueError(f"message_id {value!r} is not a UUID string") from None
 
 
-MessageId = Annotated[str, BeforeValidator(_parse_message_id), WithJsonSchema({"type": "string", "format": "uuid"})]
+MessageId = Annotated[str, BeforeValidator(parse_message_id), WithJsonSchema({"type": "string", "format": "uuid"})]
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 # C0 controls and DEL never; free text keeps tab, line feed and carriage return.
@@ -212,6 +212,7 @@ def derived_message_id(namespace: uuid.UUID, name: str) -> str:
 
 
 Model = TypeVar("Model", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def construct(model: type[Model], **values: Any) -> Model:
@@ -241,6 +242,15 @@ def content_fingerprint(content: Any, default: Callable[[Any], Any] | None = Non
     return digest(json.dumps(content, sort_keys=True, separators=(",", ":"), default=default))
 
 
+# Model validators that contracts.parsing leaves out of its canonical form (see there): what it takes needs neither.
+NOT_IN_THE_CANONICAL_FORM: set[Callable[..., Any]] = set()
+
+
+def _not_in_the_canonical_form(validator: F) -> F:
+    NOT_IN_THE_CANONICAL_FORM.add(validator)
+    return validator
+
+
 def _message_id_is_required(schema: dict[str, Any]) -> None:
     """In the JSON schemas too: only Python code constructing a message may leave it out."""
     schema["required"] = ["message_id", *(f for f in schema.get("required", []) if f != "message_id")]
@@ -256,6 +266,7 @@ class ContractMessage(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
+    @_not_in_the_canonical_form
     def _message_id_from_its_producer(cls, data: Any, info: ValidationInfo) -> Any:
         """A message read from JSON (a consumer) must carry its producer's id: a made-up one would
         turn every redelivery into a new message. Python code constructing one gets a fresh id."""
@@ -272,8 +283,7 @@ def _check_document_currency(currency: str, amounts: list[tuple[str, Decimal]]) 
     (JPY has none)."""
     if (reason := unsupported_reason(currency)) is not None:
         raise ValueError(reason)
-    for what, amount in amounts:
-        check_precision(amount, currency, what)
+    _check_precision(currency, amounts)
 
 
 def _decimals_from(field: str) -> Any:
@@ -286,12 +296,14 @@ def _decimals_from(field: str) -> Any:
         with document_decimals(minor_units(currency) if is_currency(currency) else 2):
             return handler(data)
 
-    return model_validator(mode="wrap")(classmethod(validate))  # type: ignore[arg-type]
+    return model_validator(mode="wrap")(classmethod(_not_in_the_canonical_form(validate)))  # type: ignore[arg-type]
 
 
-def _check_precision(currency: str | None, amounts: list[tuple[str, Decimal | None]]) -> None:
-    """No amount has more decimals than its currency (JPY none, USD two, KWD three)."""
-    if currency is None:
+def _check_precision(currency: str | None, amounts: Sequence[tuple[str, Decimal | None]]) -> None:
+    """No amount has more decimals than its currency (JPY none, USD two, KWD three). The amounts were validated
+    with at most max(2, the currency's decimals) (_decimals_from), so only a currency with fewer than two has any
+    to refuse."""
+    if currency is None or minor_units(currency) >= 2:
         return
     for what, amount in amounts:
         if amount is not None:
