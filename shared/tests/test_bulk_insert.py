@@ -68,3 +68,15 @@ def test_rows_with_other_keys_or_without_a_defaulted_column_are_refused():
         bulk_insert(dialect, table_of(OutboxMessage), [row, {k: v for k, v in row.items() if k != "key"} | {"x": 1}])
     with pytest.raises(ValueError, match="created_at, which have defaults"):
         bulk_insert(dialect, table_of(OutboxMessage), [{k: v for k, v in row.items() if k != "created_at"}])
+
+
+def test_each_row_gets_its_own_values_when_rows_share_some():
+    """The converters remember their last value (rows of a batch share one commit time): a row with another value,
+    and one with the first value again after it, still get theirs."""
+    dialect = create_engine("sqlite+aiosqlite:///:memory:").dialect
+    table = table_of(OutboxMessage)
+    first, second = dt.datetime(2026, 1, 2, 9, 30, tzinfo=dt.UTC), dt.datetime(2026, 1, 3, 9, 30, tzinfo=dt.UTC)
+    rows = [message_row(PAYMENT) | {"created_at": when} for when in (first, first, second, first)]
+    _, together = bulk_insert(dialect, table, rows)
+    assert together == [bulk_insert(dialect, table, [row])[1][0] for row in rows]
+    assert together[0] == together[1] != together[2]

@@ -238,17 +238,28 @@ def bulk_insert(
     keys = rows[0].keys()
     plan = _insert_plan(table, tuple(keys), dialect, skip_conflicts)
     parameters: list[tuple[Any, ...]] = []
+    # Each converter's last value and what it made of it: rows of a batch share some (every inbox row's commit
+    # time is one datetime, which SQLite's processor would format again for each row).
+    last: list[tuple[Any, Any]] = [(_NOTHING, None)] * len(plan.converters)
     for row in rows:
         if row.keys() != keys:
             raise ValueError(f"rows for {table.name} differ in their keys: {sorted(row)} and {sorted(keys)}")
         values = plan.row_values(row)
         if plan.converters:
             converted = list(values)
-            for position, converter in plan.converters:
-                converted[position] = converter(converted[position])
+            for n, (position, converter) in enumerate(plan.converters):
+                value = converted[position]
+                seen, made = last[n]
+                if value is not seen:
+                    made = converter(value)
+                    last[n] = (value, made)
+                converted[position] = made
             values = tuple(converted)
         parameters.append(values)
     return plan.sql, parameters
+
+
+_NOTHING = object()
 
 
 async def insert_rows(
