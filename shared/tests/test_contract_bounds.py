@@ -14,7 +14,7 @@ from kredit_shared.contracts import (
     VoucherPosted,
     journal_event_adapter,
 )
-from kredit_shared.contracts.messages import CashDiscountTier
+from kredit_shared.contracts.messages import CashDiscountTier, new_message_id
 
 PAYMENT = {
     "payment_id": "ARP-10020",
@@ -53,6 +53,17 @@ def test_a_message_read_from_json_must_carry_its_message_id():
 def test_code_constructing_a_message_still_gets_a_fresh_message_id():
     first, second = CustomerPaymentReceived(**PAYMENT), CustomerPaymentReceived.model_validate(PAYMENT)
     assert uuid.UUID(first.message_id) != uuid.UUID(second.message_id)
+
+
+def test_a_new_message_id_is_a_random_version_4_uuid_in_its_canonical_form():
+    ids = [new_message_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for message_id in ids:
+        parsed = uuid.UUID(message_id)
+        assert str(parsed) == message_id  # lower case, dashes: what consumers parse natively
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+    # every digit but the version's and the variant's two bits is random: each position takes many values
+    assert all(len({m[n] for m in ids}) >= 4 for n in range(36) if n not in (8, 13, 14, 18, 23))
 
 
 def test_the_documented_examples_stay_valid():
