@@ -15,7 +15,7 @@ from pydantic import BaseModel, TypeAdapter
 from kredit_shared.contracts import CustomerPaymentReceived
 from kredit_shared.contracts.catalog import TOPICS
 from kredit_shared.contracts.examples import EXAMPLES
-from kredit_shared.contracts.parsing import canonical_validator, json_parser
+from kredit_shared.contracts.parsing import canonical_validator, json_parser, parsed_json
 
 # Every example message, as our producers write it, with the topic that carries it.
 RECORDS = [
@@ -54,6 +54,7 @@ def test_a_record_in_the_canonical_form_is_taken_natively_as_the_full_validation
     payload = TOPICS[topic].payload
     expected = TypeAdapter(payload).validate_json(raw)
     _assert_same(json_parser(payload)(raw), expected)
+    assert parsed_json(expected) == raw  # the examples were written by model_dump_json
     canonical = canonical_validator(TypeAdapter(payload).core_schema)
     if type(expected).__name__ in LATER_UNION_MEMBERS:
         with pytest.raises(ValueError):
@@ -108,6 +109,11 @@ def test_any_record_parses_as_the_full_validation_parses_it(data: st.DataObject)
     payload = TOPICS[topic].payload
     expected = _outcome(TypeAdapter(payload).validate_json, changed)
     _assert_same(_outcome(json_parser(payload), changed), expected)
+    if isinstance(expected, BaseModel):  # what the inbox fingerprints: the JSON model_dump_json writes, to the byte
+        assert parsed_json(expected) == expected.model_dump_json().encode()
+        assert (
+            parsed_json(expected, exclude={"message_id"}) == expected.model_dump_json(exclude={"message_id"}).encode()
+        )
     canonical = _outcome(canonical_validator(TypeAdapter(payload).core_schema).validate_json, changed)
     if not isinstance(canonical, tuple):
         _assert_same(canonical, expected)

@@ -5,24 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import delete
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kredit_shared.contracts.messages import digest
+from kredit_shared.contracts.messages import ContractMessage, digest
+from kredit_shared.contracts.parsing import parsed_json
 from kredit_shared.database import insert_rows, table_of
 from kredit_shared.outbox import utcnow
 
-
-class _Identified(Protocol):
-    message_id: str
-
-    def model_dump_json(self) -> str: ...
-
-
-M = TypeVar("M", bound=_Identified)
+M = TypeVar("M", bound=ContractMessage)
 
 
 class ProcessedMessage(SQLModel, table=True):
@@ -36,10 +30,11 @@ class ProcessedMessage(SQLModel, table=True):
     processed_at: datetime = Field(default_factory=utcnow, index=True)  # the retention job deletes by age
 
 
-def fingerprint(message: _Identified) -> str:
-    """The content as the contract reads it: key order and spacing of the JSON don't count (the message
-    is re-serialized by pydantic, in field order; kept so, since stored fingerprints must keep matching)."""
-    return digest(message.model_dump_json())
+def fingerprint(message: ContractMessage) -> str:
+    """The content as the contract reads it: key order and spacing of the JSON don't count (the parsed message
+    is re-serialized as model_dump_json writes it, in field order; kept so, since stored fingerprints must keep
+    matching)."""
+    return digest(parsed_json(message))
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from kredit_shared.contracts import (
     SettleMark,
     digest,
 )
+from kredit_shared.contracts.parsing import parsed_json
 from kredit_shared.currencies import Rates
 from kredit_shared.exchange_rates import keep_until_rate
 from kredit_shared.service import Rejected, UnitOfWork
@@ -414,7 +415,7 @@ def _keep_pending_marks(
 
 
 def _fingerprint(payment: CustomerPaymentReceived) -> str:
-    return digest(payment.model_dump_json(exclude={"message_id"}))  # as stored since the first payment: unchanged
+    return digest(parsed_json(payment, exclude={"message_id"}))  # model_dump_json's, as stored since the first payment
 
 
 async def _already_received(batch: _Batch, payment: CustomerPaymentReceived) -> bool:

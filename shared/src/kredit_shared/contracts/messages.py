@@ -234,9 +234,9 @@ def construct(model: type[Model], **values: Any) -> Model:
     return built
 
 
-def digest(text: str) -> str:
-    """The hash of every content fingerprint: SHA-256 of the text, in hex."""
-    return hashlib.sha256(text.encode()).hexdigest()
+def digest(text: str | bytes) -> str:
+    """The hash of every content fingerprint: SHA-256 of the text (UTF-8), in hex."""
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
 
 
 def content_fingerprint(content: Any, default: Callable[[Any], Any] | None = None) -> str:
