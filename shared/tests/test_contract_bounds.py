@@ -5,6 +5,8 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from kredit_shared.contracts import (
@@ -14,7 +16,7 @@ from kredit_shared.contracts import (
     VoucherPosted,
     journal_event_adapter,
 )
-from kredit_shared.contracts.messages import CashDiscountTier, new_message_id
+from kredit_shared.contracts.messages import CashDiscountTier, derived_message_id, new_message_id
 
 PAYMENT = {
     "payment_id": "ARP-10020",
@@ -64,6 +66,19 @@ def test_a_new_message_id_is_a_random_version_4_uuid_in_its_canonical_form():
         assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
     # every digit but the version's and the variant's two bits is random: each position takes many values
     assert all(len({m[n] for m in ids}) >= 4 for n in range(36) if n not in (8, 13, 14, 18, 23))
+
+
+@given(
+    st.text(), st.sampled_from([uuid.NAMESPACE_URL, uuid.NAMESPACE_DNS, uuid.UUID(int=0), uuid.UUID(int=2**128 - 1)])
+)
+def test_a_derived_message_id_is_uuid5_of_its_name(name, namespace):
+    try:
+        expected = str(uuid.uuid5(namespace, name))
+    except UnicodeEncodeError:  # a lone surrogate: neither can encode it
+        with pytest.raises(UnicodeEncodeError):
+            derived_message_id(namespace, name)
+        return
+    assert derived_message_id(namespace, name) == expected
 
 
 def test_the_documented_examples_stay_valid():
