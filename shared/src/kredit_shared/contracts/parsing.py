@@ -54,6 +54,8 @@ def json_parser(payload: Any) -> Callable[[bytes], Any]:
     the canonical form natively, anything else by the full validation (see the module's doc)."""
     full = TypeAdapter(payload)
     canonical = canonical_validator(full.core_schema)
+    for model in _models_in(full.core_schema):  # built now, at start-up, not while requests run in threads
+        _parsed_serializer(model)
 
     def parse(raw: bytes) -> Any:
         try:
@@ -149,7 +151,7 @@ def _built_anew(models: set[type]) -> Iterator[None]:
     """pydantic-core builds a model schema of a complete model class as that class's own validator or serializer (its
     "prebuilt" one, read from `__pydantic_complete__` in the class's __dict__), which would be the full one again.
     While a copy is built, the classes are marked incomplete; that is read only when one is built."""
-    marks = {model: model.__dict__.get("__pydantic_complete__") for model in models}
+    marks = {model: model.__dict__["__pydantic_complete__"] for model in models}  # every model class has its own
     try:
         for model in models:
             type.__setattr__(model, "__pydantic_complete__", False)
