@@ -157,10 +157,11 @@ class ExactDecimal(TypeDecorator[Decimal]):
         value = Decimal(value)
         if dialect.name != "sqlite":
             return value
-        scaled = int(value.scaleb(self.places))
-        if scaled != value.scaleb(self.places):
+        scaled = value.scaleb(self.places)
+        whole = int(scaled)
+        if whole != scaled:
             raise ValueError(f"{value} has more than {self.places} decimals")
-        return scaled
+        return whole
 
     def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
         if value is None:
