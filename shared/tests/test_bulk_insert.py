@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
+from unittest.mock import patch
 
 import pytest
 from sqlalchemy import insert, select
 
 from kredit_shared.contracts import CustomerPaymentReceived
 from kredit_shared.database import (
+    _InsertPlan,
+    _insert_plan,
     bulk_insert,
     create_engine,
     create_session_factory,
@@ -71,12 +76,40 @@ def test_rows_with_other_keys_or_without_a_defaulted_column_are_refused():
 
 
 def test_each_row_gets_its_own_values_when_rows_share_some():
-    """The converters remember their last value (rows of a batch share one commit time): a row with another value,
-    and one with the first value again after it, still get theirs."""
+    """The converters remember what they made of each value object (rows of a batch share one commit time and a
+    headers list per message type): a row with another value, and one with the first value again after it, still
+    get theirs, and a shared value is converted once."""
     dialect = create_engine("sqlite+aiosqlite:///:memory:").dialect
     table = table_of(OutboxMessage)
     first, second = dt.datetime(2026, 1, 2, 9, 30, tzinfo=dt.UTC), dt.datetime(2026, 1, 3, 9, 30, tzinfo=dt.UTC)
-    rows = [message_row(PAYMENT) | {"created_at": when} for when in (first, first, second, first)]
+    payment, letter = message_row(PAYMENT)["headers"], dead_letter_row(LETTER, "m-2")["headers"]
+    shared = [(first, payment), (first, letter), (second, payment), (first, letter), (first, [["h", "other"]])]
+    rows = [message_row(PAYMENT) | {"created_at": when, "headers": headers} for when, headers in shared]
     _, together = bulk_insert(dialect, table, rows)
     assert together == [bulk_insert(dialect, table, [row])[1][0] for row in rows]
-    assert together[0] == together[1] != together[2]
+    assert together[0][-2:] != together[1][-2:] != together[2][-2:]
+    assert together[1] == together[3]
+
+    keys = tuple(rows[0])
+    plan = _insert_plan(table, keys, dialect, False)
+    calls: dict[str, int] = {}
+
+    def counted(position: int, converter: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def convert(value: Any) -> Any:
+            calls[keys[position]] = calls.get(keys[position], 0) + 1
+            return converter(value)
+
+        return convert
+
+    counting = tuple((position, counted(position, converter)) for position, converter in plan.converters)
+    with patch("kredit_shared.database._insert_plan", return_value=_InsertPlan(plan.sql, plan.row_values, counting)):
+        assert bulk_insert(dialect, table, rows)[1] == together
+    assert calls["created_at"] == 2 and calls["headers"] == 3  # the two times, the two shared lists and the other
+
+
+def test_a_message_type_shares_one_headers_list_without_a_trace():
+    assert (
+        message_row(PAYMENT)["headers"]
+        is message_row(PAYMENT)["headers"]
+        == [["message-type", "CustomerPaymentReceived"]]
+    )

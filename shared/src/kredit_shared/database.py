@@ -245,28 +245,25 @@ def bulk_insert(
     keys = rows[0].keys()
     plan = _insert_plan(table, tuple(keys), dialect, skip_conflicts)
     parameters: list[tuple[Any, ...]] = []
-    # Each converter's last value and what it made of it: rows of a batch share some (every inbox row's commit
-    # time is one datetime, which SQLite's processor would format again for each row).
-    last: list[tuple[Any, Any]] = [(_NOTHING, None)] * len(plan.converters)
+    # What each converter made of each value object it was given, by identity: rows of a batch share some (one
+    # commit time for every inbox and outbox row, one headers list for each message type), which a converter
+    # would format again for each row. The rows hold every value until the call returns, so no id is reused.
+    made: list[dict[int, Any]] = [{} for _ in plan.converters]
     for row in rows:
         if row.keys() != keys:
             raise ValueError(f"rows for {table.name} differ in their keys: {sorted(row)} and {sorted(keys)}")
         values = plan.row_values(row)
         if plan.converters:
             converted = list(values)
-            for n, (position, converter) in enumerate(plan.converters):
+            for (position, converter), known in zip(plan.converters, made):
                 value = converted[position]
-                seen, made = last[n]
-                if value is not seen:
-                    made = converter(value)
-                    last[n] = (value, made)
-                converted[position] = made
+                try:
+                    converted[position] = known[id(value)]
+                except KeyError:
+                    converted[position] = known[id(value)] = converter(value)
             values = tuple(converted)
         parameters.append(values)
     return plan.sql, parameters
-
-
-_NOTHING = object()
 
 
 async def insert_rows(

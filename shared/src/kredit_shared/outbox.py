@@ -107,15 +107,26 @@ def relayed_id(headers: Sequence[tuple[str, bytes | None]] | None) -> str | None
 
 def message_row(message: ContractMessage) -> dict[str, Any]:
     """The outbox row of a contract message (a transaction inserts its rows in one statement)."""
+    # The trace context of the span writing it: the relay's span continues that trace.
+    trace = telemetry.trace_headers()
+    message_type = type(message).__name__
     return {
         "message_id": message.message_id,
         "topic": message.topic,
         "key": message.key(),
         "payload": message.model_dump_json().encode(),
-        # The trace context of the span writing it: the relay's span continues that trace.
-        "headers": encode_headers([("message-type", type(message).__name__.encode()), *telemetry.trace_headers()]),
+        "headers": encode_headers([("message-type", message_type.encode()), *trace])
+        if trace
+        else _type_headers(message_type),
         "created_at": utcnow(),
     }
+
+
+@functools.lru_cache(maxsize=256)
+def _type_headers(message_type: str) -> list[list[Any]]:
+    """The stored headers of a message of this type without a trace context: one list for all of them (never
+    changed), which bulk_insert then encodes once a statement."""
+    return encode_headers([("message-type", message_type.encode())])
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,9 @@ class UnitOfWork:
 
     def _write_outbox(self, session: Session) -> None:
         if self._outbox:
+            now = outbox.utcnow()  # one time, the commit's, for all: bulk_insert converts it once
+            for row in self._outbox:
+                row["created_at"] = now
             # Runs inside the async commit, so the sync API is the right one here.
             connection = session.connection()
             connection.exec_driver_sql(*bulk_insert(connection.dialect, table_of(outbox.OutboxMessage), self._outbox))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -58,7 +59,7 @@ class SettlementSetup:
     realized_loss_account: str | None = None
     company: CompanySetup | None = None  # for the exchange rates (load_rates); None: no rates set up
 
-    @property
+    @cached_property  # asked several times a payment; the setup never changes
     def accounts(self) -> domain.Accounts:
         return domain.Accounts(
             self.cash_discount_account,

@@ -719,3 +719,24 @@ def test_automatic_settlement_over_the_debits_it_reaches_is_settlement_over_all(
     if stops:  # and it does not stop before the last debit the payment touches
         paid = {s.debit_voucher for r in everything for s in r.settlements}
         assert all(t.voucher not in paid for t in ordered[stops[0] :])
+
+
+_cents = st.decimals(min_value=Decimal("-99999.99"), max_value=Decimal("99999.99"), places=2)
+
+
+@given(
+    original=_cents,
+    rate=st.sampled_from([Decimal(1), Decimal("1.0965"), Decimal("0.0072")]),
+    open_amount=_cents,
+    accounting_open=_cents,
+    discount=_cents,
+)
+def test_with_open_is_replace_of_the_three_amounts(original, rate, open_amount, accounting_open, discount):
+    t = OpenTransaction(
+        "INV-1", "4027", "Invoice", date(2015, 6, 1), "EUR", original, original, "INV-1", exchange_rate=rate
+    )
+    changed = t.with_open(open_amount, accounting_open, discount)
+    expected = replace(t, open_amount=open_amount, accounting_open_amount=accounting_open, discount_taken=discount)
+    assert changed == expected
+    assert vars(changed) == vars(expected)  # every field, the ones eq leaves out too
+    assert t.open_amount == original  # the original is untouched

@@ -282,6 +282,20 @@ class OpenTransaction:
                 accounting_open = round_money(self.open_amount * self.exchange_rate)
             object.__setattr__(self, "accounting_open_amount", accounting_open)
 
+    def with_open(
+        self, open_amount: Decimal, accounting_open_amount: Decimal, discount_taken: Decimal
+    ) -> OpenTransaction:
+        """`dataclasses.replace(self, open_amount=…, accounting_open_amount=…, discount_taken=…)`: the transaction
+        after a settlement, at a quarter of replace's cost (every settled pair makes one). Both accounting
+        amounts are set, so __post_init__ has nothing to fill in."""
+        changed = object.__new__(OpenTransaction)
+        values = changed.__dict__
+        values.update(self.__dict__)
+        values["open_amount"] = open_amount
+        values["accounting_open_amount"] = accounting_open_amount
+        values["discount_taken"] = discount_taken
+        return changed
+
     @property
     def is_debit(self) -> bool:
         return self.transaction_type in DEBIT_TYPES

@@ -672,11 +672,10 @@ def apply_settlement(
         if (t.open_amount > 0 and new_open < 0) or (t.open_amount < 0 and new_open > 0) or t.open_amount == 0:
             raise SettlementError(f"{t.voucher}: settling would take the open balance {t.open_amount} to {new_open}")
         updated.append(
-            replace(
-                t,
-                open_amount=new_open,
-                accounting_open_amount=t.accounting_open_amount + accounting_change[t.voucher],
-                discount_taken=t.discount_taken + discount_change.get(t.voucher, ZERO),
+            t.with_open(
+                new_open,
+                t.accounting_open_amount + accounting_change[t.voucher],
+                t.discount_taken + discount_change.get(t.voucher, ZERO),
             )
         )
     return updated
