@@ -13,8 +13,8 @@ from sqlalchemy import insert, select
 
 from kredit_shared.contracts import CustomerPaymentReceived
 from kredit_shared.database import (
-    _InsertPlan,
     _insert_plan,
+    _InsertPlan,
     bulk_insert,
     create_engine,
     create_session_factory,
