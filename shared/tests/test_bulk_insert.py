@@ -9,6 +9,7 @@ from typing import Any
 from unittest.mock import patch
 
 import pytest
+import sqlalchemy
 from sqlalchemy import insert, select
 
 from kredit_shared.contracts import CustomerPaymentReceived
@@ -113,3 +114,15 @@ def test_a_message_type_shares_one_headers_list_without_a_trace():
         is message_row(PAYMENT)["headers"]
         == [["message-type", "CustomerPaymentReceived"]]
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [dt.date(2026, 1, 2), dt.date(999, 12, 31), dt.date(1, 1, 1), dt.datetime(2026, 1, 2, 9, 30), None],
+)
+def test_a_sqlite_date_is_written_as_sqlalchemys_date_processor_writes_it(value: dt.date | None):
+    dialect = create_engine("sqlite+aiosqlite:///:memory:").dialect
+    table = table_of(ExchangeRateRow)
+    processor = sqlalchemy.Date().dialect_impl(dialect).bind_processor(dialect)
+    row = {"currency": "EUR", "from_date": value, "rate": Decimal("1.0832"), "recorded_at": dt.datetime.now(dt.UTC)}
+    assert bulk_insert(dialect, table, [row])[1][0][1] == processor(value)

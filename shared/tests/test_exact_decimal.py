@@ -36,3 +36,21 @@ def test_an_accounting_amount_comes_back_with_two_decimals(amount: Decimal):
 def test_more_decimals_than_the_column_holds_are_refused(places: int, amount: str):
     with pytest.raises(ValueError, match="decimals"):
         ExactDecimal(places).process_bind_param(Decimal(amount), SQLITE)
+
+
+@given(st.one_of(AMOUNTS, st.integers(min_value=-(10**12), max_value=10**12), AMOUNTS.map(str)))
+def test_the_sqlite_bind_processor_stores_what_process_bind_param_does(value: Decimal | int | str):
+    """Inserts use bind_processor (TypeDecorator's wrapper left out on SQLite): the same integer for a Decimal, an
+    integer or a string, and None for None."""
+    column = ExactDecimal(TRANSACTION_PLACES)
+    process = column.bind_processor(SQLITE)
+    assert process is not None
+    assert process(value) == column.process_bind_param(value, SQLITE)
+    assert process(None) is None
+
+
+def test_the_sqlite_bind_processor_refuses_more_decimals_too():
+    process = ExactDecimal(2).bind_processor(SQLITE)
+    assert process is not None
+    with pytest.raises(ValueError, match="1.005 has more than 2 decimals"):
+        process(Decimal("1.005"))

@@ -9,11 +9,13 @@ import ssl as ssl_module
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Dialect, Numeric, Table, TypeDecorator, event, make_url
+import sqlalchemy
+from sqlalchemy import BigInteger, Column, Dialect, Numeric, Table, TypeDecorator, event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeEngine
@@ -157,11 +159,28 @@ class ExactDecimal(TypeDecorator[Decimal]):
         value = Decimal(value)
         if dialect.name != "sqlite":
             return value
+        return self._scaled(value)
+
+    def _scaled(self, value: Decimal) -> int:
         scaled = value.scaleb(self.places)
         whole = int(scaled)
         if whole != scaled:
             raise ValueError(f"{value} has more than {self.places} decimals")
         return whole
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """On SQLite, process_bind_param without TypeDecorator's wrapper around it (the impl, an integer, has no
+        processor of its own): every amount of every insert goes through it."""
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        scaled = self._scaled
+
+        def process(value: Any) -> int | None:
+            if value is None:
+                return None
+            return scaled(value if type(value) is Decimal else Decimal(value))
+
+        return process
 
     def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
         if value is None:
@@ -221,13 +240,27 @@ def _insert_plan(table: Table, keys: tuple[str, ...], dialect: Dialect, skip_con
         f"VALUES ({placeholders})" + (" ON CONFLICT DO NOTHING" if skip_conflicts else "")
     )
     converters = tuple(
-        (position, converter)
+        (position, _sqlite_date(converter) if dialect.name == "sqlite" and _is_date(column) else converter)
         for position, column in enumerate(columns)
         if (converter := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
     )
     # itemgetter gives a tuple for two keys or more, the value itself for one
     row_values = operator.itemgetter(*keys) if len(keys) > 1 else lambda row: (row[keys[0]],)
     return _InsertPlan(sql, row_values, converters)
+
+
+def _is_date(column: Column[Any]) -> bool:
+    return type(column.type) is sqlalchemy.Date
+
+
+def _sqlite_date(converter: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """SQLite's DATE processor, with a date written by date.isoformat: the same text (YYYY-MM-DD, its storage
+    format), without formatting it in Python; anything else (a datetime, a string) goes through the processor."""
+
+    def process(value: Any) -> Any:
+        return value.isoformat() if type(value) is date else converter(value)
+
+    return process
 
 
 _PLACEHOLDERS: dict[str, Callable[[int], str]] = {"qmark": lambda _: "?", "numeric_dollar": lambda n: f"${n}"}
@@ -248,22 +281,24 @@ def bulk_insert(
     # What each converter made of each value object it was given, by identity: rows of a batch share some (one
     # commit time for every inbox and outbox row, one headers list for each message type), which a converter
     # would format again for each row. The rows hold every value until the call returns, so no id is reused.
-    made: list[dict[int, Any]] = [{} for _ in plan.converters]
+    converters = [(position, converter, {}) for position, converter in plan.converters]
     for row in rows:
         if row.keys() != keys:
             raise ValueError(f"rows for {table.name} differ in their keys: {sorted(row)} and {sorted(keys)}")
         values = plan.row_values(row)
-        if plan.converters:
+        if converters:
             converted = list(values)
-            for (position, converter), known in zip(plan.converters, made):
+            for position, converter, made in converters:
                 value = converted[position]
-                try:
-                    converted[position] = known[id(value)]
-                except KeyError:
-                    converted[position] = known[id(value)] = converter(value)
+                if (result := made.get(id(value), _NOTHING)) is _NOTHING:
+                    result = made[id(value)] = converter(value)
+                converted[position] = result
             values = tuple(converted)
         parameters.append(values)
     return plan.sql, parameters
+
+
+_NOTHING = object()
 
 
 async def insert_rows(
