@@ -45,7 +45,8 @@ async def test_bulk_inserted_rows_read_back_as_sqlalchemys_insert_stores_them(da
     try:
         await create_tables(engine, SHARED_TABLES)
         sessions = create_session_factory(engine)
-        outbox_rows = [message_row(PAYMENT), dead_letter_row(LETTER, "m-2")]
+        now = dt.datetime.now(dt.UTC)
+        outbox_rows = [row | {"created_at": now} for row in (message_row(PAYMENT), dead_letter_row(LETTER, "m-2"))]
         when = dt.datetime(2026, 1, 2, 9, 30, tzinfo=dt.UTC)
         rate_row = {"currency": "EUR", "from_date": dt.date(2026, 1, 2), "rate": Decimal("1.0832"), "set_by": None}
         rate_row |= {"recorded_at": when}
@@ -67,7 +68,7 @@ async def test_bulk_inserted_rows_read_back_as_sqlalchemys_insert_stores_them(da
 
 def test_rows_with_other_keys_or_without_a_defaulted_column_are_refused():
     dialect = create_engine("sqlite+aiosqlite:///:memory:").dialect
-    row = message_row(PAYMENT)
+    row = message_row(PAYMENT) | {"created_at": dt.datetime.now(dt.UTC)}
     with pytest.raises(ValueError, match="differ in their keys"):
         bulk_insert(dialect, table_of(OutboxMessage), [row, row | {"published_at": None}])
     with pytest.raises(ValueError, match="differ in their keys"):

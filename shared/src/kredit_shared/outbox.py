@@ -106,7 +106,8 @@ def relayed_id(headers: Sequence[tuple[str, bytes | None]] | None) -> str | None
 
 
 def message_row(message: ContractMessage) -> dict[str, Any]:
-    """The outbox row of a contract message (a transaction inserts its rows in one statement)."""
+    """The outbox row of a contract message (a transaction inserts its rows in one statement); the writer adds
+    `created_at`, the commit's time (UnitOfWork._write_outbox)."""
     # The trace context of the span writing it: the relay's span continues that trace.
     trace = telemetry.trace_headers()
     message_type = type(message).__name__
@@ -118,7 +119,6 @@ def message_row(message: ContractMessage) -> dict[str, Any]:
         "headers": encode_headers([("message-type", message_type.encode()), *trace])
         if trace
         else _type_headers(message_type),
-        "created_at": utcnow(),
     }
 
 
@@ -176,7 +176,7 @@ MAX_REASON_CHARS = 4000
 
 def dead_letter_row(letter: DeadLetter, message_id: str) -> dict[str, Any]:
     """The outbox row of a dead letter: committed with the effect (or the inbox entry) that goes with
-    it, so it is published once."""
+    it, so it is published once. Without `created_at`, as message_row."""
     return {
         "message_id": message_id,
         "topic": dead_letter_topic(letter.source_topic),

@@ -94,7 +94,7 @@ class UnitOfWork:
 
     def _write_outbox(self, session: Session) -> None:
         if self._outbox:
-            now = outbox.utcnow()  # one time, the commit's, for all: bulk_insert converts it once
+            now = outbox.utcnow()  # the commit's time, one object for all: bulk_insert converts it once
             for row in self._outbox:
                 row["created_at"] = now
             # Runs inside the async commit, so the sync API is the right one here.
