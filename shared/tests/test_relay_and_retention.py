@@ -10,6 +10,8 @@ from datetime import date, timedelta
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from sqlalchemy import insert
 from sqlmodel import select
@@ -19,7 +21,7 @@ from kredit_shared.contracts import GL_JOURNAL_LINES
 from kredit_shared.database import create_engine, create_session_factory, create_tables
 from kredit_shared.exchange_rates import WaitingDocumentRow
 from kredit_shared.inbox import ProcessedMessage
-from kredit_shared.outbox import OutboxMessage, utcnow
+from kredit_shared.outbox import OutboxMessage, _key_index, utcnow
 from kredit_shared.service import ServiceRuntime
 from kredit_shared.settings import ServiceSettings
 from kredit_shared.testing import TopicProbe, eventually, isolated_kafka, serve
@@ -224,3 +226,11 @@ def test_stored_headers_read_back_small_and_large_alike():
     for headers in (small, large):
         encoded = json.dumps(outbox.encode_headers(headers))
         assert outbox.stored_headers(encoded) == tuple(headers)
+
+
+@given(key=st.binary(max_size=40), partitions=st.integers(min_value=1, max_value=64))
+def test_a_keyed_row_goes_to_the_partition_the_producers_partitioner_picks(key: bytes, partitions: int):
+    """The relay's cached murmur2 (outbox._key_index) sends a key where aiokafka's producer would: a customer's
+    messages stay on one partition, in order, whichever of the two published them."""
+    all_partitions = list(range(partitions))
+    assert all_partitions[_key_index(key, partitions)] == DefaultPartitioner()(key, all_partitions, all_partitions)

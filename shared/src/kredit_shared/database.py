@@ -281,7 +281,9 @@ def bulk_insert(
     # What each converter made of each value object it was given, by identity: rows of a batch share some (one
     # commit time for every inbox and outbox row, one headers list for each message type), which a converter
     # would format again for each row. The rows hold every value until the call returns, so no id is reused.
-    converters = [(position, converter, {}) for position, converter in plan.converters]
+    converters: list[tuple[int, Callable[[Any], Any], dict[int, Any]]] = [
+        (position, converter, {}) for position, converter in plan.converters
+    ]
     for row in rows:
         if row.keys() != keys:
             raise ValueError(f"rows for {table.name} differ in their keys: {sorted(row)} and {sorted(keys)}")
