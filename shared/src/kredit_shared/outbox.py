@@ -17,7 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -240,8 +240,17 @@ class RelayError(Exception):
 class OutboxRelay:
     """Publishes unsent outbox rows in commit order (acks=all) and marks them sent."""
 
-    def __init__(self, settings: ServiceSettings, sessions: SessionFactory, producer: AIOKafkaProducer) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        sessions: SessionFactory,
+        producer: AIOKafkaProducer,
+        write_turn: AbstractAsyncContextManager[Any] | None = None,
+    ) -> None:
+        """`write_turn`: held while marking rows sent, so the process's other writers take turns with it
+        (ServiceRuntime's, on SQLite)."""
         self._settings = settings
+        self._write_turn = write_turn or nullcontext()
         self._sessions = sessions
         self._producer = producer
         self._partitioner = (
@@ -334,12 +343,13 @@ class OutboxRelay:
             # relay publish it again; a failed row stays pending and is retried on the next round.
             sent = [row for row, outcome in zip(rows, outcomes) if not isinstance(outcome, BaseException)]
             failed = [(row, outcome) for row, outcome in zip(rows, outcomes) if isinstance(outcome, BaseException)]
-            if sent:  # a Core statement: the ORM's bulk update would look for the rows in the session first
-                table = table_of(OutboxMessage)
-                await (await session.connection()).execute(
-                    update(table).where(table.c.id.in_([r.id for r in sent])).values(published_at=utcnow())
-                )
-            await session.commit()
+            async with self._write_turn:
+                if sent:  # a Core statement: the ORM's bulk update would look for the rows in the session first
+                    table = table_of(OutboxMessage)
+                    await (await session.connection()).execute(
+                        update(table).where(table.c.id.in_([r.id for r in sent])).values(published_at=utcnow())
+                    )
+                await session.commit()
             pending = (newest or 0) - rows[-1].id + len(failed)
         for topic, count in Counter(row.topic for row in sent).items():
             metrics.OUTBOX_PUBLISHED.labels(self._settings.service_name, topic).inc(count)

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
@@ -296,6 +296,13 @@ class ServiceRuntime:
         )
         self.producer: AIOKafkaProducer | None = None
         self.relay: outbox.OutboxRelay | None = None
+        # SQLite has one writer at a time, and its busy handler retries with sleeps of up to 100 ms: a consumer
+        # that begins its next batch as it commits the last one left the relay waiting to mark what it had sent
+        # until the consumer ran out of work, so the services downstream waited too (a timeline of `make bench`
+        # showed the relay a second behind). The consumer's transactions and the relay's marking take turns.
+        self._write_turn: AbstractAsyncContextManager[Any] = (
+            asyncio.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
+        )
         self._relay_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self._subscriptions: dict[str, _Subscription] = {}
@@ -528,7 +535,7 @@ class ServiceRuntime:
 
     async def _handle(self, sub: _Subscription, parsed: Sequence[tuple[ConsumerRecord, Any]]) -> int:
         """Handle the messages not seen before in one transaction; returns how many were new."""
-        async with self.unit_of_work() as uow:
+        async with self._write_turn, self.unit_of_work() as uow:
             uow.records = {id(message): record for record, message in parsed}
             claimed = await inbox.claim(uow.session, self.settings.group_id, sub.topic, [m for _, m in parsed])
             for message in claimed.reused:
@@ -624,7 +631,7 @@ class ServiceRuntime:
             max_request_size=outbox.MAX_REQUEST_BYTES,
         )
         await self.producer.start()
-        self.relay = outbox.OutboxRelay(self.settings, self.sessions, self.producer)
+        self.relay = outbox.OutboxRelay(self.settings, self.sessions, self.producer, self._write_turn)
         if self.settings.outbox_relay_enabled:
             self._relay_task = asyncio.create_task(self.relay.run_forever(), name="outbox-relay")
         if self.settings.retention_days > 0:
