@@ -127,3 +127,21 @@ def test_a_sqlite_date_is_written_as_sqlalchemys_date_processor_writes_it(value:
     processor = sqlalchemy.Date().dialect_impl(dialect).bind_processor(dialect)
     row = {"currency": "EUR", "from_date": value, "rate": Decimal("1.0832"), "recorded_at": dt.datetime.now(dt.UTC)}
     assert bulk_insert(dialect, table, [row])[1][0][1] == processor(value)
+
+
+async def test_rows_get_their_ids_in_the_order_given(database_url):
+    """The relay publishes the outbox by id: a batch's rows must be numbered in the order they were emitted, also
+    when PostgreSQL takes them as column arrays in one statement."""
+    engine = create_engine(database_url)
+    try:
+        await create_tables(engine, SHARED_TABLES)
+        sessions = create_session_factory(engine)
+        now = dt.datetime.now(dt.UTC)
+        rows = [message_row(PAYMENT) | {"message_id": f"m-{n:04d}", "created_at": now} for n in range(1000, 0, -1)]
+        async with sessions() as session, session.begin():
+            await insert_rows(session, table_of(OutboxMessage), rows)
+        async with sessions() as session:
+            stored = (await session.exec(select(OutboxMessage.message_id).order_by(OutboxMessage.id))).all()
+        assert [message_id for (message_id,) in stored] == [row["message_id"] for row in rows]
+    finally:
+        await engine.dispose()
