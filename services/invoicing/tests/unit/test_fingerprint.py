@@ -76,7 +76,10 @@ def test_fingerprints_stored_by_earlier_versions_still_match():
             "currency": "KWD",
             "due_date": "2015-07-25",
             "cash_discount_code": "2%10D",
-            "cash_discounts": [{"percent": "2", "date": "2015-07-05"}, {"percent": "1.50", "date": "2015-07-15", "amount": "15.000"}],
+            "cash_discounts": [
+                {"percent": "2", "date": "2015-07-05"},
+                {"percent": "1.50", "date": "2015-07-15", "amount": "15.000"},
+            ],
             "lines": [
                 {"description": "Tab\tand\nbreak", "amount": "1000.125", "sales_tax_amount": 25},
                 {"amount": "-10", "revenue_account": "401200"},
