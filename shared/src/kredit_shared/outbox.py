@@ -253,9 +253,8 @@ class OutboxRelay:
         self._write_turn = write_turn or nullcontext()
         self._sessions = sessions
         self._producer = producer
-        self._partitioner = (
-            DefaultPartitioner()
-        )  # the producer's own (a keyless row); a key goes where it would (_key_index)
+        # The producer's own, for a keyless row; a key goes to the partition it picks (_key_index).
+        self._partitioner = DefaultPartitioner()
         self._wakeup = asyncio.Event()
         self.failing_since: float | None = None  # monotonic time of the first failure in a row (readiness)
         self._postgres = make_url(normalise_url(settings.database_url)).get_backend_name() == "postgresql"

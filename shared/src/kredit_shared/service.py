@@ -299,7 +299,7 @@ class ServiceRuntime:
         # SQLite has one writer at a time, and its busy handler retries with sleeps of up to 100 ms: a consumer
         # that begins its next batch as it commits the last one left the relay waiting to mark what it had sent
         # until the consumer ran out of work, so the services downstream waited too (a timeline of `make bench`
-        # showed the relay a second behind). The consumer's transactions and the relay's marking take turns.
+        # showed the relay up to 0.7 s behind). The consumer's transactions and the relay's marking take turns.
         self._write_turn: AbstractAsyncContextManager[Any] = (
             asyncio.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
         )

@@ -453,7 +453,6 @@ _USED_NAMES = sqlalchemy.union(
 )
 
 
-# Arrival order of a transaction saved but not yet inserted (a deferred store): after every stored row.
 def _update_by_columns() -> sqlalchemy.TextClause:
     """OpenItems._update_by_columns' statement: each changed row's new amounts where its version is still the one
     read, and the next version (PostgreSQL); it returns the ids of the rows it changed."""
@@ -468,6 +467,8 @@ def _update_by_columns() -> sqlalchemy.TextClause:
 
 
 _UPDATE_BY_COLUMNS = _update_by_columns()
+
+# Arrival order of a transaction saved but not yet inserted (a deferred store): after every stored row.
 _UNSAVED = 10**15
 
 
