@@ -28,9 +28,19 @@ LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now that this process was not given before: the kernel may hand a port out again as soon as
+    its socket closes, and a caller choosing several (a stack's services) once got one port twice."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            break
+    _GIVEN_PORTS.add(port)
+    return port
+
+
+_GIVEN_PORTS: set[int] = set()
 
 
 def _docker_available() -> bool:
