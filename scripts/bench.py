@@ -790,7 +790,7 @@ def sustained_table(result: dict[str, Any]) -> list[list[str]]:
 
 async def bench_database(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"database": name}
-    async with LocalStack(workdir / name, postgres=name == "postgresql") as stack:
+    async with LocalStack(workdir / name, postgres=name == "postgresql", replicas=args.replicas) as stack:
         producer = AIOKafkaProducer(
             bootstrap_servers=stack.bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024
         )
@@ -858,6 +858,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f"{platform.release()}, Python {platform.python_version()}), shared with whatever else runs; "
         f"Tansu broker (memory), one per database; medians of {args.repeats} (range)."
     )
+    if args.replicas:
+        print("replicas: " + ", ".join(f"{service} ×{count}" for service, count in sorted(args.replicas.items())))
 
     if throughput := [r for r in results if "raw" in r]:
         report_throughput(throughput, args)
@@ -952,6 +954,19 @@ async def amain(args: argparse.Namespace) -> int:
     return 0
 
 
+def replica_counts(text: str) -> dict[str, int]:
+    """`settlement=2,collections=2` -> {"settlement": 2, "collections": 2}."""
+    counts: dict[str, int] = {}
+    for item in filter(None, text.split(",")):
+        service, _, count = item.partition("=")
+        if service not in SERVICES or not count.isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: expected <service>=<count ≥ 1>, services {', '.join(SERVICES)}"
+            )
+        counts[service] = int(count)
+    return counts
+
+
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--raw-relay":
         # On the event loop the services run on (uvicorn picks uvloop), so the ceiling is a like-for-like hop.
@@ -982,6 +997,12 @@ def main() -> None:
     parser.add_argument("--sustained-seconds", type=float, default=600, help="length of the sustained-load stage")
     parser.add_argument("--sustained-rate", type=float, default=40, help="invoices + payments per second in it")
     parser.add_argument("--sustained-sample", type=float, default=30, help="seconds between RSS samples")
+    parser.add_argument(
+        "--replicas",
+        default={},
+        type=replica_counts,
+        help="processes of a service, e.g. settlement=2 (default one each): a scaled-out stack on the same cores",
+    )
     parser.add_argument(
         "--stages",
         default=",".join(STAGES),
