@@ -28,7 +28,7 @@ from typing import Annotated, Any, TypeVar
 
 import structlog
 import uvicorn
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import IncompatibleBrokerVersion, InvalidPartitionsError, KafkaConnectionError
 from aiokafka.helpers import create_ssl_context
@@ -54,6 +54,7 @@ from kredit_shared.contracts.messages import ContractMessage, derived_message_id
 from kredit_shared.contracts.topics import ALL_TOPICS, dead_letter_topic
 from kredit_shared.database import bulk_insert, create_engine, create_session_factory, create_tables, ping, table_of
 from kredit_shared.errors import describe_validation_error
+from kredit_shared.fetch_pacing import pace_fetches
 from kredit_shared.http import install_http_hardening
 from kredit_shared.migrations import SHARED_TABLES, Migrations, SchemaError, upgrade
 from kredit_shared.settings import ServiceSettings
@@ -640,6 +641,8 @@ class ServiceRuntime:
             )
         self._register_consumer()
         await self.broker.start()
+        for consumer in self._consumers():
+            pace_fetches(consumer, self.settings.kafka_fetch_max_wait_ms, self.settings.kafka_fetch_idle_wait_ms)
 
     async def stop(self) -> None:
         await self.broker.stop()
@@ -669,14 +672,16 @@ class ServiceRuntime:
         checks["broker"] = "ok" if await self.broker.ping(timeout=2) else "unreachable"
         return checks
 
+    def _consumers(self) -> list[AIOKafkaConsumer]:
+        """The broker's started consumers (the service's one, see _register_consumer)."""
+        consumers = (getattr(subscriber, "consumer", None) for subscriber in self.broker.subscribers)
+        return [consumer for consumer in consumers if consumer is not None]
+
     async def report_lag(self) -> None:
         """Set kredit_consumer_lag for the partitions assigned to this process now (others are removed)."""
         name = self.settings.service_name
         current: set[tuple[str, str, str]] = set()
-        for subscriber in self.broker.subscribers:
-            consumer = getattr(subscriber, "consumer", None)
-            if consumer is None:
-                continue
+        for consumer in self._consumers():
             for tp in consumer.assignment():
                 highwater = consumer.highwater(tp)
                 if highwater is None:  # nothing fetched from it yet

@@ -50,9 +50,12 @@ class ServiceSettings(BaseSettings):
     # minimum session timeout; the local stack and the tests use 1 s (1 s joins and restarts).
     kafka_session_timeout_ms: int = 6000
     kafka_heartbeat_interval_ms: int = 1000
-    # A consumer sends a fetch per wait, busy or idle: 20 ms costs an idle stack a third of a core (four services
-    # and Tansu); 50 ms a fifth, but payments' p99 latency at 200/s went from ~240 to ~650 ms (docs/operations.md).
+    # A consumer sends a fetch per wait, busy or idle: a longer wait costs the local broker latency at every hop
+    # (payments' p99 at 200/s went from ~240 to ~650 ms at 50 ms, docs/operations.md), so the wait is short and a
+    # consumer whose fetches find nothing waits longer, doubling up to the idle wait (kredit_shared.fetch_pacing):
+    # an idle stack costs 17 % of a core instead of 50 %. An idle wait not above the max wait turns pacing off.
     kafka_fetch_max_wait_ms: int = 20
+    kafka_fetch_idle_wait_ms: int = Field(default=200, ge=0)
 
     outbox_relay_enabled: bool = True
     outbox_poll_interval_seconds: float = 0.5
