@@ -26,6 +26,7 @@ a voucher), as scripts/bench_ledger.py does.
   the messages of that stage, per service, the broker and the bench itself: where the two cores go.
 - messages per fetch: per service and topic, the messages its handler took per fetch in those runs (from
   /metrics); each fetch costs one transaction whatever its size, so small fetches cost more per message.
+- idle CPU: each process's CPU, % of one core, over --idle-seconds while the stack has nothing to do.
 - peak RSS (VmHWM) of every service process at the end.
 
 Throughput runs are repeated (--repeats) on the same stack; tables show medians and ranges.
@@ -688,6 +689,16 @@ def peak_rss_mib(process: ServiceProcess) -> float | None:
     return None
 
 
+async def idle_cpu(stack: LocalStack, seconds: float) -> dict[str, float]:
+    """Each process's CPU, % of one core, while the stack has nothing to do (after a few idle fetches have
+    lengthened the consumers' waits: kredit_shared.fetch_pacing)."""
+    await asyncio.sleep(2)
+    before, started = cpu_snapshot(stack), time.monotonic()
+    await asyncio.sleep(seconds)
+    after, elapsed = cpu_snapshot(stack), time.monotonic() - started
+    return {label: 100 * (after[label] - before[label]) / elapsed for label in before if label != "bench"}
+
+
 async def bench_throughput(
     name: str,
     stack: LocalStack,
@@ -704,6 +715,8 @@ async def bench_throughput(
     async with Database(stack.replicas_of("ledger-posting")[0].env["DATABASE_URL"]) as ledger:
         pipeline = Pipeline(stack, producer, ledger, args.customers, args.discount_share)
         await pipeline.invoices(1)  # the warm-up waits out every consumer's group join
+        if args.idle_seconds:
+            result["idle"] = await idle_cpu(stack, args.idle_seconds)
         result["invoices"], result["payments"] = [], []
         for n in range(args.repeats):
             rate, _, made = await pipeline.invoices(args.invoices)
@@ -841,6 +854,17 @@ def report_throughput(results: list[dict[str, Any]], args: argparse.Namespace) -
         rows.append([r["database"], f"collections catch-up ({records} records)", f"{rate:,.0f}", f"{rate / raw:.3f}"])
     print(render_table(["database", "msg/s", "median (range)", "ratio to raw hop"], rows))
 
+    if idle := [r for r in results if "idle" in r]:
+        print(f"\nan idle stack's CPU over {args.idle_seconds:g} s, % of one core")
+        rows = [
+            [
+                r["database"],
+                f"{sum(r['idle'].values()):.1f}",
+                " ".join(f"{label}: {v:.1f}" for label, v in sorted(r["idle"].items())),
+            ]
+            for r in idle
+        ]
+        print(render_table(["database", "total", "per process"], rows))
     print(f"\nend-to-end latency at {args.rate:g}/s (ERP send -> posted in the ledger), ms")
     rows = []
     for r in results:
@@ -987,6 +1011,7 @@ def main() -> None:
     )
     parser.add_argument("--latency", type=int, default=1000, help="invoices and payments of the paced runs")
     parser.add_argument("--rate", type=float, default=200, help="messages/s of the paced runs")
+    parser.add_argument("--idle-seconds", type=float, default=10, help="the idle stack's CPU over this long (0: skip)")
     parser.add_argument("--big-customer", type=int, default=10000, help="open invoices of one customer (0: skip)")
     parser.add_argument("--big-payments", type=int, default=40, help="payments against that customer")
     parser.add_argument("--aged-transactions", type=int, default=1_000_000, help="0: skip the aged balances figure")
