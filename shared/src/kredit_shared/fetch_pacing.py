@@ -1,13 +1,14 @@
 """A consumer that finds nothing asks the broker less often (`KAFKA_FETCH_IDLE_WAIT_MS`).
 
 The local broker holds every fetch for the whole fetch wait, data or not (docs/platform-notes.md), so the wait is
-how often a consumer asks. At 20 ms an idle stack spent half a core asking (each service ~6 %, the broker ~24 %),
-and under load every consumer went on asking for its quiet partitions. Apache Kafka answers a fetch as soon as data
-is there, so there a long wait costs nothing; on the local broker it is added to every hop.
+how often a consumer asks. At 20 ms an idle stack spent half a core asking (each service ~6 %, the broker ~24 %).
+Apache Kafka answers a fetch as soon as data is there, so there a long wait costs nothing; on the local broker it
+is added to every hop.
 
 Pacing doubles a consumer's wait after each fetch that brought no records, up to the idle wait, and goes back to
-the short wait with the first fetch that brings some. A flow keeps every hop at the short wait; a quiet consumer
-asks a tenth as often; the first message after a quiet spell waits up to the idle wait at each hop.
+the short wait with the first fetch that brings some. A flow keeps every hop at the short wait (so under load
+nothing changes); a quiet consumer asks a tenth as often; the first message after a quiet spell waits up to the
+idle wait at each hop.
 
 aiokafka offers no hook for this, so the consumer's fetcher (private, aiokafka pinned in uv.lock) is wrapped;
 shared/tests/test_fetch_pacing.py checks it against the real client and broker.

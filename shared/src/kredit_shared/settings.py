@@ -50,10 +50,10 @@ class ServiceSettings(BaseSettings):
     # minimum session timeout; the local stack and the tests use 1 s (1 s joins and restarts).
     kafka_session_timeout_ms: int = 6000
     kafka_heartbeat_interval_ms: int = 1000
-    # A consumer sends a fetch per wait, busy or idle: a longer wait costs the local broker latency at every hop
-    # (payments' p99 at 200/s went from ~240 to ~650 ms at 50 ms, docs/operations.md), so the wait is short and a
-    # consumer whose fetches find nothing waits longer, doubling up to the idle wait (kredit_shared.fetch_pacing):
-    # an idle stack costs 17 % of a core instead of 50 %. An idle wait not above the max wait turns pacing off.
+    # The local broker holds every fetch for the whole wait, so a longer wait adds latency at every hop (payments'
+    # p99 at 200/s went from ~240 to ~650 ms at 50 ms, docs/operations.md): the wait is short, and a consumer whose
+    # fetches find nothing waits longer, doubling up to the idle wait (kredit_shared.fetch_pacing), so an idle
+    # stack costs 17 % of a core instead of 50 %. An idle wait not above the max wait turns pacing off.
     kafka_fetch_max_wait_ms: int = 20
     kafka_fetch_idle_wait_ms: int = Field(default=200, ge=0)
 
