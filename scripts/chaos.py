@@ -5,7 +5,8 @@ are SIGKILLed and restarted, then a check of the converged state against a model
 
 Starts its own broker and services (two settlement replicas) under a fresh data folder, drives
 invoices (with cash discount tiers), credit notes, payments with and without marks (Normal, Always,
-Never, amount_to_settle), write-offs requested on collections and posted on ledger-posting over
+Never, amount_to_settle), a fifth of the customers in EUR at rates their documents state (so settling
+them realizes exchange gains and losses), write-offs requested on collections and posted on ledger-posting over
 HTTP, ~1 % exact duplicates and ~1 % poison messages. Exit status 0 only if every invariant held.
 See docs/operations.md for what each invariant means.
 """
@@ -23,7 +24,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,15 @@ ZERO = D("0.00")
 CENT = D("0.01")
 BASE_DATE = dt.date(2015, 1, 1)
 CHAOS_ID = "x-chaos-id"  # our own header on every record we send: finds it again on a DLQ
+# A fifth of the customers deal in FOREIGN. Each of their documents states one of DOCUMENT_RATES (accounting-currency
+# units per unit), so a payment settling an invoice booked at another rate realizes a gain or a loss; their
+# write-offs are booked at WRITE_OFF_RATE, set over ledger-posting's API before the load.
+FOREIGN = "EUR"
+DOCUMENT_RATES = (D("1.05"), D("1.10"), D("1.15"), D("1.20"))
+WRITE_OFF_RATE = D("1.12")
+# The demo company's accounts the invariants read (shared/src/kredit_shared/demo-company.yaml).
+CASH, AR, REVENUE, SALES_TAX, DISCOUNTS, WRITE_OFFS = "110110", "130100", "401100", "222200", "520100", "618900"
+EXCHANGE_GAIN, EXCHANGE_LOSS = "710100", "810100"
 
 # --- the workload (pure: a seed gives the same messages) ---------------------------------------
 
@@ -94,6 +104,11 @@ def invoice_total(message: dict) -> Decimal:
     return sum((D(line["amount"]) + D(line.get("sales_tax_amount", "0.00")) for line in message["lines"]), ZERO)
 
 
+def in_accounting_currency(amount: Decimal, message: dict) -> Decimal:
+    """An amount of a document in the accounting currency: at the rate it states, half-up to the cent."""
+    return (amount * D(message.get("exchange_rate", "1"))).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
 def invoice_voucher(message: dict) -> str:
     return ("FTI-" if invoice_total(message) > 0 else "CCN-") + message["invoice_id"]
 
@@ -134,12 +149,17 @@ def _poison(r: random.Random, kind: str, valid_invoice: dict, valid_payment: dic
 
 
 def generate(
-    messages: int, seed: int, write_off_share: float = 0.02, poison_kinds: list[str] | None = None
+    messages: int,
+    seed: int,
+    write_off_share: float = 0.02,
+    poison_kinds: list[str] | None = None,
+    foreign_share: float = 0.2,
 ) -> Workload:
     """A mixed workload of about `messages` records (plus write-off actions), reproducible by seed."""
     r = random.Random(seed)
     w = Workload()
     customers = [f"C{n:04d}" for n in range(max(10, messages // 50))]
+    foreign = set(r.sample(customers, round(len(customers) * foreign_share)))  # their documents are in FOREIGN
     open_invoices: dict[str, list[dict]] = defaultdict(list)  # auto customers' invoices, for marks/write-offs
     counter = iter(range(10**9))
 
@@ -154,6 +174,11 @@ def generate(
             w.invoices[message["invoice_id"]] = message
         else:
             w.payments[message["payment_id"]] = message
+
+    def in_currency(account: str, message: dict) -> dict:
+        if account in foreign:
+            message |= {"currency": FOREIGN, "exchange_rate": str(r.choice(DOCUMENT_RATES))}
+        return message
 
     def invoice(account: str, day: int, amount: Decimal, tax: Decimal = ZERO, tiers: bool = False) -> dict:
         message = {
@@ -178,7 +203,7 @@ def generate(
                 {"percent": "2.00", "date": _iso(day + 5)},
                 {"percent": "1.00", "date": _iso(day + 14)},
             ]
-        return message
+        return in_currency(account, message)
 
     def payment(account: str, day: int, amount: Decimal, settle: list[dict] | None = None) -> dict:
         message = {
@@ -191,7 +216,7 @@ def generate(
         }
         if settle:
             message["settle"] = settle
-        return message
+        return in_currency(account, message)
 
     while len(w.sends()) < messages:
         account = r.choice(customers)
@@ -362,11 +387,20 @@ def check(w: Workload, o: Observed) -> tuple[list[Check], dict[str, int]]:
             informative=True,
         )
     )
-    net = sum((D(line["amount"]) for m in w.invoices.values() for line in m["lines"]), ZERO)
-    tax = sum((D(line.get("sales_tax_amount", "0")) for m in w.invoices.values() for line in m["lines"]), ZERO)
-    cash = sum((D(m["amount"]) for m in w.payments.values()), ZERO)
-    revenue, tax_posted = -account_balance(tb, "401100"), -account_balance(tb, "222200")
-    bank = account_balance(tb, "110110")
+    # In the accounting currency, as invoicing books a document (docs/currencies.md): the customer line at
+    # round(total × rate), each tax line at round(tax × rate), the revenue lines the rest.
+    tax = sum(
+        (
+            in_accounting_currency(D(line.get("sales_tax_amount", "0")), m)
+            for m in w.invoices.values()
+            for line in m["lines"]
+        ),
+        ZERO,
+    )
+    net = sum((in_accounting_currency(invoice_total(m), m) for m in w.invoices.values()), ZERO) - tax
+    cash = sum((in_accounting_currency(D(m["amount"]), m) for m in w.payments.values()), ZERO)
+    revenue, tax_posted = -account_balance(tb, REVENUE), -account_balance(tb, SALES_TAX)
+    bank = account_balance(tb, CASH)
     checks.append(
         Check("revenue 401100 = valid invoices' net", revenue == net, f"ledger {revenue}, sent {net}", informative=True)
     )
@@ -380,24 +414,42 @@ def check(w: Workload, o: Observed) -> tuple[list[Check], dict[str, int]]:
     )
     checks.append(Check("cash 110110 = valid payments", bank == cash, f"ledger {bank}, sent {cash}", informative=True))
 
-    ar = account_balance(tb, "130100")
-    discounts, write_offs = account_balance(tb, "520100"), account_balance(tb, "618900")
-    expected_ar = net + tax - cash - discounts - write_offs
+    ar = account_balance(tb, AR)
+    discounts, write_offs = account_balance(tb, DISCOUNTS), account_balance(tb, WRITE_OFFS)
+    # A realized gain adds to AR what it credits (its balance is negative), a loss takes off what it debits.
+    exchange = account_balance(tb, EXCHANGE_GAIN) + account_balance(tb, EXCHANGE_LOSS)
+    expected_ar = net + tax - cash - discounts - write_offs - exchange
     checks.append(
         Check(
-            "AR 130100 = invoices − payments − discounts − write-offs",
+            "AR 130100 = invoices − payments − discounts − write-offs ± realized exchange",
             ar == expected_ar,
-            f"ledger {ar}, model {expected_ar} (discounts {discounts}, write-offs {write_offs})",
+            f"ledger {ar}, model {expected_ar} (discounts {discounts}, write-offs {write_offs}, exchange {exchange})",
             informative=True,
         )
     )
-    in_collections = sum((D(row["balance"]) for rows in o.collections.values() for row in rows), ZERO)
-    in_settlement = sum((D(row["open_amount"]) for rows in o.settlement.values() for row in rows), ZERO)
+    in_collections = sum((_accounting_balance(row) for rows in o.collections.values() for row in rows), ZERO)
+    in_settlement = sum((D(row["accounting_open_amount"]) for rows in o.settlement.values() for row in rows), ZERO)
     checks.append(
         Check(
             "AR 130100 = open balances in collections = in settlement",
             ar == in_collections == in_settlement,
             f"ledger {ar}, collections {in_collections}, settlement {in_settlement}",
+            informative=True,
+        )
+    )
+    open_in: dict[str, Counter] = {"collections": Counter(), "settlement": Counter()}
+    for rows in o.collections.values():
+        for row in rows:
+            open_in["collections"][row["currency"]] += D(row["balance"])
+    for rows in o.settlement.values():
+        for row in rows:
+            open_in["settlement"][row["currency"]] += D(row["open_amount"])
+    currencies = sorted(set(open_in["collections"]) | set(open_in["settlement"]))
+    checks.append(
+        Check(
+            "each currency's open balances: collections = settlement",
+            all(open_in["collections"][c] == open_in["settlement"][c] for c in currencies),
+            ", ".join(f"{c} {open_in['collections'][c]} / {open_in['settlement'][c]}" for c in currencies),
             informative=True,
         )
     )
@@ -478,6 +530,12 @@ def check(w: Workload, o: Observed) -> tuple[list[Check], dict[str, int]]:
     }
 
 
+def _accounting_balance(row: dict) -> Decimal:
+    """A collections transaction's open balance in the accounting currency (given apart for a foreign one)."""
+    foreign = row.get("accounting_currency_balance")
+    return D(foreign if foreign is not None else row["balance"])
+
+
 def _within(open_amount: Decimal, original: Decimal) -> bool:
     return 0 <= open_amount <= original if original >= 0 else original <= open_amount <= 0
 
@@ -552,6 +610,17 @@ async def write_off(run: Run, client: httpx.AsyncClient, step: WriteOff) -> None
             return
         await asyncio.sleep(1)
     run.write_offs["no journal within 120 s"] += 1
+
+
+async def set_write_off_rate(stack: LocalStack) -> None:
+    """The rate foreign write-offs are booked at (the documents state their own), from before any of them."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.put(
+            f"{stack.url('ledger-posting')}/api/v1/exchange-rates/{FOREIGN}/2000-01-01",
+            headers=stack.auth("accountant"),
+            json={"rate": str(WRITE_OFF_RATE)},
+        )
+        response.raise_for_status()
 
 
 async def drive(run: Run, rate: float) -> None:
@@ -725,8 +794,8 @@ async def observe(run: Run) -> Observed:
             republished[topic] = sum(n - 1 for message_id, n in ids.items() if message_id)
         return Observed(
             tb,
-            await vouchers("130100"),
-            await vouchers("110110"),
+            await vouchers(AR),
+            await vouchers(CASH),
             dict(zip(accounts, collections, strict=True)),
             dict(zip(accounts, settlement, strict=True)),
             dlq,
@@ -758,6 +827,7 @@ async def main(args: argparse.Namespace) -> int:
             f"{'PostgreSQL' if args.postgres else 'SQLite'})",
             flush=True,
         )
+        await set_write_off_rate(stack)
         run = Run(stack, workload)
         stop = asyncio.Event()
         killer = asyncio.create_task(kill_loop(run, args.kill_interval, random.Random(args.seed + 1), stop))

@@ -70,8 +70,22 @@ def consistent_observation() -> chaos.Observed:
     }
     collections = {
         "C1": [
-            {"voucher": "FTI-I1", "type": "Invoice", "debit": "110.00", "credit": None, "balance": "70.00"},
-            {"voucher": "P1", "type": "Payment", "debit": None, "credit": "40.00", "balance": "0.00"},
+            {
+                "voucher": "FTI-I1",
+                "type": "Invoice",
+                "debit": "110.00",
+                "credit": None,
+                "balance": "70.00",
+                "currency": "USD",
+            },
+            {
+                "voucher": "P1",
+                "type": "Payment",
+                "debit": None,
+                "credit": "40.00",
+                "balance": "0.00",
+                "currency": "USD",
+            },
         ]
     }
     settlement = {
@@ -82,6 +96,8 @@ def consistent_observation() -> chaos.Observed:
                 "invoice_id": "I1",
                 "original_amount": "110.00",
                 "open_amount": "70.00",
+                "currency": "USD",
+                "accounting_open_amount": "70.00",
             },
             {
                 "voucher": "P1",
@@ -89,6 +105,8 @@ def consistent_observation() -> chaos.Observed:
                 "invoice_id": None,
                 "original_amount": "-40.00",
                 "open_amount": "0.00",
+                "currency": "USD",
+                "accounting_open_amount": "0.00",
             },
         ]
     }
@@ -135,6 +153,65 @@ def test_each_kind_of_fault_is_caught():
         ("valid-1", None, "rejected mark(s) (kept: it settles if that invoice arrives)")
     ]
     assert "DLQs hold only rejects (no pending mark)" in failed(chaos.check(w, pending)[0])
+
+
+def foreign_workload_and_observation() -> tuple[chaos.Workload, chaos.Observed]:
+    """EUR 100.00 invoiced at 1.10 (USD 110.00), EUR 40.00 paid at 1.20 (USD 48.00) and settled against it: the
+    40.00 of the invoice was booked at 44.00, so settling realizes a gain of 4.00 and USD 66.00 stays open."""
+    w = small_workload()
+    w.invoices["I1"] |= {"currency": "EUR", "exchange_rate": "1.10"}
+    w.invoices["I1"]["lines"] = [{"amount": "100.00", "revenue_account": "401100"}]
+    w.payments["P1"] |= {"currency": "EUR", "exchange_rate": "1.20"}
+    o = consistent_observation()
+    accounts = [("110110", "48.00"), ("130100", "66.00"), ("401100", "-110.00"), ("710100", "-4.00")]
+    o.trial_balance = {
+        "accounts": [{"account": a, "balance": b} for a, b in accounts],
+        "total_debit": "114.00",
+        "total_credit": "114.00",
+    }
+    invoice_row, payment_row = o.collections["C1"]
+    invoice_row |= {"debit": "100.00", "balance": "60.00", "currency": "EUR", "accounting_currency_balance": "66.00"}
+    payment_row |= {"currency": "EUR", "accounting_currency_balance": "0.00"}
+    invoice_open, payment_open = o.settlement["C1"]
+    invoice_open |= {"original_amount": "100.00", "open_amount": "60.00", "currency": "EUR"}
+    invoice_open["accounting_open_amount"] = "66.00"
+    payment_open |= {"currency": "EUR"}
+    return w, o
+
+
+def test_foreign_currency_books_are_checked_in_the_accounting_currency_and_per_currency():
+    w, o = foreign_workload_and_observation()
+    assert failed(chaos.check(w, o)[0]) == []
+
+    # A settlement that did not post its realized gain: the ledger agrees with itself, not with the open items.
+    no_gain = foreign_workload_and_observation()[1]
+    no_gain.trial_balance["accounts"] = [
+        {"account": a, "balance": b} for a, b in [("110110", "48.00"), ("130100", "62.00"), ("401100", "-110.00")]
+    ]
+    assert failed(chaos.check(w, no_gain)[0]) == ["AR 130100 = open balances in collections = in settlement"]
+
+    # Revenue booked at the payment's rate instead of the invoice's.
+    wrong_rate = foreign_workload_and_observation()[1]
+    wrong_rate.trial_balance["accounts"][2]["balance"] = "-120.00"
+    assert "revenue 401100 = valid invoices' net" in failed(chaos.check(w, wrong_rate)[0])
+
+    # Collections and settlement agree in USD but not in EUR.
+    apart = foreign_workload_and_observation()[1]
+    apart.settlement["C1"][0]["open_amount"] = "59.99"
+    assert failed(chaos.check(w, apart)[0]) == ["each currency's open balances: collections = settlement"]
+
+
+def test_a_fifth_of_the_chaos_customers_deal_in_the_foreign_currency_at_the_rates_their_documents_state():
+    w = chaos.generate(3000, seed=7)
+    foreign = {m["customer_account"] for m in [*w.invoices.values(), *w.payments.values()] if m["currency"] != "USD"}
+    assert len(foreign) == 60 * 0.2  # 3,000 records over 60 customers: every customer has documents
+    for message in [*w.invoices.values(), *w.payments.values()]:
+        if message["customer_account"] in foreign:
+            assert message["currency"] == chaos.FOREIGN
+            assert D(message["exchange_rate"]) in chaos.DOCUMENT_RATES
+        else:
+            assert message["currency"] == "USD" and "exchange_rate" not in message
+    assert len({m["exchange_rate"] for m in w.payments.values() if "exchange_rate" in m}) > 1
 
 
 def test_chaos_converges_only_once_every_lag_is_zero_and_nothing_moved():
