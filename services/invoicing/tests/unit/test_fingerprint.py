@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from kredit_invoicing.domain import invoice_fingerprint
 from kredit_shared.contracts import CashDiscountTier, CustomerInvoiceIssued, InvoiceLine, content_fingerprint
 from kredit_shared.currencies import minor_units
+from kredit_shared.wire_strategies import CURRENCIES, IDS, NAME_CHARS, TEXT_CHARS, amounts
 
 
 def original_fingerprint(message: CustomerInvoiceIssued) -> str:
@@ -95,34 +96,18 @@ def test_fingerprints_stored_by_earlier_versions_still_match():
 
 # --- generated invoices ----------------------------------------------------------------------------
 
-_ALNUM = "ABCXYZabcxyz0189"
-_IDS = st.builds(str.__add__, st.sampled_from(_ALNUM), st.text(_ALNUM + "._:-", max_size=12))  # ID_PATTERN
-_CURRENCIES = st.sampled_from(["USD", "EUR", "JPY", "KWD", "BHD", "CHF"])
-# Any character the contract lets through (no C0 controls nor DEL; free text keeps tab and line breaks),
-# with quotes, backslashes, C1 controls and characters beyond the BMP that JSON escapes.
-_NAME_CHARS = st.characters(exclude_categories=("Cs",), exclude_characters="".join(map(chr, range(32))) + "\x7f")
-_TEXT_CHARS = st.one_of(_NAME_CHARS, st.sampled_from('\t\n\r"\\/\x85\u2028\U0001f600'))
 _DATES = st.dates(min_value=date(1000, 1, 1), max_value=date(9999, 12, 31))
-
-
-def _amount(decimals: int) -> st.SearchStrategy[Any]:
-    """An amount in one of the forms a producer may send: a string with 0..`decimals` decimals (trailing zeros
-    included), an integer, negative zero."""
-    number = st.integers(min_value=-(10**9) + 1, max_value=10**9 - 1)
-    places = st.integers(min_value=0, max_value=decimals)
-    as_text = st.builds(lambda n, p: str(Decimal(n).scaleb(-p)) if p else str(n), number, places)
-    return st.one_of(as_text, number, st.just("-0"), st.just("0.10"), st.just("100.00"))
 
 
 @st.composite
 def _lines(draw: st.DrawFn, currency: str) -> dict[str, Any]:
-    line: dict[str, Any] = {"amount": draw(_amount(minor_units(currency)))}
+    line: dict[str, Any] = {"amount": draw(amounts(minor_units(currency), digits=9))}
     if draw(st.booleans()):
-        line["sales_tax_amount"] = draw(_amount(minor_units(currency)))
+        line["sales_tax_amount"] = draw(amounts(minor_units(currency), digits=9))
     if draw(st.booleans()):
-        line["description"] = draw(st.text(_TEXT_CHARS, max_size=20))
+        line["description"] = draw(st.text(TEXT_CHARS, max_size=20))
     if draw(st.booleans()):
-        line["revenue_account"] = draw(st.one_of(st.none(), _IDS))
+        line["revenue_account"] = draw(st.one_of(st.none(), IDS))
     return line
 
 
@@ -133,26 +118,26 @@ def _tiers(draw: st.DrawFn, currency: str) -> dict[str, Any]:
         "date": draw(_DATES).isoformat(),
     }
     if draw(st.booleans()):
-        tier["amount"] = draw(st.one_of(st.none(), _amount(minor_units(currency))))
+        tier["amount"] = draw(st.one_of(st.none(), amounts(minor_units(currency), digits=9)))
     return tier
 
 
 @st.composite
 def invoices(draw: st.DrawFn) -> CustomerInvoiceIssued:
-    currency = draw(_CURRENCIES)
+    currency = draw(CURRENCIES)
     data: dict[str, Any] = {
         "message_id": "8f0e2c4e-4d0a-4d8e-9a51-0b8e4f7d1c11",
-        "invoice_id": draw(_IDS),
-        "customer_account": draw(_IDS),
+        "invoice_id": draw(IDS),
+        "customer_account": draw(IDS),
         "invoice_date": draw(_DATES).isoformat(),
         "currency": currency,
         "lines": draw(st.lists(_lines(currency), min_size=1, max_size=4)),
     }
     optional: dict[str, st.SearchStrategy[Any]] = {
-        "customer_name": st.one_of(st.none(), st.text(_NAME_CHARS, max_size=20)),
-        "payment_terms": st.one_of(st.none(), st.text(_NAME_CHARS, min_size=1, max_size=10)),
+        "customer_name": st.one_of(st.none(), st.text(NAME_CHARS, max_size=20)),
+        "payment_terms": st.one_of(st.none(), st.text(NAME_CHARS, min_size=1, max_size=10)),
         "due_date": st.one_of(st.none(), _DATES.map(date.isoformat)),
-        "cash_discount_code": st.one_of(st.none(), st.text(_NAME_CHARS, min_size=1, max_size=10)),
+        "cash_discount_code": st.one_of(st.none(), st.text(NAME_CHARS, min_size=1, max_size=10)),
         "cash_discounts": st.one_of(st.none(), st.lists(_tiers(currency), max_size=3)),
         "document_type": st.sampled_from([None, "Invoice", "CreditNote", "InterestNote", "PaymentFee"]),
         "exchange_rate": st.one_of(st.none(), st.sampled_from(["1.0965", "3.25", "0.0072", "1", 2])),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from decimal import Decimal
 from typing import Any
 
 from hypothesis import given, reject, settings
@@ -16,6 +15,7 @@ from pydantic import ValidationError
 from kredit_ledger_posting.domain import voucher_fingerprint
 from kredit_shared.contracts import VoucherLine, VoucherPosted, content_fingerprint
 from kredit_shared.currencies import minor_units
+from kredit_shared.wire_strategies import CURRENCIES, IDS, NAME_CHARS, TEXT_CHARS, amounts
 
 
 def original_fingerprint(voucher: VoucherPosted) -> str:
@@ -93,41 +93,22 @@ def test_fingerprints_stored_by_earlier_versions_still_match():
 
 # --- generated vouchers ----------------------------------------------------------------------------
 
-_ALNUM = "ABCXYZabcxyz0189"
-_IDS = st.builds(str.__add__, st.sampled_from(_ALNUM), st.text(_ALNUM + "._:-", max_size=12))  # ID_PATTERN
-_CURRENCIES = st.sampled_from(["USD", "EUR", "JPY", "KWD", "BHD", "CHF"])
-# Any character the contract lets through (no C0 controls nor DEL; free text keeps tab and line breaks),
-# with quotes, backslashes, C1 controls and characters beyond the BMP that JSON escapes.
-_NAME_CHARS = st.characters(exclude_categories=("Cs",), exclude_characters="".join(map(chr, range(32))) + "\x7f")
-_TEXT_CHARS = st.one_of(_NAME_CHARS, st.sampled_from('\t\n\r"\\/\x85\u2028\U0001f600'))
-
-
-def _amount(decimals: int) -> st.SearchStrategy[Any]:
-    """An amount in one of the forms a producer may send: a string with 0..`decimals` decimals, an integer,
-    a Decimal (in a Python-built voucher), negative zero included."""
-    number = st.integers(min_value=-(10**15) + 1, max_value=10**15 - 1)
-    places = st.integers(min_value=0, max_value=decimals)
-    as_text = st.builds(lambda n, p: str(Decimal(n).scaleb(-p)) if p else str(n), number, places)
-    return st.one_of(
-        as_text, number, st.builds(lambda n, p: Decimal(n).scaleb(-p), number, places), st.just("-0"), st.just("0.10")
-    )
-
-
-_AMOUNTS = {decimals: _amount(decimals) for decimals in range(4)}  # by the currency's decimals
+# By the currency's decimals; a voucher built in Python may hold Decimals.
+_AMOUNTS = {decimals: amounts(decimals, digits=15, python_decimals=True) for decimals in range(4)}
 
 
 @st.composite
 def _lines(draw: st.DrawFn) -> dict[str, Any]:
-    line: dict[str, Any] = {"account": draw(_IDS)}
+    line: dict[str, Any] = {"account": draw(IDS)}
     for field in ("debit", "credit"):
         if draw(st.booleans()):
             line[field] = draw(_AMOUNTS[2])
     if draw(st.booleans()):
-        line["text"] = draw(st.text(_TEXT_CHARS, max_size=20))
+        line["text"] = draw(st.text(TEXT_CHARS, max_size=20))
     if draw(st.booleans()):
-        line["customer_account"] = draw(st.one_of(st.none(), _IDS))
+        line["customer_account"] = draw(st.one_of(st.none(), IDS))
     shape = draw(st.sampled_from(["accounting", "foreign", "currency only", "amount only", "both none"]))
-    currency = draw(_CURRENCIES)
+    currency = draw(CURRENCIES)
     if shape in ("foreign", "currency only"):
         line["transaction_currency"] = currency
     if shape in ("foreign", "amount only"):
@@ -146,15 +127,15 @@ def vouchers(draw: st.DrawFn) -> VoucherPosted:
         lines.append(draw(st.sampled_from(lines)))  # the same line twice
     data: dict[str, Any] = {
         "message_id": "8f0e2c4e-4d0a-4d8e-9a51-0b8e4f7d1c11",
-        "voucher": draw(_IDS),
+        "voucher": draw(IDS),
         "posting_date": draw(st.dates(min_value=date(1000, 1, 1))),
-        "currency": draw(_CURRENCIES),
+        "currency": draw(CURRENCIES),
         "lines": lines,
     }
     if draw(st.booleans()):
-        data["source"] = draw(st.text(_NAME_CHARS, max_size=20))
+        data["source"] = draw(st.text(NAME_CHARS, max_size=20))
     if draw(st.booleans()):
-        data["description"] = draw(st.text(_TEXT_CHARS, max_size=40))
+        data["description"] = draw(st.text(TEXT_CHARS, max_size=40))
     try:
         if draw(st.booleans()):  # as a consumer reads it
             return VoucherPosted.model_validate_json(json.dumps(data, default=str))
