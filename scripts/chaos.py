@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import json
 import random
+import re
 import tempfile
 import time
 import uuid
@@ -549,6 +550,7 @@ class Run:
     workload: Workload
     kills: int = 0
     write_offs: Counter = field(default_factory=Counter)
+    refusals: Counter = field(default_factory=Counter)  # why collections refused a write-off, ids left out
     restart_seconds: list[float] = field(default_factory=list)  # SIGKILL to /healthz 200 again
     last_send: float = 0.0
 
@@ -585,6 +587,8 @@ async def write_off(run: Run, client: httpx.AsyncClient, step: WriteOff) -> None
     )
     if response is None or response.status_code != 202:
         run.write_offs[f"refused {response.status_code if response else 'no answer'}"] += 1
+        if response is not None:
+            run.refusals[_without_ids(_reason(response))] += 1
         return
     write_off_id = response.json()["write_off_id"]
     deadline = time.monotonic() + 120
@@ -610,6 +614,21 @@ async def write_off(run: Run, client: httpx.AsyncClient, step: WriteOff) -> None
             return
         await asyncio.sleep(1)
     run.write_offs["no journal within 120 s"] += 1
+
+
+def _reason(response: httpx.Response) -> str:
+    """The `detail` of a problem answer, else its body."""
+    with contextlib.suppress(ValueError):
+        body = response.json()
+        if isinstance(body, dict) and body.get("detail"):
+            return str(body["detail"])
+    return response.text
+
+
+def _without_ids(reason: str) -> str:
+    """A refusal's reason with the workload's customer, invoice and voucher ids as placeholders, so alike
+    refusals count as one."""
+    return re.sub(r"\b(?:FTI-|CCN-)?INV-\d+\b", "<invoice>", re.sub(r"\b[CM]\d{4,6}\b", "<customer>", reason))
 
 
 async def set_write_off_rate(stack: LocalStack) -> None:
@@ -873,6 +892,7 @@ async def main(args: argparse.Namespace) -> int:
         ["  of which poison", len(workload.poison)],
         ["valid invoices / payments", f"{len(workload.invoices)} / {len(workload.payments)}"],
         ["write-offs", dict(run.write_offs) or 0],
+        *(["  refused: " + reason, n] for reason, n in run.refusals.most_common()),
         ["kills (SIGKILL)", run.kills],
         ["restart to healthy (s, min/median/max)", _spread(run.restart_seconds)],
         ["lost", figures["lost"]],

@@ -214,6 +214,13 @@ def test_a_fifth_of_the_chaos_customers_deal_in_the_foreign_currency_at_the_rate
     assert len({m["exchange_rate"] for m in w.payments.values() if "exchange_rate" in m}) > 1
 
 
+def test_write_off_refusals_that_differ_only_in_their_ids_count_as_one_reason():
+    first = chaos._without_ids("customer C0012 has nothing open: invoice INV-000123 (FTI-INV-000123) is settled")
+    second = chaos._without_ids("customer M000045 has nothing open: invoice INV-000777 (CCN-INV-000777) is settled")
+    assert first == second == "customer <customer> has nothing open: invoice <invoice> (<invoice>) is settled"
+    assert chaos._without_ids("reason code 'X' is unknown") == "reason code 'X' is unknown"
+
+
 def test_chaos_converges_only_once_every_lag_is_zero_and_nothing_moved():
     state = ("tb", "aged")
     watch = chaos.Stillness(quiet=10, stuck=180)
