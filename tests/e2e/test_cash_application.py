@@ -41,13 +41,14 @@ def goods(amount: str) -> list[dict]:
 
 
 async def invoice(stack, customer: str, invoice_id: str, amount: str, on: str, *tiers: tuple[str, str], **more) -> str:
-    """Publish an invoice (or credit note, interest note) as the ERP would and wait until settlement holds it."""
+    """Publish an invoice (or credit note, interest note) as the ERP would and wait until settlement holds it.
+    Its discount `tiers` (date, percent) are sent when given, so that a `cash_discount_code` in `more` is looked up."""
     await stack.erp_invoice(
         invoice_id=invoice_id,
         customer_account=customer,
         invoice_date=on,
-        cash_discounts=[{"percent": p, "date": d} for d, p in tiers],
         lines=goods(amount),
+        **({"cash_discounts": [{"percent": p, "date": d} for d, p in tiers]} if tiers else {}),
         **more,
     )
     kind = more.get("document_type") or ("CreditNote" if amount.startswith("-") else "Invoice")
@@ -132,6 +133,126 @@ async def test_a_credit_note_with_its_own_1_percent_discount_settles_100_00_of_t
         assert {(a, max(d, c)) for a, d, c in entries} == {("130100", "1.00"), ("520100", "1.00")}
 
 
+# --- Settle a partial customer payment that has multiple discount periods (customer 4031) -------
+
+
+async def test_294_00_in_the_2_percent_period_takes_6_00_and_693_00_in_the_1_percent_period_takes_7_00(stack):
+    await parameters(stack)
+    # The chained code as invoicing looks it up: 2 % until June 30, then 1%14D's 1 % until July 9.
+    await invoice(stack, "4031", "MD-10030", "1000.00", "2020-06-25", cash_discount_code="2%5D", due_date="2020-07-25")
+    first_mark = {"invoice_id": "MD-10030", "amount_to_settle": "294.00"}
+    [first] = await preview(stack, "4031", "2020-06-28", first_mark)
+    assert shown(first) == ("2020-06-30", "20.00", "Normal", "0.00", "6.00", "294.00")
+    await stack.erp_payment(
+        payment_id="ARP-MD-1", customer_account="4031", payment_date="2020-06-28", amount="294.00", settle=[first_mark]
+    )
+    rows = await rows_when(stack, "4031", lambda r: len(r) == 3 and r["FTI-MD-10030"]["balance"] == "700.00")
+    assert [d["credit"] for d in by_type(rows, "CashDiscount")] == ["6.00"]
+
+    second_mark = {"invoice_id": "MD-10030", "amount_to_settle": "693.00"}
+    [second] = await preview(stack, "4031", "2020-07-08", second_mark)
+    assert (second["cash_discount_date"], second["cash_discount_taken"]) == ("2020-07-09", "6.00")
+    assert (second["cash_discount_amount_to_take"], second["amount_to_settle"]) == ("7.00", "693.00")
+    await stack.erp_payment(
+        payment_id="ARP-MD-2", customer_account="4031", payment_date="2020-07-08", amount="693.00", settle=[second_mark]
+    )
+    rows = await rows_when(stack, "4031", lambda r: len(r) == 5 and r["FTI-MD-10030"]["balance"] == "0.00")
+    assert sorted(d["credit"] for d in by_type(rows, "CashDiscount")) == ["6.00", "7.00"]
+    assert (rows["ARP-MD-1"]["balance"], rows["ARP-MD-2"]["balance"]) == ("0.00", "0.00")
+    second_discount = next(d["voucher"] for d in by_type(rows, "CashDiscount") if d["credit"] == "7.00")
+    assert await ledger(stack, second_discount) == [("130100", "0.00", "7.00"), ("520100", "7.00", "0.00")]
+
+
+# --- Use one payment to settle invoices that span multiple discount periods (customer 4032) -------
+
+
+@pytest.mark.parametrize(
+    ("customer", "on", "paid", "amounts", "settled", "left"),
+    [
+        # All three in full on June 29: 10042 is in its 2 % period, 10041 in its 1 %, 10040 past its own.
+        ("4032-A", "2020-06-29", "2970.00", (None, None, None), ("1000.00/0.00", "990.00/10.00", "980.00/20.00"), None),
+        # July 1: 10042 has moved to its 1 % period.
+        ("4032-B", "2020-07-01", "2980.00", (None, None, None), ("1000.00/0.00", "990.00/10.00", "990.00/10.00"), None),
+        # Half of each on June 29: each partial payment takes its share of the discount.
+        (
+            "4032-C",
+            "2020-06-29",
+            "1485.00",
+            ("500.00", "495.00", "490.00"),
+            ("500.00/0.00", "495.00/5.00", "490.00/10.00"),
+            ("500.00", "500.00", "500.00"),
+        ),
+        # 1,485.00 against the full amounts: oldest first, then the larger discount; 485.00 / 0.98 x 0.02 = 9.90.
+        (
+            "4032-D",
+            "2020-06-29",
+            "1485.00",
+            ("1000.00", "990.00", "980.00"),
+            ("1000.00/0.00", None, "485.00/9.90"),
+            ("0.00", "1000.00", "505.10"),
+        ),
+    ],
+)
+async def test_one_payment_settles_invoices_that_span_discount_periods(
+    stack, customer, on, paid, amounts, settled, left
+):
+    await parameters(stack)
+    ids = [f"{customer}-{n}" for n in ("10040", "10041", "10042")]
+    await invoice(stack, customer, ids[0], "1000.00", "2020-05-15", ("2020-05-29", "1.00"), due_date="2020-06-14")
+    await invoice(stack, customer, ids[1], "1000.00", "2020-06-25", ("2020-07-09", "1.00"), due_date="2020-07-25")
+    await invoice(
+        stack,
+        customer,
+        ids[2],
+        "1000.00",
+        "2020-06-25",
+        ("2020-06-30", "2.00"),
+        ("2020-07-09", "1.00"),
+        due_date="2020-07-25",
+    )
+    marks = [{"invoice_id": i} | ({"amount_to_settle": a} if a else {}) for i, a in zip(ids, amounts, strict=True)]
+    payment = f"ARP-{customer}"
+    await stack.erp_payment(payment_id=payment, customer_account=customer, payment_date=on, amount=paid, settle=marks)
+
+    rows = await rows_when(stack, customer, lambda r: payment in r and r[payment]["balance"] == "0.00")
+    assert [rows[f"FTI-{i}"]["balance"] for i in ids] == list(left or ("0.00", "0.00", "0.00"))
+    [settlement] = (await stack.settlement.get("/api/v1/settlements", params={"customer_account": customer})).json()[
+        "settlements"
+    ]
+    pairs = {p["debit_voucher"]: f"{p['amount_settled']}/{p['cash_discount_amount']}" for p in settlement["pairs"]}
+    assert pairs == {f"FTI-{i}": s for i, s in zip(ids, settled, strict=True) if s}
+
+
+# --- Settle partial and final payments in full before the discount date (customer 4028) ----------
+
+
+async def test_two_payments_of_495_00_within_the_period_each_take_5_00(stack):
+    await parameters(stack)
+    await invoice(stack, "4028", "PF-10010", "1000.00", "2020-06-25", ("2020-07-09", "1.00"), due_date="2020-07-25")
+    full, half = {"invoice_id": "PF-10010"}, {"invoice_id": "PF-10010", "amount_to_settle": "500.00"}
+    [whole] = await preview(stack, "4028", "2020-07-01", full)
+    assert shown(whole) == ("2020-07-09", "10.00", "Normal", "0.00", "10.00", "990.00")
+    [partly] = await preview(stack, "4028", "2020-07-01", half)
+    assert (partly["cash_discount_amount_to_take"], partly["amount_to_settle"]) == ("5.05", "500.00")
+
+    first_mark = {"invoice_id": "PF-10010", "amount_to_settle": "495.00"}
+    [first] = await preview(stack, "4028", "2020-07-01", first_mark)
+    assert (first["cash_discount_amount_to_take"], first["amount_to_settle"]) == ("5.00", "495.00")
+    await stack.erp_payment(
+        payment_id="ARP-PF-1", customer_account="4028", payment_date="2020-07-01", amount="495.00", settle=[first_mark]
+    )
+    await rows_when(stack, "4028", lambda r: len(r) == 3 and r["FTI-PF-10010"]["balance"] == "500.00")
+
+    [second] = await preview(stack, "4028", "2020-07-08", first_mark)
+    assert (second["cash_discount_taken"], second["cash_discount_amount_to_take"]) == ("5.00", "5.00")
+    await stack.erp_payment(
+        payment_id="ARP-PF-2", customer_account="4028", payment_date="2020-07-08", amount="495.00", settle=[full]
+    )
+    rows = await rows_when(stack, "4028", lambda r: len(r) == 5 and r["FTI-PF-10010"]["balance"] == "0.00")
+    assert [d["credit"] for d in by_type(rows, "CashDiscount")] == ["5.00", "5.00"]
+    assert await ledger(stack, "ARP-PF-2") == [("110110", "495.00", "0.00"), ("130100", "0.00", "495.00")]
+
+
 # --- Customer payments for a partial amount ----------------------------------------------------
 
 
@@ -178,6 +299,14 @@ async def test_a_49_00_partial_payment_within_ten_days_takes_1_00_of_a_2_percent
     await stack.erp_payment(payment_id="ARP-PA-3", customer_account="PA-3", payment_date="2015-05-10", amount="49.00")
     rows = await rows_when(stack, "PA-3", lambda r: len(r) == 3 and r["FTI-PA-3000"]["balance"] != "100.00")
     assert rows["FTI-PA-3000"]["balance"] == "50.00" and by_type(rows, "CashDiscount")[0]["credit"] == "1.00"
+
+
+async def test_98_00_on_the_ninth_day_settles_a_100_00_invoice_with_its_2_00_discount(stack):
+    await parameters(stack)
+    await invoice(stack, "PA-4", "PA-4000", "100.00", "2020-01-01", ("2020-01-11", "2.00"))
+    await stack.erp_payment(payment_id="ARP-PA-4", customer_account="PA-4", payment_date="2020-01-10", amount="98.00")
+    rows = await rows_when(stack, "PA-4", lambda r: len(r) == 3 and r["FTI-PA-4000"]["balance"] == "0.00")
+    assert (rows["ARP-PA-4"]["balance"], by_type(rows, "CashDiscount")[0]["credit"]) == ("0.00", "2.00")
 
 
 # --- Cash discounts for overpayments, scenarios 1-3, and configure settlement's 100 / 3 / 98 ----
@@ -269,6 +398,39 @@ async def test_a_700_00_payment_pays_the_interest_note_first_by_priority_and_inv
         ("FTI-10001", "100.00"),
         ("FTI-10002", "250.00"),
         ("FTI-10003", "343.00"),
+    ]
+
+
+async def test_by_due_date_alone_700_00_pays_three_invoices_in_due_order_and_leaves_the_interest_note(stack):
+    """The same documents settled without priority rules: oldest due date first, no partial discounts (the
+    article's numbers take none); the interest note, due last, keeps its 7.00 and invoice 3 keeps 150.00."""
+    await parameters(stack, calculate_cash_discounts_for_partial_payments=False)
+    terms = {"payment_terms": "Net30"}
+    await invoice(stack, "2050-D", "D-10001", "100.00", "2015-08-15", ("2015-08-29", "2.00"), **terms)
+    await invoice(stack, "2050-D", "D-10002", "250.00", "2015-09-01", ("2015-09-15", "2.00"), **terms)
+    await invoice(stack, "2050-D", "D-10003", "500.00", "2015-10-15", ("2015-10-29", "2.00"), **terms)
+    await invoice(
+        stack, "2050-D", "IN-2050-D", "7.00", "2015-10-15", document_type="InterestNote", due_date="2015-11-30"
+    )
+    await stack.erp_payment(
+        payment_id="ARP-2050-D", customer_account="2050-D", payment_date="2015-10-25", amount="700.00"
+    )
+
+    rows = await rows_when(stack, "2050-D", lambda r: "ARP-2050-D" in r and r["ARP-2050-D"]["balance"] == "0.00")
+    assert {v: r["balance"] for v, r in rows.items()} == {
+        "FTI-D-10001": "0.00",
+        "FTI-D-10002": "0.00",
+        "FTI-D-10003": "150.00",
+        "INT-IN-2050-D": "7.00",
+        "ARP-2050-D": "0.00",
+    }
+    [settlement] = (await stack.settlement.get("/api/v1/settlements", params={"customer_account": "2050-D"})).json()[
+        "settlements"
+    ]
+    assert [(p["debit_voucher"], p["amount_settled"], p["cash_discount_amount"]) for p in settlement["pairs"]] == [
+        ("FTI-D-10001", "100.00", "0.00"),
+        ("FTI-D-10002", "250.00", "0.00"),
+        ("FTI-D-10003", "350.00", "0.00"),
     ]
 
 
