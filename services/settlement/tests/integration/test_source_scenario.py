@@ -81,8 +81,9 @@ async def test_a_partial_payment_takes_3_00_discount_and_the_final_payment_after
             "amount_to_settle": "700.00",
         }
         always = preview_row(await service.preview("2015-07-11", ("10020", "700.00", "Always")))
+        # The tier's full 10.00 is shown; 7.00 of it is left to take.
         assert (always["cash_discount_amount"], always["cash_discount_amount_to_take"], always["amount_to_settle"]) == (
-            "7.00",
+            "10.00",
             "7.00",
             "693.00",
         )

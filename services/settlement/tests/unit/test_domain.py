@@ -119,8 +119,9 @@ def test_after_the_discount_date_normal_shows_no_discount_to_take():
 
 
 def test_always_overrides_the_date_and_takes_the_remaining_7_00():
+    """The page shows the tier's full 10.00 (1 % of 1,000.00); 7.00 of it is left to take."""
     preview = preview_mark(invoice_10020_after_first_payment(), JUL11, Mark("10020", D("700.00"), "Always"))
-    assert (preview.cash_discount_date, preview.cash_discount_amount) == (JUL9, D("7.00"))
+    assert (preview.cash_discount_date, preview.cash_discount_amount) == (JUL9, D("10.00"))
     assert (preview.cash_discount_taken, preview.cash_discount_amount_to_take) == (D("3.00"), D("7.00"))
     assert preview.amount_to_settle == D("693.00")
 
@@ -273,7 +274,8 @@ def test_ms_1485_with_unchanged_amounts_to_settle_leaves_10042_at_505_10():
 def test_ms_partial_payment_in_the_2_percent_period_then_the_rest_in_the_1_percent_period():
     """Settle a partial customer payment that has multiple discount periods: 294.00 + 6.00, then 693.00 + 7.00.
 
-    The article shows "Cash discount amount 30.00" on the second preview; we show the 7.00 still available.
+    The article shows "Cash discount amount 30.00" on the second preview, which no rule of its other examples
+    gives; we show the second tier's 10.00 (1 % of 1,000.00), as the partial-before-discount article does.
     """
     inv = invoice(
         "10030", "1000.00", date(2020, 6, 25), (date(2020, 6, 30), "2.00"), (date(2020, 7, 9), "1.00"), customer="4031"
@@ -287,7 +289,7 @@ def test_ms_partial_payment_in_the_2_percent_period_then_the_rest_in_the_1_perce
     assert inv.open_amount == D("700.00")
 
     second = preview_mark(inv, date(2020, 7, 8), Mark("10030", D("693.00")))
-    assert second.cash_discount_date == date(2020, 7, 9)
+    assert (second.cash_discount_date, second.cash_discount_amount) == (date(2020, 7, 9), D("10.00"))
     assert (second.cash_discount_taken, second.cash_discount_amount_to_take) == (D("6.00"), D("7.00"))
     pay2 = payment("ARP-10031", "693.00", date(2020, 7, 8), customer="4031")
     result = settle_credit(pay2, [inv], marks=[Mark("10030", D("693.00"))])
@@ -319,10 +321,8 @@ def test_ms_settle_transactions_page_shows_the_discount_to_take(amount_to_settle
 
 
 def test_ms_two_payments_of_495_within_the_period_each_take_5_00():
-    """Settle partial and final payments in full before the discount date: 495.00 + 5.00 twice.
-
-    The article's second preview shows "Cash discount amount 10.00"; we show the 5.00 still available.
-    """
+    """Settle partial and final payments in full before the discount date: 495.00 + 5.00 twice; the second
+    preview shows the tier's 10.00, 5.00 of it taken and 5.00 to take, as the article does."""
     inv = invoice_10010()
     pay1 = payment("ARP-10010", "495.00", date(2020, 7, 1), customer="4028")
     result1 = settle_credit(pay1, [inv], marks=[Mark("10010", D("495.00"))])
@@ -331,6 +331,7 @@ def test_ms_two_payments_of_495_within_the_period_each_take_5_00():
     assert inv.open_amount == D("500.00")
 
     preview = preview_mark(inv, date(2020, 7, 8), Mark("10010", D("495.00")))
+    assert preview.cash_discount_amount == D("10.00")
     assert (preview.cash_discount_taken, preview.cash_discount_amount_to_take) == (D("5.00"), D("5.00"))
     pay2 = payment("ARP-10011", "495.00", date(2020, 7, 8), customer="4028")
     result2 = settle_credit(pay2, [inv], marks=[Mark("10010")])

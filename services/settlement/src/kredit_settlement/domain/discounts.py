@@ -75,6 +75,17 @@ def available_discount(
     return round_to(open_amount * applies.percent / _HUNDRED, transaction.currency)
 
 
+def tier_discount(transaction: OpenTransaction, on: date, use: UseCashDiscount) -> Decimal:
+    """The discount (positive) of the tier that applies on `on`, on the original amount, as the *Settle open
+    transactions* page shows it: what was taken does not lower it (Microsoft's "Settle partial and final payments
+    in full before the discount date" shows 10.00 next to the 5.00 already taken; the discount still to take is
+    available_discount's)."""
+    applies = tier(transaction, on, use)
+    if applies is None or transaction.open_amount == 0:
+        return ZERO
+    return round_to(abs(transaction.original_amount) * applies.percent / _HUNDRED, transaction.currency)
+
+
 def split(
     transaction: OpenTransaction, offered: Decimal, on: date, terms: Terms, parameters: SettlementParameters
 ) -> tuple[Decimal, Decimal]:
@@ -189,8 +200,12 @@ def preview_mark(
     open_amount = abs(transaction.open_amount)
     offered = open_amount if terms.amount_to_settle is None else terms.amount_to_settle
     cash, discount = split(transaction, offered, on, terms, parameters)
-    # The page shows the discount the mark could take, also on a credit note whose discount the parameter turns off.
-    shown_discount = available_discount(transaction, on, terms if terms.cash_discount_amount is not None else use)
+    # The page shows the tier's discount (or the manual one), also on a credit note whose discount the parameter
+    # turns off.
+    if terms.cash_discount_amount is not None:
+        shown_discount = available_discount(transaction, on, terms)
+    else:
+        shown_discount = tier_discount(transaction, on, use)
     return MarkPreview(
         invoice_id=mark.invoice_id,
         cash_discount_date=shown_tier.date if shown_tier else None,
