@@ -382,9 +382,8 @@ class MarkPreview:
 
     invoice_id: str
     cash_discount_date: date | None
-    cash_discount_amount: (
-        Decimal  # the tier's discount on the original amount (or the manual one): not lowered by what was taken
-    )
+    # The tier's discount on the original amount (or the manual one): what was taken does not lower it.
+    cash_discount_amount: Decimal
     use_cash_discount: UseCashDiscount
     cash_discount_taken: Decimal
     cash_discount_amount_to_take: Decimal
